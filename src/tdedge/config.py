@@ -1,0 +1,93 @@
+"""One frozen Settings object, built once at start-up and passed down.
+
+Nothing in tdedge reads the environment at import time: the CLI builds Settings from
+its options (falling back to ``TDEDGE_DATA_DIR``), and ``serve`` hands the same object
+to its worker processes and the loader as JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+AuthMode = Literal["async", "sync"]
+
+DEFAULT_DATA_DIR = "./tdedge-data"
+SETTINGS_ENV = "TDEDGE_SETTINGS_JSON"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    data_dir: str = DEFAULT_DATA_DIR
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+
+    # Edge.
+    auth: AuthMode = "async"
+    max_body_bytes: int = 1024 * 1024
+    # How long a sync-auth edge trusts its in-memory key cache before reloading it.
+    key_cache_ttl_s: float = 5.0
+
+    # Journal. Past either bound the edge answers 503 + Retry-After instead of 200.
+    journal_max_backlog: int = 2_000_000
+    journal_min_free_bytes: int = 64 * 1024 * 1024
+    journal_commit_max: int = 4096
+    retry_after_s: int = 5
+
+    # Loader.
+    loader_batch_max_records: int = 100_000
+    loader_batch_max_wait_s: float = 0.25
+    loader_poll_s: float = 0.05
+    compaction_interval_s: float = 60.0
+    # /readyz fails when the loader is this far behind or has not beaten for this long.
+    ready_max_lag_s: float = 30.0
+    loader_heartbeat_timeout_s: float = 10.0
+    # Master keys may create a database by writing to it (as td-js-sdk documents);
+    # write-only keys need an existing database.
+    auto_create_database_for_master: bool = True
+
+    log_level: str = "info"
+
+    # Derived paths: one place decides the data dir's layout.
+    @property
+    def root(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.root / "journal"
+
+    @property
+    def control_db(self) -> Path:
+        return self.root / "control.sqlite"
+
+    @property
+    def lake_catalog(self) -> Path:
+        return self.root / "lake" / "catalog.sqlite"
+
+    @property
+    def lake_data(self) -> Path:
+        return self.root / "lake" / "data"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "run" / "metrics"
+
+    @property
+    def loader_heartbeat(self) -> Path:
+        return self.root / "run" / "loader.json"
+
+    def to_json(self) -> bytes:
+        return msgspec.json.encode(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Settings:
+        return msgspec.json.decode(raw, type=cls)
+
+
+def default_data_dir(environ: dict[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get("TDEDGE_DATA_DIR") or DEFAULT_DATA_DIR

@@ -1,0 +1,172 @@
+"""The control plane: accounts, API keys (hashed) and databases — SQLAlchemy Core.
+
+Embedded: one SQLite file in WAL mode, shared by the CLI, the edge workers and the
+loader. Scale-out: the same tables on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from tdedge.control.keys import KeyInfo, KeyType, hash_key, key_id, new_key
+from tdedge.errors import AlreadyExists, InvalidName, NotFound
+from tdedge.names import NAME_RULE, is_reserved, is_valid_name, normalize
+
+metadata = sa.MetaData()
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_hash", sa.LargeBinary(32), primary_key=True),
+    sa.Column("key_id", sa.String(12), nullable=False, unique=True),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("type", sa.String(8), nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+databases = sa.Table(
+    "databases",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+
+class DatabaseInfo(msgspec.Struct, frozen=True):
+    name: str
+    account_id: int
+    created_at: int
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def sqlite_engine(path: Path) -> Engine:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class ControlStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        metadata.create_all(engine)
+
+    @classmethod
+    def open(cls, path: Path) -> ControlStore:
+        return cls(sqlite_engine(path))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # Accounts.
+    def account_count(self) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(accounts)).scalar_one())
+
+    def create_account(self, account_id: int | None = None) -> int:
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                sa.insert(accounts).values(id=account_id, created_at=int(time.time()))
+            )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def ensure_account(self, account_id: int) -> None:
+        with self._engine.begin() as conn:
+            found = conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id))
+            if found.first() is None:
+                conn.execute(sa.insert(accounts).values(id=account_id, created_at=int(time.time())))
+
+    # Keys.
+    def create_key(self, account_id: int, type: KeyType) -> str:
+        """Create a key and return it; only its hash is kept, so this is the one chance to see it."""
+        self.ensure_account(account_id)
+        key = new_key(account_id)
+        digest = hash_key(key)
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.insert(api_keys).values(
+                    key_hash=digest,
+                    key_id=key_id(digest),
+                    account_id=account_id,
+                    type=type,
+                    revoked=False,
+                    created_at=int(time.time()),
+                )
+            )
+        return key
+
+    def list_keys(self) -> list[KeyInfo]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at)).all()
+        return [_key_info(r) for r in rows]
+
+    def revoke_key(self, ident: str) -> None:
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                sa.update(api_keys).where(api_keys.c.key_id == ident).values(revoked=True)
+            )
+            if done.rowcount == 0:
+                raise NotFound(f"no key with id {ident}")
+
+    def keys_by_hash(self) -> dict[bytes, KeyInfo]:
+        """Every key, for in-memory caches (the edge's sync auth, the loader)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(api_keys)).all()
+        return {bytes(r.key_hash): _key_info(r) for r in rows}
+
+    # Databases.
+    def create_database(self, name: str, account_id: int) -> DatabaseInfo:
+        if not is_valid_name(name):
+            raise InvalidName(f"invalid database name {name!r}: {NAME_RULE}")
+        if is_reserved(name):
+            raise InvalidName(f"database name {name!r} is reserved for tdedge")
+        name = normalize(name)
+        self.ensure_account(account_id)
+        info = DatabaseInfo(name=name, account_id=account_id, created_at=int(time.time()))
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(databases).values(**msgspec.structs.asdict(info)))
+        except sa.exc.IntegrityError as e:
+            raise AlreadyExists(f"database {name} already exists") from e
+        return info
+
+    def list_databases(self) -> list[DatabaseInfo]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(databases).order_by(databases.c.name)).all()
+        return [DatabaseInfo(name=r.name, account_id=r.account_id, created_at=r.created_at) for r in rows]
+
+    def database_owners(self) -> dict[str, int]:
+        return {d.name: d.account_id for d in self.list_databases()}
+
+
+def _key_info(row: Any) -> KeyInfo:
+    return KeyInfo(
+        key_id=row.key_id,
+        account_id=row.account_id,
+        type=row.type,
+        revoked=bool(row.revoked),
+        created_at=row.created_at,
+    )

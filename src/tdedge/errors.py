@@ -1,0 +1,34 @@
+"""One root exception and a shallow tree; third-party errors are wrapped at the boundary."""
+
+from __future__ import annotations
+
+
+class TdedgeError(Exception):
+    """Root of every error tdedge raises on purpose."""
+
+
+class JournalUnavailable(TdedgeError):
+    """The journal cannot take a record now (disk full, backlog over bound, closed).
+
+    The edge answers 503 with Retry-After: the record was not accepted.
+    """
+
+
+class ControlError(TdedgeError):
+    """A control-plane request was refused (unknown key, duplicate database, …)."""
+
+
+class NotFound(ControlError):
+    pass
+
+
+class AlreadyExists(ControlError):
+    pass
+
+
+class InvalidName(ControlError):
+    pass
+
+
+class LakeError(TdedgeError):
+    """The lake refused an operation (bad SQL, catalog unavailable)."""

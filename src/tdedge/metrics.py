@@ -1,0 +1,84 @@
+"""Prometheus metrics shared by the edge workers and the loader.
+
+``serve`` runs several processes, so prometheus-client runs in multiprocess mode: the
+``PROMETHEUS_MULTIPROC_DIR`` variable must be set (by ``tdedge serve``, see
+``prepare_multiprocess``) before this module is first imported in any process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+REQUESTS = Counter(
+    "tdedge_requests_total", "HTTP requests answered", ["door", "route", "status"]
+)
+JOURNAL_APPENDED = Counter("tdedge_journal_appended_total", "Envelopes made durable")
+JOURNAL_COMMIT_BATCH = Histogram(
+    "tdedge_journal_commit_batch_size",
+    "Envelopes that shared one fsync",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)
+JOURNAL_COMMIT_SECONDS = Histogram(
+    "tdedge_journal_commit_seconds",
+    "Time to write and fsync one group commit",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
+)
+JOURNAL_BACKLOG = Gauge(
+    "tdedge_journal_backlog_records",
+    "Records in the journal not yet released by the loader",
+    ["shard"],
+    multiprocess_mode="livemax",
+)
+JOURNAL_REFUSED = Counter(
+    "tdedge_journal_refused_total", "Appends refused with 503", ["reason"]
+)
+LOADER_LAG_RECORDS = Gauge(
+    "tdedge_loader_lag_records", "Records waiting to be loaded", multiprocess_mode="livemax"
+)
+LOADER_LAG_SECONDS = Gauge(
+    "tdedge_loader_lag_seconds",
+    "Age of the oldest record waiting to be loaded",
+    multiprocess_mode="livemax",
+)
+ROWS_WRITTEN = Counter("tdedge_rows_written_total", "Rows committed to lake tables")
+LOADER_BATCHES = Counter("tdedge_loader_batches_total", "Lake commits made by the loader")
+REJECTIONS = Counter(
+    "tdedge_rejections_total", "Records sent to the import-errors table", ["reason"]
+)
+TYPE_CONFLICTS = Counter(
+    "tdedge_type_conflicts_total",
+    "Values that did not fit their column and were kept in td_type_conflicts",
+)
+
+
+def prepare_multiprocess(directory: Path) -> None:
+    """Start a fresh multiprocess directory; call before any process imports this module."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)
+
+
+def exposition() -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return bytes(generate_latest(registry))
+    from prometheus_client import REGISTRY
+
+    return bytes(generate_latest(REGISTRY))
