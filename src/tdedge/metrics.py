@@ -2,14 +2,12 @@
 
 ``serve`` runs several processes, so prometheus-client runs in multiprocess mode: the
 ``PROMETHEUS_MULTIPROC_DIR`` variable must be set (by ``tdedge serve``, see
-``prepare_multiprocess``) before this module is first imported in any process.
+``server.prepare_metrics_dir``) before this module is first imported in any process.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -60,13 +58,6 @@ TYPE_CONFLICTS = Counter(
     "tdedge_type_conflicts_total",
     "Values that did not fit their column and were kept in td_type_conflicts",
 )
-
-
-def prepare_multiprocess(directory: Path) -> None:
-    """Start a fresh multiprocess directory; call before any process imports this module."""
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def mark_process_dead(pid: int) -> None:

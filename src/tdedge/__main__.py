@@ -1,0 +1,3 @@
+from tdedge.cli import main
+
+main()

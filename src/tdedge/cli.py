@@ -1,0 +1,233 @@
+"""The ``tdedge`` command. Every command works while ``serve`` runs on the same data dir."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import msgspec
+
+from tdedge.config import SETTINGS_ENV, Settings, default_data_dir
+
+data_dir_option = click.option(
+    "--data-dir",
+    default=None,
+    metavar="DIR",
+    help="Data directory (default: $TDEDGE_DATA_DIR, else ./tdedge-data).",
+)
+
+
+def _settings(data_dir: str | None, **overrides: Any) -> Settings:
+    return Settings(data_dir=data_dir or default_data_dir(), **overrides)
+
+
+@click.group()
+@click.version_option(package_name="tdedge")
+def main() -> None:
+    """tdedge: Treasure Data's inbound APIs, self-hosted."""
+
+
+@main.command()
+@data_dir_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--auth",
+    type=click.Choice(["async", "sync"]),
+    default="async",
+    show_default=True,
+    help="async: check keys after answering 200, as Treasure Data does; "
+    "sync: check keys at the edge and answer 403 at once.",
+)
+@click.option(
+    "--max-body-bytes", default=1024 * 1024, show_default=True, type=click.IntRange(1, 64 << 20)
+)
+@click.option("--log-level", default="info", show_default=True)
+def serve(
+    data_dir: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    auth: str,
+    max_body_bytes: int,
+    log_level: str,
+) -> None:
+    """Run the HTTP server and the loader."""
+    from tdedge import logs, server
+
+    settings = _settings(
+        data_dir,
+        host=host,
+        port=port,
+        workers=workers,
+        auth=auth,
+        max_body_bytes=max_body_bytes,
+        log_level=log_level,
+    )
+    logs.configure(log_level)
+    server.serve(settings)
+
+
+@main.command(hidden=True)
+@click.option("--parent-pid", type=int, default=None)
+@data_dir_option
+def loader(parent_pid: int | None, data_dir: str | None) -> None:
+    """Run the loader alone (``serve`` starts it for you)."""
+    import os
+
+    from tdedge import logs
+    from tdedge.server import run_loader
+
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = Settings.from_json(raw) if raw else _settings(data_dir)
+    logs.configure(settings.log_level)
+    run_loader(settings, parent_pid)
+
+
+# Keys.
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys (stored hashed)."""
+
+
+@keys.command("create")
+@data_dir_option
+@click.option("--account", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--type", "type_", type=click.Choice(["write", "master"]), default="write")
+def keys_create(data_dir: str | None, account: int, type_: str) -> None:
+    """Print a new key, "ACCOUNT/SECRET". It is shown only this once."""
+    store = _control(data_dir)
+    click.echo(store.create_key(account, "master" if type_ == "master" else "write"))
+
+
+@keys.command("list")
+@data_dir_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def keys_list(data_dir: str | None, fmt: str) -> None:
+    """List keys by id (the secret is never shown again)."""
+    rows = [msgspec.structs.asdict(k) for k in _control(data_dir).list_keys()]
+    _emit(["key_id", "account_id", "type", "revoked", "created_at"], rows, fmt)
+
+
+@keys.command("revoke")
+@data_dir_option
+@click.argument("key_id")
+def keys_revoke(data_dir: str | None, key_id: str) -> None:
+    """Revoke a key by the id ``keys list`` shows."""
+    from tdedge.errors import NotFound
+
+    try:
+        _control(data_dir).revoke_key(key_id)
+    except NotFound as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"revoked {key_id}")
+
+
+# Databases.
+@main.group()
+def db() -> None:
+    """Create and list databases."""
+
+
+@db.command("create")
+@data_dir_option
+@click.option("--account", default=1, show_default=True, type=click.IntRange(1))
+@click.argument("name")
+def db_create(data_dir: str | None, account: int, name: str) -> None:
+    from tdedge.errors import ControlError
+    from tdedge.lake.catalog import Lake
+
+    settings = _settings(data_dir)
+    try:
+        info = _control(data_dir).create_database(name, account)
+    except ControlError as e:
+        raise click.ClickException(str(e)) from e
+    lake = Lake.open(settings)
+    try:
+        lake.ensure_schema(info.name)
+    finally:
+        lake.close()
+    click.echo(f"created database {info.name}")
+
+
+@db.command("list")
+@data_dir_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def db_list(data_dir: str | None, fmt: str) -> None:
+    rows = [msgspec.structs.asdict(d) for d in _control(data_dir).list_databases()]
+    _emit(["name", "account_id", "created_at"], rows, fmt)
+
+
+# Queries.
+@main.command()
+@data_dir_option
+@click.option("-d", "--database", default=None, help="Database to resolve table names in.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@click.argument("sql")
+def query(data_dir: str | None, database: str | None, fmt: str, sql: str) -> None:
+    """Run SQL (DuckDB dialect) over the lake's tables."""
+    from tdedge.errors import LakeError
+    from tdedge.lake.catalog import Lake
+
+    lake = Lake.open(_settings(data_dir), read_only=True)
+    try:
+        result = lake.query(sql, database)
+    except LakeError as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        lake.close()
+    _emit(result.columns, [dict(zip(result.columns, r, strict=True)) for r in result.rows], fmt)
+
+
+@main.command()
+@data_dir_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+def errors(data_dir: str | None, fmt: str, limit: int) -> None:
+    """Show the import-errors table: every record that did not reach its table, and why."""
+    from tdedge.lake.catalog import Lake
+
+    lake = Lake.open(_settings(data_dir), read_only=True)
+    try:
+        result = lake.import_errors(limit)
+    finally:
+        lake.close()
+    _emit(result.columns, [dict(zip(result.columns, r, strict=True)) for r in result.rows], fmt)
+
+
+def _control(data_dir: str | None) -> Any:
+    from tdedge.control.store import ControlStore
+
+    return ControlStore.open(_settings(data_dir).control_db)
+
+
+def _emit(columns: Sequence[str], rows: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(msgspec.json.encode(rows, enc_hook=str).decode())
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[_text(r[c]) for c in columns] for r in rows])
+        sys.stdout.write(buf.getvalue())
+    else:
+        click.echo(_table(columns, rows))
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _table(columns: Sequence[str], rows: list[dict[str, Any]]) -> str:
+    cells = [[_text(r[c]) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    count = f"({len(rows)} row{'s' if len(rows) != 1 else ''})"
+    return "\n".join([line, rule, *body, count])

@@ -1,0 +1,53 @@
+"""Credential extraction and the optional synchronous key check.
+
+Treasure Data validates write keys after answering 200; so does tdedge by default
+(``--auth async``): the loader sends records with a bad key to import errors. With
+``--auth sync`` the edge checks the key against an in-memory cache and answers 403 at
+once — still recording the refused record for operators.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qsl
+
+from tdedge.config import Settings
+from tdedge.control.directory import Directory
+from tdedge.control.store import ControlStore
+from tdedge.edge.http import Headers
+
+
+def legacy_key(headers: Headers, query_string: str) -> str | None:
+    """``X-TD-Write-Key`` header, else the URL-encoded ``td_write_key`` parameter."""
+    key = headers.get("x-td-write-key")
+    if key:
+        return str(key).strip()
+    if "td_write_key" in query_string:
+        for name, value in parse_qsl(query_string, keep_blank_values=True):
+            if name == "td_write_key" and value:
+                return value.strip()
+    return None
+
+
+class SyncAuth:
+    """Answers whether a key may write to a database, from a cached Directory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._store = ControlStore.open(settings.control_db)
+        self._directory = Directory(self._store, ttl_s=settings.key_cache_ttl_s)
+
+    def refusal(self, key_hash: bytes, database: str) -> str | None:
+        """None when the key may write; otherwise the reason code the loader would give."""
+        now = time.monotonic()
+        info = self._directory.key(key_hash, now)
+        if info is None:
+            return "unknown_key"
+        if info.revoked:
+            return "revoked_key"
+        owner = self._directory.database_owner(database, now)
+        if owner is not None and owner != info.account_id:
+            return "foreign_key"
+        return None
+
+    def close(self) -> None:
+        self._store.close()

@@ -1,0 +1,166 @@
+"""``tdedge serve``: first-start bootstrap, the loader process and the granian edge.
+
+Process tree: this supervisor runs granian (which forks the edge workers) and keeps one
+loader process alive beside it, restarting it if it dies. The loader exits by itself
+when the supervisor disappears, and takes an exclusive lock so two loaders never run
+on one data dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from tdedge.config import SETTINGS_ENV, Settings
+from tdedge.control.store import ControlStore
+
+log = logging.getLogger("tdedge.server")
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    for d in (settings.journal_dir, settings.lake_data, settings.loader_heartbeat.parent):
+        d.mkdir(parents=True, exist_ok=True)
+
+
+def bootstrap(settings: Settings) -> tuple[str, str] | None:
+    """On an empty data dir create account 1 with a master and a write key."""
+    store = ControlStore.open(settings.control_db)
+    try:
+        if store.account_count() > 0:
+            return None
+        store.create_account(1)
+        return store.create_key(1, "master"), store.create_key(1, "write")
+    finally:
+        store.close()
+
+
+def welcome(settings: Settings, keys: tuple[str, str] | None) -> str:
+    url = f"http://{settings.host}:{settings.port}"
+    lines = [f"tdedge listening on {url} (data dir {settings.root.resolve()})"]
+    if keys is not None:
+        master, write = keys
+        lines += [
+            "",
+            "First start: created account 1. These keys are shown once; only their hashes are kept.",
+            f"  master key: {master}",
+            f"  write key:  {write}",
+            "",
+            "Try it:",
+            f"  curl -X POST -H 'Content-Type: application/json' -H 'X-TD-Write-Key: {write}' \\",
+            "    --data-binary '{\"param1\":\"value1\", \"param2\":1234}' \\",
+            f"    {url}/postback/v3/event/test_db/test_tbl",
+            f"  tdedge query --data-dir {settings.data_dir} -d test_db 'SELECT * FROM test_tbl'",
+        ]
+    return "\n".join(lines)
+
+
+class LoaderSupervisor:
+    """Keeps one ``tdedge loader`` process running; restarts it when it dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="loader-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        env = dict(os.environ)
+        env[SETTINGS_ENV] = self._settings.to_json().decode()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tdedge", "loader", "--parent-pid", str(os.getpid())],
+            env=env,
+        )
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            proc = self._proc
+            if proc is not None and proc.poll() is not None:
+                log.error("loader exited; restarting", extra={"returncode": proc.returncode})
+                time.sleep(0.5)
+                self._spawn()
+
+    def stop(self) -> None:
+        self._stop.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def serve(settings: Settings) -> None:
+    from granian.constants import Interfaces, Loops
+    from granian.server import Server
+
+    prepare_data_dir(settings)
+    keys = bootstrap(settings)
+    prepare_metrics_dir(settings.metrics_dir)
+    os.environ[SETTINGS_ENV] = settings.to_json().decode()
+    click.echo(welcome(settings, keys), err=False)
+    sys.stdout.flush()
+    loader = LoaderSupervisor(settings)
+    loader.start()
+    try:
+        Server(
+            "tdedge.edge.app:create_app",
+            address=settings.host,
+            port=settings.port,
+            interface=Interfaces.RSGI,
+            workers=settings.workers,
+            loop=Loops.uvloop,
+            factory=True,
+            log_level=settings.log_level,  # type: ignore[arg-type]
+            backlog=2048,
+        ).serve()
+    finally:
+        loader.stop()
+
+
+def prepare_metrics_dir(directory: Path) -> None:
+    """Give the worker processes a fresh prometheus multiprocess directory.
+
+    Must run before prometheus_client is imported anywhere in this process tree: the
+    library picks its storage when first imported (which is why this is not in metrics.py).
+    """
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
+def parent_watch(parent_pid: int, stop: threading.Event) -> threading.Thread:
+    """Set ``stop`` when the supervisor is gone (its pid is no longer our parent)."""
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            if os.getppid() != parent_pid:
+                log.warning("supervisor gone; loader stopping")
+                stop.set()
+
+    t = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    t.start()
+    return t
+
+
+def loader_lock(settings: Settings) -> int:
+    """Block until this process is the only loader of the data dir; returns the lock fd."""
+    import fcntl
+
+    path: Path = settings.root / "run" / "loader.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
