@@ -47,6 +47,19 @@ def main() -> None:
 @click.option(
     "--max-body-bytes", default=1024 * 1024, show_default=True, type=click.IntRange(1, 64 << 20)
 )
+@click.option(
+    "--journal-max-backlog",
+    default=Settings().journal_max_backlog,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Records waiting for the loader before the edge answers 503.",
+)
+@click.option(
+    "--loader/--no-loader",
+    default=True,
+    show_default=True,
+    help="Run the loader beside the edge (--no-loader: run `tdedge loader` elsewhere).",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     data_dir: str | None,
@@ -55,6 +68,8 @@ def serve(
     workers: int,
     auth: str,
     max_body_bytes: int,
+    journal_max_backlog: int,
+    loader: bool,
     log_level: str,
 ) -> None:
     """Run the HTTP server and the loader."""
@@ -67,16 +82,17 @@ def serve(
         workers=workers,
         auth=auth,
         max_body_bytes=max_body_bytes,
+        journal_max_backlog=journal_max_backlog,
         log_level=log_level,
     )
     logs.configure(log_level)
-    server.serve(settings)
+    server.serve(settings, run_loader=loader)
 
 
-@main.command(hidden=True)
-@click.option("--parent-pid", type=int, default=None)
+@main.command("loader")
+@click.option("--parent-pid", type=int, default=None, hidden=True)
 @data_dir_option
-def loader(parent_pid: int | None, data_dir: str | None) -> None:
+def loader_command(parent_pid: int | None, data_dir: str | None) -> None:
     """Run the loader alone (``serve`` starts it for you)."""
     import os
 

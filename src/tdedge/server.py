@@ -102,7 +102,7 @@ class LoaderSupervisor:
                 proc.kill()
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, run_loader: bool = True) -> None:
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
@@ -112,8 +112,9 @@ def serve(settings: Settings) -> None:
     os.environ[SETTINGS_ENV] = settings.to_json().decode()
     click.echo(welcome(settings, keys), err=False)
     sys.stdout.flush()
-    loader = LoaderSupervisor(settings)
-    loader.start()
+    loader = LoaderSupervisor(settings) if run_loader else None
+    if loader is not None:
+        loader.start()
     try:
         Server(
             "tdedge.edge.app:create_app",
@@ -127,7 +128,8 @@ def serve(settings: Settings) -> None:
             backlog=2048,
         ).serve()
     finally:
-        loader.stop()
+        if loader is not None:
+            loader.stop()
 
 
 def prepare_metrics_dir(directory: Path) -> None:

@@ -1,0 +1,165 @@
+"""Starts the real ``tdedge serve`` on a free port with a fresh data dir."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+TDEDGE = [sys.executable, "-m", "tdedge"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """One ``tdedge serve`` process group, its keys and helpers to reach it."""
+
+    def __init__(self, data_dir: Path, extra: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.extra = extra or []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = data_dir.parent / f"serve-{self.port}.log"
+        self.master_key = ""
+        self.write_key = ""
+
+    def start(self, timeout: float = 20.0) -> None:
+        out = self.log.open("a")
+        self.proc = subprocess.Popen(
+            [*TDEDGE, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
+             *self.extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group: kill it whole
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"serve did not start:\n{self.log.read_text()}")
+        text = self.log.read_text()
+        if not self.master_key:
+            self.master_key = _find(r"master key: (\S+)", text)
+            self.write_key = _find(r"write key:\s+(\S+)", text)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+        # Wait for every process of the group (workers, loader) to be gone.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self.proc is not None and _group_alive(self.proc.pid):
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*TDEDGE, *_with_data_dir(args, self.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"tdedge {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def query(self, sql: str, database: str | None = None) -> list[dict[str, Any]]:
+        args = ["query", "--format", "json", *(["-d", database] if database else []), sql]
+        rows: list[dict[str, Any]] = msgspec.json.decode(self.cli(*args).stdout)
+        return rows
+
+    def wait_for(self, sql: str, predicate: Any, database: str | None = None,
+                 timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            done = self.cli("query", "--format", "json",
+                            *(["-d", database] if database else []), sql, check=False)
+            if done.returncode == 0:
+                rows = msgspec.json.decode(done.stdout)
+                if predicate(rows):
+                    return rows
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {sql!r}; last rows: {rows}")
+
+    def errors(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = msgspec.json.decode(
+            self.cli("errors", "--format", "json", "--limit", "10000").stdout
+        )
+        return rows
+
+    def postback(self, db: str, table: str, record: Any, key: str | None = None,
+                 **kw: Any) -> httpx.Response:
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["X-TD-Write-Key"] = key
+        headers.update(kw.pop("headers", {}))
+        return httpx.post(f"{self.url}/postback/v3/event/{db}/{table}",
+                          content=msgspec.json.encode(record), headers=headers, **kw)
+
+
+def _with_data_dir(args: tuple[str, ...], data_dir: Path) -> list[str]:
+    # Groups (keys, db) take --data-dir on their sub-command.
+    at = 2 if args[0] in {"keys", "db"} else 1
+    return [*args[:at], "--data-dir", str(data_dir), *args[at:]]
+
+
+def _find(pattern: str, text: str) -> str:
+    m = re.search(pattern, text)
+    if not m:
+        raise AssertionError(f"{pattern!r} not in serve output:\n{text}")
+    return m.group(1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Any]:
+    servers: list[Server] = []
+
+    def make(extra: list[str] | None = None, data_dir: Path | None = None) -> Server:
+        srv = Server(data_dir or tmp_path / f"data{len(servers)}", extra)
+        servers.append(srv)
+        srv.start()
+        return srv
+
+    yield make
+    for srv in servers:
+        srv.kill()
+
+
+@pytest.fixture
+def server(make_server: Any) -> Server:
+    srv: Server = make_server()
+    return srv

@@ -1,0 +1,61 @@
+"""Pure pieces of the edge: body → record, credential extraction, key hashing."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from tdedge.control.keys import claimed_account, hash_key, key_id, new_key
+from tdedge.edge.auth import legacy_key
+from tdedge.edge.http import HTTPError
+from tdedge.edge.records import record_from_body
+
+
+def test_json_object_is_normalised() -> None:
+    out = record_from_body(b' { "a" : 1,\n "b": "x" } ', "application/json")
+    assert msgspec.json.decode(out) == {"a": 1, "b": "x"}
+    assert b"\n" not in out
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [(b"", "empty_body"), (b"\n", "empty_body"), (b"{", "invalid_json"),
+     (b"[]", "not_an_object"), (b"null", "not_an_object"), (b"true", "not_an_object")],
+)
+def test_bad_bodies(body: bytes, code: str) -> None:
+    with pytest.raises(HTTPError) as e:
+        record_from_body(body, "application/json")
+    assert (e.value.status, e.value.code) == (400, code)
+
+
+def test_form_body_is_strings_last_value_wins() -> None:
+    out = record_from_body(b"a=1&a=2&b=x%20y&c=", "application/x-www-form-urlencoded; charset=utf-8")
+    assert msgspec.json.decode(out) == {"a": "2", "b": "x y", "c": ""}
+
+
+def test_json_sent_as_form_by_curl_is_json() -> None:
+    out = record_from_body(b'{"a":1}', "application/x-www-form-urlencoded")
+    assert msgspec.json.decode(out) == {"a": 1}
+
+
+class H(dict[str, str]):
+    pass
+
+
+def test_header_key_wins_over_url_key() -> None:
+    assert legacy_key(H({"x-td-write-key": "1/h"}), "td_write_key=1%2Fq") == "1/h"
+    assert legacy_key(H(), "a=b&td_write_key=1%2Fq") == "1/q"
+    assert legacy_key(H(), "a=b") is None
+    assert legacy_key(H(), "td_write_key=") is None
+
+
+def test_keys_are_hashed_and_ids_do_not_reveal_the_secret() -> None:
+    key = new_key(7)
+    assert claimed_account(key) == 7
+    secret = key.split("/")[1]
+    assert len(secret) == 40
+    digest = hash_key(key)
+    assert len(digest) == 32 and secret not in digest.hex()
+    assert key_id(digest) == digest.hex()[:12]
+    assert new_key(7) != key
+    assert claimed_account("abc") is None and claimed_account("x/y") is None

@@ -1,0 +1,124 @@
+"""The embedded SQLite journal: group commit, durability, shards, positions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from tdedge import metrics
+from tdedge.config import Settings
+from tdedge.errors import JournalUnavailable
+from tdedge.journal.envelope import Envelope
+from tdedge.journal.sqlite import SQLiteJournal, SQLiteJournalReader
+
+
+def env(i: int) -> Envelope:
+    return Envelope(1_700_000_000_000 + i, "legacy", "db", "t", b"h" * 32, b'{"i":%d}' % i)
+
+
+def settings(tmp_path: Path, **kw: object) -> Settings:
+    return Settings(data_dir=str(tmp_path), **kw)  # type: ignore[arg-type]
+
+
+def append_all(journal: SQLiteJournal, envs: list[Envelope]) -> None:
+    async def go() -> None:
+        await asyncio.gather(*(journal.append(e) for e in envs))
+
+    asyncio.run(go())
+
+
+def _commits() -> float:
+    for metric in metrics.JOURNAL_COMMIT_BATCH.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                return float(sample.value)
+    return 0.0
+
+
+def test_concurrent_appends_share_fsyncs_and_all_survive_reopen(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    journal = SQLiteJournal(s)
+    commits_before = _commits()
+    envs = [env(i) for i in range(2000)]
+    append_all(journal, envs)
+    commits = _commits() - commits_before
+    journal.close()
+    assert 1 <= commits < len(envs) / 4  # group commit: far fewer fsyncs than records
+
+    reader = SQLiteJournalReader(s.journal_dir)
+    got = reader.read({}, limit=10_000)
+    reader.close()
+    assert [e.envelope for e in got] == envs
+    assert [e.seq for e in got] == list(range(1, 2001))
+    assert {e.shard for e in got} == {"shard-00"}
+
+
+def test_read_after_position_release_and_pending(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    journal = SQLiteJournal(s)
+    append_all(journal, [env(i) for i in range(10)])
+    reader = SQLiteJournalReader(s.journal_dir)
+    assert reader.pending({}) == (10, env(0).received_ms)
+    assert [e.seq for e in reader.read({"shard-00": 7}, 100)] == [8, 9, 10]
+    assert reader.pending({"shard-00": 7}) == (3, env(7).received_ms)
+    reader.release({"shard-00": 10})
+    assert reader.read({}, 100) == []
+    assert reader.pending({"shard-00": 10}) == (0, None)
+    # Numbers are never reused, even once every row has been released.
+    append_all(journal, [env(99)])
+    assert [e.seq for e in reader.read({"shard-00": 10}, 100)] == [11]
+    journal.close()
+    reader.close()
+
+
+def test_each_live_journal_owns_a_shard_and_a_dead_ones_shard_is_reused(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    a, b = SQLiteJournal(s), SQLiteJournal(s)
+    assert (a.shard, b.shard) == ("shard-00", "shard-01")
+    append_all(a, [env(1)])
+    append_all(b, [env(2)])
+    a.close()
+    c = SQLiteJournal(s)
+    assert c.shard == "shard-00"
+    append_all(c, [env(3)])
+    reader = SQLiteJournalReader(s.journal_dir)
+    got = {(e.shard, e.seq, e.envelope.received_ms) for e in reader.read({}, 100)}
+    assert got == {
+        ("shard-00", 1, env(1).received_ms),
+        ("shard-00", 2, env(3).received_ms),
+        ("shard-01", 1, env(2).received_ms),
+    }
+    b.close()
+    c.close()
+    reader.close()
+
+
+def test_backlog_over_bound_refuses_appends(tmp_path: Path) -> None:
+    journal = SQLiteJournal(settings(tmp_path, journal_max_backlog=3))
+    append_all(journal, [env(i) for i in range(3)])
+    deadline = time.monotonic() + 5
+    while journal.writable() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not journal.writable()
+    assert journal.backlog() == 3
+    with pytest.raises(JournalUnavailable, match="backlog_full"):
+        append_all(journal, [env(4)])
+    # Releasing the backlog makes it writable again.
+    SQLiteJournalReader(settings(tmp_path).journal_dir).release({journal.shard: 3})
+    deadline = time.monotonic() + 5
+    while not journal.writable() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert journal.writable()
+    append_all(journal, [env(5)])
+    journal.close()
+
+
+def test_low_disk_refuses_appends(tmp_path: Path) -> None:
+    journal = SQLiteJournal(settings(tmp_path, journal_min_free_bytes=1 << 62))
+    assert not journal.writable()
+    with pytest.raises(JournalUnavailable, match="disk_full"):
+        append_all(journal, [env(1)])
+    journal.close()
