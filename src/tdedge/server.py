@@ -49,13 +49,14 @@ def welcome(settings: Settings, keys: tuple[str, str] | None) -> str:
         master, write = keys
         lines += [
             "",
-            "First start: created account 1. These keys are shown once; only their hashes are kept.",
+            "First start: created account 1. These keys are shown once;"
+            " only their hashes are kept.",
             f"  master key: {master}",
             f"  write key:  {write}",
             "",
             "Try it:",
             f"  curl -X POST -H 'Content-Type: application/json' -H 'X-TD-Write-Key: {write}' \\",
-            "    --data-binary '{\"param1\":\"value1\", \"param2\":1234}' \\",
+            '    --data-binary \'{"param1":"value1", "param2":1234}\' \\',
             f"    {url}/postback/v3/event/test_db/test_tbl",
             f"  tdedge query --data-dir {settings.data_dir} -d test_db 'SELECT * FROM test_tbl'",
         ]

@@ -42,8 +42,15 @@ class Server:
     def start(self, timeout: float = 20.0) -> None:
         out = self.log.open("a")
         self.proc = subprocess.Popen(
-            [*TDEDGE, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
-             *self.extra],
+            [
+                *TDEDGE,
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--port",
+                str(self.port),
+                *self.extra,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
@@ -93,13 +100,20 @@ class Server:
         rows: list[dict[str, Any]] = msgspec.json.decode(self.cli(*args).stdout)
         return rows
 
-    def wait_for(self, sql: str, predicate: Any, database: str | None = None,
-                 timeout: float = 10.0) -> list[dict[str, Any]]:
+    def wait_for(
+        self, sql: str, predicate: Any, database: str | None = None, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         rows: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
-            done = self.cli("query", "--format", "json",
-                            *(["-d", database] if database else []), sql, check=False)
+            done = self.cli(
+                "query",
+                "--format",
+                "json",
+                *(["-d", database] if database else []),
+                sql,
+                check=False,
+            )
             if done.returncode == 0:
                 rows = msgspec.json.decode(done.stdout)
                 if predicate(rows):
@@ -113,14 +127,19 @@ class Server:
         )
         return rows
 
-    def postback(self, db: str, table: str, record: Any, key: str | None = None,
-                 **kw: Any) -> httpx.Response:
+    def postback(
+        self, db: str, table: str, record: Any, key: str | None = None, **kw: Any
+    ) -> httpx.Response:
         headers = {"Content-Type": "application/json"}
         if key is not None:
             headers["X-TD-Write-Key"] = key
         headers.update(kw.pop("headers", {}))
-        return httpx.post(f"{self.url}/postback/v3/event/{db}/{table}",
-                          content=msgspec.json.encode(record), headers=headers, **kw)
+        return httpx.post(
+            f"{self.url}/postback/v3/event/{db}/{table}",
+            content=msgspec.json.encode(record),
+            headers=headers,
+            **kw,
+        )
 
 
 def _with_data_dir(args: tuple[str, ...], data_dir: Path) -> list[str]:

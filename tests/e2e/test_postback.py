@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-
 from tests.e2e.conftest import Server
 
 PATH = "/postback/v3/event/test_db/test_tbl"
@@ -18,12 +17,25 @@ PATH = "/postback/v3/event/test_db/test_tbl"
 def test_documented_curl_example(server: Server) -> None:
     """The document's own curl command, byte for byte, against tdedge."""
     done = subprocess.run(
-        ["curl", "-s", "-D", "-", "-X", "POST",
-         "-H", "Content-Type: application/json",
-         "-H", f"X-TD-Write-Key: {server.write_key}",
-         "--data-binary", '{"param1":"value1", "param2":1234}',
-         f"{server.url}{PATH}"],
-        capture_output=True, text=True, timeout=30, check=True,
+        [
+            "curl",
+            "-s",
+            "-D",
+            "-",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            f"X-TD-Write-Key: {server.write_key}",
+            "--data-binary",
+            '{"param1":"value1", "param2":1234}',
+            f"{server.url}{PATH}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     head, _, body = done.stdout.partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 200 OK")
@@ -50,14 +62,23 @@ def test_header_takes_precedence_over_url_parameter(server: Server) -> None:
     good = urllib.parse.quote(server.write_key, safe="")
     bad = urllib.parse.quote("1/0000000000000000000000000000000000000000", safe="")
     # Header valid, URL invalid: the header wins, the record lands.
-    r1 = server.postback("test_db", "test_tbl", {"case": "header_good"}, key=server.write_key,
-                         params={"td_write_key": "1/0000000000000000000000000000000000000000"})
+    r1 = server.postback(
+        "test_db",
+        "test_tbl",
+        {"case": "header_good"},
+        key=server.write_key,
+        params={"td_write_key": "1/0000000000000000000000000000000000000000"},
+    )
     # Header invalid, URL valid: the header still wins, the record is refused.
-    r2 = httpx.post(f"{server.url}{PATH}?td_write_key={good}", json={"case": "header_bad"},
-                    headers={"X-TD-Write-Key": urllib.parse.unquote(bad)})
+    r2 = httpx.post(
+        f"{server.url}{PATH}?td_write_key={good}",
+        json={"case": "header_bad"},
+        headers={"X-TD-Write-Key": urllib.parse.unquote(bad)},
+    )
     assert (r1.status_code, r2.status_code) == (200, 200)
-    server.wait_for("SELECT \"case\" FROM test_db.test_tbl",
-                    lambda rows: rows == [{"case": "header_good"}])
+    server.wait_for(
+        'SELECT "case" FROM test_db.test_tbl', lambda rows: rows == [{"case": "header_good"}]
+    )
     errs = _wait_errors(server, lambda e: any('"header_bad"' in x["record"] for x in e))
     refused = [e for e in errs if '"header_bad"' in e["record"]]
     assert refused[0]["reason"] == "unknown_key"
@@ -92,9 +113,13 @@ def test_revoked_key_and_foreign_account(server: Server) -> None:
     assert server.postback("owned_db", "t", {"n": 2}, key=other).status_code == 200
     assert server.postback("owned_db", "t", {"n": 3}, key=server.write_key).status_code == 200
     server.wait_for("SELECT n FROM owned_db.t", lambda rows: rows == [{"n": 3}])
-    errs = _wait_errors(server, lambda e: {"revoked_key", "foreign_key"} <= {x["reason"] for x in e})
+    errs = _wait_errors(
+        server, lambda e: {"revoked_key", "foreign_key"} <= {x["reason"] for x in e}
+    )
     assert {e["reason"] for e in errs if e["database_name"] == "owned_db"} == {
-        "revoked_key", "foreign_key"}
+        "revoked_key",
+        "foreign_key",
+    }
 
 
 def test_write_key_cannot_create_a_database_master_key_can(server: Server) -> None:
@@ -108,9 +133,14 @@ def test_write_key_cannot_create_a_database_master_key_can(server: Server) -> No
 
 
 def test_form_urlencoded_body_is_a_record_of_strings(server: Server) -> None:
-    r = httpx.post(f"{server.url}{PATH}", content=b"a=1&b=hello+world&c=",
-                   headers={"X-TD-Write-Key": server.write_key,
-                            "Content-Type": "application/x-www-form-urlencoded"})
+    r = httpx.post(
+        f"{server.url}{PATH}",
+        content=b"a=1&b=hello+world&c=",
+        headers={
+            "X-TD-Write-Key": server.write_key,
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
     assert r.status_code == 200
     rows = server.wait_for("SELECT a, b, c FROM test_db.test_tbl", lambda rows: len(rows) == 1)
     assert rows == [{"a": "1", "b": "hello world", "c": ""}]
@@ -119,18 +149,24 @@ def test_form_urlencoded_body_is_a_record_of_strings(server: Server) -> None:
 def test_record_time_is_kept_when_valid(server: Server) -> None:
     server.postback("test_db", "test_tbl", {"k": "own", "time": 1448344701}, key=server.write_key)
     server.postback("test_db", "test_tbl", {"k": "bad", "time": "yesterday"}, key=server.write_key)
-    rows = server.wait_for("SELECT k, time FROM test_db.test_tbl ORDER BY k",
-                           lambda rows: len(rows) == 2)
+    rows = server.wait_for(
+        "SELECT k, time FROM test_db.test_tbl ORDER BY k", lambda rows: len(rows) == 2
+    )
     assert rows[1] == {"k": "own", "time": 1448344701}
     assert abs(rows[0]["time"] - time.time()) < 60
 
 
 # Errors at the door.
 def test_invalid_names_are_400_naming_the_rule(server: Server) -> None:
-    for path in ("/postback/v3/event/test-db/t", "/postback/v3/event/db/t.x",
-                 "/postback/v3/event/db/", "/postback/v3/event/db/t/extra"):
-        r = httpx.post(server.url + path, json={"a": 1},
-                       headers={"X-TD-Write-Key": server.write_key})
+    for path in (
+        "/postback/v3/event/test-db/t",
+        "/postback/v3/event/db/t.x",
+        "/postback/v3/event/db/",
+        "/postback/v3/event/db/t/extra",
+    ):
+        r = httpx.post(
+            server.url + path, json={"a": 1}, headers={"X-TD-Write-Key": server.write_key}
+        )
         assert r.status_code == 400, path
         assert r.json()["error"] == "invalid_name"
         assert "letters, digits and _" in r.json()["message"]
@@ -146,9 +182,11 @@ def test_bad_bodies_are_400_with_a_reason(server: Server) -> None:
         (b"42", "not_an_object"),
     ]
     for body, code in cases:
-        r = httpx.post(f"{server.url}{PATH}", content=body,
-                       headers={"X-TD-Write-Key": server.write_key,
-                                "Content-Type": "application/json"})
+        r = httpx.post(
+            f"{server.url}{PATH}",
+            content=body,
+            headers={"X-TD-Write-Key": server.write_key, "Content-Type": "application/json"},
+        )
         assert r.status_code == 400, body
         assert r.headers["content-type"] == "application/json"
         assert r.json()["error"] == code, body
@@ -200,8 +238,7 @@ def test_sync_auth_answers_403_at_once(make_server: Any) -> None:
     fresh = srv.cli("keys", "create").stdout.strip()  # a key made now is seen at once
     assert srv.postback("test_db", "test_tbl", {"a": 2}, key=fresh).status_code == 200
     assert srv.postback("test_db", "test_tbl", {"a": 3}, key=srv.master_key).status_code == 200
-    srv.wait_for("SELECT a FROM test_db.test_tbl ORDER BY a",
-                 lambda rows: rows == [{"a": 3}])
+    srv.wait_for("SELECT a FROM test_db.test_tbl ORDER BY a", lambda rows: rows == [{"a": 3}])
     errs = _wait_errors(srv, lambda e: len(e) >= 2)
     assert sorted(e["reason"] for e in errs) == ["database_not_found", "unknown_key"]
 
@@ -233,8 +270,9 @@ def test_health_ready_and_metrics(server: Server) -> None:
 
 def test_backlog_over_bound_is_503_with_retry_after(make_server: Any) -> None:
     srv: Server = make_server(["--no-loader", "--journal-max-backlog", "3"])
-    codes = [srv.postback("test_db", "t", {"i": i}, key=srv.write_key).status_code
-             for i in range(3)]
+    codes = [
+        srv.postback("test_db", "t", {"i": i}, key=srv.write_key).status_code for i in range(3)
+    ]
     assert codes == [200, 200, 200]
     deadline = time.monotonic() + 5
     r = srv.postback("test_db", "t", {"i": 3}, key=srv.write_key)

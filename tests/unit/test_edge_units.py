@@ -19,8 +19,14 @@ def test_json_object_is_normalised() -> None:
 
 @pytest.mark.parametrize(
     ("body", "code"),
-    [(b"", "empty_body"), (b"\n", "empty_body"), (b"{", "invalid_json"),
-     (b"[]", "not_an_object"), (b"null", "not_an_object"), (b"true", "not_an_object")],
+    [
+        (b"", "empty_body"),
+        (b"\n", "empty_body"),
+        (b"{", "invalid_json"),
+        (b"[]", "not_an_object"),
+        (b"null", "not_an_object"),
+        (b"true", "not_an_object"),
+    ],
 )
 def test_bad_bodies(body: bytes, code: str) -> None:
     with pytest.raises(HTTPError) as e:
@@ -29,7 +35,9 @@ def test_bad_bodies(body: bytes, code: str) -> None:
 
 
 def test_form_body_is_strings_last_value_wins() -> None:
-    out = record_from_body(b"a=1&a=2&b=x%20y&c=", "application/x-www-form-urlencoded; charset=utf-8")
+    out = record_from_body(
+        b"a=1&a=2&b=x%20y&c=", "application/x-www-form-urlencoded; charset=utf-8"
+    )
     assert msgspec.json.decode(out) == {"a": "2", "b": "x y", "c": ""}
 
 

@@ -8,6 +8,8 @@ Time is passed in, never read inside.
 
 from __future__ import annotations
 
+import contextlib
+
 from tdedge.control.keys import KeyInfo
 from tdedge.control.store import ControlStore
 from tdedge.errors import AlreadyExists
@@ -50,9 +52,7 @@ class Directory:
 
     def create_database(self, name: str, account_id: int) -> int:
         """Create ``name`` for ``account_id``; returns the owner (another writer may have won)."""
-        try:
+        with contextlib.suppress(AlreadyExists):
             self._store.create_database(name, account_id)
-        except AlreadyExists:
-            pass
         self._owners = self._store.database_owners()
         return self._owners[name]

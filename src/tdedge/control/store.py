@@ -101,7 +101,7 @@ class ControlStore:
 
     # Keys.
     def create_key(self, account_id: int, type: KeyType) -> str:
-        """Create a key and return it; only its hash is kept, so this is the one chance to see it."""
+        """Return a new key: only its hash is kept, so this is the one chance to see it."""
         self.ensure_account(account_id)
         key = new_key(account_id)
         digest = hash_key(key)
@@ -156,7 +156,10 @@ class ControlStore:
     def list_databases(self) -> list[DatabaseInfo]:
         with self._engine.connect() as conn:
             rows = conn.execute(sa.select(databases).order_by(databases.c.name)).all()
-        return [DatabaseInfo(name=r.name, account_id=r.account_id, created_at=r.created_at) for r in rows]
+        return [
+            DatabaseInfo(name=r.name, account_id=r.account_id, created_at=r.created_at)
+            for r in rows
+        ]
 
     def database_owners(self) -> dict[str, int]:
         return {d.name: d.account_id for d in self.list_databases()}

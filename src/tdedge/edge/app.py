@@ -102,7 +102,11 @@ class EdgeApp:
             else:
                 raise HTTPError(404, "not_found", f"no such endpoint: {scope.method} {path}")
         except HTTPError as e:
-            status, headers, body = e.status, [*JSON_HEADERS, *e.headers], error_body(e.code, e.message)
+            status, headers, body = (
+                e.status,
+                [*JSON_HEADERS, *e.headers],
+                error_body(e.code, e.message),
+            )
         self._counters.inc("legacy", route, status)
         proto.response_bytes(status, headers, body)
 
@@ -110,9 +114,7 @@ class EdgeApp:
         self, scope: Scope, proto: Protocol_, path: str
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         if scope.method != "POST":
-            raise HTTPError(
-                405, "method_not_allowed", "use POST", headers=[("allow", "POST")]
-            )
+            raise HTTPError(405, "method_not_allowed", "use POST", headers=[("allow", "POST")])
         database, _, table = path[len(POSTBACK_PREFIX) :].partition("/")
         if not is_valid_name(database) or not is_valid_name(table):
             raise HTTPError(

@@ -176,8 +176,7 @@ class SQLiteJournal:
         self._checked_at = self._clock()
         s = self._settings
         try:
-            row = self._conn.execute("SELECT min(seq), max(seq) FROM journal").fetchone()
-            low, high = row if row else (None, None)
+            low, high = self._conn.execute("SELECT min(seq), max(seq) FROM journal").fetchone()
             self._backlog = 0 if low is None else int(high) - int(low) + 1
             free = _free_bytes(self._path.parent)
         except (sqlite3.Error, OSError) as e:
