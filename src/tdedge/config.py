@@ -49,6 +49,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # write-only keys need an existing database.
     auto_create_database_for_master: bool = True
 
+    # Lake. Commits of at most this many rows per table stay in the catalog instead of
+    # writing a tiny Parquet file each; compaction flushes them into files later.
+    lake_inlining_row_limit: int = 100
+    # Compaction expires snapshots older than this and deletes files unreferenced for
+    # this long; a query running longer than this may lose a file it is reading.
+    lake_retention_s: float = 600.0
+
     log_level: str = "info"
 
     # Derived paths: one place decides the data dir's layout.

@@ -1,0 +1,52 @@
+"""What the loader hands the lake to commit at once: rows, import errors, positions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+import pyarrow as pa
+
+
+@dataclass(frozen=True, slots=True)
+class TableRows:
+    """Rows for one table; the lake creates or widens the table to fit their columns.
+
+    Column types are Arrow's int64, float64, string and bool, which the lake maps to
+    BIGINT, DOUBLE, VARCHAR and BOOLEAN.
+    """
+
+    database: str
+    table: str
+    rows: pa.Table
+
+
+class Rejection(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``tdedge_system.import_errors``: a record that was not loaded, and why."""
+
+    time: int  # unix seconds of the rejection
+    received_ms: int
+    reason: str
+    detail: str
+    door: str
+    database_name: str
+    table_name: str
+    key_id: str  # control.keys.key_id(hash): never the secret
+    account_id: int | None
+    record: str  # the raw JSON text as received
+    journal_shard: str
+    journal_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Everything one lake transaction writes; ``positions`` holds only shards that moved."""
+
+    tables: Sequence[TableRows] = ()
+    rejections: Sequence[Rejection] = ()
+    positions: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def row_count(self) -> int:
+        return sum(t.rows.num_rows for t in self.tables)

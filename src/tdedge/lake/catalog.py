@@ -1,0 +1,91 @@
+"""The lake's catalog: a DuckLake whose metadata is one SQLite file, data local Parquet.
+
+The loader attaches it read-write; ``tdedge query`` and the REST job API attach it
+read-only from other processes at the same time. The SQLite file is put in WAL mode
+before DuckDB ever opens it: with the rollback journal a concurrent reader blocks the
+writer (about 1 commit/s instead of ~26 here, see reference/measurements.md).
+
+Writers in several processes (the loader, ``tdedge db create``) may commit at the same
+moment; DuckLake retries a commit whose snapshot moved when the changes do not touch
+the same objects (``ducklake_max_retry_count``, default 10 with backoff), which is
+enough for tdedge's one-loader design, so the defaults are kept.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from tdedge.config import Settings
+from tdedge.errors import LakeError
+from tdedge.lake.sql import literal
+
+# The name the lake is attached under in every tdedge connection.
+LAKE = "lake"
+
+
+def prepare_catalog(path: Path) -> None:
+    """Create the catalog file (and its folder) in WAL mode; a no-op when it already is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = sqlite3.connect(path)
+        try:
+            (mode,) = con.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise LakeError(f"cannot prepare the lake catalog {path}: {e}") from e
+
+
+def attach(con: duckdb.DuckDBPyConnection, settings: Settings, *, read_only: bool) -> None:
+    """ATTACH the lake as ``lake`` on ``con``."""
+    # Absolute paths: DuckLake records the data path in the catalog, and a relative one
+    # would be resolved against whatever folder a later process starts in.
+    data = settings.lake_data.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    options = [f"DATA_PATH {literal(str(data) + '/')}"]
+    if read_only:
+        options.append("READ_ONLY")
+    else:
+        options.append(f"DATA_INLINING_ROW_LIMIT {int(settings.lake_inlining_row_limit)}")
+    source = literal(f"ducklake:sqlite:{settings.lake_catalog.resolve()}")
+    try:
+        con.execute(f"ATTACH {source} AS {LAKE} ({', '.join(options)})")
+    except duckdb.Error as e:
+        raise LakeError(f"cannot attach the lake at {settings.lake_catalog}: {e}") from e
+
+
+def sandbox(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Confine a query connection to the lake's own files, for SQL written by users.
+
+    After this, SQL run on ``con`` cannot read or write other files (read_csv of
+    /etc/passwd, COPY TO, ATTACH) and cannot turn the restriction off again.
+    """
+    allowed = [str(settings.lake_data.resolve()) + "/", str(settings.lake_catalog.resolve())]
+    listed = ", ".join(literal(a) for a in allowed)
+    try:
+        con.execute(f"SET allowed_directories = [{listed}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except duckdb.Error as e:
+        raise LakeError(f"cannot restrict the query connection: {e}") from e
+
+
+@contextmanager
+def init_lock(settings: Settings) -> Iterator[None]:
+    """Serialise first-time set-up across processes (two creators would conflict)."""
+    path = settings.lake_catalog.parent / ".init.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

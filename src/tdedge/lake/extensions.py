@@ -1,0 +1,57 @@
+"""DuckDB connections that load the pinned extensions from their Python packages.
+
+The machine cannot download anything, and DuckDB would otherwise try to fetch an
+extension the first time a statement needs it. Autoinstall and autoload are turned off
+and each extension is LOADed from the folder of its ``duckdb_extension_<name>``
+package, so the extension always matches the pinned DuckDB version.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import duckdb
+
+from tdedge.errors import LakeError
+from tdedge.lake.sql import literal
+
+# Order matters: ducklake reads the sqlite catalog and writes parquet files.
+EXTENSIONS = ("parquet", "json", "sqlite_scanner", "ducklake")
+
+_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+
+
+def extension_path(name: str) -> Path:
+    """The ``.duckdb_extension`` file shipped by the ``duckdb_extension_<name>`` package."""
+    package = f"duckdb_extension_{name}"
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise LakeError(f"package {package} is not installed")
+    # The folder is named after the DuckDB version (extensions/v1.5.5/…); globbing it
+    # keeps this working when the pin moves.
+    found = sorted(Path(spec.origin).parent.glob(f"extensions/*/{name}.duckdb_extension"))
+    if not found:
+        raise LakeError(f"package {package} holds no {name}.duckdb_extension")
+    return found[-1]
+
+
+def connect() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with every extension tdedge needs loaded."""
+    try:
+        con = duckdb.connect(":memory:", config=_CONFIG)
+    except duckdb.Error as e:
+        raise LakeError(f"cannot start DuckDB: {e}") from e
+    try:
+        for name in EXTENSIONS:
+            con.execute(f"LOAD {literal(str(extension_path(name)))}")
+    except duckdb.Error as e:
+        con.close()
+        raise LakeError(f"cannot load DuckDB extension: {e}") from e
+    except BaseException:
+        con.close()
+        raise
+    return con

@@ -1,0 +1,344 @@
+"""The Lake: one DuckDB connection with the DuckLake attached, and what tdedge does with it.
+
+The loader opens it read-write and is its only regular writer; ``commit`` writes the
+rows of several tables, their import errors and the new journal positions in ONE
+DuckLake transaction. That is the exactly-once guarantee: if the process dies before
+the commit, the journal is read again from the old position; after it, the positions
+say those entries are done.
+
+``tdedge query`` and the REST job API open it read-only in other processes; their
+connection is confined to the lake's own files because it runs SQL written by users.
+
+A Lake is used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import duckdb
+import pyarrow as pa
+
+from tdedge.config import Settings
+from tdedge.errors import InvalidName, LakeError
+from tdedge.lake import system
+from tdedge.lake.batch import Batch, TableRows
+from tdedge.lake.catalog import LAKE, attach, init_lock, prepare_catalog, sandbox
+from tdedge.lake.extensions import connect
+from tdedge.lake.sql import ident, literal, table_ref
+from tdedge.lake.tables import Columns, create_table, evolve_table
+from tdedge.names import NAME_RULE, SYSTEM_DATABASE, is_reserved, is_valid_name, normalize
+
+log = logging.getLogger("tdedge.lake")
+
+# The name Arrow tables are registered under while they are inserted.
+_VIEW = "tdedge_incoming"
+# Schemas that are not user databases.
+_NOT_DATABASES = frozenset({"main", SYSTEM_DATABASE})
+# What DuckLake's stale-reader error names (see Lake.query).
+_STALE_INLINED = "ducklake_inlined_data_"
+
+
+class QueryResult(NamedTuple):
+    columns: list[str]
+    types: list[str]  # DuckDB type names, e.g. BIGINT, VARCHAR, TIMESTAMP WITH TIME ZONE
+    rows: list[tuple[Any, ...]]
+
+
+class Lake:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, settings: Settings, *, read_only: bool
+    ) -> None:
+        self._con = con
+        self._settings = settings
+        self._read_only = read_only
+        self._schemas: set[str] = set()
+        self._columns: dict[tuple[str, str], Columns] = {}
+        if not read_only:
+            self.reload()
+
+    # Opening and closing.
+    @classmethod
+    def open(cls, settings: Settings, *, read_only: bool = False) -> Lake:
+        if read_only:
+            return cls(_open_read_only(settings), settings, read_only=True)
+        with init_lock(settings):
+            prepare_catalog(settings.lake_catalog)
+            con = connect()
+            try:
+                attach(con, settings, read_only=False)
+                for statement in system.DDL:
+                    con.execute(statement)
+                con.execute(f"USE {LAKE}")
+            except duckdb.Error as e:
+                con.close()
+                raise LakeError(f"cannot set up the lake: {e}") from e
+            except BaseException:
+                con.close()
+                raise
+        return cls(con, settings, read_only=False)
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> Lake:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def reload(self) -> None:
+        """Re-read schemas and columns from the catalog (after a failed commit, say)."""
+        schemas = self._fetch(
+            "SELECT schema_name FROM duckdb_schemas() WHERE database_name = ?", [LAKE]
+        )
+        columns: dict[tuple[str, str], Columns] = {}
+        found = self._fetch(
+            "SELECT schema_name, table_name, column_name, data_type FROM duckdb_columns() "
+            "WHERE database_name = ? ORDER BY schema_name, table_name, column_index",
+            [LAKE],
+        )
+        for schema, table, column, kind in found:
+            columns.setdefault((schema, table), {})[column] = kind
+        self._schemas = {s for (s,) in schemas}
+        self._columns = columns
+
+    # Loader side.
+    def positions(self) -> dict[str, int]:
+        """The journal position stored with the last commit: shard → last loaded seq."""
+        return {shard: int(seq) for shard, seq in self._fetch(system.READ_POSITIONS)}
+
+    def columns(self, database: str, table: str) -> Columns | None:
+        """The table's columns (name → DuckDB type), or None when it does not exist yet."""
+        if self._read_only:
+            self.reload()
+        found = self._columns.get((database, table))
+        return None if found is None else dict(found)
+
+    def ensure_schema(self, database: str) -> None:
+        """Create the schema that holds ``database``'s tables (``tdedge db create``)."""
+        self._require_writable()
+        database = _database_name(database)
+        if database in self._schemas:
+            return
+        self._execute(f"CREATE SCHEMA IF NOT EXISTS {LAKE}.{ident(database)}")
+        self._schemas.add(database)
+
+    def commit(self, batch: Batch) -> None:
+        """Write every table's rows, the import errors and the positions atomically."""
+        self._require_writable()
+        schemas = set(self._schemas)
+        columns = dict(self._columns)
+        try:
+            self._con.execute("BEGIN")
+            for rows in batch.tables:
+                self._write(rows, schemas, columns)
+            if batch.rejections:
+                self._insert(system.IMPORT_ERRORS, system.rejections_table(batch.rejections))
+            if batch.positions:
+                self._insert(system.POSITIONS, system.positions_table(batch.positions))
+            self._con.execute("COMMIT")
+        except duckdb.Error as e:
+            self._abort()
+            raise LakeError(f"lake commit failed: {e}") from e
+        except BaseException:
+            self._abort()
+            raise
+        # Only a committed transaction changes what the lake looks like.
+        self._schemas = schemas
+        self._columns = columns
+
+    def compact(self, now: float) -> None:
+        """Merge small files, then delete what no snapshot younger than the retention needs.
+
+        Steps: drop superseded position rows; flush inlined rows into Parquet; merge
+        adjacent small files; expire snapshots older than ``lake_retention_s``; delete
+        the files those snapshots alone referenced (including the ones merged away).
+        """
+        self._require_writable()
+        cutoff = now - self._settings.lake_retention_s
+        total, shards = self._fetch(system.COUNT_POSITIONS)[0]
+        if total > shards:
+            self._execute(system.PRUNE_POSITIONS)
+        lake = literal(LAKE)
+        self._execute(f"CALL ducklake_flush_inlined_data({lake})")
+        self._execute(f"CALL ducklake_merge_adjacent_files({lake})")
+        # to_timestamp: binding a tz-aware datetime would need pytz.
+        self._execute(
+            f"CALL ducklake_expire_snapshots({lake}, older_than => to_timestamp(?))", [cutoff]
+        )
+        self._execute(
+            f"CALL ducklake_cleanup_old_files({lake}, older_than => to_timestamp(?))", [cutoff]
+        )
+        log.info("lake compacted (retention cut-off %s)", datetime.fromtimestamp(cutoff, UTC))
+
+    # Query side.
+    def query(self, sql: str, database: str | None = None) -> QueryResult:
+        """Run ``sql``; unqualified table names resolve in ``database`` when given."""
+        try:
+            return self._query(sql, database)
+        except duckdb.Error as e:
+            if not (self._read_only and _STALE_INLINED in str(e)):
+                raise LakeError(str(e)) from e
+            # DuckLake bug (duckdb/ducklake#1305, #1413): after another process flushes
+            # inlined data, a separately attached reader keeps naming a dropped table
+            # until it attaches again. A fresh connection sees the new catalog.
+            log.warning("stale DuckLake inlined-data view; reconnecting the reader")
+            self._con.close()
+            self._con = _open_read_only(self._settings)
+        try:
+            return self._query(sql, database)
+        except duckdb.Error as e:
+            raise LakeError(str(e)) from e
+
+    def _query(self, sql: str, database: str | None) -> QueryResult:
+        if database is None:
+            self._con.execute(f"USE {LAKE}")
+        else:
+            name = _database_name(database)
+            if name not in self.databases():
+                raise LakeError(f"database {name} does not exist in the lake")
+            self._con.execute(f"USE {LAKE}.{ident(name)}")
+        cursor = self._con.execute(sql)
+        description = cursor.description
+        if description is None:
+            return QueryResult([], [], [])
+        # Through Arrow: DuckDB's own conversion of TIMESTAMPTZ values needs pytz.
+        table = cursor.to_arrow_table()
+        names = [str(d[0]) for d in description]
+        types = [str(d[1]) for d in description]
+        rows = list(zip(*(c.to_pylist() for c in table.columns), strict=True))
+        return QueryResult(names, types, rows)
+
+    def databases(self) -> list[str]:
+        found = self._fetch(
+            "SELECT schema_name FROM duckdb_schemas() WHERE database_name = ? ORDER BY schema_name",
+            [LAKE],
+        )
+        return [s for (s,) in found if s not in _NOT_DATABASES]
+
+    def tables(self, database: str) -> list[str]:
+        found = self._fetch(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
+            "AND schema_name = ? ORDER BY table_name",
+            [LAKE, normalize(database)],
+        )
+        return [t for (t,) in found]
+
+    def import_errors(self, limit: int = 100) -> QueryResult:
+        """The newest import errors first (``tdedge errors``)."""
+        return self.query(
+            f"SELECT * FROM {system.IMPORT_ERRORS} "
+            f"ORDER BY time DESC, journal_shard, journal_seq DESC LIMIT {int(limit)}"
+        )
+
+    # Internals.
+    def _write(
+        self, rows: TableRows, schemas: set[str], columns: dict[tuple[str, str], Columns]
+    ) -> None:
+        if is_reserved(rows.database):
+            raise LakeError(f"{SYSTEM_DATABASE} is reserved; rows cannot be written to it")
+        if rows.rows.num_rows == 0:
+            return
+        if rows.database not in schemas:
+            self._con.execute(f"CREATE SCHEMA IF NOT EXISTS {LAKE}.{ident(rows.database)}")
+            schemas.add(rows.database)
+        ref = table_ref(LAKE, rows.database, rows.table)
+        key = (rows.database, rows.table)
+        existing = columns.get(key)
+        if existing is None:
+            statement, after = create_table(ref, rows.rows.schema)
+            statements = [statement]
+        else:
+            statements, after = evolve_table(ref, existing, rows.rows.schema)
+        for statement in statements:
+            self._con.execute(statement)
+        columns[key] = after
+        self._insert(ref, rows.rows)
+
+    def _insert(self, ref: str, table: pa.Table) -> None:
+        self._con.register(_VIEW, table)
+        try:
+            self._con.execute(f"INSERT INTO {ref} BY NAME SELECT * FROM {_VIEW}")
+        finally:
+            self._con.unregister(_VIEW)
+
+    def _abort(self) -> None:
+        """Roll back whatever is open and forget cached catalog state."""
+        try:
+            self._con.execute("ROLLBACK")
+        except duckdb.TransactionException:
+            # A failed COMMIT has already rolled back: nothing is open any more.
+            log.debug("no transaction to roll back")
+        self.reload()
+
+    def _require_writable(self) -> None:
+        if self._read_only:
+            raise LakeError("the lake is open read-only")
+
+    def _execute(self, sql: str, params: list[Any] | None = None) -> None:
+        try:
+            self._con.execute(sql, params)
+        except duckdb.Error as e:
+            raise LakeError(str(e)) from e
+
+    def _fetch(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        try:
+            return self._con.execute(sql, params).fetchall()
+        except duckdb.Error as e:
+            raise LakeError(str(e)) from e
+
+
+def _database_name(database: str) -> str:
+    if not is_valid_name(database):
+        raise InvalidName(f"invalid database name {database!r}: {NAME_RULE}")
+    return normalize(database)
+
+
+def _open_read_only(settings: Settings) -> duckdb.DuckDBPyConnection:
+    """A read-only, sandboxed connection; sets the lake up first if nobody has yet."""
+    if not _initialised(settings):
+        Lake.open(settings).close()
+    con = connect()
+    try:
+        attach(con, settings, read_only=True)
+        sandbox(con, settings)
+        con.execute(f"USE {LAKE}")
+    except duckdb.Error as e:
+        con.close()
+        raise LakeError(f"cannot open the lake: {e}") from e
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _initialised(settings: Settings) -> bool:
+    """Whether a writer has created the catalog and tdedge's system tables."""
+    if not settings.lake_catalog.exists():
+        return False
+    con = connect()
+    try:
+        attach(con, settings, read_only=True)
+        found = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?",
+            [LAKE, SYSTEM_DATABASE],
+        ).fetchone()
+    except (duckdb.Error, LakeError) as e:
+        log.info("lake catalog not usable read-only yet (%s); setting it up", e)
+        return False
+    finally:
+        con.close()
+    return found is not None and found[0] >= 2

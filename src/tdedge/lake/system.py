@@ -1,0 +1,77 @@
+"""The tables tdedge keeps for itself in the ``tdedge_system`` schema of the lake.
+
+``journal_positions`` is append-only: each commit adds one row per shard it moved, and
+the position of a shard is its largest ``seq``. An upsert would need a DELETE in every
+commit, which here costs more than the insert of the rows themselves (~16 ms per
+commit); compaction deletes the superseded rows instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import msgspec
+import pyarrow as pa
+
+from tdedge.lake.batch import Rejection
+from tdedge.lake.catalog import LAKE
+from tdedge.lake.sql import table_ref
+from tdedge.names import SYSTEM_DATABASE
+
+POSITIONS = table_ref(LAKE, SYSTEM_DATABASE, "journal_positions")
+IMPORT_ERRORS = table_ref(LAKE, SYSTEM_DATABASE, "import_errors")
+
+IMPORT_ERRORS_SCHEMA = pa.schema(
+    [
+        ("time", pa.int64()),
+        ("received_ms", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("door", pa.string()),
+        ("database_name", pa.string()),
+        ("table_name", pa.string()),
+        ("key_id", pa.string()),
+        ("account_id", pa.int64()),
+        ("record", pa.string()),
+        ("journal_shard", pa.string()),
+        ("journal_seq", pa.int64()),
+    ]
+)
+
+POSITIONS_SCHEMA = pa.schema([("shard", pa.string()), ("seq", pa.int64())])
+
+_SQL = {pa.int64(): "BIGINT", pa.string(): "VARCHAR"}
+
+
+def _columns_sql(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name} {_SQL[f.type]}" for f in schema)
+
+
+DDL = (
+    f"CREATE SCHEMA IF NOT EXISTS {LAKE}.{SYSTEM_DATABASE}",
+    f"CREATE TABLE IF NOT EXISTS {POSITIONS} ({_columns_sql(POSITIONS_SCHEMA)})",
+    f"CREATE TABLE IF NOT EXISTS {IMPORT_ERRORS} ({_columns_sql(IMPORT_ERRORS_SCHEMA)})",
+)
+
+READ_POSITIONS = f"SELECT shard, max(seq) FROM {POSITIONS} GROUP BY shard"
+
+# Keeps the newest row of each shard (see the module docstring).
+PRUNE_POSITIONS = (
+    f"DELETE FROM {POSITIONS} AS p "
+    f"WHERE p.seq < (SELECT max(q.seq) FROM {POSITIONS} AS q WHERE q.shard = p.shard)"
+)
+COUNT_POSITIONS = f"SELECT count(*), count(DISTINCT shard) FROM {POSITIONS}"
+
+
+def rejections_table(rejections: Sequence[Rejection]) -> pa.Table:
+    columns: dict[str, list[object]] = {name: [] for name in IMPORT_ERRORS_SCHEMA.names}
+    for r in rejections:
+        for name, value in msgspec.structs.asdict(r).items():
+            columns[name].append(value)
+    return pa.table(columns, schema=IMPORT_ERRORS_SCHEMA)
+
+
+def positions_table(positions: Mapping[str, int]) -> pa.Table:
+    return pa.table(
+        {"shard": list(positions), "seq": list(positions.values())}, schema=POSITIONS_SCHEMA
+    )
