@@ -1,0 +1,1384 @@
+#!/usr/bin/env python3
+"""Postback benchmark: tdedge against nginx, loader throughput and freshness.
+
+Run it as ``bench/postback [--duration 10] [--workers 1]`` (see bench/README.md).
+
+Parts, in order (``--parts`` picks some):
+
+- ``http``: wrk (-t2 -c64 --latency, keep-alive) POSTs the same small JSON body with the
+  same Lua script first to nginx answering ``return 200 '{}'``, then to ``tdedge serve``
+  (once per ``--workers`` value). The ratio tdedge/nginx is the figure to read: both
+  share the 2 cores with wrk, so absolute numbers move 20-40 % between runs.
+- ``drain``: right after each tdedge wrk run, the time until the loader has written
+  every record the journal accepted (``tdedge_rows_written_total`` from /metrics, then
+  confirmed with ``SELECT count(*)``).
+- ``fresh``: on the idle server, records sent one at a time at ``--fresh-rate``/s, each
+  with a unique id; one reader polls the table every ``--fresh-poll-ms`` and the first
+  poll that sees an id gives its 200 → visible time.
+- ``prefill``: a fresh data dir, ``--prefill`` records written straight into the journal
+  with tdedge's own SQLiteJournal while the server is stopped, then ``serve`` starts and
+  the time until the loader has loaded all of them is measured.
+
+Targets are reported as PASS/MISS and never change the exit status: it is 0 unless the
+bench itself failed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV = REPO / ".venv"
+
+# Re-execute under the repository's virtualenv: this script imports tdedge.
+if Path(sys.prefix).resolve() != VENV.resolve() and (VENV / "bin" / "python").exists():
+    os.execv(str(VENV / "bin" / "python"), [str(VENV / "bin" / "python"), __file__, *sys.argv[1:]])
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import http.client  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from typing import Any, Protocol  # noqa: E402
+
+TDEDGE = VENV / "bin" / "tdedge"
+HOST = "127.0.0.1"
+DB = "bench_db"
+TABLE = "bench_tbl"
+FRESH_TABLE = "fresh_tbl"
+PREFILL_TABLE = "prefill_tbl"
+BODY = '{"param1":"value1","param2":1234}'
+WRK_THREADS = 2
+WRK_CONNECTIONS = 64
+
+# Targets (reported, never asserted).
+TARGET_RATIO = 0.35
+TARGET_P99_MS = 15.0
+TARGET_LOADER_ROWS_S = 300_000.0
+TARGET_FRESH_P99_S = 2.0
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    """The bench could not run a part (a tool missing, a process that would not start)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Processes: every child gets its own process group so the whole tree can be killed.
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        out = []
+        for path in (self.stdout, self.stderr):
+            with contextlib.suppress(OSError):
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {path.name}\n" + "\n".join(text))
+        return "\n".join(out)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Children:
+    """Starts children in their own sessions and stops them (the whole group) for sure."""
+
+    def __init__(self) -> None:
+        self._children: list[Child] = []
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        logdir: Path,
+        env: dict[str, str] | None = None,
+    ) -> Child:
+        stdout = logdir / f"{name}.stdout"
+        stderr = logdir / f"{name}.stderr"
+        with stdout.open("ab") as out, stderr.open("ab") as err:
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+            )
+        child = Child(name, popen, stdout, stderr)
+        self._children.append(child)
+        return child
+
+    def stop(self, child: Child, timeout: float = 20.0) -> None:
+        pgid = child.pid
+        if _group_alive(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            child.popen.poll()
+            if not _group_alive(pgid):
+                break
+            time.sleep(0.05)
+        else:
+            log(f"{child.name} did not stop in {timeout:.0f}s; killing its process group")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.popen.wait(timeout=5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.popen.wait(timeout=1)
+        if child in self._children:
+            self._children.remove(child)
+
+    def stop_all(self) -> None:
+        for child in reversed(list(self._children)):
+            try:
+                self.stop(child, timeout=10.0)
+            except Exception as e:  # keep cleaning up the others
+                log(f"stopping {child.name}: {e}")
+
+
+def _raise_on_signal(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ---------------------------------------------------------------------------------------
+# Small helpers.
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status), bytes(resp.read())
+    except urllib.error.HTTPError as e:
+        return int(e.code), bytes(e.read())
+
+
+def http_post(port: int, path: str, body: bytes, headers: dict[str, str]) -> int:
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return int(resp.status)
+    finally:
+        conn.close()
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def fs_type(path: Path) -> str:
+    """The file-system type holding ``path`` (from /proc/mounts; "?" when unknown)."""
+    best, kind = "", "?"
+    target = str(path.resolve())
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) < 3:
+                continue
+            mount = parts[1]
+            inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best):
+                best, kind = mount, parts[2]
+    return kind
+
+
+def git_describe() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return head + ("+dirty" if dirty else "")
+
+
+def fmt_int(n: float | None) -> str:
+    return "-" if n is None or math.isnan(n) else f"{n:,.0f}"
+
+
+def fmt_f(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+# ---------------------------------------------------------------------------------------
+# Tools.
+
+
+def check_tools() -> None:
+    missing = [tool for tool in ("wrk", "nginx") if _which(tool) is None]
+    if missing:
+        pkgs = " ".join("nginx-light" if t == "nginx" else t for t in missing)
+        raise BenchError(
+            f"missing: {', '.join(missing)}. Install with:\n"
+            f"  apt-get install -y {pkgs}    (as root; nginx-light or nginx both work)"
+        )
+    if not TDEDGE.exists():
+        raise BenchError(f"{TDEDGE} not found: .venv/bin/pip install -e '.[dev]'")
+
+
+def _which(tool: str) -> str | None:
+    return shutil.which(tool) or next(
+        (str(Path(d) / tool) for d in ("/usr/sbin", "/sbin") if (Path(d) / tool).exists()),
+        None,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# nginx.
+
+NGINX_CONF = """\
+worker_processes {workers};
+daemon off;
+master_process on;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen {host}:{port};
+        location / {{
+            default_type application/json;
+            return 200 '{{}}';
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(children: Children, tmp: Path, workers: str) -> tuple[Child, int]:
+    ndir = tmp / "nginx"
+    ndir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = ndir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(workers=workers, tmp=ndir, host=HOST, port=port))
+    nginx = _which("nginx") or "nginx"
+    child = children.start("nginx", [nginx, "-p", str(ndir), "-c", str(conf)], tmp)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise BenchError(f"nginx exited:\n{child.tail()}")
+        with contextlib.suppress(OSError):
+            if http_post(port, "/", b"{}", {"Content-Type": "application/json"}) == 200:
+                return child, port
+        time.sleep(0.1)
+    raise BenchError(f"nginx did not answer on port {port}:\n{child.tail()}")
+
+
+# ---------------------------------------------------------------------------------------
+# wrk.
+
+WRK_LUA = """\
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-TD-Write-Key"] = "{key}"
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH_JSON {{\\"requests\\":%d,\\"duration_us\\":%d,\\"status\\":%d,\\"connect\\":%d," ..
+    "\\"read\\":%d,\\"write\\":%d,\\"timeout\\":%d,\\"p50_us\\":%d,\\"p90_us\\":%d," ..
+    "\\"p99_us\\":%d,\\"max_us\\":%d}}\\n",
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+@dataclass
+class WrkResult:
+    target: str
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    requests: int
+    non2xx: int
+    socket_errors: int
+    duration_s: float
+
+    @property
+    def ok_responses(self) -> int:
+        return self.requests - self.non2xx
+
+
+_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _to_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(m.group(1)) * _UNITS_MS[m.group(2)]
+
+
+def parse_wrk(target: str, out: str) -> WrkResult:
+    """Read wrk's text output; the Lua ``done`` line, when present, gives exact figures."""
+
+    def grab(pattern: str) -> re.Match[str] | None:
+        return re.search(pattern, out, re.MULTILINE)
+
+    rps_m = grab(r"^Requests/sec:\s+([\d.]+)")
+    total_m = grab(r"^\s*(\d+) requests in ([\d.]+\w+)")
+    if rps_m is None or total_m is None:
+        raise BenchError(f"could not parse wrk output:\n{out}")
+    lat: dict[str, float] = {}
+    for pct in ("50", "90", "99"):
+        m = grab(rf"^\s+{pct}(?:\.000)?%\s+(\S+)")
+        lat[pct] = _to_ms(m.group(1)) if m else math.nan
+    non2xx_m = grab(r"Non-2xx or 3xx responses:\s+(\d+)")
+    sock_m = grab(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+    max_m = grab(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)")
+    result = WrkResult(
+        target=target,
+        rps=float(rps_m.group(1)),
+        p50_ms=lat["50"],
+        p90_ms=lat["90"],
+        p99_ms=lat["99"],
+        max_ms=_to_ms(max_m.group(1)) if max_m else math.nan,
+        requests=int(total_m.group(1)),
+        non2xx=int(non2xx_m.group(1)) if non2xx_m else 0,
+        socket_errors=sum(int(g) for g in sock_m.groups()) if sock_m else 0,
+        duration_s=_to_ms(total_m.group(2)) / 1e3,
+    )
+    exact = grab(r"^BENCH_JSON (\{.*\})$")
+    if exact is not None:
+        d = json.loads(exact.group(1))
+        dur = d["duration_us"] / 1e6
+        result.rps = d["requests"] / dur if dur > 0 else result.rps
+        result.p50_ms = d["p50_us"] / 1e3
+        result.p90_ms = d["p90_us"] / 1e3
+        result.p99_ms = d["p99_us"] / 1e3
+        result.max_ms = d["max_us"] / 1e3
+        result.requests = int(d["requests"])
+        result.non2xx = int(d["status"])
+        result.socket_errors = sum(int(d[k]) for k in ("connect", "read", "write", "timeout"))
+        result.duration_s = dur
+    return result
+
+
+def run_wrk(target: str, url: str, script: Path, duration: int, tmp: Path) -> WrkResult:
+    argv = [
+        "wrk",
+        f"-t{WRK_THREADS}",
+        f"-c{WRK_CONNECTIONS}",
+        f"-d{duration}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+    ]
+    log(f"wrk → {target}: {shlex.join(argv)}")
+    # wrk runs in the foreground with a hard time bound; Ctrl-C reaches it through the
+    # terminal's process group, and the timeout kills it otherwise.
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    (tmp / f"wrk-{target}.out").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    result = parse_wrk(target, done.stdout)
+    log(
+        f"  {target}: {result.rps:,.0f} rps, p50 {result.p50_ms:.2f} ms, "
+        f"p99 {result.p99_ms:.2f} ms, non-2xx {result.non2xx}, socket errors "
+        f"{result.socket_errors}"
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# tdedge.
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus exposition → {name: sum over every label set} (+ {name{labels}: value})."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if not m:
+            continue
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        name = m.group(1)
+        out[name] = out.get(name, 0.0) + value
+        if m.group(2):
+            out[name + m.group(2)] = value
+    return out
+
+
+class Tdedge:
+    """One ``tdedge serve`` process group on a data dir."""
+
+    def __init__(
+        self,
+        children: Children,
+        data_dir: Path,
+        logdir: Path,
+        workers: int,
+        loader: bool,
+        log_level: str,
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.children = children
+        self.data_dir = data_dir
+        self.logdir = logdir
+        self.workers = workers
+        self.loader = loader
+        self.log_level = log_level
+        self.extra = list(extra)
+        self.port = 0
+        self.child: Child | None = None
+        self.master_key = ""
+        self.write_key = ""
+        self.started_at = 0.0  # time.monotonic() just before the process was spawned
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.port = free_port()
+        argv = [
+            str(TDEDGE),
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--log-level",
+            self.log_level,
+            *([] if self.loader else ["--no-loader"]),
+            *self.extra,
+        ]
+        name = f"tdedge-w{self.workers}-{self.port}"
+        log(f"starting {shlex.join(argv)}")
+        self.started_at = time.monotonic()
+        self.child = self.children.start(name, argv, self.logdir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.child.alive():
+                raise BenchError(f"tdedge serve exited:\n{self.child.tail()}")
+            with contextlib.suppress(OSError):
+                if http_get(f"{self.url}/healthz", timeout=1)[0] == 200:
+                    break
+            time.sleep(0.05)
+        else:
+            raise BenchError(f"tdedge serve did not answer /healthz:\n{self.child.tail()}")
+        if not self.write_key:
+            self._read_keys(deadline)
+        log(f"tdedge up on {self.url} after {time.monotonic() - self.started_at:.1f}s")
+
+    def _read_keys(self, deadline: float) -> None:
+        assert self.child is not None
+        while time.monotonic() < deadline:
+            text = self.child.stdout.read_text(errors="replace")
+            master = re.search(r"^\s*master key:\s*(\S+)", text, re.MULTILINE)
+            write = re.search(r"^\s*write key:\s*(\S+)", text, re.MULTILINE)
+            if master and write:
+                self.master_key, self.write_key = master.group(1), write.group(1)
+                return
+            time.sleep(0.05)
+        raise BenchError(
+            "no 'write key:' line in serve's stdout (is the data dir empty?):\n" + self.child.tail()
+        )
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.children.stop(self.child, timeout=30.0)
+            self.child = None
+
+    def alive(self) -> bool:
+        return self.child is not None and self.child.alive()
+
+    def metrics(self) -> dict[str, float]:
+        status, body = http_get(f"{self.url}/metrics", timeout=5)
+        if status != 200:
+            raise BenchError(f"/metrics answered {status}")
+        return parse_metrics(body.decode(errors="replace"))
+
+    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(TDEDGE), *args], capture_output=True, text=True, timeout=timeout)
+
+    def count(self, table: str) -> int | None:
+        """``SELECT count(*)`` through ``tdedge query``; None when the query fails."""
+        done = self.cli(
+            "query",
+            "--data-dir",
+            str(self.data_dir),
+            "--format",
+            "json",
+            f"SELECT count(*) AS n FROM {DB}.{table}",
+        )
+        if done.returncode != 0:
+            return None
+        try:
+            return int(json.loads(done.stdout)[0]["n"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+
+
+def create_database(data_dir: Path, name: str) -> str:
+    """``tdedge db create``; falls back to the control store when the CLI cannot run."""
+    done = subprocess.run(
+        [str(TDEDGE), "db", "create", "--data-dir", str(data_dir), name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode == 0 or "already exists" in done.stderr:
+        return "tdedge db create"
+    log(f"tdedge db create failed ({done.stderr.strip().splitlines()[-1:]}); using ControlStore")
+    from tdedge.config import Settings
+    from tdedge.control.store import ControlStore
+    from tdedge.errors import AlreadyExists
+
+    store = ControlStore.open(Settings(data_dir=str(data_dir)).control_db)
+    try:
+        with contextlib.suppress(AlreadyExists):
+            store.create_database(name, 1)
+    finally:
+        store.close()
+    return "ControlStore.create_database (db create failed)"
+
+
+def bootstrap(children: Children, data_dir: Path, logdir: Path, log_level: str) -> Tdedge:
+    """First start on an empty data dir: read the keys, create the database, stop."""
+    server = Tdedge(children, data_dir, logdir, 1, loader=False, log_level=log_level)
+    server.start()
+    server.stop()
+    how = create_database(data_dir, DB)
+    log(f"database {DB} created with {how}")
+    return server
+
+
+# ---------------------------------------------------------------------------------------
+# Loader: drain after wrk, prefilled journal.
+
+
+@dataclass
+class Drain:
+    what: str
+    target_rows: int  # rows the loader had to write (the journal's accepted records)
+    backlog_at_start: int  # rows not yet written when the clock started
+    seconds: float | None  # start → every row written; None when not reached in time
+    rows_per_s: float | None  # backlog_at_start / seconds
+    steady_rows_per_s: float | None  # between the first and the last progress sample
+    first_row_s: float | None  # start → first progress seen
+    counted: int | None  # SELECT count(*) afterwards
+    expected_count: int | None
+    count_confirmed_s: float | None  # start → count(*) equals expected
+    source: str  # how progress was read
+    note: str = ""
+    samples: list[tuple[float, int]] = field(default_factory=list)
+
+
+def wait_rows(
+    progress: Callable[[], int | None],
+    target: int,
+    timeout: float,
+    stall: float,
+    interval: float,
+) -> tuple[list[tuple[float, int]], str]:
+    """Sample ``progress`` until it reaches ``target``; returns samples (monotonic, rows)."""
+    samples: list[tuple[float, int]] = []
+    start = time.monotonic()
+    last_change = start
+    last = -1
+    while True:
+        now = time.monotonic()
+        value = progress()
+        if value is not None:
+            samples.append((now, value))
+            if value != last:
+                last, last_change = value, now
+            if value >= target:
+                return samples, "reached"
+        if now - start > timeout:
+            return samples, f"timeout after {timeout:.0f}s"
+        if now - last_change > stall:
+            return samples, f"no progress for {stall:.0f}s"
+        time.sleep(interval)
+
+
+def _metric_rows(server: Tdedge) -> Callable[[], int | None]:
+    def read() -> int | None:
+        try:
+            value = server.metrics().get("tdedge_rows_written_total")
+        except (OSError, BenchError):
+            return None
+        return None if value is None else int(value)
+
+    return read
+
+
+def _count_rows(server: Tdedge, table: str, offset: int) -> Callable[[], int | None]:
+    def read() -> int | None:
+        n = server.count(table)
+        return None if n is None else n - offset
+
+    return read
+
+
+def measure_drain(
+    server: Tdedge,
+    what: str,
+    table: str,
+    target_rows: int,
+    clock_start: float,
+    expected_count: int | None,
+    timeout: float,
+    stall: float,
+) -> Drain:
+    """From ``clock_start`` until the loader has written ``target_rows`` rows.
+
+    Progress comes from ``tdedge_rows_written_total`` (cheap, does not touch the lake, so
+    the measurement does not slow the loader down). When that counter does not move, it
+    falls back to polling ``SELECT count(*)`` once a second.
+    """
+    source = "metric tdedge_rows_written_total"
+    samples, how = wait_rows(_metric_rows(server), target_rows, timeout, stall, 0.1)
+    if how != "reached" and (not samples or samples[-1][1] == 0):
+        source = "tdedge query count(*) (the metric did not move)"
+        offset = (expected_count or target_rows) - target_rows
+        left = max(stall, timeout - (time.monotonic() - clock_start))
+        samples, how = wait_rows(_count_rows(server, table, offset), target_rows, left, stall, 1.0)
+    first = next((t for t, n in samples if n > 0), None)
+    rows_at_start = samples[0][1] if samples else 0
+    backlog = target_rows - min(rows_at_start, target_rows) if samples else target_rows
+    seconds = samples[-1][0] - clock_start if how == "reached" else None
+    steady = None
+    moving = [(t, n) for t, n in samples if n > rows_at_start]
+    if len(moving) >= 2 and moving[-1][0] > moving[0][0]:
+        steady = (moving[-1][1] - moving[0][1]) / (moving[-1][0] - moving[0][0])
+    # Confirm with the query the brief asks for (a second or two per call, bounded).
+    counted, confirmed = None, None
+    if expected_count is not None:
+        deadline = time.monotonic() + min(60.0, timeout)
+        while True:
+            counted = server.count(table)
+            if counted is not None and counted >= expected_count:
+                confirmed = time.monotonic() - clock_start
+                break
+            if time.monotonic() > deadline or how != "reached":
+                break
+            time.sleep(0.5)
+    return Drain(
+        what=what,
+        target_rows=target_rows,
+        backlog_at_start=backlog,
+        seconds=seconds,
+        rows_per_s=backlog / seconds if seconds else None,
+        steady_rows_per_s=steady,
+        first_row_s=first - clock_start if first is not None else None,
+        counted=counted,
+        expected_count=expected_count,
+        count_confirmed_s=confirmed,
+        source=source,
+        note="" if how == "reached" else how,
+        samples=[
+            (round(t - clock_start, 3), n) for t, n in samples[:: max(1, len(samples) // 200)]
+        ],
+    )
+
+
+def prefill_journal(data_dir: Path, n: int, key: str, table: str) -> float:
+    """Append ``n`` envelopes with tdedge's own SQLiteJournal; returns the seconds taken.
+
+    The server must be stopped: the journal claims a shard with an exclusive lock, like
+    an edge worker does. The records are exactly what the edge would have journaled for
+    ``BODY`` posted to /postback/v3/event/bench_db/<table> with ``key``.
+    """
+    import asyncio
+
+    from tdedge.config import Settings
+    from tdedge.control.keys import hash_key
+    from tdedge.journal.envelope import Envelope
+    from tdedge.journal.sqlite import SQLiteJournal
+
+    settings = Settings(
+        data_dir=str(data_dir),
+        journal_commit_max=50_000,
+        journal_max_backlog=max(10 * n, 1 << 40),
+    )
+    record = json.dumps(json.loads(BODY), separators=(",", ":")).encode()
+    key_hash = hash_key(key)
+
+    async def fill() -> None:
+        journal = SQLiteJournal(settings)
+        try:
+            written = 0
+            while written < n:
+                k = min(50_000, n - written)
+                env = Envelope(time.time_ns() // 1_000_000, "legacy", DB, table, key_hash, record)
+                await asyncio.gather(*(journal.append(env) for _ in range(k)))
+                written += k
+        finally:
+            journal.close()
+
+    started = time.monotonic()
+    asyncio.run(fill())
+    return time.monotonic() - started
+
+
+# ---------------------------------------------------------------------------------------
+# Freshness.
+
+
+class IdReader(Protocol):
+    name: str
+
+    def ids(self) -> set[int]: ...
+
+    def close(self) -> None: ...
+
+
+class LakeIdReader:
+    """One read-only lake connection (tdedge.lake.catalog.Lake), opened once."""
+
+    def __init__(self, data_dir: Path, table: str) -> None:
+        from tdedge.config import Settings
+        from tdedge.lake.lake import Lake
+
+        self._lake = Lake.open(Settings(data_dir=str(data_dir)), read_only=True)
+        self._sql = f"SELECT id FROM {DB}.{table}"
+        self.name = "tdedge.lake.lake.Lake (one read-only connection)"
+
+    def ids(self) -> set[int]:
+        try:
+            result = self._lake.query(self._sql, None)
+        except Exception:  # the table does not exist yet
+            return set()
+        return {int(r[0]) for r in result.rows if r[0] is not None}
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._lake.close()
+
+
+class CliIdReader:
+    """``tdedge query`` per poll: slow (a process start each), used when Lake is missing."""
+
+    def __init__(self, data_dir: Path, table: str) -> None:
+        self._argv = [
+            str(TDEDGE),
+            "query",
+            "--data-dir",
+            str(data_dir),
+            "--format",
+            "json",
+            f"SELECT id FROM {DB}.{table}",
+        ]
+        self.name = "tdedge query subprocess per poll"
+
+    def ids(self) -> set[int]:
+        done = subprocess.run(self._argv, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            return set()
+        return {int(r["id"]) for r in json.loads(done.stdout) if r.get("id") is not None}
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Freshness:
+    sent: int
+    acked: int
+    seen: int
+    reader: str
+    poll_interval_ms: float
+    mean_poll_query_ms: float | None
+    p50_s: float | None
+    p90_s: float | None
+    p99_s: float | None
+    max_s: float | None
+    note: str = ""
+
+
+def measure_freshness(
+    server: Tdedge, count: int, rate: float, poll_ms: float, timeout: float
+) -> Freshness:
+    reader: IdReader
+    try:
+        reader = LakeIdReader(server.data_dir, FRESH_TABLE)
+    except Exception as e:
+        log(f"in-process lake reader unavailable ({type(e).__name__}: {e}); using tdedge query")
+        reader = CliIdReader(server.data_dir, FRESH_TABLE)
+    acked: dict[int, float] = {}
+    failed: list[tuple[int, str]] = []
+    stop = threading.Event()
+    headers = {"Content-Type": "application/json", "X-TD-Write-Key": server.write_key}
+    path = f"/postback/v3/event/{DB}/{FRESH_TABLE}"
+
+    def send() -> None:
+        conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
+        start = time.monotonic()
+        try:
+            for i in range(1, count + 1):
+                if stop.is_set():
+                    return
+                delay = start + (i - 1) / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                body = json.dumps({"id": i, "param1": "value1", "param2": 1234}).encode()
+                try:
+                    conn.request("POST", path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    resp.read()
+                except (OSError, http.client.HTTPException) as e:
+                    failed.append((i, str(e)))
+                    conn.close()
+                    conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
+                    continue
+                if resp.status == 200:
+                    acked[i] = time.monotonic()
+                else:
+                    failed.append((i, f"HTTP {resp.status}"))
+        finally:
+            conn.close()
+
+    sender = threading.Thread(target=send, name="fresh-sender", daemon=True)
+    seen: dict[int, float] = {}
+    query_ms: list[float] = []
+    log(f"freshness: {count} records at {rate:g}/s, polling with {reader.name}")
+    sender.start()
+    deadline = time.monotonic() + count / rate + timeout
+    try:
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            ids = reader.ids()
+            query_ms.append((time.monotonic() - t0) * 1e3)
+            for i in ids - seen.keys():
+                seen[i] = t0  # the rows were visible to a snapshot taken at t0
+            if not sender.is_alive() and acked and acked.keys() <= seen.keys():
+                break
+            time.sleep(max(0.0, poll_ms / 1e3 - (time.monotonic() - t0)))
+    finally:
+        stop.set()
+        sender.join(timeout=15)
+        reader.close()
+    latencies = [max(0.0, seen[i] - acked[i]) for i in acked if i in seen]
+    note = ""
+    if failed:
+        note = f"{len(failed)} sends failed (first: {failed[0][1]}). "
+    if len(latencies) < len(acked):
+        note += f"{len(acked) - len(latencies)} acked ids never seen before the deadline."
+    return Freshness(
+        sent=count,
+        acked=len(acked),
+        seen=len(latencies),
+        reader=reader.name,
+        poll_interval_ms=poll_ms,
+        mean_poll_query_ms=sum(query_ms) / len(query_ms) if query_ms else None,
+        p50_s=percentile(latencies, 50) if latencies else None,
+        p90_s=percentile(latencies, 90) if latencies else None,
+        p99_s=percentile(latencies, 99) if latencies else None,
+        max_s=max(latencies) if latencies else None,
+        note=note.strip(),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The run.
+
+
+@dataclass
+class TdedgeRun:
+    workers: int
+    wrk: WrkResult
+    ratio: float | None
+    accepted: int | None  # records the journal took during wrk (metric delta)
+    drain: Drain | None = None
+
+
+@dataclass
+class Report:
+    command: str
+    started: str
+    commit: str
+    cores: int
+    tmp_fs: str
+    nginx: WrkResult | None = None
+    tdedge: list[TdedgeRun] = field(default_factory=list)
+    freshness: Freshness | None = None
+    prefill: Drain | None = None
+    prefill_write_s: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/postback",
+        description="Postback benchmark: tdedge vs nginx (wrk), loader throughput, freshness.",
+    )
+    p.add_argument("--duration", type=int, default=10, help="wrk seconds per target [10]")
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="tdedge serve --workers; a comma list (1,2) runs wrk once per value [1]",
+    )
+    p.add_argument(
+        "--parts",
+        default="http,drain,fresh,prefill",
+        help="comma list of http, drain, fresh, prefill [all]",
+    )
+    p.add_argument("--nginx-workers", default="auto", help="nginx worker_processes [auto]")
+    p.add_argument(
+        "--prefill", type=int, default=1_000_000, help="records for the prefill part [1000000]"
+    )
+    p.add_argument("--fresh-count", type=int, default=200, help="freshness records [200]")
+    p.add_argument("--fresh-rate", type=float, default=20.0, help="freshness records/s [20]")
+    p.add_argument("--fresh-poll-ms", type=float, default=50.0, help="freshness poll [50]")
+    p.add_argument(
+        "--drain-timeout", type=float, default=300.0, help="max seconds per drain wait [300]"
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        help="give up a wait after this many seconds without progress [30]",
+    )
+    p.add_argument("--no-loader", action="store_true", help="serve --no-loader; HTTP part only")
+    p.add_argument("--log-level", default="warning", help="tdedge serve --log-level [warning]")
+    p.add_argument("--tmp-dir", default=None, help="parent of the temp dirs [system default]")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs)")
+    p.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="also write the results as JSON [bench/out/postback-<time>.json]",
+    )
+    args = p.parse_args(argv)
+    try:
+        args.worker_list = [int(w) for w in str(args.workers).split(",") if w.strip()]
+    except ValueError:
+        p.error("--workers takes integers, e.g. 1 or 1,2")
+    if not args.worker_list or min(args.worker_list) < 1:
+        p.error("--workers takes integers >= 1")
+    args.part_set = {x.strip() for x in str(args.parts).split(",") if x.strip()}
+    unknown = args.part_set - {"http", "drain", "fresh", "prefill"}
+    if unknown:
+        p.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    if args.no_loader:
+        args.part_set &= {"http"}
+    if args.duration < 1:
+        p.error("--duration must be >= 1")
+    return args
+
+
+def run(args: argparse.Namespace, report: Report, children: Children, tmp: Path) -> None:
+    parts: set[str] = args.part_set
+    wrk_parts = parts & {"http", "drain", "fresh"}
+    if wrk_parts:
+        data_dir = tmp / "data"
+        logdir = tmp / "logs"
+        logdir.mkdir(parents=True, exist_ok=True)
+        boot = bootstrap(children, data_dir, logdir, args.log_level)
+        script = tmp / "postback.lua"
+        script.write_text(WRK_LUA.format(body=BODY, key=boot.write_key))
+        path = f"/postback/v3/event/{DB}/{TABLE}"
+        if "http" in parts:
+            nginx, nport = start_nginx(children, tmp, args.nginx_workers)
+            try:
+                report.nginx = run_wrk(
+                    "nginx", f"http://{HOST}:{nport}{path}", script, args.duration, tmp
+                )
+            finally:
+                children.stop(nginx)
+        expected_total = 0
+        for index, workers in enumerate(args.worker_list):
+            server = Tdedge(
+                children,
+                data_dir,
+                logdir,
+                workers,
+                loader=not args.no_loader,
+                log_level=args.log_level,
+            )
+            server.write_key, server.master_key = boot.write_key, boot.master_key
+            server.start()
+            try:
+                if "http" in parts or "drain" in parts:
+                    before = server.metrics()
+                    result = run_wrk(
+                        f"tdedge-w{workers}", f"{server.url}{path}", script, args.duration, tmp
+                    )
+                    wrk_end = time.monotonic()
+                    after = server.metrics()
+                    accepted = _delta(before, after, "tdedge_journal_appended_total")
+                    ratio = result.rps / report.nginx.rps if report.nginx else None
+                    run_ = TdedgeRun(workers, result, ratio, accepted)
+                    report.tdedge.append(run_)
+                    if accepted is not None:
+                        expected_total += accepted
+                    if "drain" in parts:
+                        target = int(after.get("tdedge_journal_appended_total", 0.0))
+                        log(f"drain: waiting for the loader to write {target:,} rows")
+                        run_.drain = measure_drain(
+                            server,
+                            f"after wrk (workers={workers})",
+                            TABLE,
+                            target,
+                            wrk_end,
+                            expected_total if accepted is not None else None,
+                            args.drain_timeout,
+                            args.stall_timeout,
+                        )
+                        log(f"  drain: {_drain_line(run_.drain)}")
+                if "fresh" in parts and index == 0:
+                    report.freshness = measure_freshness(
+                        server,
+                        args.fresh_count,
+                        args.fresh_rate,
+                        args.fresh_poll_ms,
+                        timeout=max(30.0, args.stall_timeout),
+                    )
+                    log(f"  freshness: {_fresh_line(report.freshness)}")
+            finally:
+                server.stop()
+    if "prefill" in parts and args.prefill > 0:
+        run_prefill(args, report, children, tmp)
+
+
+def run_prefill(args: argparse.Namespace, report: Report, children: Children, tmp: Path) -> None:
+    data_dir = tmp / "prefill-data"
+    logdir = tmp / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    boot = bootstrap(children, data_dir, logdir, args.log_level)
+    n = int(args.prefill)
+    log(f"prefill: writing {n:,} envelopes into the journal with SQLiteJournal")
+    report.prefill_write_s = prefill_journal(data_dir, n, boot.write_key, PREFILL_TABLE)
+    log(
+        f"  journal written in {report.prefill_write_s:.1f}s "
+        f"({n / report.prefill_write_s:,.0f} records/s)"
+    )
+    server = Tdedge(
+        children,
+        data_dir,
+        logdir,
+        args.worker_list[0],
+        loader=True,
+        log_level=args.log_level,
+        extra=["--journal-max-backlog", str(max(2_000_000, 2 * n))],
+    )
+    server.write_key, server.master_key = boot.write_key, boot.master_key
+    server.start()
+    try:
+        report.prefill = measure_drain(
+            server,
+            f"prefilled journal, {n:,} records",
+            PREFILL_TABLE,
+            n,
+            server.started_at,
+            n,
+            max(args.drain_timeout, n / 20_000),
+            args.stall_timeout,
+        )
+        log(f"  prefill: {_drain_line(report.prefill)}")
+    finally:
+        server.stop()
+
+
+def _delta(before: dict[str, float], after: dict[str, float], name: str) -> int | None:
+    if name not in after:
+        return None
+    return int(after[name] - before.get(name, 0.0))
+
+
+def _drain_line(d: Drain) -> str:
+    if d.seconds is None:
+        return (
+            f"NOT DONE ({d.note}); rows written "
+            f"{d.samples[-1][1] if d.samples else 0:,}/{d.target_rows:,}"
+        )
+    return (
+        f"{d.backlog_at_start:,} rows in {d.seconds:.2f}s = {fmt_int(d.rows_per_s)} rows/s"
+        f" (steady {fmt_int(d.steady_rows_per_s)} rows/s), count(*) {fmt_int(d.counted)}"
+        f"/{fmt_int(d.expected_count)}"
+    )
+
+
+def _fresh_line(f: Freshness) -> str:
+    return (
+        f"{f.seen}/{f.acked} seen; 200→visible p50 {fmt_f(f.p50_s)}s p99 {fmt_f(f.p99_s)}s "
+        f"max {fmt_f(f.max_s)}s {f.note}"
+    ).strip()
+
+
+# ---------------------------------------------------------------------------------------
+# Output.
+
+
+def render(report: Report, args: argparse.Namespace) -> str:
+    lines: list[str] = []
+    lines.append("")
+    lines.append(
+        f"HTTP: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{args.duration}s --latency, POST "
+        f"{len(BODY)} B JSON, keep-alive"
+    )
+    head = f"{'target':<14}{'rps':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+    head += f"{'requests':>11}{'non-2xx':>9}{'sock err':>9}{'vs nginx':>10}"
+    lines.append(head)
+    lines.append("-" * len(head))
+    rows: list[tuple[WrkResult, float | None]] = []
+    if report.nginx:
+        rows.append((report.nginx, None))
+    rows += [(r.wrk, r.ratio) for r in report.tdedge]
+    for w, ratio in rows:
+        lines.append(
+            f"{w.target:<14}{w.rps:>10,.0f}{w.p50_ms:>9.2f}{w.p90_ms:>9.2f}{w.p99_ms:>9.2f}"
+            f"{w.max_ms:>9.1f}{w.requests:>11,}{w.non2xx:>9,}{w.socket_errors:>9,}"
+            f"{'' if ratio is None else f'{ratio:.1%}':>10}"
+        )
+    for r in report.tdedge:
+        ratio_ok = None if r.ratio is None else r.ratio >= TARGET_RATIO
+        lines.append(
+            f"  workers={r.workers}: rps ≥ {TARGET_RATIO:.0%} of nginx: {verdict(ratio_ok)}"
+            f"   p99 ≤ {TARGET_P99_MS:g} ms: {verdict(r.wrk.p99_ms <= TARGET_P99_MS)}"
+            f"   journal accepted {fmt_int(r.accepted)} (wrk 2xx {r.wrk.ok_responses:,})"
+        )
+    if len(report.tdedge) > 1:
+        best = max(report.tdedge, key=lambda r: r.wrk.rps)
+        lines.append(f"  best: workers={best.workers} ({best.wrk.rps:,.0f} rps)")
+    drains = [r.drain for r in report.tdedge if r.drain is not None]
+    if drains or report.prefill:
+        lines.append("")
+        lines.append(f"Loader (target ≥ {TARGET_LOADER_ROWS_S:,.0f} rows/s)")
+        for d in drains:
+            lines.append(f"  drain {d.what}: {_drain_line(d)}")
+            lines.append(
+                f"    clock from wrk's end; backlog = rows not yet written then; source: {d.source}"
+            )
+            lines.append(f"    {verdict(_loader_ok(d))}")
+        if report.prefill:
+            d = report.prefill
+            lines.append(f"  {d.what}: {_drain_line(d)}")
+            lines.append(
+                f"    clock from `serve` spawn; first row after {fmt_f(d.first_row_s)}s;"
+                f" count(*) confirmed at {fmt_f(d.count_confirmed_s)}s; journal written in "
+                f"{fmt_f(report.prefill_write_s, 1)}s; source: {d.source}"
+            )
+            lines.append(f"    {verdict(_loader_ok(d))}")
+    if report.freshness:
+        f = report.freshness
+        lines.append("")
+        lines.append(f"Freshness (target p99 ≤ {TARGET_FRESH_P99_S:g} s): {_fresh_line(f)}")
+        lines.append(
+            f"  {f.sent} sent at {args.fresh_rate:g}/s, one at a time; poll every "
+            f"{f.poll_interval_ms:g} ms with {f.reader} (mean query "
+            f"{fmt_f(f.mean_poll_query_ms, 1)} ms)"
+        )
+        ok = None if f.p99_s is None or f.seen < f.acked else f.p99_s <= TARGET_FRESH_P99_S
+        lines.append(f"  {verdict(ok)}")
+    for e in report.errors:
+        lines.append(f"ERROR: {e}")
+    return "\n".join(lines)
+
+
+def _loader_ok(d: Drain) -> bool | None:
+    if d.seconds is None:
+        return False
+    rate = d.steady_rows_per_s or d.rows_per_s
+    return None if rate is None else rate >= TARGET_LOADER_ROWS_S
+
+
+def summary_block(report: Report, args: argparse.Namespace) -> str:
+    out = [
+        "```",
+        f"tdedge postback bench  {report.started}  commit {report.commit}  "
+        f"{report.cores} cores  data on {report.tmp_fs}",
+        f"$ {report.command}",
+    ]
+    if report.nginx:
+        n = report.nginx
+        out.append(
+            f"nginx return 200  {n.rps:>9,.0f} rps  p50 {n.p50_ms:.2f} ms  p99 {n.p99_ms:.2f} ms"
+        )
+    for r in report.tdedge:
+        w = r.wrk
+        ratio = "-" if r.ratio is None else f"{r.ratio:.1%}"
+        ratio_ok = None if r.ratio is None else r.ratio >= TARGET_RATIO
+        out.append(
+            f"tdedge w={r.workers:<7} {w.rps:>9,.0f} rps  p50 {w.p50_ms:.2f} ms  p99 "
+            f"{w.p99_ms:.2f} ms  = {ratio} of nginx [{verdict(ratio_ok)} ≥35%] "
+            f"[p99 {verdict(w.p99_ms <= TARGET_P99_MS)} ≤15ms]  non-2xx {w.non2xx} "
+            f"sock-err {w.socket_errors}"
+        )
+    for r in report.tdedge:
+        if r.drain:
+            out.append(
+                f"drain w={r.workers}: {_drain_line(r.drain)} [{verdict(_loader_ok(r.drain))}]"
+            )
+    if report.prefill:
+        d = report.prefill
+        out.append(
+            f"prefill {d.target_rows:,}: {_drain_line(d)}; first row {fmt_f(d.first_row_s)}s "
+            f"after spawn [{verdict(_loader_ok(d))} ≥300k rows/s]"
+        )
+    if report.freshness:
+        f = report.freshness
+        ok = None if f.p99_s is None or f.seen < f.acked else f.p99_s <= TARGET_FRESH_P99_S
+        out.append(
+            f"freshness {f.sent}@{args.fresh_rate:g}/s: {_fresh_line(f)} "
+            f"(poll {f.poll_interval_ms:g} ms) [{verdict(ok)} p99 ≤2s]"
+        )
+    out.extend(f"ERROR: {e}" for e in report.errors)
+    out.append("```")
+    return "\n".join(out)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C does, so the cleanup below always runs."""
+    old = {s: signal.signal(s, _raise_on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    report = Report(
+        command=shlex.join(["bench/postback", *(sys.argv[1:] if argv is None else argv)]),
+        started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        commit=git_describe(),
+        cores=os.cpu_count() or 0,
+        tmp_fs="?",
+    )
+    try:
+        check_tools()
+    except BenchError as e:
+        print(f"bench/postback: {e}", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="tdedge-bench-", dir=args.tmp_dir))
+    report.tmp_fs = f"{fs_type(tmp)} ({tmp.parent})"
+    if fs_type(tmp) in {"tmpfs", "ramfs"}:
+        log(f"warning: {tmp} is on {fs_type(tmp)}: fsync is free there, figures are optimistic")
+    children = Children()
+    status = 0
+    try:
+        with signals_raise():
+            run(args, report, children, tmp)
+    except KeyboardInterrupt:
+        report.errors.append("interrupted")
+        status = 130
+    except (BenchError, subprocess.SubprocessError, OSError) as e:
+        report.errors.append(f"{type(e).__name__}: {e}")
+        status = 1
+    finally:
+        children.stop_all()
+    print(render(report, args))
+    print()
+    print(summary_block(report, args))
+    out = (
+        Path(args.json)
+        if args.json
+        else REPO / "bench" / "out" / ("postback-" + time.strftime("%Y%m%d-%H%M%S") + ".json")
+    )
+    with contextlib.suppress(OSError):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(_jsonable(asdict(report)), indent=2) + "\n")
+        print(f"\nresults: {out}")
+    if args.keep:
+        print(f"kept: {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
