@@ -156,7 +156,7 @@ def db() -> None:
 @click.argument("name")
 def db_create(data_dir: str | None, account: int, name: str) -> None:
     from tdedge.errors import ControlError
-    from tdedge.lake.catalog import Lake
+    from tdedge.lake.lake import Lake
 
     settings = _settings(data_dir)
     try:
@@ -188,7 +188,7 @@ def db_list(data_dir: str | None, fmt: str) -> None:
 def query(data_dir: str | None, database: str | None, fmt: str, sql: str) -> None:
     """Run SQL (DuckDB dialect) over the lake's tables."""
     from tdedge.errors import LakeError
-    from tdedge.lake.catalog import Lake
+    from tdedge.lake.lake import Lake
 
     lake = Lake.open(_settings(data_dir), read_only=True)
     try:
@@ -206,7 +206,7 @@ def query(data_dir: str | None, database: str | None, fmt: str, sql: str) -> Non
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
 def errors(data_dir: str | None, fmt: str, limit: int) -> None:
     """Show the import-errors table: every record that did not reach its table, and why."""
-    from tdedge.lake.catalog import Lake
+    from tdedge.lake.lake import Lake
 
     lake = Lake.open(_settings(data_dir), read_only=True)
     try:

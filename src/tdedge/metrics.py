@@ -18,9 +18,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-REQUESTS = Counter(
-    "tdedge_requests_total", "HTTP requests answered", ["door", "route", "status"]
-)
+REQUESTS = Counter("tdedge_requests_total", "HTTP requests answered", ["door", "route", "status"])
 JOURNAL_APPENDED = Counter("tdedge_journal_appended_total", "Envelopes made durable")
 JOURNAL_COMMIT_BATCH = Histogram(
     "tdedge_journal_commit_batch_size",
@@ -38,9 +36,7 @@ JOURNAL_BACKLOG = Gauge(
     ["shard"],
     multiprocess_mode="livemax",
 )
-JOURNAL_REFUSED = Counter(
-    "tdedge_journal_refused_total", "Appends refused with 503", ["reason"]
-)
+JOURNAL_REFUSED = Counter("tdedge_journal_refused_total", "Appends refused with 503", ["reason"])
 LOADER_LAG_RECORDS = Gauge(
     "tdedge_loader_lag_records", "Records waiting to be loaded", multiprocess_mode="livemax"
 )
@@ -60,15 +56,10 @@ TYPE_CONFLICTS = Counter(
 )
 
 
-def mark_process_dead(pid: int) -> None:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.mark_process_dead(pid)
-
-
 def exposition() -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return bytes(generate_latest(registry))
     from prometheus_client import REGISTRY
 

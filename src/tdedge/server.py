@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -30,14 +31,23 @@ def prepare_data_dir(settings: Settings) -> None:
         d.mkdir(parents=True, exist_ok=True)
 
 
+EXAMPLE_DATABASE = "test_db"
+
+
 def bootstrap(settings: Settings) -> tuple[str, str] | None:
-    """On an empty data dir create account 1 with a master and a write key."""
+    """On an empty data dir create account 1 with a master and a write key.
+
+    Also the example's database: a write key cannot create one, and the curl example
+    printed at first start must work as pasted.
+    """
     store = ControlStore.open(settings.control_db)
     try:
         if store.account_count() > 0:
             return None
         store.create_account(1)
-        return store.create_key(1, "master"), store.create_key(1, "write")
+        keys = store.create_key(1, "master"), store.create_key(1, "write")
+        store.create_database(EXAMPLE_DATABASE, 1)
+        return keys
     finally:
         store.close()
 
@@ -49,16 +59,17 @@ def welcome(settings: Settings, keys: tuple[str, str] | None) -> str:
         master, write = keys
         lines += [
             "",
-            "First start: created account 1. These keys are shown once;"
-            " only their hashes are kept.",
+            "First start: created account 1 and its database test_db.",
+            "These keys are shown once; only their hashes are kept.",
             f"  master key: {master}",
             f"  write key:  {write}",
             "",
             "Try it:",
             f"  curl -X POST -H 'Content-Type: application/json' -H 'X-TD-Write-Key: {write}' \\",
             '    --data-binary \'{"param1":"value1", "param2":1234}\' \\',
-            f"    {url}/postback/v3/event/test_db/test_tbl",
-            f"  tdedge query --data-dir {settings.data_dir} -d test_db 'SELECT * FROM test_tbl'",
+            f"    {url}/postback/v3/event/{EXAMPLE_DATABASE}/test_tbl",
+            f"  tdedge query --data-dir {settings.data_dir} -d {EXAMPLE_DATABASE}"
+            " 'SELECT * FROM test_tbl'",
         ]
     return "\n".join(lines)
 
@@ -167,3 +178,29 @@ def loader_lock(settings: Settings) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
+
+
+def run_loader(settings: Settings, parent_pid: int | None) -> None:
+    """The loader process: one per data dir, stops on SIGTERM or when ``serve`` is gone."""
+    from tdedge.control.directory import Directory
+    from tdedge.journal.sqlite import SQLiteJournalReader
+    from tdedge.lake.lake import Lake
+    from tdedge.loader.runner import Loader
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if parent_pid is not None:
+        parent_watch(parent_pid, stop)
+    lock_fd = loader_lock(settings)
+    store = ControlStore.open(settings.control_db)
+    reader = SQLiteJournalReader(settings.journal_dir)
+    lake = Lake.open(settings)
+    try:
+        log.info("loader started", extra={"pid": os.getpid()})
+        Loader(settings, reader, Directory(store, ttl_s=settings.key_cache_ttl_s), lake).run(stop)
+    finally:
+        lake.close()
+        reader.close()
+        store.close()
+        os.close(lock_fd)

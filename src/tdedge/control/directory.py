@@ -1,9 +1,10 @@
 """A read-mostly, in-memory view of keys and databases with a time-to-live.
 
 The edge (``--auth sync``) and the loader check every record's key; they must not hit
-the control database each time. A miss reloads early (at most once per
-``min_reload_s``) so a key created a moment ago is seen without waiting for the TTL.
-Time is passed in, never read inside.
+the control database each time. A miss asks the control database for that one key or database (an indexed point
+look-up), so a key created a moment ago works at once; a revocation is seen within
+the TTL. Misses are remembered for ``NEGATIVE_TTL_S`` so a flood of records with one
+bad key costs one look-up, not one per record. Time is passed in, never read inside.
 """
 
 from __future__ import annotations
@@ -15,39 +16,58 @@ from tdedge.control.store import ControlStore
 from tdedge.errors import AlreadyExists
 
 
+NEGATIVE_TTL_S = 1.0
+# Bound on remembered misses: a flood of distinct bad keys must not grow memory.
+MAX_MISSES = 100_000
+
+
 class Directory:
-    def __init__(self, store: ControlStore, ttl_s: float, min_reload_s: float = 0.5) -> None:
+    def __init__(self, store: ControlStore, ttl_s: float) -> None:
         self._store = store
         self._ttl = ttl_s
-        self._min_reload = min_reload_s
         self._keys: dict[bytes, KeyInfo] = {}
         self._owners: dict[str, int] = {}
         self._loaded_at = float("-inf")
+        self._misses: dict[bytes | str, float] = {}
 
     def _reload(self, now: float) -> None:
         self._keys = self._store.keys_by_hash()
         self._owners = self._store.database_owners()
+        self._misses.clear()
         self._loaded_at = now
 
-    def refresh(self, now: float, *, miss: bool = False) -> None:
-        age = now - self._loaded_at
-        if age >= self._ttl or (miss and age >= self._min_reload):
+    def refresh(self, now: float) -> None:
+        if now - self._loaded_at >= self._ttl:
             self._reload(now)
+
+    def _missed_recently(self, what: bytes | str, now: float) -> bool:
+        return now - self._misses.get(what, float("-inf")) < NEGATIVE_TTL_S
+
+    def _missed(self, what: bytes | str, now: float) -> None:
+        if len(self._misses) >= MAX_MISSES:
+            self._misses.clear()
+        self._misses[what] = now
 
     def key(self, key_hash: bytes, now: float) -> KeyInfo | None:
         self.refresh(now)
         info = self._keys.get(key_hash)
-        if info is None:
-            self.refresh(now, miss=True)
-            info = self._keys.get(key_hash)
+        if info is None and not self._missed_recently(key_hash, now):
+            info = self._store.key_by_hash(key_hash)
+            if info is None:
+                self._missed(key_hash, now)
+            else:
+                self._keys[key_hash] = info
         return info
 
     def database_owner(self, name: str, now: float) -> int | None:
         self.refresh(now)
         owner = self._owners.get(name)
-        if owner is None:
-            self.refresh(now, miss=True)
-            owner = self._owners.get(name)
+        if owner is None and not self._missed_recently(name, now):
+            owner = self._store.database_owner(name)
+            if owner is None:
+                self._missed(name, now)
+            else:
+                self._owners[name] = owner
         return owner
 
     def create_database(self, name: str, account_id: int) -> int:
@@ -55,4 +75,5 @@ class Directory:
         with contextlib.suppress(AlreadyExists):
             self._store.create_database(name, account_id)
         self._owners = self._store.database_owners()
+        self._misses.pop(name, None)
         return self._owners[name]

@@ -137,6 +137,11 @@ class ControlStore:
             rows = conn.execute(sa.select(api_keys)).all()
         return {bytes(r.key_hash): _key_info(r) for r in rows}
 
+    def key_by_hash(self, key_hash: bytes) -> KeyInfo | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == key_hash)).first()
+        return None if row is None else _key_info(row)
+
     # Databases.
     def create_database(self, name: str, account_id: int) -> DatabaseInfo:
         if not is_valid_name(name):
@@ -160,6 +165,13 @@ class ControlStore:
             DatabaseInfo(name=r.name, account_id=r.account_id, created_at=r.created_at)
             for r in rows
         ]
+
+    def database_owner(self, name: str) -> int | None:
+        with self._engine.connect() as conn:
+            found = conn.execute(
+                sa.select(databases.c.account_id).where(databases.c.name == name)
+            ).scalar()
+        return None if found is None else int(found)
 
     def database_owners(self) -> dict[str, int]:
         return {d.name: d.account_id for d in self.list_databases()}

@@ -34,6 +34,7 @@ from tdedge.errors import JournalUnavailable
 from tdedge.journal.base import Journal
 from tdedge.journal.envelope import Envelope
 from tdedge.journal.sqlite import SQLiteJournal
+from tdedge.loader.heartbeat import read_heartbeat
 from tdedge.names import NAME_RULE, is_valid_name, normalize
 
 log = logging.getLogger("tdedge.edge")
@@ -42,6 +43,8 @@ POSTBACK_PREFIX = "/postback/v3/event/"
 # A refused body is kept for operators, but not all of it.
 REJECT_KEEP_BYTES = 64 * 1024
 SWITCH_INTERVAL_S = 0.0002
+# One failed batch is retried at once; several in a row mean the lake is unreachable.
+LOADER_FAILURES_NOT_READY = 3
 
 
 class _Counters:
@@ -192,7 +195,7 @@ class EdgeApp:
         problems: list[str] = []
         if self._journal is None or not self._journal.writable():
             problems.append("journal not writable")
-        beat = _read_heartbeat(self.settings)
+        beat = read_heartbeat(self.settings.loader_heartbeat)
         now = time.time()
         if beat is None:
             problems.append("loader has not started")
@@ -201,6 +204,8 @@ class EdgeApp:
                 problems.append(f"loader silent for {now - beat.time:.0f}s")
             if beat.lag_seconds > self.settings.ready_max_lag_s:
                 problems.append(f"loader lag {beat.lag_seconds:.1f}s")
+            if beat.failures >= LOADER_FAILURES_NOT_READY:
+                problems.append(f"loader failed {beat.failures} batches in a row")
         body = encode_json(
             {
                 "ready": not problems,
@@ -210,20 +215,6 @@ class EdgeApp:
             }
         )
         return (503 if problems else 200), JSON_HEADERS, body
-
-
-class Heartbeat(msgspec.Struct):
-    time: float
-    lag_records: int = 0
-    lag_seconds: float = 0.0
-    pid: int = 0
-
-
-def _read_heartbeat(settings: Settings) -> Heartbeat | None:
-    try:
-        return msgspec.json.decode(settings.loader_heartbeat.read_bytes(), type=Heartbeat)
-    except (OSError, msgspec.DecodeError):
-        return None
 
 
 def create_app() -> EdgeApp:
