@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+
 from tests.e2e.conftest import Server
 
 PATH = "/postback/v3/event/test_db/test_tbl"
@@ -33,7 +34,7 @@ def test_documented_curl_example(server: Server) -> None:
             f"{server.url}{PATH}",
         ],
         capture_output=True,
-                timeout=30,
+        timeout=30,
         check=True,
     )
     head, _, body = done.stdout.decode().partition("\r\n\r\n")
@@ -237,7 +238,9 @@ def test_sync_auth_answers_403_at_once(make_server: Any) -> None:
     fresh = srv.cli("keys", "create").stdout.strip()  # a key made now is seen at once
     assert srv.postback("test_db", "test_tbl", {"a": 2}, key=fresh).status_code == 200
     assert srv.postback("test_db", "test_tbl", {"a": 3}, key=srv.master_key).status_code == 200
-    srv.wait_for("SELECT a FROM test_db.test_tbl ORDER BY a", lambda rows: rows == [{"a": 2}, {"a": 3}])
+    srv.wait_for(
+        "SELECT a FROM test_db.test_tbl ORDER BY a", lambda rows: rows == [{"a": 2}, {"a": 3}]
+    )
     errs = _wait_errors(srv, lambda e: len(e) >= 1)
     assert [e["reason"] for e in errs] == ["unknown_key"]
 

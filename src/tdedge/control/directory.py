@@ -1,8 +1,8 @@
 """A read-mostly, in-memory view of keys and databases with a time-to-live.
 
 The edge (``--auth sync``) and the loader check every record's key; they must not hit
-the control database each time. A miss asks the control database for that one key or database (an indexed point
-look-up), so a key created a moment ago works at once; a revocation is seen within
+the control database each time. A miss asks the control database for that one key or
+database (an indexed point look-up), so a key created a moment ago works at once; a revocation is seen within
 the TTL. Misses are remembered for ``NEGATIVE_TTL_S`` so a flood of records with one
 bad key costs one look-up, not one per record. Time is passed in, never read inside.
 """
@@ -14,7 +14,6 @@ import contextlib
 from tdedge.control.keys import KeyInfo
 from tdedge.control.store import ControlStore
 from tdedge.errors import AlreadyExists
-
 
 NEGATIVE_TTL_S = 1.0
 # Bound on remembered misses: a flood of distinct bad keys must not grow memory.
