@@ -3,8 +3,9 @@
 The edge (``--auth sync``) and the loader check every record's key; they must not hit
 the control database each time. A miss asks the control database for that one key or
 database (an indexed point look-up), so a key created a moment ago works at once; a
-revocation is seen within the TTL. Misses are remembered for ``NEGATIVE_TTL_S`` so a flood of records with one
-bad key costs one look-up, not one per record. Time is passed in, never read inside.
+revocation is seen within the TTL. Misses are remembered for ``NEGATIVE_TTL_S`` so a
+flood of records with one bad key costs one look-up, not one per record. Time is passed
+in, never read inside.
 """
 
 from __future__ import annotations
