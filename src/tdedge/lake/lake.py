@@ -165,7 +165,8 @@ class Lake:
 
         Steps: drop superseded position rows; flush inlined rows into Parquet; merge
         adjacent small files; expire snapshots older than ``lake_retention_s``; delete
-        the files those snapshots alone referenced (including the ones merged away).
+        the files those snapshots alone referenced (including the ones merged away) and
+        files no commit ever referenced, once older than the retention.
         """
         self._require_writable()
         cutoff = now - self._settings.lake_retention_s
@@ -181,6 +182,12 @@ class Lake:
         )
         self._execute(
             f"CALL ducklake_cleanup_old_files({lake}, older_than => to_timestamp(?))", [cutoff]
+        )
+        # Files a writer wrote and never committed (it died mid-transaction). Files of a
+        # transaction in flight are younger than the cut-off, so they are left alone.
+        self._execute(
+            f"CALL ducklake_delete_orphaned_files({lake}, older_than => to_timestamp(?))",
+            [cutoff],
         )
         log.info("lake compacted (retention cut-off %s)", datetime.fromtimestamp(cutoff, UTC))
 

@@ -165,7 +165,10 @@ def _column(
             return pa.array(values, arrow)
         except (OverflowError, pa.ArrowInvalid):
             pass  # an integer outside int64: sort it out value by value below
-    return pa.array(_checked(values, kind, keys, conflicts), arrow)
+    checked = _checked(values, kind, keys, conflicts)
+    if checked.count(None) == len(checked):
+        return None  # nothing fitted: the table's column (it exists) stays NULL
+    return pa.array(checked, arrow)
 
 
 def _checked(

@@ -26,12 +26,12 @@ any other code
     the edge rejected the record already (``Envelope.reject``), kept verbatim
 
 Checks run in that order, after the edge's own verdict. The verdict for one
-(key, database, table) is computed once per batch.
+(key, database, table) is computed once per batch; rows keep journal order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,28 +94,47 @@ class Router:
 
     def route(self, entries: Sequence[JournalEntry], now: float) -> Routed:
         routed = Routed()
-        verdicts: dict[tuple[bytes, str, str, str], Verdict] = {}
-        for entry in entries:
-            env = entry.envelope
-            ident = (env.key_hash, env.database, env.table, env.reject)
-            verdict = verdicts.get(ident)
-            if verdict is None:
-                verdict = verdicts[ident] = self.verdict(env, now)
+        accepted: dict[TableKey, list[list[JournalEntry]]] = {}
+        for group in _groups(entries):
+            verdict = self.verdict(group[0].envelope, now)
             if isinstance(verdict, Reject):
-                routed.rejections.append(rejection(entry, verdict, now))
-                continue
+                routed.rejections.extend(rejection(e, verdict, now) for e in group)
+            else:
+                accepted.setdefault((verdict.database, verdict.table), []).append(group)
+        order: dict[int, int] | None = None
+        for table, groups in accepted.items():
+            if len(groups) == 1:
+                bound = groups[0]
+            else:
+                # Several keys wrote to this table: restore journal order, on which the
+                # type rule ("first value seen") depends.
+                order = order or {id(e): i for i, e in enumerate(entries)}
+                bound = sorted((e for g in groups for e in g), key=lambda e: order[id(e)])
+            routed.tables[table] = self._decode(routed, bound, now)
+        return routed
+
+    def _decode(self, routed: Routed, bound: list[JournalEntry], now: float) -> TableInput:
+        try:
+            records = [_decode_record(e.envelope.record) for e in bound]
+        except msgspec.DecodeError:
+            # The edge validates bodies, so this is rare: sort them out one by one.
+            target = TableInput()
+            self._accept_each(routed, target, bound, now)
+            return target
+        return TableInput(records, [e.envelope.received_ms // 1000 for e in bound])
+
+    def _accept_each(
+        self, routed: Routed, target: TableInput, group: list[JournalEntry], now: float
+    ) -> None:
+        for entry in group:
             try:
-                record = _decode_record(env.record)
+                record = _decode_record(entry.envelope.record)
             except msgspec.DecodeError as e:
                 bad = Reject(INVALID_RECORD, f"not one JSON object: {e}", None)
                 routed.rejections.append(rejection(entry, bad, now))
                 continue
-            target = routed.tables.get((verdict.database, verdict.table))
-            if target is None:
-                target = routed.tables[(verdict.database, verdict.table)] = TableInput()
             target.records.append(record)
-            target.received_s.append(env.received_ms // 1000)
-        return routed
+            target.received_s.append(entry.envelope.received_ms // 1000)
 
     def verdict(self, env: Envelope, now: float) -> Verdict:
         """Whether records like ``env`` load, and where (see the module docstring)."""
@@ -149,6 +168,23 @@ class Router:
         ):
             owner = self._directory.create_database(database, key.account_id)
         return owner
+
+
+def _groups(entries: Sequence[JournalEntry]) -> Iterable[list[JournalEntry]]:
+    """Entries sharing key, database, table and edge verdict, which share a verdict.
+
+    Grouping first keeps the per-entry work to one dict lookup: this is the hot path.
+    """
+    groups: dict[tuple[bytes, str, str, str], list[JournalEntry]] = {}
+    for entry in entries:
+        env = entry.envelope
+        ident = (env.key_hash, env.database, env.table, env.reject)
+        group = groups.get(ident)
+        if group is None:
+            groups[ident] = [entry]
+        else:
+            group.append(entry)
+    return groups.values()
 
 
 def rejection(entry: JournalEntry, verdict: Reject, now: float) -> Rejection:

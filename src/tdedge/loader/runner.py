@@ -48,7 +48,11 @@ class StepReport:
     conflicts: int = 0
     lag_records: int = 0  # left in the journal after this step
     lag_seconds: float = 0.0  # age of the oldest waiting record when the step began
-    full: bool = False  # the batch was full: more is probably waiting
+
+    @property
+    def more(self) -> bool:
+        """A batch was loaded and records are still waiting: step again without a pause."""
+        return self.entries > 0 and self.lag_records > 0
 
 
 class Loader:
@@ -101,7 +105,6 @@ class Loader:
             conflicts=conflicts,
             lag_records=max(0, waiting - len(entries)),
             lag_seconds=lag_s,
-            full=len(entries) >= limit,
         )
         _count(report, routed)
         return self._report(report)
@@ -146,7 +149,7 @@ class Loader:
                 self._beat(last_beat, failures)
             if failures:
                 stop.wait(min(MAX_BACKOFF_S, self._settings.loader_poll_s * 2**failures))
-            elif report is not None and not report.full:
+            elif report is not None and not report.more:
                 stop.wait(self._settings.loader_poll_s)
         log.info("loader stopped")
 
@@ -185,11 +188,8 @@ class Loader:
 
 
 def _last_seqs(entries: Sequence[JournalEntry]) -> dict[str, int]:
-    moved: dict[str, int] = {}
-    for entry in entries:
-        if entry.seq > moved.get(entry.shard, -1):
-            moved[entry.shard] = entry.seq
-    return moved
+    # read() returns each shard oldest first, so the last entry of a shard is its newest.
+    return {entry.shard: entry.seq for entry in entries}
 
 
 def _count(report: StepReport, routed: Routed) -> None:
