@@ -12,6 +12,9 @@ import msgspec
 
 JSON = "application/json"
 JSON_HEADERS = [("content-type", JSON)]
+
+# status, headers, body
+Response = tuple[int, list[tuple[str, str]], bytes]
 EMPTY_OBJECT = b"{}"
 
 _json_encoder = msgspec.json.Encoder()

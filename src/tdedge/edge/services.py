@@ -1,0 +1,84 @@
+"""What every door shares inside one worker process: the journal, key checks, counters.
+
+Doors turn requests into Envelopes and call ``append``; this module owns what a
+durable append means at the HTTP level (503 + Retry-After when the journal refuses)
+and how a refused request still leaves a row for operators (``keep_refused``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tdedge import metrics
+from tdedge.config import Settings
+from tdedge.control.keys import hash_key
+from tdedge.edge.auth import SyncAuth
+from tdedge.edge.http import HTTPError
+from tdedge.errors import JournalUnavailable
+from tdedge.journal.base import Journal
+from tdedge.journal.envelope import Envelope
+
+log = logging.getLogger("tdedge.edge")
+
+# A refused body is kept for operators, but not all of it.
+REJECT_KEEP_BYTES = 64 * 1024
+
+
+class Counters:
+    """Cached prometheus children: ``labels()`` on every request costs more than the count."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    def inc(self, door: str, route: str, status: int) -> None:
+        key = (door, route, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metrics.REQUESTS.labels(door, route, str(status))
+        child.inc()
+
+
+class Services:
+    def __init__(self, settings: Settings, journal: Journal, auth: SyncAuth | None) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.auth = auth
+        self.counters = Counters()
+
+    async def append(self, env: Envelope) -> None:
+        """Return once ``env`` is durable, or raise the 503 the client should see."""
+        try:
+            await self.journal.append(env)
+        except JournalUnavailable as e:
+            raise HTTPError(
+                503,
+                "journal_unavailable",
+                f"cannot accept records right now ({e}); retry later",
+                headers=[("retry-after", str(self.settings.retry_after_s))],
+            ) from e
+
+    async def keep_refused(
+        self, door: str, received_ms: int, database: str, table: str, key: str | None, e: HTTPError
+    ) -> None:
+        """Journal a refused request with its reason, so it shows in the import errors."""
+        env = Envelope(
+            received_ms,
+            door,
+            database,
+            table,
+            hash_key(key) if key else b"",
+            e.body[:REJECT_KEEP_BYTES],
+            reject=e.code,
+        )
+        try:
+            await self.append(env)
+        except HTTPError:
+            # The journal is full: the client still gets its own error, and the 503
+            # metric already counts the refusal.
+            log.warning("refused record not kept: journal unavailable", extra={"reason": e.code})
+
+    def close(self) -> None:
+        self.journal.close()
+        if self.auth is not None:
+            self.auth.close()
