@@ -60,6 +60,36 @@ def main() -> None:
     show_default=True,
     help="Run the loader beside the edge (--no-loader: run `tdedge loader` elsewhere).",
 )
+@click.option(
+    "--records-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Also serve the records door alone on this port.",
+)
+@click.option(
+    "--p13n-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Also serve the personalization door alone on this port.",
+)
+@click.option(
+    "--api-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Also serve the REST API door alone on this port.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="PEM certificate: serve HTTPS (browsers and td-js-sdk use https).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="PEM private key for --tls-cert.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     data_dir: str | None,
@@ -70,11 +100,19 @@ def serve(
     max_body_bytes: int,
     journal_max_backlog: int,
     loader: bool,
+    records_port: int | None,
+    p13n_port: int | None,
+    api_port: int | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     log_level: str,
 ) -> None:
     """Run the HTTP server and the loader."""
     from tdedge import logs, server
 
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    ports = {"records": records_port, "p13n": p13n_port, "api": api_port}
     settings = _settings(
         data_dir,
         host=host,
@@ -83,10 +121,28 @@ def serve(
         auth=auth,
         max_body_bytes=max_body_bytes,
         journal_max_backlog=journal_max_backlog,
+        door_ports={door: p for door, p in ports.items() if p is not None},
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         log_level=log_level,
     )
     logs.configure(log_level)
     server.serve(settings, run_loader=loader)
+
+
+@main.command("listen", hidden=True)
+@click.option("--parent-pid", type=int, default=None)
+def listen_command(parent_pid: int | None) -> None:
+    """One dedicated door port (``serve`` starts these for --records-port and the like)."""
+    import os
+
+    from tdedge import logs, server
+
+    settings = Settings.from_json(os.environ[SETTINGS_ENV])
+    logs.configure(settings.log_level)
+    if parent_pid is not None:
+        server.exit_with_parent(parent_pid)
+    server.listen(settings)
 
 
 @main.command("loader")

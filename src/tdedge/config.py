@@ -25,6 +25,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8080
     workers: int = 1
 
+    # Doors: the main port serves every door, chosen by Host; each entry here adds a
+    # port that serves one door whatever the Host ("records", "p13n", "api", "legacy").
+    door_ports: dict[str, int] = msgspec.field(default_factory=dict)
+    # Set only inside the listener process of a dedicated door port.
+    fixed_door: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
     # Edge.
     auth: AuthMode = "async"
     max_body_bytes: int = 1024 * 1024

@@ -1,7 +1,8 @@
 """``tdedge serve``: first-start bootstrap, the loader process and the granian edge.
 
-Process tree: this supervisor runs granian (which forks the edge workers) and keeps one
-loader process alive beside it, restarting it if it dies. The loader exits by itself
+Process tree: this supervisor runs granian (which forks the edge workers) for the main
+port, and keeps beside it one loader process and one listener process per dedicated
+door port, restarting any that dies. The loader exits by itself
 when the supervisor disappears, and takes an exclusive lock so two loaders never run
 on one data dir.
 """
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import click
+import msgspec
 
 from tdedge.config import SETTINGS_ENV, Settings
 from tdedge.control.store import ControlStore
@@ -74,14 +76,16 @@ def welcome(settings: Settings, keys: tuple[str, str] | None) -> str:
     return "\n".join(lines)
 
 
-class LoaderSupervisor:
-    """Keeps one ``tdedge loader`` process running; restarts it when it dies."""
+class ChildSupervisor:
+    """Keeps one child process (``python -m tdedge ARGS``) running; restarts it if it dies."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, name: str, settings: Settings, args: list[str]) -> None:
+        self._name = name
         self._settings = settings
+        self._args = args
         self._proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="loader-supervisor", daemon=True)
+        self._thread = threading.Thread(target=self._watch, name=f"{name}-supervisor", daemon=True)
 
     def start(self) -> None:
         self._spawn()
@@ -91,7 +95,7 @@ class LoaderSupervisor:
         env = dict(os.environ)
         env[SETTINGS_ENV] = self._settings.to_json().decode()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tdedge", "loader", "--parent-pid", str(os.getpid())],
+            [sys.executable, "-m", "tdedge", *self._args, "--parent-pid", str(os.getpid())],
             env=env,
         )
 
@@ -99,7 +103,10 @@ class LoaderSupervisor:
         while not self._stop.wait(0.5):
             proc = self._proc
             if proc is not None and proc.poll() is not None:
-                log.error("loader exited; restarting", extra={"returncode": proc.returncode})
+                log.error(
+                    "child exited; restarting",
+                    extra={"child": self._name, "returncode": proc.returncode},
+                )
                 time.sleep(0.5)
                 self._spawn()
 
@@ -115,33 +122,51 @@ class LoaderSupervisor:
 
 
 def serve(settings: Settings, run_loader: bool = True) -> None:
-    from granian.constants import Interfaces, Loops
-    from granian.server import Server
-
+    """Bootstrap, then run the edge on ``settings.port`` (every door, chosen by Host)
+    and one listener per ``settings.door_ports`` entry (that door only), plus the loader."""
     prepare_data_dir(settings)
     keys = bootstrap(settings)
     prepare_metrics_dir(settings.metrics_dir)
-    os.environ[SETTINGS_ENV] = settings.to_json().decode()
     click.echo(welcome(settings, keys), err=False)
     sys.stdout.flush()
-    loader = LoaderSupervisor(settings) if run_loader else None
-    if loader is not None:
-        loader.start()
+    children = [
+        ChildSupervisor(
+            f"{door}-door",
+            msgspec.structs.replace(settings, port=port, fixed_door=door),
+            ["listen"],
+        )
+        for door, port in sorted(settings.door_ports.items())
+    ]
+    if run_loader:
+        children.append(ChildSupervisor("loader", settings, ["loader"]))
+    for child in children:
+        child.start()
     try:
-        Server(
-            "tdedge.edge.app:create_app",
-            address=settings.host,
-            port=settings.port,
-            interface=Interfaces.RSGI,
-            workers=settings.workers,
-            loop=Loops.uvloop,
-            factory=True,
-            log_level=settings.log_level,  # type: ignore[arg-type]
-            backlog=2048,
-        ).serve()
+        listen(settings)
     finally:
-        if loader is not None:
-            loader.stop()
+        for child in children:
+            child.stop()
+
+
+def listen(settings: Settings) -> None:
+    """Run granian for one listening address (blocks until it stops)."""
+    from granian.constants import Interfaces, Loops
+    from granian.server import Server
+
+    os.environ[SETTINGS_ENV] = settings.to_json().decode()
+    Server(
+        "tdedge.edge.app:create_app",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.RSGI,
+        workers=settings.workers,
+        loop=Loops.uvloop,
+        factory=True,
+        log_level=settings.log_level,  # type: ignore[arg-type]
+        backlog=2048,
+        ssl_cert=Path(settings.tls_cert) if settings.tls_cert else None,
+        ssl_key=Path(settings.tls_key) if settings.tls_key else None,
+    ).serve()
 
 
 def prepare_metrics_dir(directory: Path) -> None:
@@ -167,6 +192,18 @@ def parent_watch(parent_pid: int, stop: threading.Event) -> threading.Thread:
     t = threading.Thread(target=watch, name="parent-watch", daemon=True)
     t.start()
     return t
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Interrupt this process (granian stops gracefully on SIGINT) once ``serve`` is gone."""
+    stop = threading.Event()
+    parent_watch(parent_pid, stop)
+
+    def interrupt() -> None:
+        stop.wait()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, name="exit-with-parent", daemon=True).start()
 
 
 def loader_lock(settings: Settings) -> int:

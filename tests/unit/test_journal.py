@@ -132,3 +132,16 @@ def test_low_disk_refuses_appends(tmp_path: Path) -> None:
     with pytest.raises(JournalUnavailable, match="disk_full"):
         append_all(journal, [env(1)])
     journal.close()
+
+
+def test_append_many_is_one_group(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    journal = SQLiteJournal(s)
+
+    async def go() -> None:
+        await journal.append_many([env(1), env(2), env(3)])
+
+    asyncio.run(go())
+    journal.close()
+    got = SQLiteJournalReader(s.journal_dir).read({}, 100)
+    assert [(e.seq, e.envelope) for e in got] == [(1, env(1)), (1, env(2)), (1, env(3))]

@@ -75,7 +75,19 @@ class EdgeApp:
             self._services.close()
 
     def door_for(self, scope: Scope) -> Door:
-        return self._doors["legacy"]
+        doors = self._doors
+        if self.settings.fixed_door is not None:
+            return doors.get(self.settings.fixed_door) or doors["legacy"]
+        host = scope.headers.get("host") or scope.authority or ""
+        if ".records.in." in host:
+            name = "records"
+        elif ".p13n.in." in host:
+            name = "p13n"
+        elif host.startswith("api."):
+            name = "api"
+        else:
+            return doors["legacy"]
+        return doors.get(name) or doors["legacy"]
 
     async def __rsgi__(self, scope: Scope, proto: Protocol_) -> None:
         door = self.door_for(scope)

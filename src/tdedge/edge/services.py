@@ -8,6 +8,7 @@ and how a refused request still leaves a row for operators (``keep_refused``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from tdedge import metrics
@@ -48,8 +49,12 @@ class Services:
 
     async def append(self, env: Envelope) -> None:
         """Return once ``env`` is durable, or raise the 503 the client should see."""
+        await self.append_many((env,))
+
+    async def append_many(self, envs: Sequence[Envelope]) -> None:
+        """All of ``envs`` durable together, or the 503 the client should see."""
         try:
-            await self.journal.append(env)
+            await self.journal.append_many(envs)
         except JournalUnavailable as e:
             raise HTTPError(
                 503,

@@ -8,7 +8,7 @@ remember consumers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from tdedge.journal.envelope import Envelope, JournalEntry
@@ -21,6 +21,10 @@ class Journal(Protocol):
 
     async def append(self, env: Envelope) -> None:
         """Return once ``env`` is durable; raise JournalUnavailable otherwise."""
+        ...
+
+    async def append_many(self, envs: Sequence[Envelope]) -> None:
+        """Like append, for several envelopes durable together (one request's events)."""
         ...
 
     def backlog(self) -> int:

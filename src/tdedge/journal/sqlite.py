@@ -27,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -103,7 +103,7 @@ class SQLiteJournal:
         self._path = shard_path(settings.journal_dir, self.shard)
         self._conn = _connect(self._path)
         self._cond = threading.Condition()
-        self._queue: list[tuple[int, msgspec.Raw, _Waiter]] = []
+        self._queue: list[tuple[int, list[msgspec.Raw], _Waiter]] = []
         self._closed = False
         self._backlog = 0
         self._last_seq = 0
@@ -115,16 +115,21 @@ class SQLiteJournal:
 
     # Edge side.
     async def append(self, env: Envelope) -> None:
+        await self.append_many((env,))
+
+    async def append_many(self, envs: Sequence[Envelope]) -> None:
+        """All of ``envs`` in one group commit: durable together or not at all."""
         if self._refusal is not None:
             metrics.JOURNAL_REFUSED.labels(self._refusal).inc()
             raise JournalUnavailable(self._refusal)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        blob = msgspec.Raw(wire.encode(env))
+        blobs = [msgspec.Raw(wire.encode(env)) for env in envs]
+        received = min(env.received_ms for env in envs)
         with self._cond:
             if self._closed:
                 raise JournalUnavailable("journal closed")
-            self._queue.append((env.received_ms, blob, (loop, fut)))
+            self._queue.append((received, blobs, (loop, fut)))
             self._cond.notify()
         await fut
 
@@ -159,15 +164,16 @@ class SQLiteJournal:
             if self._clock() - self._checked_at >= 0.5:
                 self._check_health()
 
-    def _commit(self, batch: list[tuple[int, msgspec.Raw, _Waiter]]) -> None:
+    def _commit(self, batch: list[tuple[int, list[msgspec.Raw], _Waiter]]) -> None:
         started = time.perf_counter()
         error: Exception | None = None
-        group = _group_encoder.encode([blob for _, blob, _ in batch])
+        blobs = [blob for _, request, _ in batch for blob in request]
+        group = _group_encoder.encode(blobs)
         try:
             # Autocommit: the INSERT is its own transaction, fsynced before it returns.
             self._conn.execute(
                 "INSERT INTO journal (received_ms, n, envelopes) VALUES (?, ?, ?)",
-                (min(received for received, _, _ in batch), len(batch), group),
+                (min(received for received, _, _ in batch), len(blobs), group),
             )
         except sqlite3.Error as e:
             log.error("journal commit failed", extra={"shard": self.shard, "error": str(e)})
@@ -175,9 +181,9 @@ class SQLiteJournal:
             self._refusal = "write_failed"
             self._checked_at = float("-inf")
         else:
-            self._backlog += len(batch)
-            metrics.JOURNAL_APPENDED.inc(len(batch))
-            metrics.JOURNAL_COMMIT_BATCH.observe(len(batch))
+            self._backlog += len(blobs)
+            metrics.JOURNAL_APPENDED.inc(len(blobs))
+            metrics.JOURNAL_COMMIT_BATCH.observe(len(blobs))
             metrics.JOURNAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
         # One hop into each event loop per group, not one per request.
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}

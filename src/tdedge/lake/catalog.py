@@ -27,6 +27,7 @@ from tdedge.lake.sql import literal
 
 # The name the lake is attached under in every tdedge connection.
 LAKE = "lake"
+BUSY_TIMEOUT_MS = 5000
 
 
 def prepare_catalog(path: Path) -> None:
@@ -50,7 +51,8 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, *, read_only: boo
     # would be resolved against whatever folder a later process starts in.
     data = settings.lake_data.resolve()
     data.mkdir(parents=True, exist_ok=True)
-    options = [f"DATA_PATH {literal(str(data) + '/')}"]
+    # Wait for another process's catalog write instead of failing at once.
+    options = [f"DATA_PATH {literal(str(data) + '/')}", f"META_BUSY_TIMEOUT {BUSY_TIMEOUT_MS}"]
     if read_only:
         options.append("READ_ONLY")
     else:

@@ -15,7 +15,10 @@ A Lake is used by one thread at a time.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -38,6 +41,11 @@ log = logging.getLogger("tdedge.lake")
 _VIEW = "tdedge_incoming"
 # Schemas that are not user databases.
 _NOT_DATABASES = frozenset({"main", SYSTEM_DATABASE})
+# Retries of a catalog write refused because another process holds SQLite's lock:
+# about 4.5 s in all.
+LOCK_RETRIES = 8
+LOCK_BACKOFF_S = 0.05
+LOCK_BACKOFF_MAX_S = 1.0
 # What DuckLake's stale-reader error names (see Lake.query).
 _STALE_INLINED = "ducklake_inlined_data_"
 
@@ -133,12 +141,36 @@ class Lake:
         database = _database_name(database)
         if database in self._schemas:
             return
-        self._execute(f"CREATE SCHEMA IF NOT EXISTS {LAKE}.{ident(database)}")
+        statement = f"CREATE SCHEMA IF NOT EXISTS {LAKE}.{ident(database)}"
+        self._retrying(lambda: self._execute(statement), "create schema")
         self._schemas.add(database)
 
     def commit(self, batch: Batch) -> None:
-        """Write every table's rows, the import errors and the positions atomically."""
+        """Write every table's rows, the import errors and the positions atomically.
+
+        When another process holds the catalog (``tdedge db create``, say), SQLite can
+        refuse the commit at once with "database is locked" (duckdb/ducklake#1309); a
+        batch that carries positions is retried, after checking through those positions
+        that the failed attempt did not land after all. Positions only move forward, so
+        they tell.
+        """
         self._require_writable()
+        attempt = 0
+        while True:
+            try:
+                self._commit_once(batch)
+                return
+            except LakeError as e:
+                if not (batch.positions and _is_locked(e)) or attempt >= LOCK_RETRIES:
+                    raise
+            if self._landed(batch.positions):
+                log.warning("the lake reported a lock error for a commit that landed")
+                return
+            log.info("lake catalog locked by another writer; retrying the commit")
+            time.sleep(_backoff(attempt))
+            attempt += 1
+
+    def _commit_once(self, batch: Batch) -> None:
         schemas = set(self._schemas)
         columns = dict(self._columns)
         try:
@@ -160,6 +192,22 @@ class Lake:
         self._schemas = schemas
         self._columns = columns
 
+    def _landed(self, positions: Mapping[str, int]) -> bool:
+        stored = self.positions()
+        return all(stored.get(shard, -1) >= seq for shard, seq in positions.items())
+
+    def _retrying(self, action: Callable[[], None], what: str) -> None:
+        """Run an idempotent catalog write, again while another process holds the lock."""
+        for attempt in range(LOCK_RETRIES + 1):
+            try:
+                action()
+                return
+            except LakeError as e:
+                if not _is_locked(e) or attempt >= LOCK_RETRIES:
+                    raise
+            log.info("lake catalog locked by another writer; retrying %s", what)
+            time.sleep(_backoff(attempt))
+
     def compact(self, now: float) -> None:
         """Merge small files, then delete what no snapshot younger than the retention needs.
 
@@ -172,23 +220,20 @@ class Lake:
         cutoff = now - self._settings.lake_retention_s
         total, shards = self._fetch(system.COUNT_POSITIONS)[0]
         if total > shards:
-            self._execute(system.PRUNE_POSITIONS)
+            self._retrying(lambda: self._execute(system.PRUNE_POSITIONS), "prune positions")
         lake = literal(LAKE)
-        self._execute(f"CALL ducklake_flush_inlined_data({lake})")
-        self._execute(f"CALL ducklake_merge_adjacent_files({lake})")
-        # to_timestamp: binding a tz-aware datetime would need pytz.
-        self._execute(
-            f"CALL ducklake_expire_snapshots({lake}, older_than => to_timestamp(?))", [cutoff]
-        )
-        self._execute(
-            f"CALL ducklake_cleanup_old_files({lake}, older_than => to_timestamp(?))", [cutoff]
-        )
-        # Files a writer wrote and never committed (it died mid-transaction). Files of a
-        # transaction in flight are younger than the cut-off, so they are left alone.
-        self._execute(
-            f"CALL ducklake_delete_orphaned_files({lake}, older_than => to_timestamp(?))",
-            [cutoff],
-        )
+        older = "older_than => to_timestamp(?)"  # a tz-aware datetime would need pytz
+        steps: list[tuple[str, list[Any]]] = [
+            (f"CALL ducklake_flush_inlined_data({lake})", []),
+            (f"CALL ducklake_merge_adjacent_files({lake})", []),
+            (f"CALL ducklake_expire_snapshots({lake}, {older})", [cutoff]),
+            (f"CALL ducklake_cleanup_old_files({lake}, {older})", [cutoff]),
+            # Files a writer wrote and never committed (it died mid-transaction). Files of
+            # a transaction in flight are younger than the cut-off and are left alone.
+            (f"CALL ducklake_delete_orphaned_files({lake}, {older})", [cutoff]),
+        ]
+        for sql, params in steps:
+            self._retrying(partial(self._execute, sql, params), sql)
         log.info("lake compacted (retention cut-off %s)", datetime.fromtimestamp(cutoff, UTC))
 
     # Query side.
@@ -306,6 +351,14 @@ class Lake:
             return self._con.execute(sql, params).fetchall()
         except duckdb.Error as e:
             raise LakeError(str(e)) from e
+
+
+def _is_locked(error: BaseException) -> bool:
+    return "database is locked" in str(error)
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(LOCK_BACKOFF_MAX_S, LOCK_BACKOFF_S * 2**attempt))
 
 
 def _database_name(database: str) -> str:
