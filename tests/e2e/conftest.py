@@ -101,7 +101,7 @@ class Server:
         return rows
 
     def wait_for(
-        self, sql: str, predicate: Any, database: str | None = None, timeout: float = 10.0
+        self, sql: str, predicate: Any, database: str | None = None, timeout: float = 30.0
     ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         rows: list[dict[str, Any]] = []

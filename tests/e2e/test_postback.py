@@ -287,7 +287,7 @@ def test_backlog_over_bound_is_503_with_retry_after(make_server: Any) -> None:
     assert httpx.get(f"{srv.url}/readyz").status_code == 503
 
 
-def _wait_errors(server: Server, predicate: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+def _wait_errors(server: Server, predicate: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     errs: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
