@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,8 +81,6 @@ def test_extensions_load_from_their_packages_without_downloading() -> None:
 
 
 def test_catalog_is_in_wal_mode(lake: Lake, tmp_path: Path) -> None:
-    import sqlite3
-
     con = sqlite3.connect(settings(tmp_path).lake_catalog)
     (mode,) = con.execute("PRAGMA journal_mode").fetchone()
     con.close()
@@ -261,3 +261,33 @@ def test_ensure_schema_creates_an_empty_database(lake: Lake) -> None:
     assert lake.databases() == ["sales"]
     assert lake.tables("sales") == []
     lake.ensure_schema("sales")  # idempotent
+
+
+def test_two_writers_in_different_connections_both_get_through(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite can refuse a DuckLake commit at once while another writer holds the lock."""
+    s = settings(tmp_path)
+    loader_side, cli_side = Lake.open(s), Lake.open(s)
+    failures: list[BaseException] = []
+
+    def create_schemas() -> None:
+        try:
+            for i in range(15):
+                cli_side.ensure_schema(f"other{i}")
+        except BaseException as e:  # reported below
+            failures.append(e)
+
+    thread = threading.Thread(target=create_schemas)
+    thread.start()
+    for i in range(15):
+        loader_side.commit(
+            Batch([rows("t", "db", time=[i] * 200, n=list(range(200)))], positions={"s0": i + 1})
+        )
+    thread.join()
+    assert failures == []
+    assert loader_side.positions() == {"s0": 15}
+    assert count(loader_side, "SELECT count(*) FROM db.t") == 15 * 200
+    assert len(loader_side.databases()) == 16
+    loader_side.close()
+    cli_side.close()
