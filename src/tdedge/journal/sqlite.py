@@ -102,6 +102,9 @@ class SQLiteJournal:
         self.shard, self._lock_file = claim_shard(settings.journal_dir)
         self._path = shard_path(settings.journal_dir, self.shard)
         self._conn = _connect(self._path)
+        # Checkpoints copy the WAL into the database file and fsync it: work the
+        # loader's release does (``release``), not the edge's commit path.
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._cond = threading.Condition()
         self._queue: list[tuple[int, list[msgspec.Raw], _Waiter]] = []
         self._closed = False
@@ -280,6 +283,8 @@ class SQLiteJournalReader:
                 ).rowcount
                 if done < _RELEASE_CHUNK:
                     break
+            # The edge never checkpoints (see SQLiteJournal): keep its WAL short here.
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def pending(self, after: Position) -> tuple[int, int | None]:
         count, oldest = 0, None
