@@ -25,6 +25,7 @@ from tdedge.errors import LakeError
 from tdedge.journal.envelope import Envelope, JournalEntry
 from tdedge.lake import system
 from tdedge.lake.lake import Lake
+from tdedge.loader import runner
 from tdedge.loader.heartbeat import read_heartbeat
 from tdedge.loader.runner import Loader
 
@@ -420,3 +421,30 @@ def test_run_loads_beats_and_stops(tmp_path: Path) -> None:
     assert {"time", "lag_records", "lag_seconds", "pid"} <= set(raw)
     w.lake.close()
     w.store.close()
+
+
+def test_a_table_the_lake_keeps_refusing_is_set_aside(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "SET_ASIDE_AFTER_FAILURES", 2)
+    # A table made by hand with a constraint tdedge's rows cannot meet.
+    world.lake.ensure_schema("db")
+    world.lake._con.execute("CREATE TABLE lake.db.strict (time BIGINT, must VARCHAR NOT NULL)")
+    world.lake.reload()
+    world.send({"a": 1}, table="strict")
+    world.send({"i": 1})
+    loader = world.loader()
+    for _ in range(2):
+        with pytest.raises(LakeError):
+            loader.step(LATER)
+    assert world.lake.positions() == {}
+    report = loader.step(LATER)
+    assert (report.rows, report.rejected) == (1, 1)
+    assert world.rows("SELECT i FROM db.t") == [(1,)]
+    (error,) = errors(world)
+    assert error["reason"] == "load_failed" and error["table_name"] == "strict"
+    assert "NOT NULL" in error["detail"] and json.loads(error["record"]) == {"a": 1}
+    assert world.lake.positions() == {"s0": 2}
+    # Later records for the table are tried normally again.
+    world.send({"a": 2, "must": "x"}, table="strict")
+    assert loader.step(LATER).rows == 1

@@ -134,3 +134,5 @@ def test_names_fold_to_lower_case_and_odd_keys_are_not_columns() -> None:
     assert not usable_name("a\nb")
     assert not usable_name("a\x00")
     assert not usable_name("td_type_conflicts")
+    assert not usable_name("_ducklake_internal_row_id")
+    assert usable_name("_ducklake") and usable_name("rowid")

@@ -192,6 +192,22 @@ class Lake:
         self._schemas = schemas
         self._columns = columns
 
+    def probe(self, rows: TableRows) -> str | None:
+        """Write ``rows`` in a transaction that is rolled back: the lake's error, or None.
+
+        Finds the table that makes a batch fail. An error raised only at COMMIT time is
+        not seen here.
+        """
+        self._require_writable()
+        try:
+            self._con.execute("BEGIN")
+            self._write(rows, set(self._schemas), dict(self._columns))
+        except (duckdb.Error, LakeError) as e:
+            return str(e)
+        finally:
+            self._abort()
+        return None
+
     def _landed(self, positions: Mapping[str, int]) -> bool:
         stored = self.positions()
         return all(stored.get(shard, -1) >= seq for shard, seq in positions.items())

@@ -22,6 +22,10 @@ it becomes a row of ``tdedge_system.import_errors`` with one of these reason cod
     the key's account is not the account that owns the database
 ``invalid_record``
     the body is not one JSON object (the edge validates bodies; defence in depth)
+``load_failed``
+    the lake refused this table's rows again and again while other tables of the
+    batch could be written (loader/runner.py): the records are set aside so that one
+    table cannot stop the loader; ``detail`` holds the lake's error
 any other code
     the edge rejected the record already (``Envelope.reject``), kept verbatim
 
@@ -51,6 +55,7 @@ RESERVED_DATABASE = "reserved_database"
 DATABASE_NOT_FOUND = "database_not_found"
 FOREIGN_KEY = "foreign_key"
 INVALID_RECORD = "invalid_record"
+LOAD_FAILED = "load_failed"
 
 _decode_record = msgspec.json.Decoder(dict[str, Any]).decode
 
@@ -75,10 +80,11 @@ Verdict = Accept | Reject
 
 @dataclass(slots=True)
 class TableInput:
-    """The decoded records bound for one table, with their arrival times."""
+    """The decoded records bound for one table, with their arrival times and entries."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
     received_s: list[int] = field(default_factory=list)
+    entries: list[JournalEntry] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -121,7 +127,7 @@ class Router:
             target = TableInput()
             self._accept_each(routed, target, bound, now)
             return target
-        return TableInput(records, [e.envelope.received_ms // 1000 for e in bound])
+        return TableInput(records, [e.envelope.received_ms // 1000 for e in bound], bound)
 
     def _accept_each(
         self, routed: Routed, target: TableInput, group: list[JournalEntry], now: float
@@ -135,6 +141,7 @@ class Router:
                 continue
             target.records.append(record)
             target.received_s.append(entry.envelope.received_ms // 1000)
+            target.entries.append(entry)
 
     def verdict(self, env: Envelope, now: float) -> Verdict:
         """Whether records like ``env`` load, and where (see the module docstring)."""

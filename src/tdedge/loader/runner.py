@@ -11,6 +11,10 @@ A batch is committed once it is full, or once its oldest record has waited
 ``loader_batch_max_wait_s``; otherwise the loader polls again after ``loader_poll_s``
 for more records to share the commit (each commit costs ~20-40 ms here, whatever its
 size).
+
+A failed step is retried with backoff; nothing is lost because the positions did not
+move. When commits keep failing, the tables the lake refuses are set aside as import
+errors (reason ``load_failed``) so the rest keeps flowing.
 """
 
 from __future__ import annotations
@@ -26,18 +30,22 @@ from dataclasses import dataclass
 from tdedge import metrics
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
+from tdedge.errors import LakeError
 from tdedge.journal.base import JournalReader
 from tdedge.journal.envelope import JournalEntry
 from tdedge.lake.batch import Batch, TableRows
 from tdedge.lake.lake import Lake
 from tdedge.loader.heartbeat import Heartbeat, write_heartbeat
 from tdedge.loader.records import to_columns
-from tdedge.loader.routing import Routed, Router
+from tdedge.loader.routing import LOAD_FAILED, Reject, Routed, Router, rejection
 
 log = logging.getLogger("tdedge.loader")
 
 HEARTBEAT_EVERY_S = 0.5
 MAX_BACKOFF_S = 5.0
+# Commits failed in a row (about 10 s of retries at the default poll interval) before
+# the tables of the batch are tried one by one and refused ones set aside.
+SET_ASIDE_AFTER_FAILURES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,7 @@ class Loader:
         self._clock = clock
         self._positions: dict[str, int] | None = None
         self._last = StepReport()
+        self._failed_commits = 0
 
     def step(self, now: float) -> StepReport:
         """Load one batch if one is due; see the module docstring."""
@@ -95,19 +104,51 @@ class Loader:
         routed = self._router.route(entries, now)
         tables, conflicts = self._shape(routed)
         moved = _last_seqs(entries)
-        self._lake.commit(Batch(tables, routed.rejections, moved))
+        batch = Batch(tables, routed.rejections, moved)
+        if self._failed_commits >= SET_ASIDE_AFTER_FAILURES:
+            batch = self._set_aside(batch, routed, now)
+        try:
+            self._lake.commit(batch)
+        except LakeError:
+            self._failed_commits += 1
+            raise
+        self._failed_commits = 0
         self._positions = {**positions, **moved}
         self._reader.release(self._positions)
         report = StepReport(
             entries=len(entries),
-            rows=sum(t.rows.num_rows for t in tables),
-            rejected=len(routed.rejections),
+            rows=batch.row_count,
+            rejected=len(batch.rejections),
             conflicts=conflicts,
             lag_records=max(0, waiting - len(entries)),
             lag_seconds=lag_s,
         )
-        _count(report, routed)
+        _count(report, batch)
         return self._report(report)
+
+    def _set_aside(self, batch: Batch, routed: Routed, now: float) -> Batch:
+        """Move the rows of tables the lake keeps refusing to import errors.
+
+        Without this, one table whose rows the lake cannot take (a DuckLake limit tdedge
+        does not know about) would stop every table, and the journal would fill up.
+        If the lake itself is unwell, the commit of what is left fails too and nothing
+        is set aside.
+        """
+        refused: dict[tuple[str, str], str] = {}
+        for rows in batch.tables:
+            error = self._lake.probe(rows)
+            if error is not None and "database is locked" not in error:
+                refused[(rows.database, rows.table)] = error
+        if not refused:
+            return batch
+        rejections = list(batch.rejections)
+        for (database, table), error in refused.items():
+            log.error("setting aside rows for %s.%s the lake refuses: %s", database, table, error)
+            verdict = Reject(LOAD_FAILED, f"the lake refused the rows: {error}", None)
+            found = routed.tables[(database, table)].entries
+            rejections.extend(rejection(e, verdict, now) for e in found)
+        kept = [t for t in batch.tables if (t.database, t.table) not in refused]
+        return Batch(kept, rejections, batch.positions)
 
     def _current_positions(self) -> dict[str, int]:
         if self._positions is None:
@@ -192,10 +233,10 @@ def _last_seqs(entries: Sequence[JournalEntry]) -> dict[str, int]:
     return {entry.shard: entry.seq for entry in entries}
 
 
-def _count(report: StepReport, routed: Routed) -> None:
+def _count(report: StepReport, batch: Batch) -> None:
     metrics.LOADER_BATCHES.inc()
     metrics.ROWS_WRITTEN.inc(report.rows)
     if report.conflicts:
         metrics.TYPE_CONFLICTS.inc(report.conflicts)
-    for reason, n in Counter(r.reason for r in routed.rejections).items():
+    for reason, n in Counter(r.reason for r in batch.rejections).items():
         metrics.REJECTIONS.labels(reason=reason).inc(n)

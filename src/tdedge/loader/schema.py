@@ -5,8 +5,9 @@ Names
   and ``name`` are one column. When a record has two keys that fold to the same name,
   the first key in the record keeps the column and the others go to
   ``td_type_conflicts``. A key that is empty, longer than 255 characters, holds a
-  control character or folds to ``td_type_conflicts`` cannot be a column: its value
-  goes to ``td_type_conflicts`` too.
+  control character, folds to ``td_type_conflicts`` or starts with
+  ``_ducklake_internal_`` (DuckLake reserves those) cannot be a column: its value goes
+  to ``td_type_conflicts`` too.
 
 Types of JSON values
   integer → BIGINT, float → DOUBLE, string → VARCHAR, true/false → BOOLEAN,
@@ -48,6 +49,8 @@ ColumnType = Literal["BIGINT", "DOUBLE", "VARCHAR", "BOOLEAN"]
 TIME: Final = "time"
 CONFLICTS: Final = "td_type_conflicts"
 MAX_NAME_LENGTH: Final = 255
+# DuckLake refuses columns with this prefix while data inlining is on.
+RESERVED_PREFIX: Final = "_ducklake_internal_"
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
@@ -84,6 +87,7 @@ def usable_name(name: str) -> bool:
     return (
         0 < len(name) <= MAX_NAME_LENGTH
         and name != CONFLICTS
+        and not name.startswith(RESERVED_PREFIX)
         and all(ord(c) >= 0x20 and c != "\x7f" for c in name)
     )
 
