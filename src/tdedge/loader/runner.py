@@ -182,12 +182,14 @@ class Loader:
             now = self._clock()
             report = self._attempt(now)
             failures = 0 if report is not None else failures + 1
-            if now >= next_compaction:
-                self._compact(now)
-                next_compaction = self._clock() + interval
             if self._clock() - last_beat >= HEARTBEAT_EVERY_S:
                 last_beat = self._clock()
                 self._beat(last_beat, failures)
+            if now >= next_compaction:
+                self._compact(now)
+                next_compaction = self._clock() + interval
+                # Compaction can take seconds: beat again right after it.
+                last_beat = float("-inf")
             if failures:
                 stop.wait(min(MAX_BACKOFF_S, self._settings.loader_poll_s * 2**failures))
             elif report is not None and not report.more:
