@@ -64,6 +64,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # this long; a query running longer than this may lose a file it is reading.
     lake_retention_s: float = 600.0
 
+    # Records door and pixel (issue 3)
+    # Origins td-js-sdk pages may call the records door from (CORS); None: any origin.
+    cors_origins: tuple[str, ...] | None = None
+    # Hosts the pixel's td_redirect may send browsers to ("example.com", "*.example.com");
+    # none: every redirect is refused, so tdedge is never an open redirector.
+    redirect_hosts: tuple[str, ...] = ()
+    # Peers (addresses or CIDR networks) whose X-Forwarded-For is believed for td_ip.
+    trusted_proxies: tuple[str, ...] = ()
+    # Domain attribute of the global-id cookie; None: the cookie stays on the host.
+    cookie_domain: str | None = None
+
     log_level: str = "info"
 
     # Derived paths: one place decides the data dir's layout.

@@ -22,6 +22,8 @@ _json_encoder = msgspec.json.Encoder()
 
 class Headers(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
+    # Every (name, value), repeats included: cookies and X-Forwarded-For may come split.
+    def items(self) -> list[tuple[str, str]]: ...
 
 
 class Scope(Protocol):
