@@ -29,8 +29,8 @@ from tdedge.config import Settings
 from tdedge.errors import InvalidName, LakeError
 from tdedge.lake import system
 from tdedge.lake.batch import Batch, TableRows
-from tdedge.lake.catalog import LAKE, attach, init_lock, prepare_catalog, sandbox
-from tdedge.lake.extensions import connect
+from tdedge.lake.catalog import LAKE
+from tdedge.lake.connection import open_connection
 from tdedge.lake.sql import ident, literal, table_ref
 from tdedge.lake.tables import Columns, create_table, evolve_table
 from tdedge.names import NAME_RULE, SYSTEM_DATABASE, is_reserved, is_valid_name, normalize
@@ -71,23 +71,8 @@ class Lake:
     # Opening and closing.
     @classmethod
     def open(cls, settings: Settings, *, read_only: bool = False) -> Lake:
-        if read_only:
-            return cls(_open_read_only(settings), settings, read_only=True)
-        with init_lock(settings):
-            prepare_catalog(settings.lake_catalog)
-            con = connect()
-            try:
-                attach(con, settings, read_only=False)
-                for statement in system.DDL:
-                    con.execute(statement)
-                con.execute(f"USE {LAKE}")
-            except duckdb.Error as e:
-                con.close()
-                raise LakeError(f"cannot set up the lake: {e}") from e
-            except BaseException:
-                con.close()
-                raise
-        return cls(con, settings, read_only=False)
+        """Attach the lake, creating it on first use; read-only for user queries."""
+        return cls(open_connection(settings, read_only=read_only), settings, read_only=read_only)
 
     def close(self) -> None:
         self._con.close()
@@ -265,7 +250,7 @@ class Lake:
             # until it attaches again. A fresh connection sees the new catalog.
             log.warning("stale DuckLake inlined-data view; reconnecting the reader")
             self._con.close()
-            self._con = _open_read_only(self._settings)
+            self._con = open_connection(self._settings, read_only=True)
         try:
             return self._query(sql, database)
         except duckdb.Error as e:
@@ -381,40 +366,3 @@ def _database_name(database: str) -> str:
     if not is_valid_name(database):
         raise InvalidName(f"invalid database name {database!r}: {NAME_RULE}")
     return normalize(database)
-
-
-def _open_read_only(settings: Settings) -> duckdb.DuckDBPyConnection:
-    """A read-only, sandboxed connection; sets the lake up first if nobody has yet."""
-    if not _initialised(settings):
-        Lake.open(settings).close()
-    con = connect()
-    try:
-        attach(con, settings, read_only=True)
-        sandbox(con, settings)
-        con.execute(f"USE {LAKE}")
-    except duckdb.Error as e:
-        con.close()
-        raise LakeError(f"cannot open the lake: {e}") from e
-    except BaseException:
-        con.close()
-        raise
-    return con
-
-
-def _initialised(settings: Settings) -> bool:
-    """Whether a writer has created the catalog and tdedge's system tables."""
-    if not settings.lake_catalog.exists():
-        return False
-    con = connect()
-    try:
-        attach(con, settings, read_only=True)
-        found = con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?",
-            [LAKE, SYSTEM_DATABASE],
-        ).fetchone()
-    except (duckdb.Error, LakeError) as e:
-        log.info("lake catalog not usable read-only yet (%s); setting it up", e)
-        return False
-    finally:
-        con.close()
-    return found is not None and found[0] >= 2

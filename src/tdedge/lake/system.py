@@ -53,6 +53,8 @@ DDL = (
     f"CREATE TABLE IF NOT EXISTS {IMPORT_ERRORS} ({_columns_sql(IMPORT_ERRORS_SCHEMA)})",
 )
 
+TABLES = (POSITIONS, IMPORT_ERRORS)
+
 READ_POSITIONS = f"SELECT shard, max(seq) FROM {POSITIONS} GROUP BY shard"
 
 # Keeps the newest row of each shard (see the module docstring).

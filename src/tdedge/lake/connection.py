@@ -1,0 +1,81 @@
+"""Opening a DuckDB connection with the lake attached, setting the lake up on first use.
+
+A writer creates the catalog (in WAL mode) and tdedge's system tables under a file
+lock, so two processes starting at once do not both create them. A reader that finds
+no lake yet sets one up the same way first: ``tdedge query`` on a fresh data dir works.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import duckdb
+
+from tdedge.config import Settings
+from tdedge.errors import LakeError
+from tdedge.lake import system
+from tdedge.lake.catalog import LAKE, attach, init_lock, prepare_catalog, sandbox
+from tdedge.lake.extensions import connect
+from tdedge.names import SYSTEM_DATABASE
+
+log = logging.getLogger("tdedge.lake")
+
+
+def open_connection(settings: Settings, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A connection with the lake attached as ``lake`` and in use (``USE lake``).
+
+    Read-only connections are sandboxed (catalog.sandbox): they run SQL from users.
+    """
+    if not read_only:
+        return _writable(settings)
+    if not _initialised(settings):
+        _writable(settings).close()
+    con = connect()
+    try:
+        attach(con, settings, read_only=True)
+        sandbox(con, settings)
+        con.execute(f"USE {LAKE}")
+    except duckdb.Error as e:
+        con.close()
+        raise LakeError(f"cannot open the lake: {e}") from e
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _writable(settings: Settings) -> duckdb.DuckDBPyConnection:
+    with init_lock(settings):
+        prepare_catalog(settings.lake_catalog)
+        con = connect()
+        try:
+            attach(con, settings, read_only=False)
+            for statement in system.DDL:
+                con.execute(statement)
+            con.execute(f"USE {LAKE}")
+        except duckdb.Error as e:
+            con.close()
+            raise LakeError(f"cannot set up the lake: {e}") from e
+        except BaseException:
+            con.close()
+            raise
+    return con
+
+
+def _initialised(settings: Settings) -> bool:
+    """Whether a writer has created the catalog and tdedge's system tables."""
+    if not settings.lake_catalog.exists():
+        return False
+    con = connect()
+    try:
+        attach(con, settings, read_only=True)
+        found = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?",
+            [LAKE, SYSTEM_DATABASE],
+        ).fetchone()
+    except (duckdb.Error, LakeError) as e:
+        log.info("lake catalog not usable read-only yet (%s); setting it up", e)
+        return False
+    finally:
+        con.close()
+    return found is not None and found[0] >= len(system.TABLES)
