@@ -90,6 +90,36 @@ def main() -> None:
     default=None,
     help="PEM private key for --tls-cert.",
 )
+# Records door and pixel (issue 3).
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Origin (https://shop.example.com) whose pages may call the records door; "
+    "repeatable. Default: any origin.",
+)
+@click.option(
+    "--redirect-host",
+    "redirect_hosts",
+    multiple=True,
+    metavar="HOST",
+    help="Host the pixel's td_redirect may send browsers to (example.com, *.example.com); "
+    "repeatable. Default: none, every redirect is refused.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="CIDR",
+    help="Proxy address or network whose X-Forwarded-For gives td_ip; repeatable.",
+)
+@click.option(
+    "--cookie-domain",
+    default=None,
+    metavar="DOMAIN",
+    help="Domain attribute of the global-id cookie (default: this host only).",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     data_dir: str | None,
@@ -105,6 +135,10 @@ def serve(
     api_port: int | None,
     tls_cert: str | None,
     tls_key: str | None,
+    cors_origins: tuple[str, ...],
+    redirect_hosts: tuple[str, ...],
+    trusted_proxies: tuple[str, ...],
+    cookie_domain: str | None,
     log_level: str,
 ) -> None:
     """Run the HTTP server and the loader."""
@@ -124,10 +158,50 @@ def serve(
         door_ports={door: p for door, p in ports.items() if p is not None},
         tls_cert=tls_cert,
         tls_key=tls_key,
+        **_records_settings(cors_origins, redirect_hosts, trusted_proxies, cookie_domain),
         log_level=log_level,
     )
     logs.configure(log_level)
     server.serve(settings, run_loader=loader)
+
+
+def _records_settings(
+    cors_origins: tuple[str, ...],
+    redirect_hosts: tuple[str, ...],
+    trusted_proxies: tuple[str, ...],
+    cookie_domain: str | None,
+) -> dict[str, Any]:
+    """Check the records door's options here, so a typo fails at start, not per request."""
+    import ipaddress
+
+    from tdedge.edge.cookies import valid_cookie_domain
+
+    for entry in trusted_proxies:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--trusted-proxy") from e
+    for origin in cors_origins:
+        if origin != "*" and (
+            not origin.startswith(("http://", "https://")) or origin.endswith("/")
+        ):
+            raise click.BadParameter(
+                f"{origin!r}: an origin is scheme://host[:port], no path",
+                param_hint="--cors-origin",
+            )
+    domain = None
+    if cookie_domain is not None:
+        domain = valid_cookie_domain(cookie_domain)
+        if domain is None:
+            raise click.BadParameter(
+                f"{cookie_domain!r} is not a DNS name", param_hint="--cookie-domain"
+            )
+    return {
+        "cors_origins": cors_origins or None,
+        "redirect_hosts": redirect_hosts,
+        "trusted_proxies": trusted_proxies,
+        "cookie_domain": domain,
+    }
 
 
 @main.command("listen", hidden=True)

@@ -6,15 +6,17 @@ credentialed answer must echo the exact ``Origin`` (``*`` is not allowed with
 credentials) and say ``Access-Control-Allow-Credentials: true``.
 
 Which origins: ``--cors-origin`` (repeatable) lists them; without it any origin is
-allowed, as Treasure Data's own endpoints do for any site that embeds the SDK. A request
-that carries an ``Origin`` outside the list is refused (403 ``origin_not_allowed``),
-not just left unreadable: a browser may still send a "simple" request it will not let
-the page read, and that request should not write a record either.
+allowed, as Treasure Data's own endpoints do for any site that embeds the SDK. A
+preflight from another origin is answered 403, so the browser never sends the request;
+an actual answer to such an origin carries no ``Access-Control-Allow-*`` header, so the
+page cannot read it. (Every records route that writes needs a header a "simple"
+cross-origin request cannot carry — ``Authorization``, ``X-TD-Write-Key`` or the
+``vnd.treasuredata`` type — so a browser always preflights it first.)
 """
 
 from __future__ import annotations
 
-from tdedge.edge.http import JSON_HEADERS, HTTPError, Response, error_body
+from tdedge.edge.http import JSON_HEADERS, Response, error_body
 
 ALLOW_HEADERS = "Authorization, Content-Type, Accept, User-Agent, X-TD-Write-Key"
 ALLOW_METHODS = "GET, POST, OPTIONS"
@@ -33,18 +35,11 @@ class Cors:
     def headers(self, origin: str | None) -> list[tuple[str, str]]:
         """Headers for an actual (non-preflight) answer to a request from ``origin``.
 
-        Raises 403 for an origin outside the list. ``Vary: Origin`` always: the answer
-        differs by origin, and a shared cache must not hand one origin's to another.
+        ``Vary: Origin`` always: the answer differs by origin, and a shared cache must
+        not hand one origin's answer to another.
         """
-        if origin is None:
+        if origin is None or not self.allowed(origin):
             return [("vary", "Origin")]
-        if not self.allowed(origin):
-            raise HTTPError(
-                403,
-                "origin_not_allowed",
-                f"origin {origin} is not allowed (--cors-origin)",
-                headers=[("vary", "Origin")],
-            )
         return [
             ("access-control-allow-origin", origin),
             ("access-control-allow-credentials", "true"),

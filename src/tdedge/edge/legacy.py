@@ -1,4 +1,6 @@
-"""The legacy door (``in.*``): the Postback API as spec/postback-api-legacy.md gives it."""
+"""The legacy door (``in.*``): the Postback API as spec/postback-api-legacy.md gives it,
+the tracking pixel (pixel.py) on the same path, and ``/get_cookie_id`` for the
+``ssc.<domain>`` hosts td-js-sdk calls (they are not ``*.records.in.*`` hosts)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ import time
 
 from tdedge.control.keys import hash_key
 from tdedge.edge.auth import legacy_key
-from tdedge.edge.body import record_from_body
+from tdedge.edge.body import FORM, media_type, record_from_body
+from tdedge.edge.cors import Cors
 from tdedge.edge.http import (
     EMPTY_OBJECT,
     JSON_HEADERS,
@@ -16,6 +19,8 @@ from tdedge.edge.http import (
     Scope,
     read_body,
 )
+from tdedge.edge.identity import Identity
+from tdedge.edge.pixel import Pixel, is_pixel_query, query_params
 from tdedge.edge.services import Services
 from tdedge.journal.envelope import Envelope
 from tdedge.names import NAME_RULE, is_valid_name, normalize
@@ -39,14 +44,40 @@ class LegacyDoor:
 
     def __init__(self, services: Services) -> None:
         self._s = services
+        self._pixel = Pixel(services)
+        self._identity = Identity(services.settings.cookie_domain)
+        self._cors = Cors(services.settings.cors_origins)
 
     def route(self, path: str) -> str | None:
-        return "postback" if path.startswith(POSTBACK_PREFIX) else None
+        if path.startswith(POSTBACK_PREFIX):
+            return "postback"
+        return "server_cookie" if path == "/get_cookie_id" else None
 
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
+        if route == "server_cookie":
+            return self._server_cookie(scope)
+        if scope.method in ("GET", "HEAD") and is_pixel_query(scope.query_string):
+            return await self._pixel.answer(scope, query_params(scope.query_string))
         if scope.method != "POST":
-            raise HTTPError(405, "method_not_allowed", "use POST", headers=[("allow", "POST")])
+            raise HTTPError(
+                405,
+                "method_not_allowed",
+                "use POST, or GET with td_format=pixel",
+                headers=[("allow", "POST, GET, HEAD")],
+            )
         return await self._postback(scope, proto)
+
+    def _server_cookie(self, scope: Scope) -> Response:
+        origin = scope.headers.get("origin")
+        if scope.method == "OPTIONS":
+            return self._cors.preflight(origin)
+        cors = self._cors.headers(origin)
+        try:
+            status, headers, body = self._identity.server_cookie_answer(scope)
+        except HTTPError as e:
+            e.headers.extend(cors)
+            raise
+        return status, [*headers, *cors], body
 
     async def _postback(self, scope: Scope, proto: Protocol_) -> Response:
         s = self._s
@@ -55,6 +86,10 @@ class LegacyDoor:
         key = legacy_key(scope.headers, scope.query_string)
         try:
             body = await read_body(scope, proto, s.settings.max_body_bytes)
+            pixel = pixel_form(scope, body)
+            if pixel is not None:
+                # The POST form of the pixel: same record, same answer as the GET.
+                return await self._pixel.answer(scope, pixel)
             if key is None:
                 raise HTTPError(
                     403,
@@ -77,3 +112,21 @@ class LegacyDoor:
                 raise refused
         await s.append(Envelope(received_ms, DOOR, database, table, key_hash, record))
         return 200, JSON_HEADERS, EMPTY_OBJECT
+
+
+def pixel_form(scope: Scope, body: bytes) -> list[tuple[str, str]] | None:
+    """The pixel parameters of a POST (URL then form fields), or None if it is no pixel.
+
+    A POST is the pixel's when ``td_format=pixel`` is in its URL or in its form body.
+    """
+    in_url = is_pixel_query(scope.query_string)
+    is_form = media_type(scope.headers.get("content-type")) == FORM
+    if not in_url and not (is_form and b"td_format=pixel" in body):
+        return None
+    params = query_params(scope.query_string)
+    if is_form:
+        try:
+            params += query_params(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise HTTPError(400, "invalid_form", "form body is not valid UTF-8") from None
+    return params if ("td_format", "pixel") in params else None

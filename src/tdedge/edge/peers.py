@@ -12,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from tdedge.edge.http import Scope
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -31,13 +33,16 @@ class TrustedProxies:
             ipaddress.ip_network(e.strip(), strict=False) for e in entries
         )
 
-    @property
-    def configured(self) -> bool:
-        return bool(self._networks)
-
     def trusts(self, address: str) -> bool:
         parsed = _address(address)
         return parsed is not None and any(parsed in n for n in self._networks)
+
+    def request_ip(self, scope: Scope) -> str:
+        """The client address of one request (its ``X-Forwarded-For`` read only if needed)."""
+        forwarded: list[str] = []
+        if self._networks:
+            forwarded = [v for k, v in scope.headers.items() if k == "x-forwarded-for"]
+        return self.client_ip(scope.client, forwarded)
 
     def client_ip(self, peer: str, forwarded_for: Iterable[str]) -> str:
         """The client address for a request from ``peer`` with these XFF header values."""

@@ -30,8 +30,8 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from tdedge.control.keys import hash_key
-from tdedge.edge.cookies import GLOBAL_ID_COOKIE, cookie_value, global_id_cookie, new_id
 from tdedge.edge.http import HTTPError, Response, Scope
+from tdedge.edge.identity import Identity
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.redirect import RedirectPolicy, needs_global_id, substitute
 from tdedge.edge.services import Services
@@ -130,7 +130,7 @@ class Pixel:
         self._s = services
         self._redirects = RedirectPolicy(settings.redirect_hosts)
         self._proxies = TrustedProxies(settings.trusted_proxies)
-        self._cookie_domain = settings.cookie_domain
+        self._identity = Identity(settings.cookie_domain)
 
     async def answer(self, scope: Scope, params: Iterable[tuple[str, str]]) -> Response:
         s = self._s
@@ -143,9 +143,9 @@ class Pixel:
         extra: list[tuple[str, str]] = []
         global_id = None
         if req.wants_global_id or (req.redirect is not None and needs_global_id(req.redirect)):
-            global_id = cookie_value(scope.headers.items(), GLOBAL_ID_COOKIE) or new_id()
-            extra.append(global_id_cookie(global_id, self._cookie_domain))
-        ip = self.client_ip(scope) if req.wants_ip else None
+            global_id, cookie = self._identity.global_id(scope)
+            extra.append(cookie)
+        ip = self._proxies.request_ip(scope) if req.wants_ip else None
         ua = str(scope.headers.get("user-agent") or "") if req.wants_ua else None
         record = pixel_record(req, global_id, ip, ua)
 
@@ -169,12 +169,6 @@ class Pixel:
             location = substitute(req.redirect, global_id) if global_id else req.redirect
             return 302, [("location", location), NO_STORE, *extra], b""
         return 200, [*GIF_HEADERS, *extra], GIF
-
-    def client_ip(self, scope: Scope) -> str:
-        forwarded: list[str] = []
-        if self._proxies.configured:
-            forwarded = [v for k, v in scope.headers.items() if k == "x-forwarded-for"]
-        return self._proxies.client_ip(scope.client, forwarded)
 
 
 def _names(path: str) -> tuple[str, str, str]:

@@ -1,0 +1,308 @@
+"""The Data Ingestion API: ``POST /{db}/{table}`` on the records door, ``{"events":[…]}``.
+
+What td-js-sdk 4 and the mobile SDKs send (reference/clients.md):
+
+- ``Content-Type`` ``application/vnd.treasuredata.v1+json``, ``…v1.js+json`` (td-js-sdk
+  in signed mode with a global id) or ``…v1.mobile+json``; anything else is 415.
+- ``Content-Encoding: gzip`` (mobile SDKs): inflated in bounded steps, so a small
+  compressed body can never make the server hold more than the request limit.
+- 1 to 500 events (else 400), each at most 1 MiB of JSON, at most 5 MiB per request
+  (413) — MiB, the generous reading of the documents' "1 MB" and "5 MB".
+
+Each event gets its own receipt, in order: ``{"success":true}`` or ``{"success":false,
+"error":{"name","description"}}`` with a name the mobile SDKs know — they drop events
+with ``InvalidCollectionNameError``, ``InvalidPropertyNameError`` or
+``InvalidPropertyValueError`` and retry any other failure, so an event that can never
+succeed must carry one of those three, or the SDK would resend it forever:
+
+- a bad database or table name → ``InvalidCollectionNameError`` (every event);
+- a key that cannot be a column (empty, over 255 characters, control characters,
+  tdedge's own ``td_type_conflicts``, or ``td_uuid``) → ``InvalidPropertyNameError``;
+- an event that is not a JSON object, or is over 1 MiB → ``InvalidPropertyValueError``.
+
+Refused events are journaled with a reason code (they show in the import errors);
+accepted ones are stored with ``td_uuid``, a random UUID per record. For ``…v1.js+json``
+and ``…v1.mobile+json`` the server fills ``td_ip`` (the client's address) unless the
+event carries a real value, and for ``…v1.js+json`` it replaces the
+``td_global_id: "td_global_id"`` placeholder with the id from its cookie.
+
+The parsing below is pure (no I/O, no clock); ``IngestAPI`` does the HTTP and journal.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from tdedge.control.keys import hash_key
+from tdedge.edge.http import JSON_HEADERS, BodyTooLarge, HTTPError, Protocol_, Response, Scope
+from tdedge.edge.http import read_body as read_raw_body
+from tdedge.edge.services import REJECT_KEEP_BYTES, Services
+from tdedge.journal.envelope import Envelope
+from tdedge.loader.schema import fold, usable_name
+from tdedge.names import NAME_RULE, is_valid_name, normalize
+
+DOOR = "ingest"
+UUID_COLUMN = "td_uuid"
+MAX_EVENTS = 500
+MAX_EVENT_BYTES = 1024 * 1024
+MAX_REQUEST_BYTES = 5 * 1024 * 1024
+# A name that cannot be a table still leaves an import error; this much of it is kept.
+MAX_KEPT_NAME = 256
+# Inflate in steps of this many bytes at most: memory stays bounded per step.
+INFLATE_STEP = 256 * 1024
+
+
+class Mode(enum.Enum):
+    PLAIN = "v1+json"
+    JS = "v1.js+json"  # td-js-sdk, signed mode with global id
+    MOBILE = "v1.mobile+json"
+
+
+MEDIA_TYPES = {f"application/vnd.treasuredata.{m.value}": m for m in Mode}
+
+# Error names the mobile SDKs know, and the import-error reason each event gets.
+COLLECTION_ERROR = "InvalidCollectionNameError"
+NAME_ERROR = "InvalidPropertyNameError"
+VALUE_ERROR = "InvalidPropertyValueError"
+
+
+class Batch(msgspec.Struct):
+    events: list[msgspec.Raw]
+
+
+_batch_decoder = msgspec.json.Decoder(Batch)
+_event_decoder = msgspec.json.Decoder(dict[str, Any])
+_encode = msgspec.json.Encoder().encode
+
+SUCCESS = b'{"success":true}'
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    name: str  # the SDK-facing error name
+    description: str
+    reason: str  # the import-error reason code
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """What the server adds to each accepted event."""
+
+    ip: str | None = None  # td_ip, when the mode asks for it
+    global_id: str | None = None  # replaces the td_global_id placeholder
+
+
+def media_mode(content_type: str | None) -> Mode:
+    media = (content_type or "").partition(";")[0].strip().lower()
+    mode = MEDIA_TYPES.get(media)
+    if mode is None:
+        raise HTTPError(
+            415,
+            "unsupported_media_type",
+            "Content-Type must be application/vnd.treasuredata.v1+json "
+            "(or v1.js+json, v1.mobile+json)",
+        )
+    return mode
+
+
+def gunzip(body: bytes, limit: int) -> bytes:
+    """Inflate a gzip body (one or more members), never holding more than ``limit`` + 1 step.
+
+    413 as soon as the output would pass ``limit``; 400 for a body that is not gzip.
+    """
+    out: list[bytes] = []
+    size = 0
+    data = body
+    try:
+        while data:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            pending = data
+            while pending and not inflater.eof:
+                chunk = inflater.decompress(pending, min(INFLATE_STEP, limit + 1 - size))
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit, b"")
+                out.append(chunk)
+                pending = inflater.unconsumed_tail
+            if not inflater.eof:
+                raise HTTPError(400, "invalid_gzip", "gzip body is truncated")
+            data = inflater.unused_data
+    except zlib.error as e:
+        raise HTTPError(400, "invalid_gzip", f"body is not valid gzip: {e}") from None
+    return b"".join(out)
+
+
+def split_events(body: bytes) -> list[msgspec.Raw]:
+    """The raw events of a ``{"events":[…]}`` body; 400 for anything else."""
+    try:
+        events = _batch_decoder.decode(body).events
+    except msgspec.DecodeError as e:
+        raise HTTPError(
+            400, "invalid_body", f'body must be {{"events":[…]}} in JSON: {e}'
+        ) from None
+    if not events:
+        raise HTTPError(400, "no_events", "events is empty: send 1 to 500 events")
+    if len(events) > MAX_EVENTS:
+        raise HTTPError(
+            400, "too_many_events", f"{len(events)} events; send at most {MAX_EVENTS} per request"
+        )
+    return events
+
+
+def check_event(raw: msgspec.Raw) -> dict[str, Any] | Failure:
+    """The decoded event, or why it can never be stored."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return Failure(
+            VALUE_ERROR, f"event is larger than {MAX_EVENT_BYTES} bytes", "event_too_large"
+        )
+    try:
+        event = _event_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return Failure(VALUE_ERROR, "event must be a JSON object", "not_an_object")
+    for key in event:
+        name = fold(key)
+        if name == UUID_COLUMN or not usable_name(name):
+            return Failure(
+                NAME_ERROR,
+                f"property {key[:64]!r} cannot be a column (1-255 characters, no control "
+                f"characters; {UUID_COLUMN} and td_type_conflicts are reserved)",
+                "invalid_property_name",
+            )
+    return event
+
+
+def fill(event: dict[str, Any], uuid: str, extra: Fill) -> bytes:
+    """The stored record: the event plus what the server adds."""
+    event[UUID_COLUMN] = uuid
+    if extra.ip is not None:
+        ip = event.get("td_ip")
+        if ip is None or ip == "td_ip":
+            event["td_ip"] = extra.ip
+    if extra.global_id is not None and event.get("td_global_id") == "td_global_id":
+        event["td_global_id"] = extra.global_id
+    return _encode(event)
+
+
+def receipt(failure: Failure) -> bytes:
+    return _encode(
+        {"success": False, "error": {"name": failure.name, "description": failure.description}}
+    )
+
+
+def receipts_body(receipts: list[bytes]) -> bytes:
+    return b'{"receipts":[' + b",".join(receipts) + b"]}"
+
+
+def uuids(n: int, random: Callable[[int], bytes] = os.urandom) -> list[str]:
+    """``n`` version-4 UUID strings from one read of the random source (cheaper than uuid4)."""
+    raw = bytearray(random(16 * n))
+    out: list[str] = []
+    for i in range(0, 16 * n, 16):
+        raw[i + 6] = raw[i + 6] & 0x0F | 0x40
+        raw[i + 8] = raw[i + 8] & 0x3F | 0x80
+        h = raw[i : i + 16].hex()
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
+
+
+def collection_names(path: str) -> tuple[str, str, bool]:
+    """``(database, table, valid)`` from ``/{db}/{table}``; invalid names are kept, cut short."""
+    database, _, table = path[1:].partition("/")
+    if is_valid_name(database) and is_valid_name(table):
+        return normalize(database), normalize(table), True
+    return database[:MAX_KEPT_NAME], table[:MAX_KEPT_NAME], False
+
+
+class IngestAPI:
+    """One request: body → events → receipts, every event journaled in one group commit."""
+
+    def __init__(self, services: Services) -> None:
+        self._s = services
+
+    async def handle(
+        self,
+        scope: Scope,
+        proto: Protocol_,
+        key: str | None,
+        refused: HTTPError | None,
+        fill_for: Callable[[Mode], Fill],
+    ) -> Response:
+        """Answer one request.
+
+        ``refused`` is the door's verdict on the credentials (raised once the body is
+        read, so the import error keeps it); ``fill_for`` gives what the server adds to
+        the events in a mode.
+        """
+        s = self._s
+        received_ms = time.time_ns() // 1_000_000
+        database, table, valid = collection_names(scope.path)
+        try:
+            mode = media_mode(scope.headers.get("content-type"))
+            body = await self.read_body(scope, proto)
+            if refused is not None:
+                refused.body = body
+                raise refused
+            assert key is not None
+            key_hash = hash_key(key)
+            events = split_events(body)
+            if s.auth is not None:
+                reason = s.auth.refusal(key_hash, database)
+                if reason is not None:
+                    raise HTTPError(
+                        403, reason, "the API key may not write to this database", body=body
+                    )
+        except HTTPError as e:
+            # A request refused whole: operators still see what it carried.
+            await s.keep_refused(DOOR, received_ms, database, table, key, e)
+            raise
+        extra = fill_for(mode)
+        envelopes: list[Envelope] = []
+        receipts: list[bytes] = []
+        ids = uuids(len(events))
+        for raw, uuid in zip(events, ids, strict=True):
+            checked: dict[str, Any] | Failure
+            if valid:
+                checked = check_event(raw)
+            else:
+                checked = Failure(
+                    COLLECTION_ERROR, f"{database}.{table}: {NAME_RULE}", "invalid_name"
+                )
+            if isinstance(checked, Failure):
+                receipts.append(receipt(checked))
+                envelopes.append(
+                    Envelope(
+                        received_ms,
+                        DOOR,
+                        database,
+                        table,
+                        key_hash,
+                        bytes(memoryview(raw)[:REJECT_KEEP_BYTES]),
+                        reject=checked.reason,
+                    )
+                )
+            else:
+                receipts.append(SUCCESS)
+                envelopes.append(
+                    Envelope(
+                        received_ms, DOOR, database, table, key_hash, fill(checked, uuid, extra)
+                    )
+                )
+        await s.append_many(envelopes)
+        return 200, list(JSON_HEADERS), receipts_body(receipts)
+
+    async def read_body(self, scope: Scope, proto: Protocol_) -> bytes:
+        body = await read_raw_body(scope, proto, MAX_REQUEST_BYTES)
+        encoding = (scope.headers.get("content-encoding") or "").strip().lower()
+        if encoding in ("", "identity"):
+            return body
+        if encoding in ("gzip", "x-gzip"):
+            return gunzip(body, MAX_REQUEST_BYTES)
+        raise HTTPError(415, "unsupported_encoding", "Content-Encoding must be gzip or none")

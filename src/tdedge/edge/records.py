@@ -1,0 +1,206 @@
+"""The records door (``*.records.in.*``, or ``--records-port``): what td-js-sdk and
+Postback v2 clients talk to.
+
+Routes:
+
+``POST /postback/v3/event/{db}/{table}``
+    Postback API v2 (spec/postback-api-v2.md): the legacy contract, but the key only in
+    a header — ``Authorization: TD1 <key>`` or ``X-TD-Write-Key``, ``Authorization``
+    winning when both are sent (an ``Authorization`` of another scheme is ignored) —
+    and the body capped at exactly 1,048,064 bytes (413 beyond, chunked or not).
+``POST /{db}/{table}``
+    the Data Ingestion API (ingest.py).
+``GET /``
+    td-js-sdk's global id (identity.py), for a request carrying a key.
+``GET /get_cookie_id``
+    the server-side cookie id (identity.py).
+``OPTIONS`` any of them
+    the CORS preflight (cors.py); every answer carries the CORS headers.
+
+The ``td_write_key`` URL parameter is refused on every route with 403 ``key_in_url``:
+v2 takes keys in headers only, and a key in a URL ends up in logs and browser history.
+Every refused write leaves an import-error row, as on the legacy door.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qsl
+
+from tdedge.control.keys import hash_key
+from tdedge.edge.body import record_from_body
+from tdedge.edge.cors import Cors
+from tdedge.edge.http import (
+    EMPTY_OBJECT,
+    JSON_HEADERS,
+    Headers,
+    HTTPError,
+    Protocol_,
+    Response,
+    Scope,
+    read_body,
+)
+from tdedge.edge.identity import Identity
+from tdedge.edge.ingest import Fill, IngestAPI, Mode
+from tdedge.edge.legacy import POSTBACK_PREFIX, postback_names
+from tdedge.edge.peers import TrustedProxies
+from tdedge.edge.services import Services
+from tdedge.journal.envelope import Envelope
+
+DOOR = "records"
+# Postback API v2's documented request limit, exactly.
+POSTBACK_MAX_BODY_BYTES = 1_048_064
+HEADER_KEY_HINT = "send the key in an Authorization: TD1 <key> or X-TD-Write-Key header"
+
+
+def records_key(headers: Headers) -> str | None:
+    """``Authorization: TD1 <key>`` (scheme in any case), else ``X-TD-Write-Key``."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = str(auth).strip().partition(" ")
+        if scheme.lower() == "td1" and value.strip():
+            return value.strip()
+    key = headers.get("x-td-write-key")
+    if key and str(key).strip():
+        return str(key).strip()
+    return None
+
+
+def url_key(query_string: str) -> str | None:
+    """The ``td_write_key`` URL parameter, if present (even empty: it is refused anyway)."""
+    if "td_write_key" not in query_string:
+        return None
+    for name, value in parse_qsl(query_string, keep_blank_values=True):
+        if name == "td_write_key":
+            return value
+    return None
+
+
+def key_refusal(scope: Scope, key: str | None) -> HTTPError | None:
+    """Why a records request may not use its credentials, or None."""
+    if url_key(scope.query_string) is not None:
+        return HTTPError(
+            403,
+            "key_in_url",
+            f"the td_write_key URL parameter is not accepted here: {HEADER_KEY_HINT}",
+        )
+    if key is None:
+        return HTTPError(403, "missing_key", f"no API key: {HEADER_KEY_HINT}")
+    return None
+
+
+def ingest_route(path: str) -> bool:
+    """``/{db}/{table}``: two non-empty segments (names are checked later, per event)."""
+    database, sep, table = path[1:].partition("/")
+    return bool(sep and database and table and "/" not in table)
+
+
+class RecordsDoor:
+    name = DOOR
+
+    def __init__(self, services: Services) -> None:
+        settings = services.settings
+        self._s = services
+        self._cors = Cors(settings.cors_origins)
+        self._identity = Identity(settings.cookie_domain)
+        self._proxies = TrustedProxies(settings.trusted_proxies)
+        self._ingest = IngestAPI(services)
+
+    def route(self, path: str) -> str | None:
+        if path == "/":
+            return "global_id"
+        if path == "/get_cookie_id":
+            return "server_cookie"
+        if path.startswith(POSTBACK_PREFIX):
+            return "postback"
+        if ingest_route(path):
+            return "ingest"
+        return None
+
+    async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
+        origin = scope.headers.get("origin")
+        if scope.method == "OPTIONS":
+            return self._cors.preflight(origin)
+        cors = self._cors.headers(origin)
+        try:
+            status, headers, body = await self._answer(route, scope, proto)
+        except HTTPError as e:
+            # Errors too: a page that cannot read the error cannot report it.
+            e.headers.extend(cors)
+            raise
+        return status, [*headers, *cors], body
+
+    async def _answer(self, route: str, scope: Scope, proto: Protocol_) -> Response:
+        if route == "server_cookie":
+            return self._identity.server_cookie_answer(scope)
+        if route == "global_id":
+            return self._global_id(scope)
+        if scope.method != "POST":
+            raise HTTPError(405, "method_not_allowed", "use POST", headers=[("allow", "POST")])
+        if route == "postback":
+            return await self._postback(scope, proto)
+        return await self._ingest_events(scope, proto)
+
+    def _global_id(self, scope: Scope) -> Response:
+        if scope.method not in ("GET", "HEAD"):
+            raise HTTPError(405, "method_not_allowed", "use GET", headers=[("allow", "GET")])
+        key = records_key(scope.headers)
+        refused = key_refusal(scope, key)
+        if refused is not None:
+            raise refused
+        assert key is not None
+        s = self._s
+        if s.auth is not None:
+            # No database is involved: only whether the key exists and is not revoked.
+            reason = s.auth.refusal(hash_key(key), "")
+            if reason is not None:
+                raise HTTPError(403, reason, "the API key is not valid")
+        return self._identity.global_id_answer(scope)
+
+    async def _postback(self, scope: Scope, proto: Protocol_) -> Response:
+        s = self._s
+        database, table = postback_names(scope.path)
+        received_ms = time.time_ns() // 1_000_000
+        key = records_key(scope.headers)
+        try:
+            body = await read_body(scope, proto, POSTBACK_MAX_BODY_BYTES)
+            refused = key_refusal(scope, key)
+            if refused is not None:
+                refused.body = body
+                raise refused
+            record = record_from_body(body, scope.headers.get("content-type"))
+        except HTTPError as e:
+            # Refused at the door: the client is told why, and operators see the record.
+            kept_key = key if key is not None else url_key(scope.query_string)
+            await s.keep_refused(DOOR, received_ms, database, table, kept_key, e)
+            raise
+        assert key is not None
+        key_hash = hash_key(key)
+        if s.auth is not None:
+            reason = s.auth.refusal(key_hash, database)
+            if reason is not None:
+                refused = HTTPError(403, reason, "the API key may not write to this database")
+                refused.body = record
+                await s.keep_refused(DOOR, received_ms, database, table, key, refused)
+                raise refused
+        await s.append(Envelope(received_ms, DOOR, database, table, key_hash, record))
+        return 200, JSON_HEADERS, EMPTY_OBJECT
+
+    async def _ingest_events(self, scope: Scope, proto: Protocol_) -> Response:
+        key = records_key(scope.headers)
+        cookies: list[tuple[str, str]] = []
+
+        def fill_for(mode: Mode) -> Fill:
+            if mode is Mode.PLAIN:
+                return Fill()
+            ip = self._proxies.request_ip(scope)
+            if mode is Mode.MOBILE:
+                return Fill(ip=ip)
+            global_id, cookie = self._identity.global_id(scope)
+            cookies.append(cookie)
+            return Fill(ip=ip, global_id=global_id)
+
+        status, headers, body = await self._ingest.handle(
+            scope, proto, key, key_refusal(scope, key), fill_for
+        )
+        return status, [*headers, *cookies], body
