@@ -75,6 +75,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Domain attribute of the global-id cookie; None: the cookie stays on the host.
     cookie_domain: str | None = None
 
+    # REST API and query jobs (issue 5)
+    # Jobs run at once, each in its own DuckDB instance with these limits; more wait
+    # queued. Keep the timeout under lake_retention_s: files older than that may go.
+    job_workers: int = 2
+    job_threads: int = 1
+    job_memory_limit: str = "1GB"
+    job_timeout_s: float = 300.0
+    job_poll_s: float = 0.05
+    # Largest job result one response carries (results are read into memory);
+    # beyond it clients fetch msgpack.gz in Range requests, as td-client does.
+    job_result_max_bytes: int = 256 * 1024 * 1024
+    # Bulk import (PUT /v3/table/import…): the gzip body, and what it may inflate to.
+    import_max_bytes: int = 64 * 1024 * 1024
+    import_max_inflated_bytes: int = 512 * 1024 * 1024
+
     log_level: str = "info"
 
     # Derived paths: one place decides the data dir's layout.
@@ -105,6 +120,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def loader_heartbeat(self) -> Path:
         return self.root / "run" / "loader.json"
+
+    @property
+    def job_results_dir(self) -> Path:
+        return self.root / "results"
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)

@@ -1,0 +1,91 @@
+"""TD's time functions as DuckDB Python UDFs, for calls the translator cannot inline.
+
+``translate`` turns calls with constant arguments into native SQL; what is left (a
+zone or a format taken from a column, a time string column) runs here, row by row,
+through the same ``td_time`` code. NULL arguments reach the functions (``special``
+null handling) because TD_TIME_RANGE treats a NULL bound as open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+from duckdb import sqltypes
+from duckdb.func import FunctionNullHandling
+
+from tdedge.query import td_time
+
+
+def _time_range(t: int | None, start: str | None, end: str | None, tz: str | None) -> bool | None:
+    return td_time.time_range(t, start, end, tz)
+
+
+def _interval(
+    t: int | None, spec: str | None, tz: str | None, scheduled: int | None
+) -> bool | None:
+    if t is None or spec is None or scheduled is None:
+        return None
+    return td_time.interval(t, spec, scheduled, tz)
+
+
+def _format(t: float | None, pattern: str | None, tz: str | None) -> str | None:
+    if t is None or pattern is None:
+        return None
+    return td_time.format_time(t, pattern, tz)
+
+
+def _parse(text: str | None, tz: str | None) -> int | None:
+    return None if text is None else td_time.parse_time(text, tz)
+
+
+def _add(t: str | None, duration: str | None, tz: str | None) -> int | None:
+    if t is None or duration is None:
+        return None
+    return td_time.time_add(t, duration, tz)
+
+
+def _trunc(unit: str | None, t: int | None, tz: str | None) -> int | None:
+    if unit is None:
+        return None
+    return td_time.date_trunc(unit, t, tz)
+
+
+def _time_string(t: int | None, code: str | None, tz: str | None) -> str | None:
+    if code is None:
+        return None
+    return td_time.time_string(t, code, tz)
+
+
+BIGINT, VARCHAR, BOOLEAN, DOUBLE = (
+    sqltypes.BIGINT,
+    sqltypes.VARCHAR,
+    sqltypes.BOOLEAN,
+    sqltypes.DOUBLE,
+)
+
+UDFS: tuple[
+    tuple[str, Callable[..., Any], list[sqltypes.DuckDBPyType], sqltypes.DuckDBPyType], ...
+] = (
+    ("td_time_range", _time_range, [BIGINT, VARCHAR, VARCHAR, VARCHAR], BOOLEAN),
+    ("td_interval", _interval, [BIGINT, VARCHAR, VARCHAR, BIGINT], BOOLEAN),
+    ("td_time_format", _format, [DOUBLE, VARCHAR, VARCHAR], VARCHAR),
+    ("td_time_parse", _parse, [VARCHAR, VARCHAR], BIGINT),
+    ("td_time_add", _add, [VARCHAR, VARCHAR, VARCHAR], BIGINT),
+    ("td_date_trunc", _trunc, [VARCHAR, BIGINT, VARCHAR], BIGINT),
+    ("td_time_string", _time_string, [BIGINT, VARCHAR, VARCHAR], VARCHAR),
+)
+
+
+def register(con: duckdb.DuckDBPyConnection) -> None:
+    """Define the fallback UDFs on ``con`` (once per connection)."""
+    for name, func, params, returns in UDFS:
+        con.create_function(
+            name,
+            func,
+            list[Any](params),
+            returns,
+            null_handling=FunctionNullHandling.SPECIAL,
+            side_effects=False,
+        )
