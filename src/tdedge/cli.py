@@ -235,6 +235,22 @@ def loader_command(parent_pid: int | None, data_dir: str | None) -> None:
     run_loader(settings, parent_pid)
 
 
+@main.command("jobs")
+@click.option("--parent-pid", type=int, default=None, hidden=True)
+@data_dir_option
+def jobs_command(parent_pid: int | None, data_dir: str | None) -> None:
+    """Run the query job runner alone (``serve`` starts it for you)."""
+    import os
+
+    from tdedge import logs
+    from tdedge.query.runner import run_job_runner
+
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = Settings.from_json(raw) if raw else _settings(data_dir)
+    logs.configure(settings.log_level)
+    run_job_runner(settings, parent_pid)
+
+
 # Keys.
 @main.group()
 def keys() -> None:

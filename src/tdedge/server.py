@@ -139,6 +139,7 @@ def serve(settings: Settings, run_loader: bool = True) -> None:
     ]
     if run_loader:
         children.append(ChildSupervisor("loader", settings, ["loader"]))
+    children.append(ChildSupervisor("jobs", settings, ["jobs"]))  # query job runner (issue 5)
     for child in children:
         child.start()
     try:

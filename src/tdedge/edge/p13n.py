@@ -1,0 +1,373 @@
+"""The p13n door (``*.p13n.in.*``): Treasure Data's Real-time Personalization API.
+
+``POST /{db}/{table}`` and ``POST /public/{db}/{table}`` with ``Authorization: TD1 <key>``,
+``WP13n-Token: {account}/{instance}/{32 hex}`` and ``Content-Type:
+application/vnd.treasuredata.v1+json``. One request: check the key and the token, append
+the event to the journal (the loader puts it in its table like any ingested record),
+stitch the caller's identity, update the profile atomically, answer the offers whose
+criteria the updated profile meets: ``{"offers": {…}}``.
+
+Errors are ``{"code": <int>, "message": "…"}`` with the document's codes: 3000-3007
+(400), 429 with 2003/2013 and Retry-After, 500 with 1001-1005 when a store is down (503
+for the journal, which DESIGN.md promises), and the HTTP status as the code for 401,
+403, 405, 413 and 415. This door checks API keys before answering: its answer depends
+on the caller's account. Requests refused with a 4xx are kept, as on every door, so
+they show in the import errors (reason ``p13n_<code>``).
+
+Profile updates of the requests that arrive in one event-loop iteration run in one
+store transaction (``Batcher``): one lock and one commit for the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from prometheus_client import Counter, Histogram
+
+from tdedge.control.directory import Directory
+from tdedge.control.keys import hash_key
+from tdedge.control.store import ControlStore
+from tdedge.edge.body import media_type
+from tdedge.edge.http import HTTPError, Protocol_, Response, Scope, encode_json, read_body
+from tdedge.edge.peers import TrustedProxies
+from tdedge.edge.services import Services
+from tdedge.journal.envelope import Envelope
+from tdedge.realtime import batch as batch_store
+from tdedge.realtime import sqlite as profile_store
+from tdedge.realtime import tokens
+from tdedge.realtime.batch import BatchStore
+from tdedge.realtime.config import P13N_NAME
+from tdedge.realtime.engine import Engine, Request
+from tdedge.realtime.errors import ConfigStoreDown, KeyStoreDown, StoreUnavailable
+from tdedge.realtime.limits import Limiter
+from tdedge.realtime.registry import Registry
+from tdedge.realtime.service import Service
+from tdedge.realtime.tokens import TokenInfo
+from tdedge.realtime.view import View
+
+log = logging.getLogger("tdedge.p13n")
+
+DOOR = "p13n"
+MEDIA_TYPE = "application/vnd.treasuredata.v1+json"
+# Requests of one loop iteration share a transaction, up to this many.
+MAX_GROUP = 256
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?")
+_event_decoder = msgspec.json.Decoder()
+_record_encoder = msgspec.json.Encoder()
+
+DECISIONS = Counter("tdedge_p13n_decisions_total", "p13n requests answered 200", ["offers"])
+GROUP = Histogram(
+    "tdedge_p13n_group_size",
+    "Profile updates sharing one store transaction",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+STORE_SECONDS = Histogram(
+    "tdedge_p13n_store_seconds",
+    "Time to stitch, update and commit one group of profiles",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0),
+)
+
+MESSAGES = {
+    3000: "RT token was not provided (WP13n-Token header).",
+    3001: "RT token is not in configuration.",
+    3002: "RT token account conflicts with Authed user account.",
+    3003: "RT token is in an invalid format.",
+    3004: "Invalid event object.",
+    3005: "Request origin not in IP whitelist.",
+    3006: "RT token type does not match the endpoint.",
+    3007: "Invalid or missing Origin.",
+}
+
+
+class DoorError(Exception):
+    def __init__(
+        self, status: int, code: int, message: str, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or []
+
+
+def _bad(code: int, detail: str = "") -> DoorError:
+    return DoorError(400, code, f"{MESSAGES[code]} {detail}".strip())
+
+
+class Batcher:
+    """Collects the requests of one event-loop iteration into one engine call."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._pending: list[tuple[Request, asyncio.Future[bytes]]] = []
+        self._scheduled = False
+
+    def submit(self, request: Request) -> asyncio.Future[bytes]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
+        self._pending.append((request, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+        if self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._scheduled = False
+        started = time.perf_counter()
+        results: list[bytes | Exception]
+        try:
+            results = self._engine.decide([r for r, _ in group], int(self._clock() * 1000))
+        except StoreUnavailable as e:
+            results = [e] * len(group)
+        except Exception as e:
+            log.exception("p13n engine failed")
+            results = [e] * len(group)
+        STORE_SECONDS.observe(time.perf_counter() - started)
+        GROUP.observe(len(group))
+        for (_, fut), result in zip(group, results, strict=True):
+            if fut.done():  # the client went away
+                continue
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+
+class P13nDoor:
+    name = DOOR
+
+    def __init__(self, services: Services, clock: Callable[[], float] = time.time) -> None:
+        s = services.settings
+        self._s = services
+        self._clock = clock
+        self._control = ControlStore.open(s.control_db)
+        self._directory = Directory(self._control, ttl_s=s.key_cache_ttl_s)
+        self._view = View(Registry.open(s.control_db))
+        self._store = profile_store.SQLiteProfileStore(profile_store.default_path(s.root))
+        self._engine = Engine(self._store, BatchStore(batch_store.default_path(s.root)))
+        self._batcher = Batcher(self._engine, clock)
+        self._limiter = Limiter(s.workers)
+        self._proxies = TrustedProxies(s.trusted_proxies)
+        self._networks: dict[bytes, list[tokens.Network]] = {}
+        self._timeout_ms = 0
+
+    def route(self, path: str) -> str | None:
+        parts = path.split("/")
+        if len(parts) == 3:
+            names, route = parts[1:], "event"
+        elif len(parts) == 4 and parts[1] == "public":
+            names, route = parts[2:], "public"
+        else:
+            return None
+        return route if all(P13N_NAME.fullmatch(n) for n in names) else None
+
+    async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
+        public = route == "public"
+        headers = _cors(scope) if public else []
+        try:
+            if public and scope.method == "OPTIONS":
+                return _preflight(headers)
+            if scope.method != "POST":
+                raise DoorError(405, 405, "use POST", [("allow", "POST")])
+            return await self._event(scope, proto, public, headers)
+        except DoorError as e:
+            body = encode_json({"code": e.code, "message": e.message})
+            return e.status, [("content-type", "application/json"), *headers, *e.headers], body
+
+    async def _event(
+        self, scope: Scope, proto: Protocol_, public: bool, cors: list[tuple[str, str]]
+    ) -> Response:
+        parts = scope.path.split("/")
+        database, table = parts[-2], parts[-1]
+        received_ms = int(self._clock() * 1000)
+        key = _td1_key(scope.headers.get("authorization"))
+        try:
+            body = await read_body(scope, proto, self._s.settings.max_body_bytes)
+        except HTTPError as e:
+            await self._s.keep_refused(DOOR, received_ms, database, table, key, e)
+            raise DoorError(e.status, e.status, e.message) from None
+        try:
+            service, event, keys = self._admit(scope, database, table, key, body, public)
+        except DoorError as e:
+            if e.status < 500:
+                refused = HTTPError(e.status, f"p13n_{e.code}", e.message, body=body)
+                await self._s.keep_refused(DOOR, received_ms, database, table, key, refused)
+            raise
+        assert key is not None
+        refusal = self._limiter.admit(time.monotonic())
+        if refusal is not None:
+            code, retry = refusal
+            message = (
+                "over the engine's throughput limit; retry later"
+                if code == 2003
+                else "over the engine's concurrency limit; retry later"
+            )
+            raise DoorError(429, code, message, [("retry-after", str(retry))])
+        try:
+            record = _record_encoder.encode(event)
+            try:
+                await self._s.append(
+                    Envelope(received_ms, DOOR, database, table, hash_key(key), record)
+                )
+            except HTTPError as e:  # the journal refused: nothing was stored
+                raise DoorError(503, 1001, e.message, e.headers) from None
+            request = Request(service, table, event, keys, public)
+            try:
+                answer = await self._batcher.submit(request)
+            except StoreUnavailable as e:
+                log.error("p13n store unavailable", extra={"code": e.code, "error": str(e)})
+                raise DoorError(500, e.code, f"{e.store} unavailable; retry later") from None
+            except Exception as e:
+                log.error("p13n engine error", extra={"error": repr(e)})
+                raise DoorError(500, 9999, "unexpected error") from None
+        finally:
+            self._limiter.done()
+        DECISIONS.labels("none" if answer == b'{"offers":{}}' else "some").inc()
+        return 200, [("content-type", "application/json"), *cors], answer
+
+    def _admit(
+        self,
+        scope: Scope,
+        database: str,
+        table: str,
+        key: str | None,
+        body: bytes,
+        public: bool,
+    ) -> tuple[Service, dict[str, Any], list[str]]:
+        """Every check before the event is stored, in the order the codes are given."""
+        now = time.monotonic()
+        view = self._view
+        try:
+            view.refresh(now)
+        except ConfigStoreDown as e:
+            raise DoorError(500, e.code, "configuration store unavailable; retry later") from None
+        self._configure(view)
+        if media_type(scope.headers.get("content-type")) != MEDIA_TYPE:
+            raise DoorError(415, 415, f"Content-Type must be {MEDIA_TYPE}")
+        account = self._account(key, database, now)
+        token = self._token(scope.headers.get("wp13n-token"), now)
+        if token.account_id != account:
+            raise _bad(3002)
+        service = view.services.get(token.service)
+        if service is None:
+            raise _bad(3001, f"(service {token.service!r} is not configured)")
+        if service.database != database or table not in service.event_tables:
+            raise _bad(3001, f"({database}.{table} is not an event table of {service.name!r})")
+        if token.public != public:
+            which = (
+                "a public token needs /public/" if token.public else "/public/ needs a public token"
+            )
+            raise _bad(3006, f"({which})")
+        if public:
+            _check_origin(scope.headers.get("origin"), service)
+        if token.allow_ips and not tokens.allowed(
+            self._proxies.request_ip(scope), self._nets(token)
+        ):
+            raise _bad(3005)
+        try:
+            event = _event_decoder.decode(body)
+        except msgspec.DecodeError:
+            raise _bad(3004, "(the body is not JSON)") from None
+        if not isinstance(event, dict):
+            raise _bad(3004, "(the body must be one JSON object)")
+        keys = service.event_keys(event)
+        if not keys:
+            columns = ", ".join(r.column for r in service.keys)
+            raise _bad(3004, f"(no identity key: send one of {columns})")
+        return service, event, keys
+
+    def _nets(self, token: TokenInfo) -> list[tokens.Network]:
+        nets = self._networks.get(token.token_hash)
+        if nets is None:
+            if len(self._networks) > 10_000:
+                self._networks.clear()
+            nets = self._networks[token.token_hash] = tokens.networks(token.allow_ips)
+        return nets
+
+    def _configure(self, view: View) -> None:
+        limits = view.limits
+        self._limiter.configure(limits.events_per_second, limits.concurrency, time.monotonic())
+        if limits.store_timeout_ms != self._timeout_ms:
+            self._timeout_ms = limits.store_timeout_ms
+            self._store.set_timeout(limits.store_timeout_ms / 1000)
+
+    def _account(self, key: str | None, database: str, now: float) -> int:
+        if key is None:
+            raise DoorError(401, 401, "missing Authorization: TD1 <API key>")
+        try:
+            info = self._directory.key(hash_key(key), now)
+            owner = None if info is None else self._directory.database_owner(database, now)
+        except sa.exc.SQLAlchemyError as e:
+            down = KeyStoreDown(str(e))
+            raise DoorError(500, down.code, "API key directory unavailable; retry later") from None
+        if info is None or info.revoked:
+            raise DoorError(401, 401, "invalid API key")
+        settings = self._s.settings
+        if owner is None:
+            if info.type != "master" or not settings.auto_create_database_for_master:
+                raise DoorError(403, 403, f"database {database} does not exist")
+        elif owner != info.account_id:
+            raise DoorError(403, 403, f"the API key may not write to database {database}")
+        return info.account_id
+
+    def _token(self, raw: str | None, now: float) -> TokenInfo:
+        if not raw:
+            raise _bad(3000)
+        parsed = tokens.parse(raw)
+        if parsed is None:
+            raise _bad(3003)
+        try:
+            info = self._view.token(parsed.digest, now)
+        except ConfigStoreDown as e:
+            raise DoorError(500, e.code, "configuration store unavailable; retry later") from None
+        if info is None or info.revoked:
+            raise _bad(3001)
+        return info
+
+
+def _td1_key(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, key = header.strip().partition(" ")
+    if scheme.upper() != "TD1" or not key.strip():
+        return None
+    return key.strip()
+
+
+def _check_origin(origin: str | None, service: Service) -> None:
+    if not origin or _ORIGIN.fullmatch(origin) is None:
+        raise _bad(3007)
+    if service.allowed_origins and origin.rstrip("/") not in service.allowed_origins:
+        raise _bad(3007, f"({origin} is not an allowed origin)")
+
+
+def _cors(scope: Scope) -> list[tuple[str, str]]:
+    origin = scope.headers.get("origin")
+    if not origin:
+        return []
+    return [("access-control-allow-origin", str(origin)), ("vary", "Origin")]
+
+
+def _preflight(cors: list[tuple[str, str]]) -> Response:
+    return (
+        204,
+        [
+            *cors,
+            ("access-control-allow-methods", "POST, OPTIONS"),
+            ("access-control-allow-headers", "authorization, content-type, wp13n-token"),
+            ("access-control-max-age", "600"),
+        ],
+        b"",
+    )

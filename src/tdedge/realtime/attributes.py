@@ -1,0 +1,289 @@
+"""Real-time attributes: how an event changes a profile, and what a profile's value is.
+
+``single`` keeps the latest value of a column (optionally expiring), ``list`` the recent
+items of a column (bounded, optionally windowed), ``counter`` a total or a sliding-window
+sum, ``imported`` a value loaded from batch data (read-only here). Every function takes
+``now_ms``: nothing reads the clock, so window expiry is tested with any time.
+
+Sliding windows are kept as buckets (Treasure Data's "sub-durations"): an increment at
+time t is counted until ``now`` passes ``t + window``, rounded up to the end of its
+bucket — so it stays counted for at most one bucket longer than the window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from tdedge.realtime.criteria import Context, Node
+from tdedge.realtime.profile import Counter, Item, Profile, Single
+
+# Treasure Data: ≤ 500 bytes per attribute value. Longer texts are cut.
+MAX_VALUE_CHARS = 500
+# Buckets per sliding window unless the configuration names a bucket size.
+DEFAULT_BUCKETS_PER_WINDOW = 60
+
+Scalar = str | int | float | bool
+_json = msgspec.json.Encoder()
+_NO_EVENT: Mapping[str, Any] = {}
+
+
+def scalar(value: Any) -> Scalar | None:
+    """A value an attribute can keep: scalars as they are (texts cut), others as JSON."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value[:MAX_VALUE_CHARS]
+    if isinstance(value, bool | int | float):
+        return value
+    return _json.encode(value).decode()[:MAX_VALUE_CHARS]
+
+
+class Attribute:
+    """What every kind shares: a name, which events touch it, whether it is sensitive."""
+
+    kind = ""
+    # Sub-attributes a criteria or payload can name as ``name.sub``.
+    subs: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        tables: frozenset[str] | None = None,
+        filter: Node | None = None,
+        sensitive: bool = False,
+    ) -> None:
+        self.name = name
+        self.tables = tables
+        self.filter = filter
+        self.sensitive = sensitive
+
+    def applies(self, table: str, event: Mapping[str, Any], now_ms: int) -> bool:
+        if self.tables is not None and table not in self.tables:
+            return False
+        return self.filter is None or self.filter.test(Context(event, _NO_EVENT, (), now_ms))
+
+    def update(self, profile: Profile, event: Mapping[str, Any], now_ms: int) -> None:
+        """Apply one event (already known to apply)."""
+
+    def tidy(self, profile: Profile, now_ms: int) -> None:
+        """Drop what has expired or overflows (after updates and merges)."""
+
+    def value(self, profile: Profile, imported: Mapping[str, Any], now_ms: int) -> Any:
+        raise NotImplementedError
+
+    def sub(self, profile: Profile, sub: str, imported: Mapping[str, Any], now_ms: int) -> Any:
+        raise KeyError(sub)
+
+
+class SingleAttribute(Attribute):
+    kind = "single"
+    subs = ("time",)
+
+    def __init__(self, name: str, column: str, expire_ms: int | None = None, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.column = column
+        self.expire_ms = expire_ms
+
+    def update(self, profile: Profile, event: Mapping[str, Any], now_ms: int) -> None:
+        value = scalar(event.get(self.column))
+        if value is not None:
+            profile.singles[self.name] = Single(value, now_ms)
+
+    def _current(self, profile: Profile, now_ms: int) -> Single | None:
+        found = profile.singles.get(self.name)
+        if found is None or (self.expire_ms is not None and now_ms - found.at_ms >= self.expire_ms):
+            return None
+        return found
+
+    def tidy(self, profile: Profile, now_ms: int) -> None:
+        if self.name in profile.singles and self._current(profile, now_ms) is None:
+            del profile.singles[self.name]
+
+    def value(self, profile: Profile, imported: Mapping[str, Any], now_ms: int) -> Any:
+        found = self._current(profile, now_ms)
+        return None if found is None else found.value
+
+    def sub(self, profile: Profile, sub: str, imported: Mapping[str, Any], now_ms: int) -> Any:
+        found = self._current(profile, now_ms)
+        return None if found is None else found.at_ms
+
+
+class ListAttribute(Attribute):
+    kind = "list"
+    subs = ("first", "last", "count", "sum", "min", "max", "distinct_list", "time")
+
+    def __init__(
+        self,
+        name: str,
+        column: str,
+        max_items: int = 10,
+        window_ms: int | None = None,
+        distinct: bool = True,
+        **kw: Any,
+    ) -> None:
+        super().__init__(name, **kw)
+        self.column = column
+        self.max_items = max_items
+        self.window_ms = window_ms
+        self.distinct = distinct
+
+    def update(self, profile: Profile, event: Mapping[str, Any], now_ms: int) -> None:
+        raw = event.get(self.column)
+        values = raw if isinstance(raw, list) else [raw]
+        items = profile.lists.get(self.name)
+        if items is None:
+            items = profile.lists[self.name] = []
+        for v in values:
+            value = scalar(v)
+            if value is None:
+                continue
+            if self.distinct:
+                items[:] = [i for i in items if not _same(i.value, value)]
+            items.insert(0, Item(value, now_ms))
+        self.tidy(profile, now_ms)
+
+    def tidy(self, profile: Profile, now_ms: int) -> None:
+        items = profile.lists.get(self.name)
+        if items is None:
+            return
+        if self.distinct:
+            kept: list[Item] = []
+            for item in items:  # newest first: the newest of equal items stays
+                if not any(_same(k.value, item.value) for k in kept):
+                    kept.append(item)
+            items = kept
+        if self.window_ms is not None:
+            cutoff = now_ms - self.window_ms
+            items = [i for i in items if i.at_ms > cutoff]
+        if items:
+            profile.lists[self.name] = items[: self.max_items]
+        else:
+            del profile.lists[self.name]
+
+    def _items(self, profile: Profile, now_ms: int) -> list[Item]:
+        items = profile.lists.get(self.name, [])
+        if self.window_ms is not None:
+            cutoff = now_ms - self.window_ms
+            items = [i for i in items if i.at_ms > cutoff]
+        return items
+
+    def value(self, profile: Profile, imported: Mapping[str, Any], now_ms: int) -> Any:
+        return [i.value for i in self._items(profile, now_ms)]
+
+    def sub(self, profile: Profile, sub: str, imported: Mapping[str, Any], now_ms: int) -> Any:
+        items = self._items(profile, now_ms)
+        values = [i.value for i in items]
+        numbers = [
+            float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        if sub == "count":
+            return len(values)
+        if sub == "distinct_list":
+            out: list[Any] = []
+            for v in values:
+                if not any(_same(v, o) for o in out):
+                    out.append(v)
+            return out
+        if not values:
+            return None
+        if sub == "first":
+            return values[-1]
+        if sub == "last":
+            return values[0]
+        if sub == "time":
+            return items[0].at_ms
+        if not numbers:
+            return None
+        if sub == "sum":
+            total = float(sum(numbers))
+            return int(total) if total.is_integer() else total
+        return min(numbers) if sub == "min" else max(numbers)
+
+
+class CounterAttribute(Attribute):
+    kind = "counter"
+
+    def __init__(
+        self,
+        name: str,
+        window_ms: int | None = None,
+        bucket_ms: int | None = None,
+        increment: float = 1.0,
+        increment_column: str | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(name, **kw)
+        self.window_ms = window_ms
+        if window_ms is not None and bucket_ms is None:
+            bucket_ms = max(1000, window_ms // DEFAULT_BUCKETS_PER_WINDOW)
+        self.bucket_ms = bucket_ms
+        self.increment = increment
+        self.increment_column = increment_column
+
+    def _amount(self, event: Mapping[str, Any]) -> float | None:
+        if self.increment_column is None:
+            return self.increment
+        raw = event.get(self.increment_column)
+        if isinstance(raw, bool):
+            return None
+        if isinstance(raw, int | float):
+            return float(raw)
+        if isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                return None
+        return None
+
+    def update(self, profile: Profile, event: Mapping[str, Any], now_ms: int) -> None:
+        amount = self._amount(event)
+        if amount is None:
+            return
+        counter = profile.counters.get(self.name)
+        if counter is None:
+            counter = profile.counters[self.name] = Counter()
+        counter.at_ms = now_ms
+        if self.window_ms is None or self.bucket_ms is None:
+            counter.total += amount
+            return
+        start = now_ms - now_ms % self.bucket_ms
+        counter.buckets[start] = counter.buckets.get(start, 0.0) + amount
+        self.tidy(profile, now_ms)
+
+    def tidy(self, profile: Profile, now_ms: int) -> None:
+        counter = profile.counters.get(self.name)
+        if counter is None or self.window_ms is None or self.bucket_ms is None:
+            return
+        oldest = now_ms - self.window_ms - self.bucket_ms  # a bucket ending before this is out
+        expired = [s for s in counter.buckets if s <= oldest]
+        for s in expired:
+            del counter.buckets[s]
+
+    def value(self, profile: Profile, imported: Mapping[str, Any], now_ms: int) -> Any:
+        counter = profile.counters.get(self.name)
+        if counter is None:
+            return 0
+        if self.window_ms is None or self.bucket_ms is None:
+            total = counter.total
+        else:
+            oldest = now_ms - self.window_ms - self.bucket_ms
+            total = sum(a for s, a in counter.buckets.items() if s > oldest)
+        return int(total) if total.is_integer() else total
+
+
+class ImportedAttribute(Attribute):
+    kind = "imported"
+
+    def applies(self, table: str, event: Mapping[str, Any], now_ms: int) -> bool:
+        return False
+
+    def value(self, profile: Profile, imported: Mapping[str, Any], now_ms: int) -> Any:
+        return imported.get(self.name)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b and type(a) is type(b)

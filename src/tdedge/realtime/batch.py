@@ -1,0 +1,172 @@
+"""Batch facts: segment memberships and imported attribute values, by identity key.
+
+Loaded from SQL over the lake (``refresh.py``) and read by the edge on every request.
+A separate SQLite file from the profiles: a refresh replaces a whole segment in one
+transaction (readers keep seeing the old one until it commits, WAL), and its write lock
+never holds up the profile writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tdedge.realtime.errors import BatchStoreDown
+from tdedge.realtime.service import Facts
+
+SEGMENT = "segment"
+ATTRIBUTE = "attribute"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS facts (
+        service TEXT NOT NULL,
+        key TEXT NOT NULL,          -- column=value, as in the profile store
+        kind TEXT NOT NULL,         -- segment | attribute
+        name TEXT NOT NULL,         -- segment id or attribute name
+        value BLOB,                 -- attribute value, JSON; NULL for segments
+        PRIMARY KEY (service, key, kind, name)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS facts_by_source ON facts (service, kind, name)",
+    """CREATE TABLE IF NOT EXISTS sources (
+        service TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        sql TEXT NOT NULL,          -- the query that produced the facts
+        refreshed_ms INTEGER NOT NULL,
+        rows INTEGER NOT NULL,
+        error TEXT,                 -- the last attempt's error, if it failed
+        PRIMARY KEY (service, kind, name)
+    )""",
+)
+_json = msgspec.json.Encoder()
+_decode = msgspec.json.Decoder().decode
+
+
+class SourceState(msgspec.Struct, frozen=True):
+    service: str
+    kind: str
+    name: str
+    sql: str
+    refreshed_ms: int
+    rows: int
+    error: str | None
+
+
+class BatchStore:
+    def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=timeout_s
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+        except sqlite3.Error as e:
+            raise BatchStoreDown(f"cannot open the batch store {path}: {e}") from e
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def facts(self, service: str, keys: Sequence[str]) -> Facts:
+        """Segments and imported values of a profile with these keys."""
+        if not keys:
+            return Facts()
+        try:
+            rows = self._conn.execute(
+                "SELECT kind, name, value FROM facts WHERE service = ? "
+                f"AND key IN ({','.join('?' * len(keys))})",
+                (service, *keys),
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise BatchStoreDown(f"batch store unavailable: {e}") from e
+        segments: set[str] = set()
+        imported: dict[str, Any] = {}
+        for kind, name, value in rows:
+            if kind == SEGMENT:
+                segments.add(name)
+            elif name not in imported:
+                imported[name] = _decode(value)
+        return Facts(segments, imported)
+
+    def replace(
+        self,
+        service: str,
+        kind: str,
+        name: str,
+        sql: str,
+        rows: Iterable[tuple[str, Any]],
+        now_ms: int,
+    ) -> int:
+        """Swap a source's facts for ``rows`` (key, value) atomically; returns the count."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "DELETE FROM facts WHERE service = ? AND kind = ? AND name = ?",
+                (service, kind, name),
+            )
+            cursor = conn.executemany(
+                "INSERT OR REPLACE INTO facts (service, key, kind, name, value) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    (service, key, kind, name, None if kind == SEGMENT else _json.encode(value))
+                    for key, value in rows
+                ),
+            )
+            count = max(cursor.rowcount, 0)
+            conn.execute(
+                "INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (service, kind, name, sql, now_ms, count),
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise BatchStoreDown(f"batch store write failed: {e}") from e
+        return count
+
+    def failed(self, service: str, kind: str, name: str, sql: str, error: str, now_ms: int) -> None:
+        """Record a failed refresh; the facts loaded before stay in force."""
+        try:
+            self._conn.execute(
+                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, 0, ?) "
+                "ON CONFLICT (service, kind, name) DO UPDATE SET error = excluded.error, "
+                "refreshed_ms = excluded.refreshed_ms",
+                (service, kind, name, sql, now_ms, error[:2000]),
+            )
+        except sqlite3.Error as e:
+            raise BatchStoreDown(f"batch store write failed: {e}") from e
+
+    def sources(self) -> list[SourceState]:
+        try:
+            rows = self._conn.execute(
+                "SELECT service, kind, name, sql, refreshed_ms, rows, error FROM sources "
+                "ORDER BY service, kind, name"
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise BatchStoreDown(f"batch store unavailable: {e}") from e
+        return [SourceState(*r) for r in rows]
+
+    def forget(self, keep: set[tuple[str, str, str]]) -> None:
+        """Drop the facts of sources no longer configured."""
+        for s in self.sources():
+            if (s.service, s.kind, s.name) not in keep:
+                self._conn.execute(
+                    "DELETE FROM facts WHERE service = ? AND kind = ? AND name = ?",
+                    (s.service, s.kind, s.name),
+                )
+                self._conn.execute(
+                    "DELETE FROM sources WHERE service = ? AND kind = ? AND name = ?",
+                    (s.service, s.kind, s.name),
+                )
+
+
+def default_path(root: Path) -> Path:
+    return root / "p13n" / "batch.sqlite"

@@ -1,0 +1,206 @@
+"""Batch segments and imported attributes: SQL over the lake → the batch store.
+
+A segment's query returns its members, named by one of the service's key columns
+(``SELECT td_client_id FROM retail.members WHERE tier = 'gold'``). An imported
+attribute's query returns a key column and a column named like the attribute (or one
+other column). Unqualified table names resolve in the service's database.
+
+Sources refresh on their schedule (``refresh: 1h``; a failed one is retried sooner)
+in the loader process (``Refresher``), and on demand with ``tdedge p13n refresh``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+
+from tdedge.config import Settings
+from tdedge.errors import LakeError, TdedgeError
+from tdedge.lake.lake import Lake, QueryResult
+from tdedge.realtime import batch as batch_store
+from tdedge.realtime.batch import ATTRIBUTE, SEGMENT, BatchStore, SourceState
+from tdedge.realtime.errors import RefreshFailed
+from tdedge.realtime.identity import KeyRule
+from tdedge.realtime.profile import key_of
+from tdedge.realtime.registry import Registry
+from tdedge.realtime.service import BatchSource, Service, compile_service
+
+log = logging.getLogger("tdedge.p13n")
+
+RETRY_AFTER_FAILURE_MS = 30_000
+POLL_S = 1.0
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    service: str
+    kind: str
+    name: str
+    rows: int
+    error: str | None = None
+
+
+def rows_of(
+    service: Service, source: BatchSource, result: QueryResult
+) -> Iterator[tuple[str, Any]]:
+    """(key, value) pairs from a query's result; RefreshFailed when it has no key column."""
+    columns = [c.lower() for c in result.columns]
+    rules = {r.column.lower(): r for r in service.keys}
+    at = next((i for i, c in enumerate(columns) if c in rules), None)
+    if at is None:
+        raise RefreshFailed(
+            f"the query of {source.kind} {source.name!r} returns no key column "
+            f"(one of {', '.join(r.column for r in service.keys)}); it returns {columns}"
+        )
+    rule: KeyRule = rules[columns[at]]
+    value_at: int | None = None
+    if source.kind == ATTRIBUTE:
+        named = [i for i, c in enumerate(columns) if c == source.name.lower() and i != at]
+        others = [i for i in range(len(columns)) if i != at]
+        if named:
+            value_at = named[0]
+        elif len(others) == 1:
+            value_at = others[0]
+        else:
+            raise RefreshFailed(
+                f"the query of attribute {source.name!r} must return a column named "
+                f"{source.name} (or exactly one column besides the key); it returns {columns}"
+            )
+    for row in result.rows:
+        value = rule.value({rule.column: row[at]})
+        if value is not None:
+            yield key_of(rule.column, value), (None if value_at is None else row[value_at])
+
+
+def refresh_source(
+    lake: Lake, store: BatchStore, service: Service, source: BatchSource, now_ms: int
+) -> Outcome:
+    """Run one source's query and swap its facts in; failures are recorded, not raised."""
+    kind = SEGMENT if source.kind == "segment" else ATTRIBUTE
+    try:
+        result = lake.query(
+            source.sql, service.database if service.database in lake.databases() else None
+        )
+        count = store.replace(
+            service.name, kind, source.name, source.sql, rows_of(service, source, result), now_ms
+        )
+    except (LakeError, RefreshFailed) as e:
+        log.warning(
+            "p13n refresh failed",
+            extra={"service": service.name, "source": source.name, "error": str(e)},
+        )
+        store.failed(service.name, kind, source.name, source.sql, str(e), now_ms)
+        return Outcome(service.name, kind, source.name, 0, str(e))
+    log.info(
+        "p13n refreshed", extra={"service": service.name, "source": source.name, "rows": count}
+    )
+    return Outcome(service.name, kind, source.name, count)
+
+
+def due(
+    services: dict[str, Service], states: list[SourceState], now_ms: int
+) -> list[tuple[Service, BatchSource]]:
+    """Sources whose refresh is due: never run, changed, past their interval, or failed."""
+    by_key = {(s.service, s.kind, s.name): s for s in states}
+    out = []
+    for service in services.values():
+        for source in service.sources:
+            kind = SEGMENT if source.kind == "segment" else ATTRIBUTE
+            state = by_key.get((service.name, kind, source.name))
+            if state is None or state.sql != source.sql:
+                out.append((service, source))
+                continue
+            wait = source.refresh_ms
+            if state.error is not None:
+                wait = min(wait, RETRY_AFTER_FAILURE_MS)
+            if now_ms - state.refreshed_ms >= wait:
+                out.append((service, source))
+    return out
+
+
+def compiled(registry: Registry) -> dict[str, Service]:
+    applied = registry.active()
+    out: dict[str, Service] = {}
+    if applied is None:
+        return out
+    for i, spec in enumerate(applied.config.services):
+        service = compile_service(spec, ("services", i), lambda p, m: None)
+        if service is not None:
+            out[service.name] = service
+    return out
+
+
+def refresh_all(
+    settings: Settings,
+    registry: Registry,
+    store: BatchStore,
+    now_ms: int,
+    only_due: bool,
+    select: Callable[[Service, BatchSource], bool] = lambda s, b: True,
+) -> list[Outcome]:
+    """Refresh every source (or those due); opens the lake read-only only if needed."""
+    services = compiled(registry)
+    store.forget(
+        {
+            (s.name, SEGMENT if b.kind == "segment" else ATTRIBUTE, b.name)
+            for s in services.values()
+            for b in s.sources
+        }
+    )
+    if only_due:
+        todo = due(services, store.sources(), now_ms)
+    else:
+        todo = [(s, b) for s in services.values() for b in s.sources]
+    todo = [(s, b) for s, b in todo if select(s, b)]
+    if not todo:
+        return []
+    lake = Lake.open(settings, read_only=True)
+    try:
+        return [refresh_source(lake, store, s, b, now_ms) for s, b in todo]
+    finally:
+        lake.close()
+
+
+class Refresher:
+    """The scheduled refresh: a thread of the loader process (one per data dir)."""
+
+    def __init__(self, settings: Settings, stop: threading.Event) -> None:
+        self._settings = settings
+        self._stop = stop
+        self._thread = threading.Thread(target=self._run, name="p13n-refresher", daemon=True)
+
+    def start(self) -> Refresher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from tdedge.realtime import sqlite as profile_sqlite
+
+        registry = Registry.open(self._settings.control_db)
+        store = BatchStore(batch_store.default_path(self._settings.root))
+        profiles = profile_sqlite.SQLiteProfileStore(
+            profile_sqlite.default_path(self._settings.root)
+        )
+        try:
+            while not self._stop.wait(POLL_S):
+                try:
+                    refresh_all(self._settings, registry, store, int(time.time() * 1000), True)
+                    # The edge never waits for a checkpoint; this thread keeps the WAL short.
+                    profiles.checkpoint()
+                except (TdedgeError, OSError) as e:
+                    log.error("p13n refresher round failed", extra={"error": str(e)})
+                except Exception:
+                    # A bug here must not stop the loader that hosts this thread.
+                    log.exception("p13n refresher round failed unexpectedly")
+        finally:
+            profiles.close()
+            store.close()
+            registry.close()
+
+
+def start(settings: Settings, stop: threading.Event) -> Refresher:
+    return Refresher(settings, stop).start()

@@ -1,0 +1,69 @@
+"""The profile store protocol: atomic read-modify-write of one person's profile.
+
+Embedded: SQLite (``sqlite.py``); scale-out: Redis (a later issue). Every unit of work
+runs inside the store's transaction, which is what makes an update atomic per profile
+across worker processes: two requests for one person never both read the old state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+import msgspec
+
+from tdedge.realtime.profile import Profile
+
+T = TypeVar("T")
+
+
+class Resolution(msgspec.Struct):
+    """The profile an event's keys lead to, after stitching."""
+
+    profile: Profile
+    created: bool  # no profile knew any of the keys before this event
+    merged: list[int]  # ids of the profiles folded into this one (now gone)
+
+
+class Merge(msgspec.Struct, frozen=True):
+    """One entry of the merge log."""
+
+    seq: int
+    time_ms: int
+    service: str
+    survivor: int
+    merged: int
+    keys: list[str]  # the keys that moved from ``merged`` to ``survivor``
+
+
+class ProfileTx(Protocol):
+    def resolve(self, service: str, keys: Sequence[str], now_ms: int) -> Resolution:
+        """Stitch ``keys``: find, create or merge their profile (merges are logged)."""
+        ...
+
+    def save(self, service: str, profile: Profile) -> None: ...
+
+
+Work = Callable[[ProfileTx], T]
+
+
+class ProfileStore(Protocol):
+    def run(self, works: Sequence[Work[T]]) -> list[T | Exception]:
+        """Run each work atomically, in order, all in one commit (group commit).
+
+        A work that raises is undone alone and its exception returned in its place;
+        ProfileStoreDown is raised when the store cannot be used at all.
+        """
+        ...
+
+    def find(self, service: str, keys: Sequence[str]) -> list[Profile]:
+        """The distinct profiles ``keys`` point at, oldest first (no writes)."""
+        ...
+
+    def merges(self, service: str, profile_id: int | None = None, limit: int = 100) -> list[Merge]:
+        """The merge log, newest first; with ``profile_id`` only merges into it."""
+        ...
+
+    def set_timeout(self, timeout_s: float) -> None: ...
+
+    def close(self) -> None: ...

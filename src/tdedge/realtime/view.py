@@ -1,0 +1,77 @@
+"""What an edge worker knows of the p13n control plane: a cached, compiled view.
+
+The worker polls the registry's generation at most every ``ttl_s`` and recompiles the
+active configuration and reloads tokens when it moved. A token missing from the cache
+is looked up once (a token created a moment ago works at once); misses are remembered
+briefly so a flood of bad tokens costs one look-up, not one per request. A revocation
+is seen within ``ttl_s``. Time is passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tdedge.realtime.config import Limits
+from tdedge.realtime.registry import Registry
+from tdedge.realtime.service import Service, compile_service
+from tdedge.realtime.tokens import TokenInfo, same
+
+log = logging.getLogger("tdedge.p13n")
+
+NEGATIVE_TTL_S = 1.0
+MAX_MISSES = 100_000
+
+
+class View:
+    def __init__(self, registry: Registry, ttl_s: float = 1.0) -> None:
+        self._registry = registry
+        self._ttl = ttl_s
+        self._generation = -1
+        self._checked_at = float("-inf")
+        self.version = 0
+        self.services: dict[str, Service] = {}
+        self.limits = Limits()
+        self._tokens: dict[bytes, TokenInfo] = {}
+        self._misses: dict[bytes, float] = {}
+
+    def refresh(self, now: float) -> None:
+        """Reload if the registry changed; raises ConfigStoreDown when it cannot be read."""
+        if now - self._checked_at < self._ttl:
+            return
+        self._checked_at = now
+        generation = self._registry.generation()
+        if generation == self._generation:
+            return
+        applied = self._registry.active()
+        compiled: dict[str, Service] = {}
+        problems: list[str] = []
+        if applied is not None:
+            for i, spec in enumerate(applied.config.services):
+                service = compile_service(
+                    spec, ("services", i), lambda p, m: problems.append(f"{p}: {m}")
+                )
+                if service is None:  # checked at apply time; a newer tdedge may differ
+                    log.error("p13n service does not compile", extra={"problems": problems})
+                    continue
+                compiled[spec.name] = service
+            self.limits = applied.config.limits
+            self.version = applied.version
+        self.services = compiled
+        self._tokens = self._registry.tokens_by_hash()
+        self._misses.clear()
+        self._generation = generation
+
+    def token(self, digest: bytes, now: float) -> TokenInfo | None:
+        info = self._tokens.get(digest)
+        if info is None:
+            if now - self._misses.get(digest, float("-inf")) < NEGATIVE_TTL_S:
+                return None
+            info = self._registry.token_by_hash(digest)
+            if info is None:
+                if len(self._misses) >= MAX_MISSES:
+                    self._misses.clear()
+                self._misses[digest] = now
+                return None
+            self._tokens[digest] = info
+        # The dict found it by hash; compare again in constant time all the same.
+        return info if same(info.token_hash, digest) else None
