@@ -30,6 +30,7 @@ from tdedge.edge.http import (
     error_body,
 )
 from tdedge.edge.legacy import LegacyDoor
+from tdedge.edge.p13n import P13nDoor
 from tdedge.edge.records import RecordsDoor
 from tdedge.edge.services import Services
 from tdedge.journal.sqlite import SQLiteJournal
@@ -70,6 +71,7 @@ class EdgeApp:
         self._services = Services(self.settings, journal, auth)
         self._doors = {"legacy": LegacyDoor(self._services)}
         self._doors["records"] = RecordsDoor(self._services)
+        self._doors["p13n"] = P13nDoor(self._services)
         log.info("edge worker ready", extra={"pid": os.getpid(), "shard": journal.shard})
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
