@@ -11,6 +11,7 @@ from typing import Any
 import click
 import msgspec
 
+from tdedge.cli_p13n import p13n
 from tdedge.config import SETTINGS_ENV, Settings, default_data_dir
 
 data_dir_option = click.option(
@@ -29,6 +30,9 @@ def _settings(data_dir: str | None, **overrides: Any) -> Settings:
 @click.version_option(package_name="tdedge")
 def main() -> None:
     """tdedge: Treasure Data's inbound APIs, self-hosted."""
+
+
+main.add_command(p13n)
 
 
 @main.command()
