@@ -19,12 +19,14 @@ errors (reason ``load_failed``) so the rest keeps flowing.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tdedge import metrics
@@ -84,7 +86,8 @@ class Loader:
     def step(self, now: float) -> StepReport:
         """Load one batch if one is due; see the module docstring."""
         try:
-            return self._step(now)
+            with _collector_paused():
+                return self._step(now)
         except BaseException:
             # The commit may or may not have happened: ask the lake next time.
             self._positions = None
@@ -228,6 +231,24 @@ class Loader:
             write_heartbeat(self._settings.loader_heartbeat, beat)
         except OSError:
             log.exception("cannot write the loader heartbeat %s", self._settings.loader_heartbeat)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a step.
+
+    A step allocates a few hundred thousand objects (entries, decoded records, column
+    lists), which would trigger many collections scanning them all, for no gain:
+    they hold no cycles and reference counting frees them. Pausing it took loading
+    from the SQLite journal from ~100k to ~150-200k rows/s here.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _last_seqs(entries: Sequence[JournalEntry]) -> dict[str, int]:
