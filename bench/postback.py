@@ -247,6 +247,37 @@ def _cpu_ticks() -> tuple[int, int] | None:
     return sum(values) - idle, sum(values)
 
 
+class OthersMeter:
+    """CPU used by processes other than this bench and its children, over a stretch.
+
+    Machine-wide user+nice+system time from /proc/stat, minus this process's own and its
+    reaped children's (every server, loader and wrk it started, once stopped), divided by
+    the stretch's wall time times the cores. Interrupt time is left out on both sides.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except (OSError, IndexError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = sum(int(v) for v in fields[:3]) / tick
+        t = os.times()
+        own = t.user + t.system + t.children_user + t.children_system
+        return time.monotonic(), busy, own
+
+    def share(self) -> float | None:
+        end = self._read()
+        if self._start is None or end is None or end[0] <= self._start[0]:
+            return None
+        others = (end[1] - self._start[1]) - (end[2] - self._start[2])
+        return max(0.0, others / ((end[0] - self._start[0]) * (os.cpu_count() or 1)))
+
+
 def busy_cpu(seconds: float = 2.0) -> float | None:
     """Share of the machine's CPU time used over ``seconds`` (0..1), by anything."""
     before = _cpu_ticks()
@@ -1034,6 +1065,7 @@ class Report:
     tmp_fs: str
     busy_before: float | None = None  # CPU used by other processes before the run (0..1)
     busy_after: float | None = None
+    busy_during: float | None = None  # CPU used by other processes during the whole run
     nginx: WrkResult | None = None
     nginx_after: WrkResult | None = None  # the same nginx run again after tdedge's
     tdedge: list[TdedgeRun] = field(default_factory=list)
@@ -1461,11 +1493,12 @@ def _busy_line(report: Report) -> str:
         return "?" if x is None else f"{x:.0%}"
 
     warn = ""
-    if max(report.busy_before or 0.0, report.busy_after or 0.0) > QUIET:
+    worst = max(report.busy_before or 0.0, report.busy_after or 0.0, report.busy_during or 0.0)
+    if worst > QUIET:
         warn = "  ← the machine was busy: every figure here is low and noisy"
     return (
-        f"  CPU used by other processes, 2 s samples: {pct(report.busy_before)} before, "
-        f"{pct(report.busy_after)} after{warn}"
+        f"  CPU used by other processes: {pct(report.busy_during)} during the run; "
+        f"{pct(report.busy_before)} before, {pct(report.busy_after)} after{warn}"
     )
 
 
@@ -1577,8 +1610,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with signals_raise():
             report.busy_before = wait_quiet(args.wait_quiet)
+            meter = OthersMeter()
             run(args, report, children, tmp)
             children.stop_all()
+            report.busy_during = meter.share()
             report.busy_after = busy_cpu()
     except KeyboardInterrupt:
         report.errors.append("interrupted")
