@@ -32,6 +32,7 @@ from tdedge.edge.http import (
 from tdedge.edge.legacy import LegacyDoor
 from tdedge.edge.p13n import P13nDoor
 from tdedge.edge.records import RecordsDoor
+from tdedge.edge.restapi import ApiDoor
 from tdedge.edge.services import Services
 from tdedge.journal.sqlite import SQLiteJournal
 from tdedge.loader.heartbeat import read_heartbeat
@@ -71,6 +72,7 @@ class EdgeApp:
         self._services = Services(self.settings, journal, auth)
         self._doors = {"legacy": LegacyDoor(self._services)}
         self._doors["records"] = RecordsDoor(self._services)
+        self._doors["api"] = ApiDoor(self._services)
         self._doors["p13n"] = P13nDoor(self._services)
         log.info("edge worker ready", extra={"pid": os.getpid(), "shard": journal.shard})
 
