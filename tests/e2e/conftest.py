@@ -33,7 +33,9 @@ class Server:
         self.data_dir = data_dir
         self.extra = extra or []
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # With --tls-cert every port speaks HTTPS (the tests use self-signed certificates).
+        self.scheme = "https" if "--tls-cert" in self.extra else "http"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
         self.log = data_dir.parent / f"serve-{self.port}.log"
         self.master_key = ""
@@ -61,7 +63,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited:\n{self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=False).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
