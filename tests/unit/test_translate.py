@@ -81,3 +81,25 @@ def test_without_schema_the_query_still_runs(con: duckdb.DuckDBPyConnection) -> 
 def test_refused_queries(sql: str, message: str) -> None:
     with pytest.raises(TranslationError, match=message):
         translate(sql, Context(0))
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELECT * FROM other.t", "database other does not exist"),
+        ("SELECT * FROM lake.other.t", "database other does not exist"),
+        ("SELECT * FROM memory.main.t", "unknown catalog"),
+        ("SELECT * FROM read_parquet('/x/*.parquet')", "table functions"),
+        ("CREATE TABLE x AS SELECT 1", "only queries"),
+        ("INSERT INTO t SELECT * FROM t", "only queries"),
+    ],
+)
+def test_other_databases_and_files_are_out_of_reach(sql: str, message: str) -> None:
+    with pytest.raises(TranslationError, match=message):
+        translate(sql, Context(0), "db1", SCHEMA, allowed=frozenset({"db1"}))
+
+
+def test_own_databases_and_ctes_are_in_reach(con: duckdb.DuckDBPyConnection) -> None:
+    sql = "WITH w AS (SELECT a FROM db1.t) SELECT a FROM w"
+    translated = translate(sql, Context(0), "db1", SCHEMA, allowed=frozenset({"db1"}))
+    assert con.execute(translated).fetchall() == [(7,)]

@@ -54,8 +54,12 @@ def translate(
     context: Context,
     database: str | None = None,
     schema: Schema | None = None,
+    allowed: frozenset[str] | None = None,
 ) -> str:
-    """DuckDB SQL for one TD query; TranslationError when it cannot be translated."""
+    """DuckDB SQL for one TD query; TranslationError when it cannot be translated.
+
+    ``allowed``: the databases the job's account may read; None for no check.
+    """
     dialect = ENGINES.get(context.engine)
     if dialect is None:
         raise TranslationError(f"unknown query engine {context.engine!r}")
@@ -68,6 +72,10 @@ def translate(
     if len(statements) != 1:
         raise TranslationError(f"a job runs exactly one statement, got {len(statements)}")
     tree = statements[0]
+    if not isinstance(tree, exp.Query):
+        raise TranslationError("only queries (SELECT …) run as jobs here; the lake is read-only")
+    if allowed is not None:
+        _check_access(tree, database, allowed)
     try:
         tree = tree.transform(lambda node: _rewrite(node, context))
     except (td_time.TimeValueError, UnknownTimeZone, PatternError) as e:
@@ -76,6 +84,27 @@ def translate(
     if schema is not None:
         tree = _typed(tree, dialect, database, schema)
     return tree.sql(dialect="duckdb")
+
+
+def _check_access(tree: exp.Query, database: str | None, allowed: frozenset[str]) -> None:
+    """Refuse tables of other accounts' databases and table functions (file readers).
+
+    The job's DuckDB connection can read every file of the lake, so this is what keeps
+    one account's job out of another account's tables.
+    """
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    for table in tree.find_all(exp.Table):
+        if not isinstance(table.this, exp.Identifier):
+            raise TranslationError(f"table functions are not available: {table.sql('trino')}")
+        catalog, db = table.catalog.lower(), table.db.lower()
+        if catalog and catalog != LAKE_CATALOG:
+            raise TranslationError(f"unknown catalog {table.catalog!r}")
+        if not db:
+            if table.name.lower() in ctes or database is not None:
+                continue
+            raise TranslationError(f"table {table.name} names no database")
+        if db not in allowed:
+            raise TranslationError(f"database {table.db} does not exist")
 
 
 def _first_error(e: ParseError) -> str:

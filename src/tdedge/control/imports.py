@@ -1,0 +1,81 @@
+"""Bulk imports already accepted, by ``unique_id``: what makes import_with_id idempotent.
+
+fluent-plugin-td retries a chunk with the same unique id after a timeout; the second
+upload must not load the records again. A unique id is recorded after its records are
+durable in the journal, so a retry finds it. A process killed between the two leaves
+no record of the id: the retry loads the chunk again (at-least-once in that instant).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+bulk_imports = sa.Table(
+    "bulk_imports",
+    metadata,
+    sa.Column("account_id", sa.Integer, primary_key=True),
+    sa.Column("database", sa.String(128), primary_key=True),
+    sa.Column("table", sa.String(128), primary_key=True),
+    sa.Column("unique_id", sa.String(128), primary_key=True),
+    sa.Column("md5_hex", sa.String(32), nullable=False),
+    sa.Column("records", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+class Imported(msgspec.Struct, frozen=True):
+    md5_hex: str
+    records: int
+
+
+class ImportLedger:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        metadata.create_all(engine)
+
+    def _key(self, account_id: int, database: str, table: str, unique_id: str) -> Any:
+        t = bulk_imports.c
+        return sa.and_(
+            t.account_id == account_id,
+            t.database == database,
+            t.table == table,
+            t.unique_id == unique_id,
+        )
+
+    def find(self, account_id: int, database: str, table: str, unique_id: str) -> Imported | None:
+        query = sa.select(bulk_imports.c.md5_hex, bulk_imports.c.records).where(
+            self._key(account_id, database, table, unique_id)
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else Imported(str(row.md5_hex), int(row.records))
+
+    def record(
+        self,
+        account_id: int,
+        database: str,
+        table: str,
+        unique_id: str,
+        imported: Imported,
+        now: float,
+    ) -> None:
+        values = {
+            "account_id": account_id,
+            "database": database,
+            "table": table,
+            "unique_id": unique_id,
+            "md5_hex": imported.md5_hex,
+            "records": imported.records,
+            "created_at": now,
+        }
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(bulk_imports).values(**values))
+        except sa.exc.IntegrityError:
+            pass  # a concurrent upload of the same chunk recorded it first

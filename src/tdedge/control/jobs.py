@@ -1,0 +1,266 @@
+"""Query jobs: their state in the control database, shared by every process.
+
+Any edge worker (of any listener) issues a job and answers its status; the job runner
+process claims queued jobs and records how they ended. SQLite in WAL mode serialises
+the few writes; ``claim`` is one conditional UPDATE, so two runners could never take
+the same job. Ids come from AUTOINCREMENT and are never reused, like TD's job ids.
+Times are unix seconds and are passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tdedge.control.store import sqlite_engine
+
+JobStatus = Literal["queued", "running", "success", "error", "killed"]
+FINISHED: frozenset[str] = frozenset({"success", "error", "killed"})
+# A job whose runner died mid-way is queued again this many times, then fails: a
+# query that kills the runner (memory) must not kill it forever.
+MAX_ATTEMPTS = 2
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.Integer, nullable=False),
+    sa.Column("key_id", sa.String(12), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("database", sa.String(128), nullable=False),
+    sa.Column("query", sa.Text, nullable=False),
+    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False, default=0),
+    sa.Column("retry_limit", sa.Integer, nullable=False, default=0),
+    sa.Column("scheduled_time", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("start_at", sa.Float, nullable=True),
+    sa.Column("end_at", sa.Float, nullable=True),
+    sa.Column("result_schema", sa.Text, nullable=True),  # JSON [[name, type], …]
+    sa.Column("num_records", sa.BigInteger, nullable=True),
+    sa.Column("result_size", sa.BigInteger, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("kill_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sqlite_autoincrement=True,
+)
+sa.Index("jobs_status", jobs.c.status, jobs.c.priority, jobs.c.id)
+sa.Index("jobs_account", jobs.c.account_id, jobs.c.id)
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    account_id: int
+    key_id: str
+    type: str
+    database: str
+    query: str
+    status: str
+    priority: int
+    retry_limit: int
+    scheduled_time: int
+    created_at: float
+    updated_at: float
+    start_at: float | None
+    end_at: float | None
+    result_schema: str | None
+    num_records: int | None
+    result_size: int | None
+    error: str | None
+    kill_requested: bool
+    attempts: int
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+class JobResult(msgspec.Struct, frozen=True, kw_only=True):
+    """How a job ended, as the runner records it."""
+
+    status: JobStatus
+    result_schema: str | None = None
+    num_records: int | None = None
+    result_size: int | None = None
+    error: str | None = None
+
+
+class JobStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        metadata.create_all(engine)
+
+    @classmethod
+    def open(cls, path: Path) -> JobStore:
+        return cls(sqlite_engine(path))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def create(
+        self,
+        *,
+        account_id: int,
+        key_id: str,
+        type: str,
+        database: str,
+        query: str,
+        now: float,
+        priority: int = 0,
+        retry_limit: int = 0,
+    ) -> Job:
+        values: dict[str, Any] = {
+            "account_id": account_id,
+            "key_id": key_id,
+            "type": type,
+            "database": database,
+            "query": query,
+            "status": "queued",
+            "priority": priority,
+            "retry_limit": retry_limit,
+            "scheduled_time": int(now),
+            "created_at": now,
+            "updated_at": now,
+            "kill_requested": False,
+            "attempts": 0,
+        }
+        with self._engine.begin() as conn:
+            result = conn.execute(sa.insert(jobs).values(**values))
+            job_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one()
+        return _job(row)
+
+    def get(self, job_id: int, account_id: int | None = None) -> Job | None:
+        query = sa.select(jobs).where(jobs.c.id == job_id)
+        if account_id is not None:
+            query = query.where(jobs.c.account_id == account_id)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _job(row)
+
+    def list(
+        self, account_id: int, offset: int = 0, limit: int = 20, status: str | None = None
+    ) -> tuple[int, list[Job]]:
+        """(how many jobs match, the page of them), newest first."""
+        where = [jobs.c.account_id == account_id]
+        if status is not None:
+            where.append(jobs.c.status == status)
+        with self._engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(*where))
+            rows = conn.execute(
+                sa.select(jobs).where(*where).order_by(jobs.c.id.desc()).offset(offset).limit(limit)
+            ).all()
+            count = int(total.scalar_one())
+        return count, [_job(r) for r in rows]
+
+    # The runner's side.
+    def claim(self, now: float) -> Job | None:
+        """Take the next queued job (highest priority, then oldest) and mark it running."""
+        with self._engine.begin() as conn:
+            while True:
+                row = conn.execute(
+                    sa.select(jobs.c.id)
+                    .where(jobs.c.status == "queued")
+                    .order_by(jobs.c.priority.desc(), jobs.c.id)
+                    .limit(1)
+                ).first()
+                if row is None:
+                    return None
+                done = conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == row.id, jobs.c.status == "queued")
+                    .values(
+                        status="running",
+                        start_at=now,
+                        updated_at=now,
+                        attempts=jobs.c.attempts + 1,
+                    )
+                )
+                if done.rowcount == 1:
+                    claimed = conn.execute(sa.select(jobs).where(jobs.c.id == row.id)).one()
+                    return _job(claimed)
+
+    def finish(self, job_id: int, result: JobResult, now: float) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == "running")
+                .values(
+                    status=result.status,
+                    result_schema=result.result_schema,
+                    num_records=result.num_records,
+                    result_size=result.result_size,
+                    error=result.error,
+                    end_at=now,
+                    updated_at=now,
+                )
+            )
+
+    def kill(self, job_id: int, account_id: int, now: float) -> str | None:
+        """Kill a job; returns its status before (None when there is no such job).
+
+        A queued job is killed at once; a running one is flagged and the runner
+        interrupts it within a poll interval; a finished one is left as it is.
+        """
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                sa.select(jobs.c.status).where(jobs.c.id == job_id, jobs.c.account_id == account_id)
+            ).first()
+            if row is None:
+                return None
+            former = str(row.status)
+            if former == "queued":
+                conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.status == "queued")
+                    .values(status="killed", end_at=now, updated_at=now, kill_requested=True)
+                )
+            elif former == "running":
+                conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(kill_requested=True, updated_at=now)
+                )
+        return former
+
+    def kill_requested(self, job_ids: Iterable[int]) -> set[int]:
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(jobs.c.id).where(jobs.c.id.in_(ids), jobs.c.kill_requested)
+            ).all()
+        return {int(r.id) for r in rows}
+
+    def recover(self, now: float) -> int:
+        """Jobs left running by a runner that died: queue them again, or fail them."""
+        with self._engine.begin() as conn:
+            again = conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.status == "running", jobs.c.attempts < MAX_ATTEMPTS)
+                .values(status="queued", start_at=None, updated_at=now)
+            ).rowcount
+            conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.status == "running")
+                .values(
+                    status="error",
+                    error="the job runner stopped while running this job, twice",
+                    end_at=now,
+                    updated_at=now,
+                )
+            )
+        return int(again)
+
+
+def _job(row: Any) -> Job:
+    return Job(**{c.name: getattr(row, c.name) for c in jobs.columns})

@@ -1,0 +1,159 @@
+"""The api door (``api.*`` or ``--api-port``): Treasure Data's REST API, ``/v3/…``.
+
+Routing and authentication live here; each resource is answered by a module of
+``tdedge.api``. Handlers touch SQLite, the lake catalog and result files, so they run
+in worker threads, never on the event loop; bulk imports come back to the loop only
+to append to the journal. Every refusal has TD's body, ``{"error", "message",
+"severity"}``, and the status td-client maps to its exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import NamedTuple
+
+from tdedge.api import bulk_import, databases, jobs, tables
+from tdedge.api.callers import Authenticator, Caller, require_master
+from tdedge.api.catalog import LakeCatalog
+from tdedge.api.context import Api, Request, path_args
+from tdedge.api.forms import form_fields, query_params
+from tdedge.api.wire import ApiError, error_response, ok
+from tdedge.control.imports import ImportLedger
+from tdedge.control.jobs import JobStore
+from tdedge.control.store import ControlStore, sqlite_engine
+from tdedge.edge.http import HTTPError, Protocol_, Response, Scope, read_body
+from tdedge.edge.services import Services
+from tdedge.errors import LakeError
+
+log = logging.getLogger("tdedge.api")
+
+DOOR = "api"
+# Form bodies of the REST API are small (a query); imports have their own cap.
+FORM_MAX_BYTES = 4 * 1024 * 1024
+
+Handler = Callable[[Api, Request], Response]
+
+
+class Route(NamedTuple):
+    method: str
+    pattern: re.Pattern[str]
+    name: str  # metrics label
+    handler: Handler | None  # None: the bulk import, which is async
+    master: bool = True  # whether a write key is refused
+
+
+def _route(
+    method: str, path: str, name: str, handler: Handler | None, master: bool = True
+) -> Route:
+    return Route(method, re.compile(path.replace("{}", "([^/]+)")), name, handler, master)
+
+
+ROUTES = (
+    _route("GET", "/v3/database/list", "database_list", databases.list_databases),
+    _route("POST", "/v3/database/create/{}", "database_create", databases.create_database),
+    _route("POST", "/v3/database/delete/{}", "database_delete", databases.delete_database),
+    _route("GET", "/v3/table/list/{}", "table_list", tables.list_tables),
+    _route("GET", "/v3/table/show/{}/{}", "table_show", tables.show_table),
+    _route("POST", "/v3/table/create/{}/{}/{}", "table_create", tables.create_table),
+    _route("POST", "/v3/table/delete/{}/{}", "table_delete", tables.delete_table),
+    _route("POST", "/v3/job/issue/{}/{}", "job_issue", jobs.issue),
+    _route("GET", "/v3/job/status/{}", "job_status", jobs.status),
+    _route("GET", "/v3/job/show/{}", "job_show", jobs.show),
+    _route("GET", "/v3/job/result/{}", "job_result", jobs.result),
+    _route("POST", "/v3/job/kill/{}", "job_kill", jobs.kill),
+    _route("GET", "/v3/job/list", "job_list", jobs.job_list),
+    _route("PUT", "/v3/table/import/{}/{}/{}", "import", None, master=False),
+    _route("PUT", "/v3/table/import_with_id/{}/{}/{}/{}", "import", None, master=False),
+)
+_BY_NAME = {r.name: [x for x in ROUTES if x.name == r.name] for r in ROUTES}
+SERVER_STATUS = "/v3/system/server_status"
+_SLASHES = re.compile("/{2,}")
+
+
+class ApiDoor:
+    name = DOOR
+
+    def __init__(self, services: Services) -> None:
+        settings = services.settings
+        engine = sqlite_engine(settings.control_db)
+        control = ControlStore(engine)
+        self._api = Api(
+            settings=settings,
+            engine=engine,
+            control=control,
+            jobs=JobStore(engine),
+            catalog=LakeCatalog(settings),
+            auth=Authenticator(control, ttl_s=settings.key_cache_ttl_s),
+            services=services,
+        )
+        self._ledger = ImportLedger(engine)
+
+    def close(self) -> None:
+        self._api.catalog.close()
+        self._api.engine.dispose()
+
+    def route(self, path: str) -> str | None:
+        path = _normal(path)
+        if path == SERVER_STATUS:
+            return "server_status"
+        if not path.startswith("/v3/"):
+            return None
+        for r in ROUTES:
+            if r.pattern.fullmatch(path):
+                return r.name
+        return "unknown"
+
+    async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
+        try:
+            return await self._handle(route, scope, proto)
+        except HTTPError as e:
+            return error_response(e)
+        except LakeError as e:
+            log.error("lake error answering %s", scope.path, extra={"error": str(e)})
+            return error_response(ApiError(500, "lake_error", str(e)))
+
+    async def _handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
+        if route == "server_status":
+            return ok({"status": "ok"})
+        candidates = _BY_NAME.get(route)
+        if not candidates:
+            raise ApiError(404, "not_found", f"no such endpoint: {scope.method} {scope.path}")
+        found = _match(candidates, _normal(scope.path))
+        if found is None:
+            raise ApiError(404, "not_found", f"no such endpoint: {scope.method} {scope.path}")
+        r, args = found
+        if scope.method != r.method:
+            raise ApiError(405, "method_not_allowed", f"use {r.method}", [("allow", r.method)])
+        api = self._api
+        caller = await asyncio.to_thread(api.auth.caller, scope.headers)
+        if r.master:
+            require_master(caller)
+        if r.handler is None:
+            body = await read_body(scope, proto, api.settings.import_max_bytes)
+            return await bulk_import.bulk_import(api, self._ledger, caller, args, body)
+        body = await read_body(scope, proto, FORM_MAX_BYTES) if scope.method == "POST" else b""
+        request = _request(scope, args, body, caller)
+        return await asyncio.to_thread(r.handler, api, request)
+
+
+def _normal(path: str) -> str:
+    """td-client joins an endpoint without a trailing slash into ``//v3/…``: accept it."""
+    return _SLASHES.sub("/", path) if "//" in path else path
+
+
+def _match(candidates: list[Route], path: str) -> tuple[Route, tuple[str, ...]] | None:
+    for r in candidates:
+        m = r.pattern.fullmatch(path)
+        if m is not None:
+            return r, path_args(m.groups())
+    return None
+
+
+def _request(scope: Scope, args: tuple[str, ...], body: bytes, caller: Caller) -> Request:
+    params = query_params(scope.query_string)
+    params.update(form_fields(body, scope.headers.get("content-type")))
+    host = str(scope.headers.get("host") or scope.authority or "localhost")
+    return Request(scope.method, args, params, scope.headers, body, caller, host)

@@ -1,0 +1,170 @@
+"""The job runner process: claims queued jobs and runs them, a bounded number at once.
+
+One runner per data dir (``serve`` starts it; ``tdedge jobs`` runs it alone). Edge
+workers of every listener only write jobs into the control database and read them
+back; the runner polls it, so jobs issued on one worker are run, answered and killed
+from any other, and survive the restart of any edge worker. ``job_workers`` sessions
+(query/session.py) bound how many jobs run at once; each job has a deadline
+(``job_timeout_s``) and is interrupted past it, or when a kill is requested.
+A runner that dies leaves its jobs ``running``; the next one queues them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from tdedge.config import Settings
+from tdedge.control.jobs import Job, JobResult, JobStore
+from tdedge.control.store import ControlStore
+from tdedge.lake.connection import open_connection
+from tdedge.query.session import Session, open_sessions
+
+log = logging.getLogger("tdedge.query")
+
+
+@dataclass(slots=True)
+class Running:
+    job: Job
+    session: Session
+    deadline: float
+    reason: str | None = None  # set when the runner interrupts the job
+
+
+class JobRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobStore,
+        control: ControlStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._jobs = jobs
+        self._control = control
+        self._clock = clock
+        self._idle: list[Session] = []
+        self._running: dict[int, Running] = {}
+        self._lock = threading.Lock()
+
+    def run(self, stop: threading.Event) -> None:
+        # Sets the lake up when nobody has yet, so sessions can attach it read-only.
+        open_connection(self._settings, read_only=True).close()
+        self._idle = open_sessions(self._settings)
+        requeued = self._jobs.recover(self._clock())
+        log.info("job runner started", extra={"slots": len(self._idle), "requeued": requeued})
+        with ThreadPoolExecutor(len(self._idle), thread_name_prefix="job") as pool:
+            while not stop.is_set():
+                self.tick(pool, self._clock())
+                stop.wait(self._settings.job_poll_s)
+            with self._lock:
+                for running in self._running.values():
+                    running.reason = "the job runner stopped"
+                    running.session.interrupt()
+        for session in self._idle:
+            session.close()
+        log.info("job runner stopped")
+
+    def tick(self, pool: ThreadPoolExecutor, now: float) -> None:
+        """Start what fits in the free slots; interrupt what is over time or killed."""
+        self._interrupt(now)
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return
+                session = self._idle.pop()
+            job = self._jobs.claim(now)
+            if job is None:
+                with self._lock:
+                    self._idle.append(session)
+                return
+            running = Running(job, session, now + self._settings.job_timeout_s)
+            with self._lock:
+                self._running[job.id] = running
+            future = pool.submit(self._execute, running)
+            future.add_done_callback(_log_crash)
+
+    def _interrupt(self, now: float) -> None:
+        with self._lock:
+            running = dict(self._running)
+        if not running:
+            return
+        killed = self._jobs.kill_requested(running)
+        for job_id, r in running.items():
+            if r.reason is not None:
+                continue
+            if job_id in killed:
+                r.reason = "killed"
+            elif now > r.deadline:
+                r.reason = f"timed out after {self._settings.job_timeout_s:g} s"
+            else:
+                continue
+            log.info("interrupting job", extra={"job": job_id, "reason": r.reason})
+            r.session.interrupt()
+
+    def _execute(self, running: Running) -> None:
+        job = running.job
+        started = time.monotonic()
+        try:
+            allowed = frozenset(
+                name
+                for name, owner in self._control.database_owners().items()
+                if owner == job.account_id
+            )
+            result = running.session.run(job, allowed, lambda: running.reason)
+        except Exception as e:  # a fault of tdedge's, not of the query
+            log.exception("job failed unexpectedly", extra={"job": job.id})
+            result = JobResult(status="error", error=f"internal error: {e}")
+        finally:
+            with self._lock:
+                self._running.pop(job.id, None)
+                self._idle.append(running.session)
+        if result.status == "success" and running.reason == "killed":
+            result = JobResult(status="killed", error="killed on request")
+        self._jobs.finish(job.id, result, self._clock())
+        log.info(
+            "job finished",
+            extra={
+                "job": job.id,
+                "status": result.status,
+                "rows": result.num_records,
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
+
+
+def _log_crash(future: Future[None]) -> None:
+    error = future.exception()
+    if error is not None:
+        log.error("job thread crashed", exc_info=error)
+
+
+def run_job_runner(settings: Settings, parent_pid: int | None) -> None:
+    """The runner process: one per data dir; stops on SIGTERM or when ``serve`` is gone."""
+    import fcntl
+    import os
+    import signal
+
+    from tdedge.server import parent_watch
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if parent_pid is not None:
+        parent_watch(parent_pid, stop)
+    lock = settings.root / "run" / "jobs.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a second runner waits here until the first is gone
+    jobs = JobStore.open(settings.control_db)
+    control = ControlStore.open(settings.control_db)
+    try:
+        JobRunner(settings, jobs, control).run(stop)
+    finally:
+        jobs.close()
+        control.close()
+        os.close(fd)
