@@ -13,6 +13,7 @@ import msgspec
 
 from tdedge.cli_p13n import p13n
 from tdedge.config import SETTINGS_ENV, Settings, default_data_dir
+from tdedge.query.options import job_options, job_settings
 
 data_dir_option = click.option(
     "--data-dir",
@@ -124,6 +125,7 @@ main.add_command(p13n)
     metavar="DOMAIN",
     help="Domain attribute of the global-id cookie (default: this host only).",
 )
+@job_options
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     data_dir: str | None,
@@ -144,6 +146,7 @@ def serve(
     trusted_proxies: tuple[str, ...],
     cookie_domain: str | None,
     log_level: str,
+    **jobs: Any,
 ) -> None:
     """Run the HTTP server and the loader."""
     from tdedge import logs, server
@@ -164,6 +167,7 @@ def serve(
         tls_key=tls_key,
         **_records_settings(cors_origins, redirect_hosts, trusted_proxies, cookie_domain),
         log_level=log_level,
+        **job_settings(jobs),
     )
     logs.configure(log_level)
     server.serve(settings, run_loader=loader)

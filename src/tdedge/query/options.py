@@ -1,0 +1,51 @@
+"""``serve`` options for query jobs (issue 5), kept beside the runner they tune."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from tdedge.config import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DEFAULTS = Settings()
+
+
+def job_options(f: F) -> F:
+    """Add --job-workers, --job-timeout and --job-memory-limit to a command."""
+    options = [
+        click.option(
+            "--job-workers",
+            type=click.IntRange(1, 64),
+            default=_DEFAULTS.job_workers,
+            show_default=True,
+            help="Query jobs run at once (each a DuckDB instance); more wait queued.",
+        ),
+        click.option(
+            "--job-timeout",
+            type=click.FloatRange(0.1),
+            default=_DEFAULTS.job_timeout_s,
+            show_default=True,
+            help="Seconds a query job may run before it is stopped with an error.",
+        ),
+        click.option(
+            "--job-memory-limit",
+            default=_DEFAULTS.job_memory_limit,
+            show_default=True,
+            help="DuckDB memory_limit of each job (spills to disk beyond it where it can).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def job_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The Settings fields for the values of ``job_options``."""
+    return {
+        "job_workers": values["job_workers"],
+        "job_timeout_s": values["job_timeout"],
+        "job_memory_limit": values["job_memory_limit"],
+    }
