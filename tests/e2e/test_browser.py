@@ -1,0 +1,180 @@
+"""td-js-sdk 4.4 (from npm) in headless Chromium against the real server over HTTPS.
+
+The page (tests/browser/page.html, served by tests/browser/run.mjs) fetches the global
+id, tracks a pageview and a custom event, and an ``<img>`` fires the tracking pixel;
+then the rows must be in their tables with the SDK's columns. ``scripts/test`` installs
+what this needs (Debian ``chromium``, ``npm ci`` in tests/browser).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Server, free_port
+
+BROWSER_DIR = Path(__file__).resolve().parent.parent / "browser"
+CHROMIUM = "/usr/bin/chromium"
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+# Columns td-js-sdk's trackEvent adds to every record (lib/plugins/track.js).
+SDK_COLUMNS = {
+    "td_version",
+    "td_client_id",
+    "td_charset",
+    "td_language",
+    "td_color",
+    "td_screen",
+    "td_viewport",
+    "td_title",
+    "td_description",
+    "td_url",
+    "td_user_agent",
+    "td_platform",
+    "td_host",
+    "td_path",
+}
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throw-away certificate for 127.0.0.1 (Chromium runs with --ignore-certificate-errors)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed to make the test certificate (apt-get install openssl)")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def browser_ready() -> None:
+    missing = []
+    if not Path(CHROMIUM).exists():
+        missing.append(f"{CHROMIUM} (apt-get install chromium chromium-driver)")
+    if not (BROWSER_DIR / "node_modules" / "td-js-sdk" / "dist" / "td.min.js").exists():
+        missing.append("tests/browser/node_modules (npm ci in tests/browser)")
+    if shutil.which("node") is None:
+        missing.append("node (apt-get install nodejs npm)")
+    if missing:
+        pytest.fail("scripts/test installs what this test needs; missing: " + ", ".join(missing))
+
+
+def run_page(server: Server, records_port: int, database: str, tmp: Path) -> dict[str, Any]:
+    cert = str(tmp / "cert.pem")
+    key = str(tmp / "key.pem")
+    pixel_query = urllib.parse.urlencode(
+        {
+            "td_format": "pixel",
+            "td_write_key": server.write_key,
+            "td_global_id": "td_global_id",
+            "td_ip": "td_ip",
+            "td_ua": "td_ua",
+            "campaign": "spring",
+            "n": "7",
+        }
+    )
+    done = subprocess.run(
+        [
+            "node", str(BROWSER_DIR / "run.mjs"),
+            "--cert", cert, "--key", key,
+            "--records-host", f"127.0.0.1:{records_port}",
+            "--pixel-url", f"{server.url}/postback/v3/event/{database}/pixels?{pixel_query}",
+            "--write-key", server.write_key,
+            "--database", database,
+            "--chromium", CHROMIUM,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=BROWSER_DIR,
+    )  # fmt: skip
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        raise AssertionError(f"run.mjs printed nothing:\n{done.stderr}")
+    report: dict[str, Any] = json.loads(lines[-1])
+    if done.returncode != 0 or report.get("error"):
+        raise AssertionError(f"browser run failed: {json.dumps(report, indent=1)}\n{done.stderr}")
+    return report
+
+
+def test_td_js_sdk_in_chromium(make_server: Any, tmp_path: Path, browser_ready: None) -> None:
+    cert, key = self_signed(tmp_path)
+    records_port = free_port()
+    server: Server = make_server(
+        ["--records-port", str(records_port), "--tls-cert", str(cert), "--tls-key", str(key)]
+    )
+    assert server.url.startswith("https://")
+    database = "test_db"  # the write key's account owns it (created on first start)
+    report = run_page(server, records_port, database, tmp_path)
+    results = report["results"]
+    context = json.dumps(report, indent=1)
+    assert results["errors"] == [], context
+
+    # The global id: answered by GET / on the records door, kept in the server's cookie.
+    global_id = results["globalId"]
+    assert UUID.fullmatch(global_id), context
+    server_cookie = [c for c in report["cookies"] if c["name"] == "_tdedge_global_id"]
+    assert len(server_cookie) == 1, context
+    assert server_cookie[0]["value"] == global_id
+    assert server_cookie[0]["secure"] and server_cookie[0]["httpOnly"]
+    assert server_cookie[0]["sameSite"] == "None"
+    # The SDK caches the same id in its own first-party cookie.
+    assert {"name": "_td_global", "value": global_id} in [
+        {"name": c["name"], "value": c["value"]} for c in report["cookies"]
+    ], context
+    # The SDK got its receipts (any 2xx is success to it; it parses the JSON).
+    assert results["pageview"] == {"receipts": [{"success": True}]}, context
+    assert results["event"] == {"receipts": [{"success": True}]}, context
+    assert results["pixel"] == {"width": 1, "height": 1}, context
+    # What the SDK really sent: js+json in signed mode, TD1 auth — cross-origin with
+    # credentials, so the browser sent them only after our preflight answer allowed it.
+    posts = [r for r in report["requests"] if r["method"] == "POST"]
+    assert len(posts) == 2, context
+    for post in posts:
+        assert post["requestHeaders"]["content-type"] == "application/vnd.treasuredata.v1.js+json"
+        assert post["requestHeaders"]["authorization"] == f"TD1 {server.write_key}"
+
+    pageviews = server.wait_for(
+        "SELECT * FROM test_db.pageviews", lambda rows: len(rows) == 1, timeout=60
+    )[0]
+    events = server.wait_for(
+        "SELECT * FROM test_db.events", lambda rows: len(rows) == 1, timeout=60
+    )[0]
+    for row in (pageviews, events):
+        assert set(row) >= SDK_COLUMNS, row
+        assert row["td_global_id"] == global_id  # the placeholder, replaced by the server
+        assert row["td_ip"] == "127.0.0.1"  # added by the server for v1.js+json
+        assert UUID.fullmatch(row["td_uuid"])
+        assert row["td_url"] == report["pageUrl"]
+        assert row["td_path"] == "/"
+        assert row["td_title"] == "tdedge browser test"
+        assert row["td_description"] == "td-js-sdk against tdedge"
+        assert row["td_user_agent"].startswith(report["userAgent"])  # + ";JSSDK/4.4.x"
+        assert row["td_version"].startswith("4.4")
+        assert UUID.fullmatch(row["td_client_id"])
+    assert pageviews["td_client_id"] == events["td_client_id"]
+    assert (events["action"], events["plan"], events["seats"]) == ("signup", "pro", 3)
+
+    pixel = server.wait_for(
+        "SELECT * FROM test_db.pixels", lambda rows: len(rows) == 1, timeout=60
+    )[0]
+    assert pixel["campaign"] == "spring" and pixel["n"] == "7"
+    assert pixel["td_global_id"] == global_id  # the same browser, the same id
+    assert pixel["td_ip"] == "127.0.0.1"
+    assert pixel["td_ua"] == report["userAgent"]
+    assert server.errors() == []
