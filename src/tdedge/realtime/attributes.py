@@ -27,7 +27,6 @@ DEFAULT_BUCKETS_PER_WINDOW = 60
 
 Scalar = str | int | float | bool
 _json = msgspec.json.Encoder()
-_NO_EVENT: Mapping[str, Any] = {}
 
 
 def scalar(value: Any) -> Scalar | None:
@@ -61,10 +60,11 @@ class Attribute:
         self.filter = filter
         self.sensitive = sensitive
 
-    def applies(self, table: str, event: Mapping[str, Any], now_ms: int) -> bool:
+    def applies(self, table: str, event: Context) -> bool:
+        """Whether an event (in an event-only Context) updates this attribute."""
         if self.tables is not None and table not in self.tables:
             return False
-        return self.filter is None or self.filter.test(Context(event, _NO_EVENT, (), now_ms))
+        return self.filter is None or self.filter.test(event)
 
     def update(self, profile: Profile, event: Mapping[str, Any], now_ms: int) -> None:
         """Apply one event (already known to apply)."""
@@ -142,9 +142,24 @@ class ListAttribute(Attribute):
             if value is None:
                 continue
             if self.distinct:
-                items[:] = [i for i in items if not _same(i.value, value)]
+                for at, item in enumerate(items):
+                    if _same(item.value, value):
+                        del items[at]
+                        break
             items.insert(0, Item(value, now_ms))
-        self.tidy(profile, now_ms)
+        # Items stay distinct one insert at a time; only the bounds need applying.
+        self._bound(profile, items, now_ms)
+
+    def _bound(self, profile: Profile, items: list[Item], now_ms: int) -> None:
+        if self.window_ms is not None and items and items[-1].at_ms <= now_ms - self.window_ms:
+            cutoff = now_ms - self.window_ms
+            items = [i for i in items if i.at_ms > cutoff]
+        if len(items) > self.max_items:
+            items = items[: self.max_items]
+        if items:
+            profile.lists[self.name] = items
+        else:
+            profile.lists.pop(self.name, None)
 
     def tidy(self, profile: Profile, now_ms: int) -> None:
         items = profile.lists.get(self.name)
@@ -251,8 +266,12 @@ class CounterAttribute(Attribute):
             counter.total += amount
             return
         start = now_ms - now_ms % self.bucket_ms
-        counter.buckets[start] = counter.buckets.get(start, 0.0) + amount
-        self.tidy(profile, now_ms)
+        buckets = counter.buckets
+        if start in buckets:
+            buckets[start] += amount
+        else:
+            buckets[start] = amount
+            self.tidy(profile, now_ms)  # a new bucket: old ones may have left the window
 
     def tidy(self, profile: Profile, now_ms: int) -> None:
         counter = profile.counters.get(self.name)
@@ -271,14 +290,14 @@ class CounterAttribute(Attribute):
             total = counter.total
         else:
             oldest = now_ms - self.window_ms - self.bucket_ms
-            total = sum(a for s, a in counter.buckets.items() if s > oldest)
+            total = float(sum(a for s, a in counter.buckets.items() if s > oldest))
         return int(total) if total.is_integer() else total
 
 
 class ImportedAttribute(Attribute):
     kind = "imported"
 
-    def applies(self, table: str, event: Mapping[str, Any], now_ms: int) -> bool:
+    def applies(self, table: str, event: Context) -> bool:
         return False
 
     def value(self, profile: Profile, imported: Mapping[str, Any], now_ms: int) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import operator
 import re
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
@@ -90,11 +91,15 @@ class Trace(msgspec.Struct, omit_defaults=True):
     children: list[Trace] = []
 
 
-class Node:
-    __slots__ = ()
+Test = Callable[[Context], bool]
 
-    def test(self, ctx: Context) -> bool:
-        raise NotImplementedError
+
+class Node:
+    """A compiled condition. ``test`` is a closure built once per configuration: the
+    request path calls it without attribute look-ups or per-call dispatch."""
+
+    __slots__ = ("test",)
+    test: Test
 
     def explain(self, ctx: Context) -> Trace:
         raise NotImplementedError
@@ -105,9 +110,15 @@ class All(Node):
 
     def __init__(self, items: list[Node]) -> None:
         self.items = items
+        tests = tuple(n.test for n in items)
 
-    def test(self, ctx: Context) -> bool:
-        return all(n.test(ctx) for n in self.items)
+        def test(ctx: Context) -> bool:
+            for t in tests:  # noqa: SIM110 - all(genexpr) costs more per call
+                if not t(ctx):
+                    return False
+            return True
+
+        self.test = test
 
     def explain(self, ctx: Context) -> Trace:
         children = [n.explain(ctx) for n in self.items]
@@ -119,9 +130,15 @@ class Any_(Node):
 
     def __init__(self, items: list[Node]) -> None:
         self.items = items
+        tests = tuple(n.test for n in items)
 
-    def test(self, ctx: Context) -> bool:
-        return any(n.test(ctx) for n in self.items)
+        def test(ctx: Context) -> bool:
+            for t in tests:  # noqa: SIM110 - any(genexpr) costs more per call
+                if t(ctx):
+                    return True
+            return False
+
+        self.test = test
 
     def explain(self, ctx: Context) -> Trace:
         children = [n.explain(ctx) for n in self.items]
@@ -133,9 +150,8 @@ class Not(Node):
 
     def __init__(self, item: Node) -> None:
         self.item = item
-
-    def test(self, ctx: Context) -> bool:
-        return not self.item.test(ctx)
+        inner = item.test
+        self.test = lambda ctx: not inner(ctx)
 
     def explain(self, ctx: Context) -> Trace:
         inner = self.item.explain(ctx)
@@ -148,9 +164,7 @@ class InSegment(Node):
     def __init__(self, segment: str, negate: bool) -> None:
         self.segment = segment
         self.negate = negate
-
-    def test(self, ctx: Context) -> bool:
-        return (self.segment in ctx.segments) != self.negate
+        self.test = lambda ctx: (segment in ctx.segments) != negate
 
     def explain(self, ctx: Context) -> Trace:
         member = self.segment in ctx.segments
@@ -173,12 +187,10 @@ class Leaf(Node):
         self.expected = expected
         self.negate = negate
         self.check: Check = _CHECKS[operator]
+        self.test = _leaf_test(kind == "column", name, operator, expected, negate, self.check)
 
     def actual(self, ctx: Context) -> Any:
         return (ctx.event if self.kind == "column" else ctx.values).get(self.name)
-
-    def test(self, ctx: Context) -> bool:
-        return self.check(self.actual(ctx), self.expected, ctx.now_ms) != self.negate
 
     def explain(self, ctx: Context) -> Trace:
         actual = self.actual(ctx)
@@ -187,6 +199,49 @@ class Leaf(Node):
         value = "" if self.operator == "IsNull" else f" {shown!r}"
         what = f"{self.kind} {self.name} {'not ' if self.negate else ''}{self.operator}{value}"
         return Trace(passed, what, actual=actual)
+
+
+_FAST_ORDER: dict[str, Callable[[Any, Any], bool]] = {
+    "Equal": operator.eq,
+    "Greater": operator.gt,
+    "GreaterEqual": operator.ge,
+    "Less": operator.lt,
+    "LessEqual": operator.le,
+}
+
+
+def _leaf_test(
+    on_event: bool, name: str, op: str, expected: Any, negate: bool, check: Check
+) -> Test:
+    """The leaf's closure; the common cases (a number against a number, a text equal to
+    a text) skip the general rules, which give the same verdict for them."""
+    fast = _FAST_ORDER.get(op)
+    number = isinstance(expected, int | float) and not isinstance(expected, bool)
+    if fast is not None and number:
+
+        def numeric(ctx: Context) -> bool:
+            v = (ctx.event if on_event else ctx.values).get(name)
+            t = type(v)
+            if t is int or t is float:
+                return fast(v, expected) != negate
+            return check(v, expected, ctx.now_ms) != negate
+
+        return numeric
+    if op == "Equal" and isinstance(expected, str):
+
+        def text(ctx: Context) -> bool:
+            v = (ctx.event if on_event else ctx.values).get(name)
+            if type(v) is str:
+                return (v == expected) != negate
+            return check(v, expected, ctx.now_ms) != negate
+
+        return text
+
+    def general(ctx: Context) -> bool:
+        v = (ctx.event if on_event else ctx.values).get(name)
+        return check(v, expected, ctx.now_ms) != negate
+
+    return general
 
 
 # Compilation.

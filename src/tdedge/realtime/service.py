@@ -38,6 +38,7 @@ from tdedge.realtime.offers import Output, Section
 from tdedge.realtime.profile import Profile
 
 Path = tuple[str | int, ...]
+_NO_VALUES: Mapping[str, Any] = {}
 Report = Callable[[Path, str], None]
 EVENT_ONLY = Scope(profile=False)
 
@@ -98,6 +99,7 @@ class Service:
             for node in (section.criteria, section.key_filter):
                 refs.update(_refs(node))
         self.refs = sorted(refs)
+        self._readers = [self._reader(r) for r in self.refs]
         self.needs_facts = bool(sources)
 
     def event_keys(self, event: Mapping[str, Any]) -> list[str]:
@@ -107,8 +109,9 @@ class Service:
         """Update ``profile`` with one event."""
         profile.events += 1
         profile.updated_ms = now_ms
+        ctx = Context(event, _NO_VALUES, (), now_ms)
         for attribute in self._updating:
-            if attribute.applies(table, event, now_ms):
+            if attribute.applies(table, ctx):
                 attribute.update(profile, event, now_ms)
 
     def tidy(self, profile: Profile, now_ms: int) -> None:
@@ -128,9 +131,17 @@ class Service:
     def values(
         self, profile: Profile, facts: Facts, now_ms: int, refs: Collection[str] | None = None
     ) -> dict[str, Any]:
-        return {
-            r: self.value(profile, r, facts, now_ms) for r in (self.refs if refs is None else refs)
-        }
+        if refs is None:
+            imported = facts.imported
+            return {ref: read(profile, imported, now_ms) for ref, read in self._readers}
+        return {r: self.value(profile, r, facts, now_ms) for r in refs}
+
+    def _reader(self, ref: str) -> tuple[str, Callable[[Profile, Mapping[str, Any], int], Any]]:
+        name, _, sub = ref.partition(".")
+        attribute = self.by_name[name]
+        if not sub:
+            return ref, attribute.value
+        return ref, lambda p, imported, now: attribute.sub(p, sub, imported, now)
 
     def offers(
         self,

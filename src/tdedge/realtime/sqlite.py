@@ -179,39 +179,42 @@ class SQLiteProfileStore:
                 pause = min(pause * 2, _LOCK_POLL_MAX_S)
 
     def _run_locked(self, works: Sequence[Work[T]]) -> list[T | Exception]:
+        """Run every work in one transaction. Optimistic: no savepoint per work (two
+        statements each); if one raises, the whole transaction rolls back and the
+        others run again without it — works are pure functions of the stored state."""
         conn = self._conn
         tx = _Tx(conn)
         out: list[T | Exception] = []
-        # Savepoints cost a statement each; a group of one rolls back whole instead.
-        alone = len(works) == 1
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             raise ProfileStoreDown(f"profile store unavailable: {e}") from e
+        failed: tuple[int, Exception] | None = None
         try:
-            for work in works:
-                if not alone:
-                    conn.execute("SAVEPOINT work")
+            for at, work in enumerate(works):
                 try:
                     out.append(work(tx))
                 except sqlite3.Error:
                     raise
                 except Exception as e:
-                    # One bad work must not take its group down: undo it alone.
-                    conn.execute("ROLLBACK" if alone else "ROLLBACK TO work")
-                    if alone:
-                        return [e]
-                    out.append(e)
-                if not alone:
-                    conn.execute("RELEASE work")
-            conn.execute("COMMIT")
+                    failed = (at, e)
+                    break
+            if failed is None:
+                conn.execute("COMMIT")
+            else:
+                conn.execute("ROLLBACK")
         except sqlite3.Error as e:
             _rollback(conn)
             raise ProfileStoreDown(f"profile store write failed: {e}") from e
         except BaseException:
             _rollback(conn)
             raise
-        return out
+        if failed is None:
+            return out
+        at, error = failed
+        rest = [*works[:at], *works[at + 1 :]]
+        again = self._run_locked(rest) if rest else []
+        return [*again[:at], error, *again[at:]]
 
     # Reads.
     def find(self, service: str, keys: Sequence[str]) -> list[Profile]:

@@ -1,0 +1,421 @@
+"""Personalization benchmark: p99 at a fixed request rate, and the most decisions/s.
+
+    bench/p13n [--duration 8] [--workers 1,2] [--rate 2000]
+
+Starts ``tdedge serve`` on a fresh data dir with a configuration of 20 attributes and 10
+sections (``--attributes``/``--sections``), creates a token, and drives the p13n door
+with wrk (a Lua script posts a JSON event for one of ``--ids`` people, so profiles are
+updated, stitched and evaluated for real; every 200 means the event was fsynced to the
+journal and the profile committed):
+
+- fixed rate: ``--connections`` keep-alive connections, each waiting ``delay`` ms
+  after every answer (wrk's ``delay()``), tuned for ``--rate`` requests/s; wrk's p50/p99.
+- maximum: wrk ``-t2 -c64`` as fast as the server answers.
+- engine: the engine alone in this process (no HTTP, no journal): groups of
+  ``--group`` requests through ``Engine.decide`` on a fresh profile store.
+
+wrk shares the 2 cores with the server: read the figures as a floor. Targets (issue 4):
+p99 ≤ 10 ms at 2,000 requests/s; ≥ 8,000 decisions/s. Results also go to
+``bench/out/p13n-<time>.json``. Every process started is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = sys.executable
+MEDIA = "application/vnd.treasuredata.v1+json"
+
+
+def log(msg: str) -> None:
+    print(f"[p13n-bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_yaml(attributes: int, sections: int) -> str:
+    """``attributes`` attributes of every kind and ``sections`` sections reading them."""
+    kinds = [
+        "{{name: a{i}, type: single, column: product_category}}",
+        "{{name: a{i}, type: list, column: product_name, max_items: 10}}",
+        "{{name: a{i}, type: counter, window: 7d, filter: "
+        "{{column: td_path, operator: StartWith, value: /checkout}}}}",
+        "{{name: a{i}, type: counter, increment_column: amount}}",
+        "{{name: a{i}, type: counter, window: 1h}}",
+    ]
+    attrs = [kinds[i % len(kinds)].format(i=i) for i in range(attributes - 1)]
+    attrs.append(
+        "{name: loyalty, type: imported, sql: \"SELECT 'c1' AS td_client_id, 'gold' AS loyalty\"}"
+    )
+    ops = [
+        "{{attribute: a{s}, operator: Equal, value: cat3}}",
+        "{{attribute: a{l}, operator: Contain, value: p7}}",
+        "{{attribute: a{c}, operator: GreaterEqual, value: 2}}",
+        "{{attribute: a{t}, operator: Between, value: [10, 100000]}}",
+        "{{attribute: a{w}, operator: Less, value: 50}}",
+    ]
+    secs = []
+    for j in range(sections):
+        a = [ops[(j + k) % len(ops)].format(s=0, l=1, c=2, t=3, w=4) for k in range(3)]
+        crit = f"{{{'all' if j % 2 else 'any'}: [{', '.join(a)}]}}"
+        if j % 3 == 0:
+            crit = f"{{all: [{crit}, {{segment: s1, not: true}}]}}"
+        secs.append(
+            f"      - section: section_{j}\n"
+            f"        criteria: {crit}\n"
+            f"        payload: {{attributes: {{category: a0, spend: a3}}, batch_segments: [s1]}}"
+        )
+    return (
+        "services:\n"
+        "  - name: bench\n"
+        "    database: bench_db\n"
+        "    event_tables: [pageviews]\n"
+        "    key_columns: [td_client_id, email]\n"
+        "    attributes:\n" + "".join(f"      - {a}\n" for a in attrs) + "    segments:\n"
+        "      - {id: s1, sql: \"SELECT 'c2' AS td_client_id\"}\n"
+        "    personalizations:\n" + "\n".join(secs) + "\n"
+        "limits: {concurrency: 4096}\n"
+    )
+
+
+LUA = """
+local n = 0
+local ids = %(ids)d
+local headers = {
+  ["Content-Type"] = "%(media)s",
+  ["Authorization"] = "TD1 %(key)s",
+  ["WP13n-Token"] = "%(token)s",
+}
+function setup(thread)
+  n = n + 1
+  thread:set("seed", n)
+end
+function init(args)
+  math.randomseed(os.time() * 1000 + (seed or 0))
+end
+request = function()
+  local id = math.random(1, ids)
+  local body = string.format(
+    '{"td_client_id":"c%%d","td_path":"/checkout/%%d","product_category":"cat%%d",' ..
+    '"product_name":"p%%d","amount":%%d,"td_url":"https://example.com/x"}',
+    id, id %% 7, id %% 11, id %% 13, id %% 100)
+  return wrk.format("POST", "/bench_db/pageviews", headers, body)
+end
+%(delay)s
+"""
+
+
+class Server:
+    def __init__(self, data_dir: Path, workers: int, logfile: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.p13n_port = free_port()
+        self.workers = workers
+        self.logfile = logfile
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.master_key = ""
+
+    def start(self) -> None:
+        out = self.logfile.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "tdedge",
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--port",
+                str(self.port),
+                "--p13n-port",
+                str(self.p13n_port),
+                "--workers",
+                str(self.workers),
+                "--log-level",
+                "warning",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited: {self.logfile.read_text()}")
+            try:
+                for port in (self.port, self.p13n_port):
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("serve did not start")
+        m = re.search(r"master key: (\S+)", self.logfile.read_text())
+        if m:
+            self.master_key = m.group(1)
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [PY, "-m", "tdedge", "p13n", "--data-dir", str(self.data_dir), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def post(port: int, key: str, token: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/bench_db/pageviews",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": MEDIA, "Authorization": f"TD1 {key}", "WP13n-Token": token},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def wrk(url: str, script: Path, duration: int, threads: int, conns: int) -> dict[str, Any]:
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{conns}",
+        f"-d{duration}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    res: dict[str, Any] = {"command": " ".join([*cmd[:-3], "<script>", url])}
+    for p in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{p}%\s+(\S+)", out, re.M)
+        res[f"p{p}_ms"] = _ms(m.group(1)) if m else None
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["rps"] = float(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", out)
+    res["socket_errors"] = m.group(1) if m else ""
+    return res
+
+
+def engine_only(config: str, seconds: float, group: int, ids: int, tmp: Path) -> dict[str, Any]:
+    """Decisions/s of the engine alone: profile store, attributes, sections, offers."""
+    import random
+
+    from tdedge.realtime import config as config_file
+    from tdedge.realtime.batch import BatchStore
+    from tdedge.realtime.engine import Engine, Request
+    from tdedge.realtime.service import compile_service
+    from tdedge.realtime.sqlite import SQLiteProfileStore
+
+    spec = config_file.parse(config).services[0]
+    service = compile_service(spec, (), lambda p, m: None)
+    assert service is not None
+    engine = Engine(SQLiteProfileStore(tmp / "profiles.sqlite"), BatchStore(tmp / "batch.sqlite"))
+    rnd = random.Random(1)
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        batch = []
+        for _ in range(group):
+            i = rnd.randint(1, ids)
+            event = {
+                "td_client_id": f"c{i}",
+                "td_path": f"/checkout/{i % 7}",
+                "product_category": f"cat{i % 11}",
+                "product_name": f"p{i % 13}",
+                "amount": i % 100,
+            }
+            batch.append(Request(service, "pageviews", event, service.event_keys(event)))
+        results = engine.decide(batch, int(time.time() * 1000))
+        assert not any(isinstance(r, Exception) for r in results), results
+        done += len(batch)
+    elapsed = time.perf_counter() - started
+    engine.store.close()
+    engine.batch.close()
+    return {
+        "decisions": done,
+        "seconds": elapsed,
+        "decisions_per_s": done / elapsed,
+        "group": group,
+    }
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    ap.add_argument("--rate", type=int, default=2000, help="fixed-rate target, requests/s")
+    ap.add_argument("--ids", type=int, default=10_000, help="distinct people")
+    ap.add_argument("--attributes", type=int, default=20)
+    ap.add_argument("--sections", type=int, default=10)
+    ap.add_argument("--group", type=int, default=32, help="engine-only group size")
+    ap.add_argument("--skip", default="", help="comma-separated: fixed,max,engine")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    if shutil.which("wrk") is None and not {"fixed", "max"} <= skip:
+        log("wrk not found: apt-get install -y wrk")
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="p13n-bench-"))
+    config = config_yaml(args.attributes, args.sections)
+    report: dict[str, Any] = {
+        "command": "bench/p13n " + " ".join(argv),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "cores": os.cpu_count(),
+        "attributes": args.attributes,
+        "sections": args.sections,
+        "runs": [],
+    }
+    try:
+        (tmp / "p13n.yaml").write_text(config)
+        if "engine" not in skip:
+            log("engine alone ...")
+            (tmp / "engine").mkdir()
+            report["engine"] = engine_only(
+                config, min(args.duration, 5), args.group, args.ids, tmp / "engine"
+            )
+            log(f"engine alone: {report['engine']['decisions_per_s']:.0f} decisions/s")
+        for workers in [int(w) for w in args.workers.split(",") if w]:
+            report["runs"].append(run_server(args, workers, config, tmp, skip))
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            log(f"kept {tmp}")
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    path = out / f"p13n-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(summary(report))
+    log(f"wrote {path}")
+    return 0
+
+
+def run_server(
+    args: argparse.Namespace, workers: int, config: str, tmp: Path, skip: set[str]
+) -> dict[str, Any]:
+    data = tmp / f"data-w{workers}"
+    server = Server(data, workers, tmp / f"serve-w{workers}.log")
+    run: dict[str, Any] = {"workers": workers}
+    try:
+        server.start()
+        server.cli("apply", str(tmp / "p13n.yaml"))
+        token = server.cli("tokens", "create", "bench")
+        server.cli("refresh")
+        url = f"http://127.0.0.1:{server.p13n_port}"
+        status, body = post(
+            server.p13n_port,
+            server.master_key,
+            token,
+            {"td_client_id": "c3", "product_category": "cat3"},
+        )
+        log(f"w{workers}: first answer {status} {body[:200]!r}")
+        if status != 200:
+            raise RuntimeError(f"p13n door answered {status}: {body!r}")
+        common = {"ids": args.ids, "media": MEDIA, "key": server.master_key, "token": token}
+        fast = tmp / "fast.lua"
+        fast.write_text(LUA % {**common, "delay": ""})
+        wrk(url, fast, 2, 2, 32)  # warm-up: profiles exist, caches are hot
+        if "fixed" not in skip:
+            delay_ms = 10
+            conns = math.ceil(args.rate * (delay_ms + 1.0) / 1000)
+            paced = tmp / "paced.lua"
+            paced.write_text(LUA % {**common, "delay": f"function delay() return {delay_ms} end"})
+            run["fixed"] = wrk(url, paced, args.duration, 2, conns)
+            run["fixed"]["target_rps"] = args.rate
+            log(f"w{workers} fixed: {run['fixed']}")
+        if "max" not in skip:
+            run["max"] = wrk(url, fast, args.duration, 2, 64)
+            log(f"w{workers} max: {run['max']}")
+    finally:
+        server.stop()
+    return run
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = [
+        "",
+        f"== p13n bench ({report['attributes']} attributes, {report['sections']} sections, "
+        f"{report['cores']} cores, wrk on the same cores) ==",
+        f"command: {report['command']}",
+    ]
+    eng = report.get("engine")
+    if eng:
+        ok = "PASS" if eng["decisions_per_s"] >= 8000 else "MISS"
+        lines.append(
+            f"engine alone (group {eng['group']}): {eng['decisions_per_s']:,.0f} decisions/s"
+            f"  [{ok} ≥ 8,000]"
+        )
+    for run in report["runs"]:
+        w = run["workers"]
+        fixed = run.get("fixed")
+        if fixed:
+            p99 = fixed["p99_ms"]
+            ok = (
+                "PASS"
+                if p99 is not None and p99 <= 10 and fixed["rps"] >= 0.95 * fixed["target_rps"]
+                else "MISS"
+            )
+            lines.append(
+                f"workers={w} fixed rate: {fixed['rps']:,.0f} req/s "
+                f"(target {fixed['target_rps']:,}), p50 {fixed['p50_ms']} ms, p99 {p99} ms, "
+                f"non-2xx {fixed['non2xx']}  [{ok} p99 ≤ 10 ms]"
+            )
+        mx = run.get("max")
+        if mx:
+            ok = "PASS" if mx["rps"] >= 8000 else "MISS"
+            lines.append(
+                f"workers={w} maximum: {mx['rps']:,.0f} decisions/s, p50 {mx['p50_ms']} ms, "
+                f"p99 {mx['p99_ms']} ms, non-2xx {mx['non2xx']}  [{ok} ≥ 8,000]"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,216 @@
+"""Profile store contract: stitching, merges, isolation, atomicity across processes.
+
+One parametrized fixture runs the same tests on every ProfileStore implementation
+(SQLite now; Redis joins in the scale-out issue).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tdedge.realtime.attributes import CounterAttribute
+from tdedge.realtime.errors import ProfileStoreDown
+from tdedge.realtime.profile import MAX_KEYS, Profile
+from tdedge.realtime.sqlite import SQLiteProfileStore
+from tdedge.realtime.store import ProfileStore, ProfileTx, Resolution
+
+T0 = 1_800_000_000_000
+SERVICE = "web"
+COUNTER = CounterAttribute("n")
+N_PER_PROCESS = 800
+
+Factory = Callable[[], ProfileStore]
+
+
+def _sqlite(path: Path) -> Factory:
+    return lambda: SQLiteProfileStore(path / "profiles.sqlite")
+
+
+@pytest.fixture(params=["sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    opened: list[ProfileStore] = []
+    factory = {"sqlite": _sqlite(tmp_path)}[request.param]
+
+    def make() -> ProfileStore:
+        store = factory()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def touch(keys: list[str], now: int = T0) -> Callable[[ProfileTx], Resolution]:
+    """A work: stitch ``keys`` and count one event, as the engine does."""
+
+    def work(tx: ProfileTx) -> Resolution:
+        found = tx.resolve(SERVICE, keys, now)
+        COUNTER.update(found.profile, {}, now)
+        tx.save(SERVICE, found.profile)
+        return found
+
+    return work
+
+
+def one(store: ProfileStore, keys: list[str], now: int = T0) -> Resolution:
+    (result,) = store.run([touch(keys, now)])
+    assert isinstance(result, Resolution)
+    return result
+
+
+def count(profile: Profile) -> int:
+    return int(COUNTER.value(profile, {}, T0))
+
+
+def test_new_keys_start_a_profile_and_known_keys_find_it(make_store: Factory) -> None:
+    store = make_store()
+    first = one(store, ["td_client_id=a"])
+    assert first.created and first.merged == []
+    again = one(store, ["td_client_id=a"])
+    assert not again.created and again.profile.id == first.profile.id
+    assert count(again.profile) == 2
+    assert one(store, ["td_client_id=b"]).profile.id != first.profile.id
+
+
+def test_a_new_key_joins_the_profile_its_sibling_points_at(make_store: Factory) -> None:
+    store = make_store()
+    first = one(store, ["td_client_id=a"])
+    joined = one(store, ["td_client_id=a", "email=e"])
+    assert joined.profile.id == first.profile.id and not joined.created
+    assert joined.profile.keys == ["td_client_id=a", "email=e"]
+    assert one(store, ["email=e"]).profile.id == first.profile.id
+
+
+def test_keys_of_two_profiles_merge_them_into_the_older(make_store: Factory) -> None:
+    store = make_store()
+    older = one(store, ["td_client_id=a"], T0)
+    one(store, ["td_client_id=a"], T0)
+    newer = one(store, ["email=e"], T0 + 5)
+    merged = one(store, ["email=e", "td_client_id=a"], T0 + 10)
+    assert merged.profile.id == older.profile.id
+    assert merged.merged == [newer.profile.id]
+    assert count(merged.profile) == 4  # 2 + 1 + this event
+    assert sorted(merged.profile.keys) == ["email=e", "td_client_id=a"]
+    assert [p.id for p in store.find(SERVICE, ["email=e"])] == [older.profile.id]
+    (log,) = store.merges(SERVICE)
+    assert (log.survivor, log.merged, log.keys, log.time_ms) == (
+        older.profile.id,
+        newer.profile.id,
+        ["email=e"],
+        T0 + 10,
+    )
+    assert store.merges(SERVICE, newer.profile.id) == []
+
+
+def test_three_way_merge_keeps_the_oldest(make_store: Factory) -> None:
+    store = make_store()
+    ids = [one(store, [k]).profile.id for k in ("a=1", "b=2", "c=3")]
+    merged = one(store, ["c=3", "b=2", "a=1"])
+    assert merged.profile.id == ids[0]
+    assert sorted(merged.merged) == ids[1:]
+    assert count(merged.profile) == 4
+    assert len(store.merges(SERVICE)) == 2
+
+
+def test_services_do_not_share_profiles(make_store: Factory) -> None:
+    store = make_store()
+    (a,) = store.run([lambda tx: tx.resolve("one", ["k=1"], T0)])
+    (b,) = store.run([lambda tx: tx.resolve("two", ["k=1"], T0)])
+    assert isinstance(a, Resolution) and isinstance(b, Resolution)
+    assert a.created and b.created and a.profile.id != b.profile.id
+
+
+def test_a_profile_holds_at_most_max_keys(make_store: Factory) -> None:
+    store = make_store()
+    keys = [f"k=v{i}" for i in range(MAX_KEYS + 5)]
+    found = one(store, keys)
+    assert len(found.profile.keys) == MAX_KEYS
+    # A key that did not fit points nowhere, so it starts a profile of its own.
+    assert one(store, [keys[-1]]).created
+
+
+def test_a_failing_work_is_undone_alone(make_store: Factory) -> None:
+    store = make_store()
+
+    def boom(tx: ProfileTx) -> Resolution:
+        tx.resolve(SERVICE, ["k=boom"], T0)  # writes, then fails
+        raise ValueError("bug")
+
+    results = store.run([touch(["k=1"]), boom, touch(["k=2"])])
+    assert isinstance(results[1], ValueError)
+    assert isinstance(results[0], Resolution) and isinstance(results[2], Resolution)
+    assert store.find(SERVICE, ["k=boom"]) == []
+    assert count(store.find(SERVICE, ["k=1"])[0]) == 1
+    assert count(store.find(SERVICE, ["k=2"])[0]) == 1
+
+
+def test_a_group_sees_its_own_writes(make_store: Factory) -> None:
+    store = make_store()
+    results = store.run([touch(["k=1"]), touch(["k=1"]), touch(["k=1", "m=2"])])
+    assert [r.created for r in results if isinstance(r, Resolution)] == [True, False, False]
+    assert count(store.find(SERVICE, ["m=2"])[0]) == 3
+
+
+def test_store_down_when_its_lock_is_held_too_long(make_store: Factory, tmp_path: Path) -> None:
+    store = make_store()
+    one(store, ["k=1"])
+    store.set_timeout(0.2)
+    if not isinstance(store, SQLiteProfileStore):
+        pytest.skip("holding the lock is SQLite-specific")
+    other = sqlite3.connect(tmp_path / "profiles.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(ProfileStoreDown):
+            store.run([touch(["k=1"])])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert count(one(store, ["k=1"]).profile) == 2
+
+
+def _hammer(path: str, keys: list[str], n: int, group: int, go: Any) -> None:
+    store = SQLiteProfileStore(Path(path))
+    go.wait()
+    try:
+        for _ in range(n // group):
+            results = store.run([touch(keys) for _ in range(group)])
+            assert not any(isinstance(r, Exception) for r in results)
+    finally:
+        store.close()
+
+
+def test_no_lost_increments_across_processes(tmp_path: Path) -> None:
+    """Four processes count events for one person (stitched through two keys) at once."""
+    path = tmp_path / "profiles.sqlite"
+    SQLiteProfileStore(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    go = ctx.Event()
+    plans = [(["k=a"], 1), (["k=a", "m=b"], 2), (["m=b"], 1), (["k=a"], 4)]
+    procs = [
+        ctx.Process(target=_hammer, args=(str(path), keys, N_PER_PROCESS, g, go))
+        for keys, g in plans
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # let every process open the store, then start them together
+    go.set()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    store = SQLiteProfileStore(path)
+    try:
+        found = store.find(SERVICE, ["k=a", "m=b"])
+        total = sum(count(p) for p in found)
+        assert total == 4 * N_PER_PROCESS
+        # Whichever process saw both keys first merged them; afterwards one profile.
+        assert len(found) == 1
+    finally:
+        store.close()
