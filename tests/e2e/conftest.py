@@ -144,6 +144,20 @@ class Server:
         )
 
 
+def wait_healthy(url: str, timeout: float = 20.0) -> None:
+    """Wait until ``url``/healthz answers: a dedicated door port starts after the main one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1, verify=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not become healthy in {timeout}s")
+        time.sleep(0.1)
+
+
 def _with_data_dir(args: tuple[str, ...], data_dir: Path) -> list[str]:
     # Groups (keys, db) take --data-dir on their sub-command.
     at = 2 if args[0] in {"keys", "db"} else 1

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Server, free_port
+from tests.e2e.conftest import Server, free_port, wait_healthy
 
 BROWSER_DIR = Path(__file__).resolve().parent.parent / "browser"
 CHROMIUM = "/usr/bin/chromium"
@@ -119,6 +119,7 @@ def test_td_js_sdk_in_chromium(make_server: Any, tmp_path: Path, browser_ready: 
         ["--records-port", str(records_port), "--tls-cert", str(cert), "--tls-key", str(key)]
     )
     assert server.url.startswith("https://")
+    wait_healthy(f"https://127.0.0.1:{records_port}")
     database = "test_db"  # the write key's account owns it (created on first start)
     report = run_page(server, records_port, database, tmp_path)
     results = report["results"]

@@ -13,7 +13,7 @@ import httpx
 import msgspec
 import pytest
 
-from tests.e2e.conftest import Server, free_port
+from tests.e2e.conftest import Server, free_port, wait_healthy
 
 # The records door is picked by host name on the main port.
 RECORDS_HOST = "us01.records.in.tdedge.test"
@@ -172,15 +172,7 @@ def test_records_port_serves_the_records_door(make_server: Any) -> None:
     port = free_port()
     srv: Server = make_server(["--records-port", str(port)])
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(f"{url}/healthz", timeout=1)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    wait_healthy(url)
     r = httpx.post(
         f"{url}/test_db/port_tbl",
         content=b'{"events":[{"via":"port"}]}',
