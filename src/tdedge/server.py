@@ -224,6 +224,7 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     from tdedge.journal.sqlite import SQLiteJournalReader
     from tdedge.lake.lake import Lake
     from tdedge.loader.runner import Loader
+    from tdedge.realtime.refresh import start as start_p13n_refresher
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -236,6 +237,8 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     lake = Lake.open(settings)
     try:
         log.info("loader started", extra={"pid": os.getpid()})
+        # p13n batch segments refresh on their schedule: one thread per data dir (issue 4).
+        start_p13n_refresher(settings, stop)
         Loader(settings, reader, Directory(store, ttl_s=settings.key_cache_ttl_s), lake).run(stop)
     finally:
         lake.close()
