@@ -6,9 +6,12 @@ before DuckDB ever opens it: with the rollback journal a concurrent reader block
 writer (about 1 commit/s instead of ~26 here, see reference/measurements.md).
 
 Writers in several processes (the loader, ``tdedge db create``) may commit at the same
-moment; DuckLake retries a commit whose snapshot moved when the changes do not touch
-the same objects (``ducklake_max_retry_count``, default 10 with backoff), which is
-enough for tdedge's one-loader design, so the defaults are kept.
+moment. DuckLake retries a commit whose snapshot moved when the changes do not touch
+the same objects (``ducklake_max_retry_count``, default 10 with backoff): enough for
+tdedge's one-loader design, so those defaults are kept. SQLite itself can refuse a
+commit at once with "database is locked" when two writers upgrade their read
+transactions (duckdb/ducklake#1309, not covered by the busy timeout); Lake retries
+those (see Lake.commit).
 """
 
 from __future__ import annotations
