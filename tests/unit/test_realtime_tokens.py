@@ -9,7 +9,7 @@ import pytest
 
 from tdedge.errors import NotFound
 from tdedge.realtime import config, tokens
-from tdedge.realtime.errors import TokenLimit, UnknownService
+from tdedge.realtime.errors import ConfigStoreDown, TokenLimit, UnknownService
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.view import View
 
@@ -115,3 +115,22 @@ def test_generation_moves_with_every_change(registry: Registry, tmp_path: Path) 
     (n,) = conn.execute("SELECT count(*) FROM p13n_configs").fetchone()
     conn.close()
     assert n == 1
+
+
+def test_the_view_answers_from_its_cache_while_the_registry_is_down(
+    registry: Registry, tmp_path: Path
+) -> None:
+    view = View(registry, ttl_s=1.0, max_stale_s=10.0)
+    view.refresh(0.0)
+    conn = sqlite3.connect(tmp_path / "control.sqlite", isolation_level=None)
+    conn.execute("ALTER TABLE p13n_meta RENAME TO away")
+    try:
+        view.refresh(5.0)  # unreadable, but the cache is only 5 s old
+        assert "web" in view.services
+        with pytest.raises(ConfigStoreDown):
+            view.refresh(10.5)
+    finally:
+        conn.execute("ALTER TABLE away RENAME TO p13n_meta")
+        conn.close()
+    view.refresh(12.0)
+    assert "web" in view.services

@@ -5,6 +5,10 @@ active configuration and reloads tokens when it moved. A token missing from the 
 is looked up once (a token created a moment ago works at once); misses are remembered
 briefly so a flood of bad tokens costs one look-up, not one per request. A revocation
 is seen within ``ttl_s``. Time is passed in.
+
+When the registry cannot be read, the worker keeps answering from what it knows for up
+to ``max_stale_s`` (a control-plane hiccup should not fail requests the cache can
+answer); past that, or for a token it has never seen, ConfigStoreDown (error 1004).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from tdedge.realtime.config import Limits
+from tdedge.realtime.errors import ConfigStoreDown
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.service import Service, compile_service
 from tdedge.realtime.tokens import TokenInfo, same
@@ -23,9 +28,11 @@ MAX_MISSES = 100_000
 
 
 class View:
-    def __init__(self, registry: Registry, ttl_s: float = 1.0) -> None:
+    def __init__(self, registry: Registry, ttl_s: float = 1.0, max_stale_s: float = 30.0) -> None:
         self._registry = registry
         self._ttl = ttl_s
+        self._max_stale = max_stale_s
+        self._loaded_at = float("-inf")
         self._generation = -1
         self._checked_at = float("-inf")
         self.version = 0
@@ -39,10 +46,22 @@ class View:
         if now - self._checked_at < self._ttl:
             return
         self._checked_at = now
+        try:
+            self._reload()
+        except ConfigStoreDown:
+            if now - self._loaded_at > self._max_stale:
+                raise
+            log.warning("p13n configuration store unreadable; answering from the cache")
+            return
+        self._loaded_at = now
+
+    def _reload(self) -> None:
         generation = self._registry.generation()
         if generation == self._generation:
             return
         applied = self._registry.active()
+        tokens = self._registry.tokens_by_hash()
+        # Nothing changes until everything is read: a failure leaves the old view whole.
         compiled: dict[str, Service] = {}
         problems: list[str] = []
         if applied is not None:
@@ -57,7 +76,7 @@ class View:
             self.limits = applied.config.limits
             self.version = applied.version
         self.services = compiled
-        self._tokens = self._registry.tokens_by_hash()
+        self._tokens = tokens
         self._misses.clear()
         self._generation = generation
 
