@@ -87,7 +87,10 @@ def test_media_types() -> None:
 
 def test_events_count_limits() -> None:
     one = b'{"events":[{"a":1}]}'
-    assert [bytes(r) for r in split_events(one)] == [b'{"a":1}']
+    assert split_events(one) == [{"a": 1}]
+    # A non-object event: the events are split raw, to be checked one by one.
+    mixed = split_events(b'{"events":[{"a":1},"x"]}')
+    assert [bytes(r) for r in mixed if isinstance(r, msgspec.Raw)] == [b'{"a":1}', b'"x"']
     most = msgspec.json.encode({"events": [{"i": i} for i in range(MAX_EVENTS)]})
     assert len(split_events(most)) == MAX_EVENTS
     too_many = msgspec.json.encode({"events": [{"i": i} for i in range(MAX_EVENTS + 1)]})
@@ -123,6 +126,12 @@ def test_event_checks_use_the_names_the_sdks_know() -> None:
         assert isinstance(failure, Failure), event
         assert (failure.name, failure.reason) == (name, reason)
     assert check_event(_raw({"x" * 255: 1})) == {"x" * 255: 1}
+    # The same checks on events decoded in one pass with their batch.
+    for event, name, _ in cases:
+        if isinstance(event, dict):
+            failure = check_event(event)
+            assert isinstance(failure, Failure) and failure.name == name, event
+    assert check_event({"ok": 1, "OK2": 2}) == {"ok": 1, "OK2": 2}
 
 
 def test_event_size_limit_is_inclusive() -> None:
@@ -298,9 +307,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     assert proxies.client_ip("8.8.8.8:1", ["6.6.6.6"]) == "8.8.8.8"  # peer not trusted
     assert proxies.client_ip("10.0.0.5:1", ["203.0.113.7"]) == "203.0.113.7"
     # The client forged a first hop; the rightmost untrusted address is the real one.
-    assert proxies.client_ip("10.0.0.5:1", ["1.1.1.1, 203.0.113.7, 192.168.1.1"]) == (
-        "203.0.113.7"
-    )
+    assert proxies.client_ip("10.0.0.5:1", ["1.1.1.1, 203.0.113.7, 192.168.1.1"]) == ("203.0.113.7")
     # Split over two headers, as some proxies send it.
     assert proxies.client_ip("10.0.0.5:1", ["1.1.1.1", "203.0.113.7"]) == "203.0.113.7"
     # Garbage: stop at the last address a trusted hop vouched for.

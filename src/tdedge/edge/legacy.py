@@ -20,7 +20,7 @@ from tdedge.edge.http import (
     read_body,
 )
 from tdedge.edge.identity import Identity
-from tdedge.edge.pixel import Pixel, is_pixel_query, query_params
+from tdedge.edge.pixel import Pixel, pixel_params, query_params
 from tdedge.edge.services import Services
 from tdedge.journal.envelope import Envelope
 from tdedge.names import NAME_RULE, is_valid_name, normalize
@@ -56,8 +56,10 @@ class LegacyDoor:
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
         if route == "server_cookie":
             return self._server_cookie(scope)
-        if scope.method in ("GET", "HEAD") and is_pixel_query(scope.query_string):
-            return await self._pixel.answer(scope, query_params(scope.query_string))
+        if scope.method in ("GET", "HEAD"):
+            params = pixel_params(scope.query_string)
+            if params is not None:
+                return await self._pixel.answer(scope, params)
         if scope.method != "POST":
             raise HTTPError(
                 405,
@@ -119,7 +121,7 @@ def pixel_form(scope: Scope, body: bytes) -> list[tuple[str, str]] | None:
 
     A POST is the pixel's when ``td_format=pixel`` is in its URL or in its form body.
     """
-    in_url = is_pixel_query(scope.query_string)
+    in_url = pixel_params(scope.query_string) is not None
     is_form = media_type(scope.headers.get("content-type")) == FORM
     if not in_url and not (is_form and b"td_format=pixel" in body):
         return None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 import msgspec
 
@@ -73,10 +73,12 @@ class PixelRequest:
     wants_ua: bool = False
 
 
-def is_pixel_query(query_string: str) -> bool:
-    return "td_format=pixel" in query_string and ("td_format", "pixel") in query_params(
-        query_string
-    )
+def pixel_params(query_string: str) -> list[tuple[str, str]] | None:
+    """The URL's parameters if it asks for the pixel (``td_format=pixel``), else None."""
+    if "td_format=pixel" not in query_string:
+        return None
+    params = query_params(query_string)
+    return params if ("td_format", "pixel") in params else None
 
 
 def parse_params(params: Iterable[tuple[str, str]]) -> PixelRequest:
@@ -121,7 +123,20 @@ def pixel_record(req: PixelRequest, global_id: str | None, ip: str | None, ua: s
 
 
 def query_params(query_string: str) -> list[tuple[str, str]]:
-    return parse_qsl(query_string, keep_blank_values=True)
+    """``parse_qsl(…, keep_blank_values=True)``, unquoting only the parts that need it.
+
+    The pixel's hot path: most parameters are plain ASCII, and ``parse_qsl`` unquoting
+    every one of them was half the cost of a pixel request.
+    """
+    out: list[tuple[str, str]] = []
+    for part in query_string.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name, value = unquote_plus(name), unquote_plus(value)
+        out.append((name, value))
+    return out
 
 
 class Pixel:
