@@ -143,6 +143,7 @@ def test_500_when_a_store_is_down(make_server: Any, tmp_path: Path) -> None:
 
     # 1003: the batch segment store cannot be read.
     with renamed(data / "p13n" / "batch.sqlite", "facts"):
+        time.sleep(0.3)  # workers notice a changed batch store within 100 ms
         assert code(p.post({"email": "up@b"})) == (500, 1003)
     assert p.post({"email": "up@b"}).status_code == 200
 

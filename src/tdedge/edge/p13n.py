@@ -58,9 +58,9 @@ DOOR = "p13n"
 MEDIA_TYPE = "application/vnd.treasuredata.v1+json"
 # Requests of one loop iteration share a transaction, up to this many.
 MAX_GROUP = 256
+CACHE_MAX = 10_000
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?")
 _event_decoder = msgspec.json.Decoder()
-_record_encoder = msgspec.json.Encoder()
 
 DECISIONS = Counter("tdedge_p13n_decisions_total", "p13n requests answered 200", ["offers"])
 GROUP = Histogram(
@@ -161,7 +161,11 @@ class P13nDoor:
         self._limiter = Limiter(s.workers)
         self._proxies = TrustedProxies(s.trusted_proxies)
         self._networks: dict[bytes, list[tokens.Network]] = {}
-        self._timeout_ms = 0
+        self._configured = -1  # the view generation the limits were taken from
+        # Hashing a key or parsing a token costs more than a look-up: a few callers send
+        # the same ones all day. Bounded: cleared when full.
+        self._key_hashes: dict[str, bytes] = {}
+        self._parsed: dict[str, tokens.ParsedToken | None] = {}
 
     def route(self, path: str) -> str | None:
         parts = path.split("/")
@@ -216,10 +220,11 @@ class P13nDoor:
             )
             raise DoorError(429, code, message, [("retry-after", str(retry))])
         try:
-            record = _record_encoder.encode(event)
+            # The body is the record: it decoded as one JSON object, which is all the
+            # loader needs (re-encoding it would cost more than it normalises).
             try:
                 await self._s.append(
-                    Envelope(received_ms, DOOR, database, table, hash_key(key), record)
+                    Envelope(received_ms, DOOR, database, table, self._key_hash(key), body)
                 )
             except HTTPError as e:  # the journal refused: nothing was stored
                 raise DoorError(503, 1001, e.message, e.headers) from None
@@ -297,17 +302,26 @@ class P13nDoor:
         return nets
 
     def _configure(self, view: View) -> None:
+        if view.generation == self._configured:
+            return
+        self._configured = view.generation
         limits = view.limits
         self._limiter.configure(limits.events_per_second, limits.concurrency, time.monotonic())
-        if limits.store_timeout_ms != self._timeout_ms:
-            self._timeout_ms = limits.store_timeout_ms
-            self._store.set_timeout(limits.store_timeout_ms / 1000)
+        self._store.set_timeout(limits.store_timeout_ms / 1000)
+
+    def _key_hash(self, key: str) -> bytes:
+        digest = self._key_hashes.get(key)
+        if digest is None:
+            if len(self._key_hashes) >= CACHE_MAX:
+                self._key_hashes.clear()
+            digest = self._key_hashes[key] = hash_key(key)
+        return digest
 
     def _account(self, key: str | None, database: str, now: float) -> int:
         if key is None:
             raise DoorError(401, 401, "missing Authorization: TD1 <API key>")
         try:
-            info = self._directory.key(hash_key(key), now)
+            info = self._directory.key(self._key_hash(key), now)
             owner = None if info is None else self._directory.database_owner(database, now)
         except sa.exc.SQLAlchemyError as e:
             down = KeyStoreDown(str(e))
@@ -325,7 +339,12 @@ class P13nDoor:
     def _token(self, raw: str | None, now: float) -> TokenInfo:
         if not raw:
             raise _bad(3000)
-        parsed = tokens.parse(raw)
+        if raw in self._parsed:
+            parsed = self._parsed[raw]
+        else:
+            if len(self._parsed) >= CACHE_MAX:
+                self._parsed.clear()
+            parsed = self._parsed[raw] = tokens.parse(raw)
         if parsed is None:
             raise _bad(3003)
         try:

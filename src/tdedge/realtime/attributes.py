@@ -12,7 +12,8 @@ bucket — so it stays counted for at most one bucket longer than the window.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -26,6 +27,7 @@ MAX_VALUE_CHARS = 500
 DEFAULT_BUCKETS_PER_WINDOW = 60
 
 Scalar = str | int | float | bool
+Update = Callable[[Profile, Mapping[str, Any], int], None]
 _json = msgspec.json.Encoder()
 
 
@@ -68,6 +70,10 @@ class Attribute:
 
     def update(self, profile: Profile, event: Mapping[str, Any], now_ms: int) -> None:
         """Apply one event (already known to apply)."""
+
+    def updater(self) -> Update:
+        """``update`` as the request path calls it (kinds may specialise it)."""
+        return self.update
 
     def tidy(self, profile: Profile, now_ms: int) -> None:
         """Drop what has expired or overflows (after updates and merges)."""
@@ -238,49 +244,62 @@ class CounterAttribute(Attribute):
         self.bucket_ms = bucket_ms
         self.increment = increment
         self.increment_column = increment_column
+        self._update = self._build()
 
     def _amount(self, event: Mapping[str, Any]) -> float | None:
         if self.increment_column is None:
             return self.increment
-        raw = event.get(self.increment_column)
-        if isinstance(raw, bool):
-            return None
-        if isinstance(raw, int | float):
-            return float(raw)
-        if isinstance(raw, str):
-            try:
-                return float(raw)
-            except ValueError:
-                return None
-        return None
+        return _amount(event.get(self.increment_column))
 
     def update(self, profile: Profile, event: Mapping[str, Any], now_ms: int) -> None:
-        amount = self._amount(event)
-        if amount is None:
-            return
-        counter = profile.counters.get(self.name)
-        if counter is None:
-            counter = profile.counters[self.name] = Counter()
-        counter.at_ms = now_ms
-        if self.window_ms is None or self.bucket_ms is None:
-            counter.total += amount
-            return
-        start = now_ms - now_ms % self.bucket_ms
-        buckets = counter.buckets
-        if start in buckets:
-            buckets[start] += amount
-        else:
-            buckets[start] = amount
-            self.tidy(profile, now_ms)  # a new bucket: old ones may have left the window
+        self._update(profile, event, now_ms)
+
+    def updater(self) -> Update:
+        return self._update
+
+    def _build(self) -> Update:
+        """The update as one closure: counters are most of a profile's attributes, and
+        this runs for each of them on every event."""
+        name, window, bucket, column = (
+            self.name,
+            self.window_ms,
+            self.bucket_ms,
+            self.increment_column,
+        )
+        increment = self.increment
+        tidy = self.tidy
+
+        def update(profile: Profile, event: Mapping[str, Any], now_ms: int) -> None:
+            amount = increment if column is None else _amount(event.get(column))
+            if amount is None:
+                return
+            counter = profile.counters.get(name)
+            if counter is None:
+                counter = profile.counters[name] = Counter()
+            counter.at_ms = now_ms
+            if window is None or bucket is None:
+                counter.total += amount
+                return
+            start = now_ms - now_ms % bucket
+            buckets = counter.buckets
+            if start in buckets:
+                buckets[start] += amount
+            else:
+                buckets[start] = amount
+                tidy(profile, now_ms)  # a new bucket: old ones may have left the window
+
+        return update
 
     def tidy(self, profile: Profile, now_ms: int) -> None:
         counter = profile.counters.get(self.name)
         if counter is None or self.window_ms is None or self.bucket_ms is None:
             return
         oldest = now_ms - self.window_ms - self.bucket_ms  # a bucket ending before this is out
-        expired = [s for s in counter.buckets if s <= oldest]
-        for s in expired:
-            del counter.buckets[s]
+        buckets = counter.buckets
+        if not buckets or min(buckets) > oldest:
+            return
+        for s in [s for s in buckets if s <= oldest]:
+            del buckets[s]
 
     def value(self, profile: Profile, imported: Mapping[str, Any], now_ms: int) -> Any:
         counter = profile.counters.get(self.name)
@@ -302,6 +321,21 @@ class ImportedAttribute(Attribute):
 
     def value(self, profile: Profile, imported: Mapping[str, Any], now_ms: int) -> Any:
         return imported.get(self.name)
+
+
+def _amount(raw: Any) -> float | None:
+    """A counter increment from an event value: numbers, and texts that hold one."""
+    t = type(raw)
+    if t is int or t is float:
+        value = float(raw)
+    elif t is str:
+        try:
+            value = float(raw)
+        except ValueError:
+            return None
+    else:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -1,6 +1,10 @@
 """Batch facts: segment memberships and imported attribute values, by identity key.
 
-Loaded from SQL over the lake (``refresh.py``) and read by the edge on every request.
+Loaded from SQL over the lake (``refresh.py``) and read by the edge on every request,
+through a small in-process cache: ``PRAGMA data_version`` (checked at most every
+``CACHE_CHECK_MS``) tells when another process committed, and the cache is dropped. A
+refresh is therefore seen within that time.
+
 A separate SQLite file from the profiles: a refresh replaces a whole segment in one
 transaction (readers keep seeing the old one until it commits, WAL), and its write lock
 never holds up the profile writers.
@@ -43,6 +47,8 @@ _SCHEMA = (
         PRIMARY KEY (service, kind, name)
     )""",
 )
+CACHE_CHECK_MS = 100
+CACHE_MAX = 100_000
 _json = msgspec.json.Encoder()
 _decode = msgspec.json.Decoder().decode
 
@@ -70,9 +76,32 @@ class BatchStore:
                 self._conn.execute(statement)
         except sqlite3.Error as e:
             raise BatchStoreDown(f"cannot open the batch store {path}: {e}") from e
+        self._cache: dict[tuple[str, tuple[str, ...]], Facts] = {}
+        self._version = -1
+        self._checked_ms = -CACHE_CHECK_MS
 
     def close(self) -> None:
         self._conn.close()
+
+    def cached_facts(self, service: str, keys: Sequence[str], now_ms: int) -> Facts:
+        """``facts``, from the cache unless the store changed (seen within 100 ms)."""
+        if now_ms - self._checked_ms >= CACHE_CHECK_MS:
+            self._checked_ms = now_ms
+            try:
+                (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+            except sqlite3.Error as e:
+                raise BatchStoreDown(f"batch store unavailable: {e}") from e
+            if version != self._version:
+                self._version = version
+                self._cache.clear()
+        key = (service, tuple(keys))
+        found = self._cache.get(key)
+        if found is None:
+            found = self.facts(service, keys)
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
 
     def facts(self, service: str, keys: Sequence[str]) -> Facts:
         """Segments and imported values of a profile with these keys."""

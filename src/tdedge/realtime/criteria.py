@@ -227,6 +227,28 @@ def _leaf_test(
             return check(v, expected, ctx.now_ms) != negate
 
         return numeric
+    if op == "Between" and all(
+        isinstance(b, int | float) and not isinstance(b, bool) for b in expected
+    ):
+        low, high = expected
+
+        def between(ctx: Context) -> bool:
+            v = (ctx.event if on_event else ctx.values).get(name)
+            t = type(v)
+            if t is int or t is float:
+                return bool(low <= v <= high) != negate
+            return check(v, expected, ctx.now_ms) != negate
+
+        return between
+    if op == "Contain" and isinstance(expected, str):
+
+        def contain(ctx: Context) -> bool:
+            v = (ctx.event if on_event else ctx.values).get(name)
+            if type(v) is list and expected in v:
+                return not negate
+            return check(v, expected, ctx.now_ms) != negate
+
+        return contain
     if op == "Equal" and isinstance(expected, str):
 
         def text(ctx: Context) -> bool:

@@ -57,7 +57,7 @@ class Engine:
                 out.append(result)
                 continue
             try:
-                facts = self.facts(request.service, result.profile)
+                facts = self.facts(request.service, result.profile, now_ms)
             except Exception as e:  # BatchStoreDown: this request's answer only
                 out.append(e)
                 continue
@@ -73,10 +73,13 @@ class Engine:
             out.append(offers.answer(found) if found else offers.EMPTY)
         return out
 
-    def facts(self, service: Service, profile: Profile) -> Facts:
+    def facts(self, service: Service, profile: Profile, now_ms: int | None = None) -> Facts:
+        """Batch facts of a profile; cached when ``now_ms`` is given (the request path)."""
         if not service.needs_facts:
             return NO_FACTS
-        return self.batch.facts(service.name, profile.keys)
+        if now_ms is None:
+            return self.batch.facts(service.name, profile.keys)
+        return self.batch.cached_facts(service.name, profile.keys, now_ms)
 
     def explain(
         self,

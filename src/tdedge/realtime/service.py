@@ -92,6 +92,11 @@ class Service:
         self.sources = sources
         self.allowed_origins = allowed_origins
         self._updating = [a for a in attributes if not isinstance(a, ImportedAttribute)]
+        # What apply() walks per event, with the look-ups done once here.
+        self._plan = [
+            (a.tables, None if a.filter is None else a.filter.test, a.updater())
+            for a in self._updating
+        ]
         # Attribute references the sections read; only these are computed per request.
         refs: set[str] = set()
         for section in sections:
@@ -110,9 +115,9 @@ class Service:
         profile.events += 1
         profile.updated_ms = now_ms
         ctx = Context(event, _NO_VALUES, (), now_ms)
-        for attribute in self._updating:
-            if attribute.applies(table, ctx):
-                attribute.update(profile, event, now_ms)
+        for tables, test, update in self._plan:
+            if (tables is None or table in tables) and (test is None or test(ctx)):
+                update(profile, event, now_ms)
 
     def tidy(self, profile: Profile, now_ms: int) -> None:
         """Expire and trim every attribute's state (after a merge, or before showing)."""

@@ -34,6 +34,7 @@ class View:
         self._max_stale = max_stale_s
         self._loaded_at = float("-inf")
         self._generation = -1
+        self.generation = -1  # of the registry, as last loaded
         self._checked_at = float("-inf")
         self.version = 0
         self.services: dict[str, Service] = {}
@@ -78,7 +79,7 @@ class View:
         self.services = compiled
         self._tokens = tokens
         self._misses.clear()
-        self._generation = generation
+        self._generation = self.generation = generation
 
     def token(self, digest: bytes, now: float) -> TokenInfo | None:
         info = self._tokens.get(digest)
