@@ -57,7 +57,7 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a
     ],
 )
 def test_records_key_authorization_wins(headers: dict[str, str], key: str | None) -> None:
-    assert records_key(headers) == key  # type: ignore[arg-type]
+    assert records_key(headers) == key
 
 
 def test_url_key_is_seen_even_empty() -> None:

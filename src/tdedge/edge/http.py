@@ -6,6 +6,7 @@ bare handler reaches, and the doors need only a handful of routes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import msgspec
@@ -23,7 +24,7 @@ _json_encoder = msgspec.json.Encoder()
 class Headers(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
     # Every (name, value), repeats included: cookies and X-Forwarded-For may come split.
-    def items(self) -> list[tuple[str, str]]: ...
+    def items(self) -> Iterable[tuple[str, str]]: ...
 
 
 class Scope(Protocol):
