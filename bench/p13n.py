@@ -8,8 +8,9 @@ with wrk (a Lua script posts a JSON event for one of ``--ids`` people, so profil
 updated, stitched and evaluated for real; every 200 means the event was fsynced to the
 journal and the profile committed):
 
-- fixed rate: ``--connections`` keep-alive connections, each waiting ``delay`` ms
-  after every answer (wrk's ``delay()``), tuned for ``--rate`` requests/s; wrk's p50/p99.
+- fixed rate: an open-loop client in this process (as wrk2 does) sends ``--rate``
+  requests/s over 32 keep-alive connections; each latency counts from when its request
+  was due, so queueing behind a slow answer is counted too.
 - maximum: wrk ``-t2 -c64`` as fast as the server answers.
 - engine: the engine alone in this process (no HTTP, no journal): groups of
   ``--group`` requests through ``Engine.decide`` on a fresh profile store.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -124,6 +124,28 @@ end
 %(delay)s
 """
 
+# The same events to the legacy Postback door: the journal and HTTP without the engine.
+POSTBACK_LUA = """
+local n = 0
+local ids = %(ids)d
+local headers = {["Content-Type"] = "application/json", ["X-TD-Write-Key"] = "%(key)s"}
+function setup(thread)
+  n = n + 1
+  thread:set("seed", n)
+end
+function init(args)
+  math.randomseed(os.time() * 1000 + (seed or 0))
+end
+request = function()
+  local id = math.random(1, ids)
+  local body = string.format(
+    '{"td_client_id":"c%%d","td_path":"/checkout/%%d","product_category":"cat%%d",' ..
+    '"product_name":"p%%d","amount":%%d,"td_url":"https://example.com/x"}',
+    id, id %% 7, id %% 11, id %% 13, id %% 100)
+  return wrk.format("POST", "/postback/v3/event/bench_db/pageviews", headers, body)
+end
+"""
+
 
 class Server:
     def __init__(self, data_dir: Path, workers: int, logfile: Path) -> None:
@@ -207,6 +229,27 @@ def post(port: int, key: str, token: str, body: dict[str, Any]) -> tuple[int, by
         return e.code, e.read()
 
 
+def group_cpu_s(pgid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the processes of a process group, by
+    role: "loader" (the loader and its refresher), "jobs", "edge" (everything else)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {"edge": 0.0, "loader": 0.0, "jobs": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # After the command: state ppid pgrp ... utime (11) stime (12), 0-based from state.
+        if int(fields[2]) != pgid:
+            continue
+        role = "loader" if b"loader" in argv else "jobs" if b"jobs" in argv else "edge"
+        out[role] += (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def _ms(text: str) -> float:
     m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
     if not m:
@@ -239,6 +282,84 @@ def wrk(url: str, script: Path, duration: int, threads: int, conns: int) -> dict
     m = re.search(r"Socket errors: (.*)", out)
     res["socket_errors"] = m.group(1) if m else ""
     return res
+
+
+def paced(
+    port: int, key: str, token: str, rate: int, duration: int, conns: int, ids: int
+) -> dict[str, Any]:
+    """An open-loop load at ``rate`` requests/s (as wrk2 does): request i is due at
+    ``t0 + i / rate`` and its latency counts from then, so a server that falls behind
+    is charged for the requests it kept waiting (no coordinated omission)."""
+    import asyncio
+    import random
+
+    rnd = random.Random(7)
+    head = (
+        "POST /bench_db/pageviews HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: {MEDIA}\r\nAuthorization: TD1 {key}\r\nWP13n-Token: {token}\r\n"
+    ).encode()
+    requests = []
+    for _ in range(4096):
+        i = rnd.randint(1, ids)
+        body = json.dumps(
+            {
+                "td_client_id": f"c{i}",
+                "td_path": f"/checkout/{i % 7}",
+                "product_category": f"cat{i % 11}",
+                "product_name": f"p{i % 13}",
+                "amount": i % 100,
+                "td_url": "https://example.com/x",
+            }
+        ).encode()
+        requests.append(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    total = rate * duration
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+
+    async def connection(k: int, start: float) -> None:
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(k, total, conns):
+            due = start + i / rate
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            writer.write(requests[i % len(requests)])
+            status = int((await reader.readline()).split()[1])
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            latencies.append(loop.time() - due)
+            statuses[status] = statuses.get(status, 0) + 1
+        writer.close()
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.2
+        await asyncio.gather(*(connection(k, start) for k in range(conns)))
+        return loop.time() - start
+
+    elapsed = asyncio.run(run())
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2)
+
+    return {
+        "command": f"open loop, {conns} keep-alive connections, {rate} req/s for {duration} s",
+        "target_rps": rate,
+        "rps": len(latencies) / elapsed,
+        "requests": len(latencies),
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": round(latencies[-1] * 1000, 2),
+        "non2xx": sum(n for code, n in statuses.items() if not 200 <= code < 300),
+        "socket_errors": "",
+    }
 
 
 def engine_only(config: str, seconds: float, group: int, ids: int, tmp: Path) -> dict[str, Any]:
@@ -295,7 +416,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--attributes", type=int, default=20)
     ap.add_argument("--sections", type=int, default=10)
     ap.add_argument("--group", type=int, default=32, help="engine-only group size")
-    ap.add_argument("--skip", default="", help="comma-separated: fixed,max,engine")
+    ap.add_argument("--skip", default="", help="comma-separated: fixed,max,engine,baseline")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -363,16 +484,36 @@ def run_server(
         fast.write_text(LUA % {**common, "delay": ""})
         wrk(url, fast, 2, 2, 32)  # warm-up: profiles exist, caches are hot
         if "fixed" not in skip:
-            delay_ms = 10
-            conns = math.ceil(args.rate * (delay_ms + 1.0) / 1000)
-            paced = tmp / "paced.lua"
-            paced.write_text(LUA % {**common, "delay": f"function delay() return {delay_ms} end"})
-            run["fixed"] = wrk(url, paced, args.duration, 2, conns)
-            run["fixed"]["target_rps"] = args.rate
+            run["fixed"] = paced(
+                server.p13n_port, server.master_key, token, args.rate, args.duration, 32, args.ids
+            )
             log(f"w{workers} fixed: {run['fixed']}")
         if "max" not in skip:
+            assert server.proc is not None
+            before = group_cpu_s(server.proc.pid)
             run["max"] = wrk(url, fast, args.duration, 2, 64)
+            after = group_cpu_s(server.proc.pid)
+            n = run["max"]["requests"]
+            if n:
+                # Less load-dependent than rates: what one decision costs, per role (the
+                # loader's share is storing the event in its table, after the answer).
+                run["max"]["cpu_us_per_request"] = {
+                    role: (after[role] - before[role]) / n * 1e6 for role in after
+                }
             log(f"w{workers} max: {run['max']}")
+        if "baseline" not in skip:
+            pb = tmp / "postback.lua"
+            pb.write_text(POSTBACK_LUA % {"ids": args.ids, "key": server.master_key})
+            assert server.proc is not None
+            before = group_cpu_s(server.proc.pid)
+            run["postback"] = wrk(f"http://127.0.0.1:{server.port}", pb, args.duration, 2, 64)
+            after = group_cpu_s(server.proc.pid)
+            n = run["postback"]["requests"]
+            if n:
+                run["postback"]["cpu_us_per_request"] = {
+                    role: (after[role] - before[role]) / n * 1e6 for role in after
+                }
+            log(f"w{workers} postback baseline: {run['postback']}")
     finally:
         server.stop()
     return run
@@ -410,9 +551,23 @@ def summary(report: dict[str, Any]) -> str:
         mx = run.get("max")
         if mx:
             ok = "PASS" if mx["rps"] >= 8000 else "MISS"
+            cpu = mx.get("cpu_us_per_request", {})
             lines.append(
                 f"workers={w} maximum: {mx['rps']:,.0f} decisions/s, p50 {mx['p50_ms']} ms, "
                 f"p99 {mx['p99_ms']} ms, non-2xx {mx['non2xx']}  [{ok} ≥ 8,000]"
+            )
+            if cpu:
+                lines.append(
+                    f"  CPU per decision: edge {cpu['edge']:.0f} µs, loader "
+                    f"{cpu['loader']:.0f} µs (storing the event), job runner {cpu['jobs']:.0f} µs"
+                )
+        pb = run.get("postback")
+        if pb:
+            cpu = pb.get("cpu_us_per_request", {})
+            lines.append(
+                f"workers={w} baseline, same events to the legacy Postback door (no engine): "
+                f"{pb['rps']:,.0f} req/s, p99 {pb['p99_ms']} ms"
+                + (f", edge CPU {cpu['edge']:.0f} µs/request" if cpu else "")
             )
     return "\n".join(lines)
 
