@@ -344,12 +344,10 @@ def explain_command(
 
 def _print_trace(trace: Any, depth: int) -> None:
     mark = "PASS" if trace.passed else "FAIL"
-    actual = (
-        ""
-        if trace.actual is None
-        else f"  (actual: {msgspec.json.encode(trace.actual, enc_hook=str).decode()})"
-    )
-    click.echo(f"{'  ' * depth}{mark} {trace.what}{actual}")
+    # Conditions show the value they saw (null included); groups show their parts.
+    leaf = not trace.children and not trace.what.startswith("section ")
+    seen = msgspec.json.encode(trace.actual, enc_hook=str).decode()
+    click.echo(f"{'  ' * depth}{mark} {trace.what}" + (f"  (actual: {seen})" if leaf else ""))
     for child in trace.children:
         _print_trace(child, depth + 1)
 
