@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,8 +60,6 @@ def _wait_open(endpoint: str) -> None:
                 return
         except httpx.TransportError:
             pass
-        import time
-
         time.sleep(0.1)
     raise AssertionError("api port closed")
 
@@ -215,8 +215,6 @@ SLOW = (
 def test_kill_a_running_job(api: tuple[Server, str]) -> None:
     srv, endpoint = api
     job = issue(endpoint, srv.master_key, SLOW)
-    import time
-
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         state = httpx.get(f"{endpoint}/v3/job/status/{job}", headers=td1(srv.master_key)).json()
@@ -248,8 +246,6 @@ def test_write_key_imports_and_rows_go_through_the_journal(api: tuple[Server, st
     assert r.status_code == 200
     answer: dict[str, Any] = r.json()
     assert answer["unique_id"] == "abc123" and isinstance(answer["elapsed_time"], float)
-    import hashlib
-
     assert answer["md5_hex"] == hashlib.md5(body).hexdigest()
     rows = srv.wait_for("SELECT via, time FROM imported", lambda x: len(x) == 1, database="test_db")
     assert rows == [{"via": "import", "time": DAY}]
