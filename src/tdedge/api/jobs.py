@@ -42,6 +42,11 @@ def issue(api: Api, req: Request) -> Response:
     query = req.params.get("query", "")
     if not query.strip():
         raise ApiError(400, "missing_query", "the 'query' field is required")
+    if req.params.get("result"):
+        # Silently dropping an export the caller asked for would look like success.
+        raise ApiError(
+            400, "unsupported_result_export", "result exports (result_url) do not exist here"
+        )
     job = api.jobs.create(
         account_id=req.caller.account_id,
         key_id=req.caller.key_id,
