@@ -7,8 +7,8 @@ import pytest
 
 from tdedge.control.keys import claimed_account, hash_key, key_id, new_key
 from tdedge.edge.auth import legacy_key
-from tdedge.edge.http import HTTPError
 from tdedge.edge.body import record_from_body
+from tdedge.edge.http import HTTPError
 
 
 def test_json_object_is_normalised() -> None:
