@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 import pytest
@@ -36,7 +37,7 @@ from tdedge.edge.ingest import (
     uuids,
 )
 from tdedge.edge.peers import TrustedProxies, peer_host
-from tdedge.edge.pixel import GIF, parse_params, pixel_record
+from tdedge.edge.pixel import GIF, parse_params, pixel_record, query_params
 from tdedge.edge.records import ingest_route, records_key, url_key
 from tdedge.edge.redirect import RedirectPolicy, substitute
 
@@ -391,3 +392,20 @@ def test_pixel_special_names_with_other_values_are_plain_columns() -> None:
     assert not (req.wants_ip or req.wants_ua or req.wants_global_id)
     record = msgspec.json.decode(pixel_record(req, None, "1.2.3.4", "UA"))
     assert record == {"td_ip": "9.9.9.9", "td_ua": "mine", "td_global_id": "gid"}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "a=1&b=2",
+        "a=1&&b=",
+        "a&b=c=d",
+        "k=%E2%9C%93&sp=a+b&pct=100%25",
+        "td_write_key=1%2Fabc&x=%zz",
+        "bad=%ff%fe",
+        "=v&k=",
+        "",
+    ],
+)
+def test_query_params_match_parse_qsl(query: str) -> None:
+    assert query_params(query) == parse_qsl(query, keep_blank_values=True)
