@@ -256,6 +256,50 @@ def tdedge(children: Children, tmp: Path, workers: int, loader: bool) -> Iterato
         children.stop(proc)
 
 
+BARE_APP = """\
+from tdedge.edge.pixel import GIF, GIF_HEADERS
+
+
+class App:
+    async def __rsgi__(self, scope, proto):
+        proto.response_bytes(200, GIF_HEADERS, GIF)
+
+
+app = App()
+"""
+
+
+@contextlib.contextmanager
+def bare_granian(children: Children, tmp: Path) -> Iterator[int]:
+    """granian answering the GIF with no logic and no journal: Python's ceiling here."""
+    (tmp / "bare_pixel.py").write_text(BARE_APP)
+    port = free_port()
+    argv = [
+        str(VENV / "bin" / "granian"),
+        "--interface",
+        "rsgi",
+        "--loop",
+        "uvloop",
+        "--workers",
+        "1",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--working-dir",
+        str(tmp),
+        "--log-level",
+        "warning",
+        "bare_pixel:app",
+    ]
+    proc = children.start("bare-granian", argv)
+    try:
+        wait_http(f"http://{HOST}:{port}/", proc, "bare granian")
+        yield port
+    finally:
+        children.stop(proc)
+
+
 def pixel_path(key: str) -> str:
     query = urllib.parse.urlencode(
         {
@@ -365,6 +409,11 @@ def main() -> int:
         help="run the loader beside the edge (default: --no-loader, the edge alone)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
+    p.add_argument(
+        "--bare",
+        action="store_true",
+        help="also measure a bare granian app answering the GIF (no logic, no journal)",
+    )
     args = p.parse_args()
     parts = {x.strip() for x in args.parts.split(",")}
     for tool in ("wrk", "nginx"):
@@ -394,6 +443,18 @@ def main() -> int:
                     64,
                     tmp,
                 )
+            bare = None
+            if args.bare:
+                with bare_granian(children, tmp) as bport:
+                    bare = run_wrk(
+                        "bare-granian",
+                        f"http://{HOST}:{bport}{pixel_path('k')}",
+                        pixel_script(),
+                        args.duration,
+                        2,
+                        64,
+                        tmp,
+                    )
             with tdedge(children, tmp, args.workers, args.loader) as srv:
                 path = pixel_path(srv.write_key)
                 check_pixel(srv.port, path)
@@ -407,7 +468,12 @@ def main() -> int:
                     tmp,
                 )
             ratio = td.rps / ng.rps
-            report["pixel"] = {"nginx": asdict(ng), "tdedge": asdict(td), "ratio": ratio}
+            report["pixel"] = {
+                "nginx": asdict(ng),
+                "bare_granian": asdict(bare) if bare else None,
+                "tdedge": asdict(td),
+                "ratio": ratio,
+            }
         if "ingest" in parts:
             body = ingest_body()
             with tdedge(children, tmp, args.workers, args.loader) as srv:
@@ -462,6 +528,13 @@ def summary(report: dict[str, Any], out: Path) -> None:
             f"(p99 {px['tdedge']['p99_ms']:.1f} ms, non-2xx {px['tdedge']['non2xx']}) = "
             f"{px['ratio']:.0%} of nginx [{verdict} ≥ {TARGET_PIXEL_RATIO:.0%}]"
         )
+        if px["bare_granian"]:
+            bare = px["bare_granian"]["rps"]
+            lines.append(
+                f"pixel: bare granian (GIF, no logic, no journal) {bare:,.0f} rps = "
+                f"{bare / px['nginx']['rps']:.0%} of nginx; "
+                f"tdedge = {px['tdedge']['rps'] / bare:.0%} of bare granian"
+            )
     if "ingest" in report:
         ing = report["ingest"]
         verdict = "PASS" if ing["events_per_s"] >= TARGET_INGEST_EVENTS_S else "MISS"
