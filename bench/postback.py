@@ -7,8 +7,11 @@ Parts, in order (``--parts`` picks some):
 
 - ``http``: wrk (-t2 -c64 --latency, keep-alive) POSTs the same small JSON body with the
   same Lua script first to nginx answering ``return 200 '{}'``, then to ``tdedge serve``
-  (once per ``--workers`` value). The ratio tdedge/nginx is the figure to read: both
-  share the 2 cores with wrk, so absolute numbers move 20-40 % between runs.
+  (once per ``--workers`` value), then to nginx again. The ratio tdedge/nginx is the
+  figure to read: both share the 2 cores with wrk, so absolute numbers move 20-40 %
+  between runs. ``--rounds N`` alternates nginx and tdedge N times instead and reports
+  the median of the paired ratios. The CPU that other processes used meanwhile is
+  measured and printed: a busy machine makes every figure low.
 - ``drain``: right after each tdedge wrk run, the time until the loader has written
   every record the journal accepted (``tdedge_rows_written_total`` from /metrics, then
   confirmed with ``SELECT count(*)``).
@@ -51,6 +54,7 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
@@ -1694,6 +1698,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 130
     except (BenchError, subprocess.SubprocessError, OSError) as e:
         report.errors.append(f"{type(e).__name__}: {e}")
+        status = 1
+    except Exception as e:  # a tdedge API the bench uses changed, say: keep what was measured
+        traceback.print_exc()
+        report.errors.append(f"{type(e).__name__}: {e} (traceback above)")
         status = 1
     finally:
         children.stop_all()
