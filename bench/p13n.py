@@ -229,6 +229,31 @@ def post(port: int, key: str, token: str, body: dict[str, Any]) -> tuple[int, by
         return e.code, e.read()
 
 
+def machine_busy(seconds: float = 2.0) -> float:
+    """The fraction of all cores busy over ``seconds`` (from /proc/stat)."""
+
+    def ticks() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+        idle = fields[3] + fields[4]
+        return sum(fields) - idle, sum(fields)
+
+    busy0, total0 = ticks()
+    time.sleep(seconds)
+    busy1, total1 = ticks()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def wait_quiet(limit_s: float, below: float = 0.25) -> float:
+    """Wait (at most ``limit_s``) until other work leaves the cores mostly idle: the
+    figures of a 2-core machine shared with other benches mean little otherwise."""
+    deadline = time.monotonic() + limit_s
+    busy = machine_busy()
+    while busy > below and time.monotonic() < deadline:
+        log(f"machine {busy:.0%} busy; waiting for it to quieten")
+        busy = machine_busy(5.0)
+    return busy
+
+
 def group_cpu_s(pgid: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by the processes of a process group, by
     role: "loader" (the loader and its refresher), "jobs", "edge" (everything else)."""
@@ -418,6 +443,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--group", type=int, default=32, help="engine-only group size")
     ap.add_argument("--skip", default="", help="comma-separated: fixed,max,engine,baseline")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for the machine to be under 25%% busy",
+    )
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     if shutil.which("wrk") is None and not {"fixed", "max"} <= skip:
@@ -433,6 +465,10 @@ def main(argv: list[str]) -> int:
         "sections": args.sections,
         "runs": [],
     }
+    if args.wait_quiet > 0:
+        report["busy_before"] = wait_quiet(args.wait_quiet)
+    else:
+        report["busy_before"] = machine_busy()
     try:
         (tmp / "p13n.yaml").write_text(config)
         if "engine" not in skip:
@@ -525,6 +561,7 @@ def summary(report: dict[str, Any]) -> str:
         f"== p13n bench ({report['attributes']} attributes, {report['sections']} sections, "
         f"{report['cores']} cores, wrk on the same cores) ==",
         f"command: {report['command']}",
+        f"machine busy before the run (other work): {report['busy_before']:.0%}",
     ]
     eng = report.get("engine")
     if eng:

@@ -14,7 +14,7 @@ for the journal, which DESIGN.md promises), and the HTTP status as the code for 
 on the caller's account. Requests refused with a 4xx are kept, as on every door, so
 they show in the import errors (reason ``p13n_<code>``).
 
-Profile updates of the requests that arrive in one event-loop iteration run in one
+Profile updates run in one engine thread per worker, a group of queued requests per
 store transaction (``Batcher``): one lock and one commit for the group.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,7 +57,7 @@ log = logging.getLogger("tdedge.p13n")
 
 DOOR = "p13n"
 MEDIA_TYPE = "application/vnd.treasuredata.v1+json"
-# Requests of one loop iteration share a transaction, up to this many.
+# Queued requests share a store transaction, up to this many.
 MAX_GROUP = 256
 CACHE_MAX = 10_000
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?")
@@ -101,34 +102,47 @@ def _bad(code: int, detail: str = "") -> DoorError:
     return DoorError(400, code, f"{MESSAGES[code]} {detail}".strip())
 
 
+_Waiter = tuple[Request, asyncio.AbstractEventLoop, "asyncio.Future[bytes]"]
+
+
 class Batcher:
-    """Collects the requests of one event-loop iteration into one engine call."""
+    """Runs the engine in one thread per worker, a group of requests at a time.
+
+    Requests queue while the thread works on the previous group, so groups grow with
+    the load (one store transaction, one lock, one commit each), and the event loop is
+    never blocked by the store — not even by a lock held elsewhere until it times out.
+    The queue is bounded by the door's concurrency limit (``limits.concurrency``).
+    """
 
     def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
         self._engine = engine
         self._clock = clock
-        self._pending: list[tuple[Request, asyncio.Future[bytes]]] = []
-        self._scheduled = False
+        self._queue: list[_Waiter] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="p13n-engine", daemon=True)
+        self._thread.start()
 
     def submit(self, request: Request) -> asyncio.Future[bytes]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
-        self._pending.append((request, fut))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+        with self._cond:
+            self._queue.append((request, loop, fut))
+            self._cond.notify()
         return fut
 
-    def _flush(self) -> None:
-        group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
-        if self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
-        else:
-            self._scheduled = False
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+            self._decide(group)
+
+    def _decide(self, group: list[_Waiter]) -> None:
         started = time.perf_counter()
         results: list[bytes | Exception]
         try:
-            results = self._engine.decide([r for r, _ in group], int(self._clock() * 1000))
+            results = self._engine.decide([r for r, _, _ in group], int(self._clock() * 1000))
         except StoreUnavailable as e:
             results = [e] * len(group)
         except Exception as e:
@@ -136,13 +150,22 @@ class Batcher:
             results = [e] * len(group)
         STORE_SECONDS.observe(time.perf_counter() - started)
         GROUP.observe(len(group))
-        for (_, fut), result in zip(group, results, strict=True):
-            if fut.done():  # the client went away
-                continue
-            if isinstance(result, Exception):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
+        # One hop into each event loop per group, not one per request.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bytes], Any]]] = {}
+        for (_, loop, fut), result in zip(group, results, strict=True):
+            by_loop.setdefault(loop, []).append((fut, result))
+        for loop, settled in by_loop.items():
+            loop.call_soon_threadsafe(_settle, settled)
+
+
+def _settle(settled: list[tuple[asyncio.Future[bytes], bytes | Exception]]) -> None:
+    for fut, result in settled:
+        if fut.done():  # the client went away
+            continue
+        if isinstance(result, Exception):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 class P13nDoor:
