@@ -214,3 +214,39 @@ def test_no_lost_increments_across_processes(tmp_path: Path) -> None:
         assert len(found) == 1
     finally:
         store.close()
+
+
+def test_creation_and_merge_inside_one_group(make_store: Factory) -> None:
+    """Two people first seen in one group, then found to be one: the older id survives,
+    nothing of the younger is left behind, and the log has the merge."""
+    store = make_store()
+    groups = [["a=1"], ["e=2"], ["a=1", "e=2"], ["e=2"]]
+    results = store.run([touch(k) for k in groups], [(SERVICE, k) for k in groups])
+    first, second, merged, after = (r for r in results if isinstance(r, Resolution))
+    assert first.created and second.created and first.profile.id < second.profile.id
+    assert merged.profile.id == first.profile.id and merged.merged == [second.profile.id]
+    assert after.profile.id == first.profile.id and count(after.profile) == 4
+    assert [p.id for p in store.find(SERVICE, ["a=1", "e=2"])] == [first.profile.id]
+    (log,) = store.merges(SERVICE)
+    assert (log.survivor, log.merged, log.keys) == (first.profile.id, second.profile.id, ["e=2"])
+
+
+def test_chained_merges_in_one_group_end_in_the_oldest(make_store: Factory) -> None:
+    store = make_store()
+    ids = [one(store, [k]).profile.id for k in ("a=1", "b=2", "c=3")]
+    groups = [["b=2", "c=3"], ["a=1", "c=3"], ["c=3"]]
+    results = store.run([touch(k) for k in groups], [(SERVICE, k) for k in groups])
+    last = results[-1]
+    assert isinstance(last, Resolution) and last.profile.id == ids[0]
+    assert count(last.profile) == 6
+    assert [p.id for p in store.find(SERVICE, ["a=1", "b=2", "c=3"])] == [ids[0]]
+    assert sorted(m.merged for m in store.merges(SERVICE)) == ids[1:]
+
+
+def test_ids_only_grow(make_store: Factory) -> None:
+    store = make_store()
+    a = one(store, ["a=1"]).profile.id
+    b = one(store, ["b=1"]).profile.id
+    one(store, ["a=1", "b=1"])  # b is merged away: its id is never handed out again
+    c = one(store, ["c=1"]).profile.id
+    assert a < b < c

@@ -50,7 +50,7 @@ class Engine:
     def decide(self, requests: Sequence[Request], now_ms: int) -> list[bytes | Exception]:
         """The answer body of each request (or its error); ProfileStoreDown for all."""
         works = [partial(_update, r, now_ms) for r in requests]
-        results = self.store.run(works)
+        results = self.store.run(works, [(r.service.name, r.keys) for r in requests])
         out: list[bytes | Exception] = []
         for request, result in zip(requests, results, strict=True):
             if isinstance(result, Exception):

@@ -1,7 +1,7 @@
 """A real-time profile: its identity keys and the state of its attributes.
 
-One profile is one msgspec-encoded blob in the profile store, decoded and re-encoded
-once per request. State is kept per attribute type, so a configuration that changes an
+One profile is one msgspec-encoded JSON document in the profile store, decoded and
+re-encoded once per request. State is kept per attribute type, so a configuration that changes an
 attribute's type simply stops reading the old state. Merging two profiles (identity
 stitching found they are one person) is pure and lives here.
 """
@@ -43,16 +43,11 @@ class Profile(msgspec.Struct, array_like=True):
     counters: dict[str, Counter] = {}
 
 
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Profile)
+_json_encoder = msgspec.json.Encoder()
 
 
-def encode(profile: Profile) -> bytes:
-    return _encoder.encode(profile)
-
-
-def decode(blob: bytes) -> Profile:
-    return _decoder.decode(blob)
+def encode_json(profile: Profile) -> str:
+    return _json_encoder.encode(profile).decode()
 
 
 def key_of(column: str, value: str) -> str:

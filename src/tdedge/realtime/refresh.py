@@ -12,6 +12,7 @@ in the loader process (``Refresher``), and on demand with ``tdedge p13n refresh`
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -189,13 +190,17 @@ class Refresher:
             while not self._stop.wait(POLL_S):
                 try:
                     refresh_all(self._settings, registry, store, int(time.time() * 1000), True)
-                    # The edge never waits for a checkpoint; this thread keeps the WAL short.
-                    profiles.checkpoint()
                 except (TdedgeError, OSError) as e:
                     log.error("p13n refresher round failed", extra={"error": str(e)})
                 except Exception:
                     # A bug here must not stop the loader that hosts this thread.
                     log.exception("p13n refresher round failed unexpectedly")
+                try:
+                    # The edge never waits for a checkpoint's fsync; this thread keeps
+                    # the profile store's WAL short instead.
+                    profiles.checkpoint()
+                except sqlite3.Error as e:
+                    log.error("p13n profile store checkpoint failed", extra={"error": str(e)})
         finally:
             profiles.close()
             store.close()

@@ -6,14 +6,22 @@ serialised with every other writer. Before that, writers queue on an ``flock`` o
 lock file: SQLite's own busy handler sleeps 1, 2, 5, 10… ms between attempts, while a
 blocked flock wakes the moment the holder lets go — the difference is the p99.
 
+A group costs a handful of statements, not a few per profile: the profiles of every
+key of the group are read in one statement (one row of JSON, decoded by msgspec
+straight into Profile structs), the works run in memory, and the changes are written
+back in one multi-row statement per table. Each SQLite step releases the GIL, and with
+the event loop and the journal's thread waiting for it, every release is a hand-off
+(the journal module says the same of its inserts).
+
 Durability: ``synchronous=NORMAL`` — a commit is not fsynced. The event that caused
 an update is already fsynced in the journal before the profile is touched (the door
 appends first), so a power loss can lose the last profile updates but never an event;
 a process crash (kill -9) loses nothing, because the WAL is in the OS's hands. Profiles
 are a derived view of the stored events, like a cache that can be rebuilt.
 
-Layout: ``profiles`` (one msgpack blob per profile), ``profile_keys`` (service, key →
-profile id, the identity index), ``merges`` (the merge log).
+Layout: ``profiles`` (one JSON Profile per row), ``profile_keys`` (service, key →
+profile id, the identity index), ``profile_ids`` (the id sequence: ids only grow, so
+the older of two profiles has the lower id), ``merges`` (the merge log).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import msgspec
 
@@ -38,9 +46,9 @@ T = TypeVar("T")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS profiles (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: merge log ids stay unique
+        id INTEGER PRIMARY KEY,
         service TEXT NOT NULL,
-        state BLOB NOT NULL                    -- msgpack Profile
+        state TEXT NOT NULL                    -- Profile as JSON
     )""",
     """CREATE TABLE IF NOT EXISTS profile_keys (
         service TEXT NOT NULL,
@@ -49,6 +57,11 @@ _SCHEMA = (
         PRIMARY KEY (service, key)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS profile_keys_by_profile ON profile_keys (profile_id)",
+    """CREATE TABLE IF NOT EXISTS profile_ids (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        next INTEGER NOT NULL                  -- the next id to hand out
+    )""",
+    "INSERT OR IGNORE INTO profile_ids VALUES (1, 1)",
     """CREATE TABLE IF NOT EXISTS merges (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         time_ms INTEGER NOT NULL,
@@ -59,72 +72,152 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS merges_by_survivor ON merges (survivor)",
 )
+# One statement reads the keys' profile ids and their profiles, as one row of JSON.
+_READ = (
+    "WITH found AS (SELECT key, profile_id FROM profile_keys "
+    "WHERE service = ? AND key IN ({marks})) "
+    "SELECT (SELECT json_group_array(json_array(key, profile_id)) FROM found), "
+    "(SELECT '[' || group_concat(state, ',') || ']' FROM profiles "
+    "WHERE id IN (SELECT profile_id FROM found))"
+)
+# The WAL is copied into the database by the loader process's refresher thread
+# (``checkpoint``, every second): a checkpoint fsyncs, which no request should wait for.
+# Past this many pages (40 MiB; e.g. with --no-loader) a writer checkpoints after all.
+_AUTOCHECKPOINT_PAGES = 10_000
+# Rows per multi-row statement: well under SQLite's 32,766 bound on parameters.
+_CHUNK = 500
 # Lock waits poll this often at first, backing off to _LOCK_POLL_MAX_S.
 _LOCK_POLL_S = 0.00005
 _LOCK_POLL_MAX_S = 0.002
 _json = msgspec.json.Encoder()
 _keys_decoder = msgspec.json.Decoder(list[str])
+_found_decoder = msgspec.json.Decoder(list[tuple[str, int]])
+_profiles_decoder = msgspec.json.Decoder(list[Profile])
+_profile_decoder = msgspec.json.Decoder(Profile)
 
 
-def _placeholders(n: int) -> str:
+def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-class _Tx:
-    """The ProfileTx of one open transaction."""
+def _chunks(rows: list[Any]) -> list[list[Any]]:
+    return [rows[i : i + _CHUNK] for i in range(0, len(rows), _CHUNK)]
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+
+class _GroupTx:
+    """The ProfileTx of one group: reads up front, works in memory, writes at the end."""
+
+    def __init__(self, conn: sqlite3.Connection, size: int) -> None:
         self._conn = conn
+        self._size = max(1, size)
+        self._ids: dict[tuple[str, str], int] = {}  # key → its profile, as of now
+        self._looked_up: set[tuple[str, str]] = set()
+        self._profiles: dict[int, Profile] = {}
+        self._stored: set[int] = set()  # profiles that exist in the database
+        self._services: dict[int, str] = {}
+        self._dirty: set[int] = set()
+        self._new_keys: list[tuple[str, str]] = []
+        self._moved: list[tuple[int, int]] = []  # stored profile merged → survivor
+        self._gone: set[int] = set()  # merged away in this group: never read back
+        self._merges: list[tuple[int, str, int, int, str]] = []
+        self._next_id = 0
+        self._last_id = -1
+
+    def prefetch(self, service: str, keys: Sequence[str]) -> None:
+        todo = list(dict.fromkeys(k for k in keys if (service, k) not in self._looked_up))
+        for part in _chunks(todo):
+            found_json, states_json = self._conn.execute(
+                _READ.format(marks=_marks(len(part))), (service, *part)
+            ).fetchone()
+            for key, pid in _found_decoder.decode(found_json):
+                self._ids.setdefault((service, key), pid)
+            if states_json is not None:
+                for profile in _profiles_decoder.decode(states_json):
+                    if profile.id not in self._profiles and profile.id not in self._gone:
+                        self._profiles[profile.id] = profile
+                        self._stored.add(profile.id)
+                        self._services[profile.id] = service
+            self._looked_up.update((service, k) for k in part)
 
     def resolve(self, service: str, keys: Sequence[str], now_ms: int) -> Resolution:
-        conn = self._conn
-        rows = conn.execute(
-            "SELECT k.key, k.profile_id, p.state FROM profile_keys k "
-            "JOIN profiles p ON p.id = k.profile_id "
-            f"WHERE k.service = ? AND k.key IN ({_placeholders(len(keys))})",
-            (service, *keys),
-        ).fetchall()
-        found = {key: pid for key, pid, _ in rows}
-        states = {pid: state for _, pid, state in rows}
+        self.prefetch(service, keys)
+        found = {k: self._ids[(service, k)] for k in keys if (service, k) in self._ids}
         stitch = plan(keys, found)
         if stitch.survivor is None:
-            (pid,) = conn.execute(
-                "INSERT INTO profiles (service, state) VALUES (?, x'') RETURNING id", (service,)
-            ).fetchone()
-            profile = Profile(id=pid, created_ms=now_ms, updated_ms=now_ms)
+            profile = Profile(id=self._new_id(), created_ms=now_ms, updated_ms=now_ms)
+            self._profiles[profile.id] = profile
+            self._services[profile.id] = service
             self._add_keys(service, profile, stitch.new_keys)
             return Resolution(profile, True, [])
-        profile = profiles.decode(states[stitch.survivor])
+        profile = self._profiles[stitch.survivor]
         for other_id in stitch.merged:
-            other = profiles.decode(states[other_id])
+            other = self._profiles.pop(other_id)
+            self._gone.add(other_id)
             profiles.merge(profile, other)
-            conn.execute(
-                "UPDATE profile_keys SET profile_id = ? WHERE profile_id = ?",
-                (profile.id, other_id),
-            )
-            conn.execute("DELETE FROM profiles WHERE id = ?", (other_id,))
-            conn.execute(
-                "INSERT INTO merges (time_ms, service, survivor, merged, keys) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (now_ms, service, profile.id, other_id, _json.encode(other.keys).decode()),
+            for key in other.keys:
+                self._ids[(service, key)] = profile.id
+            if other_id in self._stored:
+                self._moved.append((other_id, profile.id))
+            self._dirty.discard(other_id)
+            self._merges.append(
+                (now_ms, service, profile.id, other_id, _json.encode(other.keys).decode())
             )
         self._add_keys(service, profile, stitch.new_keys)
         return Resolution(profile, False, stitch.merged)
 
-    def _add_keys(self, service: str, profile: Profile, keys: list[str]) -> None:
-        room = MAX_KEYS - len(profile.keys)
-        added = keys[: max(0, room)]
-        if added:
-            self._conn.executemany(
-                "INSERT INTO profile_keys (service, key, profile_id) VALUES (?, ?, ?)",
-                [(service, k, profile.id) for k in added],
-            )
-            profile.keys.extend(added)
-
     def save(self, service: str, profile: Profile) -> None:
-        self._conn.execute(
-            "UPDATE profiles SET state = ? WHERE id = ?", (profiles.encode(profile), profile.id)
-        )
+        self._dirty.add(profile.id)
+
+    def _add_keys(self, service: str, profile: Profile, keys: list[str]) -> None:
+        added = keys[: max(0, MAX_KEYS - len(profile.keys))]
+        for key in added:
+            self._ids[(service, key)] = profile.id
+            self._new_keys.append((service, key))
+        profile.keys.extend(added)
+
+    def _new_id(self) -> int:
+        if self._next_id > self._last_id:
+            # A block for the whole group at once: one statement, gaps are harmless.
+            (top,) = self._conn.execute(
+                "UPDATE profile_ids SET next = next + ? RETURNING next", (self._size,)
+            ).fetchone()
+            self._next_id, self._last_id = top - self._size, top - 1
+        self._next_id += 1
+        return self._next_id - 1
+
+    def write(self) -> None:
+        """Everything the works changed, in a few multi-row statements."""
+        conn = self._conn
+        for old, new in self._moved:
+            conn.execute("UPDATE profile_keys SET profile_id = ? WHERE profile_id = ?", (new, old))
+        gone = [old for old, _ in self._moved]
+        for part in _chunks(gone):
+            conn.execute(f"DELETE FROM profiles WHERE id IN ({_marks(len(part))})", part)
+        keys = [(s, k, self._ids[(s, k)]) for s, k in self._new_keys]
+        for part in _chunks(keys):
+            conn.execute(
+                "INSERT INTO profile_keys (service, key, profile_id) VALUES "
+                + ",".join(["(?,?,?)"] * len(part)),
+                [v for row in part for v in row],
+            )
+        rows = [
+            (pid, self._services[pid], profiles.encode_json(self._profiles[pid]))
+            for pid in self._dirty
+            if pid in self._profiles
+        ]
+        for part in _chunks(rows):
+            conn.execute(
+                "INSERT INTO profiles (id, service, state) VALUES "
+                + ",".join(["(?,?,?)"] * len(part))
+                + " ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+                [v for row in part for v in row],
+            )
+        for part in _chunks(self._merges):
+            conn.execute(
+                "INSERT INTO merges (time_ms, service, survivor, merged, keys) VALUES "
+                + ",".join(["(?,?,?,?,?)"] * len(part)),
+                [v for row in part for v in row],
+            )
 
 
 class SQLiteProfileStore:
@@ -139,6 +232,7 @@ class SQLiteProfileStore:
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
             for statement in _SCHEMA:
                 self._conn.execute(statement)
         except sqlite3.Error as e:
@@ -153,12 +247,14 @@ class SQLiteProfileStore:
         self._lock.close()
 
     # Writes.
-    def run(self, works: Sequence[Work[T]]) -> list[T | Exception]:
+    def run(
+        self, works: Sequence[Work[T]], prefetch: Sequence[tuple[str, Sequence[str]]] = ()
+    ) -> list[T | Exception]:
         if not works:
             return []
         self._acquire()
         try:
-            return self._run_locked(works)
+            return self._run_locked(works, prefetch)
         finally:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
 
@@ -178,12 +274,13 @@ class SQLiteProfileStore:
                 time.sleep(pause)
                 pause = min(pause * 2, _LOCK_POLL_MAX_S)
 
-    def _run_locked(self, works: Sequence[Work[T]]) -> list[T | Exception]:
-        """Run every work in one transaction. Optimistic: no savepoint per work (two
-        statements each); if one raises, the whole transaction rolls back and the
-        others run again without it — works are pure functions of the stored state."""
+    def _run_locked(
+        self, works: Sequence[Work[T]], prefetch: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[T | Exception]:
+        """Run every work in one transaction. If one raises, nothing of the group is
+        written and the others run again without it — works are pure functions of the
+        stored state, so running them again gives the same result."""
         conn = self._conn
-        tx = _Tx(conn)
         out: list[T | Exception] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -191,6 +288,12 @@ class SQLiteProfileStore:
             raise ProfileStoreDown(f"profile store unavailable: {e}") from e
         failed: tuple[int, Exception] | None = None
         try:
+            tx = _GroupTx(conn, len(works))
+            by_service: dict[str, list[str]] = {}
+            for service, keys in prefetch:
+                by_service.setdefault(service, []).extend(keys)
+            for service, keys in by_service.items():
+                tx.prefetch(service, keys)
             for at, work in enumerate(works):
                 try:
                     out.append(work(tx))
@@ -200,6 +303,7 @@ class SQLiteProfileStore:
                     failed = (at, e)
                     break
             if failed is None:
+                tx.write()
                 conn.execute("COMMIT")
             else:
                 conn.execute("ROLLBACK")
@@ -213,7 +317,7 @@ class SQLiteProfileStore:
             return out
         at, error = failed
         rest = [*works[:at], *works[at + 1 :]]
-        again = self._run_locked(rest) if rest else []
+        again = self._run_locked(rest, prefetch) if rest else []
         return [*again[:at], error, *again[at:]]
 
     # Reads.
@@ -224,12 +328,12 @@ class SQLiteProfileStore:
             rows = self._conn.execute(
                 "SELECT DISTINCT p.id, p.state FROM profile_keys k "
                 "JOIN profiles p ON p.id = k.profile_id "
-                f"WHERE k.service = ? AND k.key IN ({_placeholders(len(keys))}) ORDER BY p.id",
+                f"WHERE k.service = ? AND k.key IN ({_marks(len(keys))}) ORDER BY p.id",
                 (service, *keys),
             ).fetchall()
         except sqlite3.Error as e:
             raise ProfileStoreDown(f"profile store unavailable: {e}") from e
-        return [profiles.decode(state) for _, state in rows]
+        return [_profile_decoder.decode(state) for _, state in rows]
 
     def merges(self, service: str, profile_id: int | None = None, limit: int = 100) -> list[Merge]:
         sql = "SELECT seq, time_ms, service, survivor, merged, keys FROM merges WHERE service = ?"

@@ -48,11 +48,14 @@ Work = Callable[[ProfileTx], T]
 
 
 class ProfileStore(Protocol):
-    def run(self, works: Sequence[Work[T]]) -> list[T | Exception]:
+    def run(
+        self, works: Sequence[Work[T]], prefetch: Sequence[tuple[str, Sequence[str]]] = ()
+    ) -> list[T | Exception]:
         """Run each work atomically, in order, all in one commit (group commit).
 
-        A work that raises is undone alone and its exception returned in its place;
-        ProfileStoreDown is raised when the store cannot be used at all.
+        ``prefetch`` names the (service, keys) the works will resolve, so a store can
+        read them all at once. A work that raises is undone alone and its exception
+        returned in its place; ProfileStoreDown is raised when the store cannot be used.
         """
         ...
 
