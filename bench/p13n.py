@@ -387,7 +387,7 @@ def paced(
     }
 
 
-def engine_only(config: str, seconds: float, group: int, ids: int, tmp: Path) -> dict[str, Any]:
+def engine_only(config: str, seconds: float, size: int, ids: int, tmp: Path) -> dict[str, Any]:
     """Decisions/s of the engine alone: profile store, attributes, sections, offers."""
     import random
 
@@ -402,11 +402,10 @@ def engine_only(config: str, seconds: float, group: int, ids: int, tmp: Path) ->
     assert service is not None
     engine = Engine(SQLiteProfileStore(tmp / "profiles.sqlite"), BatchStore(tmp / "batch.sqlite"))
     rnd = random.Random(1)
-    done = 0
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        batch = []
-        for _ in range(group):
+
+    def group() -> list[Request]:
+        out = []
+        for _ in range(size):
             i = rnd.randint(1, ids)
             event = {
                 "td_client_id": f"c{i}",
@@ -415,8 +414,22 @@ def engine_only(config: str, seconds: float, group: int, ids: int, tmp: Path) ->
                 "product_name": f"p{i % 13}",
                 "amount": i % 100,
             }
-            batch.append(Request(service, "pageviews", event, service.event_keys(event)))
+            out.append(Request(service, "pageviews", event, service.event_keys(event)))
+        return out
+
+    # A warm-up round (most people get their profile), then the measured decisions.
+    for _ in range(ids // size + 1):
+        engine.decide(group(), int(time.time() * 1000))
+    groups = [group() for _ in range(int(seconds * 20_000 / size) + 1)]
+    done = 0
+    took: list[float] = []
+    started = time.perf_counter()
+    for batch in groups:
+        if time.perf_counter() - started >= seconds:
+            break
+        t0 = time.perf_counter()
         results = engine.decide(batch, int(time.time() * 1000))
+        took.append(time.perf_counter() - t0)
         assert not any(isinstance(r, Exception) for r in results), results
         done += len(batch)
     elapsed = time.perf_counter() - started
@@ -568,7 +581,8 @@ def summary(report: dict[str, Any]) -> str:
         ok = "PASS" if eng["decisions_per_s"] >= 8000 else "MISS"
         lines.append(
             f"engine alone (group {eng['group']}): {eng['decisions_per_s']:,.0f} decisions/s"
-            f"  [{ok} ≥ 8,000]"
+            f"  [{ok} ≥ 8,000]; per decision: median {eng['median_us_per_decision']:.0f} µs, "
+            f"best tenth {eng['best_decile_us_per_decision']:.0f} µs"
         )
     for run in report["runs"]:
         w = run["workers"]
