@@ -82,8 +82,9 @@ def test_meaning_errors_are_all_reported() -> None:
             "3 to 128 of a-z",
         ),
         (
-            "services:\n  - {name: w, database: shop, event_tables: [pv1], key_columns: [id, id]}\n",
-            2,
+            "services:\n  - {name: w, database: shop, event_tables: [pv1],\n"
+            "     key_columns: [id, id]}\n",
+            3,
             "listed twice",
         ),
     ],
