@@ -159,7 +159,10 @@ class Batcher:
         for (_, loop, fut), result in zip(group, results, strict=True):
             by_loop.setdefault(loop, []).append((fut, result))
         for loop, settled in by_loop.items():
-            loop.call_soon_threadsafe(_settle, settled)
+            try:
+                loop.call_soon_threadsafe(_settle, settled)
+            except RuntimeError:  # the loop is closed: the worker is stopping
+                log.info("p13n answers dropped: event loop closed")
 
 
 def _settle(settled: list[tuple[asyncio.Future[bytes], bytes | Exception]]) -> None:
