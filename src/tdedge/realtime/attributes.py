@@ -148,8 +148,9 @@ class ListAttribute(Attribute):
             if value is None:
                 continue
             if self.distinct:
+                kind = type(value)
                 for at, item in enumerate(items):
-                    if _same(item.value, value):
+                    if item.value == value and type(item.value) is kind:
                         del items[at]
                         break
             items.insert(0, Item(value, now_ms))

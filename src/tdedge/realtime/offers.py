@@ -13,7 +13,7 @@ answer is at most 10 KB: sections that do not fit are left out, last first.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import msgspec
@@ -41,6 +41,7 @@ class Section:
         "outputs",
         "segments",
         "strings",
+        "test",
     )
 
     def __init__(
@@ -62,15 +63,27 @@ class Section:
         self.outputs = outputs
         self.segments = segments
         self.strings = strings
+        self.test = self._compile()
+
+    def _compile(self) -> Callable[[Context, str, bool], bool]:
+        """Whether a request qualifies, as one closure (ten sections, every request)."""
+        accept_unknown, tables = self.accept_unknown, self.key_tables
+        key_test = None if self.key_filter is None else self.key_filter.test
+        criteria = None if self.criteria is None else self.criteria.test
+
+        def qualifies(ctx: Context, table: str, created: bool) -> bool:
+            if created and not accept_unknown:
+                return False
+            if tables is not None and table not in tables:
+                return False
+            if key_test is not None and not key_test(ctx):
+                return False
+            return criteria is None or criteria(ctx)
+
+        return qualifies
 
     def qualifies(self, ctx: Context, table: str, created: bool) -> bool:
-        if created and not self.accept_unknown:
-            return False
-        if self.key_tables is not None and table not in self.key_tables:
-            return False
-        if self.key_filter is not None and not self.key_filter.test(ctx):
-            return False
-        return self.criteria is None or self.criteria.test(ctx)
+        return self.test(ctx, table, created)
 
     def explain(self, ctx: Context, table: str, created: bool) -> Trace:
         steps: list[Trace] = []

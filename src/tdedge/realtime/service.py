@@ -163,7 +163,7 @@ class Service:
         return {
             s.name: s.offer(values, facts.segments, public)
             for s in self.sections
-            if s.qualifies(ctx, table, created)
+            if s.test(ctx, table, created)
         }
 
     def explain(
