@@ -99,6 +99,23 @@ class Wrk:
     p50_ms: float
     p99_ms: float
     duration_s: float
+    # CPU seconds the server's process group used during the run, and requests per CPU
+    # second: unlike rps, this barely moves when other work shares the cores.
+    server_cpu_s: float
+    per_cpu_s: float
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime + stime of every live process in process group ``pgid``."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Children:
@@ -159,7 +176,14 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float
 
 
 def run_wrk(
-    target: str, url: str, script: str, duration: int, threads: int, conns: int, tmp: Path
+    target: str,
+    url: str,
+    script: str,
+    duration: int,
+    threads: int,
+    conns: int,
+    tmp: Path,
+    pgid: int,
 ) -> Wrk:
     path = tmp / f"{target}.lua"
     path.write_text(script + WRK_DONE)
@@ -176,7 +200,9 @@ def run_wrk(
         url,
     ]
     log(f"wrk → {target}: {' '.join(argv)}")
+    cpu_before = group_cpu_seconds(pgid)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    cpu = group_cpu_seconds(pgid) - cpu_before
     (tmp / f"wrk-{target}.out").write_text(done.stdout + done.stderr)
     m = re.search(r"^BENCH_JSON (\{.*\})$", done.stdout, re.MULTILINE)
     if done.returncode != 0 or m is None:
@@ -192,16 +218,19 @@ def run_wrk(
         p50_ms=d["p50_us"] / 1e3,
         p99_ms=d["p99_us"] / 1e3,
         duration_s=seconds,
+        server_cpu_s=cpu,
+        per_cpu_s=d["requests"] / cpu if cpu > 0 else float("nan"),
     )
     log(
         f"  {target}: {result.rps:,.0f} rps, p50 {result.p50_ms:.2f} ms, p99 "
-        f"{result.p99_ms:.2f} ms, non-2xx {result.non2xx}, socket errors {result.socket_errors}"
+        f"{result.p99_ms:.2f} ms, non-2xx {result.non2xx}, socket errors "
+        f"{result.socket_errors}; server CPU {cpu:.2f} s = {result.per_cpu_s:,.0f} req/CPU-s"
     )
     return result
 
 
 @contextlib.contextmanager
-def nginx(children: Children, tmp: Path, workers: str) -> Iterator[int]:
+def nginx(children: Children, tmp: Path, workers: str) -> Iterator[tuple[int, int]]:
     ndir = tmp / "nginx"
     ndir.mkdir()
     port = free_port()
@@ -212,7 +241,7 @@ def nginx(children: Children, tmp: Path, workers: str) -> Iterator[int]:
     )
     try:
         wait_http(f"http://{HOST}:{port}/", proc, "nginx")
-        yield port
+        yield port, proc.pid
     finally:
         children.stop(proc)
 
@@ -222,6 +251,7 @@ class Tdedge:
     port: int
     write_key: str
     data: Path
+    pgid: int
 
 
 @contextlib.contextmanager
@@ -247,11 +277,12 @@ def tdedge(children: Children, tmp: Path, workers: int, loader: bool) -> Iterato
     proc = children.start(f"tdedge-{port}", argv)
     try:
         wait_http(f"http://{HOST}:{port}/healthz", proc, "tdedge")
+        settle(proc.pid)
         text = (tmp / f"tdedge-{port}.log").read_text()
         m = re.search(r"write key:\s+(\S+)", text)
         if m is None:
             raise BenchError(f"no write key in serve output:\n{text}")
-        yield Tdedge(port, m.group(1), data)
+        yield Tdedge(port, m.group(1), data, proc.pid)
     finally:
         children.stop(proc)
 
@@ -270,7 +301,7 @@ app = App()
 
 
 @contextlib.contextmanager
-def bare_granian(children: Children, tmp: Path) -> Iterator[int]:
+def bare_granian(children: Children, tmp: Path) -> Iterator[tuple[int, int]]:
     """granian answering the GIF with no logic and no journal: Python's ceiling here."""
     (tmp / "bare_pixel.py").write_text(BARE_APP)
     port = free_port()
@@ -295,9 +326,23 @@ def bare_granian(children: Children, tmp: Path) -> Iterator[int]:
     proc = children.start("bare-granian", argv)
     try:
         wait_http(f"http://{HOST}:{port}/", proc, "bare granian")
-        yield port
+        yield port, proc.pid
     finally:
         children.stop(proc)
+
+
+def settle(pgid: int, timeout: float = 30.0) -> None:
+    """Wait until the server's processes stop starting up (the loader, the job runner and
+    the workers import a lot), so their start-up CPU is not billed to the load run."""
+    deadline = time.monotonic() + timeout
+    last = group_cpu_seconds(pgid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = group_cpu_seconds(pgid)
+        if now - last < 0.05:  # under 10 % of a core
+            return
+        last = now
+    log("server still busy after start-up; measuring anyway")
 
 
 def pixel_path(key: str) -> str:
@@ -433,7 +478,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         if "pixel" in parts:
-            with nginx(children, tmp, args.nginx_workers) as nport:
+            with nginx(children, tmp, args.nginx_workers) as (nport, npg):
                 ng = run_wrk(
                     "nginx-empty_gif",
                     f"http://{HOST}:{nport}{pixel_path('k')}",
@@ -442,10 +487,11 @@ def main() -> int:
                     2,
                     64,
                     tmp,
+                    npg,
                 )
             bare = None
             if args.bare:
-                with bare_granian(children, tmp) as bport:
+                with bare_granian(children, tmp) as (bport, bpg):
                     bare = run_wrk(
                         "bare-granian",
                         f"http://{HOST}:{bport}{pixel_path('k')}",
@@ -454,6 +500,7 @@ def main() -> int:
                         2,
                         64,
                         tmp,
+                        bpg,
                     )
             with tdedge(children, tmp, args.workers, args.loader) as srv:
                 path = pixel_path(srv.write_key)
@@ -466,13 +513,14 @@ def main() -> int:
                     2,
                     64,
                     tmp,
+                    srv.pgid,
                 )
-            ratio = td.rps / ng.rps
             report["pixel"] = {
                 "nginx": asdict(ng),
                 "bare_granian": asdict(bare) if bare else None,
                 "tdedge": asdict(td),
-                "ratio": ratio,
+                "ratio": td.rps / ng.rps,
+                "cpu_ratio": td.per_cpu_s / ng.per_cpu_s,
             }
         if "ingest" in parts:
             body = ingest_body()
@@ -486,6 +534,7 @@ def main() -> int:
                     2,
                     16,
                     tmp,
+                    srv.pgid,
                 )
             ok = run.requests - run.non2xx
             report["ingest"] = {
@@ -493,6 +542,7 @@ def main() -> int:
                 "batch": BATCH,
                 "body_bytes": len(body),
                 "events_per_s": ok * BATCH / run.duration_s,
+                "events_per_cpu_s": ok * BATCH / run.server_cpu_s if run.server_cpu_s else None,
                 # The check request's 100 events are in there too.
                 "journaled_events": None if args.loader else journal_count(srv.data),
             }
@@ -528,6 +578,10 @@ def summary(report: dict[str, Any], out: Path) -> None:
             f"(p99 {px['tdedge']['p99_ms']:.1f} ms, non-2xx {px['tdedge']['non2xx']}) = "
             f"{px['ratio']:.0%} of nginx [{verdict} ≥ {TARGET_PIXEL_RATIO:.0%}]"
         )
+        lines.append(
+            f"pixel per server CPU-second: nginx {px['nginx']['per_cpu_s']:,.0f}, "
+            f"tdedge {px['tdedge']['per_cpu_s']:,.0f} = {px['cpu_ratio']:.0%} of nginx"
+        )
         if px["bare_granian"]:
             bare = px["bare_granian"]["rps"]
             lines.append(
@@ -544,6 +598,11 @@ def summary(report: dict[str, Any], out: Path) -> None:
             f"{ing['body_bytes']:,} B; p99 {ing['wrk']['p99_ms']:.1f} ms, "
             f"non-2xx {ing['wrk']['non2xx']}) [{verdict} ≥ {TARGET_INGEST_EVENTS_S:,.0f}]"
         )
+        if ing["events_per_cpu_s"]:
+            lines.append(
+                f"ingest per server CPU-second: {ing['events_per_cpu_s']:,.0f} events "
+                f"({ing['wrk']['server_cpu_s']:.1f} CPU-s in {ing['wrk']['duration_s']:.1f} s)"
+            )
         if ing["journaled_events"] is not None:
             lines.append(f"ingest: {ing['journaled_events']:,} events in the journal afterwards")
     lines.append(f"report: {out.relative_to(REPO)}")

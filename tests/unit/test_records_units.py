@@ -33,6 +33,7 @@ from tdedge.edge.ingest import (
     media_mode,
     receipt,
     receipts_body,
+    spliced,
     split_events,
     uuids,
 )
@@ -88,10 +89,9 @@ def test_media_types() -> None:
 
 def test_events_count_limits() -> None:
     one = b'{"events":[{"a":1}]}'
-    assert split_events(one) == [{"a": 1}]
-    # A non-object event: the events are split raw, to be checked one by one.
-    mixed = split_events(b'{"events":[{"a":1},"x"]}')
-    assert [bytes(r) for r in mixed if isinstance(r, msgspec.Raw)] == [b'{"a":1}', b'"x"']
+    assert [bytes(r) for r in split_events(one)] == [b'{"a":1}']
+    spaced = split_events(b'{ "events" : [ {"a" : 1 } ,\n"x", {} ] }')
+    assert [bytes(r) for r in spaced] == [b'{"a" : 1 }', b'"x"', b"{}"]
     most = msgspec.json.encode({"events": [{"i": i} for i in range(MAX_EVENTS)]})
     assert len(split_events(most)) == MAX_EVENTS
     too_many = msgspec.json.encode({"events": [{"i": i} for i in range(MAX_EVENTS + 1)]})
@@ -127,12 +127,21 @@ def test_event_checks_use_the_names_the_sdks_know() -> None:
         assert isinstance(failure, Failure), event
         assert (failure.name, failure.reason) == (name, reason)
     assert check_event(_raw({"x" * 255: 1})) == {"x" * 255: 1}
-    # The same checks on events decoded in one pass with their batch.
-    for event, name, _ in cases:
-        if isinstance(event, dict):
-            failure = check_event(event)
-            assert isinstance(failure, Failure) and failure.name == name, event
-    assert check_event({"ok": 1, "OK2": 2}) == {"ok": 1, "OK2": 2}
+    # Names learnt as good stay good; bad ones are refused every time.
+    for _ in range(2):
+        assert check_event(_raw({"ok": 1, "OK2": 2})) == {"ok": 1, "OK2": 2}
+        assert isinstance(check_event(_raw({"ok": 1, "": 2})), Failure)
+
+
+@pytest.mark.parametrize(
+    "text", [b'{"a":1}', b'{ "a" : [1, {"b": "}"}] }', b"{}", b"{ }", b'{"s":"x\\\\"}']
+)
+def test_spliced_record_is_the_event_plus_td_uuid(text: bytes) -> None:
+    (raw,) = split_events(b'{"events":[' + text + b"]}")
+    event = check_event(raw)
+    assert isinstance(event, dict)
+    out = msgspec.json.decode(spliced(raw, event, "u-1"))
+    assert out == {**msgspec.json.decode(text), "td_uuid": "u-1"}
 
 
 def test_event_size_limit_is_inclusive() -> None:
