@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,3 +137,29 @@ def test_the_view_answers_from_its_cache_while_the_registry_is_down(
         conn.close()
     view.refresh(12.0)
     assert "web" in view.services
+
+
+def _open_registry(path: str, go: Any, results: Any) -> None:
+    go.wait()
+    try:
+        Registry.open(Path(path)).close()
+        results.put("ok")
+    except Exception as e:
+        results.put(repr(e))
+
+
+def test_worker_processes_starting_together_set_up_the_tables_once(tmp_path: Path) -> None:
+    """Each worker opens the registry at start; the first to create the tables wins and
+    the others must not fail (they did: 'table p13n_configs already exists')."""
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        go, results = ctx.Event(), ctx.Queue()
+        path = str(tmp_path / f"control-{round_}.sqlite")
+        procs = [ctx.Process(target=_open_registry, args=(path, go, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        time.sleep(0.2)
+        go.set()
+        for p in procs:
+            p.join(timeout=60)
+        assert [results.get(timeout=10) for _ in procs] == ["ok"] * 4

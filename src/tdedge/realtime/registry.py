@@ -63,6 +63,7 @@ meta = sa.Table(
     sa.Column("generation", sa.Integer, nullable=False),
 )
 
+SETUP_ATTEMPTS = 5
 # First instance id handed out; Treasure Data's are numbers of this size.
 FIRST_INSTANCE_ID = 10001
 _cidrs = msgspec.json.Decoder(list[str])
@@ -78,13 +79,21 @@ class Applied(msgspec.Struct, frozen=True):
 class Registry:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        try:
-            metadata.create_all(engine)
-            with engine.begin() as conn:
-                if conn.execute(sa.select(meta.c.id)).first() is None:
-                    conn.execute(sa.insert(meta).values(id=1, generation=0))
-        except sa.exc.SQLAlchemyError as e:
-            raise ConfigStoreDown(f"configuration store unavailable: {e}") from e
+        # Worker processes start together and each may be first: creating the tables
+        # (check, then create) can lose to another process; the next attempt sees them.
+        for attempt in range(SETUP_ATTEMPTS):
+            try:
+                metadata.create_all(engine)
+                with engine.begin() as conn:
+                    if conn.execute(sa.select(meta.c.id)).first() is None:
+                        conn.execute(sa.insert(meta).values(id=1, generation=0))
+                return
+            except (sa.exc.OperationalError, sa.exc.IntegrityError) as e:
+                if attempt + 1 == SETUP_ATTEMPTS:
+                    raise ConfigStoreDown(f"configuration store unavailable: {e}") from e
+                time.sleep(0.05 * (attempt + 1))
+            except sa.exc.SQLAlchemyError as e:
+                raise ConfigStoreDown(f"configuration store unavailable: {e}") from e
 
     @classmethod
     def open(cls, control_db: Path) -> Registry:
