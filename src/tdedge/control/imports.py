@@ -14,6 +14,8 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tdedge.control.store import create_tables
+
 metadata = sa.MetaData()
 
 bulk_imports = sa.Table(
@@ -37,7 +39,7 @@ class Imported(msgspec.Struct, frozen=True):
 class ImportLedger:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        metadata.create_all(engine)
+        create_tables(metadata, engine)
 
     def _key(self, account_id: int, database: str, table: str, unique_id: str) -> Any:
         t = bulk_imports.c

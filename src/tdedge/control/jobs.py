@@ -17,7 +17,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tdedge.control.store import sqlite_engine
+from tdedge.control.store import create_tables, sqlite_engine
 
 JobStatus = Literal["queued", "running", "success", "error", "killed"]
 FINISHED: frozenset[str] = frozenset({"success", "error", "killed"})
@@ -96,7 +96,7 @@ class JobResult(msgspec.Struct, frozen=True, kw_only=True):
 class JobStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        metadata.create_all(engine)
+        create_tables(metadata, engine)
 
     @classmethod
     def open(cls, path: Path) -> JobStore:

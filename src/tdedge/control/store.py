@@ -62,6 +62,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def create_tables(meta: sa.MetaData, engine: Engine, attempts: int = 5) -> None:
+    """``create_all`` that tolerates a race: worker processes start together, each may
+    check first and then lose the CREATE to another; the next attempt sees the table."""
+    for attempt in range(attempts):
+        try:
+            meta.create_all(engine)
+            return
+        except sa.exc.OperationalError as e:
+            if "already exists" not in str(e) or attempt == attempts - 1:
+                raise
+
+
 def sqlite_engine(path: Path) -> Engine:
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(f"sqlite:///{path}")
@@ -72,7 +84,7 @@ def sqlite_engine(path: Path) -> Engine:
 class ControlStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        metadata.create_all(engine)
+        create_tables(metadata, engine)
 
     @classmethod
     def open(cls, path: Path) -> ControlStore:
