@@ -230,6 +230,13 @@ def test_head_and_post_form_behave_like_get(server: Server) -> None:
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert_gif(post2)
+    # A bad table name: the GIF and an import error, as for the GET.
+    post3 = httpx.post(
+        f"{server.url}/postback/v3/event/test_db/bad-name",
+        content=form.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_gif(post3)
     rows = server.wait_for(
         "SELECT via, td_ua, n FROM test_db.px ORDER BY via", lambda rows: len(rows) == 3
     )
@@ -237,6 +244,10 @@ def test_head_and_post_form_behave_like_get(server: Server) -> None:
         {"via": "head", "td_ua": "UA-head", "n": None},
         {"via": "post", "td_ua": "UA-post", "n": None},
         {"via": "post_url", "td_ua": None, "n": "7"},
+    ]
+    errs = wait_errors(server, lambda e: len(e) == 1)
+    assert [(e["reason"], e["door"], e["table_name"]) for e in errs] == [
+        ("invalid_name", "pixel", "bad-name")
     ]
 
 

@@ -83,15 +83,21 @@ class LegacyDoor:
 
     async def _postback(self, scope: Scope, proto: Protocol_) -> Response:
         s = self._s
-        database, table = postback_names(scope.path)
         received_ms = time.time_ns() // 1_000_000
         key = legacy_key(scope.headers, scope.query_string)
         try:
             body = await read_body(scope, proto, s.settings.max_body_bytes)
-            pixel = pixel_form(scope, body)
-            if pixel is not None:
-                # The POST form of the pixel: same record, same answer as the GET.
-                return await self._pixel.answer(scope, pixel)
+        except HTTPError as e:
+            database, table = postback_names(scope.path)
+            await s.keep_refused(DOOR, received_ms, database, table, key, e)
+            raise
+        pixel = pixel_form(scope, body)
+        if pixel is not None:
+            # The POST form of the pixel: same record, same answer as the GET (a bad
+            # table name included), so it is told apart before the names are checked.
+            return await self._pixel.answer(scope, pixel)
+        database, table = postback_names(scope.path)
+        try:
             if key is None:
                 raise HTTPError(
                     403,
