@@ -92,11 +92,19 @@ class Service:
         self.sources = sources
         self.allowed_origins = allowed_origins
         self._updating = [a for a in attributes if not isinstance(a, ImportedAttribute)]
-        # What apply() walks per event, with the look-ups done once here.
-        self._plan = [
-            (a.tables, None if a.filter is None else a.filter.test, a.updater())
-            for a in self._updating
-        ]
+        # What apply() walks per event of each table: the attributes that table feeds,
+        # unfiltered ones apart, with the look-ups done once here.
+        self._plans = {
+            table: (
+                [a.updater() for a in self._updating if _feeds(a, table) and a.filter is None],
+                [
+                    (a.filter.test, a.updater())
+                    for a in self._updating
+                    if _feeds(a, table) and a.filter is not None
+                ],
+            )
+            for table in event_tables
+        }
         # Attribute references the sections read; only these are computed per request.
         refs: set[str] = set()
         for section in sections:
@@ -114,10 +122,17 @@ class Service:
         """Update ``profile`` with one event."""
         profile.events += 1
         profile.updated_ms = now_ms
-        ctx = Context(event, _NO_VALUES, (), now_ms)
-        for tables, test, update in self._plan:
-            if (tables is None or table in tables) and (test is None or test(ctx)):
-                update(profile, event, now_ms)
+        plan = self._plans.get(table)
+        if plan is None:
+            return
+        always, filtered = plan
+        for update in always:
+            update(profile, event, now_ms)
+        if filtered:
+            ctx = Context(event, _NO_VALUES, (), now_ms)
+            for test, update in filtered:
+                if test(ctx):
+                    update(profile, event, now_ms)
 
     def tidy(self, profile: Profile, now_ms: int) -> None:
         """Expire and trim every attribute's state (after a merge, or before showing)."""
@@ -178,6 +193,10 @@ class Service:
         values = self.values(profile, facts, now_ms)
         ctx = Context(event, values, facts.segments, now_ms)
         return [s.explain(ctx, table, created) for s in self.sections]
+
+
+def _feeds(attribute: Attribute, table: str) -> bool:
+    return attribute.tables is None or table in attribute.tables
 
 
 def _refs(node: Node | None) -> list[str]:
