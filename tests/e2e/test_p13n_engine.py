@@ -90,11 +90,12 @@ def test_merges_are_logged_and_queryable(make_server: Any, tmp_path: Path) -> No
 
 def test_429_over_the_throughput_limit(make_server: Any, tmp_path: Path) -> None:
     p = ready(make_server, tmp_path, config=CONFIG + "limits: {events_per_second: 1}\n")
-    first = p.post({"email": "a@b"})
-    second = p.post({"email": "a@b"})
-    assert first.status_code == 200
-    assert code(second) == (429, 2003)
-    assert int(second.headers["retry-after"]) >= 1
+    answers = [p.post({"email": "a@b"}) for _ in range(5)]  # well within 5 s on any machine
+    assert answers[0].status_code == 200
+    refused = [a for a in answers if a.status_code != 200]
+    assert refused, [a.status_code for a in answers]
+    assert {code(a) for a in refused} == {(429, 2003)}
+    assert all(int(a.headers["retry-after"]) >= 1 for a in refused)
 
 
 def test_429_over_the_concurrency_limit(make_server: Any, tmp_path: Path) -> None:
