@@ -55,7 +55,8 @@ def bootstrap(settings: Settings) -> tuple[str, str] | None:
 
 
 def welcome(settings: Settings, keys: tuple[str, str] | None) -> str:
-    url = f"http://{settings.host}:{settings.port}"
+    scheme = "https" if settings.tls_cert else "http"
+    url = f"{scheme}://{settings.host}:{settings.port}"
     lines = [f"tdedge listening on {url} (data dir {settings.root.resolve()})"]
     if keys is not None:
         master, write = keys
