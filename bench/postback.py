@@ -979,16 +979,36 @@ class Freshness:
     reader: str
     poll_interval_ms: float
     mean_poll_query_ms: float | None
+    max_poll_query_ms: float | None
     p50_s: float | None
     p90_s: float | None
     p99_s: float | None
     max_s: float | None
+    first_s: float | None = None  # id 1: its table did not exist yet
+    slowest_ids: list[int] = field(default_factory=list)
     note: str = ""
+
+
+def wait_ready(server: Tdedge, timeout: float) -> str:
+    """Wait for /readyz 200 (the loader beats and has no lag); returns a note if it never is."""
+    deadline = time.monotonic() + timeout
+    status, body = 0, b""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            status, body = http_get(f"{server.url}/readyz", timeout=2)
+            if status == 200:
+                return ""
+        time.sleep(0.2)
+    return f"/readyz still {status} after {timeout:.0f}s ({body[:200].decode(errors='replace')})"
 
 
 def measure_freshness(
     server: Tdedge, count: int, rate: float, poll_ms: float, timeout: float
 ) -> Freshness:
+    # An idle server: the loader is up and has caught up (not still starting).
+    not_ready = wait_ready(server, timeout)
+    if not_ready:
+        log(f"freshness: {not_ready}; measuring anyway")
     reader: IdReader
     try:
         reader = LakeIdReader(server.data_dir, FRESH_TABLE)
@@ -1038,9 +1058,12 @@ def measure_freshness(
         while time.monotonic() < deadline:
             t0 = time.monotonic()
             ids = reader.ids()
-            query_ms.append((time.monotonic() - t0) * 1e3)
+            t1 = time.monotonic()
+            query_ms.append((t1 - t0) * 1e3)
+            # The snapshot is taken somewhere inside the query: its end is the one time
+            # the rows were surely visible (an upper bound; never before their 200).
             for i in ids - seen.keys():
-                seen[i] = t0  # the rows were visible to a snapshot taken at t0
+                seen[i] = t1
             if not sender.is_alive() and acked and acked.keys() <= seen.keys():
                 break
             time.sleep(max(0.0, poll_ms / 1e3 - (time.monotonic() - t0)))
@@ -1048,8 +1071,9 @@ def measure_freshness(
         stop.set()
         sender.join(timeout=15)
         reader.close()
-    latencies = [max(0.0, seen[i] - acked[i]) for i in acked if i in seen]
-    note = ""
+    by_id = {i: max(0.0, seen[i] - acked[i]) for i in acked if i in seen}
+    latencies = list(by_id.values())
+    note = f"{not_ready}. " if not_ready else ""
     if failed:
         note = f"{len(failed)} sends failed (first: {failed[0][1]}). "
     if len(latencies) < len(acked):
@@ -1061,10 +1085,13 @@ def measure_freshness(
         reader=reader.name,
         poll_interval_ms=poll_ms,
         mean_poll_query_ms=sum(query_ms) / len(query_ms) if query_ms else None,
+        max_poll_query_ms=max(query_ms) if query_ms else None,
         p50_s=percentile(latencies, 50) if latencies else None,
         p90_s=percentile(latencies, 90) if latencies else None,
         p99_s=percentile(latencies, 99) if latencies else None,
         max_s=max(latencies) if latencies else None,
+        first_s=by_id.get(1),
+        slowest_ids=sorted(by_id, key=lambda i: -by_id[i])[:5],
         note=note.strip(),
     )
 
@@ -1581,8 +1608,12 @@ def render(report: Report, args: argparse.Namespace) -> str:
         lines.append(f"Freshness (target p99 ≤ {TARGET_FRESH_P99_S:g} s): {_fresh_line(f)}")
         lines.append(
             f"  {f.sent} sent at {args.fresh_rate:g}/s, one at a time; poll every "
-            f"{f.poll_interval_ms:g} ms with {f.reader} (mean query "
-            f"{fmt_f(f.mean_poll_query_ms, 1)} ms)"
+            f"{f.poll_interval_ms:g} ms with {f.reader} (query mean "
+            f"{fmt_f(f.mean_poll_query_ms, 1)} ms, max {fmt_f(f.max_poll_query_ms, 0)} ms)"
+        )
+        lines.append(
+            f"  id 1 (creates the table): {fmt_f(f.first_s)}s; slowest ids: "
+            f"{', '.join(map(str, f.slowest_ids))}"
         )
         ok = None if f.p99_s is None or f.seen < f.acked else f.p99_s <= TARGET_FRESH_P99_S
         lines.append(f"  {verdict(ok)}")
