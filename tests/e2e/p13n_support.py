@@ -74,9 +74,9 @@ class P13n:
         return found
 
 
-def start(make_server: Any, extra: list[str] | None = None) -> P13n:
+def start(make_server: Any, extra: list[str] | None = None, data_dir: Path | None = None) -> P13n:
     port = free_port()
-    server: Server = make_server(["--p13n-port", str(port), *(extra or [])])
+    server: Server = make_server(["--p13n-port", str(port), *(extra or [])], data_dir=data_dir)
     p = P13n(server, port)
     p.wait_ready()
     return p

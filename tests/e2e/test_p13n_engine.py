@@ -173,3 +173,18 @@ def test_503_when_the_journal_refuses(make_server: Any, tmp_path: Path) -> None:
     assert code(refused) == (503, 1001)
     assert "retry-after" in refused.headers
     assert p.profile("email=j@b")["events"] == 1
+
+
+def test_a_broken_p13n_store_leaves_the_other_doors_alone(make_server: Any, tmp_path: Path) -> None:
+    """The p13n stores open on the first p13n request: if they cannot, that door answers
+    500 and the worker keeps serving the Postback API."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "p13n").write_text("a file where the p13n folder should be")
+    p = start(make_server, data_dir=data)
+    p.server.cli("db", "create", "retail")
+    p.apply(CONFIG, tmp_path)
+    p.token("web", "web")
+    assert code(p.post({"email": "a@b"})) == (500, 1002)
+    assert p.server.postback("retail", "kept", {"a": 1}, key=p.server.write_key).status_code == 200
+    assert code(p.post({"email": "a@b"})) == (500, 1002)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -178,16 +179,18 @@ def _settle(settled: list[tuple[asyncio.Future[bytes], bytes | Exception]]) -> N
 class P13nDoor:
     name = DOOR
 
+    # Opened on the first p13n request (``_open``): a p13n store that cannot be opened
+    # answers 500 on this door and never takes the worker's other doors down with it.
+    _directory: Directory
+    _view: View
+    _store: profile_store.SQLiteProfileStore
+    _batcher: Batcher
+
     def __init__(self, services: Services, clock: Callable[[], float] = time.time) -> None:
         s = services.settings
         self._s = services
         self._clock = clock
-        self._control = ControlStore.open(s.control_db)
-        self._directory = Directory(self._control, ttl_s=s.key_cache_ttl_s)
-        self._view = View(Registry.open(s.control_db))
-        self._store = profile_store.SQLiteProfileStore(profile_store.default_path(s.root))
-        self._engine = Engine(self._store, BatchStore(batch_store.default_path(s.root)))
-        self._batcher = Batcher(self._engine, clock)
+        self._opened = False
         self._limiter = Limiter(s.workers)
         self._proxies = TrustedProxies(s.trusted_proxies)
         self._networks: dict[bytes, list[tokens.Network]] = {}
@@ -196,6 +199,35 @@ class P13nDoor:
         # the same ones all day. Bounded: cleared when full.
         self._key_hashes: dict[str, bytes] = {}
         self._parsed: dict[str, tokens.ParsedToken | None] = {}
+
+    def _open(self) -> None:
+        if self._opened:
+            return
+        s = self._s.settings
+        opened: list[Any] = []
+        try:
+            control = ControlStore.open(s.control_db)
+            opened.append(control)
+            registry = Registry.open(s.control_db)
+            opened.append(registry)
+            store = profile_store.SQLiteProfileStore(profile_store.default_path(s.root))
+            opened.append(store)
+            batch = BatchStore(batch_store.default_path(s.root))
+        except StoreUnavailable as e:
+            for thing in opened:
+                thing.close()
+            log.error("p13n stores cannot be opened", extra={"error": str(e)})
+            raise DoorError(500, e.code, f"{e.store} unavailable; retry later") from None
+        except (OSError, sqlite3.Error, sa.exc.SQLAlchemyError) as e:
+            for thing in opened:
+                thing.close()
+            log.error("p13n stores cannot be opened", extra={"error": str(e)})
+            raise DoorError(500, 9999, "personalization unavailable; retry later") from None
+        self._directory = Directory(control, ttl_s=s.key_cache_ttl_s)
+        self._view = View(registry)
+        self._store = store
+        self._batcher = Batcher(Engine(store, batch), self._clock)
+        self._opened = True
 
     def route(self, path: str) -> str | None:
         parts = path.split("/")
@@ -223,6 +255,7 @@ class P13nDoor:
     async def _event(
         self, scope: Scope, proto: Protocol_, public: bool, cors: list[tuple[str, str]]
     ) -> Response:
+        self._open()
         parts = scope.path.split("/")
         database, table = parts[-2], parts[-1]
         received_ms = int(self._clock() * 1000)

@@ -65,8 +65,8 @@ class SourceState(msgspec.Struct, frozen=True):
 
 class BatchStore:
     def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=timeout_s
             )
@@ -74,7 +74,7 @@ class BatchStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA:
                 self._conn.execute(statement)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             raise BatchStoreDown(f"cannot open the batch store {path}: {e}") from e
         self._cache: dict[tuple[str, tuple[str, ...]], Facts] = {}
         self._version = -1

@@ -24,6 +24,7 @@ from tdedge.config import Settings
 from tdedge.errors import LakeError, TdedgeError
 from tdedge.lake.lake import Lake, QueryResult
 from tdedge.realtime import batch as batch_store
+from tdedge.realtime import sqlite as profile_sqlite
 from tdedge.realtime.batch import ATTRIBUTE, SEGMENT, BatchStore, SourceState
 from tdedge.realtime.errors import RefreshFailed
 from tdedge.realtime.identity import KeyRule
@@ -179,32 +180,43 @@ class Refresher:
         return self
 
     def _run(self) -> None:
-        from tdedge.realtime import sqlite as profile_sqlite
+        settings = self._settings
+        while not self._stop.wait(POLL_S):
+            try:
+                # Opened here, not once: a store that cannot be opened now may be later.
+                registry = Registry.open(settings.control_db)
+                store = BatchStore(batch_store.default_path(settings.root))
+                profiles = profile_sqlite.SQLiteProfileStore(
+                    profile_sqlite.default_path(settings.root)
+                )
+            except (TdedgeError, OSError) as e:
+                log.error("p13n refresher cannot open its stores", extra={"error": str(e)})
+                self._stop.wait(RETRY_AFTER_FAILURE_MS / 1000)
+                continue
+            try:
+                self._rounds(registry, store, profiles)
+            finally:
+                profiles.close()
+                store.close()
+                registry.close()
 
-        registry = Registry.open(self._settings.control_db)
-        store = BatchStore(batch_store.default_path(self._settings.root))
-        profiles = profile_sqlite.SQLiteProfileStore(
-            profile_sqlite.default_path(self._settings.root)
-        )
-        try:
-            while not self._stop.wait(POLL_S):
-                try:
-                    refresh_all(self._settings, registry, store, int(time.time() * 1000), True)
-                except (TdedgeError, OSError) as e:
-                    log.error("p13n refresher round failed", extra={"error": str(e)})
-                except Exception:
-                    # A bug here must not stop the loader that hosts this thread.
-                    log.exception("p13n refresher round failed unexpectedly")
-                try:
-                    # The edge never waits for a checkpoint's fsync; this thread keeps
-                    # the profile store's WAL short instead.
-                    profiles.checkpoint()
-                except sqlite3.Error as e:
-                    log.error("p13n profile store checkpoint failed", extra={"error": str(e)})
-        finally:
-            profiles.close()
-            store.close()
-            registry.close()
+    def _rounds(
+        self, registry: Registry, store: BatchStore, profiles: profile_sqlite.SQLiteProfileStore
+    ) -> None:
+        while not self._stop.wait(POLL_S):
+            try:
+                refresh_all(self._settings, registry, store, int(time.time() * 1000), True)
+            except (TdedgeError, OSError) as e:
+                log.error("p13n refresher round failed", extra={"error": str(e)})
+            except Exception:
+                # A bug here must not stop the loader that hosts this thread.
+                log.exception("p13n refresher round failed unexpectedly")
+            try:
+                # The edge never waits for a checkpoint's fsync; this thread keeps
+                # the profile store's WAL short instead.
+                profiles.checkpoint()
+            except sqlite3.Error as e:
+                log.error("p13n profile store checkpoint failed", extra={"error": str(e)})
 
 
 def start(settings: Settings, stop: threading.Event) -> Refresher:

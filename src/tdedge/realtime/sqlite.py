@@ -222,11 +222,11 @@ class _GroupTx:
 
 class SQLiteProfileStore:
     def __init__(self, path: Path, timeout_s: float = 2.0) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._timeout_s = timeout_s
-        self._lock: IO[bytes] = path.with_suffix(".lock").open("ab")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock: IO[bytes] = path.with_suffix(".lock").open("ab")
             self._conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=timeout_s
             )
@@ -235,7 +235,7 @@ class SQLiteProfileStore:
             self._conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
             for statement in _SCHEMA:
                 self._conn.execute(statement)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             raise ProfileStoreDown(f"cannot open the profile store {path}: {e}") from e
 
     def set_timeout(self, timeout_s: float) -> None:
