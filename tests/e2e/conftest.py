@@ -129,6 +129,16 @@ class Server:
         )
         return rows
 
+    def wait_errors(self, predicate: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        errs: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            errs = self.errors()
+            if predicate(errs):
+                return errs
+            time.sleep(0.2)
+        raise AssertionError(f"import errors never matched; last: {errs}")
+
     def postback(
         self, db: str, table: str, record: Any, key: str | None = None, **kw: Any
     ) -> httpx.Response:

@@ -36,17 +36,6 @@ def assert_gif(r: httpx.Response, body: bool = True) -> None:
         assert len(r.content) == 43 and r.content.startswith(GIF_HEAD)
 
 
-def wait_errors(server: Server, predicate: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    errs: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        errs = server.errors()
-        if predicate(errs):
-            return errs
-        time.sleep(0.2)
-    raise AssertionError(f"import errors never matched; last: {errs}")
-
-
 def global_id_cookie(r: httpx.Response) -> str:
     (cookie,) = [c for c in r.headers.get_list("set-cookie") if c.startswith("_tdedge_global_id=")]
     return cookie.partition("=")[2].partition(";")[0]
@@ -149,7 +138,7 @@ def test_bad_or_missing_key_still_answers_the_gif(server: Server) -> None:
         )
     )
     server.wait_for("SELECT who FROM test_db.px", lambda rows: rows == [{"who": "good"}])
-    errs = wait_errors(server, lambda e: len(e) == 3)
+    errs = server.wait_errors(lambda e: len(e) == 3)
     assert sorted((e["reason"], e["door"]) for e in errs) == [
         ("invalid_name", "pixel"),
         ("missing_key", "pixel"),
@@ -245,7 +234,7 @@ def test_head_and_post_form_behave_like_get(server: Server) -> None:
         {"via": "post", "td_ua": "UA-post", "n": None},
         {"via": "post_url", "td_ua": None, "n": "7"},
     ]
-    errs = wait_errors(server, lambda e: len(e) == 1)
+    errs = server.wait_errors(lambda e: len(e) == 1)
     assert [(e["reason"], e["door"], e["table_name"]) for e in errs] == [
         ("invalid_name", "pixel", "bad-name")
     ]

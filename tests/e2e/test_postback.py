@@ -79,7 +79,7 @@ def test_header_takes_precedence_over_url_parameter(server: Server) -> None:
     server.wait_for(
         'SELECT "case" FROM test_db.test_tbl', lambda rows: rows == [{"case": "header_good"}]
     )
-    errs = _wait_errors(server, lambda e: any('"header_bad"' in x["record"] for x in e))
+    errs = server.wait_errors(lambda e: any('"header_bad"' in x["record"] for x in e))
     refused = [e for e in errs if '"header_bad"' in e["record"]]
     assert refused[0]["reason"] == "unknown_key"
 
@@ -89,7 +89,7 @@ def test_invalid_key_goes_to_import_errors_not_the_table(server: Server) -> None
     r_bad = server.postback("test_db", "test_tbl", {"who": "bad"}, key="1/not-a-real-key")
     assert (r.status_code, r_bad.status_code) == (200, 200)  # as Treasure Data: checked later
     server.wait_for("SELECT who FROM test_db.test_tbl", lambda rows: rows == [{"who": "good"}])
-    errs = _wait_errors(server, lambda e: len(e) >= 1)
+    errs = server.wait_errors(lambda e: len(e) >= 1)
     assert [(e["reason"], e["database_name"], e["table_name"]) for e in errs] == [
         ("unknown_key", "test_db", "test_tbl")
     ]
@@ -113,9 +113,7 @@ def test_revoked_key_and_foreign_account(server: Server) -> None:
     assert server.postback("owned_db", "t", {"n": 2}, key=other).status_code == 200
     assert server.postback("owned_db", "t", {"n": 3}, key=server.write_key).status_code == 200
     server.wait_for("SELECT n FROM owned_db.t", lambda rows: rows == [{"n": 3}])
-    errs = _wait_errors(
-        server, lambda e: {"revoked_key", "foreign_key"} <= {x["reason"] for x in e}
-    )
+    errs = server.wait_errors(lambda e: {"revoked_key", "foreign_key"} <= {x["reason"] for x in e})
     assert {e["reason"] for e in errs if e["database_name"] == "owned_db"} == {
         "revoked_key",
         "foreign_key",
@@ -126,7 +124,7 @@ def test_write_key_cannot_create_a_database_master_key_can(server: Server) -> No
     server.postback("newdb_w", "t", {"x": 1}, key=server.write_key)
     server.postback("newdb_m", "t", {"x": 2}, key=server.master_key)
     server.wait_for("SELECT x FROM newdb_m.t", lambda rows: rows == [{"x": 2}])
-    errs = _wait_errors(server, lambda e: any(x["database_name"] == "newdb_w" for x in e))
+    errs = server.wait_errors(lambda e: any(x["database_name"] == "newdb_w" for x in e))
     assert [e["reason"] for e in errs if e["database_name"] == "newdb_w"] == ["database_not_found"]
     dbs = [d["name"] for d in _json(server.cli("db", "list", "--format", "json").stdout)]
     assert "newdb_m" in dbs and "newdb_w" not in dbs
@@ -192,7 +190,7 @@ def test_bad_bodies_are_400_with_a_reason(server: Server) -> None:
         assert r.json()["error"] == code, body
         assert r.json()["message"]
     # Refused records still leave a trace for operators.
-    errs = _wait_errors(server, lambda e: len(e) >= len(cases))
+    errs = server.wait_errors(lambda e: len(e) >= len(cases))
     assert sorted(e["reason"] for e in errs) == sorted(c for _, c in cases)
 
 
@@ -241,7 +239,7 @@ def test_sync_auth_answers_403_at_once(make_server: Any) -> None:
     srv.wait_for(
         "SELECT a FROM test_db.test_tbl ORDER BY a", lambda rows: rows == [{"a": 2}, {"a": 3}]
     )
-    errs = _wait_errors(srv, lambda e: len(e) >= 1)
+    errs = srv.wait_errors(lambda e: len(e) >= 1)
     assert [e["reason"] for e in errs] == ["unknown_key"]
 
 
@@ -255,7 +253,7 @@ def test_health_ready_and_metrics(server: Server) -> None:
     server.postback("test_db", "test_tbl", {"a": 1}, key=server.write_key)
     server.postback("test_db", "test_tbl", {"a": 1}, key="1/bad")
     server.wait_for("SELECT count(*) AS n FROM test_db.test_tbl", lambda r: r == [{"n": 1}])
-    _wait_errors(server, lambda e: len(e) == 1)
+    server.wait_errors(lambda e: len(e) == 1)
     deadline = time.monotonic() + 10
     text = ""
     while time.monotonic() < deadline:
@@ -285,17 +283,6 @@ def test_backlog_over_bound_is_503_with_retry_after(make_server: Any) -> None:
     assert int(r.headers["retry-after"]) > 0
     assert r.json()["error"] == "journal_unavailable"
     assert httpx.get(f"{srv.url}/readyz").status_code == 503
-
-
-def _wait_errors(server: Server, predicate: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    errs: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        errs = server.errors()
-        if predicate(errs):
-            return errs
-        time.sleep(0.2)
-    raise AssertionError(f"import errors never matched; last: {errs}")
 
 
 def _json(text: str) -> Any:

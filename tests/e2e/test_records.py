@@ -48,17 +48,6 @@ def ingest(
     return records(server, "POST", f"/test_db/{table}", content=body, headers=headers, **kw)
 
 
-def wait_errors(server: Server, predicate: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    errs: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        errs = server.errors()
-        if predicate(errs):
-            return errs
-        time.sleep(0.2)
-    raise AssertionError(f"import errors never matched; last: {errs}")
-
-
 def set_cookie(response: httpx.Response, name: str) -> str:
     found = [c for c in response.headers.get_list("set-cookie") if c.startswith(f"{name}=")]
     assert len(found) == 1, response.headers
@@ -104,7 +93,7 @@ def test_authorization_wins_over_x_td_write_key(server: Server) -> None:
         'SELECT "case" FROM test_db.v2_tbl ORDER BY 1',
         lambda rows: rows == [{"case": "auth_good"}, {"case": "x_header_only"}],
     )
-    errs = wait_errors(server, lambda e: any('"auth_bad"' in x["record"] for x in e))
+    errs = server.wait_errors(lambda e: any('"auth_bad"' in x["record"] for x in e))
     assert [(e["reason"], e["door"]) for e in errs] == [("unknown_key", "records")]
 
 
@@ -123,7 +112,7 @@ def test_key_in_url_is_refused_with_a_hint(server: Server) -> None:
         assert "X-TD-Write-Key" in r.json()["message"]
     r = records(server, "POST", V2_PATH, json={"via": "nothing"})
     assert (r.status_code, r.json()["error"]) == (403, "missing_key")
-    errs = wait_errors(server, lambda e: len(e) == 3)
+    errs = server.wait_errors(lambda e: len(e) == 3)
     assert sorted(e["reason"] for e in errs) == ["key_in_url", "key_in_url", "missing_key"]
     # The same URL key on the legacy door is fine (it is the legacy contract).
     assert server.postback("test_db", "v2_tbl", {"via": "legacy"}, params={
@@ -164,7 +153,7 @@ def test_body_cap_is_exactly_1048064_bytes(server: Server) -> None:
         "SELECT length(p) AS n FROM test_db.v2_tbl ORDER BY n", lambda rows: len(rows) == 3
     )
     assert [r["n"] for r in rows] == [CAP - 8, CAP - 8, CAP - 7]
-    errs = wait_errors(server, lambda e: len(e) >= 2)
+    errs = server.wait_errors(lambda e: len(e) >= 2)
     assert [e["reason"] for e in errs] == ["body_too_large", "body_too_large"]
 
 
@@ -220,7 +209,7 @@ def test_ingest_receipts_one_per_event_in_order(server: Server) -> None:
     assert abs(rows[0]["time"] - time.time()) < 60
     assert all(UUID.fullmatch(x["td_uuid"]) for x in rows)
     assert len({x["td_uuid"] for x in rows}) == 3
-    errs = wait_errors(server, lambda e: len(e) == 3)
+    errs = server.wait_errors(lambda e: len(e) == 3)
     assert sorted(e["reason"] for e in errs) == [
         "invalid_property_name",
         "invalid_property_name",
@@ -329,7 +318,7 @@ def test_ingest_limits(server: Server) -> None:
     r = ingest(server, "lim_tbl", None, content=_chunks(body), key=key)
     assert r.status_code == 413
     server.wait_for("SELECT count(*) AS n FROM test_db.lim_tbl", lambda rows: rows == [{"n": 502}])
-    errs = wait_errors(server, lambda e: any(x["reason"] == "event_too_large" for x in e))
+    errs = server.wait_errors(lambda e: any(x["reason"] == "event_too_large" for x in e))
     assert "event_too_large" in {e["reason"] for e in errs}
 
 
@@ -353,7 +342,7 @@ def test_ingest_bad_names_and_keys(server: Server) -> None:
     r = ingest(server, "k_tbl", [{"a": 2}], key="1/not-a-key")
     assert r.status_code == 200  # checked after answering, as everywhere
     server.wait_for("SELECT a FROM test_db.k_tbl", lambda rows: rows == [{"a": 1}])
-    errs = wait_errors(server, lambda e: len(e) == 4)
+    errs = server.wait_errors(lambda e: len(e) == 4)
     assert sorted(e["reason"] for e in errs) == [
         "invalid_name",
         "invalid_name",

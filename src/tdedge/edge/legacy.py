@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-from tdedge.control.keys import hash_key
 from tdedge.edge.auth import legacy_key
 from tdedge.edge.body import FORM, media_type, record_from_body
 from tdedge.edge.cors import Cors
@@ -22,7 +21,6 @@ from tdedge.edge.http import (
 from tdedge.edge.identity import Identity
 from tdedge.edge.pixel import Pixel, pixel_params, query_params
 from tdedge.edge.services import Services
-from tdedge.journal.envelope import Envelope
 from tdedge.names import NAME_RULE, is_valid_name, normalize
 
 POSTBACK_PREFIX = "/postback/v3/event/"
@@ -110,15 +108,7 @@ class LegacyDoor:
             # Refused at the door: the client is told why, and operators see the record.
             await s.keep_refused(DOOR, received_ms, database, table, key, e)
             raise
-        key_hash = hash_key(key)
-        if s.auth is not None:
-            reason = s.auth.refusal(key_hash, database)
-            if reason is not None:
-                refused = HTTPError(403, reason, "the API key may not write to this database")
-                refused.body = record
-                await s.keep_refused(DOOR, received_ms, database, table, key, refused)
-                raise refused
-        await s.append(Envelope(received_ms, DOOR, database, table, key_hash, record))
+        await s.accept(DOOR, received_ms, database, table, key, record)
         return 200, JSON_HEADERS, EMPTY_OBJECT
 
 

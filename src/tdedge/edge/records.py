@@ -45,7 +45,6 @@ from tdedge.edge.ingest import Fill, IngestAPI, Mode
 from tdedge.edge.legacy import POSTBACK_PREFIX, postback_names
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.services import Services
-from tdedge.journal.envelope import Envelope
 
 DOOR = "records"
 # Postback API v2's documented request limit, exactly.
@@ -175,15 +174,7 @@ class RecordsDoor:
             await s.keep_refused(DOOR, received_ms, database, table, kept_key, e)
             raise
         assert key is not None
-        key_hash = hash_key(key)
-        if s.auth is not None:
-            reason = s.auth.refusal(key_hash, database)
-            if reason is not None:
-                refused = HTTPError(403, reason, "the API key may not write to this database")
-                refused.body = record
-                await s.keep_refused(DOOR, received_ms, database, table, key, refused)
-                raise refused
-        await s.append(Envelope(received_ms, DOOR, database, table, key_hash, record))
+        await s.accept(DOOR, received_ms, database, table, key, record)
         return 200, JSON_HEADERS, EMPTY_OBJECT
 
     async def _ingest_events(self, scope: Scope, proto: Protocol_) -> Response:

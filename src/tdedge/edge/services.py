@@ -63,6 +63,21 @@ class Services:
                 headers=[("retry-after", str(self.settings.retry_after_s))],
             ) from e
 
+    async def accept(
+        self, door: str, received_ms: int, database: str, table: str, key: str, record: bytes
+    ) -> None:
+        """Append one well-formed record; with ``--auth sync`` refuse a bad key first
+        (403 with the loader's reason code, the record kept for operators)."""
+        key_hash = hash_key(key)
+        if self.auth is not None:
+            reason = self.auth.refusal(key_hash, database)
+            if reason is not None:
+                refused = HTTPError(403, reason, "the API key may not write to this database")
+                refused.body = record
+                await self.keep_refused(door, received_ms, database, table, key, refused)
+                raise refused
+        await self.append(Envelope(received_ms, door, database, table, key_hash, record))
+
     async def keep_refused(
         self, door: str, received_ms: int, database: str, table: str, key: str | None, e: HTTPError
     ) -> None:
