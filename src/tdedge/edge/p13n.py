@@ -47,7 +47,12 @@ from tdedge.realtime import tokens
 from tdedge.realtime.batch import BatchStore
 from tdedge.realtime.config import P13N_NAME
 from tdedge.realtime.engine import Engine, Request
-from tdedge.realtime.errors import ConfigStoreDown, KeyStoreDown, StoreUnavailable
+from tdedge.realtime.errors import (
+    ConfigStoreDown,
+    JournalDown,
+    KeyStoreDown,
+    StoreUnavailable,
+)
 from tdedge.realtime.limits import Limiter
 from tdedge.realtime.offers import EMPTY as EMPTY_ANSWER
 from tdedge.realtime.registry import Registry
@@ -290,7 +295,7 @@ class P13nDoor:
                     Envelope(received_ms, DOOR, database, table, self._key_hash(key), body)
                 )
             except HTTPError as e:  # the journal refused: nothing was stored
-                raise DoorError(503, 1001, e.message, e.headers) from None
+                raise DoorError(503, JournalDown.code, e.message, e.headers) from None
             request = Request(service, table, event, keys, public)
             try:
                 answer = await self._batcher.submit(request)

@@ -349,12 +349,6 @@ class SQLiteProfileStore:
             raise ProfileStoreDown(f"profile store unavailable: {e}") from e
         return [Merge(r[0], r[1], r[2], r[3], r[4], _keys_decoder.decode(r[5])) for r in rows]
 
-    def count(self, service: str) -> int:
-        (n,) = self._conn.execute(
-            "SELECT count(*) FROM profiles WHERE service = ?", (service,)
-        ).fetchone()
-        return int(n)
-
     def checkpoint(self) -> None:
         """Copy the WAL into the database (PASSIVE: never waits for, nor blocks, writers)."""
         self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
