@@ -9,7 +9,6 @@ the hash, never from the secret.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from typing import Literal
 
@@ -44,7 +43,3 @@ def claimed_account(key: str) -> int | None:
     if not sep or not head.isdigit() or len(head) > 18:
         return None
     return int(head)
-
-
-def same_hash(a: bytes, b: bytes) -> bool:
-    return hmac.compare_digest(a, b)

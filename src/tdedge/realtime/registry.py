@@ -14,7 +14,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tdedge.control.store import sqlite_engine
+from tdedge.control.store import create_tables, sqlite_engine
 from tdedge.errors import NotFound
 from tdedge.realtime import config as config_file
 from tdedge.realtime import tokens
@@ -63,7 +63,6 @@ meta = sa.Table(
     sa.Column("generation", sa.Integer, nullable=False),
 )
 
-SETUP_ATTEMPTS = 5
 # First instance id handed out; Treasure Data's are numbers of this size.
 FIRST_INSTANCE_ID = 10001
 _cidrs = msgspec.json.Decoder(list[str])
@@ -79,21 +78,16 @@ class Applied(msgspec.Struct, frozen=True):
 class Registry:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        # Worker processes start together and each may be first: creating the tables
-        # (check, then create) can lose to another process; the next attempt sees them.
-        for attempt in range(SETUP_ATTEMPTS):
-            try:
-                metadata.create_all(engine)
-                with engine.begin() as conn:
-                    if conn.execute(sa.select(meta.c.id)).first() is None:
-                        conn.execute(sa.insert(meta).values(id=1, generation=0))
-                return
-            except (sa.exc.OperationalError, sa.exc.IntegrityError) as e:
-                if attempt + 1 == SETUP_ATTEMPTS:
-                    raise ConfigStoreDown(f"configuration store unavailable: {e}") from e
-                time.sleep(0.05 * (attempt + 1))
-            except sa.exc.SQLAlchemyError as e:
-                raise ConfigStoreDown(f"configuration store unavailable: {e}") from e
+        try:
+            # Worker processes start together: create_tables tolerates losing the race.
+            create_tables(metadata, engine)
+            with engine.begin() as conn:
+                if conn.execute(sa.select(meta.c.id)).first() is None:
+                    conn.execute(sa.insert(meta).values(id=1, generation=0))
+        except sa.exc.IntegrityError:
+            pass  # another process inserted the meta row first: the same row
+        except sa.exc.SQLAlchemyError as e:
+            raise ConfigStoreDown(f"configuration store unavailable: {e}") from e
 
     @classmethod
     def open(cls, control_db: Path) -> Registry:
