@@ -64,14 +64,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def create_tables(meta: sa.MetaData, engine: Engine, attempts: int = 5) -> None:
     """``create_all`` that tolerates a race: worker processes start together, each may
-    check first and then lose the CREATE to another; the next attempt sees the table."""
+    check first and then lose the CREATE to another (the next attempt sees the table),
+    and SQLite may answer "database is locked" at once while another process switches
+    the file to WAL, which no busy timeout covers."""
     for attempt in range(attempts):
         try:
             meta.create_all(engine)
             return
         except sa.exc.OperationalError as e:
-            if "already exists" not in str(e) or attempt == attempts - 1:
+            racing = "already exists" in str(e) or "database is locked" in str(e)
+            if not racing or attempt == attempts - 1:
                 raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def sqlite_engine(path: Path) -> Engine:
