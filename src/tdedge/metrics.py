@@ -27,7 +27,7 @@ JOURNAL_COMMIT_BATCH = Histogram(
 )
 JOURNAL_COMMIT_SECONDS = Histogram(
     "tdedge_journal_commit_seconds",
-    "Time to write and fsync one group commit",
+    "Time of one group commit's fsync of the journal WAL",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
 )
 JOURNAL_BACKLOG = Gauge(

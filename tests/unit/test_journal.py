@@ -145,3 +145,41 @@ def test_append_many_is_one_group(tmp_path: Path) -> None:
     journal.close()
     got = SQLiteJournalReader(s.journal_dir).read({}, 100)
     assert [(e.seq, e.envelope) for e in got] == [(1, env(1)), (1, env(2)), (1, env(3))]
+
+
+def test_no_append_returns_before_an_fsync_that_began_after_its_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 200 means durable: an append waits for the fdatasync covering its write."""
+    import os
+    import threading
+
+    from tdedge.journal import sqlite as journal_module
+
+    release = threading.Event()
+    syncs: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def held_fdatasync(fd: int) -> None:
+        syncs.append(fd)
+        release.wait(10)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(journal_module.os, "fdatasync", held_fdatasync)
+    s = settings(tmp_path)
+    journal = SQLiteJournal(s)
+
+    async def go() -> None:
+        task = asyncio.ensure_future(journal.append(env(1)))
+        deadline = time.monotonic() + 5
+        while not syncs and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert syncs, "the syncer never started an fsync"
+        await asyncio.sleep(0.2)
+        assert not task.done()  # written to the WAL, fsync still running: no answer yet
+        release.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(go())
+    journal.close()
+    assert [e.envelope for e in SQLiteJournalReader(s.journal_dir).read({}, 9)] == [env(1)]

@@ -1,18 +1,28 @@
-"""The embedded journal: one SQLite file (WAL, synchronous=FULL) per edge worker.
+"""The embedded journal: one SQLite file (WAL) per edge worker.
 
 Each worker process owns a shard, claimed with an exclusive ``flock`` on its lock file,
 so shards never share a writer and a restarted worker takes over a dead one's shard.
-Appends are group-committed: requests queue their envelope and await a future; one
-writer thread inserts everything queued, commits (one fsync for the whole group) and
-resolves every future of the group at once. A request's 200 therefore waits for its own
-record's fsync and nothing else.
 
-A group commit is ONE row holding the whole group (a msgpack array of envelopes),
-written by one autocommit INSERT: one SQLite step, so the writer thread releases and
-retakes the GIL once per group instead of once per record — with the event loop busy
-in the other thread, per-record GIL hand-offs made commits several times slower.
-``seq`` numbers rows, so every entry of a group has the same seq, and the reader always
-returns a row's entries together; positions are row seqs.
+Appends are group-committed in two stages, so the event loop never waits on the disk
+and the disk never waits on the event loop:
+
+1. **write**, on the event loop: the first append of a loop iteration schedules one
+   INSERT for every append of that iteration, after the requests it is handling. The
+   connection runs ``synchronous=NORMAL``, so the INSERT only ``write()``s WAL frames.
+2. **sync**, on the syncer thread: one ``fdatasync`` of the WAL file makes every frame
+   written before it durable — what ``synchronous=FULL`` would do at each commit — and
+   then resolves the futures of everything it covered, in one hop per event loop.
+   While it runs the loop keeps writing, and the next fsync covers all of that.
+
+A request's 200 therefore waits for an fsync that began after its own record was
+written, and nothing else. Checkpoints (which ``synchronous=NORMAL`` does fsync) are
+left to the loader's release; SQLite keeps the ``-wal`` file while a connection is
+open, so the descriptor the syncer holds is always the live WAL.
+
+A group is ONE row holding its envelopes (a msgpack array), written by one autocommit
+INSERT: one SQLite step per loop iteration rather than one per record. ``seq`` numbers
+rows, so every entry of a group has the same seq, and the reader always returns a row's
+entries together; positions are row seqs.
 
 ``seq`` is ``INTEGER PRIMARY KEY AUTOINCREMENT``: SQLite then never reuses a number, even
 after the loader has deleted every row, so a position stored in the lake stays valid.
@@ -60,10 +70,10 @@ _SCHEMA = (
 _RELEASE_CHUNK = 2_000
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     for statement in _SCHEMA:
         conn.execute(statement)
     return conn
@@ -88,9 +98,10 @@ def claim_shard(journal_dir: Path) -> tuple[str, IO[bytes]]:
     raise JournalUnavailable(f"all {MAX_SHARDS} journal shards are in use")
 
 
-_Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
 _group_encoder = msgspec.msgpack.Encoder()
 _group_decoder = msgspec.msgpack.Decoder(list[Envelope])
+# Futures waiting for the next fsync, by the event loop that resolves them.
+_Written = dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]]
 
 
 class SQLiteJournal:
@@ -101,22 +112,29 @@ class SQLiteJournal:
         self._clock = clock
         self.shard, self._lock_file = claim_shard(settings.journal_dir)
         self._path = shard_path(settings.journal_dir, self.shard)
-        self._conn = _connect(self._path)
+        self._conn = _connect(self._path, synchronous="NORMAL")
         # Checkpoints copy the WAL into the database file and fsync it: work the
         # loader's release does (``release``), not the edge's commit path.
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._wal_fd = -1  # opened after the first write, once SQLite has made the file
+        # Appended on the event loop, written by ``_write`` once per loop iteration.
+        self._pending: list[msgspec.Raw] = []
+        self._pending_received = 0
+        self._pending_futs: _Written = {}
+        # Written to the WAL, waiting for the syncer thread's fdatasync.
         self._cond = threading.Condition()
-        self._queue: list[tuple[int, list[msgspec.Raw], _Waiter]] = []
+        self._written: _Written = {}
+        self._written_n = 0
         self._closed = False
         self._backlog = 0
-        self._last_seq = 0
         self._refusal: str | None = None  # why appends are refused right now, if they are
         self._checked_at = float("-inf")
+        self._health_conn = _connect(self._path)
         self._check_health()
         self._thread = threading.Thread(target=self._run, name=f"journal-{self.shard}", daemon=True)
         self._thread.start()
 
-    # Edge side.
+    # Edge side (the event loop's thread).
     async def append(self, env: Envelope) -> None:
         await self.append_many((env,))
 
@@ -125,16 +143,52 @@ class SQLiteJournal:
         if self._refusal is not None:
             metrics.JOURNAL_REFUSED.labels(self._refusal).inc()
             raise JournalUnavailable(self._refusal)
+        if self._closed:
+            raise JournalUnavailable("journal closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        blobs = [msgspec.Raw(wire.encode(env)) for env in envs]
         received = min(env.received_ms for env in envs)
-        with self._cond:
-            if self._closed:
-                raise JournalUnavailable("journal closed")
-            self._queue.append((received, blobs, (loop, fut)))
-            self._cond.notify()
+        if not self._pending:
+            # The first append of this loop iteration schedules the write; every
+            # request the iteration handles joins it.
+            loop.call_soon(self._write)
+            self._pending_received = received
+        elif received < self._pending_received:
+            self._pending_received = received
+        self._pending.extend(msgspec.Raw(wire.encode(env)) for env in envs)
+        self._pending_futs.setdefault(loop, []).append(fut)
         await fut
+
+    def _write(self) -> None:
+        """Write what this iteration appended to the WAL (no fsync: the syncer's job)."""
+        blobs, self._pending = self._pending, []
+        futs, self._pending_futs = self._pending_futs, {}
+        try:
+            # Autocommit with synchronous=NORMAL: the INSERT is its own transaction,
+            # written to the WAL but not yet synced, so the event loop never waits on
+            # the disk. Nobody is answered before the syncer's fdatasync covers it.
+            self._conn.execute(
+                "INSERT INTO journal (received_ms, n, envelopes) VALUES (?, ?, ?)",
+                (self._pending_received, len(blobs), _group_encoder.encode(blobs)),
+            )
+            if self._wal_fd < 0:
+                self._wal_fd = os.open(f"{self._path}-wal", os.O_RDONLY)
+        except (sqlite3.Error, OSError) as e:
+            self._failed(e)
+            error = JournalUnavailable(f"journal write failed: {e}")
+            for loop, group in futs.items():
+                loop.call_soon_threadsafe(_settle, group, error)
+            return
+        with self._cond:
+            for loop, group in futs.items():
+                self._written.setdefault(loop, []).extend(group)
+            self._written_n += len(blobs)
+            self._cond.notify()
+
+    def _failed(self, e: Exception) -> None:
+        log.error("journal commit failed", extra={"shard": self.shard, "error": str(e)})
+        self._refusal = "write_failed"
+        self._checked_at = float("-inf")
 
     def backlog(self) -> int:
         return self._backlog
@@ -147,59 +201,52 @@ class SQLiteJournal:
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout=30)
+        if self._wal_fd >= 0:
+            os.close(self._wal_fd)
         self._conn.close()
+        self._health_conn.close()
         self._lock_file.close()
 
-    # Writer thread.
+    # Syncer thread: one fdatasync makes every write before it durable, so while one
+    # runs the event loop keeps writing, and the next fsync covers all of it.
     def _run(self) -> None:
-        limit = self._settings.journal_commit_max
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                while not self._written_n and not self._closed:
                     self._cond.wait(timeout=0.5)
-                    if not self._queue:
+                    if not self._written_n:
                         break
-                if self._closed and not self._queue:
+                if self._closed and not self._written_n:
                     return
-                batch, self._queue = self._queue[:limit], self._queue[limit:]
-            if batch:
-                self._commit(batch)
+                written, self._written = self._written, {}
+                n, self._written_n = self._written_n, 0
+            if n:
+                self._sync(written, n)
             if self._clock() - self._checked_at >= 0.5:
                 self._check_health()
 
-    def _commit(self, batch: list[tuple[int, list[msgspec.Raw], _Waiter]]) -> None:
+    def _sync(self, written: _Written, n: int) -> None:
         started = time.perf_counter()
         error: Exception | None = None
-        blobs = [blob for _, request, _ in batch for blob in request]
-        group = _group_encoder.encode(blobs)
         try:
-            # Autocommit: the INSERT is its own transaction, fsynced before it returns.
-            self._conn.execute(
-                "INSERT INTO journal (received_ms, n, envelopes) VALUES (?, ?, ?)",
-                (min(received for received, _, _ in batch), len(blobs), group),
-            )
-        except sqlite3.Error as e:
-            log.error("journal commit failed", extra={"shard": self.shard, "error": str(e)})
-            error = JournalUnavailable(f"journal write failed: {e}")
-            self._refusal = "write_failed"
-            self._checked_at = float("-inf")
+            os.fdatasync(self._wal_fd)
+        except OSError as e:
+            self._failed(e)
+            error = JournalUnavailable(f"journal sync failed: {e}")
         else:
-            self._backlog += len(blobs)
-            metrics.JOURNAL_APPENDED.inc(len(blobs))
-            metrics.JOURNAL_COMMIT_BATCH.observe(len(blobs))
+            self._backlog += n
+            metrics.JOURNAL_APPENDED.inc(n)
+            metrics.JOURNAL_COMMIT_BATCH.observe(n)
             metrics.JOURNAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
-        # One hop into each event loop per group, not one per request.
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for _, _, (loop, fut) in batch:
-            by_loop.setdefault(loop, []).append(fut)
-        for loop, futs in by_loop.items():
+        # One hop into each event loop per fsync, not one per request.
+        for loop, futs in written.items():
             loop.call_soon_threadsafe(_settle, futs, error)
 
     def _check_health(self) -> None:
         self._checked_at = self._clock()
         s = self._settings
         try:
-            (total,) = self._conn.execute("SELECT sum(n) FROM journal").fetchone()
+            (total,) = self._health_conn.execute("SELECT sum(n) FROM journal").fetchone()
             self._backlog = int(total or 0)
             free = _free_bytes(self._path.parent)
         except (sqlite3.Error, OSError) as e:
