@@ -882,11 +882,7 @@ def prefill_journal(data_dir: Path, n: int, key: str, table: str, group: int) ->
     from tdedge.journal.envelope import Envelope
     from tdedge.journal.sqlite import SQLiteJournal
 
-    settings = Settings(
-        data_dir=str(data_dir),
-        journal_commit_max=1,  # one append_many call per commit: groups of exactly `group`
-        journal_max_backlog=max(10 * n, 1 << 40),
-    )
+    settings = Settings(data_dir=str(data_dir), journal_max_backlog=max(10 * n, 1 << 40))
     record = json.dumps(json.loads(BODY), separators=(",", ":")).encode()
     key_hash = hash_key(key)
     in_flight = 32  # append_many calls queued at once, so the writer never waits
@@ -898,11 +894,15 @@ def prefill_journal(data_dir: Path, n: int, key: str, table: str, group: int) ->
             while written < n:
                 now_ms = time.time_ns() // 1_000_000
                 env = Envelope(now_ms, "legacy", DB, table, key_hash, record)
-                sizes: list[int] = []
-                while len(sizes) < in_flight and written < n:
-                    sizes.append(min(group, n - written))
-                    written += sizes[-1]
-                await asyncio.gather(*(journal.append_many([env] * k) for k in sizes))
+                calls: list[asyncio.Task[None]] = []
+                while len(calls) < in_flight and written < n:
+                    k = min(group, n - written)
+                    written += k
+                    calls.append(asyncio.create_task(journal.append_many([env] * k)))
+                    # The journal writes what one loop iteration appended as one row:
+                    # yielding here makes each call its own row of exactly `group`.
+                    await asyncio.sleep(0)
+                await asyncio.gather(*calls)
         finally:
             journal.close()
 

@@ -42,13 +42,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Journal. Past either bound the edge answers 503 + Retry-After instead of 200.
     journal_max_backlog: int = 2_000_000
     journal_min_free_bytes: int = 64 * 1024 * 1024
-    journal_commit_max: int = 4096
     retry_after_s: int = 5
 
     # Loader.
     loader_batch_max_records: int = 100_000
     loader_batch_max_wait_s: float = 0.25
     loader_poll_s: float = 0.05
+    # The loader's CPU priority (``nice``): on a shared machine the edge's answers come
+    # first; the loader catches up in the gaps, and the journal's backlog bound (503)
+    # is the back-pressure if it cannot.
+    loader_nice: int = 10
     compaction_interval_s: float = 60.0
     # /readyz fails when the loader is this far behind or has not beaten for this long.
     ready_max_lag_s: float = 30.0

@@ -233,6 +233,7 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     if parent_pid is not None:
         parent_watch(parent_pid, stop)
     lock_fd = loader_lock(settings)
+    os.nice(settings.loader_nice)
     store = ControlStore.open(settings.control_db)
     reader = SQLiteJournalReader(settings.journal_dir)
     lake = Lake.open(settings)
