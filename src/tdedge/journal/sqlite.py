@@ -173,7 +173,7 @@ class SQLiteJournal:
             )
             if self._wal_fd < 0:
                 self._wal_fd = os.open(f"{self._path}-wal", os.O_RDONLY)
-        except (sqlite3.Error, OSError) as e:
+        except Exception as e:  # whatever it is, the requests it carried get a 503
             self._failed(e)
             error = JournalUnavailable(f"journal write failed: {e}")
             for loop, group in futs.items():
