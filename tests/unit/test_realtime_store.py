@@ -250,3 +250,35 @@ def test_ids_only_grow(make_store: Factory) -> None:
     one(store, ["a=1", "b=1"])  # b is merged away: its id is never handed out again
     c = one(store, ["c=1"]).profile.id
     assert a < b < c
+
+
+def test_two_connections_alternating_see_each_others_updates(tmp_path: Path) -> None:
+    """Each store keeps the profiles it committed decoded; the other's commits must
+    still be seen (the cache is dropped when another connection has written)."""
+    a = SQLiteProfileStore(tmp_path / "profiles.sqlite")
+    b = SQLiteProfileStore(tmp_path / "profiles.sqlite")
+    try:
+        for i in range(6):
+            found = one(a if i % 2 else b, ["k=1"])
+            assert count(found.profile) == i + 1
+        assert one(a, ["k=1", "m=2"]).profile.keys == ["k=1", "m=2"]
+        assert one(b, ["m=2"]).profile.keys == ["k=1", "m=2"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_failed_group_leaves_no_trace_in_the_next(make_store: Factory) -> None:
+    """A work that fails after changing a profile in memory: the next group reads the
+    committed state, not the abandoned one."""
+    store = make_store()
+    one(store, ["k=1"])
+
+    def half(tx: ProfileTx) -> Resolution:
+        found = tx.resolve(SERVICE, ["k=1"], T0)
+        COUNTER.update(found.profile, {}, T0)
+        raise ValueError("bug")
+
+    (result,) = store.run([half])
+    assert isinstance(result, ValueError)
+    assert count(one(store, ["k=1"]).profile) == 2

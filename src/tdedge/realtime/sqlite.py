@@ -9,7 +9,10 @@ blocked flock wakes the moment the holder lets go — the difference is the p99.
 A group costs a handful of statements, not a few per profile: the profiles of every
 key of the group are read in one statement (one row of JSON, decoded by msgspec
 straight into Profile structs), the works run in memory, and the changes are written
-back in one multi-row statement per table. Each SQLite step releases the GIL, and with
+back in one multi-row statement per table. Profiles this connection committed stay
+decoded in a ``ProfileCache`` while ``PRAGMA data_version`` (read inside the write
+transaction) shows no other connection has committed since, so with one writer a
+known person costs no read at all. Each SQLite step releases the GIL, and with
 the event loop and the journal's thread waiting for it, every release is a hand-off
 (the journal module says the same of its inserts).
 
@@ -37,6 +40,7 @@ from typing import IO, Any, TypeVar
 import msgspec
 
 from tdedge.realtime import profile as profiles
+from tdedge.realtime.cache import ProfileCache
 from tdedge.realtime.errors import ProfileStoreDown
 from tdedge.realtime.identity import plan
 from tdedge.realtime.profile import MAX_KEYS, Profile
@@ -107,9 +111,10 @@ def _chunks(rows: list[Any]) -> list[list[Any]]:
 class _GroupTx:
     """The ProfileTx of one group: reads up front, works in memory, writes at the end."""
 
-    def __init__(self, conn: sqlite3.Connection, size: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, size: int, cache: ProfileCache) -> None:
         self._conn = conn
         self._size = max(1, size)
+        self._cache = cache
         self._ids: dict[tuple[str, str], int] = {}  # key → its profile, as of now
         self._looked_up: set[tuple[str, str]] = set()
         self._profiles: dict[int, Profile] = {}
@@ -124,8 +129,23 @@ class _GroupTx:
         self._last_id = -1
 
     def prefetch(self, service: str, keys: Sequence[str]) -> None:
-        todo = list(dict.fromkeys(k for k in keys if (service, k) not in self._looked_up))
-        for part in _chunks(todo):
+        todo: list[str] = []
+        looked_up, cache = self._looked_up, self._cache
+        for key in keys:
+            if (service, key) in looked_up:
+                continue
+            cached = cache.get(service, key)
+            if cached is None:
+                todo.append(key)
+                continue
+            looked_up.add((service, key))
+            pid, profile = cached
+            self._ids.setdefault((service, key), pid)
+            if pid not in self._profiles and pid not in self._gone:
+                self._profiles[pid] = profile
+                self._stored.add(pid)
+                self._services[pid] = service
+        for part in _chunks(list(dict.fromkeys(todo))):
             found_json, states_json = self._conn.execute(
                 _READ.format(marks=_marks(len(part))), (service, *part)
             ).fetchone()
@@ -219,11 +239,18 @@ class _GroupTx:
                 [v for row in part for v in row],
             )
 
+    def committed(self) -> None:
+        """The transaction committed: what it wrote is what the cache now knows."""
+        self._cache.committed(self._ids, self._profiles, self._services, self._gone)
+
 
 class SQLiteProfileStore:
-    def __init__(self, path: Path, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, path: Path, timeout_s: float = 2.0, cache: ProfileCache | None = None
+    ) -> None:
         self._path = path
         self._timeout_s = timeout_s
+        self._cache = cache or ProfileCache()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._lock: IO[bytes] = path.with_suffix(".lock").open("ab")
@@ -282,13 +309,20 @@ class SQLiteProfileStore:
         stored state, so running them again gives the same result."""
         conn = self._conn
         out: list[T | Exception] = []
+        cache = self._cache
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # Changed exactly when another connection has committed since this one last
+            # looked: then what the cache holds may be stale.
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
         except sqlite3.Error as e:
+            _rollback(conn)
             raise ProfileStoreDown(f"profile store unavailable: {e}") from e
+        if version != cache.version:
+            cache.reset(version)
         failed: tuple[int, Exception] | None = None
         try:
-            tx = _GroupTx(conn, len(works))
+            tx = _GroupTx(conn, len(works), cache)
             by_service: dict[str, list[str]] = {}
             for service, keys in prefetch:
                 by_service.setdefault(service, []).extend(keys)
@@ -305,12 +339,17 @@ class SQLiteProfileStore:
             if failed is None:
                 tx.write()
                 conn.execute("COMMIT")
+                tx.committed()
             else:
+                # The works changed cached profiles in place: forget them all.
+                cache.reset()
                 conn.execute("ROLLBACK")
         except sqlite3.Error as e:
+            cache.reset()
             _rollback(conn)
             raise ProfileStoreDown(f"profile store write failed: {e}") from e
         except BaseException:
+            cache.reset()
             _rollback(conn)
             raise
         if failed is None:
