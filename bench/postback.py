@@ -12,6 +12,10 @@ Parts, in order (``--parts`` picks some):
   between runs. ``--rounds N`` alternates nginx and tdedge N times instead and reports
   the median of the paired ratios. The CPU that other processes used meanwhile is
   measured and printed: a busy machine makes every figure low.
+  Before tdedge, the same wrk run goes to a bare granian RSGI app with the first
+  ``--workers`` value (read the body, decode the JSON, answer ``{}``: no framework, no
+  durability): the floor under any Python edge on granian, so "vs granian" shows what
+  tdedge's own work costs (``--no-granian-ref`` skips it).
 - ``drain``: right after each tdedge wrk run, the time until the loader has written
   every record the journal accepted (``tdedge_rows_written_total`` from /metrics, then
   confirmed with ``SELECT count(*)``).
@@ -389,6 +393,47 @@ http {{
     }}
 }}
 """
+
+
+# The reference a Python edge cannot beat: granian with a handler that does only what
+# every postback needs (read the body, decode the JSON), without durability.
+BARE_RSGI = """\
+import msgspec
+
+_decode = msgspec.json.decode
+_headers = [("content-type", "application/json")]
+
+
+class App:
+    async def __rsgi__(self, scope, proto):
+        body = await proto()
+        ok = isinstance(_decode(body), dict)
+        proto.response_bytes(200 if ok else 400, _headers, b"{}")
+
+
+app = App()
+"""
+
+
+def start_bare_granian(children: Children, tmp: Path, workers: int) -> tuple[Child, int]:
+    gdir = tmp / "granian-bare"
+    gdir.mkdir(parents=True, exist_ok=True)
+    (gdir / "bare_rsgi.py").write_text(BARE_RSGI)
+    port = free_port()
+    argv = [sys.executable, "-m", "granian", "--interface", "rsgi", "--host", HOST]
+    argv += ["--port", str(port), "--workers", str(workers), "--loop", "uvloop"]
+    argv += ["--backlog", "2048", "--log-level", "warning", "bare_rsgi:app"]
+    env = {**os.environ, "PYTHONPATH": str(gdir)}
+    child = children.start("granian-bare", argv, tmp, env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise BenchError(f"granian exited:\n{child.tail()}")
+        with contextlib.suppress(OSError):
+            if http_post(port, "/", b"{}", {"Content-Type": "application/json"}) == 200:
+                return child, port
+        time.sleep(0.1)
+    raise BenchError(f"granian did not answer on port {port}:\n{child.tail()}")
 
 
 def start_nginx(children: Children, tmp: Path, workers: str) -> tuple[Child, int]:
@@ -1130,6 +1175,7 @@ class Report:
     busy_during: float | None = None  # CPU used by other processes during the whole run
     nginx: WrkResult | None = None
     nginx_after: WrkResult | None = None  # the same nginx run again after tdedge's
+    granian: WrkResult | None = None  # bare granian RSGI, no durability (the floor)
     tdedge: list[TdedgeRun] = field(default_factory=list)
     freshness: Freshness | None = None
     prefill: Drain | None = None
@@ -1189,6 +1235,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="give up a wait after this many seconds without progress [30]",
     )
     p.add_argument("--no-loader", action="store_true", help="serve --no-loader; HTTP part only")
+    p.add_argument(
+        "--no-granian-ref",
+        dest="granian_ref",
+        action="store_false",
+        help="skip the bare granian RSGI reference run",
+    )
     p.add_argument("--log-level", default="warning", help="tdedge serve --log-level [warning]")
     p.add_argument(
         "--wait-quiet",
@@ -1373,6 +1425,18 @@ def run(args: argparse.Namespace, report: Report, children: Children, tmp: Path)
                 )
             finally:
                 children.stop(nginx)
+        if "http" in parts and args.granian_ref:
+            bare, gport = start_bare_granian(children, tmp, args.worker_list[0])
+            try:
+                report.granian = run_wrk(
+                    f"granian-w{args.worker_list[0]}",
+                    f"http://{HOST}:{gport}{path}",
+                    script,
+                    args.duration,
+                    tmp,
+                )
+            finally:
+                children.stop(bare)
         expected_total = 0
         for index, workers in enumerate(args.worker_list):
             server = Tdedge(
@@ -1545,6 +1609,8 @@ def render(report: Report, args: argparse.Namespace) -> str:
     rows: list[tuple[WrkResult, float | None]] = []
     if report.nginx:
         rows.append((report.nginx, None))
+    if report.granian:
+        rows.append((report.granian, _ratio(report.granian.rps, nginx_reference(report))))
     rows += [(r.wrk, r.ratio) for r in report.tdedge]
     if report.nginx_after:
         rows.append((report.nginx_after, None))
@@ -1569,6 +1635,7 @@ def render(report: Report, args: argparse.Namespace) -> str:
     if len(report.tdedge) > 1:
         best = max(report.tdedge, key=lambda r: r.wrk.rps)
         lines.append(f"  best: workers={best.workers} ({best.wrk.rps:,.0f} rps)")
+    lines.extend(_granian_lines(report, "  "))
     for r in report.tdedge:
         if r.round_ratios:
             pairs = ", ".join(
@@ -1620,6 +1687,18 @@ def render(report: Report, args: argparse.Namespace) -> str:
     for e in report.errors:
         lines.append(f"ERROR: {e}")
     return "\n".join(lines)
+
+
+def _granian_lines(report: Report, indent: str) -> list[str]:
+    """tdedge against bare granian: what tdedge's own work (durability included) costs."""
+    if report.granian is None or report.granian.rps <= 0:
+        return []
+    g = report.granian
+    return [
+        f"{indent}vs bare granian (same wrk, no durability): w={r.workers} "
+        f"{r.wrk.rps / g.rps:.1%} of {g.rps:,.0f} rps"
+        for r in report.tdedge
+    ]
 
 
 def _busy_line(report: Report) -> str:
@@ -1676,6 +1755,15 @@ def summary_block(report: Report, args: argparse.Namespace) -> str:
             f"  w={r.workers}: {fmt_f(r.mean_group, 1)} records/fsync; loader during wrk "
             f"{fmt_int(r.loaded_during)} rows, max lag {fmt_int(r.max_lag_records)} records"
         )
+    if report.granian:
+        g = report.granian
+        g_ratio = _ratio(g.rps, nginx_reference(report))
+        out.append(
+            f"{'bare granian w=' + g.target.removeprefix('granian-w'):<17}{g.rps:>9,.0f} rps  "
+            f"p50 {g.p50_ms:.2f} ms  p99 {g.p99_ms:.2f} ms  = "
+            f"{'-' if g_ratio is None else f'{g_ratio:.1%}'} of nginx (no durability)"
+        )
+    out.extend(_granian_lines(report, ""))
     if len(report.tdedge) > 1:
         best = max(report.tdedge, key=lambda r: r.wrk.rps)
         out.append(f"best workers value: {best.workers}")
