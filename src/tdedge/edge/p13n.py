@@ -14,24 +14,22 @@ for the journal, which DESIGN.md promises), and the HTTP status as the code for 
 on the caller's account. Requests refused with a 4xx are kept, as on every door, so
 they show in the import errors (reason ``p13n_<code>``).
 
-Profile updates run in one engine thread per worker, a group of queued requests per
-store transaction (``Batcher``): one lock and one commit for the group.
+Profile updates run a group per event-loop iteration (``realtime/batcher.py``): one
+store transaction, one lock and one commit for the requests one journal fsync released.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
 from tdedge.control.directory import Directory
 from tdedge.control.keys import hash_key
@@ -45,6 +43,7 @@ from tdedge.realtime import batch as batch_store
 from tdedge.realtime import sqlite as profile_store
 from tdedge.realtime import tokens
 from tdedge.realtime.batch import BatchStore
+from tdedge.realtime.batcher import Batcher
 from tdedge.realtime.config import P13N_NAME
 from tdedge.realtime.engine import Engine, Request
 from tdedge.realtime.errors import (
@@ -64,8 +63,6 @@ log = logging.getLogger("tdedge.p13n")
 
 DOOR = "p13n"
 MEDIA_TYPE = "application/vnd.treasuredata.v1+json"
-# Queued requests share a store transaction, up to this many.
-MAX_GROUP = 256
 CACHE_MAX = 10_000
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?")
 _event_decoder = msgspec.json.Decoder()
@@ -74,16 +71,6 @@ DECISIONS = Counter("tdedge_p13n_decisions_total", "p13n requests answered 200",
 # labels() on every request costs more than the count (see edge/services.py).
 _NO_OFFERS = DECISIONS.labels("none")
 _SOME_OFFERS = DECISIONS.labels("some")
-GROUP = Histogram(
-    "tdedge_p13n_group_size",
-    "Profile updates sharing one store transaction",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
-STORE_SECONDS = Histogram(
-    "tdedge_p13n_store_seconds",
-    "Time to stitch, update and commit one group of profiles",
-    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0),
-)
 
 MESSAGES = {
     3000: "RT token was not provided (WP13n-Token header).",
@@ -110,75 +97,6 @@ class DoorError(Exception):
 
 def _bad(code: int, detail: str = "") -> DoorError:
     return DoorError(400, code, f"{MESSAGES[code]} {detail}".strip())
-
-
-_Waiter = tuple[Request, asyncio.AbstractEventLoop, "asyncio.Future[bytes]"]
-
-
-class Batcher:
-    """Runs the engine in one thread per worker, a group of requests at a time.
-
-    Requests queue while the thread works on the previous group, so groups grow with
-    the load (one store transaction, one lock, one commit each), and the event loop is
-    never blocked by the store — not even by a lock held elsewhere until it times out.
-    The queue is bounded by the door's concurrency limit (``limits.concurrency``).
-    """
-
-    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
-        self._engine = engine
-        self._clock = clock
-        self._queue: list[_Waiter] = []
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="p13n-engine", daemon=True)
-        self._thread.start()
-
-    def submit(self, request: Request) -> asyncio.Future[bytes]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
-        with self._cond:
-            self._queue.append((request, loop, fut))
-            self._cond.notify()
-        return fut
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
-            self._decide(group)
-
-    def _decide(self, group: list[_Waiter]) -> None:
-        started = time.perf_counter()
-        results: list[bytes | Exception]
-        try:
-            results = self._engine.decide([r for r, _, _ in group], int(self._clock() * 1000))
-        except StoreUnavailable as e:
-            results = [e] * len(group)
-        except Exception as e:
-            log.exception("p13n engine failed")
-            results = [e] * len(group)
-        STORE_SECONDS.observe(time.perf_counter() - started)
-        GROUP.observe(len(group))
-        # One hop into each event loop per group, not one per request.
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bytes], Any]]] = {}
-        for (_, loop, fut), result in zip(group, results, strict=True):
-            by_loop.setdefault(loop, []).append((fut, result))
-        for loop, settled in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_settle, settled)
-            except RuntimeError:  # the loop is closed: the worker is stopping
-                log.info("p13n answers dropped: event loop closed")
-
-
-def _settle(settled: list[tuple[asyncio.Future[bytes], bytes | Exception]]) -> None:
-    for fut, result in settled:
-        if fut.done():  # the client went away
-            continue
-        if isinstance(result, Exception):
-            fut.set_exception(result)
-        else:
-            fut.set_result(result)
 
 
 class P13nDoor:

@@ -51,6 +51,19 @@ class Engine:
         """The answer body of each request (or its error); ProfileStoreDown for all."""
         works = [partial(_update, r, now_ms) for r in requests]
         results = self.store.run(works, [(r.service.name, r.keys) for r in requests])
+        return self._answers(requests, results, now_ms)
+
+    def try_decide(
+        self, requests: Sequence[Request], now_ms: int
+    ) -> list[bytes | Exception] | None:
+        """``decide``, or None at once when the store is busy with another process."""
+        works = [partial(_update, r, now_ms) for r in requests]
+        results = self.store.try_run(works, [(r.service.name, r.keys) for r in requests])
+        return None if results is None else self._answers(requests, results, now_ms)
+
+    def _answers(
+        self, requests: Sequence[Request], results: Sequence[Updated | Exception], now_ms: int
+    ) -> list[bytes | Exception]:
         out: list[bytes | Exception] = []
         for request, result in zip(requests, results, strict=True):
             if isinstance(result, Exception):

@@ -285,6 +285,20 @@ class SQLiteProfileStore:
         finally:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
 
+    def try_run(
+        self, works: Sequence[Work[T]], prefetch: Sequence[tuple[str, Sequence[str]]] = ()
+    ) -> list[T | Exception] | None:
+        if not works:
+            return []
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        try:
+            return self._run_locked(works, prefetch)
+        finally:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+
     def _acquire(self) -> None:
         fd = self._lock.fileno()
         deadline = time.monotonic() + self._timeout_s

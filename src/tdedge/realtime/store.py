@@ -59,6 +59,13 @@ class ProfileStore(Protocol):
         """
         ...
 
+    def try_run(
+        self, works: Sequence[Work[T]], prefetch: Sequence[tuple[str, Sequence[str]]] = ()
+    ) -> list[T | Exception] | None:
+        """``run``, or None without waiting when another process is writing: a caller
+        that must not block (an event loop) then hands the works to a thread."""
+        ...
+
     def find(self, service: str, keys: Sequence[str]) -> list[Profile]:
         """The distinct profiles ``keys`` point at, oldest first (no writes)."""
         ...
