@@ -49,6 +49,7 @@ def _writable(settings: Settings) -> duckdb.DuckDBPyConnection:
         prepare_catalog(settings.lake_catalog)
         con = connect()
         try:
+            con.execute(f"SET threads = {int(settings.loader_lake_threads)}")
             attach(con, settings, read_only=False)
             for statement in system.DDL:
                 con.execute(statement)
