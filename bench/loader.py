@@ -1,6 +1,7 @@
 """Loader throughput: journal entries → DuckLake rows per second, without the edge.
 
-An in-memory journal holds N envelopes of a small record (5 fields) for one table;
+An in-memory journal holds N envelopes of a small record (5 fields) for one table, in
+groups of 64 (a journal row);
 the real Loader moves them into a real DuckLake in a temporary folder.
 
     .venv/bin/python bench/loader.py --records 1000000
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import itertools
 import tempfile
 import time
 from collections.abc import Mapping
@@ -20,37 +22,44 @@ from tdedge.config import Settings
 from tdedge.control.directory import Directory
 from tdedge.control.keys import hash_key
 from tdedge.control.store import ControlStore
-from tdedge.journal.envelope import Envelope, JournalEntry
+from tdedge.journal.envelope import Envelope, JournalGroup
 from tdedge.lake.lake import Lake
 from tdedge.loader.runner import Loader
 
 
 class MemoryReader:
-    """A JournalReader over a list, one shard, seq = index + 1."""
+    """A JournalReader over a list of groups, one shard, seq = index + 1."""
 
-    def __init__(self, entries: list[JournalEntry]) -> None:
-        self._entries = entries
-        self._seqs = [e.seq for e in entries]
+    def __init__(self, groups: list[JournalGroup]) -> None:
+        self._groups = groups
+        self._seqs = [g.seq for g in groups]
+        self._ends = list(itertools.accumulate(len(g.envelopes) for g in groups))
 
-    def read(self, after: Mapping[str, int], limit: int) -> list[JournalEntry]:
+    def read(self, after: Mapping[str, int], limit: int) -> list[JournalGroup]:
         start = bisect.bisect_right(self._seqs, after.get("s0", 0))
-        return self._entries[start : start + limit]
+        taken = self._ends[start - 1] if start else 0
+        # Whole groups, until about `limit` envelopes.
+        stop = bisect.bisect_left(self._ends, taken + limit, lo=start) + 1
+        return self._groups[start:stop]
 
     def release(self, upto: Mapping[str, int]) -> None:
         pass
 
     def pending(self, after: Mapping[str, int]) -> tuple[int, int | None]:
         start = bisect.bisect_right(self._seqs, after.get("s0", 0))
-        left = len(self._entries) - start
-        return left, (self._entries[start].envelope.received_ms if left else None)
+        if start == len(self._groups):
+            return 0, None
+        left = self._ends[-1] - (self._ends[start - 1] if start else 0)
+        return left, self._groups[start].envelopes[0].received_ms
 
     def close(self) -> None:
         pass
 
 
-def envelopes(n: int, key: str, now_ms: int) -> list[JournalEntry]:
+def journal(n: int, key: str, now_ms: int, group: int) -> list[JournalGroup]:
+    """``n`` envelopes in groups of ``group``, as the edge's journal rows hold them."""
     digest = hash_key(key)
-    out = []
+    envelopes = []
     for i in range(n):
         record = msgspec.json.encode(
             {
@@ -61,22 +70,25 @@ def envelopes(n: int, key: str, now_ms: int) -> list[JournalEntry]:
                 "count": i,
             }
         )
-        env = Envelope(now_ms, "legacy", "bench", "events", digest, record)
-        out.append(JournalEntry("s0", i + 1, env))
-    return out
+        envelopes.append(Envelope(now_ms, "legacy", "bench", "events", digest, record))
+    return [
+        JournalGroup("s0", seq, envelopes[start : start + group])
+        for seq, start in enumerate(range(0, n, group), start=1)
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=100_000)
+    parser.add_argument("--group", type=int, default=64, help="envelopes per journal row [64]")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         settings = Settings(data_dir=root, loader_batch_max_records=args.batch)
         store = ControlStore.open(settings.control_db)
         key = store.create_key(1, "master")
         now = time.time()
-        reader = MemoryReader(envelopes(args.records, key, int(now * 1000)))
+        reader = MemoryReader(journal(args.records, key, int(now * 1000), args.group))
         lake = Lake.open(settings)
         loader = Loader(settings, reader, Directory(store, ttl_s=60), lake)
         started, cpu_started = time.perf_counter(), time.process_time()

@@ -11,7 +11,7 @@ import pytest
 from tdedge import metrics
 from tdedge.config import Settings
 from tdedge.errors import JournalUnavailable
-from tdedge.journal.envelope import Envelope
+from tdedge.journal.envelope import Envelope, entries
 from tdedge.journal.sqlite import SQLiteJournal, SQLiteJournalReader
 
 
@@ -49,7 +49,7 @@ def test_concurrent_appends_share_fsyncs_and_all_survive_reopen(tmp_path: Path) 
     assert 1 <= commits < len(envs) / 4  # group commit: far fewer fsyncs than records
 
     reader = SQLiteJournalReader(s.journal_dir)
-    got = reader.read({}, limit=10_000)
+    got = entries(reader.read({}, limit=10_000))
     reader.close()
     assert [e.envelope for e in got] == envs
     # One row per group commit; its entries share the row's seq.
@@ -71,14 +71,14 @@ def test_read_after_position_release_and_pending(tmp_path: Path) -> None:
     append_each(journal, [env(i) for i in range(10)])
     reader = SQLiteJournalReader(s.journal_dir)
     assert reader.pending({}) == (10, env(0).received_ms)
-    assert [e.seq for e in reader.read({"shard-00": 7}, 100)] == [8, 9, 10]
+    assert [g.seq for g in reader.read({"shard-00": 7}, 100)] == [8, 9, 10]
     assert reader.pending({"shard-00": 7}) == (3, env(7).received_ms)
     reader.release({"shard-00": 10})
     assert reader.read({}, 100) == []
     assert reader.pending({"shard-00": 10}) == (0, None)
     # Numbers are never reused, even once every row has been released.
     append_all(journal, [env(99)])
-    assert [e.seq for e in reader.read({"shard-00": 10}, 100)] == [11]
+    assert [g.seq for g in reader.read({"shard-00": 10}, 100)] == [11]
     journal.close()
     reader.close()
 
@@ -94,7 +94,7 @@ def test_each_live_journal_owns_a_shard_and_a_dead_ones_shard_is_reused(tmp_path
     assert c.shard == "shard-00"
     append_all(c, [env(3)])
     reader = SQLiteJournalReader(s.journal_dir)
-    got = {(e.shard, e.seq, e.envelope.received_ms) for e in reader.read({}, 100)}
+    got = {(e.shard, e.seq, e.envelope.received_ms) for e in entries(reader.read({}, 100))}
     assert got == {
         ("shard-00", 1, env(1).received_ms),
         ("shard-00", 2, env(3).received_ms),
@@ -117,7 +117,7 @@ def test_backlog_over_bound_refuses_appends(tmp_path: Path) -> None:
         append_all(journal, [env(4)])
     # Releasing the backlog makes it writable again.
     SQLiteJournalReader(settings(tmp_path).journal_dir).release({journal.shard: 3})
-    assert [e.seq for e in SQLiteJournalReader(settings(tmp_path).journal_dir).read({}, 9)] == []
+    assert SQLiteJournalReader(settings(tmp_path).journal_dir).read({}, 9) == []
     deadline = time.monotonic() + 5
     while not journal.writable() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -144,7 +144,7 @@ def test_append_many_is_one_group(tmp_path: Path) -> None:
     asyncio.run(go())
     journal.close()
     got = SQLiteJournalReader(s.journal_dir).read({}, 100)
-    assert [(e.seq, e.envelope) for e in got] == [(1, env(1)), (1, env(2)), (1, env(3))]
+    assert [(g.seq, list(g.envelopes)) for g in got] == [(1, [env(1), env(2), env(3)])]
 
 
 def test_no_append_returns_before_an_fsync_that_began_after_its_write(
@@ -182,4 +182,4 @@ def test_no_append_returns_before_an_fsync_that_began_after_its_write(
 
     asyncio.run(go())
     journal.close()
-    assert [e.envelope for e in SQLiteJournalReader(s.journal_dir).read({}, 9)] == [env(1)]
+    assert [e.envelope for e in entries(SQLiteJournalReader(s.journal_dir).read({}, 9))] == [env(1)]

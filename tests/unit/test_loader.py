@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -22,11 +23,12 @@ from tdedge.control.directory import Directory
 from tdedge.control.keys import hash_key, key_id
 from tdedge.control.store import ControlStore
 from tdedge.errors import LakeError
-from tdedge.journal.envelope import Envelope, JournalEntry
+from tdedge.journal.envelope import Envelope, JournalEntry, JournalGroup
 from tdedge.lake import system
 from tdedge.lake.lake import Lake
 from tdedge.loader import runner
 from tdedge.loader.heartbeat import read_heartbeat
+from tdedge.loader.routing import Envelopes
 from tdedge.loader.runner import Loader
 
 NOW = 1_750_000_000.0
@@ -52,15 +54,18 @@ class MemoryReader:
     def _floor(self, shard: str) -> int:
         return max((r.get(shard, 0) for r in self.released), default=0)
 
-    def read(self, after: Mapping[str, int], limit: int) -> list[JournalEntry]:
-        out: list[JournalEntry] = []
+    def read(self, after: Mapping[str, int], limit: int) -> list[JournalGroup]:
+        out: list[JournalGroup] = []
         for shard, entries in sorted(self.shards.items()):
-            waiting = [e for e in entries if e.seq > after.get(shard, 0)]
-            for i, e in enumerate(waiting):
-                # Whole groups only: never split entries that share a seq.
-                if i >= limit and e.seq != waiting[i - 1].seq:
+            waiting = (e for e in entries if e.seq > after.get(shard, 0))
+            taken = 0
+            # Whole groups only: entries that share a seq are one group.
+            for seq, alike in itertools.groupby(waiting, key=lambda e: e.seq):
+                if taken >= limit:
                     break
-                out.append(e)
+                envelopes = [e.envelope for e in alike]
+                out.append(JournalGroup(shard, seq, envelopes))
+                taken += len(envelopes)
         return out
 
     def release(self, upto: Mapping[str, int]) -> None:
@@ -448,3 +453,24 @@ def test_a_table_the_lake_keeps_refusing_is_set_aside(
     # Later records for the table are tried normally again.
     world.send({"a": 2, "must": "x"}, table="strict")
     assert loader.step(LATER).rows == 1
+
+
+def test_envelopes_flatten_groups_and_find_each_ones_place() -> None:
+    def env(i: int) -> Envelope:
+        return Envelope(NOW_MS + i, "legacy", "db", "t", b"k", b"{}")
+
+    groups = [
+        JournalGroup("s0", 4, [env(0), env(1)]),
+        JournalGroup("s0", 5, [env(2)]),
+        JournalGroup("s1", 4, [env(3), env(4), env(5)]),
+    ]
+    flat = Envelopes.of(groups)
+    assert [e.received_ms - NOW_MS for e in flat.items] == [0, 1, 2, 3, 4, 5]
+    assert [(flat.group(i).shard, flat.group(i).seq) for i in range(6)] == [
+        ("s0", 4),
+        ("s0", 4),
+        ("s0", 5),
+        ("s1", 4),
+        ("s1", 4),
+        ("s1", 4),
+    ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from tdedge.journal.envelope import Envelope, JournalEntry
+from tdedge.journal.envelope import Envelope, JournalGroup
 
 Position = Mapping[str, int]
 
@@ -39,8 +39,9 @@ class Journal(Protocol):
 class JournalReader(Protocol):
     """The loader side: read past a position, release what is loaded."""
 
-    def read(self, after: Position, limit: int) -> list[JournalEntry]:
-        """Entries with seq > after[shard] (0 when absent), oldest first per shard."""
+    def read(self, after: Position, limit: int) -> list[JournalGroup]:
+        """Groups with seq > after[shard] (0 when absent), oldest first per shard: about
+        ``limit`` envelopes in all, whole groups only."""
         ...
 
     def release(self, upto: Position) -> None:

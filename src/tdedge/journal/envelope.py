@@ -6,10 +6,16 @@ the loader needs to look the key up, so the journal on disk holds no secrets.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import msgspec
 
+# gc=False: these hold only ints, strings, bytes and lists of each other, never a cycle,
+# so the collector need not track them. The loader decodes one Envelope per record;
+# untracked, each costs about a third less to make.
 
-class Envelope(msgspec.Struct, frozen=True, array_like=True):
+
+class Envelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     received_ms: int  # arrival time at the edge, unix milliseconds
     door: str  # "legacy", "records", "pixel", "ingest", "p13n"
     database: str
@@ -21,10 +27,25 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True):
     reject: str = ""
 
 
-class JournalEntry(msgspec.Struct, frozen=True):
+class JournalGroup(msgspec.Struct, frozen=True, gc=False):
+    """Envelopes appended together: one journal row (or message), so they share one seq."""
+
     shard: str  # which journal (file or stream) holds it
     seq: int  # strictly increasing within the shard, never reused
+    envelopes: Sequence[Envelope]
+
+
+class JournalEntry(msgspec.Struct, frozen=True, gc=False):
+    """One envelope and its place in the journal."""
+
+    shard: str
+    seq: int
     envelope: Envelope
+
+
+def entries(groups: Iterable[JournalGroup]) -> list[JournalEntry]:
+    """Every envelope of ``groups``, in order, with its place."""
+    return [JournalEntry(g.shard, g.seq, env) for g in groups for env in g.envelopes]
 
 
 _encoder = msgspec.msgpack.Encoder()

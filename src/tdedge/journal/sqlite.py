@@ -48,7 +48,7 @@ from tdedge.config import Settings
 from tdedge.errors import JournalUnavailable
 from tdedge.journal import envelope as wire
 from tdedge.journal.base import Position
-from tdedge.journal.envelope import Envelope, JournalEntry
+from tdedge.journal.envelope import Envelope, JournalGroup
 
 log = logging.getLogger("tdedge.journal")
 
@@ -291,14 +291,14 @@ class SQLiteJournalReader:
                     self._conns[path.stem] = _connect(path)
         return self._conns
 
-    def read(self, after: Position, limit: int) -> list[JournalEntry]:
-        """About ``limit`` entries, shared among shards; whole groups only, so it may
+    def read(self, after: Position, limit: int) -> list[JournalGroup]:
+        """About ``limit`` envelopes, shared among shards; whole groups only, so it may
         return up to one group more per shard."""
         shards = self._shards()
         if not shards:
             return []
         share = max(1, limit // len(shards))
-        out: list[JournalEntry] = []
+        out: list[JournalGroup] = []
         for shard, conn in shards.items():
             taken = 0
             # Rows are stepped one at a time and the statement is dropped as soon as the
@@ -312,7 +312,7 @@ class SQLiteJournalReader:
             try:
                 for seq, blob in cursor:
                     group = _group_decoder.decode(blob)
-                    out.extend(JournalEntry(shard, seq, env) for env in group)
+                    out.append(JournalGroup(shard, seq, group))
                     taken += len(group)
                     if taken >= share:
                         break

@@ -35,8 +35,10 @@ Checks run in that order, after the edge's own verdict. The verdict for one
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -44,7 +46,7 @@ import msgspec
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
 from tdedge.control.keys import KeyInfo, key_id
-from tdedge.journal.envelope import Envelope, JournalEntry
+from tdedge.journal.envelope import Envelope, JournalGroup
 from tdedge.lake.batch import Rejection
 from tdedge.names import SYSTEM_DATABASE, is_reserved, is_valid_name, normalize
 
@@ -78,19 +80,52 @@ class Reject:
 Verdict = Accept | Reject
 
 
+@dataclass(frozen=True, slots=True)
+class Envelopes:
+    """A batch's envelopes in journal order, found by index, and the group of each.
+
+    The loader works on indexes into one flat list rather than on an object per
+    envelope: the place of an envelope (shard, seq) is only needed for the few that
+    become import errors.
+    """
+
+    items: list[Envelope]
+    groups: Sequence[JournalGroup]
+    starts: list[int]  # index in ``items`` of each group's first envelope
+
+    @classmethod
+    def of(cls, groups: Sequence[JournalGroup]) -> Envelopes:
+        items: list[Envelope] = []
+        starts: list[int] = []
+        for group in groups:
+            starts.append(len(items))
+            items.extend(group.envelopes)
+        return cls(items, groups, starts)
+
+    def group(self, index: int) -> JournalGroup:
+        """The group that holds ``items[index]``."""
+        return self.groups[bisect_right(self.starts, index) - 1]
+
+
 @dataclass(slots=True)
 class TableInput:
-    """The decoded records bound for one table, with their arrival times and entries."""
+    """The decoded records bound for one table, with their arrival times and indexes."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
     received_s: list[int] = field(default_factory=list)
-    entries: list[JournalEntry] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # indexes into Envelopes.items
 
 
 @dataclass(slots=True)
 class Routed:
+    envelopes: Envelopes
     tables: dict[TableKey, TableInput] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
+
+    def rejected(self, rows: Iterable[int], verdict: Reject, now: float) -> list[Rejection]:
+        """The import errors of ``rows`` (indexes into ``envelopes.items``)."""
+        items, group = self.envelopes.items, self.envelopes.group
+        return [rejection(items[i], group(i), verdict, now) for i in rows]
 
 
 class Router:
@@ -98,50 +133,48 @@ class Router:
         self._settings = settings
         self._directory = directory
 
-    def route(self, entries: Sequence[JournalEntry], now: float) -> Routed:
-        routed = Routed()
-        accepted: dict[TableKey, list[list[JournalEntry]]] = {}
-        for group in _groups(entries):
-            verdict = self.verdict(group[0].envelope, now)
+    def route(self, groups: Sequence[JournalGroup], now: float) -> Routed:
+        routed = Routed(Envelopes.of(groups))
+        items = routed.envelopes.items
+        accepted: dict[TableKey, list[list[int]]] = {}
+        for rows in _alike(items):
+            verdict = self.verdict(items[rows[0]], now)
             if isinstance(verdict, Reject):
-                routed.rejections.extend(rejection(e, verdict, now) for e in group)
+                routed.rejections.extend(routed.rejected(rows, verdict, now))
             else:
-                accepted.setdefault((verdict.database, verdict.table), []).append(group)
-        order: dict[int, int] | None = None
-        for table, groups in accepted.items():
-            if len(groups) == 1:
-                bound = groups[0]
-            else:
-                # Several keys wrote to this table: restore journal order, on which the
-                # type rule ("first value seen") depends.
-                order = order or {id(e): i for i, e in enumerate(entries)}
-                bound = sorted((e for g in groups for e in g), key=lambda e: order[id(e)])
-            routed.tables[table] = self._decode(routed, bound, now)
+                accepted.setdefault((verdict.database, verdict.table), []).append(rows)
+        for table, found in accepted.items():
+            # Several keys wrote to this table: restore journal order, on which the type
+            # rule ("first value seen") depends.
+            rows = found[0] if len(found) == 1 else sorted(chain.from_iterable(found))
+            routed.tables[table] = self._decode(routed, rows, now)
         return routed
 
-    def _decode(self, routed: Routed, bound: list[JournalEntry], now: float) -> TableInput:
+    def _decode(self, routed: Routed, rows: list[int], now: float) -> TableInput:
+        items = routed.envelopes.items
+        bound = [items[i] for i in rows]
         try:
-            records = [_decode_record(e.envelope.record) for e in bound]
+            records = [_decode_record(env.record) for env in bound]
         except msgspec.DecodeError:
             # The edge validates bodies, so this is rare: sort them out one by one.
-            target = TableInput()
-            self._accept_each(routed, target, bound, now)
-            return target
-        return TableInput(records, [e.envelope.received_ms // 1000 for e in bound], bound)
+            return self._accept_each(routed, rows, now)
+        return TableInput(records, [env.received_ms // 1000 for env in bound], rows)
 
-    def _accept_each(
-        self, routed: Routed, target: TableInput, group: list[JournalEntry], now: float
-    ) -> None:
-        for entry in group:
+    def _accept_each(self, routed: Routed, rows: list[int], now: float) -> TableInput:
+        target = TableInput()
+        items = routed.envelopes.items
+        for i in rows:
+            env = items[i]
             try:
-                record = _decode_record(entry.envelope.record)
+                record = _decode_record(env.record)
             except msgspec.DecodeError as e:
                 bad = Reject(INVALID_RECORD, f"not one JSON object: {e}", None)
-                routed.rejections.append(rejection(entry, bad, now))
+                routed.rejections.extend(routed.rejected([i], bad, now))
                 continue
             target.records.append(record)
-            target.received_s.append(entry.envelope.received_ms // 1000)
-            target.entries.append(entry)
+            target.received_s.append(env.received_ms // 1000)
+            target.rows.append(i)
+        return target
 
     def verdict(self, env: Envelope, now: float) -> Verdict:
         """Whether records like ``env`` load, and where (see the module docstring)."""
@@ -177,25 +210,24 @@ class Router:
         return owner
 
 
-def _groups(entries: Sequence[JournalEntry]) -> Iterable[list[JournalEntry]]:
-    """Entries sharing key, database, table and edge verdict, which share a verdict.
+def _alike(envelopes: list[Envelope]) -> Iterable[list[int]]:
+    """Indexes of envelopes sharing key, database, table and edge verdict, in order.
 
-    Grouping first keeps the per-entry work to one dict lookup: this is the hot path.
+    Those share a verdict, so grouping first keeps the per-envelope work to one dict
+    lookup: this is the hot path.
     """
-    groups: dict[tuple[bytes, str, str, str], list[JournalEntry]] = {}
-    for entry in entries:
-        env = entry.envelope
+    groups: dict[tuple[bytes, str, str, str], list[int]] = {}
+    for i, env in enumerate(envelopes):
         ident = (env.key_hash, env.database, env.table, env.reject)
         group = groups.get(ident)
         if group is None:
-            groups[ident] = [entry]
+            groups[ident] = [i]
         else:
-            group.append(entry)
+            group.append(i)
     return groups.values()
 
 
-def rejection(entry: JournalEntry, verdict: Reject, now: float) -> Rejection:
-    env = entry.envelope
+def rejection(env: Envelope, place: JournalGroup, verdict: Reject, now: float) -> Rejection:
     return Rejection(
         time=int(now),
         received_ms=env.received_ms,
@@ -207,6 +239,6 @@ def rejection(entry: JournalEntry, verdict: Reject, now: float) -> Rejection:
         key_id=key_id(env.key_hash),
         account_id=verdict.account_id,
         record=env.record.decode("utf-8", "replace"),
-        journal_shard=entry.shard,
-        journal_seq=entry.seq,
+        journal_shard=place.shard,
+        journal_seq=place.seq,
     )

@@ -1,6 +1,6 @@
 """The Loader: journal → lake, one batch at a time, exactly once.
 
-Each step reads up to ``loader_batch_max_records`` entries after the positions stored
+Each step reads about ``loader_batch_max_records`` envelopes after the positions stored
 in the lake, routes them (loader/routing.py), shapes each table's rows
 (loader/records.py) and commits rows, import errors and the new positions in one lake
 transaction. Only then does it tell the journal it may discard those entries. A crash
@@ -34,12 +34,12 @@ from tdedge.config import Settings
 from tdedge.control.directory import Directory
 from tdedge.errors import LakeError
 from tdedge.journal.base import JournalReader
-from tdedge.journal.envelope import JournalEntry
+from tdedge.journal.envelope import JournalGroup
 from tdedge.lake.batch import Batch, TableRows
 from tdedge.lake.lake import Lake
 from tdedge.loader.heartbeat import Heartbeat, write_heartbeat
 from tdedge.loader.records import to_columns
-from tdedge.loader.routing import LOAD_FAILED, Reject, Routed, Router, rejection
+from tdedge.loader.routing import LOAD_FAILED, Reject, Routed, Router
 
 log = logging.getLogger("tdedge.loader")
 
@@ -52,7 +52,7 @@ SET_ASIDE_AFTER_FAILURES = 8
 
 @dataclass(frozen=True, slots=True)
 class StepReport:
-    entries: int = 0  # journal entries consumed (loaded or rejected)
+    entries: int = 0  # envelopes consumed (loaded or rejected)
     rows: int = 0
     rejected: int = 0
     conflicts: int = 0
@@ -101,12 +101,13 @@ class Loader:
         due = waiting >= limit or lag_s >= self._settings.loader_batch_max_wait_s
         if waiting == 0 or not due:
             return self._report(StepReport(lag_records=waiting, lag_seconds=lag_s))
-        entries = self._reader.read(positions, limit)
-        if not entries:
+        groups = self._reader.read(positions, limit)
+        if not groups:
             return self._report(StepReport(lag_records=waiting, lag_seconds=lag_s))
-        routed = self._router.route(entries, now)
+        routed = self._router.route(groups, now)
+        entries = len(routed.envelopes.items)
         tables, conflicts = self._shape(routed)
-        moved = _last_seqs(entries)
+        moved = _last_seqs(groups)
         batch = Batch(tables, routed.rejections, moved)
         if self._failed_commits >= SET_ASIDE_AFTER_FAILURES:
             batch = self._set_aside(batch, routed, now)
@@ -119,11 +120,11 @@ class Loader:
         self._positions = {**positions, **moved}
         self._reader.release(self._positions)
         report = StepReport(
-            entries=len(entries),
+            entries=entries,
             rows=batch.row_count,
             rejected=len(batch.rejections),
             conflicts=conflicts,
-            lag_records=max(0, waiting - len(entries)),
+            lag_records=max(0, waiting - entries),
             lag_seconds=lag_s,
         )
         _count(report, batch)
@@ -148,8 +149,7 @@ class Loader:
         for (database, table), error in refused.items():
             log.error("setting aside rows for %s.%s the lake refuses: %s", database, table, error)
             verdict = Reject(LOAD_FAILED, f"the lake refused the rows: {error}", None)
-            found = routed.tables[(database, table)].entries
-            rejections.extend(rejection(e, verdict, now) for e in found)
+            rejections.extend(routed.rejected(routed.tables[(database, table)].rows, verdict, now))
         kept = [t for t in batch.tables if (t.database, t.table) not in refused]
         return Batch(kept, rejections, batch.positions)
 
@@ -251,9 +251,9 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _last_seqs(entries: Sequence[JournalEntry]) -> dict[str, int]:
-    # read() returns each shard oldest first, so the last entry of a shard is its newest.
-    return {entry.shard: entry.seq for entry in entries}
+def _last_seqs(groups: Sequence[JournalGroup]) -> dict[str, int]:
+    # read() returns each shard oldest first, so the last group of a shard is its newest.
+    return {group.shard: group.seq for group in groups}
 
 
 def _count(report: StepReport, batch: Batch) -> None:
