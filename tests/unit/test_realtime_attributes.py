@@ -148,3 +148,30 @@ def test_merge_keeps_newest_singles_and_adds_counters() -> None:
     assert counter.value(older, {}, T0 + 3) == 3
     assert recent.value(older, {}, T0 + 3) == ["x", "y"]
     assert older.created_ms == T0
+
+
+def test_the_request_path_updaters_do_what_update_does() -> None:
+    """``updater()`` is ``update`` with short paths for common values: over a mix of
+    events the two leave identical profiles."""
+    import random
+
+    from tdedge.realtime.profile import encode_json
+
+    values: list[Any] = ["a", "b", "x" * (MAX_VALUE_CHARS + 9), 1, 1.0, True, 2, None]
+    values += [["a", 1], {"k": "v"}, [], [True, "b"]]
+    kinds = [
+        SingleAttribute("s", "c"),
+        ListAttribute("l", "c", max_items=3),
+        ListAttribute("lw", "c", max_items=5, window_ms=10 * S),
+        ListAttribute("ld", "c", max_items=4, distinct=False),
+    ]
+    rnd = random.Random(3)
+    slow, fast = fresh(), fresh()
+    updaters = [a.updater() for a in kinds]
+    for i in range(400):
+        event = {"c": rnd.choice(values)} if i % 7 else {}
+        now = T0 + i * 700
+        for a, update in zip(kinds, updaters, strict=True):
+            a.update(slow, event, now)
+            update(fast, event, now)
+        assert encode_json(fast) == encode_json(slow), (i, event)

@@ -189,3 +189,63 @@ def test_event_filters_cannot_read_the_profile() -> None:
         compile_criteria(
             {"attribute": "a", "operator": "IsNull"}, Scope(profile=False, attributes={"a"})
         )
+
+
+SAMPLES: list[Any] = [
+    None,
+    "",
+    "p7",
+    "x-p7-y",
+    "/checkout/3",
+    "/home",
+    "7",
+    "2.5",
+    "abc",
+    0,
+    2,
+    7,
+    2.5,
+    1e9,
+    True,
+    False,
+    [],
+    ["p7"],
+    ["p1", "p7"],
+    ["a", 7],
+    [7],
+    ["7"],
+    [None, "p7"],
+    [True],
+    [2.5, "abc"],
+]
+EXPECTED: dict[str, list[Any]] = {
+    "Equal": ["p7", 7, 2.5, "7", True],
+    "Greater": [2, 2.5, "b", "7"],
+    "GreaterEqual": [2, "abc"],
+    "Less": [50, "m"],
+    "LessEqual": [7],
+    "Between": [[1, 10], ["a", "q"], [2.5, 1e9]],
+    "Contain": ["p7", "7", 7, "abc"],
+    "StartWith": ["/checkout", "p", ""],
+    "EndWith": ["7", "3"],
+    "In": [["p7", 7], ["abc"]],
+    "NotIn": [["p7"]],
+}
+
+
+@pytest.mark.parametrize("negate", [False, True])
+@pytest.mark.parametrize("kind", ["column", "attribute"])
+def test_fast_paths_agree_with_the_general_rules(kind: str, negate: bool) -> None:
+    """The compiled leaves take shortcuts for common value types; whatever the value,
+    they must give the verdict of the operator's general rule."""
+    from tdedge.realtime.criteria import Leaf
+
+    for operator, expectations in EXPECTED.items():
+        for expected in expectations:
+            raw = {kind: "a", "operator": operator, "value": expected, "not": negate}
+            leaf = compile_criteria(raw, SCOPE)
+            assert isinstance(leaf, Leaf)
+            for actual in SAMPLES:
+                ctx = Context({"a": actual}, {"a": actual}, set(), NOW)
+                general = leaf.check(actual, leaf.expected, NOW) != negate
+                assert leaf.test(ctx) is general, (operator, expected, actual, negate)

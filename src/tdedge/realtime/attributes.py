@@ -99,6 +99,25 @@ class SingleAttribute(Attribute):
         if value is not None:
             profile.singles[self.name] = Single(value, now_ms)
 
+    def updater(self) -> Update:
+        name, column = self.name, self.column
+
+        def update(profile: Profile, event: Mapping[str, Any], now_ms: int) -> None:
+            raw: Any = event.get(column)
+            t = type(raw)
+            # The common types inline; scalar() has the same rules for every type.
+            if t is str:
+                value: Scalar | None = raw[:MAX_VALUE_CHARS]
+            elif t is int or t is float or t is bool:
+                value = raw
+            else:
+                value = scalar(raw)
+                if value is None:
+                    return
+            profile.singles[name] = Single(value, now_ms)
+
+        return update
+
     def _current(self, profile: Profile, now_ms: int) -> Single | None:
         found = profile.singles.get(self.name)
         if found is None or (self.expire_ms is not None and now_ms - found.at_ms >= self.expire_ms):
@@ -156,6 +175,36 @@ class ListAttribute(Attribute):
             items.insert(0, Item(value, now_ms))
         # Items stay distinct one insert at a time; only the bounds need applying.
         self._bound(profile, items, now_ms)
+
+    def updater(self) -> Update:
+        """``update``, with the one-value event (not a list) taking a short path."""
+        name, column, distinct, bound, general = (
+            self.name,
+            self.column,
+            self.distinct,
+            self._bound,
+            self.update,
+        )
+
+        def update(profile: Profile, event: Mapping[str, Any], now_ms: int) -> None:
+            raw: Any = event.get(column)
+            t = type(raw)
+            if t is not str and t is not int and t is not float and t is not bool:
+                general(profile, event, now_ms)  # lists, objects, missing values
+                return
+            value = raw[:MAX_VALUE_CHARS] if t is str else raw
+            items = profile.lists.get(name)
+            if items is None:
+                items = profile.lists[name] = []
+            elif distinct:
+                for at, item in enumerate(items):
+                    if item.value == value and type(item.value) is t:
+                        del items[at]
+                        break
+            items.insert(0, Item(value, now_ms))
+            bound(profile, items, now_ms)
+
+        return update
 
     def _bound(self, profile: Profile, items: list[Item], now_ms: int) -> None:
         if self.window_ms is not None and items and items[-1].at_ms <= now_ms - self.window_ms:

@@ -241,14 +241,29 @@ def _leaf_test(
 
         return between
     if op == "Contain" and isinstance(expected, str):
+        # A text that is not a number equals only the same text: membership decides.
+        exact = _number(expected) is None
 
         def contain(ctx: Context) -> bool:
             v = (ctx.event if on_event else ctx.values).get(name)
-            if type(v) is list and expected in v:
-                return not negate
+            if type(v) is list:
+                if expected in v:
+                    return not negate
+                if exact:
+                    return negate
             return check(v, expected, ctx.now_ms) != negate
 
         return contain
+    if op in ("StartWith", "EndWith") and isinstance(expected, str):
+        starts = op == "StartWith"
+
+        def affix(ctx: Context) -> bool:
+            v = (ctx.event if on_event else ctx.values).get(name)
+            if type(v) is str:
+                return (v.startswith(expected) if starts else v.endswith(expected)) != negate
+            return check(v, expected, ctx.now_ms) != negate
+
+        return affix
     if op == "Equal" and isinstance(expected, str):
 
         def text(ctx: Context) -> bool:

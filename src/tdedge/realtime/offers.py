@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from tdedge.realtime.criteria import Context, Node, Trace
+from tdedge.realtime.criteria import Context, Node, Test, Trace
 
 MAX_RESPONSE_BYTES = 10 * 1024
 _json = msgspec.json.Encoder()
@@ -31,6 +31,9 @@ class Output(msgspec.Struct, frozen=True):
     sensitive: bool
 
 
+Render = Callable[[Mapping[str, Any], Collection[str], bool], dict[str, Any]]
+
+
 class Section:
     __slots__ = (
         "accept_unknown",
@@ -39,9 +42,10 @@ class Section:
         "key_tables",
         "name",
         "outputs",
+        "payload_key",
+        "render",
         "segments",
         "strings",
-        "test",
     )
 
     def __init__(
@@ -63,27 +67,47 @@ class Section:
         self.outputs = outputs
         self.segments = segments
         self.strings = strings
-        self.test = self._compile()
+        # Sections with equal payloads render equal offers: one render serves them all.
+        self.payload_key = (tuple(outputs), tuple(segments), tuple(strings.items()))
+        self.render = self._render()
 
-    def _compile(self) -> Callable[[Context, str, bool], bool]:
-        """Whether a request qualifies, as one closure (ten sections, every request)."""
-        accept_unknown, tables = self.accept_unknown, self.key_tables
-        key_test = None if self.key_filter is None else self.key_filter.test
-        criteria = None if self.criteria is None else self.criteria.test
-
-        def qualifies(ctx: Context, table: str, created: bool) -> bool:
-            if created and not accept_unknown:
-                return False
-            if tables is not None and table not in tables:
-                return False
-            if key_test is not None and not key_test(ctx):
-                return False
-            return criteria is None or criteria(ctx)
-
-        return qualifies
+    def test_for(self, table: str, created: bool) -> tuple[bool, Test | None]:
+        """Whether a request on ``table`` (its profile new or not) can qualify, and the
+        test its context must then pass (None: none). Decided once per (table, created)."""
+        if created and not self.accept_unknown:
+            return False, None
+        if self.key_tables is not None and table not in self.key_tables:
+            return False, None
+        tests = [n.test for n in (self.key_filter, self.criteria) if n is not None]
+        if not tests:
+            return True, None
+        if len(tests) == 1:
+            return True, tests[0]
+        key_test, criteria = tests
+        return True, lambda ctx: key_test(ctx) and criteria(ctx)
 
     def qualifies(self, ctx: Context, table: str, created: bool) -> bool:
-        return self.test(ctx, table, created)
+        possible, test = self.test_for(table, created)
+        return possible and (test is None or test(ctx))
+
+    def _render(self) -> Render:
+        every = tuple((o.name, o.ref) for o in self.outputs)
+        public_only = tuple((o.name, o.ref) for o in self.outputs if not o.sensitive)
+        strings, ids = dict(self.strings), tuple(self.segments)
+
+        def render(
+            values: Mapping[str, Any], segments: Collection[str], public: bool
+        ) -> dict[str, Any]:
+            get = values.get
+            attributes = {name: get(ref) for name, ref in (public_only if public else every)}
+            if strings:
+                attributes.update(strings)
+            return {
+                "attributes": attributes,
+                "batch_segments": [{"id": s} for s in ids if s in segments] if ids else [],
+            }
+
+        return render
 
     def explain(self, ctx: Context, table: str, created: bool) -> Trace:
         steps: list[Trace] = []
@@ -119,14 +143,7 @@ class Section:
     def offer(
         self, values: Mapping[str, Any], segments: Collection[str], public: bool
     ) -> dict[str, Any]:
-        attributes: dict[str, Any] = {
-            o.name: values.get(o.ref) for o in self.outputs if not (public and o.sensitive)
-        }
-        attributes.update(self.strings)
-        return {
-            "attributes": attributes,
-            "batch_segments": [{"id": s} for s in self.segments if s in segments],
-        }
+        return self.render(values, segments, public)
 
 
 def answer(offers: dict[str, dict[str, Any]]) -> bytes:

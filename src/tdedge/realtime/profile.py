@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import msgspec
 
+# The structs are gc=False: they never take part in a reference cycle, and a worker
+# keeps thousands of profiles decoded (realtime/cache.py), which the cyclic collector
+# would otherwise walk again and again. Dicts holding only them stay untracked too.
+
 # Bound on identity keys joined to one profile (Treasure Data: ≤ 200 ids per profile).
 MAX_KEYS = 200
 
 
-class Single(msgspec.Struct, array_like=True):
+class Single(msgspec.Struct, array_like=True, gc=False):
     value: str | int | float | bool | None
     at_ms: int
 
 
-class Item(msgspec.Struct, array_like=True):
+class Item(msgspec.Struct, array_like=True, gc=False):
     value: str | int | float | bool
     at_ms: int
 
 
-class Counter(msgspec.Struct, array_like=True):
+class Counter(msgspec.Struct, array_like=True, gc=False):
     """``total`` for all-time counters; ``buckets`` (start second → amount) for windows."""
 
     total: float = 0.0
@@ -32,7 +36,7 @@ class Counter(msgspec.Struct, array_like=True):
     at_ms: int = 0
 
 
-class Profile(msgspec.Struct, array_like=True):
+class Profile(msgspec.Struct, array_like=True, gc=False):
     id: int
     created_ms: int
     updated_ms: int = 0

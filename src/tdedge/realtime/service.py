@@ -9,8 +9,10 @@ and evaluates sections with the time passed in.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import Any
+
+import msgspec
 
 from tdedge.realtime import durations
 from tdedge.realtime.attributes import (
@@ -19,6 +21,7 @@ from tdedge.realtime.attributes import (
     ImportedAttribute,
     ListAttribute,
     SingleAttribute,
+    Update,
 )
 from tdedge.realtime.config import (
     COLUMN,
@@ -32,12 +35,23 @@ from tdedge.realtime.config import (
     ServiceSpec,
     SingleSpec,
 )
-from tdedge.realtime.criteria import Context, CriteriaError, Node, Scope, Trace, compile_criteria
+from tdedge.realtime.criteria import (
+    Context,
+    CriteriaError,
+    Node,
+    Scope,
+    Test,
+    Trace,
+    compile_criteria,
+)
 from tdedge.realtime.identity import KeyRule, event_keys
-from tdedge.realtime.offers import Output, Section
+from tdedge.realtime.offers import Output, Render, Section
 from tdedge.realtime.profile import Profile
 
 Path = tuple[str | int, ...]
+# A section a request can qualify for: name, test (None: none), payload id, render.
+_Candidate = tuple[str, "Test | None", int, Render]
+_MAX_CANDIDATES = 1024
 _NO_VALUES: Mapping[str, Any] = {}
 Report = Callable[[Path, str], None]
 EVENT_ONLY = Scope(profile=False)
@@ -94,17 +108,7 @@ class Service:
         self._updating = [a for a in attributes if not isinstance(a, ImportedAttribute)]
         # What apply() walks per event of each table: the attributes that table feeds,
         # unfiltered ones apart, with the look-ups done once here.
-        self._plans = {
-            table: (
-                [a.updater() for a in self._updating if _feeds(a, table) and a.filter is None],
-                [
-                    (a.filter.test, a.updater())
-                    for a in self._updating
-                    if _feeds(a, table) and a.filter is not None
-                ],
-            )
-            for table in event_tables
-        }
+        self._plans = {table: self._plan(table) for table in event_tables}
         # Attribute references the sections read; only these are computed per request.
         refs: set[str] = set()
         for section in sections:
@@ -112,8 +116,25 @@ class Service:
             for node in (section.criteria, section.key_filter):
                 refs.update(_refs(node))
         self.refs = sorted(refs)
+        self._candidates: dict[tuple[str, bool], list[_Candidate]] = {}
+        self._payloads: dict[Hashable, int] = {}
         self._readers = [self._reader(r) for r in self.refs]
         self.needs_facts = bool(sources)
+
+    def _plan(self, table: str) -> tuple[list[Update], list[tuple[Test, list[Update]]]]:
+        """The updates an event of ``table`` runs: unfiltered ones, then each filter
+        with the updates behind it (attributes with the same filter share one node, so
+        it is tested once per event)."""
+        always: list[Update] = []
+        by_filter: dict[int, tuple[Test, list[Update]]] = {}
+        for a in self._updating:
+            if not _feeds(a, table):
+                continue
+            if a.filter is None:
+                always.append(a.updater())
+            else:
+                by_filter.setdefault(id(a.filter), (a.filter.test, []))[1].append(a.updater())
+        return always, list(by_filter.values())
 
     def event_keys(self, event: Mapping[str, Any]) -> list[str]:
         return event_keys(event, self.keys)
@@ -130,9 +151,10 @@ class Service:
             update(profile, event, now_ms)
         if filtered:
             ctx = Context(event, _NO_VALUES, (), now_ms)
-            for test, update in filtered:
+            for test, updates in filtered:
                 if test(ctx):
-                    update(profile, event, now_ms)
+                    for update in updates:
+                        update(profile, event, now_ms)
 
     def tidy(self, profile: Profile, now_ms: int) -> None:
         """Expire and trim every attribute's state (after a merge, or before showing)."""
@@ -174,12 +196,32 @@ class Service:
         now_ms: int,
     ) -> dict[str, dict[str, Any]]:
         values = self.values(profile, facts, now_ms)
-        ctx = Context(event, values, facts.segments, now_ms)
-        return {
-            s.name: s.offer(values, facts.segments, public)
-            for s in self.sections
-            if s.test(ctx, table, created)
-        }
+        segments = facts.segments
+        ctx = Context(event, values, segments, now_ms)
+        found: dict[str, dict[str, Any]] = {}
+        rendered: dict[int, dict[str, Any]] = {}
+        for name, test, payload, render in self._eligible(table, created):
+            if test is None or test(ctx):
+                offer = rendered.get(payload)
+                if offer is None:
+                    offer = rendered[payload] = render(values, segments, public)
+                found[name] = offer
+        return found
+
+    def _eligible(self, table: str, created: bool) -> list[_Candidate]:
+        """The sections a request on ``table`` can qualify for, with what each must
+        pass; worked out once per (table, created)."""
+        found = self._candidates.get((table, created))
+        if found is None:
+            found = []
+            for section in self.sections:
+                possible, test = section.test_for(table, created)
+                if possible:
+                    payload = self._payloads.setdefault(section.payload_key, len(self._payloads))
+                    found.append((section.name, test, payload, section.render))
+            if len(self._candidates) < _MAX_CANDIDATES:  # bounded: tables come from requests
+                self._candidates[(table, created)] = found
+        return found
 
     def explain(
         self,
@@ -294,6 +336,8 @@ def _key_rules(spec: ServiceSpec, path: Path, bad: Report) -> list[KeyRule]:
 
 def _attributes(spec: ServiceSpec, tables: set[str], path: Path, bad: Report) -> list[Attribute]:
     out: list[Attribute] = []
+    # Identical filters compile to one node, which the update plans test once per event.
+    filters: dict[str, Node] = {}
     if len(spec.attributes) > MAX_ATTRIBUTES:
         bad((*path, "attributes"), f"at most {MAX_ATTRIBUTES} attributes per service")
     names: set[str] = set()
@@ -313,7 +357,11 @@ def _attributes(spec: ServiceSpec, tables: set[str], path: Path, bad: Report) ->
                 if t not in tables:
                     bad((*where, "tables", j), f"{t!r} is not one of the service's event_tables")
             only = frozenset(a.tables)
-        flt = _criteria(a.filter, EVENT_ONLY, (*where, "filter"), bad)
+        flt = filters.get(repr(a.filter))
+        if flt is None:  # a filter that fails is compiled again, to report it here too
+            flt = _criteria(a.filter, EVENT_ONLY, (*where, "filter"), bad)
+            if flt is not None:
+                filters[repr(a.filter)] = flt
         common: dict[str, Any] = {"tables": only, "filter": flt, "sensitive": a.sensitive}
         if isinstance(a, SingleSpec):
             expire = _duration(a.expire, (*where, "expire"), bad)
@@ -337,8 +385,6 @@ def _attributes(spec: ServiceSpec, tables: set[str], path: Path, bad: Report) ->
 
 
 def _given(spec: Any) -> set[str]:
-    import msgspec
-
     return set(msgspec.to_builtins(spec))
 
 

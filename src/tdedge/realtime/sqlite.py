@@ -220,17 +220,25 @@ class _GroupTx:
                 + ",".join(["(?,?,?)"] * len(part)),
                 [v for row in part for v in row],
             )
-        rows = [
-            (pid, self._services[pid], profiles.encode_json(self._profiles[pid]))
-            for pid in self._dirty
-            if pid in self._profiles
-        ]
-        for part in _chunks(rows):
+        stored: list[tuple[str, int]] = []
+        added: list[tuple[str, int]] = []
+        for pid in self._dirty:
+            profile = self._profiles.get(pid)
+            if profile is not None:
+                row = (profiles.encode_json(profile), pid)
+                (stored if pid in self._stored else added).append(row)
+        # An UPDATE by id costs one b-tree seek where an upsert costs two. Should a
+        # stored profile be missing after all, the upsert writes it.
+        changes = conn.total_changes
+        conn.executemany("UPDATE profiles SET state = ? WHERE id = ?", stored)
+        if conn.total_changes - changes != len(stored):
+            added += stored
+        for part in _chunks(added):
             conn.execute(
                 "INSERT INTO profiles (id, service, state) VALUES "
                 + ",".join(["(?,?,?)"] * len(part))
                 + " ON CONFLICT (id) DO UPDATE SET state = excluded.state",
-                [v for row in part for v in row],
+                [v for state, pid in part for v in (pid, self._services[pid], state)],
             )
         for part in _chunks(self._merges):
             conn.execute(
