@@ -46,7 +46,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Loader.
     loader_batch_max_records: int = 100_000
+    # A batch is committed once full, or once its oldest record has waited
+    # loader_batch_max_wait_s while records trickle in, up to loader_batch_busy_wait_s
+    # as the arrival rate nears loader_batch_busy_rate records/s: a busy loader makes
+    # fewer, larger commits (each costs about the same CPU whatever its size).
     loader_batch_max_wait_s: float = 0.25
+    loader_batch_busy_wait_s: float = 1.0
+    loader_batch_busy_rate: float = 2_000.0
     loader_poll_s: float = 0.05
     # DuckDB threads of the loader's lake connection. One: a commit's work is mostly
     # serial catalog queries, and more threads only spin and take cores from the edge
