@@ -288,7 +288,13 @@ class SQLiteJournalReader:
         if self._dir.exists():
             for path in sorted(self._dir.glob("shard-*.sqlite")):
                 if path.stem not in self._conns:
-                    self._conns[path.stem] = _connect(path)
+                    conn = _connect(path)
+                    # This SQLite is built with secure_delete on: every page a release
+                    # frees would be zeroed and written again (~45 ms of CPU per 100k
+                    # envelopes, most of a release). FAST zeroes deleted cells only
+                    # where that costs no extra I/O (~7 ms).
+                    conn.execute("PRAGMA secure_delete=FAST")
+                    self._conns[path.stem] = conn
         return self._conns
 
     def read(self, after: Position, limit: int) -> list[JournalGroup]:
