@@ -285,16 +285,22 @@ class SQLiteJournalReader:
         self._conns: dict[str, sqlite3.Connection] = {}
 
     def _shards(self) -> dict[str, sqlite3.Connection]:
-        if self._dir.exists():
-            for path in sorted(self._dir.glob("shard-*.sqlite")):
-                if path.stem not in self._conns:
-                    conn = _connect(path)
-                    # This SQLite is built with secure_delete on: every page a release
-                    # frees would be zeroed and written again (~45 ms of CPU per 100k
-                    # envelopes, most of a release). FAST zeroes deleted cells only
-                    # where that costs no extra I/O (~7 ms).
-                    conn.execute("PRAGMA secure_delete=FAST")
-                    self._conns[path.stem] = conn
+        # os.listdir, not Path.glob: this runs at every poll, and glob costs ~10 times more.
+        try:
+            names = sorted(os.listdir(self._dir))
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            shard, _, suffix = name.partition(".")
+            if not shard.startswith("shard-") or suffix != "sqlite" or shard in self._conns:
+                continue
+            conn = _connect(self._dir / name)
+            # This SQLite is built with secure_delete on: every page a release frees
+            # would be zeroed and written again (~45 ms of CPU per 100k envelopes, most
+            # of a release). FAST zeroes deleted cells only where that costs no extra I/O
+            # (~7 ms).
+            conn.execute("PRAGMA secure_delete=FAST")
+            self._conns[shard] = conn
         return self._conns
 
     def read(self, after: Position, limit: int) -> list[JournalGroup]:
