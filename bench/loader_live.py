@@ -1,0 +1,113 @@
+"""Loader CPU per row at a steady rate: what the loader takes from the edge's cores.
+
+A writer process appends ``--rate`` records/s to a real SQLite journal, ``--per-row``
+envelopes per journal row (an edge loop iteration's worth), with tdedge's own
+SQLiteJournal; the real Loader runs in this process, its ``run`` loop on a thread, as
+in ``serve``. After a warm-up, the process's CPU time (user + system, every thread)
+is divided by the rows loaded.
+
+    .venv/bin/python bench/loader_live.py --rate 9000 --seconds 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import tempfile
+import threading
+import time
+
+from prometheus_client import REGISTRY
+
+from tdedge.config import Settings
+from tdedge.control.directory import Directory
+from tdedge.control.keys import hash_key
+from tdedge.control.store import ControlStore
+from tdedge.journal.envelope import Envelope
+from tdedge.journal.sqlite import SQLiteJournal, SQLiteJournalReader
+from tdedge.lake.lake import Lake
+from tdedge.loader.runner import Loader
+
+BODY = b'{"param1":"value1","param2":1234}'  # what bench/postback posts
+WARM_UP_S = 3.0
+ROWS, BATCHES = "tdedge_rows_written_total", "tdedge_loader_batches_total"
+
+
+def write(root: str, key_hash: bytes, rate: int, per_row: int, until: float) -> None:
+    """Append ``rate`` records/s until the monotonic clock reaches ``until``."""
+    settings = Settings(data_dir=root, journal_max_backlog=1 << 40)
+
+    async def append() -> None:
+        journal = SQLiteJournal(settings)
+        interval, due = per_row / rate, time.monotonic()
+        try:
+            while time.monotonic() < until:
+                now_ms = time.time_ns() // 1_000_000
+                env = Envelope(now_ms, "legacy", "bench_db", "events", key_hash, BODY)
+                await journal.append_many([env] * per_row)
+                due += interval
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+        finally:
+            journal.close()
+
+    asyncio.run(append())
+
+
+def sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=int, default=9_000, help="records/s [9000]")
+    parser.add_argument("--per-row", type=int, default=30, help="envelopes per row [30]")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    if args.rate < 1 or args.per_row < 1:
+        parser.error("--rate and --per-row must be >= 1")
+    with tempfile.TemporaryDirectory() as root:
+        settings = Settings(data_dir=root, journal_max_backlog=1 << 40)
+        store = ControlStore.open(settings.control_db)
+        key = store.create_key(1, "master")
+        until = time.monotonic() + WARM_UP_S + args.seconds
+        writer = multiprocessing.get_context("spawn").Process(
+            target=write, args=(root, hash_key(key), args.rate, args.per_row, until)
+        )
+        writer.start()
+        lake = Lake.open(settings)
+        reader = SQLiteJournalReader(settings.journal_dir)
+        loader = Loader(settings, reader, Directory(store, ttl_s=60), lake)
+        stop = threading.Event()
+        thread = threading.Thread(target=loader.run, args=(stop,), name="loader")
+        thread.start()
+        try:
+            time.sleep(WARM_UP_S)
+            rows0, batches0 = sample(ROWS), sample(BATCHES)
+            cpu0, wall0 = os.times(), time.monotonic()
+            worst_lag = 0.0
+            while time.monotonic() < until:
+                time.sleep(0.1)
+                worst_lag = max(worst_lag, sample("tdedge_loader_lag_seconds"))
+            cpu1, wall = os.times(), time.monotonic() - wall0
+        finally:
+            stop.set()
+            thread.join()
+            writer.join()
+        rows = sample(ROWS) - rows0
+        batches = sample(BATCHES) - batches0
+        cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        print(
+            f"{rows:,.0f} rows in {wall:.1f} s ({rows / wall:,.0f}/s), {batches:.0f} commits "
+            f"({rows / max(batches, 1):,.0f} rows each); loader CPU {cpu:.2f} s = "
+            f"{cpu / wall:.1%} of a core, {cpu / max(rows, 1) * 1e6:.1f} us per row; "
+            f"largest lag {worst_lag:.2f} s"
+        )
+        lake.close()
+        reader.close()
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
