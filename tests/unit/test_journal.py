@@ -154,8 +154,6 @@ def test_no_append_returns_before_an_fsync_that_began_after_its_write(
     import os
     import threading
 
-    from tdedge.journal import sqlite as journal_module
-
     release = threading.Event()
     syncs: list[int] = []
     real_fdatasync = os.fdatasync
@@ -165,7 +163,7 @@ def test_no_append_returns_before_an_fsync_that_began_after_its_write(
         release.wait(10)
         real_fdatasync(fd)
 
-    monkeypatch.setattr(journal_module.os, "fdatasync", held_fdatasync)
+    monkeypatch.setattr(os, "fdatasync", held_fdatasync)
     s = settings(tmp_path)
     journal = SQLiteJournal(s)
 

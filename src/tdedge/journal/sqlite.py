@@ -294,7 +294,12 @@ class SQLiteJournalReader:
             shard, _, suffix = name.partition(".")
             if not shard.startswith("shard-") or suffix != "sqlite" or shard in self._conns:
                 continue
-            conn = _connect(self._dir / name)
+            # Deletes need no fsync of their own: the position they follow is stored in
+            # the lake, so a release a power cut undoes is simply done again. Without
+            # one, a release holds the shard's write lock for microseconds, not an
+            # fsync, and the edge's writes on the event loop never wait behind it.
+            # (Checkpoints still sync, as synchronous=NORMAL always does.)
+            conn = _connect(self._dir / name, synchronous="NORMAL")
             # This SQLite is built with secure_delete on: every page a release frees
             # would be zeroed and written again (~45 ms of CPU per 100k envelopes, most
             # of a release). FAST zeroes deleted cells only where that costs no extra I/O
