@@ -151,8 +151,8 @@ def test_merge_keeps_newest_singles_and_adds_counters() -> None:
 
 
 def test_the_request_path_updaters_do_what_update_does() -> None:
-    """``updater()`` is ``update`` with short paths for common values: over a mix of
-    events the two leave identical profiles."""
+    """``updater()`` and ``reader()`` are ``update`` and ``value`` with short paths for
+    common values: over a mix of events they leave identical profiles and read the same."""
     import random
 
     from tdedge.realtime.profile import encode_json
@@ -164,6 +164,8 @@ def test_the_request_path_updaters_do_what_update_does() -> None:
         ListAttribute("l", "c", max_items=3),
         ListAttribute("lw", "c", max_items=5, window_ms=10 * S),
         ListAttribute("ld", "c", max_items=4, distinct=False),
+        CounterAttribute("n"),
+        CounterAttribute("w", window_ms=60 * S, bucket_ms=7 * S, increment_column="c"),
     ]
     rnd = random.Random(3)
     slow, fast = fresh(), fresh()
@@ -175,3 +177,5 @@ def test_the_request_path_updaters_do_what_update_does() -> None:
             a.update(slow, event, now)
             update(fast, event, now)
         assert encode_json(fast) == encode_json(slow), (i, event)
+        for a in kinds:
+            assert a.reader()(fast, {}, now) == a.value(slow, {}, now), (i, a.name)

@@ -29,7 +29,6 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from prometheus_client import Counter
 
 from tdedge.control.directory import Directory
 from tdedge.control.keys import hash_key
@@ -53,7 +52,6 @@ from tdedge.realtime.errors import (
     StoreUnavailable,
 )
 from tdedge.realtime.limits import Limiter
-from tdedge.realtime.offers import EMPTY as EMPTY_ANSWER
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.service import Service
 from tdedge.realtime.tokens import TokenInfo
@@ -65,12 +63,11 @@ DOOR = "p13n"
 MEDIA_TYPE = "application/vnd.treasuredata.v1+json"
 CACHE_MAX = 10_000
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?")
+# /{db}/{table} or /public/{db}/{table}, in one match.
+_PATH = re.compile(rf"/(public/)?({P13N_NAME.pattern})/({P13N_NAME.pattern})")
+_JSON = [("content-type", "application/json")]
 _event_decoder = msgspec.json.Decoder()
 
-DECISIONS = Counter("tdedge_p13n_decisions_total", "p13n requests answered 200", ["offers"])
-# labels() on every request costs more than the count (see edge/services.py).
-_NO_OFFERS = DECISIONS.labels("none")
-_SOME_OFFERS = DECISIONS.labels("some")
 
 MESSAGES = {
     3000: "RT token was not provided (WP13n-Token header).",
@@ -153,14 +150,10 @@ class P13nDoor:
         self._opened = True
 
     def route(self, path: str) -> str | None:
-        parts = path.split("/")
-        if len(parts) == 3:
-            names, route = parts[1:], "event"
-        elif len(parts) == 4 and parts[1] == "public":
-            names, route = parts[2:], "public"
-        else:
+        found = _PATH.fullmatch(path)
+        if found is None:
             return None
-        return route if all(P13N_NAME.fullmatch(n) for n in names) else None
+        return "public" if found.group(1) else "event"
 
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
         public = route == "public"
@@ -225,8 +218,7 @@ class P13nDoor:
                 raise DoorError(500, 9999, "unexpected error") from None
         finally:
             self._limiter.done()
-        (_NO_OFFERS if answer == EMPTY_ANSWER else _SOME_OFFERS).inc()
-        return 200, [("content-type", "application/json"), *cors], answer
+        return 200, [*_JSON, *cors] if cors else _JSON, answer
 
     def _admit(
         self,

@@ -28,6 +28,7 @@ DEFAULT_BUCKETS_PER_WINDOW = 60
 
 Scalar = str | int | float | bool
 Update = Callable[[Profile, Mapping[str, Any], int], None]
+Read = Callable[[Profile, Mapping[str, Any], int], Any]
 _json = msgspec.json.Encoder()
 
 
@@ -80,6 +81,10 @@ class Attribute:
 
     def value(self, profile: Profile, imported: Mapping[str, Any], now_ms: int) -> Any:
         raise NotImplementedError
+
+    def reader(self) -> Read:
+        """``value`` as the request path calls it (kinds may specialise it)."""
+        return self.value
 
     def sub(self, profile: Profile, sub: str, imported: Mapping[str, Any], now_ms: int) -> Any:
         raise KeyError(sub)
@@ -361,6 +366,25 @@ class CounterAttribute(Attribute):
             oldest = now_ms - self.window_ms - self.bucket_ms
             total = float(sum(a for s, a in counter.buckets.items() if s > oldest))
         return int(total) if total.is_integer() else total
+
+    def reader(self) -> Read:
+        name, window, bucket = self.name, self.window_ms, self.bucket_ms
+        if window is None or bucket is None:
+            return self.value
+        span = window + bucket
+
+        def read(profile: Profile, imported: Mapping[str, Any], now_ms: int) -> Any:
+            counter = profile.counters.get(name)
+            if counter is None:
+                return 0
+            oldest = now_ms - span
+            total = 0.0
+            for start, amount in counter.buckets.items():
+                if start > oldest:
+                    total += amount
+            return int(total) if total.is_integer() else total
+
+        return read
 
 
 class ImportedAttribute(Attribute):

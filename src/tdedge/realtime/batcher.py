@@ -22,10 +22,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from tdedge.realtime.engine import Engine, Request
 from tdedge.realtime.errors import StoreUnavailable
+from tdedge.realtime.offers import EMPTY
 
 log = logging.getLogger("tdedge.p13n")
 
@@ -33,6 +34,9 @@ log = logging.getLogger("tdedge.p13n")
 # groups, so other callbacks of the loop get a turn in between.
 MAX_GROUP = 256
 
+DECISIONS = Counter("tdedge_p13n_decisions_total", "p13n requests answered 200", ["offers"])
+_NO_OFFERS = DECISIONS.labels("none")
+_SOME_OFFERS = DECISIONS.labels("some")
 GROUP = Histogram(
     "tdedge_p13n_group_size",
     "Profile updates sharing one store transaction",
@@ -131,6 +135,7 @@ class Batcher:
 
 
 def _settle(group: list[_Waiter], results: list[Result]) -> None:
+    some = none = 0
     for (_, fut), result in zip(group, results, strict=True):
         if fut.done():  # the client went away
             continue
@@ -138,3 +143,12 @@ def _settle(group: list[_Waiter], results: list[Result]) -> None:
             fut.set_exception(result)
         else:
             fut.set_result(result)
+            if result == EMPTY:
+                none += 1
+            else:
+                some += 1
+    # Counted per group: a prometheus increment per request costs more than the count.
+    if some:
+        _SOME_OFFERS.inc(some)
+    if none:
+        _NO_OFFERS.inc(none)

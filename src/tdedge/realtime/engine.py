@@ -13,7 +13,6 @@ from typing import Any
 
 import msgspec
 
-from tdedge.realtime import offers
 from tdedge.realtime import profile as profiles
 from tdedge.realtime.batch import BatchStore
 from tdedge.realtime.criteria import Trace
@@ -74,16 +73,17 @@ class Engine:
             except Exception as e:  # BatchStoreDown: this request's answer only
                 out.append(e)
                 continue
-            found = request.service.offers(
-                result.profile,
-                facts,
-                request.table,
-                request.event,
-                result.created,
-                request.public,
-                now_ms,
+            out.append(
+                request.service.answer(
+                    result.profile,
+                    facts,
+                    request.table,
+                    request.event,
+                    result.created,
+                    request.public,
+                    now_ms,
+                )
             )
-            out.append(offers.answer(found) if found else offers.EMPTY)
         return out
 
     def facts(self, service: Service, profile: Profile, now_ms: int | None = None) -> Facts:

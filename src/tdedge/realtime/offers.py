@@ -23,6 +23,7 @@ from tdedge.realtime.criteria import Context, Node, Test, Trace
 MAX_RESPONSE_BYTES = 10 * 1024
 _json = msgspec.json.Encoder()
 EMPTY = b'{"offers":{}}'
+_HEAD, _TAIL = EMPTY[:-2], EMPTY[-2:]
 
 
 class Output(msgspec.Struct, frozen=True):
@@ -148,8 +149,15 @@ class Section:
 
 def answer(offers: dict[str, dict[str, Any]]) -> bytes:
     """The response body, at most MAX_RESPONSE_BYTES: the last sections give way first."""
-    body = _json.encode({"offers": offers})
-    while len(body) > MAX_RESPONSE_BYTES and offers:
-        offers.pop(next(reversed(offers)))
-        body = _json.encode({"offers": offers})
-    return body
+    return join([_json.encode(name) + b":" + _json.encode(o) for name, o in offers.items()])
+
+
+def join(parts: list[bytes]) -> bytes:
+    """The response body from encoded ``"section":{offer}`` parts, at most
+    MAX_RESPONSE_BYTES: the last sections give way first."""
+    if not parts:
+        return EMPTY
+    size = len(EMPTY) + sum(map(len, parts)) + len(parts) - 1
+    while size > MAX_RESPONSE_BYTES and parts:
+        size -= len(parts.pop()) + 1
+    return _HEAD + b",".join(parts) + _TAIL

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from tdedge.realtime import durations
+from tdedge.realtime import durations, offers
 from tdedge.realtime.attributes import (
     Attribute,
     CounterAttribute,
@@ -49,8 +49,10 @@ from tdedge.realtime.offers import Output, Render, Section
 from tdedge.realtime.profile import Profile
 
 Path = tuple[str | int, ...]
-# A section a request can qualify for: name, test (None: none), payload id, render.
-_Candidate = tuple[str, "Test | None", int, Render]
+# A section a request can qualify for: its encoded key (b'"name":'), its test (None:
+# none), its payload's id and how to render that payload.
+_Candidate = tuple[bytes, "Test | None", int, Render]
+_json = msgspec.json.Encoder()
 _MAX_CANDIDATES = 1024
 _NO_VALUES: Mapping[str, Any] = {}
 Report = Callable[[Path, str], None]
@@ -182,10 +184,10 @@ class Service:
         name, _, sub = ref.partition(".")
         attribute = self.by_name[name]
         if not sub:
-            return ref, attribute.value
+            return ref, attribute.reader()
         return ref, lambda p, imported, now: attribute.sub(p, sub, imported, now)
 
-    def offers(
+    def answer(
         self,
         profile: Profile,
         facts: Facts,
@@ -194,19 +196,23 @@ class Service:
         created: bool,
         public: bool,
         now_ms: int,
-    ) -> dict[str, dict[str, Any]]:
+    ) -> bytes:
+        """The response body: the offers of every section the profile qualifies for.
+
+        Built from encoded parts: sections with one payload share one render and one
+        encoding, and a section's key is encoded once per configuration."""
         values = self.values(profile, facts, now_ms)
         segments = facts.segments
         ctx = Context(event, values, segments, now_ms)
-        found: dict[str, dict[str, Any]] = {}
-        rendered: dict[int, dict[str, Any]] = {}
-        for name, test, payload, render in self._eligible(table, created):
+        parts: list[bytes] = []
+        encoded: dict[int, bytes] = {}
+        for key, test, payload, render in self._eligible(table, created):
             if test is None or test(ctx):
-                offer = rendered.get(payload)
-                if offer is None:
-                    offer = rendered[payload] = render(values, segments, public)
-                found[name] = offer
-        return found
+                body = encoded.get(payload)
+                if body is None:
+                    body = encoded[payload] = _json.encode(render(values, segments, public))
+                parts.append(key + body)
+        return offers.join(parts)
 
     def _eligible(self, table: str, created: bool) -> list[_Candidate]:
         """The sections a request on ``table`` can qualify for, with what each must
@@ -218,7 +224,8 @@ class Service:
                 possible, test = section.test_for(table, created)
                 if possible:
                     payload = self._payloads.setdefault(section.payload_key, len(self._payloads))
-                    found.append((section.name, test, payload, section.render))
+                    key = _json.encode(section.name) + b":"
+                    found.append((key, test, payload, section.render))
             if len(self._candidates) < _MAX_CANDIDATES:  # bounded: tables come from requests
                 self._candidates[(table, created)] = found
         return found

@@ -105,6 +105,8 @@ def _marks(n: int) -> str:
 
 
 def _chunks(rows: list[Any]) -> list[list[Any]]:
+    if len(rows) <= _CHUNK:
+        return [rows] if rows else []
     return [rows[i : i + _CHUNK] for i in range(0, len(rows), _CHUNK)]
 
 
@@ -208,11 +210,14 @@ class _GroupTx:
     def write(self) -> None:
         """Everything the works changed, in a few multi-row statements."""
         conn = self._conn
-        for old, new in self._moved:
-            conn.execute("UPDATE profile_keys SET profile_id = ? WHERE profile_id = ?", (new, old))
-        gone = [old for old, _ in self._moved]
-        for part in _chunks(gone):
-            conn.execute(f"DELETE FROM profiles WHERE id IN ({_marks(len(part))})", part)
+        if self._moved:
+            for old, new in self._moved:
+                conn.execute(
+                    "UPDATE profile_keys SET profile_id = ? WHERE profile_id = ?", (new, old)
+                )
+            gone = [old for old, _ in self._moved]
+            for part in _chunks(gone):
+                conn.execute(f"DELETE FROM profiles WHERE id IN ({_marks(len(part))})", part)
         keys = [(s, k, self._ids[(s, k)]) for s, k in self._new_keys]
         for part in _chunks(keys):
             conn.execute(
