@@ -424,16 +424,7 @@ def start_bare_granian(children: Children, tmp: Path, workers: int) -> tuple[Chi
     argv += ["--port", str(port), "--workers", str(workers), "--loop", "uvloop"]
     argv += ["--backlog", "2048", "--log-level", "warning", "bare_rsgi:app"]
     env = {**os.environ, "PYTHONPATH": str(gdir)}
-    child = children.start("granian-bare", argv, tmp, env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if not child.alive():
-            raise BenchError(f"granian exited:\n{child.tail()}")
-        with contextlib.suppress(OSError):
-            if http_post(port, "/", b"{}", {"Content-Type": "application/json"}) == 200:
-                return child, port
-        time.sleep(0.1)
-    raise BenchError(f"granian did not answer on port {port}:\n{child.tail()}")
+    return _answering(children.start("granian-bare", argv, tmp, env=env), port, 30.0)
 
 
 def start_nginx(children: Children, tmp: Path, workers: str) -> tuple[Child, int]:
@@ -444,15 +435,20 @@ def start_nginx(children: Children, tmp: Path, workers: str) -> tuple[Child, int
     conf.write_text(NGINX_CONF.format(workers=workers, tmp=ndir, host=HOST, port=port))
     nginx = _which("nginx") or "nginx"
     child = children.start("nginx", [nginx, "-p", str(ndir), "-c", str(conf)], tmp)
-    deadline = time.monotonic() + 15
+    return _answering(child, port, 15.0)
+
+
+def _answering(child: Child, port: int, timeout: float) -> tuple[Child, int]:
+    """``child`` and its port once a POST of ``{}`` gets a 200, else BenchError."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not child.alive():
-            raise BenchError(f"nginx exited:\n{child.tail()}")
+            raise BenchError(f"{child.name} exited:\n{child.tail()}")
         with contextlib.suppress(OSError):
             if http_post(port, "/", b"{}", {"Content-Type": "application/json"}) == 200:
                 return child, port
         time.sleep(0.1)
-    raise BenchError(f"nginx did not answer on port {port}:\n{child.tail()}")
+    raise BenchError(f"{child.name} did not answer on port {port}:\n{child.tail()}")
 
 
 # ---------------------------------------------------------------------------------------

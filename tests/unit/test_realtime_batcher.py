@@ -6,27 +6,15 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-import pytest
 
-from tdedge.realtime.batch import BatchStore
 from tdedge.realtime.batcher import Batcher
 from tdedge.realtime.engine import Engine, Request
-from tdedge.realtime.sqlite import SQLiteProfileStore
 from tests.unit.test_realtime_engine import EXAMPLE, T0, service_of
 
 SERVICE = service_of(EXAMPLE)
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    e = Engine(SQLiteProfileStore(tmp_path / "p.sqlite"), BatchStore(tmp_path / "b.sqlite"))
-    yield e
-    e.store.close()
-    e.batch.close()
 
 
 class CountingEngine(Engine):

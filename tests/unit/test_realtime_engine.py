@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import pytest
 
 from tdedge.realtime import config
-from tdedge.realtime.batch import ATTRIBUTE, SEGMENT, BatchStore
+from tdedge.realtime.batch import ATTRIBUTE, SEGMENT
 from tdedge.realtime.engine import Engine, Request
 from tdedge.realtime.errors import BatchStoreDown
 from tdedge.realtime.offers import MAX_RESPONSE_BYTES
 from tdedge.realtime.service import Service, compile_service
-from tdedge.realtime.sqlite import SQLiteProfileStore
 
 EXAMPLE = (Path(__file__).parent / "data" / "p13n-example.yaml").read_text()
 T0 = 1_800_000_000_000
@@ -28,14 +25,6 @@ def service_of(text: str) -> Service:
     service = compile_service(spec, (), lambda p, m: None)
     assert service is not None
     return service
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    e = Engine(SQLiteProfileStore(tmp_path / "p.sqlite"), BatchStore(tmp_path / "b.sqlite"))
-    yield e
-    e.store.close()
-    e.batch.close()
 
 
 def decide(
