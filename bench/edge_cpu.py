@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""CPU per request of tdedge's own edge code, without HTTP: where the postback's cost is.
+
+    .venv/bin/python bench/edge_cpu.py [--requests 32000] [--concurrency 64]
+
+Drives ``EdgeApp.__rsgi__`` in this process on uvloop with a fake RSGI scope and
+protocol: the legacy door's POST of the postback bench's body, ``--concurrency``
+requests in flight. Prints CPU µs per request (every thread of this process, best of
+three rounds) twice: with a journal that accepts without writing (the door's own
+Python), and with the real SQLite journal (its write and fsync included). Compare with
+the whole server's CPU per request under wrk (``bench/postback``): the difference is
+granian's and asyncio's hand-offs between threads, which no handler change removes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV = REPO / ".venv"
+if Path(sys.prefix).resolve() != VENV.resolve() and (VENV / "bin" / "python").exists():
+    os.execv(str(VENV / "bin" / "python"), [str(VENV / "bin" / "python"), __file__, *sys.argv[1:]])
+
+# prometheus_client picks its storage at import: a throwaway multiprocess dir, as serve does.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tdedge-edge-cpu-"))
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any, ClassVar  # noqa: E402
+
+import uvloop  # noqa: E402
+
+from tdedge.config import Settings  # noqa: E402
+from tdedge.edge.app import EdgeApp  # noqa: E402
+from tdedge.journal.envelope import Envelope  # noqa: E402
+
+BODY = b'{"param1":"value1","param2":1234}'
+
+
+class FakeScope:
+    method = "POST"
+    path = "/postback/v3/event/test_db/bench_tbl"
+    query_string = ""
+    client = "127.0.0.1"
+    authority = None
+    headers: ClassVar[dict[str, str]] = {
+        "host": "127.0.0.1:8080",
+        "content-type": "application/json",
+        "x-td-write-key": "1/0123456789abcdef",
+        "content-length": str(len(BODY)),
+    }
+
+
+class FakeProto:
+    async def __call__(self) -> bytes:
+        return BODY
+
+    def response_bytes(self, status: int, headers: Any, body: bytes) -> None:
+        if status != 200:
+            raise RuntimeError(f"answered {status}: {body!r}")
+
+
+class AcceptingJournal:
+    """Accepts without writing: isolates the door's own work."""
+
+    async def append_many(self, envs: Sequence[Envelope]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+async def measure(requests: int, concurrency: int, null_journal: bool) -> float:
+    app = EdgeApp(Settings(data_dir=tempfile.mkdtemp(prefix="tdedge-edge-cpu-")))
+    app.__rsgi_init__(asyncio.get_running_loop())
+    services = app._services  # a bench reaching in on purpose
+    assert services is not None
+    if null_journal:
+        services.journal.close()
+        services.journal = AcceptingJournal()  # type: ignore[assignment]
+    scope, proto = FakeScope(), FakeProto()
+    per_client = requests // concurrency
+
+    async def client() -> None:
+        for _ in range(per_client):
+            await app.__rsgi__(scope, proto)  # type: ignore[arg-type]
+
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        best = min(best, (time.process_time() - started) * 1e6 / (per_client * concurrency))
+    app.__rsgi_del__(asyncio.get_running_loop())
+    return best
+
+
+def main(argv: Sequence[str]) -> None:
+    p = argparse.ArgumentParser(prog="bench/edge_cpu.py", description=__doc__.split("\n")[0])
+    p.add_argument("--requests", type=int, default=32_000, help="requests per round [32000]")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight [64]")
+    args = p.parse_args(argv)
+    runs = (
+        (True, "door only (journal accepts, no write)"),
+        (False, "door + SQLite journal (write + fsync)"),
+    )
+    for null_journal, what in runs:
+        us = uvloop.run(measure(args.requests, args.concurrency, null_journal))
+        print(f"{what:<40} {us:6.1f} µs CPU/request (best of 3)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
