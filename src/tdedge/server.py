@@ -233,10 +233,12 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     if parent_pid is not None:
         parent_watch(parent_pid, stop)
     lock_fd = loader_lock(settings)
-    os.nice(settings.loader_nice)
     store = ControlStore.open(settings.control_db)
     reader = SQLiteJournalReader(settings.journal_dir)
     lake = Lake.open(settings)
+    # Lower priority once started: start-up (imports, the lake's extensions) is a short
+    # burst that readiness waits on; the loading after it is what may wait for the edge.
+    os.nice(settings.loader_nice)
     try:
         log.info("loader started", extra={"pid": os.getpid()})
         # p13n batch segments refresh on their schedule: one thread per data dir (issue 4).

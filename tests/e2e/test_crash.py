@@ -104,5 +104,10 @@ def test_kill_9_of_the_loader_alone(make_server: Any) -> None:
 
 
 def _loader_pid(srv: Server) -> int:
-    beat = msgspec.json.decode((srv.data_dir / "run" / "loader.json").read_bytes())
+    """The pid in the loader's heartbeat, once it has written one (it starts beside serve)."""
+    beat_file = srv.data_dir / "run" / "loader.json"
+    deadline = time.monotonic() + 30
+    while not beat_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    beat = msgspec.json.decode(beat_file.read_bytes())
     return int(beat["pid"])
