@@ -70,10 +70,13 @@ _SCHEMA = (
 _RELEASE_CHUNK = 2_000
 
 
-def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
+    # No connection here needs SQLite's own commit fsync: the edge's syncer fdatasyncs
+    # the WAL before anyone is answered, and the loader's releases need none (below).
+    # Checkpoints still sync, as synchronous=NORMAL always does.
+    conn.execute("PRAGMA synchronous=NORMAL")
     for statement in _SCHEMA:
         conn.execute(statement)
     return conn
@@ -112,7 +115,7 @@ class SQLiteJournal:
         self._clock = clock
         self.shard, self._lock_file = claim_shard(settings.journal_dir)
         self._path = shard_path(settings.journal_dir, self.shard)
-        self._conn = _connect(self._path, synchronous="NORMAL")
+        self._conn = _connect(self._path)
         # Checkpoints copy the WAL into the database file and fsync it: work the
         # loader's release does (``release``), not the edge's commit path.
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -298,8 +301,7 @@ class SQLiteJournalReader:
             # the lake, so a release a power cut undoes is simply done again. Without
             # one, a release holds the shard's write lock for microseconds, not an
             # fsync, and the edge's writes on the event loop never wait behind it.
-            # (Checkpoints still sync, as synchronous=NORMAL always does.)
-            conn = _connect(self._dir / name, synchronous="NORMAL")
+            conn = _connect(self._dir / name)
             # This SQLite is built with secure_delete on: every page a release frees
             # would be zeroed and written again (~45 ms of CPU per 100k envelopes, most
             # of a release). FAST zeroes deleted cells only where that costs no extra I/O
