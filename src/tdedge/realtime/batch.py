@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from tdedge.realtime import schema
 from tdedge.realtime.errors import BatchStoreDown
 from tdedge.realtime.service import Facts
 
@@ -72,8 +73,7 @@ class BatchStore:
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SCHEMA:
-                self._conn.execute(statement)
+            schema.ensure(self._conn, _SCHEMA)
         except (sqlite3.Error, OSError) as e:
             raise BatchStoreDown(f"cannot open the batch store {path}: {e}") from e
         self._cache: dict[tuple[str, tuple[str, ...]], Facts] = {}

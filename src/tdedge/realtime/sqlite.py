@@ -40,6 +40,7 @@ from typing import IO, Any, TypeVar
 import msgspec
 
 from tdedge.realtime import profile as profiles
+from tdedge.realtime import schema
 from tdedge.realtime.cache import ProfileCache
 from tdedge.realtime.errors import ProfileStoreDown
 from tdedge.realtime.identity import plan
@@ -273,8 +274,7 @@ class SQLiteProfileStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
-            for statement in _SCHEMA:
-                self._conn.execute(statement)
+            schema.ensure(self._conn, _SCHEMA)
         except (sqlite3.Error, OSError) as e:
             raise ProfileStoreDown(f"cannot open the profile store {path}: {e}") from e
 
