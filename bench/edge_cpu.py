@@ -29,9 +29,10 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tdedg
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import json  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
-from typing import Any, ClassVar  # noqa: E402
+from typing import Any  # noqa: E402
 
 import uvloop  # noqa: E402
 
@@ -39,26 +40,77 @@ from tdedge.config import Settings  # noqa: E402
 from tdedge.edge.app import EdgeApp  # noqa: E402
 from tdedge.journal.envelope import Envelope  # noqa: E402
 
-BODY = b'{"param1":"value1","param2":1234}'
+LEGACY_BODY = b'{"param1":"value1","param2":1234}'
+# The ingest bench's body: 100 events shaped like td-js-sdk's.
+INGEST_BODY = json.dumps(
+    {
+        "events": [
+            {
+                "td_version": "4.4.3",
+                "td_client_id": f"4f1c2b3a-0000-4000-8000-{i:012d}",
+                "td_charset": "utf-8",
+                "td_language": "en-us",
+                "td_screen": "1920x1080",
+                "td_viewport": "1280x720",
+                "td_title": "Spring sale",
+                "td_url": "https://shop.example.com/sale?item=42",
+                "td_path": "/sale",
+                "td_host": "shop.example.com",
+                "action": "view",
+                "item": i,
+                "price": 19.99,
+            }
+            for i in range(100)
+        ]
+    },
+    separators=(",", ":"),
+).encode()
+KEY = "1/0123456789abcdef"
+PIXEL_QUERY = (
+    f"td_format=pixel&td_write_key={KEY.replace('/', '%2F')}&campaign=spring_sale"
+    "&utm_source=newsletter&user=u12345&td_ip=td_ip&td_ua=td_ua"
+)
 
 
 class FakeScope:
-    method = "POST"
-    path = "/postback/v3/event/test_db/bench_tbl"
-    query_string = ""
+    """One request of a door, as granian's RSGI scope shows it."""
+
     client = "127.0.0.1"
     authority = None
-    headers: ClassVar[dict[str, str]] = {
-        "host": "127.0.0.1:8080",
-        "content-type": "application/json",
-        "x-td-write-key": "1/0123456789abcdef",
-        "content-length": str(len(BODY)),
-    }
+
+    def __init__(self, door: str) -> None:
+        self.headers: dict[str, str]
+        if door == "legacy":
+            self.method, self.path, self.query_string = "POST", "/postback/v3/event/test_db/t", ""
+            self.headers = {
+                "host": "127.0.0.1:8080",
+                "content-type": "application/json",
+                "x-td-write-key": KEY,
+            }
+            self.body = LEGACY_BODY
+        elif door == "pixel":
+            self.method, self.path = "GET", "/postback/v3/event/test_db/pixel_bench"
+            self.query_string = PIXEL_QUERY
+            self.headers = {"host": "127.0.0.1:8080", "user-agent": "Mozilla/5.0 (bench)"}
+            self.body = b""
+        else:
+            self.method, self.path, self.query_string = "POST", "/test_db/t", ""
+            self.headers = {
+                "host": "bench.records.in.localhost",
+                "content-type": "application/vnd.treasuredata.v1+json",
+                "authorization": f"TD1 {KEY}",
+            }
+            self.body = INGEST_BODY
+        if self.body:
+            self.headers["content-length"] = str(len(self.body))
 
 
 class FakeProto:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
     async def __call__(self) -> bytes:
-        return BODY
+        return self._body
 
     def response_bytes(self, status: int, headers: Any, body: bytes) -> None:
         if status != 200:
@@ -75,7 +127,7 @@ class AcceptingJournal:
         return None
 
 
-async def measure(requests: int, concurrency: int, null_journal: bool) -> float:
+async def measure(door: str, requests: int, concurrency: int, null_journal: bool) -> float:
     app = EdgeApp(Settings(data_dir=tempfile.mkdtemp(prefix="tdedge-edge-cpu-")))
     app.__rsgi_init__(asyncio.get_running_loop())
     services = app._services  # a bench reaching in on purpose
@@ -83,7 +135,8 @@ async def measure(requests: int, concurrency: int, null_journal: bool) -> float:
     if null_journal:
         services.journal.close()
         services.journal = AcceptingJournal()  # type: ignore[assignment]
-    scope, proto = FakeScope(), FakeProto()
+    scope = FakeScope(door)
+    proto = FakeProto(scope.body)
     per_client = requests // concurrency
 
     async def client() -> None:
@@ -103,13 +156,19 @@ def main(argv: Sequence[str]) -> None:
     p = argparse.ArgumentParser(prog="bench/edge_cpu.py", description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=32_000, help="requests per round [32000]")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight [64]")
+    p.add_argument(
+        "--door",
+        choices=("legacy", "pixel", "ingest"),
+        default="legacy",
+        help="legacy POST, pixel GET, or an ingest POST of 100 events [legacy]",
+    )
     args = p.parse_args(argv)
     runs = (
         (True, "door only (journal accepts, no write)"),
         (False, "door + SQLite journal (write + fsync)"),
     )
     for null_journal, what in runs:
-        us = uvloop.run(measure(args.requests, args.concurrency, null_journal))
+        us = uvloop.run(measure(args.door, args.requests, args.concurrency, null_journal))
         print(f"{what:<40} {us:6.1f} µs CPU/request (best of 3)")
 
 

@@ -23,6 +23,8 @@ INGEST = "application/vnd.treasuredata.v1+json"
 INGEST_JS = "application/vnd.treasuredata.v1.js+json"
 INGEST_MOBILE = "application/vnd.treasuredata.v1.mobile+json"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+# td_uuid: version 7, the arrival time first (edge/ingest.py, uuids).
+TD_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 ORIGIN = "https://shop.tdedge.test"
 
 
@@ -207,7 +209,7 @@ def test_ingest_receipts_one_per_event_in_order(server: Server) -> None:
     ]
     assert rows[2]["time"] == 1700000000
     assert abs(rows[0]["time"] - time.time()) < 60
-    assert all(UUID.fullmatch(x["td_uuid"]) for x in rows)
+    assert all(TD_UUID.fullmatch(x["td_uuid"]) for x in rows)
     assert len({x["td_uuid"] for x in rows}) == 3
     errs = server.wait_errors(lambda e: len(e) == 3)
     assert sorted(e["reason"] for e in errs) == [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -42,7 +43,7 @@ from tdedge.edge.pixel import GIF, parse_params, pixel_record, query_params
 from tdedge.edge.records import ingest_route, records_key, url_key
 from tdedge.edge.redirect import RedirectPolicy, substitute
 
-UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 # Keys on the records door.
@@ -183,13 +184,23 @@ def test_receipts_are_json_with_boolean_success() -> None:
     }
 
 
-def test_uuids_are_version_4_and_distinct() -> None:
-    ids = uuids(1000)
+def test_uuids_are_version_7_distinct_and_carry_the_arrival_time() -> None:
+    now_ms = 1_800_000_000_123
+    ids = uuids(500, now_ms)
     assert all(UUID.fullmatch(u) for u in ids)
-    assert len(set(ids)) == 1000
-    # The version and variant bits are forced whatever the random bytes are.
-    assert uuids(1, lambda n: b"\xff" * n) == ["ffffffff-ffff-4fff-bfff-ffffffffffff"]
-    assert uuids(1, lambda n: b"\x00" * n) == ["00000000-0000-4000-8000-000000000000"]
+    assert len(set(ids)) == 500
+    assert {uuid.UUID(u).version for u in ids} == {7}
+    assert {int(u[:8] + u[9:13], 16) for u in ids} == {now_ms}
+    # The version and variant bits are forced whatever the random bytes are; the last
+    # three digits count on from a random start that leaves room for all n.
+    ones = uuids(2, now_ms, lambda n: b"\xff" * n)
+    assert ones == ["01a3185c-507b-7fff-bfff-fffffffff000", "01a3185c-507b-7fff-bfff-fffffffff001"]
+    assert uuids(1, 0, lambda n: b"\x00" * n) == ["00000000-0000-7000-8000-000000000000"]
+    assert len(set(uuids(4096, now_ms))) == 4096
+    with pytest.raises(ValueError):
+        uuids(4097, now_ms)
+    # Requests in other milliseconds, or with other random bits, do not collide.
+    assert not set(ids) & set(uuids(500, now_ms + 1)) and not set(ids) & set(uuids(500, now_ms))
 
 
 def test_collection_names() -> None:

@@ -21,10 +21,10 @@ succeed must carry one of those three, or the SDK would resend it forever:
 - an event that is not a JSON object, or is over 1 MiB → ``InvalidPropertyValueError``.
 
 Refused events are journaled with a reason code (they show in the import errors);
-accepted ones are stored with ``td_uuid``, a random UUID per record. For ``…v1.js+json``
-and ``…v1.mobile+json`` the server fills ``td_ip`` (the client's address) unless the
-event carries a real value, and for ``…v1.js+json`` it replaces the
-``td_global_id: "td_global_id"`` placeholder with the id from its cookie.
+accepted ones are stored with ``td_uuid``, a version-7 UUID per record (``uuids``).
+For ``…v1.js+json`` and ``…v1.mobile+json`` the server fills ``td_ip`` (the client's
+address) unless the event carries a real value, and for ``…v1.js+json`` it replaces
+the ``td_global_id: "td_global_id"`` placeholder with the id from its cookie.
 
 The parsing below is pure (no I/O, no clock); ``IngestAPI`` does the HTTP and journal.
 """
@@ -171,9 +171,10 @@ def check_event(raw: msgspec.Raw) -> dict[str, Any] | Failure:
         event = _event_decoder.decode(raw)
     except msgspec.DecodeError:
         return Failure(VALUE_ERROR, "event must be a JSON object", "not_an_object")
-    known = _good_names
+    if _good_names.issuperset(event):  # one C loop for the usual case
+        return event
     for key in event:
-        if key not in known and not _learn_name(key):
+        if key not in _good_names and not _learn_name(key):
             return Failure(
                 NAME_ERROR,
                 f"property {key[:64]!r} cannot be a column (1-255 characters, no control "
@@ -211,9 +212,13 @@ def spliced(raw: msgspec.Raw, event: dict[str, Any], uuid: str) -> bytes:
     event than re-encoding the decoded dict. ``raw`` was just decoded as an object and
     msgspec's Raw spans exactly that value, so its last byte is the ``}``.
     """
-    text = bytes(raw)
-    tail = f'"{UUID_COLUMN}":"{uuid}"}}'.encode()
-    return text[:-1] + (b"," + tail if event else tail)
+    return b"".join(
+        (memoryview(raw)[:-1], _UUID_AFTER if event else _UUID_ALONE, uuid.encode(), b'"}')
+    )
+
+
+_UUID_AFTER = f',"{UUID_COLUMN}":"'.encode()
+_UUID_ALONE = _UUID_AFTER[1:]
 
 
 def fill(event: dict[str, Any], uuid: str, extra: Fill) -> bytes:
@@ -238,23 +243,32 @@ def receipts_body(receipts: list[bytes]) -> bytes:
     return b'{"receipts":[' + b",".join(receipts) + b"]}"
 
 
-def uuids(n: int, random: Callable[[int], bytes] = os.urandom) -> list[str]:
-    """``n`` version-4 UUID strings from one read of the random source.
+def uuids(n: int, now_ms: int, random: Callable[[int], bytes] = os.urandom) -> list[str]:
+    """``n`` (≤ 4,096) distinct version-7 UUID strings (RFC 9562) for records received at
+    ``now_ms``.
 
-    One ``hex()`` of the whole buffer, then string slices: several times cheaper than
-    ``uuid.uuid4()`` per record, which showed in the ingest profile. The version nibble
-    is written as ``4`` and the variant nibble mapped into ``8``-``b``, as RFC 9562 wants.
+    Version 7: the arrival time in the top 48 bits, so ``td_uuid`` sorts by arrival. One
+    read of the random source per request fills the random bits; the request's records
+    then take consecutive values of the last three hex digits, from a random start low
+    enough that counting never carries (RFC 9562 §6.2, method 2: the random part
+    incremented within a millisecond). An id is then one string concatenation instead
+    of a random read and five slices per record, which was a tenth of an ingest
+    request's CPU.
     """
-    h = random(16 * n).hex()
-    return [
-        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
-        f"{_VARIANT[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
-        for i in range(0, 32 * n, 32)
-    ]
+    if n > len(_HEX3):
+        raise ValueError(f"at most {len(_HEX3)} ids per call")
+    r = int.from_bytes(random(10))
+    rand_a = r >> 68  # 12 bits
+    rand_b_high = (r >> 54) & 0x3FFF  # 14 bits: the variant takes the other 2
+    low = (r >> 6) & 0xFFFF_FFFF_FFFF  # 48 bits: 36 fixed per call, 12 that count
+    t = now_ms & 0xFFFF_FFFF_FFFF
+    head = f"{t >> 16:08x}-{t & 0xFFFF:04x}-7{rand_a:03x}-{0x8000 | rand_b_high:04x}-"
+    head += f"{low >> 12:09x}"
+    start = (low & 0xFFF) % (len(_HEX3) - n + 1)
+    return [head + digits for digits in _HEX3[start : start + n]]
 
 
-# The variant's top two bits are 10: each hex digit's low two bits pick one of 8, 9, a, b.
-_VARIANT = {f"{v:x}": "89ab"[v & 3] for v in range(16)}
+_HEX3 = [f"{i:03x}" for i in range(4096)]
 
 
 def collection_names(path: str) -> tuple[str, str, bool]:
@@ -311,7 +325,7 @@ class IngestAPI:
         adds = extra.ip is not None or extra.global_id is not None
         envelopes: list[Envelope] = []
         receipts: list[bytes] = []
-        ids = uuids(len(events))
+        ids = uuids(len(events), received_ms)
         for raw, uuid in zip(events, ids, strict=True):
             checked: dict[str, Any] | Failure
             if valid:

@@ -46,7 +46,6 @@ import msgspec
 from tdedge import metrics
 from tdedge.config import Settings
 from tdedge.errors import JournalUnavailable
-from tdedge.journal import envelope as wire
 from tdedge.journal.base import Position
 from tdedge.journal.envelope import Envelope, JournalGroup
 
@@ -121,7 +120,7 @@ class SQLiteJournal:
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._wal_fd = -1  # opened after the first write, once SQLite has made the file
         # Appended on the event loop, written by ``_write`` once per loop iteration.
-        self._pending: list[msgspec.Raw] = []
+        self._pending: list[Envelope] = []
         self._pending_received = 0
         self._pending_futs: _Written = {}
         # Written to the WAL, waiting for the syncer thread's fdatasync.
@@ -158,7 +157,7 @@ class SQLiteJournal:
             self._pending_received = received
         elif received < self._pending_received:
             self._pending_received = received
-        self._pending.extend(msgspec.Raw(wire.encode(env)) for env in envs)
+        self._pending.extend(envs)
         self._pending_futs.setdefault(loop, []).append(fut)
         await fut
 
@@ -172,6 +171,7 @@ class SQLiteJournal:
             # the disk. Nobody is answered before the syncer's fdatasync covers it.
             self._conn.execute(
                 "INSERT INTO journal (received_ms, n, envelopes) VALUES (?, ?, ?)",
+                # The group is a msgpack array of envelopes: encoded in one call.
                 (self._pending_received, len(blobs), _group_encoder.encode(blobs)),
             )
             if self._wal_fd < 0:
