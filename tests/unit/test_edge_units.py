@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 
+from tdedge import metrics
 from tdedge.control.keys import claimed_account, hash_key, key_id, new_key
 from tdedge.edge.auth import legacy_key
 from tdedge.edge.body import record_from_body
 from tdedge.edge.http import HTTPError
+from tdedge.edge.services import Counters, KeyHashes
 
 
 def test_json_object_is_normalised() -> None:
@@ -67,3 +71,28 @@ def test_keys_are_hashed_and_ids_do_not_reveal_the_secret() -> None:
     assert key_id(digest) == digest.hex()[:12]
     assert new_key(7) != key
     assert claimed_account("abc") is None and claimed_account("x/y") is None
+
+
+def test_request_counts_reach_prometheus_once_per_loop_iteration() -> None:
+    counters = Counters()
+    labels = ("unit", "counted", 200)
+    child = metrics.REQUESTS.labels("unit", "counted", "200")
+
+    async def answer_three() -> tuple[float, float]:
+        for _ in range(3):
+            counters.inc(*labels)
+        before = child._value.get()  # not yet: the flush runs after this iteration
+        await asyncio.sleep(0)
+        return before, child._value.get()
+
+    start = child._value.get()
+    before, after = asyncio.run(answer_three())
+    assert (before - start, after - start) == (0, 3)
+
+
+def test_key_hashes_are_hash_key_and_stay_bounded() -> None:
+    hashes = KeyHashes()
+    keys = [new_key(1) for _ in range(3)]
+    assert [hashes(k) for k in keys] == [hash_key(k) for k in keys]
+    hashes.MAX = 2
+    assert hashes(new_key(2)) and len(hashes._known) <= 2

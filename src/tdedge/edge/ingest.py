@@ -41,7 +41,6 @@ from typing import Any
 
 import msgspec
 
-from tdedge.control.keys import hash_key
 from tdedge.edge.http import JSON_HEADERS, BodyTooLarge, HTTPError, Protocol_, Response, Scope
 from tdedge.edge.http import read_body as read_raw_body
 from tdedge.edge.services import REJECT_KEEP_BYTES, Services
@@ -309,7 +308,7 @@ class IngestAPI:
                 refused.body = body
                 raise refused
             assert key is not None
-            key_hash = hash_key(key)
+            key_hash = s.key_hash(key)
             events = split_events(body)
             if s.auth is not None:
                 reason = s.auth.refusal(key_hash, database)

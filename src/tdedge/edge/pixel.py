@@ -29,7 +29,6 @@ from urllib.parse import unquote_plus
 
 import msgspec
 
-from tdedge.control.keys import hash_key
 from tdedge.edge.http import HTTPError, Response, Scope
 from tdedge.edge.identity import Identity
 from tdedge.edge.peers import TrustedProxies
@@ -126,7 +125,9 @@ def query_params(query_string: str) -> list[tuple[str, str]]:
     """``parse_qsl(…, keep_blank_values=True)``, unquoting only the parts that need it.
 
     The pixel's hot path: most parameters are plain ASCII, and ``parse_qsl`` unquoting
-    every one of them was half the cost of a pixel request.
+    every one of them was half the cost of a pixel request. The quoted ones (the write
+    key's ``%2F`` above all) repeat from request to request, so their unquoted form is
+    remembered.
     """
     out: list[tuple[str, str]] = []
     for part in query_string.split("&"):
@@ -134,11 +135,25 @@ def query_params(query_string: str) -> list[tuple[str, str]]:
             continue
         name, _, value = part.partition("=")
         if "%" in name or "+" in name:
-            name = unquote_plus(name)
+            name = _unquoted(name)
         if "%" in value or "+" in value:
-            value = unquote_plus(value)
+            value = _unquoted(value)
         out.append((name, value))
     return out
+
+
+# Bounded, as it holds client input: cleared when full.
+_UNQUOTED: dict[str, str] = {}
+MAX_UNQUOTED = 10_000
+
+
+def _unquoted(text: str) -> str:
+    plain = _UNQUOTED.get(text)
+    if plain is None:
+        if len(_UNQUOTED) >= MAX_UNQUOTED:
+            _UNQUOTED.clear()
+        plain = _UNQUOTED[text] = unquote_plus(text)
+    return plain
 
 
 class Pixel:
@@ -166,7 +181,7 @@ class Pixel:
         ua = str(scope.headers.get("user-agent") or "") if req.wants_ua else None
         record = pixel_record(req, global_id, ip, ua)
 
-        key_hash = hash_key(key) if key else b""
+        key_hash = s.key_hash(key) if key else b""
         if not reject:
             if key is None:
                 reject = "missing_key"

@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qsl
 
-from tdedge.control.keys import hash_key
 from tdedge.edge.body import record_from_body
 from tdedge.edge.cors import Cors
 from tdedge.edge.http import (
@@ -151,7 +150,7 @@ class RecordsDoor:
         s = self._s
         if s.auth is not None:
             # No database is involved: only whether the key exists and is not revoked.
-            reason = s.auth.refusal(hash_key(key), "")
+            reason = s.auth.refusal(s.key_hash(key), "")
             if reason is not None:
                 raise HTTPError(403, reason, "the API key is not valid")
         return self._identity.global_id_answer(scope)
