@@ -99,6 +99,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Largest job result one response carries (results are read into memory);
     # beyond it clients fetch msgpack.gz in Range requests, as td-client does.
     job_result_max_bytes: int = 256 * 1024 * 1024
+    # Result files are deleted this long after they were written (the job row stays).
+    job_result_retention_s: float = 7 * 86400.0
     # Bulk import (PUT /v3/table/import…): the gzip body, and what it may inflate to.
     import_max_bytes: int = 64 * 1024 * 1024
     import_max_inflated_bytes: int = 512 * 1024 * 1024

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 from tests.e2e.conftest import Server, free_port
-from tests.e2e.restapi_support import fluent_body, td1, wait_job
+from tests.e2e.restapi_support import fluent_body, start_api_server, td1, wait_job
 
 DAY = 1_700_006_400
 ROWS = 600
@@ -265,3 +265,24 @@ def test_bad_import_bodies(api: tuple[Server, str]) -> None:
         url, content=gzip.compress(msgpack.packb([1, 2])), headers=td1(srv.write_key)
     )
     assert not_maps.status_code == 400 and not_maps.json()["error"] == "not_an_object"
+
+
+def test_results_are_deleted_after_their_retention(make_server: Any) -> None:
+    # 0.00003 days: about 2.6 s.
+    srv, endpoint = start_api_server(make_server, "--job-result-days", "0.00003")
+    key = srv.master_key
+    r = httpx.post(
+        f"{endpoint}/v3/job/issue/presto/test_db", data={"query": "SELECT 1"}, headers=td1(key)
+    )
+    assert r.status_code == 200, r.text
+    job = str(r.json()["job_id"])
+    assert wait_job(endpoint, key, job)["status"] == "success"
+    url = f"{endpoint}/v3/job/result/{job}"
+    deadline = time.monotonic() + 30
+    while (gone := httpx.get(url, params={"format": "json"}, headers=td1(key))).status_code == 200:
+        assert time.monotonic() < deadline, "the result was never deleted"
+        time.sleep(0.3)
+    assert gone.status_code == 404 and "results are kept" in gone.text, gone.text
+    assert not list((srv.data_dir / "results").glob(f"{job}.*"))
+    listed = httpx.get(f"{endpoint}/v3/job/show/{job}", headers=td1(key)).json()
+    assert listed["status"] == "success"

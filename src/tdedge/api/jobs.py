@@ -116,6 +116,11 @@ def result(api: Api, req: Request) -> Response:
         raise not_found(f"a result of job {job.id} ({job.status})")
     path = result_path(api.settings.job_results_dir, job.id)
     if not path.exists():
+        retention = api.settings.job_result_retention_s
+        if job.end_at is not None and job.end_at < time.time() - retention:
+            raise not_found(
+                f"the result of job {job.id}: results are kept {retention / 86400:g} days"
+            )
         raise not_found(f"the result file of job {job.id}")
     headers = [("content-type", CONTENT_TYPES[fmt])]
     if fmt == "msgpack.gz":

@@ -14,7 +14,7 @@ _DEFAULTS = Settings()
 
 
 def job_options(f: F) -> F:
-    """Add --job-workers, --job-timeout and --job-memory-limit to a command."""
+    """Add --job-workers, --job-timeout, --job-memory-limit and --job-result-days."""
     options = [
         click.option(
             "--job-workers",
@@ -36,6 +36,13 @@ def job_options(f: F) -> F:
             show_default=True,
             help="DuckDB memory_limit of each job (spills to disk beyond it where it can).",
         ),
+        click.option(
+            "--job-result-days",
+            type=click.FloatRange(min=0, min_open=True),
+            default=_DEFAULTS.job_result_retention_s / 86400,
+            show_default=True,
+            help="Days a job's result file is kept; the job itself stays listed.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -48,4 +55,5 @@ def job_settings(values: dict[str, Any]) -> dict[str, Any]:
         "job_workers": values["job_workers"],
         "job_timeout_s": values["job_timeout"],
         "job_memory_limit": values["job_memory_limit"],
+        "job_result_retention_s": values["job_result_days"] * 86400,
     }

@@ -42,6 +42,30 @@ def result_path(results_dir: Path, job_id: int) -> Path:
     return results_dir / f"{job_id}.msgpack.gz"
 
 
+def expire_results(results_dir: Path, written_before: float) -> int:
+    """Delete result files (and temporary files a dead runner left) last written before
+    ``written_before`` (unix seconds); returns how many went.
+
+    By the file's own time, so it needs nothing from the job table: a result is written
+    once, when its job ends.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(results_dir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if ".msgpack" not in entry.name:  # N.msgpack.gz, or N.msgpack.tmpPID
+            continue
+        try:
+            if entry.stat().st_mtime < written_before:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue  # removed meanwhile
+    return removed
+
+
 class ResultWriter:
     """Writes rows to ``path`` through a temporary file, renamed into place on ``close``."""
 

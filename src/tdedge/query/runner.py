@@ -22,9 +22,13 @@ from tdedge.config import Settings
 from tdedge.control.jobs import Job, JobResult, JobStore
 from tdedge.control.store import ControlStore
 from tdedge.lake.connection import open_connection
+from tdedge.query.results import expire_results
 from tdedge.query.session import Session, open_sessions
 
 log = logging.getLogger("tdedge.query")
+
+# Expired result files are looked for this often (more often for a short retention).
+EXPIRE_EVERY_S = 60.0
 
 
 @dataclass(slots=True)
@@ -50,6 +54,7 @@ class JobRunner:
         self._idle: list[Session] = []
         self._running: dict[int, Running] = {}
         self._lock = threading.Lock()
+        self._expired_at = float("-inf")
 
     def run(self, stop: threading.Event) -> None:
         # Sets the lake up when nobody has yet, so sessions can attach it read-only.
@@ -70,8 +75,12 @@ class JobRunner:
         log.info("job runner stopped")
 
     def tick(self, pool: ThreadPoolExecutor, now: float) -> None:
-        """Start what fits in the free slots; interrupt what is over time or killed."""
+        """Start what fits in the free slots; interrupt what is over time or killed;
+        now and then delete results past their retention."""
         self._interrupt(now)
+        if now - self._expired_at >= min(EXPIRE_EVERY_S, self._settings.job_result_retention_s / 4):
+            self._expired_at = now
+            self.expire(now)
         while True:
             with self._lock:
                 if not self._idle:
@@ -87,6 +96,17 @@ class JobRunner:
                 self._running[job.id] = running
             future = pool.submit(self._execute, running)
             future.add_done_callback(_log_crash)
+
+    def expire(self, now: float) -> int:
+        cutoff = now - self._settings.job_result_retention_s
+        try:
+            removed = expire_results(self._settings.job_results_dir, cutoff)
+        except OSError as e:
+            log.error("cannot expire job results", extra={"error": str(e)})
+            return 0
+        if removed:
+            log.info("expired job results", extra={"files": removed})
+        return removed
 
     def _interrupt(self, now: float) -> None:
         with self._lock:
