@@ -6,7 +6,7 @@ SQLiteJournal; the real Loader runs in this process, its ``run`` loop on a threa
 in ``serve``. After a warm-up, the process's CPU time (user + system, every thread)
 is divided by the rows loaded.
 
-    .venv/bin/python bench/loader_live.py --rate 9000 --seconds 15
+    .venv/bin/python bench/loader_live.py --rate 9000 --seconds 15 [--record ingest --per-row 100]
 """
 
 from __future__ import annotations
@@ -30,14 +30,27 @@ from tdedge.journal.sqlite import SQLiteJournal, SQLiteJournalReader
 from tdedge.lake.lake import Lake
 from tdedge.loader.runner import Loader
 
-BODY = b'{"param1":"value1","param2":1234}'  # what bench/postback posts
+# What bench/postback posts, and one event of bench/ingest's td-js-sdk-like batches.
+RECORDS = {
+    "postback": ("legacy", b'{"param1":"value1","param2":1234}'),
+    "ingest": (
+        "ingest",
+        b'{"td_version":"4.4.3","td_client_id":"4f1c2b3a-0000-4000-8000-000000000042",'
+        b'"td_charset":"utf-8","td_language":"en-us","td_screen":"1920x1080",'
+        b'"td_viewport":"1280x720","td_title":"Spring sale",'
+        b'"td_url":"https://shop.example.com/sale?item=42","td_path":"/sale",'
+        b'"td_host":"shop.example.com","action":"view","item":42,"price":19.99,'
+        b'"td_uuid":"019ab2c3-5e6f-7a1b-8c2d-3e4f5a6b7c8d"}',
+    ),
+}
 WARM_UP_S = 3.0
 ROWS, BATCHES = "tdedge_rows_written_total", "tdedge_loader_batches_total"
 
 
-def write(root: str, key_hash: bytes, rate: int, per_row: int, until: float) -> None:
+def write(root: str, key_hash: bytes, rate: int, per_row: int, until: float, record: str) -> None:
     """Append ``rate`` records/s until the monotonic clock reaches ``until``."""
     settings = Settings(data_dir=root, journal_max_backlog=1 << 40)
+    door, body = RECORDS[record]
 
     async def append() -> None:
         journal = SQLiteJournal(settings)
@@ -45,7 +58,7 @@ def write(root: str, key_hash: bytes, rate: int, per_row: int, until: float) -> 
         try:
             while time.monotonic() < until:
                 now_ms = time.time_ns() // 1_000_000
-                env = Envelope(now_ms, "legacy", "bench_db", "events", key_hash, BODY)
+                env = Envelope(now_ms, door, "bench_db", "events", key_hash, body)
                 await journal.append_many([env] * per_row)
                 due += interval
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
@@ -64,6 +77,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=9_000, help="records/s [9000]")
     parser.add_argument("--per-row", type=int, default=30, help="envelopes per row [30]")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--record", choices=sorted(RECORDS), default="postback", help="record shape [postback]"
+    )
     args = parser.parse_args()
     if args.rate < 1 or args.per_row < 1:
         parser.error("--rate and --per-row must be >= 1")
@@ -73,7 +89,8 @@ def main() -> None:
         key = store.create_key(1, "master")
         until = time.monotonic() + WARM_UP_S + args.seconds
         writer = multiprocessing.get_context("spawn").Process(
-            target=write, args=(root, hash_key(key), args.rate, args.per_row, until)
+            target=write,
+            args=(root, hash_key(key), args.rate, args.per_row, until, args.record),
         )
         writer.start()
         lake = Lake.open(settings)
