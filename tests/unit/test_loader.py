@@ -315,6 +315,20 @@ def test_without_auto_create_a_master_key_needs_the_database(tmp_path: Path) -> 
     w.store.close()
 
 
+def test_a_record_of_two_values_is_refused_without_shifting_its_neighbours(
+    world: World,
+) -> None:
+    """The loader decodes a table's records as one array: a record that is two objects
+    would slip one place. It is refused alone; the others land with their own values."""
+    world.send({"n": 1})
+    world.send(None, raw=b'{"n": 2},{"n": 3}')
+    world.send({"n": 4})
+    report = world.loader().step(LATER)
+    assert (report.rows, report.rejected) == (2, 1)
+    assert world.rows("SELECT n FROM db.t ORDER BY n") == [(1,), (4,)]
+    assert [(e["journal_seq"], e["reason"]) for e in errors(world)] == [(2, "invalid_record")]
+
+
 def test_the_schema_evolves_across_batches(world: World) -> None:
     loader = world.loader()
     conflicts_before = sample("tdedge_type_conflicts_total")

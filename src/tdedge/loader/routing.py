@@ -60,6 +60,7 @@ INVALID_RECORD = "invalid_record"
 LOAD_FAILED = "load_failed"
 
 _decode_record = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_records = msgspec.json.Decoder(list[dict[str, Any]]).decode
 
 TableKey = tuple[str, str]  # (database, table), normalised
 
@@ -154,9 +155,16 @@ class Router:
         items = routed.envelopes.items
         bound = [items[i] for i in rows]
         try:
-            records = [_decode_record(env.record) for env in bound]
+            # One decode of them all as a JSON array: 40 % cheaper than one call per
+            # record (bench/loader_live.py --record ingest).
+            records = _decode_records(b"[%b]" % b",".join([env.record for env in bound]))
         except msgspec.DecodeError:
             # The edge validates bodies, so this is rare: sort them out one by one.
+            return self._accept_each(routed, rows, now)
+        if len(records) != len(bound):
+            # A record holding more than one value ("{…},{…}") shifted the array: only
+            # a record decoded alone can tell which. No record can hold fewer than one
+            # value without breaking the array's syntax.
             return self._accept_each(routed, rows, now)
         return TableInput(records, [env.received_ms // 1000 for env in bound], rows)
 
