@@ -14,6 +14,12 @@ journal and the profile committed):
 - maximum: wrk ``-t2 -c64`` as fast as the server answers.
 - engine: the engine alone in this process (no HTTP, no journal): groups of
   ``--group`` requests through ``Engine.decide`` on a fresh profile store.
+- door: ``EdgeApp`` in this process with the real journal and profile store, no HTTP:
+  CPU per decision with 4 and 64 requests in flight.
+
+The fixed-rate run also reports the CPU per decision of the door's event loop (how
+near one worker is to saturation) and the 100 ms windows holding an answer over 10 ms
+(a few: stalls; many: a loop with no headroom).
 
 wrk shares the 2 cores with the server: read the figures as a floor. Targets (issue 4):
 p99 ≤ 10 ms at 2,000 requests/s; ≥ 8,000 decisions/s. Results also go to
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -275,6 +282,34 @@ def group_cpu_s(pgid: int) -> dict[str, float]:
     return out
 
 
+def loop_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by the event-loop threads of the dedicated door's workers
+    (the main thread of each process granian forked from ``tdedge listen``): a worker
+    serves from one loop, so this is what saturates first."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, bool]] = {}  # pid → (parent, is a listener)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            procs[int(entry.name)] = (int(fields[1]), b"listen" in argv)
+    total = 0.0
+    for pid, (parent, listener) in procs.items():
+        if not (listener and procs.get(parent, (0, False))[1]):
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def _ms(text: str) -> float:
     m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
     if not m:
@@ -339,6 +374,8 @@ def paced(
         requests.append(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     total = rate * duration
     latencies: list[float] = []
+    # (when due, from the start; latency): where in the run the slow answers were.
+    timeline: list[tuple[float, float]] = []
     statuses: dict[int, int] = {}
 
     async def connection(k: int, start: float) -> None:
@@ -358,6 +395,7 @@ def paced(
                     length = int(value)
             await reader.readexactly(length)
             latencies.append(loop.time() - due)
+            timeline.append((due - start, latencies[-1]))
             statuses[status] = statuses.get(status, 0) + 1
         writer.close()
 
@@ -373,8 +411,25 @@ def paced(
     def pct(q: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2)
 
+    # The run in 100 ms windows: a tail from a few stalls shows as a few slow windows,
+    # a tail from a worker near saturation as many.
+    windows: dict[int, list[float]] = {}
+    for at, latency in timeline:
+        windows.setdefault(int(at * 10), []).append(latency)
+    slow = sum(1 for w in windows.values() if max(w) > 0.010)
+    worst = sorted(windows.items(), key=lambda kv: -max(kv[1]))[:5]
     return {
         "command": f"open loop, {conns} keep-alive connections, {rate} req/s for {duration} s",
+        "windows_100ms": len(windows),
+        "windows_over_10ms": slow,
+        "worst_windows": [
+            {
+                "at_s": k / 10,
+                "max_ms": round(max(w) * 1000, 1),
+                "p50_ms": round(_median(w) * 1000, 1),
+            }
+            for k, w in worst
+        ],
         "target_rps": rate,
         "rps": len(latencies) / elapsed,
         "requests": len(latencies),
@@ -385,6 +440,10 @@ def paced(
         "non2xx": sum(n for code, n in statuses.items() if not 200 <= code < 300),
         "socket_errors": "",
     }
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def engine_only(config: str, seconds: float, size: int, ids: int, tmp: Path) -> dict[str, Any]:
@@ -447,6 +506,121 @@ def engine_only(config: str, seconds: float, size: int, ids: int, tmp: Path) -> 
     }
 
 
+class _Scope:
+    """One p13n request as granian's RSGI scope shows it."""
+
+    client = "127.0.0.1"
+    authority = None
+    method = "POST"
+    query_string = ""
+    path = "/bench_db/pageviews"
+
+    def __init__(self, headers: dict[str, str], body: bytes) -> None:
+        self.headers = headers
+        self.body = body
+
+
+class _Proto:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def __call__(self) -> bytes:
+        return self._body
+
+    def response_bytes(self, status: int, headers: Any, body: bytes) -> None:
+        if status != 200:
+            raise RuntimeError(f"answered {status}: {body!r}")
+
+
+def door_only(
+    config: str, ids: int, concurrencies: list[int], requests: int, tmp: Path
+) -> dict[str, Any]:
+    """CPU per decision of the p13n door in this process: ``EdgeApp`` with the real
+    journal (write + fsync) and profile store, no HTTP, ``c`` requests in flight — few in
+    flight make the small groups of a fixed rate, many those of the maximum. CPU time
+    of every thread of this process, best of three rounds: it moves with other load on
+    the machine (shared caches) far less than rates and latencies do; compare runs of
+    one session."""
+    import asyncio
+
+    import uvloop
+
+    from tdedge.config import Settings
+    from tdedge.edge.app import EdgeApp
+    from tdedge.server import bootstrap, prepare_data_dir
+
+    settings = Settings(data_dir=str(tmp / "data"), fixed_door="p13n")
+    prepare_data_dir(settings)
+    keys = bootstrap(settings)
+    assert keys is not None
+    master = keys[0]
+    (tmp / "p13n.yaml").write_text(config)
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [PY, "-m", "tdedge", "p13n", "--data-dir", settings.data_dir, *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    cli("apply", str(tmp / "p13n.yaml"))
+    token = cli("tokens", "create", "bench")
+    cli("refresh")
+    rnd = random.Random(5)
+    calls = []
+    for _ in range(4096):
+        i = rnd.randint(1, ids)
+        body = json.dumps(event_of(i)).encode()
+        headers = {
+            "content-type": MEDIA,
+            "authorization": f"TD1 {master}",
+            "wp13n-token": token,
+            "content-length": str(len(body)),
+        }
+        calls.append((_Scope(headers, body), _Proto(body)))
+
+    async def measure() -> dict[str, Any]:
+        app = EdgeApp(settings)
+        app.__rsgi_init__(asyncio.get_running_loop())
+
+        async def client(k: int, per: int) -> None:
+            for j in range(per):
+                scope, proto = calls[(k * per + j) % len(calls)]
+                await app.__rsgi__(scope, proto)  # type: ignore[arg-type]
+
+        out: dict[str, Any] = {}
+        try:
+            per = max(1, ids // 64)
+            await asyncio.gather(*(client(k, per) for k in range(64)))  # most people known
+            for c in concurrencies:
+                per = max(1, requests // c)
+                best = float("inf")
+                for _ in range(3):
+                    started = time.process_time()
+                    await asyncio.gather(*(client(k, per) for k in range(c)))
+                    best = min(best, (time.process_time() - started) / (per * c))
+                out[str(c)] = best * 1e6
+        finally:
+            app.__rsgi_del__(asyncio.get_running_loop())
+        return out
+
+    return {"requests": requests, "cpu_us_per_decision_by_in_flight": uvloop.run(measure())}
+
+
+def event_of(i: int) -> dict[str, Any]:
+    """The event every part sends for person ``i``."""
+    return {
+        "td_client_id": f"c{i}",
+        "td_path": f"/checkout/{i % 7}",
+        "product_category": f"cat{i % 11}",
+        "product_name": f"p{i % 13}",
+        "amount": i % 100,
+        "td_url": "https://example.com/x",
+    }
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -458,7 +632,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--attributes", type=int, default=20)
     ap.add_argument("--sections", type=int, default=10)
     ap.add_argument("--group", type=int, default=32, help="engine-only group size")
-    ap.add_argument("--skip", default="", help="comma-separated: fixed,max,engine,baseline")
+    ap.add_argument("--skip", default="", help="comma-separated: fixed,max,engine,door,baseline")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument(
         "--wait-quiet",
@@ -469,6 +643,8 @@ def main(argv: list[str]) -> int:
     )
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
+    # prometheus_client picks its storage at import: multiprocess files, as serve has.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="p13n-bench-"))
     if shutil.which("wrk") is None and not {"fixed", "max"} <= skip:
         log("wrk not found: apt-get install -y wrk")
         return 2
@@ -495,6 +671,11 @@ def main(argv: list[str]) -> int:
                 config, min(args.duration, 5), args.group, args.ids, tmp / "engine"
             )
             log(f"engine alone: {report['engine']['decisions_per_s']:.0f} decisions/s")
+        if "door" not in skip:
+            log("door alone, in this process ...")
+            (tmp / "door").mkdir()
+            report["door"] = door_only(config, args.ids, [4, 64], 16_000, tmp / "door")
+            log(f"door alone: {report['door']['cpu_us_per_decision_by_in_flight']}")
         for workers in [int(w) for w in args.workers.split(",") if w]:
             report["runs"].append(run_server(args, workers, config, tmp, skip))
     finally:
@@ -537,9 +718,23 @@ def run_server(
         fast.write_text(LUA % {**common, "delay": ""})
         wrk(url, fast, 2, 2, 32)  # warm-up: profiles exist, caches are hot
         if "fixed" not in skip:
+            assert server.proc is not None
+            before = group_cpu_s(server.proc.pid)
+            loop_before = loop_cpu_s(server.proc.pid)
             run["fixed"] = paced(
                 server.p13n_port, server.master_key, token, args.rate, args.duration, 32, args.ids
             )
+            after = group_cpu_s(server.proc.pid)
+            n = run["fixed"]["requests"]
+            if n:
+                # At a fixed rate the groups are small: a decision costs more than at the
+                # maximum, and the event loop's share says how near saturation it runs.
+                run["fixed"]["cpu_us_per_request"] = {
+                    role: (after[role] - before[role]) / n * 1e6 for role in after
+                }
+                run["fixed"]["loop_cpu_us_per_request"] = (
+                    (loop_cpu_s(server.proc.pid) - loop_before) / n * 1e6
+                )
             log(f"w{workers} fixed: {run['fixed']}")
         if "max" not in skip:
             assert server.proc is not None
@@ -588,6 +783,13 @@ def summary(report: dict[str, Any]) -> str:
             f"  [{ok} ≥ 8,000]; per decision: median {eng['median_us_per_decision']:.0f} µs, "
             f"best tenth {eng['best_decile_us_per_decision']:.0f} µs"
         )
+    door = report.get("door")
+    if door:
+        cpu = door["cpu_us_per_decision_by_in_flight"]
+        lines.append(
+            "door alone (EdgeApp in one process, journal + profile store, no HTTP): "
+            + ", ".join(f"{us:.0f} µs CPU per decision with {c} in flight" for c, us in cpu.items())
+        )
     for run in report["runs"]:
         w = run["workers"]
         fixed = run.get("fixed")
@@ -603,6 +805,15 @@ def summary(report: dict[str, Any]) -> str:
                 f"(target {fixed['target_rps']:,}), p50 {fixed['p50_ms']} ms, p99 {p99} ms, "
                 f"non-2xx {fixed['non2xx']}  [{ok} p99 ≤ 10 ms]"
             )
+            cpu = fixed.get("cpu_us_per_request")
+            if cpu:
+                loop_us = fixed["loop_cpu_us_per_request"]
+                busy = loop_us * fixed["rps"] / w / 1e6
+                lines.append(
+                    f"  CPU per decision: edge {cpu['edge']:.0f} µs, of it the event loops "
+                    f"{loop_us:.0f} µs (each loop {busy:.0%} busy); 100 ms windows with an "
+                    f"answer over 10 ms: {fixed['windows_over_10ms']}/{fixed['windows_100ms']}"
+                )
         mx = run.get("max")
         if mx:
             ok = "PASS" if mx["rps"] >= 8000 else "MISS"
