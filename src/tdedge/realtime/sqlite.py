@@ -86,7 +86,7 @@ _READ = (
     "WHERE id IN (SELECT profile_id FROM found))"
 )
 # The WAL is copied into the database by the loader process's refresher thread
-# (``checkpoint``, every second): a checkpoint fsyncs, which no request should wait for.
+# (``checkpoint``, every 0.1 s): a checkpoint fsyncs, which no request should wait for.
 # Past this many pages (40 MiB; e.g. with --no-loader) a writer checkpoints after all.
 _AUTOCHECKPOINT_PAGES = 10_000
 # Rows per multi-row statement: well under SQLite's 32,766 bound on parameters.
