@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""CPU per request of tdedge's own edge code, without HTTP: where the postback's cost is.
+"""CPU per request of tdedge's own edge code, without HTTP: where a door's cost is.
 
-    .venv/bin/python bench/edge_cpu.py [--requests 32000] [--concurrency 64]
+    .venv/bin/python bench/edge_cpu.py [--door legacy|pixel|ingest] [--requests 32000]
+        [--concurrency 64]
 
 Drives ``EdgeApp.__rsgi__`` in this process on uvloop with a fake RSGI scope and
-protocol: the legacy door's POST of the postback bench's body, ``--concurrency``
-requests in flight. Prints CPU µs per request (every thread of this process, best of
-three rounds) twice: with a journal that accepts without writing (the door's own
-Python), and with the real SQLite journal (its write and fsync included). Compare with
-the whole server's CPU per request under wrk (``bench/postback``): the difference is
+protocol, ``--concurrency`` requests in flight: the legacy door's POST of the postback
+bench's body, the pixel bench's GET, or the ingest bench's POST of 100 events. Prints
+CPU µs per request (every thread of this process, best of three rounds) twice: with a
+journal that accepts without writing (the door's own Python), and with the real SQLite
+journal (its write and fsync included). Compare with the whole server's CPU per request
+under wrk (``bench/postback``, ``bench/pixel``, ``bench/ingest``): the difference is
 granian's and asyncio's hand-offs between threads, which no handler change removes.
 """
 
@@ -29,7 +31,6 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tdedg
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
@@ -40,31 +41,11 @@ from tdedge.config import Settings  # noqa: E402
 from tdedge.edge.app import EdgeApp  # noqa: E402
 from tdedge.journal.envelope import Envelope  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from pixel_ingest import ingest_body  # noqa: E402
+
 LEGACY_BODY = b'{"param1":"value1","param2":1234}'
-# The ingest bench's body: 100 events shaped like td-js-sdk's.
-INGEST_BODY = json.dumps(
-    {
-        "events": [
-            {
-                "td_version": "4.4.3",
-                "td_client_id": f"4f1c2b3a-0000-4000-8000-{i:012d}",
-                "td_charset": "utf-8",
-                "td_language": "en-us",
-                "td_screen": "1920x1080",
-                "td_viewport": "1280x720",
-                "td_title": "Spring sale",
-                "td_url": "https://shop.example.com/sale?item=42",
-                "td_path": "/sale",
-                "td_host": "shop.example.com",
-                "action": "view",
-                "item": i,
-                "price": 19.99,
-            }
-            for i in range(100)
-        ]
-    },
-    separators=(",", ":"),
-).encode()
+INGEST_BODY = ingest_body()  # the ingest bench's: 100 events shaped like td-js-sdk's
 KEY = "1/0123456789abcdef"
 PIXEL_QUERY = (
     f"td_format=pixel&td_write_key={KEY.replace('/', '%2F')}&campaign=spring_sale"
