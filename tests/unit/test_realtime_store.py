@@ -6,6 +6,7 @@ One parametrized fixture runs the same tests on every ProfileStore implementatio
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import sqlite3
 import time
@@ -282,3 +283,32 @@ def test_a_failed_group_leaves_no_trace_in_the_next(make_store: Factory) -> None
     (result,) = store.run([half])
     assert isinstance(result, ValueError)
     assert count(one(store, ["k=1"]).profile) == 2
+
+
+def test_a_long_wal_is_checkpointed_under_the_writers_lock_and_starts_over(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "profiles.sqlite"
+    store = SQLiteProfileStore(path)
+    for i in range(20):
+        one(store, [f"k={i}"])
+    store.set_timeout(0.05)
+    writer = path.with_suffix(".lock").open("ab")  # another writer holding the lock
+    fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
+    try:
+        store.checkpoint(start_over_frames=10**9)  # a short WAL: no lock needed
+        with pytest.raises(ProfileStoreDown):
+            store.checkpoint(start_over_frames=1)
+    finally:
+        writer.close()
+    store.checkpoint(start_over_frames=1)
+    one(store, ["k=last"])
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        (_, frames, _) = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        other.close()
+    # Only the last commit's pages: the WAL started over after the checkpoint.
+    assert 0 < frames < 10
+    assert count(one(store, ["k=last"]).profile) == 2
+    store.close()

@@ -26,7 +26,7 @@ from tdedge.lake.lake import Lake, QueryResult
 from tdedge.realtime import batch as batch_store
 from tdedge.realtime import sqlite as profile_sqlite
 from tdedge.realtime.batch import ATTRIBUTE, SEGMENT, BatchStore, SourceState
-from tdedge.realtime.errors import RefreshFailed
+from tdedge.realtime.errors import ProfileStoreDown, RefreshFailed
 from tdedge.realtime.identity import KeyRule
 from tdedge.realtime.profile import key_of
 from tdedge.realtime.registry import Registry
@@ -218,7 +218,7 @@ class Refresher:
                 # The edge never waits for a checkpoint's fsync; this thread keeps
                 # the profile store's WAL short instead.
                 profiles.checkpoint()
-            except sqlite3.Error as e:
+            except (sqlite3.Error, ProfileStoreDown) as e:
                 log.error("p13n profile store checkpoint failed", extra={"error": str(e)})
 
     def _round(self, registry: Registry, store: BatchStore) -> None:
