@@ -644,7 +644,10 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     # prometheus_client picks its storage at import: multiprocess files, as serve has.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="p13n-bench-"))
+    metrics_dir = None
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        metrics_dir = tempfile.mkdtemp(prefix="p13n-bench-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if shutil.which("wrk") is None and not {"fixed", "max"} <= skip:
         log("wrk not found: apt-get install -y wrk")
         return 2
@@ -679,6 +682,8 @@ def main(argv: list[str]) -> int:
         for workers in [int(w) for w in args.workers.split(",") if w]:
             report["runs"].append(run_server(args, workers, config, tmp, skip))
     finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
