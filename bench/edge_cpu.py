@@ -33,7 +33,6 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
-from typing import Any  # noqa: E402
 
 import uvloop  # noqa: E402
 
@@ -43,6 +42,7 @@ from tdedge.journal.envelope import Envelope  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
 from pixel_ingest import ingest_body  # noqa: E402
+from rsgi_fake import FakeProto  # noqa: E402
 
 LEGACY_BODY = b'{"param1":"value1","param2":1234}'
 INGEST_BODY = ingest_body()  # the ingest bench's: 100 events shaped like td-js-sdk's
@@ -84,18 +84,6 @@ class FakeScope:
             self.body = INGEST_BODY
         if self.body:
             self.headers["content-length"] = str(len(self.body))
-
-
-class FakeProto:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    async def __call__(self) -> bytes:
-        return self._body
-
-    def response_bytes(self, status: int, headers: Any, body: bytes) -> None:
-        if status != 200:
-            raise RuntimeError(f"answered {status}: {body!r}")
 
 
 class AcceptingJournal:

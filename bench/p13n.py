@@ -41,8 +41,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from rsgi_fake import FakeProto  # bench/, this script's directory
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -261,11 +264,9 @@ def wait_quiet(limit_s: float, below: float = 0.25) -> float:
     return busy
 
 
-def group_cpu_s(pgid: int) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by the processes of a process group, by
-    role: "loader" (the loader and its refresher), "jobs", "edge" (everything else)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = {"edge": 0.0, "loader": 0.0, "jobs": 0.0}
+def _group_procs(pgid: int) -> Iterator[tuple[int, list[str], list[bytes]]]:
+    """``(pid, stat fields, argv)`` of each process of a process group. The fields start
+    after the command: state ppid pgrp ... utime (11) stime (12), 0-based from state."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -274,9 +275,16 @@ def group_cpu_s(pgid: int) -> dict[str, float]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        # After the command: state ppid pgrp ... utime (11) stime (12), 0-based from state.
-        if int(fields[2]) != pgid:
-            continue
+        if int(fields[2]) == pgid:
+            yield int(entry.name), fields, argv
+
+
+def group_cpu_s(pgid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the processes of a process group, by
+    role: "loader" (the loader and its refresher), "jobs", "edge" (everything else)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {"edge": 0.0, "loader": 0.0, "jobs": 0.0}
+    for _, fields, argv in _group_procs(pgid):
         role = "loader" if b"loader" in argv else "jobs" if b"jobs" in argv else "edge"
         out[role] += (int(fields[11]) + int(fields[12])) / ticks
     return out
@@ -288,16 +296,8 @@ def loop_cpu_s(pgid: int) -> float:
     serves from one loop, so this is what saturates first."""
     ticks = os.sysconf("SC_CLK_TCK")
     procs: dict[int, tuple[int, bool]] = {}  # pid → (parent, is a listener)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            procs[int(entry.name)] = (int(fields[1]), b"listen" in argv)
+    for pid, fields, argv in _group_procs(pgid):
+        procs[pid] = (int(fields[1]), b"listen" in argv)
     total = 0.0
     for pid, (parent, listener) in procs.items():
         if not (listener and procs.get(parent, (0, False))[1]):
@@ -520,18 +520,6 @@ class _Scope:
         self.body = body
 
 
-class _Proto:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    async def __call__(self) -> bytes:
-        return self._body
-
-    def response_bytes(self, status: int, headers: Any, body: bytes) -> None:
-        if status != 200:
-            raise RuntimeError(f"answered {status}: {body!r}")
-
-
 def door_only(
     config: str, ids: int, concurrencies: list[int], requests: int, tmp: Path
 ) -> dict[str, Any]:
@@ -579,7 +567,7 @@ def door_only(
             "wp13n-token": token,
             "content-length": str(len(body)),
         }
-        calls.append((_Scope(headers, body), _Proto(body)))
+        calls.append((_Scope(headers, body), FakeProto(body)))
 
     async def measure() -> dict[str, Any]:
         app = EdgeApp(settings)
