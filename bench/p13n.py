@@ -361,16 +361,7 @@ def paced(
     requests = []
     for _ in range(4096):
         i = rnd.randint(1, ids)
-        body = json.dumps(
-            {
-                "td_client_id": f"c{i}",
-                "td_path": f"/checkout/{i % 7}",
-                "product_category": f"cat{i % 11}",
-                "product_name": f"p{i % 13}",
-                "amount": i % 100,
-                "td_url": "https://example.com/x",
-            }
-        ).encode()
+        body = json.dumps(event_of(i)).encode()
         requests.append(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     total = rate * duration
     latencies: list[float] = []
