@@ -32,7 +32,6 @@ import msgspec
 import sqlalchemy as sa
 
 from tdedge.control.directory import Directory
-from tdedge.control.keys import hash_key
 from tdedge.control.store import ControlStore
 from tdedge.edge.body import media_type
 from tdedge.edge.http import HTTPError, Protocol_, Response, Scope, encode_json, read_body
@@ -116,9 +115,8 @@ class P13nDoor:
         self._proxies = TrustedProxies(s.trusted_proxies)
         self._networks: dict[bytes, list[tokens.Network]] = {}
         self._configured = -1  # the view generation the limits were taken from
-        # Hashing a key or parsing a token costs more than a look-up: a few callers send
-        # the same ones all day. Bounded: cleared when full.
-        self._key_hashes: dict[str, bytes] = {}
+        # Parsing a token costs more than a look-up: a few callers send the same ones all
+        # day (key hashes are memoized by Services). Bounded: cleared when full.
         self._parsed: dict[str, tokens.ParsedToken | None] = {}
 
     def _open(self) -> None:
@@ -207,7 +205,7 @@ class P13nDoor:
             # loader needs (re-encoding it would cost more than it normalises).
             try:
                 await self._s.append(
-                    Envelope(received_ms, DOOR, database, table, self._key_hash(key), body)
+                    Envelope(received_ms, DOOR, database, table, self._s.key_hash(key), body)
                 )
             except HTTPError as e:  # the journal refused: nothing was stored
                 raise DoorError(503, JournalDown.code, e.message, e.headers) from None
@@ -291,19 +289,11 @@ class P13nDoor:
         self._limiter.configure(limits.events_per_second, limits.concurrency, time.monotonic())
         self._store.set_timeout(limits.store_timeout_ms / 1000)
 
-    def _key_hash(self, key: str) -> bytes:
-        digest = self._key_hashes.get(key)
-        if digest is None:
-            if len(self._key_hashes) >= CACHE_MAX:
-                self._key_hashes.clear()
-            digest = self._key_hashes[key] = hash_key(key)
-        return digest
-
     def _account(self, key: str | None, database: str, now: float) -> int:
         if key is None:
             raise DoorError(401, 401, "missing Authorization: TD1 <API key>")
         try:
-            info = self._directory.key(self._key_hash(key), now)
+            info = self._directory.key(self._s.key_hash(key), now)
             owner = None if info is None else self._directory.database_owner(database, now)
         except sa.exc.SQLAlchemyError as e:
             down = KeyStoreDown(str(e))
