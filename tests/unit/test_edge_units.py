@@ -12,7 +12,8 @@ from tdedge.control.keys import claimed_account, hash_key, key_id, new_key
 from tdedge.edge.auth import legacy_key
 from tdedge.edge.body import record_from_body
 from tdedge.edge.http import HTTPError
-from tdedge.edge.services import Counters, KeyHashes
+from tdedge.edge.memo import Memo
+from tdedge.edge.services import Counters
 
 
 def test_json_object_is_normalised() -> None:
@@ -91,8 +92,20 @@ def test_request_counts_reach_prometheus_once_per_loop_iteration() -> None:
 
 
 def test_key_hashes_are_hash_key_and_stay_bounded() -> None:
-    hashes = KeyHashes()
+    hashes = Memo(hash_key)
     keys = [new_key(1) for _ in range(3)]
     assert [hashes(k) for k in keys] == [hash_key(k) for k in keys]
-    hashes.MAX = 2
-    assert hashes(new_key(2)) and len(hashes._known) <= 2
+    hashes.max_size = 2
+    assert hashes(new_key(2)) and len(hashes) <= 2
+
+
+def test_a_memo_remembers_none_and_calls_once_per_argument() -> None:
+    calls: list[str] = []
+
+    def parse(raw: str) -> int | None:
+        calls.append(raw)
+        return None if raw == "bad" else len(raw)
+
+    parsed = Memo(parse)
+    assert [parsed(r) for r in ("bad", "abc", "bad", "abc")] == [None, 3, None, 3]
+    assert calls == ["bad", "abc"]

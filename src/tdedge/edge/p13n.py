@@ -35,6 +35,7 @@ from tdedge.control.directory import Directory
 from tdedge.control.store import ControlStore
 from tdedge.edge.body import media_type
 from tdedge.edge.http import HTTPError, Protocol_, Response, Scope, encode_json, read_body
+from tdedge.edge.memo import Memo
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.services import Services
 from tdedge.journal.envelope import Envelope
@@ -61,7 +62,6 @@ log = logging.getLogger("tdedge.p13n")
 
 DOOR = "p13n"
 MEDIA_TYPE = "application/vnd.treasuredata.v1+json"
-CACHE_MAX = 10_000
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?")
 # /{db}/{table} or /public/{db}/{table}, in one match.
 _PATH = re.compile(rf"/(public/)?({P13N_NAME.pattern})/({P13N_NAME.pattern})")
@@ -115,9 +115,8 @@ class P13nDoor:
         self._proxies = TrustedProxies(s.trusted_proxies)
         self._networks: dict[bytes, list[tokens.Network]] = {}
         self._configured = -1  # the view generation the limits were taken from
-        # Parsing a token costs more than a look-up: a few callers send the same ones all
-        # day (key hashes are memoized by Services). Bounded: cleared when full.
-        self._parsed: dict[str, tokens.ParsedToken | None] = {}
+        # Parsing a token costs more than a look-up (key hashes: Services.key_hash).
+        self._parsed = Memo(tokens.parse)
 
     def _open(self) -> None:
         if self._opened:
@@ -311,12 +310,7 @@ class P13nDoor:
     def _token(self, raw: str | None, now: float) -> TokenInfo:
         if not raw:
             raise _bad(3000)
-        if raw in self._parsed:
-            parsed = self._parsed[raw]
-        else:
-            if len(self._parsed) >= CACHE_MAX:
-                self._parsed.clear()
-            parsed = self._parsed[raw] = tokens.parse(raw)
+        parsed = self._parsed(raw)
         if parsed is None:
             raise _bad(3003)
         try:

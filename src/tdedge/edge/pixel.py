@@ -31,6 +31,7 @@ import msgspec
 
 from tdedge.edge.http import HTTPError, Response, Scope
 from tdedge.edge.identity import Identity
+from tdedge.edge.memo import Memo
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.redirect import RedirectPolicy, needs_global_id, substitute
 from tdedge.edge.services import Services
@@ -142,18 +143,7 @@ def query_params(query_string: str) -> list[tuple[str, str]]:
     return out
 
 
-# Bounded, as it holds client input: cleared when full.
-_UNQUOTED: dict[str, str] = {}
-MAX_UNQUOTED = 10_000
-
-
-def _unquoted(text: str) -> str:
-    plain = _UNQUOTED.get(text)
-    if plain is None:
-        if len(_UNQUOTED) >= MAX_UNQUOTED:
-            _UNQUOTED.clear()
-        plain = _UNQUOTED[text] = unquote_plus(text)
-    return plain
+_unquoted = Memo(unquote_plus)
 
 
 class Pixel:

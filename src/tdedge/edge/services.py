@@ -17,6 +17,7 @@ from tdedge.config import Settings
 from tdedge.control.keys import hash_key
 from tdedge.edge.auth import SyncAuth
 from tdedge.edge.http import HTTPError
+from tdedge.edge.memo import Memo
 from tdedge.errors import JournalUnavailable
 from tdedge.journal.base import Journal
 from tdedge.journal.envelope import Envelope
@@ -57,32 +58,14 @@ class Counters:
             child.inc(n)
 
 
-class KeyHashes:
-    """``hash_key`` memoized: a worker sees the same few keys all day, and hashing one
-    was the costliest step of a pixel request after parsing. Bounded (cleared when
-    full), as keys are client input; it lives in the worker's memory only."""
-
-    MAX = 10_000
-
-    def __init__(self) -> None:
-        self._known: dict[str, bytes] = {}
-
-    def __call__(self, key: str) -> bytes:
-        digest = self._known.get(key)
-        if digest is None:
-            if len(self._known) >= self.MAX:
-                self._known.clear()
-            digest = self._known[key] = hash_key(key)
-        return digest
-
-
 class Services:
     def __init__(self, settings: Settings, journal: Journal, auth: SyncAuth | None) -> None:
         self.settings = settings
         self.journal = journal
         self.auth = auth
         self.counters = Counters()
-        self.key_hash = KeyHashes()
+        # Hashing a key was the costliest step of a pixel request after parsing.
+        self.key_hash = Memo(hash_key)
 
     async def append(self, env: Envelope) -> None:
         """Return once ``env`` is durable, or raise the 503 the client should see."""
