@@ -163,7 +163,7 @@ class SQLiteJournal:
 
     def _write(self) -> None:
         """Write what this iteration appended to the WAL (no fsync: the syncer's job)."""
-        blobs, self._pending = self._pending, []
+        envs, self._pending = self._pending, []
         futs, self._pending_futs = self._pending_futs, {}
         try:
             # Autocommit with synchronous=NORMAL: the INSERT is its own transaction,
@@ -172,7 +172,7 @@ class SQLiteJournal:
             self._conn.execute(
                 "INSERT INTO journal (received_ms, n, envelopes) VALUES (?, ?, ?)",
                 # The group is a msgpack array of envelopes: encoded in one call.
-                (self._pending_received, len(blobs), _group_encoder.encode(blobs)),
+                (self._pending_received, len(envs), _group_encoder.encode(envs)),
             )
             if self._wal_fd < 0:
                 self._wal_fd = os.open(f"{self._path}-wal", os.O_RDONLY)
@@ -185,7 +185,7 @@ class SQLiteJournal:
         with self._cond:
             for loop, group in futs.items():
                 self._written.setdefault(loop, []).extend(group)
-            self._written_n += len(blobs)
+            self._written_n += len(envs)
             self._cond.notify()
 
     def _failed(self, e: Exception) -> None:
