@@ -12,7 +12,7 @@ import click
 import msgspec
 
 from tdedge.cli_p13n import p13n
-from tdedge.config import SETTINGS_ENV, Settings, default_data_dir
+from tdedge.config import SETTINGS_ENV, EngineMode, Settings, default_data_dir
 from tdedge.query.options import job_options, job_settings
 
 data_dir_option = click.option(
@@ -125,6 +125,14 @@ main.add_command(p13n)
     metavar="DOMAIN",
     help="Domain attribute of the global-id cookie (default: this host only).",
 )
+@click.option(
+    "--p13n-engine",
+    type=click.Choice(["process", "inline"]),
+    default="process",
+    show_default=True,
+    help="process: one engine process decides personalization requests for every "
+    "worker; inline: each worker runs the engine itself.",
+)
 @job_options
 @click.option("--log-level", default="info", show_default=True)
 def serve(
@@ -145,6 +153,7 @@ def serve(
     redirect_hosts: tuple[str, ...],
     trusted_proxies: tuple[str, ...],
     cookie_domain: str | None,
+    p13n_engine: EngineMode,
     log_level: str,
     **jobs: Any,
 ) -> None:
@@ -166,6 +175,7 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         **_records_settings(cors_origins, redirect_hosts, trusted_proxies, cookie_domain),
+        p13n_engine=p13n_engine,
         log_level=log_level,
         **job_settings(jobs),
     )
@@ -401,3 +411,21 @@ def _table(columns: Sequence[str], rows: list[dict[str, Any]]) -> str:
     body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     count = f"({len(rows)} row{'s' if len(rows) != 1 else ''})"
     return "\n".join([line, rule, *body, count])
+
+
+@main.command("engine")
+@click.option("--parent-pid", type=int, default=None, hidden=True)
+@data_dir_option
+def engine_command(parent_pid: int | None, data_dir: str | None) -> None:
+    """Run the personalization engine alone (``serve`` starts it for you)."""
+    import os
+
+    from tdedge import logs, server
+    from tdedge.realtime import host
+
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = Settings.from_json(raw) if raw else _settings(data_dir)
+    logs.configure(settings.log_level)
+    if parent_pid is not None:
+        server.exit_with_parent(parent_pid)
+    host.run(settings)

@@ -14,6 +14,7 @@ from typing import Literal
 import msgspec
 
 AuthMode = Literal["async", "sync"]
+EngineMode = Literal["process", "inline"]
 
 DEFAULT_DATA_DIR = "./tdedge-data"
 SETTINGS_ENV = "TDEDGE_SETTINGS_JSON"
@@ -105,6 +106,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     import_max_bytes: int = 64 * 1024 * 1024
     import_max_inflated_bytes: int = 512 * 1024 * 1024
 
+    # Personalization (issue 4). "process": one engine process decides for every worker
+    # (realtime/host.py); "inline": each worker runs the engine itself.
+    p13n_engine: EngineMode = "process"
+
     log_level: str = "info"
 
     # Derived paths: one place decides the data dir's layout.
@@ -135,6 +140,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def loader_heartbeat(self) -> Path:
         return self.root / "run" / "loader.json"
+
+    @property
+    def p13n_socket(self) -> Path:
+        return self.root / "run" / "p13n-engine.sock"
 
     @property
     def job_results_dir(self) -> Path:

@@ -1,10 +1,10 @@
 """``tdedge serve``: first-start bootstrap, the loader process and the granian edge.
 
 Process tree: this supervisor runs granian (which forks the edge workers) for the main
-port, and keeps beside it one loader process and one listener process per dedicated
-door port, restarting any that dies. The loader exits by itself
-when the supervisor disappears, and takes an exclusive lock so two loaders never run
-on one data dir.
+port, and keeps beside it one loader process, the query job runner, the p13n engine
+and one listener process per dedicated door port, restarting any that dies. The loader
+and the engine exit by themselves when the supervisor disappears, and each takes an
+exclusive lock so two of them never run on one data dir.
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ def serve(settings: Settings, run_loader: bool = True) -> None:
     if run_loader:
         children.append(ChildSupervisor("loader", settings, ["loader"]))
     children.append(ChildSupervisor("jobs", settings, ["jobs"]))  # query job runner (issue 5)
+    if settings.p13n_engine == "process":
+        children.append(ChildSupervisor("p13n-engine", settings, ["engine"]))  # issue 4
     for child in children:
         child.start()
     try:
@@ -188,7 +190,7 @@ def parent_watch(parent_pid: int, stop: threading.Event) -> threading.Thread:
     def watch() -> None:
         while not stop.wait(0.5):
             if os.getppid() != parent_pid:
-                log.warning("supervisor gone; loader stopping")
+                log.warning("supervisor gone; stopping")
                 stop.set()
 
     t = threading.Thread(target=watch, name="parent-watch", daemon=True)

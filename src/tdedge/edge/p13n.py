@@ -14,8 +14,11 @@ for the journal, which DESIGN.md promises), and the HTTP status as the code for 
 on the caller's account. Requests refused with a 4xx are kept, as on every door, so
 they show in the import errors (reason ``p13n_<code>``).
 
-Profile updates run a group per event-loop iteration (``realtime/batcher.py``): one
-store transaction, one lock and one commit for the requests one journal fsync released.
+The engine — stitching, the profile update, the sections — runs in the engine process
+by default (``realtime/host.py``, reached through ``realtime/client.py``), or in this
+worker with ``--p13n-engine inline`` (``realtime/batcher.py``). Either way it decides a
+group per event-loop iteration: one store transaction, one lock and one commit for the
+requests that became ready together.
 """
 
 from __future__ import annotations
@@ -44,12 +47,14 @@ from tdedge.realtime import sqlite as profile_store
 from tdedge.realtime import tokens
 from tdedge.realtime.batch import BatchStore
 from tdedge.realtime.batcher import Batcher
+from tdedge.realtime.client import EngineClient
 from tdedge.realtime.config import P13N_NAME
 from tdedge.realtime.engine import Engine, Request
 from tdedge.realtime.errors import (
     ConfigStoreDown,
     JournalDown,
     KeyStoreDown,
+    Refused,
     StoreUnavailable,
 )
 from tdedge.realtime.limits import Limiter
@@ -103,8 +108,7 @@ class P13nDoor:
     # answers 500 on this door and never takes the worker's other doors down with it.
     _directory: Directory
     _view: View
-    _store: profile_store.SQLiteProfileStore
-    _batcher: Batcher
+    _engine: Batcher | EngineClient
 
     def __init__(self, services: Services, clock: Callable[[], float] = time.time) -> None:
         s = services.settings
@@ -128,9 +132,14 @@ class P13nDoor:
             opened.append(control)
             registry = Registry.open(s.control_db)
             opened.append(registry)
-            store = profile_store.SQLiteProfileStore(profile_store.default_path(s.root))
-            opened.append(store)
-            batch = BatchStore(batch_store.default_path(s.root))
+            engine: Batcher | EngineClient
+            if s.p13n_engine == "inline":
+                store = profile_store.SQLiteProfileStore(profile_store.default_path(s.root))
+                opened.append(store)
+                batch = BatchStore(batch_store.default_path(s.root))
+                engine = Batcher(Engine(store, batch), self._clock)
+            else:
+                engine = EngineClient(s.p13n_socket)
         except StoreUnavailable as e:
             for thing in opened:
                 thing.close()
@@ -143,8 +152,7 @@ class P13nDoor:
             raise DoorError(500, 9999, "personalization unavailable; retry later") from None
         self._directory = Directory(control, ttl_s=s.key_cache_ttl_s)
         self._view = View(registry)
-        self._store = store
-        self._batcher = Batcher(Engine(store, batch), self._clock)
+        self._engine = engine
         self._opened = True
         # The stores and what they imported live as long as the worker, like what
         # EdgeApp froze at start-up: out of the collector's full passes (~100 ms each).
@@ -210,10 +218,12 @@ class P13nDoor:
                 raise DoorError(503, JournalDown.code, e.message, e.headers) from None
             request = Request(service, table, event, keys, public)
             try:
-                answer = await self._batcher.submit(request)
+                answer = await self._engine.decide(request, body, self._view.generation)
             except StoreUnavailable as e:
                 log.error("p13n store unavailable", extra={"code": e.code, "error": str(e)})
                 raise DoorError(500, e.code, f"{e.store} unavailable; retry later") from None
+            except Refused as e:
+                raise _bad(e.code, f"({e})") from None
             except Exception as e:
                 log.error("p13n engine error", extra={"error": repr(e)})
                 raise DoorError(500, 9999, "unexpected error") from None
@@ -286,7 +296,7 @@ class P13nDoor:
         self._configured = view.generation
         limits = view.limits
         self._limiter.configure(limits.events_per_second, limits.concurrency, time.monotonic())
-        self._store.set_timeout(limits.store_timeout_ms / 1000)
+        self._engine.set_timeout(limits.store_timeout_ms / 1000)
 
     def _account(self, key: str | None, database: str, now: float) -> int:
         if key is None:

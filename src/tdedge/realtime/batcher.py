@@ -12,6 +12,10 @@ group goes to the engine thread, which waits for it, so the loop is never blocke
 another process. While the thread has work, later groups follow it there: groups stay
 in order, and the engine (its store connection and cache) is used by one thread at a
 time. The queue is bounded by the door's concurrency limit (``limits.concurrency``).
+
+Each request comes with a tag saying where its answer goes, and one ``settle`` call per
+group delivers the answers: futures in an edge worker running the engine itself
+(``submit``), a frame per connection in the engine process (``realtime/host.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
@@ -49,15 +54,20 @@ STORE_SECONDS = Histogram(
 )
 
 Result = bytes | Exception
-_Waiter = tuple[Request, "asyncio.Future[bytes]"]
+_Waiter = tuple[Request, Any]  # a request and its tag
+# Delivers a group's answers: the tags of its requests and their results, in order.
+Settle = Callable[[list[Any], list[Result]], None]
 
 
 class Batcher:
-    """Groups a worker's requests for the engine; ``submit`` is called on its loop."""
+    """Groups requests for the engine; ``add`` and ``submit`` are called on its loop."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, engine: Engine, clock: Callable[[], float], settle: Settle | None = None
+    ) -> None:
         self._engine = engine
         self._clock = clock
+        self._settle = settle or settle_futures
         self._pending: list[_Waiter] = []
         # Groups given to the engine thread and not answered yet (touched on the loop).
         self._offloaded = 0
@@ -66,13 +76,25 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="p13n-engine", daemon=True)
         self._thread.start()
 
+    async def decide(self, request: Request, body: bytes, generation: int) -> bytes:
+        """The answer to ``request`` (what ``EngineClient.decide`` does in another process)."""
+        return await self.submit(request)
+
+    def set_timeout(self, timeout_s: float) -> None:
+        self._engine.store.set_timeout(timeout_s)
+
     def submit(self, request: Request) -> asyncio.Future[bytes]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush, loop)
-        self._pending.append((request, fut))
+        """The answer to ``request``, as a future (with the default ``settle``)."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.add(request, fut)
         return fut
+
+    def add(self, request: Request, tag: Any) -> None:
+        """Queue ``request`` for this iteration's group; its answer goes to ``tag``."""
+        if not self._pending:
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self._flush, loop)
+        self._pending.append((request, tag))
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
@@ -81,7 +103,7 @@ class Batcher:
         if self._offloaded == 0:
             results = self._decide(group, wait=False)
             if results is not None:
-                _settle(group, results)
+                self._settle([tag for _, tag in group], results)
                 return
         self._offloaded += 1
         with self._cond:
@@ -108,7 +130,7 @@ class Batcher:
 
     def _done(self, groups: int, group: list[_Waiter], results: list[Result]) -> None:
         self._offloaded -= groups
-        _settle(group, results)
+        self._settle([tag for _, tag in group], results)
 
     def _decide(self, group: list[_Waiter], wait: bool) -> list[Result] | None:
         """Every request's answer or error; None when ``wait`` is off and the store's
@@ -131,24 +153,25 @@ class Batcher:
             results = [e] * len(group)
         STORE_SECONDS.observe(time.perf_counter() - started)
         GROUP.observe(len(group))
+        _count(results)
         return list(results)
 
 
-def _settle(group: list[_Waiter], results: list[Result]) -> None:
-    some = none = 0
-    for (_, fut), result in zip(group, results, strict=True):
+def _count(results: Sequence[Result]) -> None:
+    # Counted per group: a prometheus increment per request costs more than the count.
+    none = results.count(EMPTY)
+    some = sum(1 for r in results if type(r) is bytes) - none
+    if some:
+        _SOME_OFFERS.inc(some)
+    if none:
+        _NO_OFFERS.inc(none)
+
+
+def settle_futures(futures: list[asyncio.Future[bytes]], results: list[Result]) -> None:
+    for fut, result in zip(futures, results, strict=True):
         if fut.done():  # the client went away
             continue
         if isinstance(result, Exception):
             fut.set_exception(result)
         else:
             fut.set_result(result)
-            if result == EMPTY:
-                none += 1
-            else:
-                some += 1
-    # Counted per group: a prometheus increment per request costs more than the count.
-    if some:
-        _SOME_OFFERS.inc(some)
-    if none:
-        _NO_OFFERS.inc(none)

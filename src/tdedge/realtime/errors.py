@@ -70,6 +70,15 @@ class KeyStoreDown(StoreUnavailable):
     store = "API key directory"
 
 
+class Refused(P13nError):
+    """The engine process refused a request its worker had admitted: the configuration
+    changed in between (``code``: the door's 3001 or 3004)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class TokenLimit(P13nError):
     """A service already has the most tokens it may have."""
 

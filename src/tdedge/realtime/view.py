@@ -42,9 +42,12 @@ class View:
         self._tokens: dict[bytes, TokenInfo] = {}
         self._misses: dict[bytes, float] = {}
 
-    def refresh(self, now: float) -> None:
-        """Reload if the registry changed; raises ConfigStoreDown when it cannot be read."""
-        if now - self._checked_at < self._ttl:
+    def refresh(self, now: float, at_least: int = -1) -> None:
+        """Reload if the registry changed; raises ConfigStoreDown when it cannot be read.
+
+        Polls at most every ``ttl_s``, unless this view is older than generation
+        ``at_least`` (another process has seen a newer configuration)."""
+        if now - self._checked_at < self._ttl and at_least <= self.generation:
             return
         self._checked_at = now
         try:

@@ -1,0 +1,227 @@
+"""The engine process: one per data dir, and the only writer of the profile store.
+
+Edge workers do everything a p13n request needs before the engine — HTTP, the key and
+token checks, the event's fsync in the journal — and send the rest here over a Unix
+socket (``realtime/wire.py``); the request waits for the answer. Why a process of its
+own rather than the engine inside each worker:
+
+- The engine is two thirds of a p13n request's CPU in a worker. In its own process it
+  runs on the other core while the worker serves HTTP: one worker and the engine do
+  what two workers could not.
+- One writer. Workers sharing the store serialised on its lock, and each commit of
+  one emptied the others' caches of decoded profiles (``realtime/cache.py``), so two
+  workers decided fewer requests per second than one. Here the cache stays valid and
+  the lock is only ever contended by the loader's checkpoint and the CLI.
+
+Requests of every connection that arrive in one event-loop iteration are decided as
+one group (``realtime/batcher.py``), and each connection gets its answers in one frame.
+The stores open on the first request; until they can, every request is answered with
+the store's error code (500 at the door), and opening is tried again a second later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import gc
+import logging
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import msgspec
+import sqlalchemy as sa
+
+from tdedge.config import Settings
+from tdedge.realtime import batch as batch_store
+from tdedge.realtime import sqlite as profile_store
+from tdedge.realtime.batch import BatchStore
+from tdedge.realtime.batcher import Batcher, Result
+from tdedge.realtime.engine import Engine, Request
+from tdedge.realtime.errors import ProfileStoreDown, StoreUnavailable
+from tdedge.realtime.registry import Registry
+from tdedge.realtime.view import View
+from tdedge.realtime.wire import OK, Answer, Ask, FrameError, Frames, bind_unix, decode_asks, frame
+
+log = logging.getLogger("tdedge.p13n")
+
+# After the stores failed to open, requests are answered with that error for this long
+# before opening is tried again.
+REOPEN_AFTER_S = 1.0
+UNEXPECTED = 9999
+_event_decoder = msgspec.json.Decoder()
+
+
+class EngineHost:
+    """Decides the asks of every connected worker."""
+
+    _view: View
+    _batcher: Batcher
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._opened: list[Any] = []
+        self._failure: StoreUnavailable | None = None
+        self._retry_at = float("-inf")
+        self._configured = -1  # the view generation the store timeout was taken from
+
+    def _open(self, now: float) -> None:
+        if self._opened:
+            return
+        if self._failure is not None and now < self._retry_at:
+            raise self._failure
+        root = self._settings.root
+        opened: list[Any] = []
+        try:
+            registry = Registry.open(self._settings.control_db)
+            opened.append(registry)
+            store = profile_store.SQLiteProfileStore(profile_store.default_path(root))
+            opened.append(store)
+            batch = BatchStore(batch_store.default_path(root))
+            opened.append(batch)
+        except (StoreUnavailable, OSError, sqlite3.Error, sa.exc.SQLAlchemyError) as e:
+            for thing in opened:
+                thing.close()
+            failure = e if isinstance(e, StoreUnavailable) else ProfileStoreDown(str(e))
+            log.error("p13n stores cannot be opened", extra={"error": str(e)})
+            self._failure, self._retry_at = failure, now + REOPEN_AFTER_S
+            raise failure from None
+        self._view = View(registry)
+        self._store = store
+        self._batcher = Batcher(Engine(store, batch), self._clock, self._settle)
+        self._opened = opened
+        self._failure = None
+        # The stores and what they imported live as long as the process: out of the
+        # collector's full passes, which every group in flight would wait out.
+        gc.freeze()
+        log.info("p13n engine ready", extra={"pid": os.getpid()})
+
+    def close(self) -> None:
+        for thing in self._opened:
+            thing.close()
+        self._opened = []
+
+    def take(self, conn: Connection, asks: list[Ask]) -> None:
+        """Queue a frame's asks for this iteration's group (on the event loop)."""
+        if not asks:
+            return
+        now = time.monotonic()
+        try:
+            self._open(now)
+            view = self._view
+            view.refresh(now, max(a.generation for a in asks))
+            if view.generation != self._configured:
+                self._configured = view.generation
+                self._store.set_timeout(view.limits.store_timeout_ms / 1000)
+        except StoreUnavailable as e:
+            conn.send([Answer(a.id, e.code, str(e).encode()) for a in asks])
+            return
+        refused: list[Answer] = []
+        services = view.services
+        batcher = self._batcher
+        for ask in asks:
+            service = services.get(ask.service)
+            if service is None or ask.table not in service.event_tables:
+                # The configuration changed between the worker's check and this one.
+                why = f"{ask.table} is not an event table of service {ask.service!r}"
+                refused.append(Answer(ask.id, 3001, why.encode()))
+                continue
+            try:
+                event = _event_decoder.decode(ask.event)
+            except msgspec.DecodeError:
+                event = None
+            if not isinstance(event, dict):
+                refused.append(Answer(ask.id, 3004, b"the body must be one JSON object"))
+                continue
+            request = Request(service, ask.table, event, ask.keys, ask.public)
+            batcher.add(request, (conn, ask.id))
+        if refused:
+            conn.send(refused)
+
+    def _settle(self, tags: list[tuple[Connection, int]], results: list[Result]) -> None:
+        """A group's answers, one frame per connection."""
+        frames: dict[Connection, list[Answer]] = {}
+        for (conn, ask_id), result in zip(tags, results, strict=True):
+            if type(result) is bytes:
+                answer = Answer(ask_id, OK, result)
+            elif isinstance(result, StoreUnavailable):
+                answer = Answer(ask_id, result.code, str(result).encode())
+            else:
+                answer = Answer(ask_id, UNEXPECTED, repr(result).encode())
+            answers = frames.get(conn)
+            if answers is None:
+                answers = frames[conn] = []
+            answers.append(answer)
+        for conn, answers in frames.items():
+            conn.send(answers)
+
+
+class Connection(asyncio.Protocol):
+    """One worker's connection."""
+
+    def __init__(self, host: EngineHost) -> None:
+        self._host = host
+        self._frames = Frames()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for payload in self._frames.feed(data):
+                self._host.take(self, decode_asks(payload))
+        except FrameError as e:
+            log.error("p13n engine: bad frame from a worker", extra={"error": str(e)})
+            if self._transport is not None:
+                self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def send(self, answers: list[Answer]) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame(answers))
+
+
+def engine_lock(settings: Settings) -> int:
+    """Block until this process is the only engine of the data dir; returns the lock fd."""
+    path = settings.root / "run" / "p13n-engine.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def run(settings: Settings) -> None:
+    """The engine process: serves ``settings.p13n_socket`` until SIGTERM or SIGINT."""
+    import uvloop
+
+    lock_fd = engine_lock(settings)
+    try:
+        uvloop.run(_serve(settings))
+    finally:
+        os.close(lock_fd)
+
+
+async def _serve(settings: Settings) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    host = EngineHost(settings)
+    sock = bind_unix(settings.p13n_socket)
+    server = await loop.create_unix_server(lambda: Connection(host), sock=sock)
+    log.info("p13n engine listening", extra={"socket": str(settings.p13n_socket)})
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        host.close()
+        settings.p13n_socket.unlink(missing_ok=True)
