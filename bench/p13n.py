@@ -1,6 +1,6 @@
 """Personalization benchmark: p99 at a fixed request rate, and the most decisions/s.
 
-    bench/p13n [--duration 8] [--workers 1,2] [--rate 2000]
+    bench/p13n [--duration 8] [--workers 1,2] [--engines process,inline] [--rate 2000]
 
 Starts ``tdedge serve`` on a fresh data dir with a configuration of 20 attributes and 10
 sections (``--attributes``/``--sections``), creates a token, and drives the p13n door
@@ -15,7 +15,10 @@ journal and the profile committed):
 - engine: the engine alone in this process (no HTTP, no journal): groups of
   ``--group`` requests through ``Engine.decide`` on a fresh profile store.
 - door: ``EdgeApp`` in this process with the real journal and profile store, no HTTP:
-  CPU per decision with 4 and 64 requests in flight.
+  CPU per decision with 4 and 64 requests in flight (the engine inline, in the worker).
+
+The server runs are repeated for each ``--engines`` mode: ``process`` (the default: one
+engine process decides for the workers) and ``inline`` (each worker runs the engine).
 
 The fixed-rate run also reports the CPU per decision of the door's event loop (how
 near one worker is to saturation) and the 100 ms windows holding an answer over 10 ms
@@ -158,11 +161,14 @@ end
 
 
 class Server:
-    def __init__(self, data_dir: Path, workers: int, logfile: Path) -> None:
+    def __init__(
+        self, data_dir: Path, workers: int, logfile: Path, engine: str = "process"
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.p13n_port = free_port()
         self.workers = workers
+        self.engine = engine
         self.logfile = logfile
         self.proc: subprocess.Popen[bytes] | None = None
         self.master_key = ""
@@ -183,6 +189,8 @@ class Server:
                 str(self.p13n_port),
                 "--workers",
                 str(self.workers),
+                "--p13n-engine",
+                self.engine,
                 "--log-level",
                 "warning",
             ],
@@ -279,15 +287,33 @@ def _group_procs(pgid: int) -> Iterator[tuple[int, list[str], list[bytes]]]:
             yield int(entry.name), fields, argv
 
 
+ROLES = (b"loader", b"jobs", b"engine")
+
+
 def group_cpu_s(pgid: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by the processes of a process group, by
-    role: "loader" (the loader and its refresher), "jobs", "edge" (everything else)."""
+    role: "loader" (the loader and its refresher), "jobs", "engine" (the p13n engine
+    process), "edge" (everything else: the supervisor and the HTTP workers)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    out = {"edge": 0.0, "loader": 0.0, "jobs": 0.0}
+    out = {"edge": 0.0, "loader": 0.0, "jobs": 0.0, "engine": 0.0}
     for _, fields, argv in _group_procs(pgid):
-        role = "loader" if b"loader" in argv else "jobs" if b"jobs" in argv else "edge"
+        role = next((r.decode() for r in ROLES if r in argv), "edge")
         out[role] += (int(fields[11]) + int(fields[12])) / ticks
     return out
+
+
+def engine_loop_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by the engine process's event-loop thread."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid, _, argv in _group_procs(pgid):
+        if b"engine" in argv:
+            try:
+                stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+            except OSError:
+                return 0.0
+            fields = stat.rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / ticks
+    return 0.0
 
 
 def loop_cpu_s(pgid: int) -> float:
@@ -528,7 +554,7 @@ def door_only(
     from tdedge.edge.app import EdgeApp
     from tdedge.server import bootstrap, prepare_data_dir
 
-    settings = Settings(data_dir=str(tmp / "data"), fixed_door="p13n")
+    settings = Settings(data_dir=str(tmp / "data"), fixed_door="p13n", p13n_engine="inline")
     prepare_data_dir(settings)
     keys = bootstrap(settings)
     assert keys is not None
@@ -606,6 +632,9 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    ap.add_argument(
+        "--engines", default="process", help="comma-separated --p13n-engine modes: process,inline"
+    )
     ap.add_argument("--rate", type=int, default=2000, help="fixed-rate target, requests/s")
     ap.add_argument("--ids", type=int, default=10_000, help="distinct people")
     ap.add_argument("--attributes", type=int, default=20)
@@ -658,8 +687,9 @@ def main(argv: list[str]) -> int:
             (tmp / "door").mkdir()
             report["door"] = door_only(config, args.ids, [4, 64], 16_000, tmp / "door")
             log(f"door alone: {report['door']['cpu_us_per_decision_by_in_flight']}")
-        for workers in [int(w) for w in args.workers.split(",") if w]:
-            report["runs"].append(run_server(args, workers, config, tmp, skip))
+        for engine in [e for e in args.engines.split(",") if e]:
+            for workers in [int(w) for w in args.workers.split(",") if w]:
+                report["runs"].append(run_server(args, workers, engine, config, tmp, skip))
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -677,11 +707,11 @@ def main(argv: list[str]) -> int:
 
 
 def run_server(
-    args: argparse.Namespace, workers: int, config: str, tmp: Path, skip: set[str]
+    args: argparse.Namespace, workers: int, engine: str, config: str, tmp: Path, skip: set[str]
 ) -> dict[str, Any]:
-    data = tmp / f"data-w{workers}"
-    server = Server(data, workers, tmp / f"serve-w{workers}.log")
-    run: dict[str, Any] = {"workers": workers}
+    name = f"{engine}-w{workers}"
+    server = Server(tmp / f"data-{name}", workers, tmp / f"serve-{name}.log", engine)
+    run: dict[str, Any] = {"workers": workers, "engine": engine}
     try:
         server.start()
         server.cli("apply", str(tmp / "p13n.yaml"))
@@ -694,7 +724,7 @@ def run_server(
             token,
             {"td_client_id": "c3", "product_category": "cat3"},
         )
-        log(f"w{workers}: first answer {status} {body[:200]!r}")
+        log(f"{name}: first answer {status} {body[:200]!r}")
         if status != 200:
             raise RuntimeError(f"p13n door answered {status}: {body!r}")
         common = {"ids": args.ids, "media": MEDIA, "key": server.master_key, "token": token}
@@ -705,6 +735,7 @@ def run_server(
             assert server.proc is not None
             before = group_cpu_s(server.proc.pid)
             loop_before = loop_cpu_s(server.proc.pid)
+            engine_before = engine_loop_cpu_s(server.proc.pid)
             run["fixed"] = paced(
                 server.p13n_port, server.master_key, token, args.rate, args.duration, 32, args.ids
             )
@@ -719,7 +750,10 @@ def run_server(
                 run["fixed"]["loop_cpu_us_per_request"] = (
                     (loop_cpu_s(server.proc.pid) - loop_before) / n * 1e6
                 )
-            log(f"w{workers} fixed: {run['fixed']}")
+                run["fixed"]["engine_loop_cpu_us_per_request"] = (
+                    (engine_loop_cpu_s(server.proc.pid) - engine_before) / n * 1e6
+                )
+            log(f"{name} fixed: {run['fixed']}")
         if "max" not in skip:
             assert server.proc is not None
             before = group_cpu_s(server.proc.pid)
@@ -732,7 +766,7 @@ def run_server(
                 run["max"]["cpu_us_per_request"] = {
                     role: (after[role] - before[role]) / n * 1e6 for role in after
                 }
-            log(f"w{workers} max: {run['max']}")
+            log(f"{name} max: {run['max']}")
         if "baseline" not in skip:
             pb = tmp / "postback.lua"
             pb.write_text(POSTBACK_LUA % {"ids": args.ids, "key": server.master_key})
@@ -745,7 +779,7 @@ def run_server(
                 run["postback"]["cpu_us_per_request"] = {
                     role: (after[role] - before[role]) / n * 1e6 for role in after
                 }
-            log(f"w{workers} postback baseline: {run['postback']}")
+            log(f"{name} postback baseline: {run['postback']}")
     finally:
         server.stop()
     return run
@@ -776,6 +810,7 @@ def summary(report: dict[str, Any]) -> str:
         )
     for run in report["runs"]:
         w = run["workers"]
+        mode = run.get("engine", "inline")
         fixed = run.get("fixed")
         if fixed:
             p99 = fixed["p99_ms"]
@@ -785,7 +820,7 @@ def summary(report: dict[str, Any]) -> str:
                 else "MISS"
             )
             lines.append(
-                f"workers={w} fixed rate: {fixed['rps']:,.0f} req/s "
+                f"{mode} engine, workers={w} fixed rate: {fixed['rps']:,.0f} req/s "
                 f"(target {fixed['target_rps']:,}), p50 {fixed['p50_ms']} ms, p99 {p99} ms, "
                 f"non-2xx {fixed['non2xx']}  [{ok} p99 ≤ 10 ms]"
             )
@@ -793,9 +828,12 @@ def summary(report: dict[str, Any]) -> str:
             if cpu:
                 loop_us = fixed["loop_cpu_us_per_request"]
                 busy = loop_us * fixed["rps"] / w / 1e6
+                engine_us = fixed.get("engine_loop_cpu_us_per_request", 0.0)
                 lines.append(
                     f"  CPU per decision: edge {cpu['edge']:.0f} µs, of it the event loops "
-                    f"{loop_us:.0f} µs (each loop {busy:.0%} busy); 100 ms windows with an "
+                    f"{loop_us:.0f} µs (each loop {busy:.0%} busy); engine process "
+                    f"{cpu.get('engine', 0.0):.0f} µs (its loop "
+                    f"{engine_us * fixed['rps'] / 1e6:.0%} busy); 100 ms windows with an "
                     f"answer over 10 ms: {fixed['windows_over_10ms']}/{fixed['windows_100ms']}"
                 )
         mx = run.get("max")
@@ -803,19 +841,22 @@ def summary(report: dict[str, Any]) -> str:
             ok = "PASS" if mx["rps"] >= 8000 else "MISS"
             cpu = mx.get("cpu_us_per_request", {})
             lines.append(
-                f"workers={w} maximum: {mx['rps']:,.0f} decisions/s, p50 {mx['p50_ms']} ms, "
+                f"{mode} engine, workers={w} maximum: {mx['rps']:,.0f} decisions/s, "
+                f"p50 {mx['p50_ms']} ms, "
                 f"p99 {mx['p99_ms']} ms, non-2xx {mx['non2xx']}  [{ok} ≥ 8,000]"
             )
             if cpu:
                 lines.append(
-                    f"  CPU per decision: edge {cpu['edge']:.0f} µs, loader "
-                    f"{cpu['loader']:.0f} µs (storing the event), job runner {cpu['jobs']:.0f} µs"
+                    f"  CPU per decision: edge {cpu['edge']:.0f} µs, engine process "
+                    f"{cpu.get('engine', 0.0):.0f} µs, loader {cpu['loader']:.0f} µs "
+                    f"(storing the event), job runner {cpu['jobs']:.0f} µs"
                 )
         pb = run.get("postback")
         if pb:
             cpu = pb.get("cpu_us_per_request", {})
             lines.append(
-                f"workers={w} baseline, same events to the legacy Postback door (no engine): "
+                f"{mode} engine, workers={w} baseline, same events to the legacy Postback "
+                "door (no engine): "
                 f"{pb['rps']:,.0f} req/s, p99 {pb['p99_ms']} ms"
                 + (f", edge CPU {cpu['edge']:.0f} µs/request" if cpu else "")
             )

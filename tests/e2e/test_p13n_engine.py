@@ -3,7 +3,9 @@ two worker processes, merges, the 429s and the 500s of a store that is down."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +16,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import pytest
 
 from tests.e2e.p13n_support import CONFIG, P13n, start
 
@@ -34,10 +37,12 @@ def code(r: httpx.Response) -> tuple[int, int]:
     return r.status_code, body["code"]
 
 
-def test_no_lost_updates_with_two_workers(make_server: Any, tmp_path: Path) -> None:
-    """400 events for one person from 16 clients at once, served by two worker processes:
-    the profile counts every one of them."""
-    p = ready(make_server, tmp_path, ["--workers", "2"])
+@pytest.mark.parametrize("engine", ["process", "inline"])
+def test_no_lost_updates_with_two_workers(make_server: Any, tmp_path: Path, engine: str) -> None:
+    """400 events for one person from 16 clients at once, served by two worker processes
+    (the engine in its own process, or inside each worker): the profile counts every one
+    of them."""
+    p = ready(make_server, tmp_path, ["--workers", "2", "--p13n-engine", engine])
     n = 400
 
     def send(i: int) -> int:
@@ -188,3 +193,48 @@ def test_a_broken_p13n_store_leaves_the_other_doors_alone(make_server: Any, tmp_
     assert code(p.post({"email": "a@b"})) == (500, 1002)
     assert p.server.postback("retail", "kept", {"a": 1}, key=p.server.write_key).status_code == 200
     assert code(p.post({"email": "a@b"})) == (500, 1002)
+
+
+def engine_pid(p: P13n) -> int:
+    """The pid of the server's p13n engine process."""
+    assert p.server.proc is not None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError):
+            continue
+        if ppid == p.server.proc.pid and b"engine" in argv:
+            return int(entry.name)
+    raise AssertionError("no engine process")
+
+
+def test_a_killed_engine_restarts_and_no_event_is_lost(make_server: Any, tmp_path: Path) -> None:
+    """kill -9 of the engine: requests meanwhile answer 500 1002 (their events are stored
+    all the same), the supervisor starts a new engine, and answers are 200 again."""
+    p = ready(make_server, tmp_path, config=CONFIG + "limits: {store_timeout_ms: 300}\n")
+    statuses = [p.post({"email": "k@b"}).status_code]
+    first = engine_pid(p)
+    os.kill(first, signal.SIGKILL)
+    # The supervisor restarts a child at least 0.5 s after it died, longer than the
+    # 300 ms this request waits for an engine to connect to.
+    refused = p.post({"email": "k@b"})
+    statuses.append(refused.status_code)
+    assert code(refused) == (500, 1002)
+
+    def answered() -> bool:
+        statuses.append(p.post({"email": "k@b"}).status_code)
+        return statuses[-1] == 200
+
+    eventually(answered, timeout=30)
+    assert engine_pid(p) != first
+    assert set(statuses) == {200, 500}
+    # Every event was stored, those answered 500 too; the profile counts those answered 200.
+    n = len(statuses)
+    rows = p.server.wait_for(
+        "SELECT count(*) AS n FROM retail.pageviews", lambda r: r[0]["n"] == n, timeout=60
+    )
+    assert rows[0]["n"] == n
+    assert p.profile("email=k@b")["events"] == statuses.count(200)

@@ -30,7 +30,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import msgspec
 import sqlalchemy as sa
@@ -53,6 +53,12 @@ log = logging.getLogger("tdedge.p13n")
 REOPEN_AFTER_S = 1.0
 UNEXPECTED = 9999
 _event_decoder = msgspec.json.Decoder()
+
+
+class Peer(Protocol):
+    """Where a worker's answers go (its ``Connection``)."""
+
+    def send(self, answers: list[Answer]) -> None: ...
 
 
 class EngineHost:
@@ -105,7 +111,7 @@ class EngineHost:
             thing.close()
         self._opened = []
 
-    def take(self, conn: Connection, asks: list[Ask]) -> None:
+    def take(self, conn: Peer, asks: list[Ask]) -> None:
         """Queue a frame's asks for this iteration's group (on the event loop)."""
         if not asks:
             return
@@ -142,9 +148,9 @@ class EngineHost:
         if refused:
             conn.send(refused)
 
-    def _settle(self, tags: list[tuple[Connection, int]], results: list[Result]) -> None:
+    def _settle(self, tags: list[tuple[Peer, int]], results: list[Result]) -> None:
         """A group's answers, one frame per connection."""
-        frames: dict[Connection, list[Answer]] = {}
+        frames: dict[Peer, list[Answer]] = {}
         for (conn, ask_id), result in zip(tags, results, strict=True):
             if type(result) is bytes:
                 answer = Answer(ask_id, OK, result)
