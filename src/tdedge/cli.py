@@ -127,11 +127,12 @@ main.add_command(p13n)
 )
 @click.option(
     "--p13n-engine",
-    type=click.Choice(["process", "inline"]),
-    default="process",
+    type=click.Choice(["auto", "process", "inline"]),
+    default="auto",
     show_default=True,
     help="process: one engine process decides personalization requests for every "
-    "worker; inline: each worker runs the engine itself.",
+    "worker; inline: each worker runs the engine itself; auto: process with more than "
+    "one worker, inline with one.",
 )
 @job_options
 @click.option("--log-level", default="info", show_default=True)

@@ -141,7 +141,7 @@ def serve(settings: Settings, run_loader: bool = True) -> None:
     if run_loader:
         children.append(ChildSupervisor("loader", settings, ["loader"]))
     children.append(ChildSupervisor("jobs", settings, ["jobs"]))  # query job runner (issue 5)
-    if settings.p13n_engine == "process":
+    if settings.engine_process:
         children.append(ChildSupervisor("p13n-engine", settings, ["engine"]))  # issue 4
     for child in children:
         child.start()

@@ -132,8 +132,14 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.2)
 
 
-def test_500_when_a_store_is_down(make_server: Any, tmp_path: Path) -> None:
-    p = ready(make_server, tmp_path, config=CONFIG + "limits: {store_timeout_ms: 300}\n")
+@pytest.mark.parametrize("engine", ["inline", "process"])
+def test_500_when_a_store_is_down(make_server: Any, tmp_path: Path, engine: str) -> None:
+    p = ready(
+        make_server,
+        tmp_path,
+        ["--p13n-engine", engine],
+        config=CONFIG + "limits: {store_timeout_ms: 300}\n",
+    )
     data = p.server.data_dir
     assert p.post({"email": "up@b"}).status_code == 200
 
@@ -214,7 +220,12 @@ def engine_pid(p: P13n) -> int:
 def test_a_killed_engine_restarts_and_no_event_is_lost(make_server: Any, tmp_path: Path) -> None:
     """kill -9 of the engine: requests meanwhile answer 500 1002 (their events are stored
     all the same), the supervisor starts a new engine, and answers are 200 again."""
-    p = ready(make_server, tmp_path, config=CONFIG + "limits: {store_timeout_ms: 300}\n")
+    p = ready(
+        make_server,
+        tmp_path,
+        ["--p13n-engine", "process"],
+        config=CONFIG + "limits: {store_timeout_ms: 300}\n",
+    )
     statuses = [p.post({"email": "k@b"}).status_code]
     first = engine_pid(p)
     os.kill(first, signal.SIGKILL)

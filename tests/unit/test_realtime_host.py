@@ -112,3 +112,19 @@ def test_stores_that_cannot_open_answer_1002_until_they_can(
         h.close()
     assert [(x.id, x.code) for x in peer.frames[0]] == [(1, 1002), (2, 1002)]
     assert [(x.id, x.code) for x in peer.frames[1]] == [(3, OK)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "workers", "expected"),
+    [
+        ("auto", 1, False),
+        ("auto", 2, True),
+        ("process", 1, True),
+        ("inline", 4, False),
+    ],
+)
+def test_which_setting_runs_the_engine_in_its_own_process(
+    mode: str, workers: int, expected: bool
+) -> None:
+    settings = Settings(p13n_engine=mode, workers=workers)  # type: ignore[arg-type]
+    assert settings.engine_process is expected

@@ -14,9 +14,10 @@ for the journal, which DESIGN.md promises), and the HTTP status as the code for 
 on the caller's account. Requests refused with a 4xx are kept, as on every door, so
 they show in the import errors (reason ``p13n_<code>``).
 
-The engine — stitching, the profile update, the sections — runs in the engine process
-by default (``realtime/host.py``, reached through ``realtime/client.py``), or in this
-worker with ``--p13n-engine inline`` (``realtime/batcher.py``). Either way it decides a
+The engine — stitching, the profile update, the sections — runs in this worker
+(``realtime/batcher.py``), or in the engine process (``realtime/host.py``, reached
+through ``realtime/client.py``): ``--p13n-engine``, by default the process when there is
+more than one worker (``Settings.engine_process``). Either way it decides a
 group per event-loop iteration: one store transaction, one lock and one commit for the
 requests that became ready together.
 """
@@ -133,13 +134,13 @@ class P13nDoor:
             registry = Registry.open(s.control_db)
             opened.append(registry)
             engine: Batcher | EngineClient
-            if s.p13n_engine == "inline":
+            if s.engine_process:
+                engine = EngineClient(s.p13n_socket)
+            else:
                 store = profile_store.SQLiteProfileStore(profile_store.default_path(s.root))
                 opened.append(store)
                 batch = BatchStore(batch_store.default_path(s.root))
                 engine = Batcher(Engine(store, batch), self._clock)
-            else:
-                engine = EngineClient(s.p13n_socket)
         except StoreUnavailable as e:
             for thing in opened:
                 thing.close()

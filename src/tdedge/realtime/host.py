@@ -2,16 +2,17 @@
 
 Edge workers do everything a p13n request needs before the engine — HTTP, the key and
 token checks, the event's fsync in the journal — and send the rest here over a Unix
-socket (``realtime/wire.py``); the request waits for the answer. Why a process of its
-own rather than the engine inside each worker:
+socket (``realtime/wire.py``); the request waits for the answer. It is the default
+with more than one worker (``Settings.engine_process``), for what several workers
+running the engine themselves cost:
 
-- The engine is two thirds of a p13n request's CPU in a worker. In its own process it
-  runs on the other core while the worker serves HTTP: one worker and the engine do
-  what two workers could not.
-- One writer. Workers sharing the store serialised on its lock, and each commit of
-  one emptied the others' caches of decoded profiles (``realtime/cache.py``), so two
-  workers decided fewer requests per second than one. Here the cache stays valid and
-  the lock is only ever contended by the loader's checkpoint and the CLI.
+- Their groups queue on the store's lock: a worker whose group finds it taken hands
+  the group to a thread that waits for it (GIL hand-offs included), and each commit
+  empties the other workers' caches of decoded profiles (``realtime/cache.py``).
+- One engine is the store's one writer: its cache stays valid, and its lock is only
+  contended by the loader's checkpoint and the CLI. Measured with two workers on two
+  cores, the fixed rate's p99 was a third to a half of two inline engines'. With one
+  worker the hop costs more than it saves (one worker has none of the above).
 
 Requests of every connection that arrive in one event-loop iteration are decided as
 one group (``realtime/batcher.py``), and each connection gets its answers in one frame.
