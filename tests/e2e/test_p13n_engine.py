@@ -219,7 +219,8 @@ def engine_pid(p: P13n) -> int:
 
 def test_a_killed_engine_restarts_and_no_event_is_lost(make_server: Any, tmp_path: Path) -> None:
     """kill -9 of the engine: requests meanwhile answer 500 1002 (their events are stored
-    all the same), the supervisor starts a new engine, and answers are 200 again."""
+    all the same) and /readyz says why, the supervisor starts a new engine, and answers
+    are 200 again."""
     p = ready(
         make_server,
         tmp_path,
@@ -227,6 +228,7 @@ def test_a_killed_engine_restarts_and_no_event_is_lost(make_server: Any, tmp_pat
         config=CONFIG + "limits: {store_timeout_ms: 300}\n",
     )
     statuses = [p.post({"email": "k@b"}).status_code]
+    assert httpx.get(f"{p.server.url}/readyz").status_code == 200
     first = engine_pid(p)
     os.kill(first, signal.SIGKILL)
     # The supervisor restarts a child at least 0.5 s after it died, longer than the
@@ -234,6 +236,9 @@ def test_a_killed_engine_restarts_and_no_event_is_lost(make_server: Any, tmp_pat
     refused = p.post({"email": "k@b"})
     statuses.append(refused.status_code)
     assert code(refused) == (500, 1002)
+    readiness = httpx.get(f"{p.server.url}/readyz")
+    assert readiness.status_code == 503
+    assert "p13n engine not listening" in readiness.json()["problems"]
 
     def answered() -> bool:
         statuses.append(p.post({"email": "k@b"}).status_code)
@@ -241,6 +246,7 @@ def test_a_killed_engine_restarts_and_no_event_is_lost(make_server: Any, tmp_pat
 
     eventually(answered, timeout=30)
     assert engine_pid(p) != first
+    assert httpx.get(f"{p.server.url}/readyz").status_code == 200
     assert set(statuses) == {200, 500}
     # Every event was stored, those answered 500 too; the profile counts those answered 200.
     n = len(statuses)

@@ -18,6 +18,7 @@ from tdedge.realtime.wire import (
     decode_answers,
     decode_asks,
     frame,
+    listening,
 )
 
 ASKS = [
@@ -68,3 +69,12 @@ def test_a_socket_under_a_path_too_long_for_unix_sockets(tmp_path: Path) -> None
 def test_connecting_to_nobody_raises_oserror(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         connect_unix(tmp_path / "nobody.sock")
+
+
+def test_listening_tells_a_live_socket_from_a_stale_one(tmp_path: Path) -> None:
+    path = tmp_path / "engine.sock"
+    assert not listening(path)  # no file
+    server = bind_unix(path)
+    assert listening(path)
+    server.close()
+    assert path.exists() and not listening(path)  # the file of a dead listener

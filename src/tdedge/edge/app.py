@@ -37,6 +37,7 @@ from tdedge.edge.restapi import ApiDoor
 from tdedge.edge.services import Services
 from tdedge.journal.sqlite import SQLiteJournal
 from tdedge.loader.heartbeat import read_heartbeat
+from tdedge.realtime.wire import listening
 
 log = logging.getLogger("tdedge.edge")
 
@@ -148,6 +149,8 @@ class EdgeApp:
                 problems.append(f"loader lag {beat.lag_seconds:.1f}s")
             if beat.failures >= LOADER_FAILURES_NOT_READY:
                 problems.append(f"loader failed {beat.failures} batches in a row")
+        if self.settings.engine_process and not listening(self.settings.p13n_socket):
+            problems.append("p13n engine not listening")
         body = encode_json(
             {
                 "ready": not problems,

@@ -127,6 +127,24 @@ def connect_unix(path: Path) -> socket.socket:
     return sock
 
 
+def listening(path: Path) -> bool:
+    """Whether a process listens on ``path`` (a connection that is closed at once)."""
+    address, fd = unix_address(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)  # a full backlog answers EAGAIN at once: listening, busy
+    try:
+        sock.connect(address)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+        if fd is not None:
+            os.close(fd)
+    return True
+
+
 def bind_unix(path: Path) -> socket.socket:
     """A listening Unix stream socket at ``path``, owner-only (replacing a stale one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
