@@ -18,13 +18,11 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import cast
 
 from tdedge.realtime import errors
 from tdedge.realtime.engine import Request
 from tdedge.realtime.errors import ProfileStoreDown, StoreUnavailable
-from tdedge.realtime.wire import OK, Answer, Ask, FrameError, Frames, connect_unix, frame
-from tdedge.realtime.wire import decode_answers as _decode
+from tdedge.realtime.wire import OK, Answer, Ask, FramedProtocol, connect_unix, decode_answers
 
 log = logging.getLogger("tdedge.p13n")
 
@@ -82,7 +80,7 @@ class EngineClient:
         if protocol is None:  # lost since these were queued
             self._fail([a.id for a in asks], ProfileStoreDown("the p13n engine connection closed"))
             return
-        protocol.write(frame(asks))
+        protocol.send(asks)
         loop.call_later(self._timeout_s + MARGIN_S, self._expire, [a.id for a in asks])
 
     def _expire(self, ask_ids: list[int]) -> None:
@@ -157,32 +155,16 @@ def _error(code: int, message: str) -> Exception:
     return StoreUnavailable(message)
 
 
-class _Protocol(asyncio.Protocol):
+class _Protocol(FramedProtocol):
+    """The worker's connection: its frames of answers go to the client."""
+
     def __init__(self, client: EngineClient) -> None:
+        super().__init__()
         self._client = client
-        self._frames = Frames()
-        self._transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
-        self._transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            for payload in self._frames.feed(data):
-                self._client.answered(_decode(payload))
-        except FrameError as e:
-            log.error("p13n engine sent a bad frame", extra={"error": str(e)})
-            self.close()
+    def received(self, payload: bytes) -> None:
+        self._client.answered(decode_answers(payload))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
+        super().connection_lost(exc)
         self._client.lost(self, exc)
-
-    def write(self, data: bytes) -> None:
-        if self._transport is not None:
-            self._transport.write(data)
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()

@@ -31,7 +31,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import msgspec
 import sqlalchemy as sa
@@ -45,7 +45,7 @@ from tdedge.realtime.engine import Engine, Request
 from tdedge.realtime.errors import ProfileStoreDown, StoreUnavailable
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.view import View
-from tdedge.realtime.wire import OK, Answer, Ask, FrameError, Frames, bind_unix, decode_asks, frame
+from tdedge.realtime.wire import OK, Answer, Ask, FramedProtocol, bind_unix, decode_asks
 
 log = logging.getLogger("tdedge.p13n")
 
@@ -167,34 +167,15 @@ class EngineHost:
             conn.send(answers)
 
 
-class Connection(asyncio.Protocol):
-    """One worker's connection."""
+class Connection(FramedProtocol):
+    """One worker's connection: its frames of asks go to the host."""
 
     def __init__(self, host: EngineHost) -> None:
+        super().__init__()
         self._host = host
-        self._frames = Frames()
-        self._transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
-        self._transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            for payload in self._frames.feed(data):
-                self._host.take(self, decode_asks(payload))
-        except FrameError as e:
-            log.error("p13n engine: bad frame from a worker", extra={"error": str(e)})
-            if self._transport is not None:
-                self._transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-
-    def send(self, answers: list[Answer]) -> None:
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(frame(answers))
+    def received(self, payload: bytes) -> None:
+        self._host.take(self, decode_asks(payload))
 
 
 def engine_lock(settings: Settings) -> int:

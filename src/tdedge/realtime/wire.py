@@ -13,12 +13,17 @@ generation yet reloads before deciding.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import msgspec
+
+log = logging.getLogger("tdedge.p13n")
 
 # A frame larger than this is a broken peer, not a busy one: a worker's frame holds the
 # bodies of at most its concurrency limit of requests (limits.concurrency).
@@ -96,6 +101,45 @@ class Frames:
             yield bytes(buffer[at + _HEADER : at + _HEADER + size])
             at += _HEADER + size
         del buffer[:at]
+
+
+class FramedProtocol(asyncio.Protocol):
+    """A connection that sends and receives frames (both sides of the engine's socket).
+
+    Subclasses handle each frame's payload in ``received``; a payload that is not a
+    frame (``FrameError``) closes the connection, which the peer sees as lost.
+    """
+
+    def __init__(self) -> None:
+        self._frames = Frames()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for payload in self._frames.feed(data):
+                self.received(payload)
+        except FrameError as e:
+            log.error("p13n engine socket: not a frame", extra={"error": str(e)})
+            self.close()
+
+    def received(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def send(self, items: list[Ask] | list[Answer]) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame(items))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
 
 def unix_address(path: Path) -> tuple[str, int | None]:
