@@ -243,15 +243,21 @@ def listen_command(parent_pid: int | None) -> None:
 @data_dir_option
 def loader_command(parent_pid: int | None, data_dir: str | None) -> None:
     """Run the loader alone (``serve`` starts it for you)."""
+    from tdedge.server import run_loader
+
+    run_loader(_child_settings(data_dir), parent_pid)
+
+
+def _child_settings(data_dir: str | None) -> Settings:
+    """A process ``serve`` started gets the server's settings; run alone, the defaults."""
     import os
 
     from tdedge import logs
-    from tdedge.server import run_loader
 
     raw = os.environ.get(SETTINGS_ENV)
     settings = Settings.from_json(raw) if raw else _settings(data_dir)
     logs.configure(settings.log_level)
-    run_loader(settings, parent_pid)
+    return settings
 
 
 @main.command("jobs")
@@ -259,15 +265,9 @@ def loader_command(parent_pid: int | None, data_dir: str | None) -> None:
 @data_dir_option
 def jobs_command(parent_pid: int | None, data_dir: str | None) -> None:
     """Run the query job runner alone (``serve`` starts it for you)."""
-    import os
-
-    from tdedge import logs
     from tdedge.query.runner import run_job_runner
 
-    raw = os.environ.get(SETTINGS_ENV)
-    settings = Settings.from_json(raw) if raw else _settings(data_dir)
-    logs.configure(settings.log_level)
-    run_job_runner(settings, parent_pid)
+    run_job_runner(_child_settings(data_dir), parent_pid)
 
 
 # Keys.
@@ -419,14 +419,10 @@ def _table(columns: Sequence[str], rows: list[dict[str, Any]]) -> str:
 @data_dir_option
 def engine_command(parent_pid: int | None, data_dir: str | None) -> None:
     """Run the personalization engine alone (``serve`` starts it for you)."""
-    import os
-
-    from tdedge import logs, server
+    from tdedge import server
     from tdedge.realtime import host
 
-    raw = os.environ.get(SETTINGS_ENV)
-    settings = Settings.from_json(raw) if raw else _settings(data_dir)
-    logs.configure(settings.log_level)
+    settings = _child_settings(data_dir)
     if parent_pid is not None:
         server.exit_with_parent(parent_pid)
     host.run(settings)
