@@ -48,7 +48,7 @@ class EngineClient:
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
         self._down_until = float("-inf")
-        self._down: StoreUnavailable | None = None
+        self._down = ""  # why the engine could not be reached, last time
         self._waiting: dict[int, asyncio.Future[bytes]] = {}
         self._out: list[Ask] = []
         self._next_id = 0
@@ -120,8 +120,8 @@ class EngineClient:
             if self._protocol is not None:
                 return
             now = time.monotonic()
-            if now < self._down_until and self._down is not None:
-                raise self._down
+            if now < self._down_until:
+                raise ProfileStoreDown(self._down)
             loop = asyncio.get_running_loop()
             deadline = now + self._timeout_s
             while True:
@@ -132,18 +132,13 @@ class EngineClient:
                     )
                 except OSError as e:
                     if time.monotonic() >= deadline:
-                        self._down = ProfileStoreDown(f"the p13n engine is not answering: {e}")
+                        self._down = f"the p13n engine is not answering: {e}"
                         self._down_until = time.monotonic() + DOWN_FOR_S
-                        raise self._down from None
+                        raise ProfileStoreDown(self._down) from None
                     await asyncio.sleep(_CONNECT_POLL_S)
                     continue
                 self._protocol = protocol
                 return
-
-    def close(self) -> None:
-        protocol, self._protocol = self._protocol, None
-        if protocol is not None:
-            protocol.close()
 
 
 def _error(code: int, message: str) -> Exception:

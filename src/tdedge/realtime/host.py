@@ -80,7 +80,9 @@ class EngineHost:
         if self._opened:
             return
         if self._failure is not None and now < self._retry_at:
-            raise self._failure
+            # A fresh error each time: one raised again and again would keep every
+            # traceback it went through.
+            raise type(self._failure)(str(self._failure))
         root = self._settings.root
         opened: list[Any] = []
         try:
