@@ -148,8 +148,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
         Measured on two cores: with one worker the engine inline answers the fixed
         rate's p50 sooner (one hop fewer) and the maximum is the same; with two, the
-        engine process keeps its profile cache warm where two inline engines empty each
-        other's, and the fixed rate's p99 is a third to half (README, bench/p13n).
+        engine process answered the fixed rate with a third to half the p99 of two
+        inline engines, which queue on the store's lock (README, bench/p13n).
         """
         if self.p13n_engine == "auto":
             return self.workers > 1

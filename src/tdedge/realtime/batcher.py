@@ -39,7 +39,7 @@ log = logging.getLogger("tdedge.p13n")
 # groups, so other callbacks of the loop get a turn in between.
 MAX_GROUP = 256
 
-DECISIONS = Counter("tdedge_p13n_decisions_total", "p13n requests answered 200", ["offers"])
+DECISIONS = Counter("tdedge_p13n_decisions_total", "p13n decisions made", ["offers"])
 _NO_OFFERS = DECISIONS.labels("none")
 _SOME_OFFERS = DECISIONS.labels("some")
 GROUP = Histogram(
