@@ -127,12 +127,11 @@ main.add_command(p13n)
 )
 @click.option(
     "--p13n-engine",
-    type=click.Choice(["auto", "process", "inline"]),
-    default="auto",
+    type=click.Choice(["inline", "process"]),
+    default="inline",
     show_default=True,
-    help="process: one engine process decides personalization requests for every "
-    "worker; inline: each worker runs the engine itself; auto: process with more than "
-    "one worker, inline with one.",
+    help="inline: each worker runs the personalization engine itself; process: one "
+    "engine process decides for every worker.",
 )
 @job_options
 @click.option("--log-level", default="info", show_default=True)

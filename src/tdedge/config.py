@@ -14,7 +14,7 @@ from typing import Literal
 import msgspec
 
 AuthMode = Literal["async", "sync"]
-EngineMode = Literal["auto", "process", "inline"]
+EngineMode = Literal["inline", "process"]
 
 DEFAULT_DATA_DIR = "./tdedge-data"
 SETTINGS_ENV = "TDEDGE_SETTINGS_JSON"
@@ -106,10 +106,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     import_max_bytes: int = 64 * 1024 * 1024
     import_max_inflated_bytes: int = 512 * 1024 * 1024
 
-    # Personalization (issue 4). "process": one engine process decides for every worker
-    # (realtime/host.py); "inline": each worker runs the engine itself; "auto": the
-    # process with more than one worker, inline with one (see engine_process).
-    p13n_engine: EngineMode = "auto"
+    # Personalization (issue 4). "inline": each worker runs the engine itself;
+    # "process": one engine process decides for every worker (realtime/host.py).
+    p13n_engine: EngineMode = "inline"
 
     log_level: str = "info"
 
@@ -144,15 +143,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def engine_process(self) -> bool:
-        """Whether the p13n engine runs in a process of its own.
-
-        Measured on two cores: with one worker the engine inline answers the fixed
-        rate's p50 sooner (one hop fewer) and the maximum is the same; with two, the
-        engine process answered the fixed rate with a third to half the p99 of two
-        inline engines, which queue on the store's lock (README, bench/p13n).
-        """
-        if self.p13n_engine == "auto":
-            return self.workers > 1
+        """Whether the p13n engine runs in a process of its own (not the default: on
+        two cores it measured no better than inline engines; README, bench/p13n)."""
         return self.p13n_engine == "process"
 
     @property

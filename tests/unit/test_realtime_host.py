@@ -117,10 +117,10 @@ def test_stores_that_cannot_open_answer_1002_until_they_can(
 @pytest.mark.parametrize(
     ("mode", "workers", "expected"),
     [
-        ("auto", 1, False),
-        ("auto", 2, True),
-        ("process", 1, True),
+        ("inline", 1, False),
         ("inline", 4, False),
+        ("process", 1, True),
+        ("process", 4, True),
     ],
 )
 def test_which_setting_runs_the_engine_in_its_own_process(

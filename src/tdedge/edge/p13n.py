@@ -15,9 +15,8 @@ on the caller's account. Requests refused with a 4xx are kept, as on every door,
 they show in the import errors (reason ``p13n_<code>``).
 
 The engine — stitching, the profile update, the sections — runs in this worker
-(``realtime/batcher.py``), or in the engine process (``realtime/host.py``, reached
-through ``realtime/client.py``): ``--p13n-engine``, by default the process when there is
-more than one worker (``Settings.engine_process``). Either way it decides a
+(``realtime/batcher.py``), or with ``--p13n-engine process`` in the engine process
+(``realtime/host.py``, reached through ``realtime/client.py``). Either way it decides a
 group per event-loop iteration: one store transaction, one lock and one commit for the
 requests that became ready together.
 """

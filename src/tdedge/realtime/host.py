@@ -2,17 +2,19 @@
 
 Edge workers do everything a p13n request needs before the engine — HTTP, the key and
 token checks, the event's fsync in the journal — and send the rest here over a Unix
-socket (``realtime/wire.py``); the request waits for the answer. It is the default
-with more than one worker (``Settings.engine_process``), for what several workers
-running the engine themselves cost:
+socket (``realtime/wire.py``); the request waits for the answer. With
+``--p13n-engine process``; the default is the engine inside each worker. What the
+process is for:
 
-- Their groups queue on the store's lock: a worker whose group finds it taken hands
-  the group to a thread that waits for it (GIL hand-offs included), and each commit
-  empties the other workers' caches of decoded profiles (``realtime/cache.py``).
-- One engine is the store's one writer: its cache stays valid, and its lock is only
-  contended by the loader's checkpoint and the CLI. Measured with two workers on two
-  cores, the fixed rate's p99 was a third to a half of two inline engines'. With one
-  worker the hop costs more than it saves (one worker has none of the above).
+- Engines of several workers queue on the store's lock: a worker whose group finds it
+  taken hands the group to a thread that waits for it (GIL hand-offs included), and
+  each commit empties the other workers' caches of decoded profiles
+  (``realtime/cache.py``). One engine is the store's one writer: its cache stays
+  valid, and its lock is only contended by the loader's checkpoint.
+- Measured on two cores (interleaved rounds, README) it did no better: with one worker
+  the hop costs latency (p50 +0.6 ms, p99 1.4 times), with two the p99 was better on a
+  starved machine and worse on a quiet one, and the maximum the same. It is kept for
+  machines with more cores and workers, where the lock and the caches cost more.
 
 Requests of every connection that arrive in one event-loop iteration are decided as
 one group (``realtime/batcher.py``), and each connection gets its answers in one frame.
