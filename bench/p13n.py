@@ -694,6 +694,9 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("--rate", type=int, default=2000, help="fixed-rate target, requests/s")
     ap.add_argument("--conns", type=int, default=64, help="wrk connections of the maximum run")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="repeat the server runs, interleaved; medians"
+    )
     ap.add_argument("--ids", type=int, default=10_000, help="distinct people")
     ap.add_argument("--attributes", type=int, default=20)
     ap.add_argument("--sections", type=int, default=10)
@@ -745,9 +748,13 @@ def main(argv: list[str]) -> int:
             (tmp / "door").mkdir()
             report["door"] = door_only(config, args.ids, [4, 64], 16_000, tmp / "door")
             log(f"door alone: {report['door']['cpu_us_per_decision_by_in_flight']}")
-        for engine in [e for e in args.engines.split(",") if e]:
-            for workers in [int(w) for w in args.workers.split(",") if w]:
-                report["runs"].append(run_server(args, workers, engine, config, tmp, skip))
+        # Rounds interleave the settings, so a machine that speeds up or slows down
+        # during the bench moves every setting alike; each run has its own reference.
+        for round_ in range(args.rounds):
+            for engine in [e for e in args.engines.split(",") if e]:
+                for workers in [int(w) for w in args.workers.split(",") if w]:
+                    run = run_server(args, workers, engine, config, tmp, skip, round_)
+                    report["runs"].append({"round": round_, **run})
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -765,9 +772,15 @@ def main(argv: list[str]) -> int:
 
 
 def run_server(
-    args: argparse.Namespace, workers: int, engine: str, config: str, tmp: Path, skip: set[str]
+    args: argparse.Namespace,
+    workers: int,
+    engine: str,
+    config: str,
+    tmp: Path,
+    skip: set[str],
+    round_: int = 0,
 ) -> dict[str, Any]:
-    name = f"{engine}-w{workers}"
+    name = f"{engine}-w{workers}-r{round_}"
     server = Server(tmp / f"data-{name}", workers, tmp / f"serve-{name}.log", engine)
     run: dict[str, Any] = {"workers": workers, "engine": engine}
     try:
@@ -936,7 +949,35 @@ def summary(report: dict[str, Any]) -> str:
                 f"{pb['rps']:,.0f} req/s, p99 {pb['p99_ms']} ms"
                 + (f", edge CPU {cpu['edge']:.0f} µs/request" if cpu else "")
             )
+    if len({r.get("round", 0) for r in report["runs"]}) > 1:
+        lines += medians(report["runs"])
     return "\n".join(lines)
+
+
+def medians(runs: list[dict[str, Any]]) -> list[str]:
+    """Per setting, the medians over the rounds, each run also against its reference
+    (the Postback door in the same run): what survives a machine that changes speed."""
+    lines = ["medians over the rounds (ref: the Postback door in the same run):"]
+    settings = sorted({(r.get("engine", "inline"), r["workers"]) for r in runs})
+    for engine, workers in settings:
+        mine = [r for r in runs if (r.get("engine", "inline"), r["workers"]) == (engine, workers)]
+        parts = [f"  {engine} engine, workers={workers}, {len(mine)} rounds:"]
+        fixed = [r for r in mine if "fixed" in r and "fixed_postback" in r]
+        if fixed:
+            ratio = _median([r["fixed"]["p99_ms"] / r["fixed_postback"]["p99_ms"] for r in fixed])
+            parts.append(
+                f"fixed rate p50 {_median([r['fixed']['p50_ms'] for r in fixed])} ms, "
+                f"p99 {_median([r['fixed']['p99_ms'] for r in fixed])} ms "
+                f"({ratio:.2f} times ref's);"
+            )
+        most = [r for r in mine if "max" in r and "postback" in r]
+        if most:
+            ratio = _median([r["max"]["rps"] / r["postback"]["rps"] for r in most])
+            parts.append(
+                f"maximum {_median([r['max']['rps'] for r in most]):,.0f}/s ({ratio:.2f} of ref's)"
+            )
+        lines.append(" ".join(parts))
+    return lines
 
 
 if __name__ == "__main__":
