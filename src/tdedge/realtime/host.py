@@ -12,8 +12,8 @@ process is for:
   (``realtime/cache.py``). One engine is the store's one writer: its cache stays
   valid, and its lock is only contended by the loader's checkpoint.
 - Measured on two cores (interleaved rounds, README) it did no better: with one worker
-  the hop costs latency (p50 +0.6 ms, p99 1.4 times), with two the p99 was better on a
-  starved machine and worse on a quiet one, and the maximum the same. It is kept for
+  the hop costs latency (p50 +0.6 to 1.5 ms, p99 1.4 to 2 times), with two the p99 was
+  better in some rounds and worse in others, and the maximum the same. It is kept for
   machines with more cores and workers, where the lock and the caches cost more.
 
 Requests of every connection that arrive in one event-loop iteration are decided as
