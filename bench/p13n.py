@@ -11,14 +11,18 @@ journal and the profile committed):
 - fixed rate: an open-loop client in this process (as wrk2 does) sends ``--rate``
   requests/s over 32 keep-alive connections; each latency counts from when its request
   was due, so queueing behind a slow answer is counted too.
-- maximum: wrk ``-t2 -c64`` (``--conns``) as fast as the server answers.
+- maximum: wrk ``-t2`` as fast as the server answers, once per ``--conns`` value (64
+  and 256 connections): the most decisions/s among the runs whose p99 stays within
+  Treasure Data's own promise (100 ms), so a rate bought with unbounded queueing does
+  not count. More clients in flight make bigger groups (one journal fsync and one store
+  commit for more decisions), which is how the server answers more of them.
 - engine: the engine alone in this process (no HTTP, no journal): groups of
   ``--group`` requests through ``Engine.decide`` on a fresh profile store.
 - door: ``EdgeApp`` in this process with the real journal and profile store, no HTTP:
   CPU per decision with 4 and 64 requests in flight (the engine inline, in the worker).
 
-The server runs are repeated for each ``--engines`` mode: ``process`` (the default: one
-engine process decides for the workers) and ``inline`` (each worker runs the engine).
+The server runs are repeated for each ``--engines`` mode: ``inline`` (the default: each
+worker runs the engine) and ``process`` (one engine process decides for the workers).
 
 The fixed-rate run also reports the CPU per decision of the door's event loop (how
 near one worker is to saturation) and the 100 ms windows holding an answer over 10 ms
@@ -516,6 +520,51 @@ def paced(
     }
 
 
+def max_sweep(
+    pgid: int, url: str, script: Path, args: argparse.Namespace, name: str
+) -> list[dict[str, Any]]:
+    """One wrk run per ``--conns`` value, each with the CPU per request of every role."""
+    sweep = []
+    for conns in [int(c) for c in args.conns.split(",") if c]:
+        before = group_cpu_s(pgid)
+        one = wrk(url, script, args.duration, 2, conns)
+        after = group_cpu_s(pgid)
+        one["conns"] = conns
+        n = one["requests"]
+        if n:
+            # Less load-dependent than rates: what one request costs, per role (the
+            # loader's share is storing the event in its table, after the answer).
+            one["cpu_us_per_request"] = {
+                role: (after[role] - before[role]) / n * 1e6 for role in after
+            }
+            one["cpu_us_per_request"]["wrk"] = one["wrk_cpu_s"] / n * 1e6
+        log(f"{name}, {conns} connections: {one}")
+        sweep.append(one)
+    return sweep
+
+
+# The maximum counts only rates answered within Treasure Data's own latency promise.
+SUSTAINED_P99_MS = 100.0
+
+
+def sustained(sweep: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of ``sweep`` with the most decisions/s among those whose p99 is within
+    ``SUSTAINED_P99_MS`` and that had no errors; failing that, the one with the lowest
+    p99 (flagged ``within_promise: False``)."""
+    good = [
+        r
+        for r in sweep
+        if r["p99_ms"] is not None
+        and r["p99_ms"] <= SUSTAINED_P99_MS
+        and not r["non2xx"]
+        and not r["socket_errors"]
+    ]
+    if good:
+        return {**max(good, key=lambda r: r["rps"]), "within_promise": True}
+    lowest = min(sweep, key=lambda r: r["p99_ms"] if r["p99_ms"] is not None else 1e9)
+    return {**lowest, "within_promise": False}
+
+
 def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
@@ -693,7 +742,11 @@ def main(argv: list[str]) -> int:
         "--engines", default="inline", help="comma-separated --p13n-engine modes: inline,process"
     )
     ap.add_argument("--rate", type=int, default=2000, help="fixed-rate target, requests/s")
-    ap.add_argument("--conns", type=int, default=64, help="wrk connections of the maximum run")
+    ap.add_argument(
+        "--conns",
+        default="64,256",
+        help="comma-separated wrk connection counts of the maximum runs",
+    )
     ap.add_argument(
         "--rounds", type=int, default=1, help="repeat the server runs, interleaved; medians"
     )
@@ -834,31 +887,16 @@ def run_server(
                 log(f"{name} fixed, postback: {run['fixed_postback']}")
         if "max" not in skip:
             assert server.proc is not None
-            before = group_cpu_s(server.proc.pid)
-            run["max"] = wrk(url, fast, args.duration, 2, args.conns)
-            after = group_cpu_s(server.proc.pid)
-            n = run["max"]["requests"]
-            if n:
-                # Less load-dependent than rates: what one decision costs, per role (the
-                # loader's share is storing the event in its table, after the answer).
-                run["max"]["cpu_us_per_request"] = {
-                    role: (after[role] - before[role]) / n * 1e6 for role in after
-                }
-                run["max"]["cpu_us_per_request"]["wrk"] = run["max"]["wrk_cpu_s"] / n * 1e6
-            log(f"{name} max: {run['max']}")
+            run["max_sweep"] = max_sweep(server.proc.pid, url, fast, args, f"{name} max")
+            run["max"] = sustained(run["max_sweep"])
         if "baseline" not in skip:
             pb = tmp / "postback.lua"
             pb.write_text(POSTBACK_LUA % {"ids": args.ids, "key": server.master_key})
             assert server.proc is not None
-            before = group_cpu_s(server.proc.pid)
-            run["postback"] = wrk(f"http://127.0.0.1:{server.port}", pb, args.duration, 2, 64)
-            after = group_cpu_s(server.proc.pid)
-            n = run["postback"]["requests"]
-            if n:
-                run["postback"]["cpu_us_per_request"] = {
-                    role: (after[role] - before[role]) / n * 1e6 for role in after
-                }
-            log(f"{name} postback baseline: {run['postback']}")
+            run["postback_sweep"] = max_sweep(
+                server.proc.pid, f"http://127.0.0.1:{server.port}", pb, args, f"{name} postback"
+            )
+            run["postback"] = sustained(run["postback_sweep"])
     finally:
         server.stop()
     return run
@@ -924,12 +962,19 @@ def summary(report: dict[str, Any]) -> str:
             )
         mx = run.get("max")
         if mx:
-            ok = "PASS" if mx["rps"] >= 8000 else "MISS"
+            ok = "PASS" if mx["rps"] >= 8000 and mx.get("within_promise", True) else "MISS"
             cpu = mx.get("cpu_us_per_request", {})
+            sweep = run.get("max_sweep", [])
+            others = [
+                f"{r['conns']} connections {r['rps']:,.0f}/s, p99 {r['p99_ms']} ms"
+                for r in sweep
+                if r is not mx and r.get("conns") != mx.get("conns")
+            ]
             lines.append(
-                f"{mode} engine, workers={w} maximum: {mx['rps']:,.0f} decisions/s, "
-                f"p50 {mx['p50_ms']} ms, "
-                f"p99 {mx['p99_ms']} ms, non-2xx {mx['non2xx']}  [{ok} ≥ 8,000]"
+                f"{mode} engine, workers={w} maximum: {mx['rps']:,.0f} decisions/s "
+                f"with {mx.get('conns', '?')} connections, p50 {mx['p50_ms']} ms, "
+                f"p99 {mx['p99_ms']} ms, non-2xx {mx['non2xx']}  [{ok} ≥ 8,000 with p99 "
+                f"≤ {SUSTAINED_P99_MS:.0f} ms]" + (f"; also {'; '.join(others)}" if others else "")
             )
             if cpu:
                 total = sum(cpu.values())
@@ -946,7 +991,8 @@ def summary(report: dict[str, Any]) -> str:
             lines.append(
                 f"{mode} engine, workers={w} baseline, same events to the legacy Postback "
                 "door (no engine): "
-                f"{pb['rps']:,.0f} req/s, p99 {pb['p99_ms']} ms"
+                f"{pb['rps']:,.0f} req/s with {pb.get('conns', 64)} connections, "
+                f"p99 {pb['p99_ms']} ms"
                 + (f", edge CPU {cpu['edge']:.0f} µs/request" if cpu else "")
             )
     if len({r.get("round", 0) for r in report["runs"]}) > 1:
