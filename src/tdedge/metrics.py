@@ -50,6 +50,10 @@ LOADER_BATCHES = Counter("tdedge_loader_batches_total", "Lake commits made by th
 REJECTIONS = Counter(
     "tdedge_rejections_total", "Records sent to the import-errors table", ["reason"]
 )
+IMPORT_DUPLICATES = Counter(
+    "tdedge_import_duplicates_total",
+    "Records of a bulk import whose unique_id was loaded already, dropped by the loader",
+)
 TYPE_CONFLICTS = Counter(
     "tdedge_type_conflicts_total",
     "Values that did not fit their column and were kept in td_type_conflicts",

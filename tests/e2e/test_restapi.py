@@ -6,8 +6,13 @@ import csv
 import gzip
 import hashlib
 import io
+import re
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +259,48 @@ def test_write_key_imports_and_rows_go_through_the_journal(api: tuple[Server, st
         f"{endpoint}/v3/table/import/nodb/t/msgpack.gz", content=body, headers=td1(srv.write_key)
     )
     assert r.status_code == 404
+
+
+def test_a_unique_id_loads_once_however_often_it_is_journaled(api: tuple[Server, str]) -> None:
+    """Uploads of one unique_id racing on the two workers, then a retry after the edge
+    lost its record of the id (as when killed between journaling and recording it)."""
+    srv, endpoint = api
+    n = 5_000
+    body = fluent_body({"time": DAY + i, "n": i} for i in range(n))
+    url = f"{endpoint}/v3/table/import_with_id/test_db/racing/chunk-1/msgpack.gz"
+    duplicates_before = _counter(srv, "tdedge_import_duplicates_total")
+    start = threading.Barrier(6)
+
+    def upload(_: int) -> int:
+        with httpx.Client(headers=td1(srv.write_key), timeout=30) as client:
+            client.get(f"{endpoint}/healthz")  # connected before the start
+            start.wait()
+            return client.put(url, content=body).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(upload, range(6))) == [200] * 6
+    with closing(sqlite3.connect(srv.data_dir / "control.sqlite")) as conn, conn:
+        conn.execute("DELETE FROM bulk_imports WHERE unique_id = 'chunk-1'")
+    assert httpx.put(url, content=body, headers=td1(srv.write_key)).status_code == 200
+    # The retry's copy was journaled: wait until the loader has dropped it.
+    deadline = time.monotonic() + 30
+    while _counter(srv, "tdedge_import_duplicates_total") < duplicates_before + n:
+        assert time.monotonic() < deadline, "the loader never dropped the retry"
+        time.sleep(0.2)
+    assert srv.query("SELECT count(*) AS c, count(DISTINCT n) AS d FROM test_db.racing") == [
+        {"c": n, "d": n}
+    ]
+    loaded = srv.query(
+        "SELECT database_name, table_name, records FROM tdedge_system.bulk_imports "
+        "WHERE unique_id = 'chunk-1'"
+    )
+    assert loaded == [{"database_name": "test_db", "table_name": "racing", "records": n}]
+
+
+def _counter(srv: Server, name: str) -> float:
+    text = httpx.get(f"{srv.url}/metrics").text
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return 0.0 if found is None else float(found.group(1))
 
 
 def test_bad_import_bodies(api: tuple[Server, str]) -> None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tdedge import metrics
 from tdedge.config import Settings
 from tdedge.errors import JournalUnavailable
-from tdedge.journal.envelope import Envelope, entries
+from tdedge.journal.envelope import Envelope, decode, entries
 from tdedge.journal.sqlite import SQLiteJournal, SQLiteJournalReader
 
 
@@ -145,6 +147,35 @@ def test_append_many_is_one_group(tmp_path: Path) -> None:
     journal.close()
     got = SQLiteJournalReader(s.journal_dir).read({}, 100)
     assert [(g.seq, list(g.envelopes)) for g in got] == [(1, [env(1), env(2), env(3)])]
+
+
+class EnvelopeBeforeImports(msgspec.Struct, array_like=True):
+    """The Envelope as journals written before bulk-import ids hold it."""
+
+    received_ms: int
+    door: str
+    database: str
+    table: str
+    key_hash: bytes
+    record: bytes
+    reject: str = ""
+
+
+def test_an_envelope_written_before_import_ids_still_decodes(tmp_path: Path) -> None:
+    old = EnvelopeBeforeImports(1, "legacy", "db", "t", b"h" * 32, b"{}", "bad")
+    assert decode(msgspec.msgpack.encode(old)) == Envelope(
+        1, "legacy", "db", "t", b"h" * 32, b"{}", "bad", import_id="", import_index=0
+    )
+    # A journal row written by the old code, read by the reader.
+    s = settings(tmp_path)
+    journal = SQLiteJournal(s)
+    append_all(journal, [env(1)])
+    journal.close()
+    with sqlite3.connect(s.journal_dir / "shard-00.sqlite") as conn:
+        conn.execute("UPDATE journal SET envelopes = ?", (msgspec.msgpack.encode([old, old]),))
+    conn.close()
+    got = SQLiteJournalReader(s.journal_dir).read({}, 9)
+    assert [e.import_id for g in got for e in g.envelopes] == ["", ""]
 
 
 def test_no_append_returns_before_an_fsync_that_began_after_its_write(

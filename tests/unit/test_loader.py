@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import subprocess
@@ -24,6 +25,7 @@ from tdedge.control.keys import hash_key, key_id
 from tdedge.control.store import ControlStore
 from tdedge.errors import LakeError
 from tdedge.journal.envelope import Envelope, JournalEntry, JournalGroup
+from tdedge.journal.sqlite import SQLiteJournal, SQLiteJournalReader
 from tdedge.lake import system
 from tdedge.lake.lake import Lake
 from tdedge.loader import runner
@@ -488,3 +490,81 @@ def test_envelopes_flatten_groups_and_find_each_ones_place() -> None:
         ("s1", 4),
         ("s1", 4),
     ]
+
+
+def chunk(w: World, unique_id: str, n: int, *, table: str = "t") -> list[Envelope]:
+    """The envelopes the edge journals for one ``import_with_id`` upload."""
+    key_hash = hash_key(w.master)
+    return [
+        Envelope(
+            NOW_MS,
+            "import",
+            "db",
+            table,
+            key_hash,
+            msgspec.json.encode({"i": i}),
+            import_id=unique_id,
+            import_index=i,
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_bulk_import_journaled_twice_loads_once(world: World) -> None:
+    """The edge died between journaling a chunk and recording its unique_id, so the
+    retry journaled it again; and two uploads of one id raced in one journal group."""
+    journal = SQLiteJournal(world.settings)
+
+    async def append(*uploads: list[Envelope]) -> None:
+        await asyncio.gather(*(journal.append_many(envs) for envs in uploads))
+
+    asyncio.run(append(chunk(world, "u-1", 3)))  # seq 1
+    asyncio.run(append(chunk(world, "u-1", 3)))  # seq 2: the retry
+    asyncio.run(append(chunk(world, "u-1", 2, table="other")))  # another table's id
+    asyncio.run(append(chunk(world, "u-2", 2), chunk(world, "u-2", 2)))  # one group
+    reader = SQLiteJournalReader(world.settings.journal_dir)
+    assert [len(g.envelopes) for g in reader.read({}, 100)] == [3, 3, 2, 4]
+    directory = Directory(world.store, ttl_s=60)
+
+    def loader(lake: Lake) -> Loader:
+        return Loader(world.settings, reader, directory, lake, clock=lambda: NOW)
+
+    # A crash inside the transaction leaves neither the rows nor the ids.
+    crashing = CrashingLake.open(world.settings)
+    with pytest.raises(LakeError):
+        loader(crashing).step(LATER)
+    crashing.close()
+    assert world.rows(f"SELECT count(*) FROM {system.BULK_IMPORTS}") == [(0,)]
+
+    duplicates_before = sample("tdedge_import_duplicates_total")
+    report = loader(world.lake).step(LATER)
+    assert (report.entries, report.rows, report.duplicates) == (12, 7, 5)
+    assert report.lag_records == 0
+    assert world.rows("SELECT i, count(*) FROM db.t GROUP BY i ORDER BY i") == [
+        (0, 2),  # u-1 and u-2
+        (1, 2),
+        (2, 1),
+    ]
+    assert world.rows("SELECT count(*) FROM db.other") == [(2,)]
+    assert sample("tdedge_import_duplicates_total") == duplicates_before + 5
+    assert world.lake.positions() == {"shard-00": 4}
+    assert world.rows(
+        "SELECT database_name, table_name, unique_id, records, journal_shard, journal_seq "
+        f"FROM {system.BULK_IMPORTS} ORDER BY journal_seq"
+    ) == [
+        ("db", "t", "u-1", 3, "shard-00", 1),
+        ("db", "other", "u-1", 2, "shard-00", 3),
+        ("db", "t", "u-2", 2, "shard-00", 4),
+    ]
+
+    # Compaction keeps the ids; a later batch's copy is dropped through them.
+    world.lake.compact(LATER)
+    asyncio.run(append(chunk(world, "u-1", 3), chunk(world, "u-3", 1)))
+    report = loader(world.lake).step(LATER + 1)
+    assert (report.entries, report.rows, report.duplicates) == (4, 1, 3)
+    assert world.rows("SELECT count(*) FROM db.t") == [(6,)]
+    assert sample("tdedge_import_duplicates_total") == duplicates_before + 8
+    assert world.lake.positions() == {"shard-00": 5}
+    assert world.rows(f"SELECT count(*) FROM {system.BULK_IMPORTS}") == [(4,)]
+    journal.close()
+    reader.close()

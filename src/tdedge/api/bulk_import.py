@@ -6,6 +6,10 @@ one Envelope each (door ``import``, the key's hash), appended to the journal tog
 (one group commit: all or none), then loaded by the loader. The answer comes once they
 are durable: ``{"database","table","unique_id","md5_hex","elapsed_time"}``, where
 md5_hex is the MD5 of the body as uploaded.
+
+With a unique_id the chunk loads exactly once: the loader drops a repeated upload
+(loader/imports.py). The ledger (control/imports.py) only spares a known retry the
+inflating and journaling: it is answered at once.
 """
 
 from __future__ import annotations
@@ -98,7 +102,25 @@ async def bulk_import(
     raw = await asyncio.to_thread(inflate, body, limit) if fmt == "msgpack.gz" else body
     found = await asyncio.to_thread(records, raw)
     if found:
-        envs = [Envelope(received_ms, DOOR, database, table, caller.key_hash, r) for r in found]
+        key_hash = caller.key_hash
+        if unique_id is None:
+            envs = [Envelope(received_ms, DOOR, database, table, key_hash, r) for r in found]
+        else:
+            # Each envelope carries the id and its place in the chunk: the loader loads
+            # the chunk once whatever happens here (loader/imports.py).
+            envs = [
+                Envelope(
+                    received_ms,
+                    DOOR,
+                    database,
+                    table,
+                    key_hash,
+                    r,
+                    import_id=unique_id,
+                    import_index=i,
+                )
+                for i, r in enumerate(found)
+            ]
         await api.services.append_many(envs)
     if unique_id is not None:
         imported = Imported(md5_hex, len(found))

@@ -1,9 +1,12 @@
-"""Bulk imports already accepted, by ``unique_id``: what makes import_with_id idempotent.
+"""Bulk imports already accepted, by ``unique_id``: the edge's fast path for retries.
 
-fluent-plugin-td retries a chunk with the same unique id after a timeout; the second
-upload must not load the records again. A unique id is recorded after its records are
-durable in the journal, so a retry finds it. A process killed between the two leaves
-no record of the id: the retry loads the chunk again (at-least-once in that instant).
+fluent-plugin-td retries a chunk with the same unique id after a timeout. A unique id
+is recorded here after its records are durable in the journal, so a retry that finds
+it is answered at once, without inflating or journaling the body again.
+
+This ledger is not what guarantees exactly-once: the loader is (loader/imports.py).
+When a process is killed between the append and the record, or two uploads of one id
+race, the chunk is journaled twice and the loader drops the second copy.
 """
 
 from __future__ import annotations

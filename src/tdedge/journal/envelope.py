@@ -25,6 +25,13 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     # Reasons the edge already knows this record must go to import errors
     # (e.g. a key that failed a sync check). Empty for the normal path.
     reject: str = ""
+    # Set by ``import_with_id`` on every envelope of one upload (api/bulk_import.py):
+    # the chunk's unique_id, and the envelope's place in the chunk from 0. The loader
+    # loads a (database, table, unique_id) once (loader/imports.py); the place tells
+    # two uploads of one id apart when they share a journal group. Trailing defaults:
+    # entries written before these fields existed still decode.
+    import_id: str = ""
+    import_index: int = 0
 
 
 class JournalGroup(msgspec.Struct, frozen=True, gc=False):

@@ -1,4 +1,5 @@
-"""What the loader hands the lake to commit at once: rows, import errors, positions."""
+"""What the loader hands the lake to commit at once: rows, import errors, bulk-import
+ids, positions."""
 
 from __future__ import annotations
 
@@ -39,6 +40,29 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     journal_seq: int
 
 
+ImportKey = tuple[str, str, str]  # (database, table, unique_id), names normalised
+
+
+class BulkImport(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``tdedge_system.bulk_imports``: an ``import_with_id`` upload loaded once.
+
+    Its records went to the table or, when refused, to the import errors; either way a
+    later upload of the same (database, table, unique_id) is dropped (loader/imports.py).
+    """
+
+    database_name: str
+    table_name: str
+    unique_id: str
+    records: int
+    journal_shard: str  # the journal group that carried the upload
+    journal_seq: int
+    time: int  # unix seconds of the load
+
+    @property
+    def key(self) -> ImportKey:
+        return (self.database_name, self.table_name, self.unique_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Everything one lake transaction writes; ``positions`` holds only shards that moved."""
@@ -46,6 +70,7 @@ class Batch:
     tables: Sequence[TableRows] = ()
     rejections: Sequence[Rejection] = ()
     positions: Mapping[str, int] = field(default_factory=dict)
+    imports: Sequence[BulkImport] = ()
 
     @property
     def row_count(self) -> int:

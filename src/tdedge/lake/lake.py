@@ -1,10 +1,10 @@
 """The Lake: one DuckDB connection with the DuckLake attached, and what tdedge does with it.
 
 The loader opens it read-write and is its only regular writer; ``commit`` writes the
-rows of several tables, their import errors and the new journal positions in ONE
-DuckLake transaction. That is the exactly-once guarantee: if the process dies before
-the commit, the journal is read again from the old position; after it, the positions
-say those entries are done.
+rows of several tables, their import errors, the bulk-import ids they carried and the
+new journal positions in ONE DuckLake transaction. That is the exactly-once guarantee:
+if the process dies before the commit, the journal is read again from the old position;
+after it, the positions say those entries are done.
 
 ``tdedge query`` and the REST job API open it read-only in other processes; their
 connection is confined to the lake's own files because it runs SQL written by users.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
@@ -28,7 +28,7 @@ import pyarrow as pa
 from tdedge.config import Settings
 from tdedge.errors import InvalidName, LakeError
 from tdedge.lake import system
-from tdedge.lake.batch import Batch, TableRows
+from tdedge.lake.batch import Batch, ImportKey, TableRows
 from tdedge.lake.catalog import LAKE
 from tdedge.lake.connection import open_connection
 from tdedge.lake.sql import ident, literal, table_ref
@@ -39,6 +39,8 @@ log = logging.getLogger("tdedge.lake")
 
 # The name Arrow tables are registered under while they are inserted.
 _VIEW = "tdedge_incoming"
+# The name the keys a lookup asks about are registered under.
+_KEYS = "tdedge_keys"
 # Schemas that are not user databases.
 _NOT_DATABASES = frozenset({"main", SYSTEM_DATABASE})
 # Retries of a catalog write refused because another process holds SQLite's lock:
@@ -113,6 +115,18 @@ class Lake:
         """The journal position stored with the last commit: shard → last loaded seq."""
         return {shard: int(seq) for shard, seq in self._fetch(system.READ_POSITIONS)}
 
+    def loaded_imports(self, keys: Iterable[ImportKey]) -> set[ImportKey]:
+        """Which of these (database, table, unique_id) are in ``bulk_imports`` already."""
+        wanted = system.import_keys_table(keys)
+        if wanted.num_rows == 0:
+            return set()
+        self._con.register(_KEYS, wanted)
+        try:
+            found = self._fetch(system.loaded_imports_sql(_KEYS))
+        finally:
+            self._con.unregister(_KEYS)
+        return {(str(d), str(t), str(u)) for d, t, u in found}
+
     def columns(self, database: str, table: str) -> Columns | None:
         """The table's columns (name → DuckDB type), or None when it does not exist yet."""
         if self._read_only:
@@ -131,7 +145,8 @@ class Lake:
         self._schemas.add(database)
 
     def commit(self, batch: Batch) -> None:
-        """Write every table's rows, the import errors and the positions atomically.
+        """Write every table's rows, the import errors, the bulk-import ids and the
+        positions atomically.
 
         When another process holds the catalog (``tdedge db create``, say), SQLite can
         refuse the commit at once with "database is locked" (duckdb/ducklake#1309); a
@@ -164,6 +179,8 @@ class Lake:
                 self._write(rows, schemas, columns)
             if batch.rejections:
                 self._insert(system.IMPORT_ERRORS, system.rejections_table(batch.rejections))
+            if batch.imports:
+                self._insert(system.BULK_IMPORTS, system.bulk_imports_table(batch.imports))
             if batch.positions:
                 self._insert(system.POSITIONS, system.positions_table(batch.positions))
             self._con.execute("COMMIT")

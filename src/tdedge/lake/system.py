@@ -4,22 +4,28 @@
 the position of a shard is its largest ``seq``. An upsert would need a DELETE in every
 commit, which here costs more than the insert of the rows themselves (~16 ms per
 commit); compaction deletes the superseded rows instead.
+
+``bulk_imports`` holds each ``import_with_id`` upload the loader has loaded, keyed by
+(database_name, table_name, unique_id), written in the same transaction as its rows:
+the loader looks new uploads up in it and drops repeats (loader/imports.py). Nothing
+deletes its rows, compaction included.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 import pyarrow as pa
 
-from tdedge.lake.batch import Rejection
+from tdedge.lake.batch import BulkImport, ImportKey, Rejection
 from tdedge.lake.catalog import LAKE
 from tdedge.lake.sql import table_ref
 from tdedge.names import SYSTEM_DATABASE
 
 POSITIONS = table_ref(LAKE, SYSTEM_DATABASE, "journal_positions")
 IMPORT_ERRORS = table_ref(LAKE, SYSTEM_DATABASE, "import_errors")
+BULK_IMPORTS = table_ref(LAKE, SYSTEM_DATABASE, "bulk_imports")
 
 IMPORT_ERRORS_SCHEMA = pa.schema(
     [
@@ -38,6 +44,21 @@ IMPORT_ERRORS_SCHEMA = pa.schema(
     ]
 )
 
+BULK_IMPORTS_SCHEMA = pa.schema(
+    [
+        ("database_name", pa.string()),
+        ("table_name", pa.string()),
+        ("unique_id", pa.string()),
+        ("records", pa.int64()),
+        ("journal_shard", pa.string()),
+        ("journal_seq", pa.int64()),
+        ("time", pa.int64()),
+    ]
+)
+IMPORT_KEYS_SCHEMA = pa.schema(
+    [("database_name", pa.string()), ("table_name", pa.string()), ("unique_id", pa.string())]
+)
+
 POSITIONS_SCHEMA = pa.schema([("shard", pa.string()), ("seq", pa.int64())])
 
 _SQL = {pa.int64(): "BIGINT", pa.string(): "VARCHAR"}
@@ -51,9 +72,10 @@ DDL = (
     f"CREATE SCHEMA IF NOT EXISTS {LAKE}.{SYSTEM_DATABASE}",
     f"CREATE TABLE IF NOT EXISTS {POSITIONS} ({_columns_sql(POSITIONS_SCHEMA)})",
     f"CREATE TABLE IF NOT EXISTS {IMPORT_ERRORS} ({_columns_sql(IMPORT_ERRORS_SCHEMA)})",
+    f"CREATE TABLE IF NOT EXISTS {BULK_IMPORTS} ({_columns_sql(BULK_IMPORTS_SCHEMA)})",
 )
 
-TABLES = (POSITIONS, IMPORT_ERRORS)
+TABLES = (POSITIONS, IMPORT_ERRORS, BULK_IMPORTS)
 
 READ_POSITIONS = f"SELECT shard, max(seq) FROM {POSITIONS} GROUP BY shard"
 
@@ -71,6 +93,26 @@ def rejections_table(rejections: Sequence[Rejection]) -> pa.Table:
         for name, value in msgspec.structs.asdict(r).items():
             columns[name].append(value)
     return pa.table(columns, schema=IMPORT_ERRORS_SCHEMA)
+
+
+def loaded_imports_sql(keys: str) -> str:
+    """Which (database_name, table_name, unique_id) of the relation ``keys`` are loaded."""
+    names = ", ".join(IMPORT_KEYS_SCHEMA.names)
+    return f"SELECT DISTINCT {names} FROM {BULK_IMPORTS} SEMI JOIN {keys} USING ({names})"
+
+
+def import_keys_table(keys: Iterable[ImportKey]) -> pa.Table:
+    found = list(keys)
+    columns = {name: [key[i] for key in found] for i, name in enumerate(IMPORT_KEYS_SCHEMA.names)}
+    return pa.table(columns, schema=IMPORT_KEYS_SCHEMA)
+
+
+def bulk_imports_table(imports: Sequence[BulkImport]) -> pa.Table:
+    columns: dict[str, list[object]] = {name: [] for name in BULK_IMPORTS_SCHEMA.names}
+    for row in imports:
+        for name, value in msgspec.structs.asdict(row).items():
+            columns[name].append(value)
+    return pa.table(columns, schema=BULK_IMPORTS_SCHEMA)
 
 
 def positions_table(positions: Mapping[str, int]) -> pa.Table:

@@ -2,10 +2,11 @@
 
 Each step reads about ``loader_batch_max_records`` envelopes after the positions stored
 in the lake, routes them (loader/routing.py), shapes each table's rows
-(loader/records.py) and commits rows, import errors and the new positions in one lake
-transaction. Only then does it tell the journal it may discard those entries. A crash
-anywhere before the commit re-reads the same entries from the old positions; a crash
-after it finds the new positions in the lake.
+(loader/records.py) and commits rows, import errors, the bulk-import ids they carried
+(loader/imports.py: an upload whose unique_id is loaded already is dropped here) and
+the new positions in one lake transaction. Only then does it tell the journal it may
+discard those entries. A crash anywhere before the commit re-reads the same entries from
+the old positions; a crash after it finds the new positions in the lake.
 
 A batch is committed once it is full, or once its oldest record has waited
 ``loader_batch_max_wait_s`` (longer when records arrive fast: loader/pacing.py);
@@ -37,6 +38,7 @@ from tdedge.journal.base import JournalReader
 from tdedge.journal.envelope import JournalGroup
 from tdedge.lake.batch import Batch, TableRows
 from tdedge.lake.lake import Lake
+from tdedge.loader import imports
 from tdedge.loader.heartbeat import Heartbeat, write_heartbeat
 from tdedge.loader.pacing import Pacing
 from tdedge.loader.records import to_columns
@@ -53,9 +55,10 @@ SET_ASIDE_AFTER_FAILURES = 8
 
 @dataclass(frozen=True, slots=True)
 class StepReport:
-    entries: int = 0  # envelopes consumed (loaded or rejected)
+    entries: int = 0  # envelopes consumed (loaded, rejected or dropped as duplicates)
     rows: int = 0
     rejected: int = 0
+    duplicates: int = 0  # envelopes of bulk imports loaded already (loader/imports.py)
     conflicts: int = 0
     lag_records: int = 0  # left in the journal after this step
     lag_seconds: float = 0.0  # age of the oldest waiting record when the step began
@@ -104,11 +107,13 @@ class Loader:
         groups = self._reader.read(positions, self._pacing.max_records)
         if not groups:
             return self._report(StepReport(lag_records=waiting, lag_seconds=lag_s))
-        routed = self._router.route(groups, now)
-        entries = len(routed.envelopes.items)
+        sifted = self._sift(groups, now)
+        routed = self._router.route(sifted.groups, now)
+        entries = len(routed.envelopes.items) + sifted.dropped
         tables, conflicts = self._shape(routed)
+        # Past every group read, dropped envelopes included.
         moved = _last_seqs(groups)
-        batch = Batch(tables, routed.rejections, moved)
+        batch = Batch(tables, routed.rejections, moved, sifted.imports)
         if self._failed_commits >= SET_ASIDE_AFTER_FAILURES:
             batch = self._set_aside(batch, routed, now)
         try:
@@ -123,6 +128,7 @@ class Loader:
             entries=entries,
             rows=batch.row_count,
             rejected=len(batch.rejections),
+            duplicates=sifted.dropped,
             conflicts=conflicts,
             lag_records=max(0, waiting - entries),
             lag_seconds=lag_s,
@@ -151,7 +157,15 @@ class Loader:
             verdict = Reject(LOAD_FAILED, f"the lake refused the rows: {error}", None)
             rejections.extend(routed.rejected(routed.tables[(database, table)].rows, verdict, now))
         kept = [t for t in batch.tables if (t.database, t.table) not in refused]
-        return Batch(kept, rejections, batch.positions)
+        return Batch(kept, rejections, batch.positions, batch.imports)
+
+    def _sift(self, groups: Sequence[JournalGroup], now: float) -> imports.Sifted:
+        """The batch without bulk imports loaded already (loader/imports.py)."""
+        found = imports.uploads(groups)
+        if not found:
+            return imports.Sifted(groups, [])
+        loaded = self._lake.loaded_imports({up.key for up in found})
+        return imports.sift(groups, found, loaded, now)
 
     def _current_positions(self) -> dict[str, int]:
         if self._positions is None:
@@ -261,5 +275,7 @@ def _count(report: StepReport, batch: Batch) -> None:
     metrics.ROWS_WRITTEN.inc(report.rows)
     if report.conflicts:
         metrics.TYPE_CONFLICTS.inc(report.conflicts)
+    if report.duplicates:
+        metrics.IMPORT_DUPLICATES.inc(report.duplicates)
     for reason, n in Counter(r.reason for r in batch.rejections).items():
         metrics.REJECTIONS.labels(reason=reason).inc(n)
