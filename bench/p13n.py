@@ -21,8 +21,8 @@ journal and the profile committed):
 - door: ``EdgeApp`` in this process with the real journal and profile store, no HTTP:
   CPU per decision with 4 and 64 requests in flight (the engine inline, in the worker).
 
-The server runs are repeated for each ``--engines`` mode: ``inline`` (the default: each
-worker runs the engine) and ``process`` (one engine process decides for the workers).
+The server runs are repeated for each ``--engines`` mode: ``process`` (the default: one
+engine process decides for the workers) and ``inline`` (each worker runs the engine).
 
 The fixed-rate run also reports the CPU per decision of the door's event loop (how
 near one worker is to saturation) and the 100 ms windows holding an answer over 10 ms
@@ -739,7 +739,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     ap.add_argument(
-        "--engines", default="inline", help="comma-separated --p13n-engine modes: inline,process"
+        "--engines",
+        default="process",
+        help="comma-separated --p13n-engine modes: process,inline",
     )
     ap.add_argument("--rate", type=int, default=2000, help="fixed-rate target, requests/s")
     ap.add_argument(

@@ -127,11 +127,11 @@ main.add_command(p13n)
 )
 @click.option(
     "--p13n-engine",
-    type=click.Choice(["inline", "process"]),
-    default="inline",
+    type=click.Choice(["process", "inline"]),
+    default="process",
     show_default=True,
-    help="inline: each worker runs the personalization engine itself; process: one "
-    "engine process decides for every worker.",
+    help="process: one personalization engine process decides for every worker; "
+    "inline: each worker runs the engine itself.",
 )
 @job_options
 @click.option("--log-level", default="info", show_default=True)

@@ -106,9 +106,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     import_max_bytes: int = 64 * 1024 * 1024
     import_max_inflated_bytes: int = 512 * 1024 * 1024
 
-    # Personalization (issue 4). "inline": each worker runs the engine itself;
-    # "process": one engine process decides for every worker (realtime/host.py).
-    p13n_engine: EngineMode = "inline"
+    # Personalization (issue 4). "process": one engine process decides for every
+    # worker (realtime/host.py); "inline": each worker runs the engine itself.
+    p13n_engine: EngineMode = "process"
 
     log_level: str = "info"
 
@@ -143,8 +143,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def engine_process(self) -> bool:
-        """Whether the p13n engine runs in a process of its own (not the default: on
-        two cores it measured no better than inline engines; README, bench/p13n)."""
+        """Whether the p13n engine runs in a process of its own: the default, as on two
+        cores it answered ~40 % more decisions/s than inline engines at the same p99
+        at 2,000/s (README, bench/p13n)."""
         return self.p13n_engine == "process"
 
     @property
