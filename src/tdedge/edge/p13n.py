@@ -48,6 +48,7 @@ from tdedge.realtime import tokens
 from tdedge.realtime.batch import BatchStore
 from tdedge.realtime.batcher import Batcher
 from tdedge.realtime.client import EngineClient
+from tdedge.realtime.collector import freeze_survivors
 from tdedge.realtime.config import P13N_NAME
 from tdedge.realtime.engine import Engine, Request
 from tdedge.realtime.errors import (
@@ -155,8 +156,11 @@ class P13nDoor:
         self._engine = engine
         self._opened = True
         # The stores and what they imported live as long as the worker, like what
-        # EdgeApp froze at start-up: out of the collector's full passes (~100 ms each).
+        # EdgeApp froze at start-up: out of the collector's full passes (~100 ms each);
+        # so do the profiles an inline engine decodes from now on (realtime/collector.py).
         gc.freeze()
+        if not s.engine_process:
+            freeze_survivors()
 
     def route(self, path: str) -> str | None:
         found = _PATH.fullmatch(path)
