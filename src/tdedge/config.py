@@ -67,6 +67,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # /readyz fails when the loader is this far behind or has not beaten for this long.
     ready_max_lag_s: float = 30.0
     loader_heartbeat_timeout_s: float = 10.0
+    # /readyz reports a job runner whose heartbeat is older than this (it beats every
+    # second from its scheduling loop).
+    jobs_heartbeat_timeout_s: float = 10.0
     # Master keys may create a database by writing to it (as td-js-sdk documents);
     # write-only keys need an existing database.
     auto_create_database_for_master: bool = True
@@ -140,6 +143,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def loader_heartbeat(self) -> Path:
         return self.root / "run" / "loader.json"
+
+    @property
+    def jobs_heartbeat(self) -> Path:
+        return self.root / "run" / "jobs.json"
 
     @property
     def engine_process(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 import urllib.parse
@@ -266,6 +268,31 @@ def test_health_ready_and_metrics(server: Server) -> None:
     assert "tdedge_rows_written_total 1.0" in text
     assert "tdedge_journal_commit_batch_size_count" in text
     assert "tdedge_loader_lag_seconds" in text
+
+
+def _readyz(server: Server, until: Any, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.get(f"{server.url}/readyz")
+        body: dict[str, Any] = {"status": r.status_code, **r.json()}
+        if until(body) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
+
+
+def test_readyz_reports_a_job_runner_that_stopped_beating(server: Server) -> None:
+    ready = _readyz(server, lambda b: b["status"] == 200)
+    assert ready["status"] == 200 and ready["jobs"]["pid"] > 0
+    runner = int(ready["jobs"]["pid"])
+    os.kill(runner, signal.SIGSTOP)  # hung: alive, but its loop does not turn
+    try:
+        stalled = _readyz(server, lambda b: b["status"] == 503)
+    finally:
+        os.kill(runner, signal.SIGCONT)
+    assert stalled["status"] == 503
+    assert [p for p in stalled["problems"] if p.startswith("job runner silent for")]
+    again = _readyz(server, lambda b: b["status"] == 200)
+    assert again["status"] == 200 and again["jobs"]["pid"] == runner
 
 
 def test_backlog_over_bound_is_503_with_retry_after(make_server: Any) -> None:

@@ -36,7 +36,7 @@ from tdedge.edge.records import RecordsDoor
 from tdedge.edge.restapi import ApiDoor
 from tdedge.edge.services import Services
 from tdedge.journal.sqlite import SQLiteJournal
-from tdedge.loader.heartbeat import read_heartbeat
+from tdedge.loader.heartbeat import JobsHeartbeat, jobs_problems, read_beat, read_heartbeat
 from tdedge.realtime.wire import listening
 
 log = logging.getLogger("tdedge.edge")
@@ -149,6 +149,8 @@ class EdgeApp:
                 problems.append(f"loader lag {beat.lag_seconds:.1f}s")
             if beat.failures >= LOADER_FAILURES_NOT_READY:
                 problems.append(f"loader failed {beat.failures} batches in a row")
+        jobs = read_beat(self.settings.jobs_heartbeat, JobsHeartbeat)
+        problems += jobs_problems(jobs, now, self.settings.jobs_heartbeat_timeout_s)
         if self.settings.engine_process and not listening(self.settings.p13n_socket):
             problems.append("p13n engine not listening")
         body = encode_json(
@@ -157,6 +159,7 @@ class EdgeApp:
                 "problems": problems,
                 "journal_backlog": journal.backlog(),
                 "loader": msgspec.structs.asdict(beat) if beat else None,
+                "jobs": msgspec.structs.asdict(jobs) if jobs else None,
             }
         )
         return (503 if problems else 200), JSON_HEADERS, body

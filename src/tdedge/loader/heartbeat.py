@@ -1,6 +1,7 @@
-"""The loader's heartbeat file, which the edge's /readyz reads.
+"""The heartbeat files of the background processes (the loader, the query job runner),
+which the edge's /readyz reads.
 
-It is rewritten at least every second, atomically (write a temporary file, then
+Each is rewritten at least every second, atomically (write a temporary file, then
 rename), so a reader never sees half a file.
 """
 
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    """The loader's."""
+
     time: float  # unix seconds when it was written
     lag_records: int  # records in the journal not loaded yet
     lag_seconds: float  # age of the oldest of them
@@ -20,7 +24,19 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     failures: int = 0  # loader steps failed in a row (0 when healthy)
 
 
-def write_heartbeat(path: Path, beat: Heartbeat) -> None:
+class JobsHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    """The query job runner's: it beats from its scheduling loop, not from the jobs'
+    threads, so a long query does not silence it, and a hung loop does."""
+
+    time: float  # unix seconds when it was written
+    pid: int
+    running: int  # jobs running now
+
+
+Beat = TypeVar("Beat", bound=msgspec.Struct)
+
+
+def write_heartbeat(path: Path, beat: msgspec.Struct) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(msgspec.json.encode(beat))
@@ -28,9 +44,23 @@ def write_heartbeat(path: Path, beat: Heartbeat) -> None:
 
 
 def read_heartbeat(path: Path) -> Heartbeat | None:
-    """The last heartbeat, or None when there is none (or it cannot be read)."""
+    """The loader's last heartbeat, or None when there is none (or it cannot be read)."""
+    return read_beat(path, Heartbeat)
+
+
+def read_beat(path: Path, kind: type[Beat]) -> Beat | None:
+    """The last heartbeat of this kind, or None when there is none (or it cannot be read)."""
     try:
-        return msgspec.json.decode(path.read_bytes(), type=Heartbeat)
+        return msgspec.json.decode(path.read_bytes(), type=kind)
     except (FileNotFoundError, msgspec.DecodeError):
-        # No loader has beaten yet, or the file is not tdedge's: not ready either way.
+        # Nothing has beaten yet, or the file is not tdedge's: not ready either way.
         return None
+
+
+def jobs_problems(beat: JobsHeartbeat | None, now: float, timeout_s: float) -> list[str]:
+    """What /readyz says about the job runner."""
+    if beat is None:
+        return ["job runner has not started"]
+    if now - beat.time > timeout_s:
+        return [f"job runner silent for {now - beat.time:.0f}s"]
+    return []

@@ -12,6 +12,7 @@ A runner that dies leaves its jobs ``running``; the next one queues them again.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from tdedge.config import Settings
 from tdedge.control.jobs import Job, JobResult, JobStore
 from tdedge.control.store import ControlStore
 from tdedge.lake.connection import open_connection
+from tdedge.loader.heartbeat import JobsHeartbeat, write_heartbeat
 from tdedge.query.results import expire_results
 from tdedge.query.session import Session, open_sessions
 
@@ -29,6 +31,8 @@ log = logging.getLogger("tdedge.query")
 
 # Expired result files are looked for this often (more often for a short retention).
 EXPIRE_EVERY_S = 60.0
+# The heartbeat /readyz reads (Settings.jobs_heartbeat), from the scheduling loop.
+BEAT_EVERY_S = 1.0
 
 
 @dataclass(slots=True)
@@ -55,8 +59,10 @@ class JobRunner:
         self._running: dict[int, Running] = {}
         self._lock = threading.Lock()
         self._expired_at = float("-inf")
+        self._beaten_at = float("-inf")
 
     def run(self, stop: threading.Event) -> None:
+        self._beat(self._clock())  # alive while the sessions open, which takes a while
         # Sets the lake up when nobody has yet, so sessions can attach it read-only.
         open_connection(self._settings, read_only=True).close()
         self._idle = open_sessions(self._settings)
@@ -64,7 +70,10 @@ class JobRunner:
         log.info("job runner started", extra={"slots": len(self._idle), "requeued": requeued})
         with ThreadPoolExecutor(len(self._idle), thread_name_prefix="job") as pool:
             while not stop.is_set():
-                self.tick(pool, self._clock())
+                now = self._clock()
+                self.tick(pool, now)
+                if now - self._beaten_at >= BEAT_EVERY_S:
+                    self._beat(now)
                 stop.wait(self._settings.job_poll_s)
             with self._lock:
                 for running in self._running.values():
@@ -73,6 +82,16 @@ class JobRunner:
         for session in self._idle:
             session.close()
         log.info("job runner stopped")
+
+    def _beat(self, now: float) -> None:
+        self._beaten_at = now
+        with self._lock:
+            running = len(self._running)
+        beat = JobsHeartbeat(time=now, pid=os.getpid(), running=running)
+        try:
+            write_heartbeat(self._settings.jobs_heartbeat, beat)
+        except OSError:
+            log.exception("cannot write the job runner heartbeat %s", self._settings.jobs_heartbeat)
 
     def tick(self, pool: ThreadPoolExecutor, now: float) -> None:
         """Start what fits in the free slots; interrupt what is over time or killed;
@@ -166,7 +185,6 @@ def _log_crash(future: Future[None]) -> None:
 def run_job_runner(settings: Settings, parent_pid: int | None) -> None:
     """The runner process: one per data dir; stops on SIGTERM or when ``serve`` is gone."""
     import fcntl
-    import os
     import signal
 
     from tdedge.server import parent_watch
