@@ -102,25 +102,22 @@ async def bulk_import(
     raw = await asyncio.to_thread(inflate, body, limit) if fmt == "msgpack.gz" else body
     found = await asyncio.to_thread(records, raw)
     if found:
-        key_hash = caller.key_hash
-        if unique_id is None:
-            envs = [Envelope(received_ms, DOOR, database, table, key_hash, r) for r in found]
-        else:
-            # Each envelope carries the id and its place in the chunk: the loader loads
-            # the chunk once whatever happens here (loader/imports.py).
-            envs = [
-                Envelope(
-                    received_ms,
-                    DOOR,
-                    database,
-                    table,
-                    key_hash,
-                    r,
-                    import_id=unique_id,
-                    import_index=i,
-                )
-                for i, r in enumerate(found)
-            ]
+        # With a unique_id each envelope carries it and its place in the chunk: the
+        # loader loads the chunk once whatever happens here (loader/imports.py).
+        import_id = unique_id or ""
+        envs = [
+            Envelope(
+                received_ms,
+                DOOR,
+                database,
+                table,
+                caller.key_hash,
+                r,
+                import_id=import_id,
+                import_index=i,
+            )
+            for i, r in enumerate(found)
+        ]
         await api.services.append_many(envs)
     if unique_id is not None:
         imported = Imported(md5_hex, len(found))
