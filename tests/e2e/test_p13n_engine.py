@@ -45,15 +45,16 @@ def test_no_lost_updates_with_two_workers(make_server: Any, tmp_path: Path, engi
     p = ready(make_server, tmp_path, ["--workers", "2", "--p13n-engine", engine])
     n = 400
 
-    def send(i: int) -> int:
+    def send(i: int) -> tuple[int, str]:
         event = {"td_client_id": "same-person", "amount": 1}
         if i % 3 == 0:
             event["email"] = "same@example.com"  # stitched to the same profile
-        return p.post(event, path="/retail/purchases").status_code
+        r = p.post(event, path="/retail/purchases")
+        return r.status_code, "" if r.status_code == 200 else r.text
 
     with ThreadPoolExecutor(16) as pool:
-        statuses = list(pool.map(send, range(n)))
-    assert statuses == [200] * n
+        answers = list(pool.map(send, range(n)))
+    assert [status for status, _ in answers] == [200] * n, {body for _, body in answers if body}
     profile = p.profile("email=same@example.com")
     assert profile["events"] == n
     assert profile["attributes"]["visits"] == n
@@ -228,7 +229,9 @@ def test_a_killed_engine_restarts_and_no_event_is_lost(make_server: Any, tmp_pat
         config=CONFIG + "limits: {store_timeout_ms: 300}\n",
     )
     statuses = [p.post({"email": "k@b"}).status_code]
-    assert httpx.get(f"{p.server.url}/readyz").status_code == 200
+    # Ready once every background process has beaten, which on a busy machine can come
+    # after the first answer.
+    eventually(lambda: httpx.get(f"{p.server.url}/readyz").status_code == 200, timeout=30)
     first = engine_pid(p)
     os.kill(first, signal.SIGKILL)
     # The supervisor restarts a child at least 0.5 s after it died, longer than the
