@@ -108,6 +108,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Bulk import (PUT /v3/table/import…): the gzip body, and what it may inflate to.
     import_max_bytes: int = 64 * 1024 * 1024
     import_max_inflated_bytes: int = 512 * 1024 * 1024
+    # The loader remembers an import_with_id upload's unique_id this long (compaction
+    # forgets older ones): retries come within hours, and the ids it looks a batch's
+    # uploads up in stay bounded. A retry later than this loads again.
+    bulk_import_retention_s: float = 30 * 86400.0
 
     # Personalization (issue 4). "process": one engine process decides for every
     # worker (realtime/host.py); "inline": each worker runs the engine itself.

@@ -566,5 +566,10 @@ def test_a_bulk_import_journaled_twice_loads_once(world: World) -> None:
     assert sample("tdedge_import_duplicates_total") == duplicates_before + 8
     assert world.lake.positions() == {"shard-00": 5}
     assert world.rows(f"SELECT count(*) FROM {system.BULK_IMPORTS}") == [(4,)]
+
+    # Past their retention the ids are forgotten (a retry that late loads again).
+    retention = world.settings.bulk_import_retention_s
+    world.lake.compact(LATER + retention + 1)  # the first batch's ids, not the second's
+    assert world.rows(f"SELECT unique_id FROM {system.BULK_IMPORTS}") == [("u-3",)]
     journal.close()
     reader.close()

@@ -229,7 +229,8 @@ class Lake:
     def compact(self, now: float) -> None:
         """Merge small files, then delete what no snapshot younger than the retention needs.
 
-        Steps: drop superseded position rows; flush inlined rows into Parquet; merge
+        Steps: drop superseded position rows and bulk-import ids older than
+        ``bulk_import_retention_s``; flush inlined rows into Parquet; merge
         adjacent small files; expire snapshots older than ``lake_retention_s``; delete
         the files those snapshots alone referenced (including the ones merged away) and
         files no commit ever referenced, once older than the retention.
@@ -239,6 +240,11 @@ class Lake:
         total, shards = self._fetch(system.COUNT_POSITIONS)[0]
         if total > shards:
             self._retrying(lambda: self._execute(system.PRUNE_POSITIONS), "prune positions")
+        forget = int(now - self._settings.bulk_import_retention_s)
+        if self._fetch(system.COUNT_EXPIRED_IMPORTS, [forget])[0][0]:
+            self._retrying(
+                partial(self._execute, system.EXPIRE_IMPORTS, [forget]), "expire bulk import ids"
+            )
         lake = literal(LAKE)
         older = "older_than => to_timestamp(?)"  # a tz-aware datetime would need pytz
         steps: list[tuple[str, list[Any]]] = [

@@ -86,6 +86,11 @@ PRUNE_POSITIONS = (
 )
 COUNT_POSITIONS = f"SELECT count(*), count(DISTINCT shard) FROM {POSITIONS}"
 
+# Bulk-import ids past their retention (Settings.bulk_import_retention_s); counted
+# first, as a DELETE that matches nothing still costs a commit.
+COUNT_EXPIRED_IMPORTS = f"SELECT count(*) FROM {BULK_IMPORTS} WHERE time < ?"
+EXPIRE_IMPORTS = f"DELETE FROM {BULK_IMPORTS} WHERE time < ?"
+
 
 def rejections_table(rejections: Sequence[Rejection]) -> pa.Table:
     columns: dict[str, list[object]] = {name: [] for name in IMPORT_ERRORS_SCHEMA.names}
