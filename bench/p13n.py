@@ -970,7 +970,7 @@ def summary(report: dict[str, Any]) -> str:
             others = [
                 f"{r['conns']} connections {r['rps']:,.0f}/s, p99 {r['p99_ms']} ms"
                 for r in sweep
-                if r is not mx and r.get("conns") != mx.get("conns")
+                if r.get("conns") != mx.get("conns")
             ]
             lines.append(
                 f"{mode} engine, workers={w} maximum: {mx['rps']:,.0f} decisions/s "

@@ -58,10 +58,6 @@ class BulkImport(msgspec.Struct, frozen=True, kw_only=True):
     journal_seq: int
     time: int  # unix seconds of the load
 
-    @property
-    def key(self) -> ImportKey:
-        return (self.database_name, self.table_name, self.unique_id)
-
 
 @dataclass(frozen=True, slots=True)
 class Batch:

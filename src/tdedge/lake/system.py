@@ -7,8 +7,8 @@ commit); compaction deletes the superseded rows instead.
 
 ``bulk_imports`` holds each ``import_with_id`` upload the loader has loaded, keyed by
 (database_name, table_name, unique_id), written in the same transaction as its rows:
-the loader looks new uploads up in it and drops repeats (loader/imports.py). Nothing
-deletes its rows, compaction included.
+the loader looks new uploads up in it and drops repeats (loader/imports.py).
+Compaction deletes rows older than ``bulk_import_retention_s`` and no others.
 """
 
 from __future__ import annotations
@@ -92,12 +92,17 @@ COUNT_EXPIRED_IMPORTS = f"SELECT count(*) FROM {BULK_IMPORTS} WHERE time < ?"
 EXPIRE_IMPORTS = f"DELETE FROM {BULK_IMPORTS} WHERE time < ?"
 
 
-def rejections_table(rejections: Sequence[Rejection]) -> pa.Table:
-    columns: dict[str, list[object]] = {name: [] for name in IMPORT_ERRORS_SCHEMA.names}
-    for r in rejections:
-        for name, value in msgspec.structs.asdict(r).items():
+def _rows_table(rows: Sequence[msgspec.Struct], schema: pa.Schema) -> pa.Table:
+    """Structs whose fields are ``schema``'s columns, as one Arrow table."""
+    columns: dict[str, list[object]] = {name: [] for name in schema.names}
+    for row in rows:
+        for name, value in msgspec.structs.asdict(row).items():
             columns[name].append(value)
-    return pa.table(columns, schema=IMPORT_ERRORS_SCHEMA)
+    return pa.table(columns, schema=schema)
+
+
+def rejections_table(rejections: Sequence[Rejection]) -> pa.Table:
+    return _rows_table(rejections, IMPORT_ERRORS_SCHEMA)
 
 
 def loaded_imports_sql(keys: str) -> str:
@@ -113,11 +118,7 @@ def import_keys_table(keys: Iterable[ImportKey]) -> pa.Table:
 
 
 def bulk_imports_table(imports: Sequence[BulkImport]) -> pa.Table:
-    columns: dict[str, list[object]] = {name: [] for name in BULK_IMPORTS_SCHEMA.names}
-    for row in imports:
-        for name, value in msgspec.structs.asdict(row).items():
-            columns[name].append(value)
-    return pa.table(columns, schema=BULK_IMPORTS_SCHEMA)
+    return _rows_table(imports, BULK_IMPORTS_SCHEMA)
 
 
 def positions_table(positions: Mapping[str, int]) -> pa.Table:
