@@ -36,6 +36,7 @@ p99 ≤ 10 ms at 2,000 requests/s; ≥ 8,000 decisions/s. Results also go to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -306,6 +307,21 @@ def group_cpu_s(pgid: int) -> dict[str, float]:
         role = next((r.decode() for r in ROLES if r in argv), "edge")
         out[role] += (int(fields[11]) + int(fields[12])) / ticks
     return out
+
+
+def pause(pgid: int, roles: str) -> list[int]:
+    """Stop (SIGSTOP) the processes of ``roles`` (comma-separated); their pids."""
+    wanted = [r.encode() for r in roles.split(",") if r]
+    pids = [pid for pid, _, argv in _group_procs(pgid) if any(r in argv for r in wanted)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def resume(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def engine_loop_cpu_s(pgid: int) -> float:
@@ -759,6 +775,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--skip", default="", help="comma-separated: fixed,max,engine,door,baseline")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument(
+        "--pause",
+        default="",
+        help="comma-separated roles (loader,jobs) stopped (SIGSTOP) during the fixed-rate "
+        "runs: what the tail owes to them",
+    )
+    ap.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -838,6 +860,7 @@ def run_server(
     name = f"{engine}-w{workers}-r{round_}"
     server = Server(tmp / f"data-{name}", workers, tmp / f"serve-{name}.log", engine)
     run: dict[str, Any] = {"workers": workers, "engine": engine}
+    paused: list[int] = []
     try:
         server.start()
         server.cli("apply", str(tmp / "p13n.yaml"))
@@ -859,6 +882,7 @@ def run_server(
         wrk(url, fast, 2, 2, 32)  # warm-up: profiles exist, caches are hot
         if "fixed" not in skip:
             assert server.proc is not None
+            paused = pause(server.proc.pid, args.pause)
             before = group_cpu_s(server.proc.pid)
             loop_before = loop_cpu_s(server.proc.pid)
             engine_before = engine_loop_cpu_s(server.proc.pid)
@@ -887,6 +911,8 @@ def run_server(
                     server.port, server.master_key, "", args.rate, args.duration, 32, args.ids, True
                 )
                 log(f"{name} fixed, postback: {run['fixed_postback']}")
+            resume(paused)
+            paused = []
         if "max" not in skip:
             assert server.proc is not None
             run["max_sweep"] = max_sweep(server.proc.pid, url, fast, args, f"{name} max")
@@ -900,6 +926,7 @@ def run_server(
             )
             run["postback"] = sustained(run["postback_sweep"])
     finally:
+        resume(paused)  # a stopped process would not stop on SIGTERM
         server.stop()
     return run
 
