@@ -1,5 +1,5 @@
 """The engine process's host: asks of many connections decided as one group, each
-connection answered in one frame, refusals when the configuration moved, and the
+connection answered in one frame, no offers when the configuration moved, and the
 stores' error for every ask while they cannot be opened."""
 
 from __future__ import annotations
@@ -9,10 +9,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from tdedge.config import Settings
 from tdedge.realtime import config, host
 from tdedge.realtime.host import EngineHost
+from tdedge.realtime.offers import EMPTY
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.wire import OK, Answer, Ask
 
@@ -72,9 +74,12 @@ def test_asks_of_one_iteration_share_a_group_and_each_peer_gets_one_frame(
         assert "women_shoppers" in msgspec.json.decode(answer.body)["offers"]
 
 
-def test_asks_the_configuration_no_longer_admits_are_refused(settings: Settings) -> None:
+def test_asks_the_configuration_no_longer_admits_get_no_offers(settings: Settings) -> None:
+    """The worker stored the event before the configuration moved: a 400 would tell
+    its caller it was not taken. It gets no offers, and an operator a count."""
     h = EngineHost(settings)
     peer = Peer()
+    unconfigured = REGISTRY.get_sample_value("tdedge_p13n_unconfigured_total") or 0.0
 
     async def run() -> None:
         h.take(peer, [ask(1, table="not_an_event_table"), ask(2, body=b"[1]"), ask(3)])
@@ -85,7 +90,8 @@ def test_asks_the_configuration_no_longer_admits_are_refused(settings: Settings)
     finally:
         h.close()
     answers = {x.id: x for f in peer.frames for x in f}
-    assert answers[1].code == 3001 and b"not_an_event_table" in answers[1].body
+    assert answers[1].code == OK and answers[1].body == EMPTY
+    assert REGISTRY.get_sample_value("tdedge_p13n_unconfigured_total") == unconfigured + 1
     assert answers[2].code == 3004
     assert answers[3].code == OK
 

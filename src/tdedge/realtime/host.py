@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import msgspec
 import sqlalchemy as sa
+from prometheus_client import Counter
 
 from tdedge.config import Settings
 from tdedge.realtime import batch as batch_store
@@ -45,6 +46,7 @@ from tdedge.realtime.batcher import Batcher, Result
 from tdedge.realtime.collector import freeze_survivors
 from tdedge.realtime.engine import Engine, Request
 from tdedge.realtime.errors import ProfileStoreDown, StoreUnavailable
+from tdedge.realtime.offers import EMPTY
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.view import View
 from tdedge.realtime.wire import OK, Answer, Ask, FramedProtocol, bind_unix, decode_asks
@@ -55,6 +57,11 @@ log = logging.getLogger("tdedge.p13n")
 # before opening is tried again.
 REOPEN_AFTER_S = 1.0
 UNEXPECTED = 9999
+UNCONFIGURED = Counter(
+    "tdedge_p13n_unconfigured_total",
+    "Events stored while a configuration change took their table out of the p13n "
+    "configuration: answered with no offers, no profile updated",
+)
 _event_decoder = msgspec.json.Decoder()
 
 
@@ -138,27 +145,35 @@ class EngineHost:
         except StoreUnavailable as e:
             conn.send([Answer(a.id, e.code, str(e).encode()) for a in asks])
             return
-        refused: list[Answer] = []
+        early: list[Answer] = []  # answered here, without the engine
         services = view.services
         batcher = self._batcher
         for ask in asks:
             service = services.get(ask.service)
             if service is None or ask.table not in service.event_tables:
                 # The configuration changed between the worker's check and this one.
-                why = f"{ask.table} is not an event table of service {ask.service!r}"
-                refused.append(Answer(ask.id, 3001, why.encode()))
+                # The event is already in the journal, so a 400 would tell the caller
+                # it was not taken: the configuration now in force has no profile for
+                # it, and no offers (an inline engine decides with the service the
+                # worker checked, so it never sees this).
+                UNCONFIGURED.inc()
+                log.warning(
+                    "p13n event stored after its table left the configuration",
+                    extra={"service": ask.service, "table": ask.table},
+                )
+                early.append(Answer(ask.id, OK, EMPTY))
                 continue
             try:
                 event = _event_decoder.decode(ask.event)
             except msgspec.DecodeError:
                 event = None
             if not isinstance(event, dict):
-                refused.append(Answer(ask.id, 3004, b"the body must be one JSON object"))
+                early.append(Answer(ask.id, 3004, b"the body must be one JSON object"))
                 continue
             request = Request(service, ask.table, event, ask.keys, ask.public)
             batcher.add(request, (conn, ask.id))
-        if refused:
-            conn.send(refused)
+        if early:
+            conn.send(early)
 
     def _settle(self, tags: list[tuple[Peer, int]], results: list[Result]) -> None:
         """A group's answers, one frame per connection."""

@@ -30,8 +30,8 @@ log = logging.getLogger("tdedge.p13n")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 _HEADER = 4
 
-# Answer codes besides OK are the door's codes: 1001-1005 and 9999 (500), 3001 and
-# 3004 (400, when the configuration changed between the worker's check and the engine).
+# Answer codes besides OK are the door's codes: 1001-1005 and 9999 (500), and 3004
+# (400) for a body the engine cannot read as the worker did.
 OK = 0
 
 
