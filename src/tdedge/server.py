@@ -23,7 +23,7 @@ import click
 import msgspec
 
 from tdedge.config import SETTINGS_ENV, Settings
-from tdedge.control.store import ControlStore
+from tdedge.control.store import ControlStore, sqlite_engine
 
 log = logging.getLogger("tdedge.server")
 
@@ -224,6 +224,7 @@ def loader_lock(settings: Settings) -> int:
 def run_loader(settings: Settings, parent_pid: int | None) -> None:
     """The loader process: one per data dir, stops on SIGTERM or when ``serve`` is gone."""
     from tdedge.control.directory import Directory
+    from tdedge.control.imports import ImportLedger
     from tdedge.journal.sqlite import SQLiteJournalReader
     from tdedge.lake.lake import Lake
     from tdedge.loader.runner import Loader
@@ -235,7 +236,8 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     if parent_pid is not None:
         parent_watch(parent_pid, stop)
     lock_fd = loader_lock(settings)
-    store = ControlStore.open(settings.control_db)
+    control = sqlite_engine(settings.control_db)
+    store = ControlStore(control)
     reader = SQLiteJournalReader(settings.journal_dir)
     lake = Lake.open(settings)
     # Lower priority once started: start-up (imports, the lake's extensions) is a short
@@ -245,7 +247,8 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
         log.info("loader started", extra={"pid": os.getpid()})
         # p13n batch segments refresh on their schedule: one thread per data dir (issue 4).
         start_p13n_refresher(settings, stop)
-        Loader(settings, reader, Directory(store, ttl_s=settings.key_cache_ttl_s), lake).run(stop)
+        directory = Directory(store, ttl_s=settings.key_cache_ttl_s)
+        Loader(settings, reader, directory, lake, ledger=ImportLedger(control)).run(stop)
     finally:
         lake.close()
         reader.close()

@@ -21,8 +21,10 @@ from prometheus_client import REGISTRY
 
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
+from tdedge.control.imports import Imported, ImportLedger
+from tdedge.control.imports import metadata as ledger_tables
 from tdedge.control.keys import hash_key, key_id
-from tdedge.control.store import ControlStore
+from tdedge.control.store import ControlStore, create_tables, sqlite_engine
 from tdedge.errors import LakeError
 from tdedge.journal.envelope import Envelope, JournalEntry, JournalGroup
 from tdedge.journal.sqlite import SQLiteJournal, SQLiteJournalReader
@@ -567,9 +569,34 @@ def test_a_bulk_import_journaled_twice_loads_once(world: World) -> None:
     assert world.lake.positions() == {"shard-00": 5}
     assert world.rows(f"SELECT count(*) FROM {system.BULK_IMPORTS}") == [(4,)]
 
-    # Past their retention the ids are forgotten (a retry that late loads again).
+    # Past their retention the ids are forgotten, the lake's and the edge's ledger's
+    # alike (a retry that late loads again).
+    ledger = ImportLedger(sqlite_engine(world.settings.control_db))
+    for unique_id, at in (("u-1", LATER - 1), ("u-3", LATER + 1)):
+        ledger.record(1, "db", "t", unique_id, Imported("0" * 32, 1), at)
+    compacting = Loader(world.settings, reader, directory, world.lake, ledger=ledger)
     retention = world.settings.bulk_import_retention_s
-    world.lake.compact(LATER + retention + 1)  # the first batch's ids, not the second's
+    compacting.compact(LATER + retention + 1)  # the first batch's ids, not the second's
     assert world.rows(f"SELECT unique_id FROM {system.BULK_IMPORTS}") == [("u-3",)]
+    assert ledger.find(1, "db", "t", "u-1") is None
+    assert ledger.find(1, "db", "t", "u-3") == Imported("0" * 32, 1)
     journal.close()
     reader.close()
+
+
+def test_a_ledger_made_before_its_index_gets_it(tmp_path: Path) -> None:
+    """Forgetting deletes by age: a control store from before the index has it after."""
+    engine = sqlite_engine(tmp_path / "control.sqlite")
+    create_tables(ledger_tables, engine)  # the table as it was made before
+
+    def indexes() -> list[str]:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            )
+            return [r[0] for r in rows]
+
+    assert indexes() == []
+    ImportLedger(engine)
+    assert indexes() == ["bulk_imports_created_at"]
+    engine.dispose()

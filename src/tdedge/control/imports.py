@@ -32,6 +32,9 @@ bulk_imports = sa.Table(
     sa.Column("records", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+# What ``forget`` deletes by; not in the table's definition, so that a control store
+# made before it existed gets it too.
+_CREATED_AT = "CREATE INDEX IF NOT EXISTS bulk_imports_created_at ON bulk_imports (created_at)"
 
 
 class Imported(msgspec.Struct, frozen=True):
@@ -42,7 +45,7 @@ class Imported(msgspec.Struct, frozen=True):
 class ImportLedger:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        create_tables(metadata, engine)
+        create_tables(metadata, engine, then=[_CREATED_AT])
 
     def _key(self, account_id: int, database: str, table: str, unique_id: str) -> Any:
         t = bulk_imports.c
@@ -84,3 +87,11 @@ class ImportLedger:
                 conn.execute(sa.insert(bulk_imports).values(**values))
         except sa.exc.IntegrityError:
             pass  # a concurrent upload of the same chunk recorded it first
+
+    def forget(self, before: float) -> int:
+        """Delete the ids recorded before ``before`` (``bulk_import_retention_s``, as the
+        loader forgets its own): a retry of one is journaled again, and the loader
+        decides. How many went."""
+        query = sa.delete(bulk_imports).where(bulk_imports.c.created_at < before)
+        with self._engine.begin() as conn:
+            return int(conn.execute(query).rowcount)

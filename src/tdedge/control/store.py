@@ -7,6 +7,7 @@ loader. Scale-out: the same tables on PostgreSQL.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def create_tables(meta: sa.MetaData, engine: Engine, attempts: int = 5) -> None:
+def create_tables(
+    meta: sa.MetaData, engine: Engine, attempts: int = 5, then: Sequence[str] = ()
+) -> None:
     """``create_all`` that tolerates a race: worker processes start together, each may
     check first and then lose the CREATE to another (the next attempt sees the table),
     and SQLite may answer "database is locked" at once while another process switches
-    the file to WAL, which no busy timeout covers."""
+    the file to WAL, which no busy timeout covers. ``then``: DDL run after it (``IF NOT
+    EXISTS`` statements: create_all skips a table that exists, indexes and all)."""
     for attempt in range(attempts):
         try:
             meta.create_all(engine)
+            with engine.begin() as conn:
+                for ddl in then:
+                    conn.exec_driver_sql(ddl)
             return
         except sa.exc.OperationalError as e:
             racing = "already exists" in str(e) or "database is locked" in str(e)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from tdedge import metrics
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
+from tdedge.control.imports import ImportLedger
 from tdedge.errors import LakeError
 from tdedge.journal.base import JournalReader
 from tdedge.journal.envelope import JournalGroup
@@ -77,10 +78,12 @@ class Loader:
         directory: Directory,
         lake: Lake,
         clock: Callable[[], float] = time.time,
+        ledger: ImportLedger | None = None,
     ) -> None:
         self._settings = settings
         self._reader = reader
         self._lake = lake
+        self._ledger = ledger  # the edge's bulk-import ids, forgotten as the lake's are
         self._router = Router(settings, directory)
         self._pacing = Pacing.of(settings)
         self._clock = clock
@@ -203,7 +206,7 @@ class Loader:
                 last_beat = self._clock()
                 self._beat(last_beat, failures)
             if now >= next_compaction:
-                self._compact(now)
+                self.compact(now)
                 next_compaction = self._clock() + interval
                 # Compaction can take seconds: beat again right after it.
                 last_beat = float("-inf")
@@ -224,7 +227,11 @@ class Loader:
             log.debug("loaded %d rows, rejected %d", report.rows, report.rejected)
         return report
 
-    def _compact(self, now: float) -> None:
+    def compact(self, now: float) -> None:
+        """Compact the lake, and forget the bulk-import ids past their retention in the
+        edge's ledger too (either forgetting first is safe: a retry the ledger no longer
+        knows is journaled and dropped by the loader; one the lake no longer knows is
+        answered by the ledger). Failures are logged and tried again next time."""
         started = self._clock()
         try:
             self._lake.compact(now)
@@ -232,6 +239,15 @@ class Loader:
             log.exception("lake compaction failed; will try again")
             return
         log.info("compaction took %.2f s", self._clock() - started)
+        if self._ledger is None:
+            return
+        try:
+            forgotten = self._ledger.forget(now - self._settings.bulk_import_retention_s)
+        except Exception:
+            log.exception("forgetting old bulk-import ids failed; will try again")
+            return
+        if forgotten:
+            log.info("forgot %d bulk-import ids past their retention", forgotten)
 
     def _beat(self, now: float, failures: int) -> None:
         beat = Heartbeat(
