@@ -45,6 +45,7 @@ import resource
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -405,11 +406,13 @@ def paced(
     conns: int,
     ids: int,
     postback: bool = False,
+    client: Path | None = None,
 ) -> dict[str, Any]:
     """An open-loop load at ``rate`` requests/s (as wrk2 does): request i is due at
     ``t0 + i / rate`` and its latency counts from then, so a server that falls behind
     is charged for the requests it kept waiting (no coordinated omission). With
-    ``postback`` the same events go to the legacy Postback door (``port`` the main one)."""
+    ``postback`` the same events go to the legacy Postback door (``port`` the main one).
+    ``client``: bench/paced.c compiled (``build_paced_c``), else this process sends."""
     import asyncio
     import random
 
@@ -434,6 +437,10 @@ def paced(
     # (when due, from the start; latency): where in the run the slow answers were.
     timeline: list[tuple[float, float]] = []
     statuses: dict[int, int] = {}
+    if client is not None:
+        elapsed = _paced_c(client, port, rate, duration, conns, requests, timeline, statuses)
+        latencies = [latency for _, latency in timeline]
+        return _paced_figures(rate, conns, duration, elapsed, latencies, timeline, statuses, True)
 
     class Connection(asyncio.Protocol):
         """Connection ``k`` sends requests k, k + conns, … each when it is due, and the
@@ -500,6 +507,58 @@ def paced(
         return loop.time() - start
 
     elapsed = asyncio.run(run())
+    return _paced_figures(rate, conns, duration, elapsed, latencies, timeline, statuses, False)
+
+
+def build_paced_c(tmp: Path) -> Path | None:
+    """Compile bench/paced.c; None (the Python client then) without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        log("no C compiler: the fixed-rate client is the Python one (apt-get install -y gcc)")
+        return None
+    out = tmp / "paced"
+    subprocess.run([cc, "-O2", "-o", str(out), str(HERE / "paced.c")], check=True)
+    return out
+
+
+def _paced_c(
+    binary: Path,
+    port: int,
+    rate: int,
+    duration: int,
+    conns: int,
+    requests: list[bytes],
+    timeline: list[tuple[float, float]],
+    statuses: dict[int, int],
+) -> float:
+    """Run bench/paced.c; fills ``timeline`` and ``statuses``, returns the elapsed s."""
+    with tempfile.NamedTemporaryFile(suffix=".requests") as f:
+        f.write(b"".join(struct.pack("<I", len(r)) + r for r in requests))
+        f.flush()
+        done = subprocess.run(
+            [str(binary), str(port), str(rate), str(duration), str(conns), f.name],
+            capture_output=True,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"paced: {done.stderr.decode(errors='replace').strip()}")
+    out = done.stdout
+    for due_us, latency_us, status in struct.iter_unpack("<III", out[:-4]):
+        timeline.append((due_us / 1e6, latency_us / 1e6))
+        statuses[status] = statuses.get(status, 0) + 1
+    return float(struct.unpack("<I", out[-4:])[0]) / 1e6
+
+
+def _paced_figures(
+    rate: int,
+    conns: int,
+    duration: int,
+    elapsed: float,
+    latencies: list[float],
+    timeline: list[tuple[float, float]],
+    statuses: dict[int, int],
+    in_c: bool,
+) -> dict[str, Any]:
     latencies.sort()
 
     def pct(q: float) -> float:
@@ -514,6 +573,7 @@ def paced(
     worst = sorted(windows.items(), key=lambda kv: -max(kv[1]))[:5]
     return {
         "command": f"open loop, {conns} keep-alive connections, {rate} req/s for {duration} s",
+        "client": "C (bench/paced.c)" if in_c else "Python",
         "windows_100ms": len(windows),
         "windows_over_10ms": slow,
         "worst_windows": [
@@ -775,6 +835,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--skip", default="", help="comma-separated: fixed,max,engine,door,baseline")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument(
+        "--client",
+        choices=("c", "python"),
+        default="c",
+        help="the fixed-rate client: bench/paced.c (compiled here; the Python one without "
+        "a C compiler) or the Python one, which costs the shared cores more",
+    )
+    ap.add_argument(
         "--pause",
         default="",
         help="comma-separated roles (loader,jobs) stopped (SIGSTOP) during the fixed-rate "
@@ -798,6 +865,7 @@ def main(argv: list[str]) -> int:
         log("wrk not found: apt-get install -y wrk")
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="p13n-bench-"))
+    args.paced_c = build_paced_c(tmp) if args.client == "c" else None
     config = config_yaml(args.attributes, args.sections)
     report: dict[str, Any] = {
         "command": "bench/p13n " + " ".join(argv),
@@ -887,7 +955,14 @@ def run_server(
             loop_before = loop_cpu_s(server.proc.pid)
             engine_before = engine_loop_cpu_s(server.proc.pid)
             run["fixed"] = paced(
-                server.p13n_port, server.master_key, token, args.rate, args.duration, 32, args.ids
+                server.p13n_port,
+                server.master_key,
+                token,
+                args.rate,
+                args.duration,
+                32,
+                args.ids,
+                client=args.paced_c,
             )
             after = group_cpu_s(server.proc.pid)
             n = run["fixed"]["requests"]
@@ -908,7 +983,15 @@ def run_server(
                 # The reference for the p99: the same events at the same rate through the
                 # journal and HTTP alone (the Postback door), in the same run.
                 run["fixed_postback"] = paced(
-                    server.port, server.master_key, "", args.rate, args.duration, 32, args.ids, True
+                    server.port,
+                    server.master_key,
+                    "",
+                    args.rate,
+                    args.duration,
+                    32,
+                    args.ids,
+                    postback=True,
+                    client=args.paced_c,
                 )
                 log(f"{name} fixed, postback: {run['fixed_postback']}")
             resume(paused)
@@ -967,7 +1050,8 @@ def summary(report: dict[str, Any]) -> str:
             )
             lines.append(
                 f"{mode} engine, workers={w} fixed rate: {fixed['rps']:,.0f} req/s "
-                f"(target {fixed['target_rps']:,}), p50 {fixed['p50_ms']} ms, p99 {p99} ms, "
+                f"(target {fixed['target_rps']:,}, {fixed.get('client', 'Python')} client), "
+                f"p50 {fixed['p50_ms']} ms, p99 {p99} ms, "
                 f"non-2xx {fixed['non2xx']}  [{ok} p99 ≤ 10 ms]"
             )
             cpu = fixed.get("cpu_us_per_request")
