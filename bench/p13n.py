@@ -433,14 +433,13 @@ def paced(
         body = json.dumps(event_of(i)).encode()
         requests.append(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     total = rate * duration
-    latencies: list[float] = []
-    # (when due, from the start; latency): where in the run the slow answers were.
+    # (when due, from the start; latency) of every answer: the percentiles, and where
+    # in the run the slow answers were.
     timeline: list[tuple[float, float]] = []
     statuses: dict[int, int] = {}
     if client is not None:
         elapsed = _paced_c(client, port, rate, duration, conns, requests, timeline, statuses)
-        latencies = [latency for _, latency in timeline]
-        return _paced_figures(rate, conns, duration, elapsed, latencies, timeline, statuses, True)
+        return _paced_figures(rate, conns, duration, elapsed, timeline, statuses, True)
 
     class Connection(asyncio.Protocol):
         """Connection ``k`` sends requests k, k + conns, … each when it is due, and the
@@ -487,7 +486,6 @@ def paced(
             del buffer[: end + 4 + length]
             status = int(head[9:12])
             latency = asyncio.get_running_loop().time() - self.due
-            latencies.append(latency)
             timeline.append((self.due - self.start, latency))
             statuses[status] = statuses.get(status, 0) + 1
             self.i += conns
@@ -507,7 +505,7 @@ def paced(
         return loop.time() - start
 
     elapsed = asyncio.run(run())
-    return _paced_figures(rate, conns, duration, elapsed, latencies, timeline, statuses, False)
+    return _paced_figures(rate, conns, duration, elapsed, timeline, statuses, False)
 
 
 def build_paced_c(tmp: Path) -> Path | None:
@@ -554,12 +552,11 @@ def _paced_figures(
     conns: int,
     duration: int,
     elapsed: float,
-    latencies: list[float],
     timeline: list[tuple[float, float]],
     statuses: dict[int, int],
     in_c: bool,
 ) -> dict[str, Any]:
-    latencies.sort()
+    latencies = sorted(latency for _, latency in timeline)
 
     def pct(q: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2)
