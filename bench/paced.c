@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #define BUF 65536
+#define STALLED_NS (30 * (int64_t)1000000000)  /* a server this silent is stuck */
 
 typedef struct {
     int fd;
@@ -133,6 +134,7 @@ int main(int argc, char **argv) {
 
     const int64_t start = now_ns() + 200000000;  /* connections settle first */
     const double step_ns = 1e9 / rate;
+    int64_t progress_ns = start;  /* when the last answer came */
     struct epoll_event events[64];
     while (answered < total) {
         /* Send what is due; arm the timer for the earliest request not yet due. */
@@ -163,6 +165,10 @@ int main(int argc, char **argv) {
         }
         int n = epoll_wait(ep, events, 64, 1000);
         if (n < 0 && errno != EINTR) die("epoll_wait");
+        if (now_ns() - progress_ns > STALLED_NS) {
+            fprintf(stderr, "paced: no answer for %d s\n", (int)(STALLED_NS / 1000000000));
+            return 1;
+        }
         for (int e = 0; e < n; e++) {
             uint32_t k = events[e].data.u32;
             if (k == UINT32_MAX) {
@@ -196,6 +202,7 @@ int main(int argc, char **argv) {
             records[answered * 3 + 1] = (uint32_t)((done - c->due_ns) / 1000);
             records[answered * 3 + 2] = (uint32_t)status;
             answered++;
+            progress_ns = done;
             memmove(c->buf, c->buf + whole, c->len - whole);
             c->len -= whole;
             c->in_flight = 0;
