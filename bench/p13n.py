@@ -8,9 +8,10 @@ with wrk (a Lua script posts a JSON event for one of ``--ids`` people, so profil
 updated, stitched and evaluated for real; every 200 means the event was fsynced to the
 journal and the profile committed):
 
-- fixed rate: an open-loop client in this process (as wrk2 does) sends ``--rate``
-  requests/s over 32 keep-alive connections; each latency counts from when its request
-  was due, so queueing behind a slow answer is counted too.
+- fixed rate: an open-loop client (as wrk2 does; ``bench/paced.c``, compiled here, or
+  with ``--client python`` one in this process) sends ``--rate`` requests/s over 32
+  keep-alive connections; each latency counts from when its request was due, so
+  queueing behind a slow answer is counted too.
 - maximum: wrk ``-t2`` as fast as the server answers, once per ``--conns`` value (64
   and 256 connections): the most decisions/s among the runs whose p99 stays within
   Treasure Data's own promise (100 ms), so a rate bought with unbounded queueing does
