@@ -17,8 +17,6 @@ import httpx
 import msgspec
 import pytest
 
-TDEDGE = [sys.executable, "-m", "tdedge"]
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -29,9 +27,12 @@ def free_port() -> int:
 class Server:
     """One ``tdedge serve`` process group, its keys and helpers to reach it."""
 
-    def __init__(self, data_dir: Path, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, extra: list[str] | None = None, python: str = sys.executable
+    ) -> None:
         self.data_dir = data_dir
         self.extra = extra or []
+        self.tdedge = [python, "-m", "tdedge"]  # another environment's, to test installs
         self.port = free_port()
         # With --tls-cert every port speaks HTTPS (the tests use self-signed certificates).
         self.scheme = "https" if "--tls-cert" in self.extra else "http"
@@ -45,7 +46,7 @@ class Server:
         out = self.log.open("a")
         self.proc = subprocess.Popen(
             [
-                *TDEDGE,
+                *self.tdedge,
                 "serve",
                 "--data-dir",
                 str(self.data_dir),
@@ -88,7 +89,7 @@ class Server:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [*TDEDGE, *_with_data_dir(args, self.data_dir)],
+            [*self.tdedge, *_with_data_dir(args, self.data_dir)],
             capture_output=True,
             text=True,
             timeout=60,
