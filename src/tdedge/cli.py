@@ -264,16 +264,14 @@ def _child_settings(data_dir: str | None) -> Settings:
 @data_dir_option
 def jobs_command(parent_pid: int | None, data_dir: str | None) -> None:
     """Run the query job runner alone (``serve`` starts it for you)."""
-    import os
     import time
 
-    from tdedge.loader.heartbeat import JobsHeartbeat, write_heartbeat
+    from tdedge.loader.heartbeat import starting_beat, write_heartbeat
 
     settings = _child_settings(data_dir)
     # Alive from the start: the runner's imports (DuckDB, SQL translation) take seconds
     # on a busy machine, and /readyz should not call a starting runner missing.
-    beat = JobsHeartbeat(time=time.time(), pid=os.getpid(), running=0)
-    write_heartbeat(settings.jobs_heartbeat, beat)
+    write_heartbeat(settings.jobs_heartbeat, starting_beat(settings.jobs_heartbeat, time.time()))
     from tdedge.query.runner import run_job_runner
 
     run_job_runner(settings, parent_pid)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -37,8 +38,7 @@ def test_the_readme_install_serves_ingests_and_runs_query_jobs(tmp_path: Path) -
     srv = Server(tmp_path / "data", ["--api-port", str(api_port)], python=python)
     srv.start(timeout=60)
     try:
-        ready = _wait_ready(srv)
-        assert ready["jobs"] is not None and ready["loader"] is not None, ready
+        _wait_serving(srv)
         assert srv.postback("test_db", "installed", {"n": 1}, key=srv.write_key).status_code == 200
         srv.wait_for("SELECT n FROM installed", lambda rows: rows == [{"n": 1}], "test_db")
 
@@ -57,13 +57,14 @@ def test_the_readme_install_serves_ingests_and_runs_query_jobs(tmp_path: Path) -
         srv.stop()
 
 
-def _wait_ready(srv: Server, timeout: float = 60.0) -> dict[str, object]:
+def _wait_serving(srv: Server, timeout: float = 60.0) -> None:
+    """Ready, and the job runner past its start (its sessions on the lake open)."""
     deadline = time.monotonic() + timeout
-    body: dict[str, object] = {}
+    body: dict[str, Any] = {}
     while time.monotonic() < deadline:
         r = httpx.get(f"{srv.url}/readyz", timeout=2)
         body = r.json()
-        if r.status_code == 200:
-            return body
+        if r.status_code == 200 and body["jobs"]["serving"]:
+            return
         time.sleep(0.2)
-    raise AssertionError(f"never ready: {body}\n{srv.log.read_text()[-4000:]}")
+    raise AssertionError(f"never served: {body}\n{srv.log.read_text()[-4000:]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tdedge.loader.heartbeat import (
@@ -10,6 +11,7 @@ from tdedge.loader.heartbeat import (
     jobs_problems,
     read_beat,
     read_heartbeat,
+    starting_beat,
     write_heartbeat,
 )
 
@@ -37,3 +39,38 @@ def test_readyz_problems_of_the_job_runner() -> None:
     assert jobs_problems(None, 1000.0, 10.0) == ["job runner has not started"]
     assert jobs_problems(beat, 1009.0, 10.0) == []
     assert jobs_problems(beat, 1012.4, 10.0) == ["job runner silent for 12s"]
+
+
+def test_starts_that_never_got_to_serve_are_counted(tmp_path: Path) -> None:
+    """The supervisor restarts a runner that dies; one that dies while starting, every
+    time, must not look like a healthy one."""
+    path = tmp_path / "jobs.json"
+    first = starting_beat(path, 100.0)  # nothing before it
+    assert (first.serving, first.failed_starts, first.pid) == (False, 0, os.getpid())
+
+    # An earlier process died before serving, twice.
+    for failed in (1, 2):
+        write_heartbeat(
+            path,
+            JobsHeartbeat(time=1.0, pid=-1, running=0, serving=False, failed_starts=failed - 1),
+        )
+        assert starting_beat(path, 100.0).failed_starts == failed
+    # This process beat already (the CLI, before the runner's own first beat): the same.
+    write_heartbeat(path, starting_beat(path, 100.0))
+    assert starting_beat(path, 101.0) == JobsHeartbeat(
+        time=101.0, pid=os.getpid(), running=0, serving=False, failed_starts=2
+    )
+    # An earlier process that served and then stopped: a clean start.
+    write_heartbeat(path, JobsHeartbeat(time=1.0, pid=-1, running=0))
+    assert starting_beat(path, 100.0).failed_starts == 0
+
+
+def test_readyz_says_when_the_job_runner_keeps_failing_to_start() -> None:
+    starting = JobsHeartbeat(time=1000.0, pid=7, running=0, serving=False)
+    assert jobs_problems(starting, 1001.0, 10.0) == []  # a first start takes its time
+    again = JobsHeartbeat(time=1000.0, pid=7, running=0, serving=False, failed_starts=3)
+    assert jobs_problems(again, 1001.0, 10.0) == [
+        "job runner failed to start 3 times in a row (see the serve log); starting again"
+    ]
+    once = JobsHeartbeat(time=1000.0, pid=7, running=0, serving=False, failed_starts=1)
+    assert "failed to start once" in jobs_problems(once, 1001.0, 10.0)[0]

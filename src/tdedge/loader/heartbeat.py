@@ -31,6 +31,8 @@ class JobsHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     time: float  # unix seconds when it was written
     pid: int
     running: int  # jobs running now
+    serving: bool = True  # False from its start until its sessions on the lake are open
+    failed_starts: int = 0  # starts in a row before this one that never got to serve
 
 
 Beat = TypeVar("Beat", bound=msgspec.Struct)
@@ -57,10 +59,25 @@ def read_beat(path: Path, kind: type[Beat]) -> Beat | None:
         return None
 
 
+def starting_beat(path: Path, now: float) -> JobsHeartbeat:
+    """The beat of a job runner process that is starting. It counts the starts before it
+    that never got to serve: the supervisor restarts a runner that dies, and one that
+    dies while starting, every time, beats as often as a healthy one."""
+    last = read_beat(path, JobsHeartbeat)
+    pid = os.getpid()
+    if last is not None and last.pid == pid:  # this process has beaten already
+        return msgspec.structs.replace(last, time=now)
+    failed = 0 if last is None or last.serving else last.failed_starts + 1
+    return JobsHeartbeat(time=now, pid=pid, running=0, serving=False, failed_starts=failed)
+
+
 def jobs_problems(beat: JobsHeartbeat | None, now: float, timeout_s: float) -> list[str]:
     """What /readyz says about the job runner."""
     if beat is None:
         return ["job runner has not started"]
     if now - beat.time > timeout_s:
         return [f"job runner silent for {now - beat.time:.0f}s"]
+    if not beat.serving and beat.failed_starts:
+        times = "once" if beat.failed_starts == 1 else f"{beat.failed_starts} times in a row"
+        return [f"job runner failed to start {times} (see the serve log); starting again"]
     return []

@@ -23,7 +23,7 @@ from tdedge.config import Settings
 from tdedge.control.jobs import Job, JobResult, JobStore
 from tdedge.control.store import ControlStore
 from tdedge.lake.connection import open_connection
-from tdedge.loader.heartbeat import JobsHeartbeat, write_heartbeat
+from tdedge.loader.heartbeat import JobsHeartbeat, starting_beat, write_heartbeat
 from tdedge.query.results import expire_results
 from tdedge.query.session import Session, open_sessions
 
@@ -62,11 +62,14 @@ class JobRunner:
         self._beaten_at = float("-inf")
 
     def run(self, stop: threading.Event) -> None:
-        self._beat(self._clock())  # alive while the sessions open, which takes a while
+        # Alive while the sessions open, which takes a while; not serving until they are.
+        starting = starting_beat(self._settings.jobs_heartbeat, self._clock())
+        self._write_beat(starting)
         # Sets the lake up when nobody has yet, so sessions can attach it read-only.
         open_connection(self._settings, read_only=True).close()
         self._idle = open_sessions(self._settings)
         requeued = self._jobs.recover(self._clock())
+        self._beat(self._clock())
         log.info("job runner started", extra={"slots": len(self._idle), "requeued": requeued})
         with ThreadPoolExecutor(len(self._idle), thread_name_prefix="job") as pool:
             while not stop.is_set():
@@ -84,10 +87,12 @@ class JobRunner:
         log.info("job runner stopped")
 
     def _beat(self, now: float) -> None:
-        self._beaten_at = now
         with self._lock:
             running = len(self._running)
-        beat = JobsHeartbeat(time=now, pid=os.getpid(), running=running)
+        self._write_beat(JobsHeartbeat(time=now, pid=os.getpid(), running=running))
+
+    def _write_beat(self, beat: JobsHeartbeat) -> None:
+        self._beaten_at = beat.time
         try:
             write_heartbeat(self._settings.jobs_heartbeat, beat)
         except OSError:
