@@ -77,6 +77,23 @@ def welcome(settings: Settings, keys: tuple[str, str] | None) -> str:
     return "\n".join(lines)
 
 
+# A child that dies this soon after it started is failing to start, not crashing now and
+# then: each restart then waits twice as long as the one before, up to RESTART_MAX_S, so
+# a crash loop does not take the cores from the edge (a job runner that could not open
+# its sessions was seen restarting every 2 s).
+QUICK_DEATH_S = 10.0
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 30.0
+
+
+def restart_delay(previous_s: float | None, uptime_s: float) -> float:
+    """How long to wait before restarting a child that died after ``uptime_s``, the
+    last wait having been ``previous_s`` (None: it never died before)."""
+    if previous_s is None or uptime_s >= QUICK_DEATH_S:
+        return RESTART_MIN_S
+    return min(RESTART_MAX_S, previous_s * 2)
+
+
 class ChildSupervisor:
     """Keeps one child process (``python -m tdedge ARGS``) running; restarts it if it dies."""
 
@@ -85,6 +102,7 @@ class ChildSupervisor:
         self._settings = settings
         self._args = args
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started = 0.0  # monotonic time of the last spawn
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"{name}-supervisor", daemon=True)
 
@@ -95,21 +113,26 @@ class ChildSupervisor:
     def _spawn(self) -> None:
         env = dict(os.environ)
         env[SETTINGS_ENV] = self._settings.to_json().decode()
+        self._started = time.monotonic()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tdedge", *self._args, "--parent-pid", str(os.getpid())],
             env=env,
         )
 
     def _watch(self) -> None:
+        delay: float | None = None
         while not self._stop.wait(0.5):
             proc = self._proc
-            if proc is not None and proc.poll() is not None:
-                log.error(
-                    "child exited; restarting",
-                    extra={"child": self._name, "returncode": proc.returncode},
-                )
-                time.sleep(0.5)
-                self._spawn()
+            if proc is None or proc.poll() is None:
+                continue
+            delay = restart_delay(delay, time.monotonic() - self._started)
+            log.error(
+                "child exited; restarting",
+                extra={"child": self._name, "returncode": proc.returncode, "in_s": delay},
+            )
+            if self._stop.wait(delay):
+                return
+            self._spawn()
 
     def stop(self) -> None:
         self._stop.set()
