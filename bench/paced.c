@@ -54,6 +54,11 @@ static void die(const char *what) {
     exit(2);
 }
 
+static uint32_t get32(const char *p) {
+    const unsigned char *b = (const unsigned char *)p;
+    return b[0] | b[1] << 8 | b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
 static void put32(uint32_t v) {
     unsigned char b[4] = {v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, v >> 24};
     fwrite(b, 1, 4, stdout);
@@ -96,15 +101,12 @@ int main(int argc, char **argv) {
     fclose(f);
     long count = 0;
     for (long at = 0; at + 4 <= size; count++) {
-        uint32_t n = (unsigned char)data[at] | (unsigned char)data[at + 1] << 8 |
-                     (unsigned char)data[at + 2] << 16 | (uint32_t)(unsigned char)data[at + 3] << 24;
-        at += 4 + n;
+        at += 4 + get32(data + at);
     }
     char **reqs = malloc(sizeof(char *) * (size_t)count);
     uint32_t *lens = malloc(sizeof(uint32_t) * (size_t)count);
     for (long at = 0, k = 0; k < count; k++) {
-        lens[k] = (unsigned char)data[at] | (unsigned char)data[at + 1] << 8 |
-                  (unsigned char)data[at + 2] << 16 | (uint32_t)(unsigned char)data[at + 3] << 24;
+        lens[k] = get32(data + at);
         reqs[k] = data + at + 4;
         at += 4 + lens[k];
     }
