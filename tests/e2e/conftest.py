@@ -169,6 +169,18 @@ def wait_healthy(url: str, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+def wait_readyz(server: Server, until: Any, timeout: float = 30) -> dict[str, Any]:
+    """/readyz's body with its ``status``, once ``until(body)`` holds or ``timeout`` is up
+    (the last one then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.get(f"{server.url}/readyz")
+        body: dict[str, Any] = {"status": r.status_code, **r.json()}
+        if until(body) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
+
+
 def _with_data_dir(args: tuple[str, ...], data_dir: Path) -> list[str]:
     # Groups (keys, db) take --data-dir on their sub-command.
     at = 2 if args[0] in {"keys", "db"} else 1

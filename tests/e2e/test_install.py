@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import Server, free_port
+from tests.e2e.conftest import Server, free_port, wait_readyz
 from tests.e2e.restapi_support import td1, wait_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +36,9 @@ def test_the_readme_install_serves_ingests_and_runs_query_jobs(tmp_path: Path) -
     srv = Server(tmp_path / "data", ["--api-port", str(api_port)], python=python)
     srv.start(timeout=60)
     try:
-        _wait_serving(srv)
+        # Ready, and the job runner past its start (its sessions on the lake open).
+        ready = wait_readyz(srv, lambda b: b["status"] == 200 and b["jobs"]["serving"], 60)
+        assert ready["status"] == 200 and ready["jobs"]["serving"], ready
         assert srv.postback("test_db", "installed", {"n": 1}, key=srv.write_key).status_code == 200
         srv.wait_for("SELECT n FROM installed", lambda rows: rows == [{"n": 1}], "test_db")
 
@@ -55,16 +55,3 @@ def test_the_readme_install_serves_ingests_and_runs_query_jobs(tmp_path: Path) -
         assert "child exited" not in srv.log.read_text()
     finally:
         srv.stop()
-
-
-def _wait_serving(srv: Server, timeout: float = 60.0) -> None:
-    """Ready, and the job runner past its start (its sessions on the lake open)."""
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        r = httpx.get(f"{srv.url}/readyz", timeout=2)
-        body = r.json()
-        if r.status_code == 200 and body["jobs"]["serving"]:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"never served: {body}\n{srv.log.read_text()[-4000:]}")

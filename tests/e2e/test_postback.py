@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, wait_readyz
 
 PATH = "/postback/v3/event/test_db/test_tbl"
 
@@ -270,28 +270,18 @@ def test_health_ready_and_metrics(server: Server) -> None:
     assert "tdedge_loader_lag_seconds" in text
 
 
-def _readyz(server: Server, until: Any, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        r = httpx.get(f"{server.url}/readyz")
-        body: dict[str, Any] = {"status": r.status_code, **r.json()}
-        if until(body) or time.monotonic() > deadline:
-            return body
-        time.sleep(0.2)
-
-
 def test_readyz_reports_a_job_runner_that_stopped_beating(server: Server) -> None:
-    ready = _readyz(server, lambda b: b["status"] == 200)
+    ready = wait_readyz(server, lambda b: b["status"] == 200)
     assert ready["status"] == 200 and ready["jobs"]["pid"] > 0
     runner = int(ready["jobs"]["pid"])
     os.kill(runner, signal.SIGSTOP)  # hung: alive, but its loop does not turn
     try:
-        stalled = _readyz(server, lambda b: b["status"] == 503)
+        stalled = wait_readyz(server, lambda b: b["status"] == 503)
     finally:
         os.kill(runner, signal.SIGCONT)
     assert stalled["status"] == 503
     assert [p for p in stalled["problems"] if p.startswith("job runner silent for")]
-    again = _readyz(server, lambda b: b["status"] == 200)
+    again = wait_readyz(server, lambda b: b["status"] == 200)
     assert again["status"] == 200 and again["jobs"]["pid"] == runner
 
 
