@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import PoolProxiedConnection
 
 from tdedge.control.store import create_tables, sqlite_engine
 
@@ -97,12 +98,18 @@ class JobStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         create_tables(metadata, engine)
+        # ``changed``'s own connection and the data_version it saw last.
+        self._watch: PoolProxiedConnection | None = None
+        self._version: int | None = None
 
     @classmethod
     def open(cls, path: Path) -> JobStore:
         return cls(sqlite_engine(path))
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         self._engine.dispose()
 
     def create(
@@ -162,6 +169,27 @@ class JobStore:
         return count, [_job(r) for r in rows]
 
     # The runner's side.
+    def changed(self) -> bool:
+        """Whether any other connection committed to the control database since the last
+        call (True the first time): SQLite's ``data_version``, on a connection kept for it.
+
+        A few µs, where a claim that finds nothing cost an idle runner ~0.9 ms of CPU at
+        each poll (~2 % of a core at 20 polls a second): the runner claims only after a
+        change (a job issued, one finished and its slot freed, …).
+        """
+        if self._watch is None:
+            self._watch = self._engine.raw_connection()
+        cursor = self._watch.cursor()
+        try:
+            cursor.execute("PRAGMA data_version")
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        version = int(row[0]) if row else None
+        changed = version is None or version != self._version
+        self._version = version
+        return changed
+
     def claim(self, now: float) -> Job | None:
         """Take the next queued job (highest priority, then oldest) and mark it running."""
         with self._engine.begin() as conn:

@@ -3,9 +3,11 @@
 One runner per data dir (``serve`` starts it; ``tdedge jobs`` runs it alone). Edge
 workers of every listener only write jobs into the control database and read them
 back; the runner polls it, so jobs issued on one worker are run, answered and killed
-from any other, and survive the restart of any edge worker. ``job_workers`` sessions
-(query/session.py) bound how many jobs run at once; each job has a deadline
-(``job_timeout_s``) and is interrupted past it, or when a kill is requested.
+from any other, and survive the restart of any edge worker. A poll claims only when the
+database changed since the last one (``JobStore.changed``), so an idle runner costs
+almost nothing. ``job_workers`` sessions (query/session.py) bound how many jobs run at
+once; each job has a deadline (``job_timeout_s``) and is interrupted past it, or when a
+kill is requested.
 A runner that dies leaves its jobs ``running``; the next one queues them again.
 """
 
@@ -33,6 +35,9 @@ log = logging.getLogger("tdedge.query")
 EXPIRE_EVERY_S = 60.0
 # The heartbeat /readyz reads (Settings.jobs_heartbeat), from the scheduling loop.
 BEAT_EVERY_S = 1.0
+# A free slot claims at least this often, even when the control database reported no
+# change (JobStore.changed): a safety net, not the way jobs are found.
+CLAIM_ANYWAY_S = 1.0
 
 
 @dataclass(slots=True)
@@ -60,6 +65,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._expired_at = float("-inf")
         self._beaten_at = float("-inf")
+        self._claimed_at = float("-inf")  # the last time a free slot looked for a job
 
     def run(self, stop: threading.Event) -> None:
         # Alive while the sessions open, which takes a while; not serving until they are.
@@ -105,6 +111,12 @@ class JobRunner:
         if now - self._expired_at >= min(EXPIRE_EVERY_S, self._settings.job_result_retention_s / 4):
             self._expired_at = now
             self.expire(now)
+        with self._lock:
+            if not self._idle:
+                return  # no change is taken as seen while no slot could act on it
+        if not self._jobs.changed() and now - self._claimed_at < CLAIM_ANYWAY_S:
+            return
+        self._claimed_at = now
         while True:
             with self._lock:
                 if not self._idle:
