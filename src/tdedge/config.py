@@ -96,6 +96,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Jobs run at once, each in its own DuckDB instance with these limits; more wait
     # queued. Keep the timeout under lake_retention_s: files older than that may go.
     job_workers: int = 2
+    # Jobs of one account that run at once: under job_workers, so that one account's
+    # heavy jobs never hold every slot while another's wait. The runner picks the next
+    # job from the account with the fewest running.
+    job_account_slots: int = 1
+    # Jobs one account may have queued; issuing more is refused (429) until some run.
+    job_account_queue: int = 100
     job_threads: int = 1
     job_memory_limit: str = "1GB"
     job_timeout_s: float = 300.0

@@ -14,6 +14,23 @@ _NAME = re.compile(r"[A-Za-z0-9_]{1,128}")
 
 # Schemas tdedge keeps for itself inside the lake.
 SYSTEM_DATABASE = "tdedge_system"
+# Names DuckDB or DuckLake give their own catalogs and schemas. A database named like
+# one could be confused with it in SQL (``__ducklake_metadata_lake.…`` is the lake's
+# catalog, ``system.main.…`` DuckDB's), so no account may have one.
+RESERVED_DATABASES = frozenset(
+    {
+        SYSTEM_DATABASE,
+        "main",
+        "system",
+        "temp",
+        "memory",
+        "lake",
+        "information_schema",
+        "pg_catalog",
+        "default",
+    }
+)
+RESERVED_PREFIXES = ("__", "ducklake", "duckdb", "sqlite", "pg_", "tdedge")
 
 
 def is_valid_name(name: str) -> bool:
@@ -25,4 +42,5 @@ def normalize(name: str) -> str:
 
 
 def is_reserved(database: str) -> bool:
-    return database.lower() == SYSTEM_DATABASE
+    name = database.lower()
+    return name in RESERVED_DATABASES or name.startswith(RESERVED_PREFIXES)

@@ -1,4 +1,5 @@
-"""The job store's change test, which lets an idle job runner skip its claims."""
+"""The job store: its change test, which lets an idle job runner skip its claims, and
+the order in which accounts' jobs are claimed."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ from tdedge.control.jobs import JobStore
 NOW = 1_800_000_000.0
 
 
-def issue(store: JobStore) -> int:
+def issue(store: JobStore, account_id: int = 1, priority: int = 0) -> int:
     job = store.create(
-        account_id=1, key_id="k", type="presto", database="db", query="SELECT 1", now=NOW
+        account_id=account_id,
+        key_id="k",
+        type="presto",
+        database="db",
+        query="SELECT 1",
+        now=NOW,
+        priority=priority,
     )
     return job.id
 
@@ -34,3 +41,23 @@ def test_changed_sees_commits_of_other_connections_only_once(tmp_path: Path) -> 
     finally:
         runner.close()
         worker.close()
+
+
+def test_claims_take_turns_between_accounts(tmp_path: Path) -> None:
+    store = JobStore.open(tmp_path / "control.sqlite")
+    try:
+        heavy = [issue(store, account_id=2) for _ in range(5)]
+        light = issue(store, account_id=1)
+        urgent = issue(store, account_id=2, priority=2)
+        first = store.claim(NOW, {}, per_account=1)
+        assert first is not None and first.id == urgent  # priority first within an account
+        # Account 2 has a job running: account 1's comes next although it is newer.
+        second = store.claim(NOW, {2: 1}, per_account=1)
+        assert second is not None and second.id == light
+        # Both at their limit: nothing is claimed although account 2 has jobs queued.
+        assert store.claim(NOW, {1: 1, 2: 1}, per_account=1) is None
+        assert store.queued(2) == 5 and store.queued(1) == 0
+        third = store.claim(NOW, {1: 1, 2: 1}, per_account=2)
+        assert third is not None and third.id == heavy[0]  # oldest first
+    finally:
+        store.close()

@@ -47,6 +47,13 @@ def issue(api: Api, req: Request) -> Response:
         raise ApiError(
             400, "unsupported_result_export", "result exports (result_url) do not exist here"
         )
+    if api.jobs.queued(req.caller.account_id) >= api.settings.job_account_queue:
+        raise ApiError(
+            429,
+            "too_many_jobs",
+            f"{api.settings.job_account_queue} jobs of this account are queued already; "
+            "issue more once some have run",
+        )
     job = api.jobs.create(
         account_id=req.caller.account_id,
         key_id=req.caller.key_id,

@@ -9,7 +9,7 @@ Times are unix seconds and are passed in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -190,21 +190,43 @@ class JobStore:
         self._version = version
         return changed
 
-    def claim(self, now: float) -> Job | None:
-        """Take the next queued job (highest priority, then oldest) and mark it running."""
+    def claim(
+        self, now: float, running: Mapping[int, int] | None = None, per_account: int | None = None
+    ) -> Job | None:
+        """Take the next queued job and mark it running: of each account's next job
+        (highest priority, then oldest), the one whose account has the fewest jobs
+        ``running``, skipping accounts that have ``per_account`` running already. One
+        account's queue of heavy jobs then never keeps another's out of every slot."""
+        running = running or {}
+        ranked = (
+            sa.select(
+                jobs.c.id,
+                jobs.c.account_id,
+                jobs.c.priority,
+                sa.func.row_number()
+                .over(partition_by=jobs.c.account_id, order_by=(jobs.c.priority.desc(), jobs.c.id))
+                .label("rank"),
+            )
+            .where(jobs.c.status == "queued")
+            .subquery()
+        )
         with self._engine.begin() as conn:
-            while True:
-                row = conn.execute(
-                    sa.select(jobs.c.id)
-                    .where(jobs.c.status == "queued")
-                    .order_by(jobs.c.priority.desc(), jobs.c.id)
-                    .limit(1)
-                ).first()
-                if row is None:
-                    return None
+            heads = conn.execute(
+                sa.select(ranked.c.id, ranked.c.account_id, ranked.c.priority).where(
+                    ranked.c.rank == 1
+                )
+            ).all()
+            candidates = sorted(
+                (
+                    (running.get(h.account_id, 0), -h.priority, h.id)
+                    for h in heads
+                    if per_account is None or running.get(h.account_id, 0) < per_account
+                ),
+            )
+            for _, _, job_id in candidates:
                 done = conn.execute(
                     sa.update(jobs)
-                    .where(jobs.c.id == row.id, jobs.c.status == "queued")
+                    .where(jobs.c.id == job_id, jobs.c.status == "queued")
                     .values(
                         status="running",
                         start_at=now,
@@ -213,8 +235,19 @@ class JobStore:
                     )
                 )
                 if done.rowcount == 1:
-                    claimed = conn.execute(sa.select(jobs).where(jobs.c.id == row.id)).one()
+                    claimed = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one()
                     return _job(claimed)
+        return None
+
+    def queued(self, account_id: int) -> int:
+        """How many of the account's jobs wait to run."""
+        with self._engine.connect() as conn:
+            found = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(jobs)
+                .where(jobs.c.account_id == account_id, jobs.c.status == "queued")
+            ).scalar()
+        return int(found or 0)
 
     def finish(self, job_id: int, result: JobResult, now: float) -> None:
         with self._engine.begin() as conn:

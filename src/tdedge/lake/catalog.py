@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,13 +67,14 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, *, read_only: boo
         raise LakeError(f"cannot attach the lake at {settings.lake_catalog}: {e}") from e
 
 
-def sandbox(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
-    """Confine a query connection to the lake's own files, for SQL written by users.
+def sandbox(con: duckdb.DuckDBPyConnection, allowed: Sequence[str]) -> None:
+    """Confine a connection that runs SQL written by users to the ``allowed`` folders
+    (ending in a slash) and files.
 
-    After this, SQL run on ``con`` cannot read or write other files (read_csv of
-    /etc/passwd, COPY TO, ATTACH) and cannot turn the restriction off again.
+    After this, SQL run on ``con`` cannot read or write other files through DuckDB
+    (read_csv of /etc/passwd, COPY TO, ATTACH) and cannot turn the restriction off
+    again. Extensions that open files themselves are not covered: see lake/scope.py.
     """
-    allowed = [str(settings.lake_data.resolve()) + "/", str(settings.lake_catalog.resolve())]
     listed = ", ".join(literal(a) for a in allowed)
     try:
         con.execute(f"SET allowed_directories = [{listed}]")
@@ -81,6 +82,11 @@ def sandbox(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
         con.execute("SET lock_configuration = true")
     except duckdb.Error as e:
         raise LakeError(f"cannot restrict the query connection: {e}") from e
+
+
+def lake_files(settings: Settings) -> list[str]:
+    """Every file of the lake: what the operator's ``tdedge query`` may read."""
+    return [str(settings.lake_data.resolve()) + "/", str(settings.lake_catalog.resolve())]
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import duckdb
 from tdedge.config import Settings
 from tdedge.errors import LakeError
 from tdedge.lake import system
-from tdedge.lake.catalog import LAKE, attach, init_lock, prepare_catalog, sandbox
+from tdedge.lake.catalog import LAKE, attach, init_lock, lake_files, prepare_catalog, sandbox
 from tdedge.lake.extensions import connect
 from tdedge.names import SYSTEM_DATABASE
 
@@ -24,7 +24,9 @@ log = logging.getLogger("tdedge.lake")
 def open_connection(settings: Settings, *, read_only: bool) -> duckdb.DuckDBPyConnection:
     """A connection with the lake attached as ``lake`` and in use (``USE lake``).
 
-    Read-only connections are sandboxed (catalog.sandbox): they run SQL from users.
+    Read-only connections are sandboxed to the lake's files (catalog.sandbox): they run
+    the operator's SQL. Query jobs, which run SQL from accounts, see only their own
+    share of the lake instead (lake/scope.py).
     """
     if not read_only:
         return _writable(settings)
@@ -33,7 +35,7 @@ def open_connection(settings: Settings, *, read_only: bool) -> duckdb.DuckDBPyCo
     con = connect()
     try:
         attach(con, settings, read_only=True)
-        sandbox(con, settings)
+        sandbox(con, lake_files(settings))
         con.execute(f"USE {LAKE}")
     except duckdb.Error as e:
         con.close()

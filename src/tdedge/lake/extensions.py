@@ -18,6 +18,9 @@ from tdedge.lake.sql import literal
 
 # Order matters: ducklake reads the sqlite catalog and writes parquet files.
 EXTENSIONS = ("parquet", "json", "sqlite_scanner", "ducklake")
+# For SQL written by users: the sqlite extension opens any SQLite file on disk whatever
+# enable_external_access says, so their connections never have it (lake/scope.py).
+USER_EXTENSIONS = ("parquet", "json", "ducklake")
 
 _CONFIG: dict[str, str | bool | int | float | list[str]] = {
     "autoinstall_known_extensions": False,
@@ -39,14 +42,15 @@ def extension_path(name: str) -> Path:
     return found[-1]
 
 
-def connect() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with every extension tdedge needs loaded."""
+def connect(extensions: tuple[str, ...] = EXTENSIONS) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with ``extensions`` (by default every one tdedge
+    needs) loaded."""
     try:
         con = duckdb.connect(":memory:", config=_CONFIG)
     except duckdb.Error as e:
         raise LakeError(f"cannot start DuckDB: {e}") from e
     try:
-        for name in EXTENSIONS:
+        for name in extensions:
             con.execute(f"LOAD {literal(str(extension_path(name)))}")
     except duckdb.Error as e:
         con.close()

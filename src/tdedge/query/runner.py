@@ -5,9 +5,12 @@ workers of every listener only write jobs into the control database and read the
 back; the runner polls it, so jobs issued on one worker are run, answered and killed
 from any other, and survive the restart of any edge worker. A poll claims only when the
 database changed since the last one (``JobStore.changed``), so an idle runner costs
-almost nothing. ``job_workers`` sessions (query/session.py) bound how many jobs run at
-once; each job has a deadline (``job_timeout_s``) and is interrupted past it, or when a
-kill is requested.
+almost nothing. ``job_workers`` slots bound how many jobs run at once, and
+``job_account_slots`` how many of one account's; the next job comes from the account
+with the fewest running. A job runs in a session (query/session.py) that sees only its
+account's databases; idle sessions are kept for the next job of the same account, up
+to ``job_workers`` of them. Each job has a deadline (``job_timeout_s``) and is
+interrupted past it, or when a kill is requested.
 A runner that dies leaves its jobs ``running``; the next one queues them again.
 """
 
@@ -15,8 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +32,7 @@ from tdedge.control.store import ControlStore
 from tdedge.lake.connection import open_connection
 from tdedge.loader.heartbeat import JobsHeartbeat, starting_beat, write_heartbeat
 from tdedge.query.results import expire_results
-from tdedge.query.session import Session, open_sessions
+from tdedge.query.session import Scope, Session
 
 log = logging.getLogger("tdedge.query")
 
@@ -43,9 +48,14 @@ CLAIM_ANYWAY_S = 1.0
 @dataclass(slots=True)
 class Running:
     job: Job
-    session: Session
     deadline: float
+    session: Session | None = None  # None while the job's session opens
     reason: str | None = None  # set when the runner interrupts the job
+
+    def interrupt(self, reason: str) -> None:
+        self.reason = reason
+        if self.session is not None:
+            self.session.interrupt()
 
 
 class JobRunner:
@@ -60,7 +70,8 @@ class JobRunner:
         self._jobs = jobs
         self._control = control
         self._clock = clock
-        self._idle: list[Session] = []
+        self._idle: list[Session] = []  # least recently used first
+        self._opened = 0  # sessions opened so far: each spills into a folder of its own
         self._running: dict[int, Running] = {}
         self._lock = threading.Lock()
         self._expired_at = float("-inf")
@@ -68,16 +79,15 @@ class JobRunner:
         self._claimed_at = float("-inf")  # the last time a free slot looked for a job
 
     def run(self, stop: threading.Event) -> None:
-        # Alive while the sessions open, which takes a while; not serving until they are.
-        starting = starting_beat(self._settings.jobs_heartbeat, self._clock())
-        self._write_beat(starting)
-        # Sets the lake up when nobody has yet, so sessions can attach it read-only.
+        self._write_beat(starting_beat(self._settings.jobs_heartbeat, self._clock()))
+        # Sets the lake up when nobody has yet, so sessions can read its catalog.
         open_connection(self._settings, read_only=True).close()
-        self._idle = open_sessions(self._settings)
+        shutil.rmtree(self._settings.root / "run" / "job-tmp", ignore_errors=True)
         requeued = self._jobs.recover(self._clock())
         self._beat(self._clock())
-        log.info("job runner started", extra={"slots": len(self._idle), "requeued": requeued})
-        with ThreadPoolExecutor(len(self._idle), thread_name_prefix="job") as pool:
+        slots = self._settings.job_workers
+        log.info("job runner started", extra={"slots": slots, "requeued": requeued})
+        with ThreadPoolExecutor(slots, thread_name_prefix="job") as pool:
             while not stop.is_set():
                 now = self._clock()
                 self.tick(pool, now)
@@ -86,8 +96,7 @@ class JobRunner:
                 stop.wait(self._settings.job_poll_s)
             with self._lock:
                 for running in self._running.values():
-                    running.reason = "the job runner stopped"
-                    running.session.interrupt()
+                    running.interrupt("the job runner stopped")
         for session in self._idle:
             session.close()
         log.info("job runner stopped")
@@ -111,27 +120,26 @@ class JobRunner:
         if now - self._expired_at >= min(EXPIRE_EVERY_S, self._settings.job_result_retention_s / 4):
             self._expired_at = now
             self.expire(now)
-        with self._lock:
-            if not self._idle:
-                return  # no change is taken as seen while no slot could act on it
+        if self._free() == 0:
+            return  # no change is taken as seen while no slot could act on it
         if not self._jobs.changed() and now - self._claimed_at < CLAIM_ANYWAY_S:
             return
         self._claimed_at = now
-        while True:
+        while self._free() > 0:
             with self._lock:
-                if not self._idle:
-                    return
-                session = self._idle.pop()
-            job = self._jobs.claim(now)
+                per_account = Counter(r.job.account_id for r in self._running.values())
+            job = self._jobs.claim(now, per_account, self._settings.job_account_slots)
             if job is None:
-                with self._lock:
-                    self._idle.append(session)
                 return
-            running = Running(job, session, now + self._settings.job_timeout_s)
+            running = Running(job, now + self._settings.job_timeout_s)
             with self._lock:
                 self._running[job.id] = running
             future = pool.submit(self._execute, running)
             future.add_done_callback(_log_crash)
+
+    def _free(self) -> int:
+        with self._lock:
+            return self._settings.job_workers - len(self._running)
 
     def expire(self, now: float) -> int:
         cutoff = now - self._settings.job_result_retention_s
@@ -160,25 +168,33 @@ class JobRunner:
             else:
                 continue
             log.info("interrupting job", extra={"job": job_id, "reason": r.reason})
-            r.session.interrupt()
+            r.interrupt(r.reason)
 
     def _execute(self, running: Running) -> None:
         job = running.job
         started = time.monotonic()
+        session: Session | None = None
         try:
-            allowed = frozenset(
-                name
-                for name, owner in self._control.database_owners().items()
-                if owner == job.account_id
-            )
-            result = running.session.run(job, allowed, lambda: running.reason)
+            session = self._session(self._scope(job))
+            with self._lock:
+                running.session = session
+            if running.reason is not None:  # interrupted while its session opened
+                session.interrupt()
+            result = session.run(job, lambda: running.reason)
         except Exception as e:  # a fault of tdedge's, not of the query
             log.exception("job failed unexpectedly", extra={"job": job.id})
             result = JobResult(status="error", error=f"internal error: {e}")
         finally:
             with self._lock:
                 self._running.pop(job.id, None)
-                self._idle.append(running.session)
+                if session is not None:
+                    self._idle.append(session)
+                    retired = self._idle[: max(0, len(self._idle) - self._settings.job_workers)]
+                    del self._idle[: len(retired)]
+                else:
+                    retired = []
+            for old in retired:
+                old.close()
         if result.status == "success" and running.reason == "killed":
             result = JobResult(status="killed", error="killed on request")
         self._jobs.finish(job.id, result, self._clock())
@@ -191,6 +207,26 @@ class JobRunner:
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
+
+    def _scope(self, job: Job) -> Scope:
+        """The databases the job's account owns now: a database created since the
+        account's last job is in, one deleted is out."""
+        owned = frozenset(
+            name
+            for name, owner in self._control.database_owners().items()
+            if owner == job.account_id
+        )
+        return Scope(job.account_id, owned)
+
+    def _session(self, scope: Scope) -> Session:
+        """An idle session of ``scope`` (its lake refreshed when it runs), else a new one."""
+        with self._lock:
+            for i, session in enumerate(self._idle):
+                if session.scope == scope:
+                    return self._idle.pop(i)
+            self._opened += 1
+            number = self._opened
+        return Session(self._settings, scope, number)
 
 
 def _log_crash(future: Future[None]) -> None:

@@ -1,18 +1,21 @@
-"""One job slot: a DuckDB instance with the lake attached read-only, and its limits.
+"""A DuckDB instance that sees one account's share of the lake, with its limits.
 
-Each slot is its own DuckDB database instance, because ``memory_limit`` and
-``threads`` are per instance: a job can use at most ``job_memory_limit`` (spilling to
-``run/job-tmp/`` beyond what fits) and ``job_threads`` cores, whatever the others do.
-The limits are set before the connection is sandboxed, which locks the configuration
-so that a job's SQL cannot raise them. The instance lives across jobs: attaching the
-lake again for every job would cost more than most queries.
+Each session is its own DuckDB database instance, because ``memory_limit``,
+``threads`` and the files it may open are per instance: a job can use at most
+``job_memory_limit`` (spilling to ``run/job-tmp/`` beyond what fits) and
+``job_threads`` cores, whatever the others do. Its lake holds only the catalog rows of
+the account's databases and may open only their folders (lake/scope.py); the limits
+and folders are set before the configuration is locked, so a job's SQL cannot change
+them. An instance serves the next job of the same account too, its lake refreshed
+first: attaching a lake costs more than most queries.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 import duckdb
 import msgspec
@@ -20,8 +23,9 @@ import msgspec
 from tdedge.config import Settings
 from tdedge.control.jobs import Job, JobResult
 from tdedge.errors import LakeError
-from tdedge.lake.catalog import LAKE, attach, sandbox
-from tdedge.lake.extensions import connect
+from tdedge.lake.catalog import LAKE, sandbox
+from tdedge.lake.extensions import USER_EXTENSIONS, connect
+from tdedge.lake.scope import ScopedLake
 from tdedge.lake.sql import ident, literal
 from tdedge.query.functions import register
 from tdedge.query.results import ResultWriter, arrow_rows, result_path
@@ -39,29 +43,53 @@ _STALE_INLINED = "ducklake_inlined_data_"
 Interrupted = Callable[[], str | None]
 
 
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a job may read: its account's databases, as the control plane lists them."""
+
+    account_id: int
+    databases: frozenset[str]
+
+
 class Session:
-    def __init__(self, settings: Settings, slot: int) -> None:
+    def __init__(self, settings: Settings, scope: Scope, number: int) -> None:
         self._settings = settings
-        self._slot = slot
+        self.scope = scope
+        self._tmp = settings.root / "run" / "job-tmp" / str(number)
+        self._lake: ScopedLake
         self._con = self._open()
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         s = self._settings
-        tmp = s.root / "run" / "job-tmp" / str(self._slot)
-        tmp.mkdir(parents=True, exist_ok=True)
-        con = connect()
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        con = connect(USER_EXTENSIONS)
         try:
             con.execute(f"SET memory_limit = {literal(s.job_memory_limit)}")
             con.execute(f"SET threads = {int(s.job_threads)}")
-            con.execute(f"SET temp_directory = {literal(str(tmp.resolve()))}")
+            con.execute(f"SET temp_directory = {literal(str(self._tmp.resolve()))}")
             con.execute("SET TimeZone = 'UTC'")  # Presto's, and TD's, session zone
             register(con)
-            attach(con, s, read_only=True)
-            sandbox(con, s)
+            self._lake = ScopedLake(s.lake_catalog, s.lake_data, self.scope.databases)
+            self._lake.attach(con)
+            self._lake.refresh(con)
+            sandbox(con, self._lake.folders())
+        except duckdb.Error as e:
+            con.close()
+            raise LakeError(f"cannot open the lake for jobs: {e}") from e
         except BaseException:
             con.close()
             raise
         return con
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The session's DuckDB connection, as a job's SQL finds it (for tests)."""
+        return self._con
+
+    def refresh(self) -> bool:
+        """Bring the session's lake up to the catalog's current snapshot; False when it
+        was there already."""
+        return self._lake.refresh(self._con)
 
     def interrupt(self) -> None:
         """Stop the statement running now (from another thread)."""
@@ -69,11 +97,13 @@ class Session:
 
     def close(self) -> None:
         self._con.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def run(self, job: Job, allowed: frozenset[str], interrupted: Interrupted) -> JobResult:
+    def run(self, job: Job, interrupted: Interrupted) -> JobResult:
         """Run ``job`` to its end and write its result; never raises for the job's faults."""
         try:
-            return self._run(job, allowed)
+            self.refresh()
+            return self._run(job)
         except TranslationError as e:
             return JobResult(status="error", error=str(e))
         except duckdb.InterruptException:
@@ -91,12 +121,13 @@ class Session:
         self._con.close()
         self._con = self._open()
         try:
-            return self._run(job, allowed)
+            return self._run(job)
         except duckdb.Error as e:
             return JobResult(status="error", error=_message(e))
 
-    def _run(self, job: Job, allowed: frozenset[str]) -> JobResult:
+    def _run(self, job: Job) -> JobResult:
         con = self._con
+        allowed = self.scope.databases
         columns = self._columns(allowed)
         schemas = {
             name
@@ -138,14 +169,13 @@ class Session:
     def _columns(self, allowed: frozenset[str]) -> dict[str, dict[str, dict[str, str]]]:
         """The columns of the account's tables, for typing the query."""
         found: dict[str, dict[str, dict[str, str]]] = {}
-        rows: list[Any] = self._con.execute(
+        rows: list[tuple[str, str, str, str]] = self._con.execute(
             "SELECT schema_name, table_name, column_name, data_type FROM duckdb_columns() "
             "WHERE database_name = ?",
             [LAKE],
         ).fetchall()
         for schema, table, column, kind in rows:
-            if schema in allowed:
-                found.setdefault(schema, {}).setdefault(table, {})[column] = kind
+            found.setdefault(schema, {}).setdefault(table, {})[column] = kind
         for database in allowed:
             found.setdefault(database, {})
         return found
@@ -153,10 +183,3 @@ class Session:
 
 def _message(e: duckdb.Error) -> str:
     return str(e).strip()
-
-
-def open_sessions(settings: Settings) -> list[Session]:
-    try:
-        return [Session(settings, slot) for slot in range(settings.job_workers)]
-    except duckdb.Error as e:
-        raise LakeError(f"cannot open the lake for jobs: {e}") from e

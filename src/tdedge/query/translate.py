@@ -89,8 +89,8 @@ def translate(
 def _check_access(tree: exp.Query, database: str | None, allowed: frozenset[str]) -> None:
     """Refuse tables of other accounts' databases and table functions (file readers).
 
-    The job's DuckDB connection can read every file of the lake, so this is what keeps
-    one account's job out of another account's tables.
+    Not what keeps accounts apart — a job's connection holds only its account's share
+    of the lake (lake/scope.py) — but a second line, and the clear error a user gets.
     """
     ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
     for table in tree.find_all(exp.Table):
