@@ -50,7 +50,7 @@ from tdedge.lake.catalog import LAKE, attach
 from tdedge.lake.connection import open_connection
 from tdedge.lake.extensions import connect
 from tdedge.lake.lake import Lake
-from tdedge.query.session import Session
+from tdedge.query.session import Scope, Session
 from tdedge.query.translate import Context, translate
 
 DATABASE, TABLE = "bench_db", "events"
@@ -124,7 +124,7 @@ def explain(settings: Settings, sql: str) -> dict[str, Any]:
 
 def session_runs(settings: Settings, sql_td: str, runs: int) -> dict[str, Any]:
     jobs = JobStore.open(settings.control_db)
-    session = Session(settings, slot=0)
+    session = Session(settings, Scope(1, frozenset({DATABASE})), 0)
     timings: list[float] = []
     result: Any = None
     try:
@@ -138,7 +138,7 @@ def session_runs(settings: Settings, sql_td: str, runs: int) -> dict[str, Any]:
                 now=time.time(),
             )
             started = time.perf_counter()
-            result = session.run(job, frozenset({DATABASE}), lambda: None)
+            result = session.run(job, lambda: None)
             timings.append(time.perf_counter() - started)
             assert result.status == "success", result.error
     finally:
