@@ -109,3 +109,11 @@ def test_a_memo_remembers_none_and_calls_once_per_argument() -> None:
     parsed = Memo(parse)
     assert [parsed(r) for r in ("bad", "abc", "bad", "abc")] == [None, 3, None, 3]
     assert calls == ["bad", "abc"]
+
+
+def test_a_key_prefix_of_unicode_digits_claims_no_account() -> None:
+    # "²".isdigit() is true but int("²") raises: such a key must not be a 500.
+    from tdedge.control.keys import claimed_account
+
+    assert claimed_account("²/secret") is None
+    assert claimed_account("12/secret") == 12

@@ -236,7 +236,8 @@ def _job(api: Api, req: Request) -> Job:
 
 
 def _job_id(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
+    # isdigit() alone takes "²" and other Unicode digits int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise not_found(f"job {text!r}")
     return int(text)
 

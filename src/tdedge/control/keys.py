@@ -40,6 +40,6 @@ def key_id(key_hash: bytes) -> str:
 def claimed_account(key: str) -> int | None:
     """The account a key claims by its prefix; None when it has no valid prefix."""
     head, sep, _ = key.partition("/")
-    if not sep or not head.isdigit() or len(head) > 18:
+    if not sep or not (head.isascii() and head.isdigit()) or len(head) > 18:
         return None
     return int(head)
