@@ -647,13 +647,13 @@ def engine_only(config: str, seconds: float, size: int, ids: int, tmp: Path) -> 
     """Decisions/s of the engine alone: profile store, attributes, sections, offers."""
     import random
 
-    from tdedge.realtime import config as config_file
+    from tdedge.realtime import validation
     from tdedge.realtime.batch import BatchStore
     from tdedge.realtime.engine import Engine, Request
     from tdedge.realtime.service import compile_service
     from tdedge.realtime.sqlite import SQLiteProfileStore
 
-    spec = config_file.parse(config).services[0]
+    spec = validation.parse(config).services[0]
     service = compile_service(spec, (), lambda p, m: None)
     assert service is not None
     engine = Engine(SQLiteProfileStore(tmp / "profiles.sqlite"), BatchStore(tmp / "batch.sqlite"))

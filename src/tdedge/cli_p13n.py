@@ -58,12 +58,12 @@ def p13n(data_dir: str | None) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def apply_command(data_dir: str | None, check: bool, file: Path) -> None:
     """Validate FILE.yaml and install it atomically (a bad file changes nothing)."""
-    from tdedge.realtime import config
+    from tdedge.realtime import validation
     from tdedge.realtime.errors import ConfigInvalid
 
     text = file.read_text(encoding="utf-8")
     try:
-        parsed = config.parse(text, str(file))
+        parsed = validation.parse(text, str(file))
     except ConfigInvalid as e:
         for problem in e.problems:
             click.echo(str(problem), err=True)

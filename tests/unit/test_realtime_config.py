@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from tdedge.cli import main
-from tdedge.realtime import config
+from tdedge.realtime import validation
 from tdedge.realtime.config import CounterSpec, ImportedSpec, ListSpec, SingleSpec
 from tdedge.realtime.errors import ConfigInvalid
 
@@ -17,12 +17,12 @@ EXAMPLE = (Path(__file__).parent / "data" / "p13n-example.yaml").read_text()
 
 def problems(text: str) -> list[tuple[int | None, str, str]]:
     with pytest.raises(ConfigInvalid) as e:
-        config.parse(text, "f.yaml")
+        validation.parse(text, "f.yaml")
     return [(p.line, p.path, p.message) for p in e.value.problems]
 
 
 def test_the_issue_example_is_valid() -> None:
-    c = config.parse(EXAMPLE)
+    c = validation.parse(EXAMPLE)
     (web,) = c.services
     assert [type(a) for a in web.attributes] == [
         SingleSpec,

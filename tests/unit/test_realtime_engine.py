@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from tdedge.realtime import config
+from tdedge.realtime import validation
 from tdedge.realtime.batch import ATTRIBUTE, SEGMENT
 from tdedge.realtime.engine import Engine, Request
 from tdedge.realtime.errors import BatchStoreDown
@@ -21,7 +21,7 @@ CLIENT = "42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16"
 
 
 def service_of(text: str) -> Service:
-    spec = config.parse(text).services[0]
+    spec = validation.parse(text).services[0]
     service = compile_service(spec, (), lambda p, m: None)
     assert service is not None
     return service

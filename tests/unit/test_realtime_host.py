@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tdedge.config import Settings
-from tdedge.realtime import config, host
+from tdedge.realtime import host, validation
 from tdedge.realtime.host import EngineHost
 from tdedge.realtime.offers import EMPTY
 from tdedge.realtime.registry import Registry
@@ -42,7 +42,7 @@ def settings(tmp_path: Path) -> Settings:
     s = Settings(data_dir=str(tmp_path / "data"))
     s.root.mkdir()
     registry = Registry.open(s.control_db)
-    registry.apply(config.parse(EXAMPLE), EXAMPLE)
+    registry.apply(validation.parse(EXAMPLE), EXAMPLE)
     registry.close()
     return s
 

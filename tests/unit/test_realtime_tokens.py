@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tdedge.errors import NotFound
-from tdedge.realtime import config, tokens
+from tdedge.realtime import tokens, validation
 from tdedge.realtime.errors import ConfigStoreDown, TokenLimit, UnknownService
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.view import View
@@ -22,7 +22,7 @@ EXAMPLE = (Path(__file__).parent / "data" / "p13n-example.yaml").read_text()
 @pytest.fixture
 def registry(tmp_path: Path) -> Registry:
     r = Registry.open(tmp_path / "control.sqlite")
-    r.apply(config.parse(EXAMPLE), EXAMPLE)
+    r.apply(validation.parse(EXAMPLE), EXAMPLE)
     return r
 
 
@@ -52,7 +52,7 @@ def test_only_the_hash_is_stored(registry: Registry, tmp_path: Path) -> None:
 
 def test_instance_ids_are_stable_across_applies(registry: Registry) -> None:
     first = registry.instance_ids()["web"]
-    registry.apply(config.parse(EXAMPLE), EXAMPLE)
+    registry.apply(validation.parse(EXAMPLE), EXAMPLE)
     assert registry.instance_ids()["web"] == first
     token = registry.create_token("web", 7, True, [])
     assert token.startswith(f"7/{first}/")
