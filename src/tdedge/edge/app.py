@@ -21,8 +21,10 @@ import msgspec
 from tdedge import metrics
 from tdedge.config import SETTINGS_ENV, Settings
 from tdedge.edge.auth import SyncAuth
+from tdedge.edge.deadlines import BodyDeadlines
 from tdedge.edge.http import (
     JSON_HEADERS,
+    ClientGone,
     HTTPError,
     Protocol_,
     Response,
@@ -48,6 +50,9 @@ SWITCH_INTERVAL_S = 0.0002
 # One failed batch is retried at once; several in a row mean the lake is unreachable.
 LOADER_FAILURES_NOT_READY = 3
 OPS_ROUTES = {"/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics"}
+# The status counted for a request whose client left before it was read (nginx's "client
+# closed request"): nothing is answered, and nothing of it was accepted.
+CLIENT_GONE = 499
 
 
 class Door(Protocol):
@@ -65,6 +70,7 @@ class EdgeApp:
         self.settings = settings
         self._services: Services | None = None
         self._doors: dict[str, Door] = {}
+        self._deadlines = BodyDeadlines(settings.body_idle_timeout_s, settings.body_timeout_s)
 
     # RSGI lifecycle: the journal and its writer thread belong to the worker process.
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -80,9 +86,11 @@ class EdgeApp:
         # collector from walking it again on every full collection, a pause that
         # every request in flight would wait out.
         gc.freeze()
+        self._deadlines.start(loop)
         log.info("edge worker ready", extra={"pid": os.getpid(), "shard": journal.shard})
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._deadlines.stop()
         if self._services is not None:
             self._services.close()
 
@@ -104,11 +112,14 @@ class EdgeApp:
     async def __rsgi__(self, scope: Scope, proto: Protocol_) -> None:
         door = self.door_for(scope)
         route = "other"
+        assert self._services is not None
         try:
             found = door.route(scope.path)
             if found is not None:
                 route = found
-                status, headers, body = await door.handle(route, scope, proto)
+                status, headers, body = await door.handle(
+                    route, scope, self._deadlines.watch(proto)
+                )
             elif scope.path in OPS_ROUTES:
                 route = OPS_ROUTES[scope.path]
                 status, headers, body = await self._ops(route)
@@ -118,7 +129,13 @@ class EdgeApp:
             status = e.status
             headers = [*JSON_HEADERS, *e.headers]
             body = error_body(e.code, e.message)
-        assert self._services is not None
+        except ClientGone:
+            log.debug(
+                "client left before its request was read",
+                extra={"door": door.name, "route": route, "client": scope.client},
+            )
+            self._services.counters.inc(door.name, route, CLIENT_GONE)
+            return
         self._services.counters.inc(door.name, route, status)
         proto.response_bytes(status, headers, body)
 
