@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +32,10 @@ def _settings(data_dir: str | None, **overrides: Any) -> Settings:
 @click.version_option(package_name="tdedge")
 def main() -> None:
     """tdedge: Treasure Data's inbound APIs, self-hosted."""
+    # Records, key hashes and query results are the accounts' data: whatever the shell's
+    # umask, what tdedge creates is its user's alone (files 0600, directories 0700).
+    # Set before any command runs, so the processes serve starts inherit it too.
+    os.umask(0o077)
 
 
 main.add_command(p13n)

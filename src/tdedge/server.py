@@ -29,6 +29,20 @@ log = logging.getLogger("tdedge.server")
 
 
 def prepare_data_dir(settings: Settings) -> None:
+    """Create the data dir's layout, and close the data dir to other users.
+
+    The CLI's umask makes what tdedge creates private; a data dir made before (by an
+    older tdedge, or by hand) may be readable by all, and with it every file below:
+    0700 on the data dir itself keeps them out, whatever the files' own modes.
+    """
+    settings.root.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.root.chmod(0o700)
+    except PermissionError:
+        log.warning(
+            "cannot make the data dir private: another user owns it",
+            extra={"data_dir": str(settings.root)},
+        )
     for d in (settings.journal_dir, settings.lake_data, settings.loader_heartbeat.parent):
         d.mkdir(parents=True, exist_ok=True)
 
