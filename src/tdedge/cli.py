@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +32,10 @@ def _settings(data_dir: str | None, **overrides: Any) -> Settings:
 @click.version_option(package_name="tdedge")
 def main() -> None:
     """tdedge: Treasure Data's inbound APIs, self-hosted."""
+    # Records, key hashes and query results are the accounts' data: whatever the shell's
+    # umask, what tdedge creates is its user's alone (files 0600, directories 0700).
+    # Set before any command runs, so the processes serve starts inherit it too.
+    os.umask(0o077)
 
 
 main.add_command(p13n)
@@ -58,6 +63,38 @@ main.add_command(p13n)
     show_default=True,
     type=click.IntRange(1),
     help="Records waiting for the loader before the edge answers 503.",
+)
+@click.option(
+    "--header-timeout",
+    default=Settings().header_timeout_s,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    metavar="SECONDS",
+    help="Close a connection whose request head is not in after this long (idle "
+    "keep-alive connections included).",
+)
+@click.option(
+    "--body-idle-timeout",
+    default=Settings().body_idle_timeout_s,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    metavar="SECONDS",
+    help="Answer 408 when a request body pauses this long.",
+)
+@click.option(
+    "--body-timeout",
+    default=Settings().body_timeout_s,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    metavar="SECONDS",
+    help="Answer 408 when a request body is not in after this long.",
+)
+@click.option(
+    "--max-connections",
+    default=Settings().max_connections,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Open connections per worker; more wait in the kernel's listen queue.",
 )
 @click.option(
     "--loader/--no-loader",
@@ -143,6 +180,10 @@ def serve(
     auth: str,
     max_body_bytes: int,
     journal_max_backlog: int,
+    header_timeout: float,
+    body_idle_timeout: float,
+    body_timeout: float,
+    max_connections: int,
     loader: bool,
     records_port: int | None,
     p13n_port: int | None,
@@ -171,6 +212,10 @@ def serve(
         auth=auth,
         max_body_bytes=max_body_bytes,
         journal_max_backlog=journal_max_backlog,
+        header_timeout_s=header_timeout,
+        body_idle_timeout_s=body_idle_timeout,
+        body_timeout_s=body_timeout,
+        max_connections=max_connections,
         door_ports={door: p for door, p in ports.items() if p is not None},
         tls_cert=tls_cert,
         tls_key=tls_key,

@@ -39,6 +39,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 1024 * 1024
     # How long a sync-auth edge trusts its in-memory key cache before reloading it.
     key_cache_ttl_s: float = 5.0
+    # Slow clients. Each open connection holds one of a worker's max_connections slots,
+    # so every stage of a request has a deadline: a client that sends slowly, or not at
+    # all, gives its slot back within seconds instead of holding it for good.
+    # The request head (request line and headers), from the connection's start or the
+    # previous answer: an idle keep-alive connection is closed after it too.
+    header_timeout_s: float = 10.0
+    # The longest pause while a body arrives (a body up to 64 KiB, read in one call,
+    # must arrive whole within it), and the whole body: 408 body_timeout past either.
+    # 60 s is a 5 MiB records upload at ~90 KiB/s; slower links need more.
+    body_idle_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    # Connections one worker holds at once. Past it the worker accepts no more: new
+    # connections wait in the kernel's listen queue until a slot frees (the deadlines
+    # above bound how long that takes), and beyond the queue the kernel drops them. An
+    # idle connection costs the worker ~20 KB.
+    max_connections: int = 4096
 
     # Journal. Past either bound the edge answers 503 + Retry-After instead of 200.
     journal_max_backlog: int = 2_000_000

@@ -29,6 +29,20 @@ log = logging.getLogger("tdedge.server")
 
 
 def prepare_data_dir(settings: Settings) -> None:
+    """Create the data dir's layout, and close the data dir to other users.
+
+    The CLI's umask makes what tdedge creates private; a data dir made before (by an
+    older tdedge, or by hand) may be readable by all, and with it every file below:
+    0700 on the data dir itself keeps them out, whatever the files' own modes.
+    """
+    settings.root.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.root.chmod(0o700)
+    except PermissionError:
+        log.warning(
+            "cannot make the data dir private: another user owns it",
+            extra={"data_dir": str(settings.root)},
+        )
     for d in (settings.journal_dir, settings.lake_data, settings.loader_heartbeat.parent):
         d.mkdir(parents=True, exist_ok=True)
 
@@ -177,7 +191,8 @@ def serve(settings: Settings, run_loader: bool = True) -> None:
 
 def listen(settings: Settings) -> None:
     """Run granian for one listening address (blocks until it stops)."""
-    from granian.constants import Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
     from granian.server import Server
 
     os.environ[SETTINGS_ENV] = settings.to_json().decode()
@@ -190,10 +205,48 @@ def listen(settings: Settings) -> None:
         loop=Loops.uvloop,
         factory=True,
         log_level=settings.log_level,  # type: ignore[arg-type]
-        backlog=2048,
+        backlog=LISTEN_BACKLOG,
+        backpressure=connection_slots(settings.max_connections),
+        # HTTP/1.1 only: to tell HTTP/2 from HTTP/1 granian waits for a connection's
+        # first bytes with no deadline at all, so a client that connects and sends
+        # nothing held a slot for good. The header deadline starts at connect instead.
+        http=HTTPModes.http1,
+        http1_settings=HTTP1Settings(header_read_timeout=round(settings.header_timeout_s * 1000)),
         ssl_cert=Path(settings.tls_cert) if settings.tls_cert else None,
         ssl_key=Path(settings.tls_key) if settings.tls_key else None,
     ).serve()
+
+
+# Connections the kernel completes and queues for a worker that is at max_connections.
+LISTEN_BACKLOG = 2048
+# Open files a worker needs besides its connections: the journal, the control and lake
+# catalogs, metric files, the engine's socket, pipes.
+FILES_BESIDE_CONNECTIONS = 256
+
+
+def connection_slots(wanted: int) -> int:
+    """The connections each worker may hold: ``wanted``, if the open-files limit allows.
+
+    Each connection is an open file, and a worker whose connections took every file it
+    may open can open no other: not its journal, not a metrics file. So the soft limit
+    is raised to the hard one (as granian's workers do), and the slots are cut to what
+    leaves the worker its own files (with a warning).
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    fits = (
+        wanted if soft == resource.RLIM_INFINITY else min(wanted, soft - FILES_BESIDE_CONNECTIONS)
+    )
+    if fits < wanted:
+        log.warning(
+            "fewer connections per worker than --max-connections: the open-files limit is low",
+            extra={"max_connections": max(fits, 1), "wanted": wanted, "open_files_limit": soft},
+        )
+    return max(fits, 1)
 
 
 def prepare_metrics_dir(directory: Path) -> None:

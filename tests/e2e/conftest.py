@@ -169,12 +169,14 @@ def wait_healthy(url: str, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-def wait_readyz(server: Server, until: Any, timeout: float = 30) -> dict[str, Any]:
+def wait_readyz(
+    server: Server, until: Any, timeout: float = 30, url: str | None = None
+) -> dict[str, Any]:
     """/readyz's body with its ``status``, once ``until(body)`` holds or ``timeout`` is up
-    (the last one then)."""
+    (the last one then). ``url``: the operators' port, when it is not the main one."""
     deadline = time.monotonic() + timeout
     while True:
-        r = httpx.get(f"{server.url}/readyz")
+        r = httpx.get(f"{url or server.url}/readyz")
         body: dict[str, Any] = {"status": r.status_code, **r.json()}
         if until(body) or time.monotonic() > deadline:
             return body

@@ -35,14 +35,17 @@ def test_the_readme_install_serves_ingests_and_runs_query_jobs(tmp_path: Path) -
     api_port = free_port()
     srv = Server(tmp_path / "data", ["--api-port", str(api_port)], python=python)
     srv.start(timeout=60)
+    endpoint = f"http://127.0.0.1:{api_port}"
     try:
-        # Ready, and the job runner past its start (its sessions on the lake open).
-        ready = wait_readyz(srv, lambda b: b["status"] == 200 and b["jobs"]["serving"], 60)
+        # Ready, and the job runner past its start (its sessions on the lake open); the
+        # details are on the operators' port.
+        ready = wait_readyz(
+            srv, lambda b: b["status"] == 200 and b["jobs"]["serving"], 60, url=endpoint
+        )
         assert ready["status"] == 200 and ready["jobs"]["serving"], ready
         assert srv.postback("test_db", "installed", {"n": 1}, key=srv.write_key).status_code == 200
         srv.wait_for("SELECT n FROM installed", lambda rows: rows == [{"n": 1}], "test_db")
 
-        endpoint = f"http://127.0.0.1:{api_port}"
         issued = httpx.post(
             f"{endpoint}/v3/job/issue/presto/test_db",
             data={"query": "SELECT n, TD_TIME_FORMAT(time, 'yyyy', 'UTC') AS y FROM installed"},

@@ -268,7 +268,7 @@ def test_a_unique_id_loads_once_however_often_it_is_journaled(api: tuple[Server,
     n = 5_000
     body = fluent_body({"time": DAY + i, "n": i} for i in range(n))
     url = f"{endpoint}/v3/table/import_with_id/test_db/racing/chunk-1/msgpack.gz"
-    duplicates_before = _counter(srv, "tdedge_import_duplicates_total")
+    duplicates_before = _counter(endpoint, "tdedge_import_duplicates_total")
     start = threading.Barrier(6)
 
     def upload(_: int) -> int:
@@ -284,7 +284,7 @@ def test_a_unique_id_loads_once_however_often_it_is_journaled(api: tuple[Server,
     assert httpx.put(url, content=body, headers=td1(srv.write_key)).status_code == 200
     # The retry's copy was journaled: wait until the loader has dropped it.
     deadline = time.monotonic() + 30
-    while _counter(srv, "tdedge_import_duplicates_total") < duplicates_before + n:
+    while _counter(endpoint, "tdedge_import_duplicates_total") < duplicates_before + n:
         assert time.monotonic() < deadline, "the loader never dropped the retry"
         time.sleep(0.2)
     assert srv.query("SELECT count(*) AS c, count(DISTINCT n) AS d FROM test_db.racing") == [
@@ -297,8 +297,8 @@ def test_a_unique_id_loads_once_however_often_it_is_journaled(api: tuple[Server,
     assert loaded == [{"database_name": "test_db", "table_name": "racing", "records": n}]
 
 
-def _counter(srv: Server, name: str) -> float:
-    text = httpx.get(f"{srv.url}/metrics").text
+def _counter(endpoint: str, name: str) -> float:
+    text = httpx.get(f"{endpoint}/metrics").text  # the operators' port: the API port
     found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     return 0.0 if found is None else float(found.group(1))
 

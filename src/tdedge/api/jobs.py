@@ -30,6 +30,9 @@ CONTENT_TYPES = {
     "tsv": "text/tab-separated-values; charset=utf-8",
 }
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# Bound on integer parameters: a page of jobs from..to is to - from + 1 rows, which must
+# still fit SQLite's 64-bit integers (past them the query failed, a 500).
+MAX_INDEX = 2**62
 
 
 def issue(api: Api, req: Request) -> Response:
@@ -178,8 +181,8 @@ def _parse_range(m: re.Match[str] | None, size: int) -> tuple[int | None, int | 
     if m is None or size == 0:
         return None, None
     first, last = m.groups()
-    if not first:  # bytes=-N: the last N bytes
-        if not last:
+    if not first:  # bytes=-N: the last N bytes; the last 0 bytes are no bytes at all
+        if not last or int(last) == 0:
             return None, None
         n = int(last)
         return max(0, size - n), size - 1
@@ -242,13 +245,16 @@ def _job_id(text: str) -> int:
     return int(text)
 
 
-def _int(text: str | None, name: str) -> int:
+def _int(text: str | None, name: str, low: int = 0, high: int = MAX_INDEX - 1) -> int:
     if text is None or text == "":
         return 0
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise ApiError(400, "invalid_parameter", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, "invalid_parameter", f"{name} must be from {low} to {high}")
+    return value
 
 
 def _priority(text: str | None) -> int:
@@ -257,7 +263,4 @@ def _priority(text: str | None) -> int:
     named = PRIORITIES.get(text.strip().upper())
     if named is not None:
         return named
-    value = _int(text, "priority")
-    if not -2 <= value <= 2:
-        raise ApiError(400, "invalid_parameter", "priority must be between -2 and 2")
-    return value
+    return _int(text, "priority", -2, 2)

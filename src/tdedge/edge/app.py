@@ -2,8 +2,12 @@
 
 It picks the door for each request (by ``Host``: ``*.records.in.*`` → records,
 ``*.p13n.in.*`` → p13n, ``api.*`` → api, anything else → legacy), lets the door answer,
-and serves the operational routes on every door. Doors answer only once what they
-accepted is durable.
+and serves the operational routes. Doors answer only once what they accepted is durable.
+
+The operators' port is the API port once ``--api-port`` is set, else the main port: the
+REST API, ``/metrics`` and the details of ``/readyz`` answer there only, so that what
+operators see is never served on a public ingest port. Every port answers ``/healthz``
+and a bare ``/readyz`` for load balancers.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import msgspec
 from tdedge import metrics
 from tdedge.config import SETTINGS_ENV, Settings
 from tdedge.edge.auth import SyncAuth
+from tdedge.edge.deadlines import BodyDeadlines
 from tdedge.edge.http import (
     JSON_HEADERS,
+    ClientGone,
     HTTPError,
     Protocol_,
     Response,
@@ -48,6 +54,11 @@ SWITCH_INTERVAL_S = 0.0002
 # One failed batch is retried at once; several in a row mean the lake is unreachable.
 LOADER_FAILURES_NOT_READY = 3
 OPS_ROUTES = {"/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics"}
+# The status counted for a request whose client left before it was read (nginx's "client
+# closed request"): nothing is answered, and nothing of it was accepted.
+CLIENT_GONE = 499
+# The reason code of a request for the operators' endpoints on another port.
+OPERATORS_PORT_ONLY = "operators_port_only"
 
 
 class Door(Protocol):
@@ -60,11 +71,34 @@ class Door(Protocol):
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response: ...
 
 
+class ElsewhereDoor:
+    """A door served on another port: each of its requests is a 404 that says where."""
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        self._message = message
+
+    def route(self, path: str) -> str | None:
+        return None if path in OPS_ROUTES else "elsewhere"
+
+    async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
+        raise HTTPError(404, OPERATORS_PORT_ONLY, self._message)
+
+
+def operators_port(settings: Settings) -> tuple[bool, str]:
+    """Whether this listener is the operators' port, and what to call that port."""
+    if "api" in settings.door_ports:
+        return settings.fixed_door == "api", "the API port (--api-port)"
+    return settings.fixed_door is None, "the main port (--port)"
+
+
 class EdgeApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._services: Services | None = None
         self._doors: dict[str, Door] = {}
+        self._deadlines = BodyDeadlines(settings.body_idle_timeout_s, settings.body_timeout_s)
+        self._operators, self._operators_port = operators_port(settings)
 
     # RSGI lifecycle: the journal and its writer thread belong to the worker process.
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -74,15 +108,22 @@ class EdgeApp:
         self._services = Services(self.settings, journal, auth)
         self._doors = {"legacy": LegacyDoor(self._services)}
         self._doors["records"] = RecordsDoor(self._services)
-        self._doors["api"] = ApiDoor(self._services)
+        if "api" in self.settings.door_ports and self.settings.fixed_door != "api":
+            self._doors["api"] = ElsewhereDoor(
+                "api", f"the REST API answers on {self._operators_port} only"
+            )
+        else:
+            self._doors["api"] = ApiDoor(self._services)
         self._doors["p13n"] = P13nDoor(self._services)
         # Everything imported and built so far lives as long as the worker: keep the
         # collector from walking it again on every full collection, a pause that
         # every request in flight would wait out.
         gc.freeze()
+        self._deadlines.start(loop)
         log.info("edge worker ready", extra={"pid": os.getpid(), "shard": journal.shard})
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._deadlines.stop()
         if self._services is not None:
             self._services.close()
 
@@ -104,11 +145,14 @@ class EdgeApp:
     async def __rsgi__(self, scope: Scope, proto: Protocol_) -> None:
         door = self.door_for(scope)
         route = "other"
+        assert self._services is not None
         try:
             found = door.route(scope.path)
             if found is not None:
                 route = found
-                status, headers, body = await door.handle(route, scope, proto)
+                status, headers, body = await door.handle(
+                    route, scope, self._deadlines.watch(proto)
+                )
             elif scope.path in OPS_ROUTES:
                 route = OPS_ROUTES[scope.path]
                 status, headers, body = await self._ops(route)
@@ -118,7 +162,13 @@ class EdgeApp:
             status = e.status
             headers = [*JSON_HEADERS, *e.headers]
             body = error_body(e.code, e.message)
-        assert self._services is not None
+        except ClientGone:
+            log.debug(
+                "client left before its request was read",
+                extra={"door": door.name, "route": route, "client": scope.client},
+            )
+            self._services.counters.inc(door.name, route, CLIENT_GONE)
+            return
         self._services.counters.inc(door.name, route, status)
         proto.response_bytes(status, headers, body)
 
@@ -126,7 +176,15 @@ class EdgeApp:
         if route == "healthz":
             return 200, JSON_HEADERS, b'{"status":"ok"}'
         if route == "readyz":
-            return self._readyz()
+            status, headers, body = self._readyz()
+            if not self._operators:
+                # Whether to send traffic here, without the why: that is for operators.
+                body = b'{"ready":true}' if status == 200 else b'{"ready":false}'
+            return status, headers, body
+        if not self._operators:
+            raise HTTPError(
+                404, OPERATORS_PORT_ONLY, f"/metrics answers on {self._operators_port} only"
+            )
         # Reading every worker's metric files takes milliseconds: in a thread, the
         # requests this worker is serving meanwhile are not held up behind a scrape.
         text = await asyncio.to_thread(metrics.exposition)

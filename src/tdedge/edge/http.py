@@ -75,6 +75,24 @@ class BodyTooLarge(HTTPError):
         )
 
 
+class BodyTimeout(HTTPError):
+    """408: the body stopped arriving, or took too long in all (edge/deadlines.py)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(
+            408,
+            "body_timeout",
+            f"the request body {why}; send it again, without pausing",
+            # The rest of the body may still be on its way: the connection cannot be
+            # reused, and saying so spares the client a request on a dying connection.
+            headers=[("connection", "close")],
+        )
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its request was read: nobody to answer."""
+
+
 def encode_json(obj: Any) -> bytes:
     return _json_encoder.encode(obj)
 
@@ -83,14 +101,21 @@ def error_body(code: str, message: str) -> bytes:
     return encode_json({"error": code, "message": message})
 
 
+# A body this small is read whole in one call, granian's fastest way; a larger one piece
+# by piece, so that its pauses can be timed (edge/deadlines.py).
+ONE_READ_BYTES = 64 * 1024
+
+
 async def read_body(scope: Scope, proto: Protocol_, limit: int) -> bytes:
     """Read the whole body, refusing (413) as soon as it passes ``limit`` bytes.
 
     A declared Content-Length over the limit is refused before reading anything; a
     chunked body is counted while it streams, so no more than ``limit`` bytes (plus one
-    chunk) are ever held.
+    chunk) are ever held. A body that ends short of its Content-Length was abandoned by
+    the client (``ClientGone``); one that stalls is a 408 that keeps what came of it.
     """
     declared = scope.headers.get("content-length")
+    length = None
     if declared is not None:
         try:
             length = int(declared)
@@ -98,13 +123,21 @@ async def read_body(scope: Scope, proto: Protocol_, limit: int) -> bytes:
             raise HTTPError(400, "bad_content_length", "Content-Length is not a number") from None
         if length > limit:
             raise BodyTooLarge(limit, b"")
-        # The server reads no more than Content-Length, so one call is safe and fastest.
-        return await proto()
+        if length <= ONE_READ_BYTES:
+            # The server reads no more than Content-Length, so one call is safe.
+            return await proto()
     parts: list[bytes] = []
     size = 0
-    async for chunk in proto:
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit, b"".join(parts)[:limit])
-        parts.append(chunk)
+    try:
+        async for chunk in proto:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit, b"".join(parts)[:limit])
+            parts.append(chunk)
+    except BodyTimeout as e:
+        e.body = b"".join(parts)
+        raise
+    if length is not None and size != length:
+        # granian ends the stream early, without an error, when the connection drops.
+        raise ClientGone()
     return b"".join(parts)
