@@ -73,6 +73,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Master keys may create a database by writing to it (as td-js-sdk documents);
     # write-only keys need an existing database.
     auto_create_database_for_master: bool = True
+    # Columns a table may have, time included, td_type_conflicts not (loader/limits.py).
+    # DuckLake keeps small commits in an SQLite table with one column per table column
+    # plus three of its own, and SQLite refuses more than 2,000 columns at commit time:
+    # half of that leaves room for DuckLake's columns and any it adds later. A commit's
+    # catalog work also grows with the width. Records that would pass it are refused
+    # with a reason.
+    max_table_columns: int = 1_000
 
     # Lake. Commits of at most this many rows per table stay in the catalog instead of
     # writing a tiny Parquet file each; compaction flushes them into files later.
