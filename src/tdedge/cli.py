@@ -60,6 +60,20 @@ main.add_command(p13n)
     help="Records waiting for the loader before the edge answers 503.",
 )
 @click.option(
+    "--max-tables-per-account",
+    default=Settings().max_tables_per_account,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Tables one account may have; records for more become import errors (table_limit).",
+)
+@click.option(
+    "--max-databases-per-account",
+    default=Settings().max_databases_per_account,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Databases one account may have; creating more is refused (database_limit).",
+)
+@click.option(
     "--loader/--no-loader",
     default=True,
     show_default=True,
@@ -143,6 +157,8 @@ def serve(
     auth: str,
     max_body_bytes: int,
     journal_max_backlog: int,
+    max_tables_per_account: int,
+    max_databases_per_account: int,
     loader: bool,
     records_port: int | None,
     p13n_port: int | None,
@@ -171,6 +187,8 @@ def serve(
         auth=auth,
         max_body_bytes=max_body_bytes,
         journal_max_backlog=journal_max_backlog,
+        max_tables_per_account=max_tables_per_account,
+        max_databases_per_account=max_databases_per_account,
         door_ports={door: p for door, p in ports.items() if p is not None},
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -325,14 +343,25 @@ def db() -> None:
 @db.command("create")
 @data_dir_option
 @click.option("--account", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--max-databases-per-account",
+    default=Settings().max_databases_per_account,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Refuse the database when the account has this many (as serve's option).",
+)
 @click.argument("name")
-def db_create(data_dir: str | None, account: int, name: str) -> None:
+def db_create(
+    data_dir: str | None, account: int, max_databases_per_account: int, name: str
+) -> None:
+    from tdedge.control.store import ControlStore
     from tdedge.errors import ControlError
     from tdedge.lake.lake import Lake
 
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, max_databases_per_account=max_databases_per_account)
     try:
-        info = _control(data_dir).create_database(name, account)
+        store = ControlStore.open(settings.control_db, settings.max_databases_per_account)
+        info = store.create_database(name, account)
     except ControlError as e:
         raise click.ClickException(str(e)) from e
     lake = Lake.open(settings)

@@ -80,6 +80,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # catalog work also grows with the width. Records that would pass it are refused
     # with a reason.
     max_table_columns: int = 1_000
+    # Tables and databases one account may have; past them a new table's records are
+    # import errors (table_limit) and creating a database is refused. Every table
+    # costs every commit: DuckLake reads the whole catalog again after each one (about
+    # 0.3 s per commit with 1,000 tables here, growing with the count), and a commit
+    # writing to many tables costs ~20 ms per table. One write key must not be able to
+    # make thousands of them in seconds and slow loading for every account.
+    max_tables_per_account: int = 1_000
+    max_databases_per_account: int = 100
 
     # Lake. Commits of at most this many rows per table stay in the catalog instead of
     # writing a tiny Parquet file each; compaction flushes them into files later.

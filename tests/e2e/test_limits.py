@@ -1,11 +1,14 @@
 """Limits that keep one client from stopping the server, through the real server:
-table width (max_table_columns)."""
+table width (max_table_columns), tables and databases per account."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from tests.e2e.conftest import Server
+from tests.e2e.restapi_support import start_api_server, td1
 from tests.e2e.test_records import ingest
 
 # Freshness the issue asks for ("within a few seconds"), with a wide margin: the loader
@@ -59,3 +62,27 @@ def test_an_ingest_event_too_wide_gets_a_receipt_the_sdks_drop(server: Server) -
     server.wait_for(
         "SELECT ok FROM test_db.events ORDER BY ok", lambda rows: rows == [{"ok": 1}, {"ok": 2}]
     )
+
+
+def test_tables_and_databases_past_the_account_limits_are_refused(make_server: Any) -> None:
+    server, api = start_api_server(
+        make_server, "--max-tables-per-account", "2", "--max-databases-per-account", "2"
+    )
+    key = server.master_key
+    # Databases: test_db (made at first start) and one more.
+    assert httpx.post(f"{api}/v3/database/create/second", headers=td1(key)).status_code == 200
+    r = httpx.post(f"{api}/v3/database/create/third", headers=td1(key))
+    assert r.status_code == 403 and r.json()["error"] == "database_limit"
+    done = server.cli("db", "create", "fourth", "--max-databases-per-account", "2", check=False)
+    assert done.returncode != 0 and "max_databases_per_account" in done.stderr
+    assert "third" not in server.cli("db", "list").stdout
+
+    # Tables: two in test_db; records for a third are import errors.
+    for table in ("t1", "t2", "t3"):
+        assert server.postback("test_db", table, {"n": 1}, key=key).status_code == 200
+    errs = server.wait_errors(lambda es: any(e["reason"] == "table_limit" for e in es))
+    (error,) = [e for e in errs if e["reason"] == "table_limit"]
+    assert error["table_name"] == "t3" and "max_tables_per_account" in error["detail"]
+    server.wait_for("SELECT n FROM test_db.t2", lambda rows: rows == [{"n": 1}])
+    r = httpx.post(f"{api}/v3/table/create/second/t4/log", headers=td1(key))
+    assert r.status_code == 403 and r.json()["error"] == "table_limit"

@@ -134,6 +134,11 @@ class Lake:
         found = self._columns.get((database, table))
         return None if found is None else dict(found)
 
+    def table_count(self, databases: Iterable[str]) -> int:
+        """How many tables these databases hold (as of the last commit or reload)."""
+        wanted = set(databases)
+        return sum(1 for schema, _ in self._columns if schema in wanted)
+
     def ensure_schema(self, database: str) -> None:
         """Create the schema that holds ``database``'s tables (``tdedge db create``)."""
         self._require_writable()

@@ -18,6 +18,9 @@ it becomes a row of ``tdedge_system.import_errors`` with one of these reason cod
     the database does not exist and the key may not create it: only master keys
     create a database by writing to it, and only with
     ``auto_create_database_for_master``
+``database_limit``
+    a master key would create the database by writing to it, but its account has
+    ``max_databases_per_account`` databases already
 ``foreign_key``
     the key's account is not the account that owns the database
 ``invalid_record``
@@ -30,6 +33,8 @@ Checks run in that order, after the edge's own verdict. The verdict for one
 
 The loader (loader/runner.py) refuses accepted records too, with these codes:
 
+``table_limit``
+    the table does not exist and its account has ``max_tables_per_account`` tables
 ``too_many_columns``
     the record would take its table past ``max_table_columns`` (loader/limits.py)
 ``load_failed``
@@ -51,6 +56,7 @@ import msgspec
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
 from tdedge.control.keys import KeyInfo, key_id
+from tdedge.errors import LimitReached
 from tdedge.journal.envelope import Envelope, JournalGroup
 from tdedge.lake.batch import Rejection
 from tdedge.names import SYSTEM_DATABASE, is_reserved, is_valid_name, normalize
@@ -63,6 +69,7 @@ DATABASE_NOT_FOUND = "database_not_found"
 FOREIGN_KEY = "foreign_key"
 INVALID_RECORD = "invalid_record"
 LOAD_FAILED = "load_failed"
+TABLE_LIMIT = "table_limit"
 
 _decode_record = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_records = msgspec.json.Decoder(list[dict[str, Any]]).decode
@@ -220,7 +227,10 @@ class Router:
         database, table = normalize(env.database), normalize(env.table)
         if is_reserved(database):
             return Reject(RESERVED_DATABASE, f"{SYSTEM_DATABASE} is reserved", account)
-        owner = self._owner(database, key, now)
+        try:
+            owner = self._owner(database, key, now)
+        except LimitReached as e:
+            return Reject(e.code, str(e), account)
         if owner is None:
             return Reject(DATABASE_NOT_FOUND, f"database {database} does not exist", account)
         if owner != key.account_id:

@@ -57,7 +57,7 @@ from tdedge.loader.heartbeat import Heartbeat, write_heartbeat
 from tdedge.loader.limits import TOO_MANY_COLUMNS, too_wide
 from tdedge.loader.pacing import Pacing
 from tdedge.loader.records import to_columns
-from tdedge.loader.routing import LOAD_FAILED, Reject, Routed, Router, TableInput
+from tdedge.loader.routing import LOAD_FAILED, TABLE_LIMIT, Reject, Routed, Router, TableInput
 
 log = logging.getLogger("tdedge.loader")
 
@@ -120,6 +120,7 @@ class Loader:
         self._reader = reader
         self._lake = lake
         self._ledger = ledger  # the edge's bulk-import ids, forgotten as the lake's are
+        self._directory = directory
         self._router = Router(settings, directory)
         self._pacing = Pacing.of(settings)
         self._clock = clock
@@ -316,12 +317,22 @@ class Loader:
         shaped: list[Shaped] = []
         refused: list[Rejection] = []
         conflicts = 0
+        tables: dict[int, int] = {}  # account → its tables, the batch's new ones counted
         for (database, table), found in routed.tables.items():
             if not found.rows:
                 continue
             rejections: list[Rejection] = []
             try:
                 existing = self._lake.columns(database, table)
+                if existing is None and not self._room_for_table(found.account_id, tables, now):
+                    limit = self._settings.max_tables_per_account
+                    detail = (
+                        f"account {found.account_id} has {limit} tables, as many as it may "
+                        f"have (max_tables_per_account): {database}.{table} is not created"
+                    )
+                    verdict = Reject(TABLE_LIMIT, detail, found.account_id)
+                    refused.extend(routed.rejected(found.rows, verdict, now))
+                    continue
                 found, rejections = self._narrow(database, table, found, existing, routed, now)
                 if not found.rows:
                     refused.extend(rejections)
@@ -336,6 +347,16 @@ class Loader:
             shaped.append(Shaped(TableRows(database, table, built.table), found, rejections))
             conflicts += built.conflicts
         return shaped, refused, conflicts
+
+    def _room_for_table(self, account_id: int, tables: dict[int, int], now: float) -> bool:
+        """Whether ``account_id`` may have one table more; counts it in ``tables``."""
+        count = tables.get(account_id)
+        if count is None:
+            databases = self._directory.databases_of(account_id, now)
+            count = self._lake.table_count(databases)
+        room = count < self._settings.max_tables_per_account
+        tables[account_id] = count + 1 if room else count
+        return room
 
     def _narrow(
         self,
