@@ -97,6 +97,20 @@ main.add_command(p13n)
     help="Open connections per worker; more wait in the kernel's listen queue.",
 )
 @click.option(
+    "--max-tables-per-account",
+    default=Settings().max_tables_per_account,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Tables one account may have; records for more become import errors (table_limit).",
+)
+@click.option(
+    "--max-databases-per-account",
+    default=Settings().max_databases_per_account,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Databases one account may have; creating more is refused (database_limit).",
+)
+@click.option(
     "--loader/--no-loader",
     default=True,
     show_default=True,
@@ -184,6 +198,8 @@ def serve(
     body_idle_timeout: float,
     body_timeout: float,
     max_connections: int,
+    max_tables_per_account: int,
+    max_databases_per_account: int,
     loader: bool,
     records_port: int | None,
     p13n_port: int | None,
@@ -216,6 +232,8 @@ def serve(
         body_idle_timeout_s=body_idle_timeout,
         body_timeout_s=body_timeout,
         max_connections=max_connections,
+        max_tables_per_account=max_tables_per_account,
+        max_databases_per_account=max_databases_per_account,
         door_ports={door: p for door, p in ports.items() if p is not None},
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -370,14 +388,25 @@ def db() -> None:
 @db.command("create")
 @data_dir_option
 @click.option("--account", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--max-databases-per-account",
+    default=Settings().max_databases_per_account,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Refuse the database when the account has this many (as serve's option).",
+)
 @click.argument("name")
-def db_create(data_dir: str | None, account: int, name: str) -> None:
+def db_create(
+    data_dir: str | None, account: int, max_databases_per_account: int, name: str
+) -> None:
+    from tdedge.control.store import ControlStore
     from tdedge.errors import ControlError
     from tdedge.lake.lake import Lake
 
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, max_databases_per_account=max_databases_per_account)
     try:
-        info = _control(data_dir).create_database(name, account)
+        store = ControlStore.open(settings.control_db, settings.max_databases_per_account)
+        info = store.create_database(name, account)
     except ControlError as e:
         raise click.ClickException(str(e)) from e
     lake = Lake.open(settings)

@@ -89,6 +89,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Master keys may create a database by writing to it (as td-js-sdk documents);
     # write-only keys need an existing database.
     auto_create_database_for_master: bool = True
+    # Columns a table may have, time included, td_type_conflicts not (loader/limits.py).
+    # DuckLake keeps small commits in an SQLite table with one column per table column
+    # plus three of its own, and SQLite refuses more than 2,000 columns at commit time:
+    # half of that leaves room for DuckLake's columns and any it adds later. A commit's
+    # catalog work also grows with the width. Records that would pass it are refused
+    # with a reason.
+    max_table_columns: int = 1_000
+    # Tables and databases one account may have; past them a new table's records are
+    # import errors (table_limit) and creating a database is refused. Every table
+    # costs every commit: DuckLake reads the whole catalog again after each one (about
+    # 0.3 s per commit with 1,000 tables here, growing with the count), and a commit
+    # writing to many tables costs ~20 ms per table. One write key must not be able to
+    # make thousands of them in seconds and slow loading for every account.
+    max_tables_per_account: int = 1_000
+    max_databases_per_account: int = 100
 
     # Lake. Commits of at most this many rows per table stay in the catalog instead of
     # writing a tiny Parquet file each; compaction flushes them into files later.

@@ -30,5 +30,14 @@ class InvalidName(ControlError):
     pass
 
 
+class LimitReached(ControlError):
+    """An account has as many of something (databases, tables) as it may have;
+    ``code`` is the reason code (``database_limit``, ``table_limit``)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class LakeError(TdedgeError):
     """The lake refused an operation (bad SQL, catalog unavailable)."""

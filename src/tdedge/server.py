@@ -313,7 +313,7 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
         parent_watch(parent_pid, stop)
     lock_fd = loader_lock(settings)
     control = sqlite_engine(settings.control_db)
-    store = ControlStore(control)
+    store = ControlStore(control, settings.max_databases_per_account)
     reader = SQLiteJournalReader(settings.journal_dir)
     lake = Lake.open(settings)
     # Lower priority once started: start-up (imports, the lake's extensions) is a short

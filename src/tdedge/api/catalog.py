@@ -54,6 +54,12 @@ FROM live l LEFT JOIN {META}.ducklake_table_stats st ON st.table_id = l.table_id
 ORDER BY l.table_name
 """
 
+_COUNT_TABLES = f"""
+SELECT count(*)
+FROM {META}.ducklake_table t JOIN {META}.ducklake_schema s ON s.schema_id = t.schema_id
+WHERE t.end_snapshot IS NULL AND s.end_snapshot IS NULL AND list_contains(?, s.schema_name)
+"""
+
 _COLUMNS = (
     "SELECT table_name, column_name, data_type FROM duckdb_columns() "
     "WHERE database_name = ? AND schema_name = ? ORDER BY table_name, column_index"
@@ -97,6 +103,14 @@ class LakeCatalog:
             if info is not None and column != "time":
                 info.columns.append((column, TD_TYPES.get(kind, kind.lower())))
         return list(found.values())
+
+    def table_count(self, databases: list[str]) -> int:
+        """How many tables these databases hold."""
+        if not databases:
+            return 0
+        with self._lock:
+            rows = self._fetch(_COUNT_TABLES, [databases])
+        return int(rows[0][0]) if rows else 0
 
     def table(self, database: str, name: str) -> TableInfo | None:
         return next((t for t in self.tables(database) if t.name == name), None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tdedge.api.context import Api, Request, valid_name
 from tdedge.api.wire import ApiError, ok, td_date
 from tdedge.edge.http import Response
-from tdedge.errors import AlreadyExists, InvalidName
+from tdedge.errors import AlreadyExists, InvalidName, LimitReached
 from tdedge.names import is_reserved
 
 
@@ -38,6 +38,8 @@ def create_database(api: Api, req: Request) -> Response:
         raise ApiError(409, "already_exists", f"database '{name}' already exists") from None
     except InvalidName as e:
         raise ApiError(400, "invalid_name", str(e)) from None
+    except LimitReached as e:
+        raise ApiError(403, e.code, str(e)) from None
     return ok({"database": name})
 
 

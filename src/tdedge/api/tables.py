@@ -11,6 +11,7 @@ from tdedge.api.context import Api, Request, valid_name
 from tdedge.api.wire import ApiError, iso_date, not_found, ok, td_date
 from tdedge.edge.http import Response
 from tdedge.errors import LakeError
+from tdedge.loader.routing import TABLE_LIMIT
 
 
 def table_json(info: TableInfo) -> dict[str, Any]:
@@ -56,6 +57,14 @@ def create_table(api: Api, req: Request) -> Response:
         raise ApiError(400, "unsupported_table_type", f"only log tables exist here, not {kind!r}")
     if api.catalog.table(database, name) is not None:
         raise ApiError(409, "already_exists", f"table '{database}.{name}' already exists")
+    limit = api.settings.max_tables_per_account
+    owned = [db for db, _ in api.account_databases(req.caller)]
+    if api.catalog.table_count(owned) >= limit:
+        raise ApiError(
+            403,
+            TABLE_LIMIT,
+            f"the account has {limit} tables, as many as it may have (max_tables_per_account)",
+        )
     try:
         api.catalog.create_table(database, name)
     except LakeError as e:

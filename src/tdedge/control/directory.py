@@ -70,6 +70,11 @@ class Directory:
                 self._owners[name] = owner
         return owner
 
+    def databases_of(self, account_id: int, now: float) -> set[str]:
+        """The databases ``account_id`` owns, as of the last reload or look-up."""
+        self.refresh(now)
+        return {name for name, owner in self._owners.items() if owner == account_id}
+
     def create_database(self, name: str, account_id: int) -> int:
         """Create ``name`` for ``account_id``; returns the owner (another writer may have won)."""
         with contextlib.suppress(AlreadyExists):

@@ -17,8 +17,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from tdedge.control.keys import KeyInfo, KeyType, hash_key, key_id, new_key
-from tdedge.errors import AlreadyExists, InvalidName, NotFound
+from tdedge.errors import AlreadyExists, InvalidName, LimitReached, NotFound
 from tdedge.names import NAME_RULE, is_reserved, is_valid_name, normalize
+
+# The reason code of a database refused by the limit (REST answers, import errors).
+DATABASE_LIMIT = "database_limit"
 
 metadata = sa.MetaData()
 
@@ -93,13 +96,17 @@ def sqlite_engine(path: Path) -> Engine:
 
 
 class ControlStore:
-    def __init__(self, engine: Engine) -> None:
+    """``max_databases_per_account``: how many databases ``create_database`` lets one
+    account have (Settings.max_databases_per_account); None for no limit."""
+
+    def __init__(self, engine: Engine, max_databases_per_account: int | None = None) -> None:
         self._engine = engine
+        self._max_databases = max_databases_per_account
         create_tables(metadata, engine)
 
     @classmethod
-    def open(cls, path: Path) -> ControlStore:
-        return cls(sqlite_engine(path))
+    def open(cls, path: Path, max_databases_per_account: int | None = None) -> ControlStore:
+        return cls(sqlite_engine(path), max_databases_per_account)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -177,9 +184,28 @@ class ControlStore:
         try:
             with self._engine.begin() as conn:
                 conn.execute(sa.insert(databases).values(**msgspec.structs.asdict(info)))
+                if self._over_limit(conn, account_id):
+                    # Counted after the insert, in its transaction (rolled back by the
+                    # raise): the insert holds SQLite's write lock, so a creation
+                    # racing this one counts it.
+                    raise LimitReached(
+                        f"account {account_id} has {self._max_databases} databases, as many "
+                        "as it may have (max_databases_per_account)",
+                        DATABASE_LIMIT,
+                    )
         except sa.exc.IntegrityError as e:
             raise AlreadyExists(f"database {name} already exists") from e
         return info
+
+    def _over_limit(self, conn: sa.Connection, account_id: int) -> bool:
+        if self._max_databases is None:
+            return False
+        count = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(databases)
+            .where(databases.c.account_id == account_id)
+        ).scalar_one()
+        return int(count) > self._max_databases
 
     def list_databases(self) -> list[DatabaseInfo]:
         with self._engine.connect() as conn:

@@ -18,7 +18,10 @@ succeed must carry one of those three, or the SDK would resend it forever:
 - a bad database or table name → ``InvalidCollectionNameError`` (every event);
 - a key that cannot be a column (empty, over 255 characters, control characters,
   tdedge's own ``td_type_conflicts``, or ``td_uuid``) → ``InvalidPropertyNameError``;
-- an event that is not a JSON object, or is over 1 MiB → ``InvalidPropertyValueError``.
+- an event that is not a JSON object, or is over 1 MiB → ``InvalidPropertyValueError``;
+- an event with more keys than a table may have columns (``max_table_columns``, the
+  columns the server adds counted) → ``InvalidPropertyNameError``: the keys past the
+  limit cannot be columns.
 
 Refused events are journaled with a reason code (they show in the import errors);
 accepted ones are stored with ``td_uuid``, a version-7 UUID per record (``uuids``).
@@ -45,6 +48,7 @@ from tdedge.edge.http import JSON_HEADERS, BodyTooLarge, HTTPError, Protocol_, R
 from tdedge.edge.http import read_body as read_raw_body
 from tdedge.edge.services import REJECT_KEEP_BYTES, Services
 from tdedge.journal.envelope import Envelope
+from tdedge.loader.limits import TOO_MANY_COLUMNS, columns_refusal
 from tdedge.loader.schema import fold, usable_name
 from tdedge.names import NAME_RULE, is_valid_name, normalize
 
@@ -181,6 +185,17 @@ def check_event(raw: msgspec.Raw) -> dict[str, Any] | Failure:
                 "invalid_property_name",
             )
     return event
+
+
+def fits_table(
+    checked: dict[str, Any] | Failure, limit: int, added: tuple[str, ...]
+) -> dict[str, Any] | Failure:
+    """An event with the columns the server adds (``added``) must fit in a table: its
+    keys past ``max_table_columns`` cannot be columns (loader/limits.py)."""
+    if isinstance(checked, Failure):
+        return checked
+    refusal = columns_refusal(checked, limit, added)
+    return checked if refusal is None else Failure(NAME_ERROR, refusal, TOO_MANY_COLUMNS)
 
 
 # Property names already found usable. Events of one source repeat the same few names, so
@@ -322,13 +337,14 @@ class IngestAPI:
             raise
         extra = fill_for(mode)
         adds = extra.ip is not None or extra.global_id is not None
+        added = (UUID_COLUMN, "td_ip") if extra.ip is not None else (UUID_COLUMN,)
         envelopes: list[Envelope] = []
         receipts: list[bytes] = []
         ids = uuids(len(events), received_ms)
         for raw, uuid in zip(events, ids, strict=True):
             checked: dict[str, Any] | Failure
             if valid:
-                checked = check_event(raw)
+                checked = fits_table(check_event(raw), s.settings.max_table_columns, added)
             else:
                 checked = Failure(
                     COLLECTION_ERROR, f"{database}.{table}: {NAME_RULE}", "invalid_name"

@@ -21,6 +21,7 @@ from tdedge.edge.http import (
 from tdedge.edge.identity import Identity
 from tdedge.edge.pixel import Pixel, pixel_params, query_params
 from tdedge.edge.services import Services
+from tdedge.edge.width import check_width
 from tdedge.names import NAME_RULE, is_valid_name, normalize
 
 POSTBACK_PREFIX = "/postback/v3/event/"
@@ -104,6 +105,7 @@ class LegacyDoor:
                     body=body,
                 )
             record = record_from_body(body, scope.headers.get("content-type"))
+            check_width(record, s.settings)
         except HTTPError as e:
             # Refused at the door: the client is told why, and operators see the record.
             await s.keep_refused(DOOR, received_ms, database, table, key, e)

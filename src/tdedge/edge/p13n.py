@@ -42,6 +42,7 @@ from tdedge.edge.memo import Memo
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.services import Services
 from tdedge.journal.envelope import Envelope
+from tdedge.loader.limits import columns_refusal
 from tdedge.realtime import batch as batch_store
 from tdedge.realtime import sqlite as profile_store
 from tdedge.realtime import tokens
@@ -280,6 +281,9 @@ class P13nDoor:
             raise _bad(3004, "(the body is not JSON)") from None
         if not isinstance(event, dict):
             raise _bad(3004, "(the body must be one JSON object)")
+        too_wide = columns_refusal(event, self._s.settings.max_table_columns)
+        if too_wide is not None:
+            raise _bad(3004, f"({too_wide})")
         keys = service.event_keys(event)
         if not keys:
             columns = ", ".join(r.column for r in service.keys)

@@ -44,6 +44,7 @@ from tdedge.edge.ingest import Fill, IngestAPI, Mode
 from tdedge.edge.legacy import POSTBACK_PREFIX, postback_names
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.services import Services
+from tdedge.edge.width import check_width
 
 DOOR = "records"
 # Postback API v2's documented request limit, exactly.
@@ -167,6 +168,7 @@ class RecordsDoor:
                 refused.body = body
                 raise refused
             record = record_from_body(body, scope.headers.get("content-type"))
+            check_width(record, s.settings)
         except HTTPError as e:
             # Refused at the door: the client is told why, and operators see the record.
             kept_key = key if key is not None else url_key(scope.query_string)

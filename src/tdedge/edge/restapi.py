@@ -26,7 +26,7 @@ from tdedge.control.jobs import JobStore
 from tdedge.control.store import ControlStore, sqlite_engine
 from tdedge.edge.http import HTTPError, Protocol_, Response, Scope, read_body
 from tdedge.edge.services import Services
-from tdedge.errors import LakeError
+from tdedge.errors import LakeError, LimitReached
 
 log = logging.getLogger("tdedge.api")
 
@@ -79,7 +79,7 @@ class ApiDoor:
     def __init__(self, services: Services) -> None:
         settings = services.settings
         engine = sqlite_engine(settings.control_db)
-        control = ControlStore(engine)
+        control = ControlStore(engine, settings.max_databases_per_account)
         self._api = Api(
             settings=settings,
             engine=engine,
@@ -111,6 +111,8 @@ class ApiDoor:
             return await self._handle(route, scope, proto)
         except HTTPError as e:
             return error_response(e)
+        except LimitReached as e:  # a database a bulk import would create, say
+            return error_response(ApiError(403, e.code, str(e)))
         except LakeError as e:
             log.error("lake error answering %s", scope.path, extra={"error": str(e)})
             return error_response(ApiError(500, "lake_error", str(e)))

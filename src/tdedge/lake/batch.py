@@ -59,6 +59,22 @@ class BulkImport(msgspec.Struct, frozen=True, kw_only=True):
     time: int  # unix seconds of the load
 
 
+class LoadMark(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``tdedge_system.load_marks``: this table's rows of the journal entries
+    past the shard's position, up to ``seq``, are in the lake already.
+
+    Written when the loader commits a batch's tables apart to find one the lake refuses
+    (loader/runner.py): the positions move only once every table is done, and a loader
+    that starts again before that skips what the marks say is loaded.
+    """
+
+    shard: str
+    seq: int
+    database_name: str
+    table_name: str
+    time: int  # unix seconds of the commit
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Everything one lake transaction writes; ``positions`` holds only shards that moved."""
@@ -67,6 +83,7 @@ class Batch:
     rejections: Sequence[Rejection] = ()
     positions: Mapping[str, int] = field(default_factory=dict)
     imports: Sequence[BulkImport] = ()
+    marks: Sequence[LoadMark] = ()
 
     @property
     def row_count(self) -> int:

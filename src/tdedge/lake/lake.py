@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
@@ -134,6 +134,11 @@ class Lake:
         found = self._columns.get((database, table))
         return None if found is None else dict(found)
 
+    def table_count(self, databases: Iterable[str]) -> int:
+        """How many tables these databases hold (as of the last commit or reload)."""
+        wanted = set(databases)
+        return sum(1 for schema, _ in self._columns if schema in wanted)
+
     def ensure_schema(self, database: str) -> None:
         """Create the schema that holds ``database``'s tables (``tdedge db create``)."""
         self._require_writable()
@@ -150,20 +155,21 @@ class Lake:
 
         When another process holds the catalog (``tdedge db create``, say), SQLite can
         refuse the commit at once with "database is locked" (duckdb/ducklake#1309); a
-        batch that carries positions is retried, after checking through those positions
-        that the failed attempt did not land after all. Positions only move forward, so
-        they tell.
+        batch that carries positions or load marks is retried, after checking through
+        them that the failed attempt did not land after all. Positions only move
+        forward and marks are only added, so they tell.
         """
         self._require_writable()
         attempt = 0
+        telling = bool(batch.positions or batch.marks)
         while True:
             try:
                 self._commit_once(batch)
                 return
             except LakeError as e:
-                if not (batch.positions and _is_locked(e)) or attempt >= LOCK_RETRIES:
+                if not (telling and _is_locked(e)) or attempt >= LOCK_RETRIES:
                     raise
-            if self._landed(batch.positions):
+            if self.landed(batch):
                 log.warning("the lake reported a lock error for a commit that landed")
                 return
             log.info("lake catalog locked by another writer; retrying the commit")
@@ -183,6 +189,8 @@ class Lake:
                 self._insert(system.BULK_IMPORTS, system.bulk_imports_table(batch.imports))
             if batch.positions:
                 self._insert(system.POSITIONS, system.positions_table(batch.positions))
+            if batch.marks:
+                self._insert(system.LOAD_MARKS, system.marks_table(batch.marks))
             self._con.execute("COMMIT")
         except duckdb.Error as e:
             self._abort()
@@ -194,25 +202,28 @@ class Lake:
         self._schemas = schemas
         self._columns = columns
 
-    def probe(self, rows: TableRows) -> str | None:
-        """Write ``rows`` in a transaction that is rolled back: the lake's error, or None.
-
-        Finds the table that makes a batch fail. An error raised only at COMMIT time is
-        not seen here.
-        """
-        self._require_writable()
-        try:
-            self._con.execute("BEGIN")
-            self._write(rows, set(self._schemas), dict(self._columns))
-        except (duckdb.Error, LakeError) as e:
-            return str(e)
-        finally:
-            self._abort()
-        return None
-
-    def _landed(self, positions: Mapping[str, int]) -> bool:
+    def landed(self, batch: Batch) -> bool:
+        """Whether a commit of ``batch`` that reported an error landed after all: its
+        positions are stored (or passed), and so are its load marks. Only for a batch
+        that carries either."""
         stored = self.positions()
-        return all(stored.get(shard, -1) >= seq for shard, seq in positions.items())
+        if any(stored.get(shard, -1) < seq for shard, seq in batch.positions.items()):
+            return False
+        if not batch.marks:
+            return True
+        marks = self.marks()
+        return all(
+            marks.get((m.database_name, m.table_name), {}).get(m.shard, -1) >= m.seq
+            or stored.get(m.shard, -1) >= m.seq
+            for m in batch.marks
+        )
+
+    def marks(self) -> dict[tuple[str, str], dict[str, int]]:
+        """The load marks: (database, table) → shard → the last seq marked loaded."""
+        found: dict[tuple[str, str], dict[str, int]] = {}
+        for database, table, shard, seq in self._fetch(system.READ_MARKS):
+            found.setdefault((str(database), str(table)), {})[str(shard)] = int(seq)
+        return found
 
     def _retrying(self, action: Callable[[], None], what: str) -> None:
         """Run an idempotent catalog write, again while another process holds the lock."""
@@ -237,6 +248,8 @@ class Lake:
         """
         self._require_writable()
         cutoff = now - self._settings.lake_retention_s
+        if self._fetch(system.COUNT_PASSED_MARKS)[0][0]:
+            self._retrying(lambda: self._execute(system.PRUNE_MARKS), "prune load marks")
         total, shards = self._fetch(system.COUNT_POSITIONS)[0]
         if total > shards:
             self._retrying(lambda: self._execute(system.PRUNE_POSITIONS), "prune positions")

@@ -9,6 +9,10 @@ commit); compaction deletes the superseded rows instead.
 (database_name, table_name, unique_id), written in the same transaction as its rows:
 the loader looks new uploads up in it and drops repeats (loader/imports.py).
 Compaction deletes rows older than ``bulk_import_retention_s`` and no others.
+
+``load_marks`` says which tables' rows of journal entries past the positions are loaded
+already (lake/batch.py LoadMark); it is empty but while the loader sets a table aside.
+Compaction deletes the marks the positions have passed.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import msgspec
 import pyarrow as pa
 
-from tdedge.lake.batch import BulkImport, ImportKey, Rejection
+from tdedge.lake.batch import BulkImport, ImportKey, LoadMark, Rejection
 from tdedge.lake.catalog import LAKE
 from tdedge.lake.sql import table_ref
 from tdedge.names import SYSTEM_DATABASE
@@ -26,6 +30,7 @@ from tdedge.names import SYSTEM_DATABASE
 POSITIONS = table_ref(LAKE, SYSTEM_DATABASE, "journal_positions")
 IMPORT_ERRORS = table_ref(LAKE, SYSTEM_DATABASE, "import_errors")
 BULK_IMPORTS = table_ref(LAKE, SYSTEM_DATABASE, "bulk_imports")
+LOAD_MARKS = table_ref(LAKE, SYSTEM_DATABASE, "load_marks")
 
 IMPORT_ERRORS_SCHEMA = pa.schema(
     [
@@ -61,6 +66,16 @@ IMPORT_KEYS_SCHEMA = pa.schema(
 
 POSITIONS_SCHEMA = pa.schema([("shard", pa.string()), ("seq", pa.int64())])
 
+LOAD_MARKS_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("seq", pa.int64()),
+        ("database_name", pa.string()),
+        ("table_name", pa.string()),
+        ("time", pa.int64()),
+    ]
+)
+
 _SQL = {pa.int64(): "BIGINT", pa.string(): "VARCHAR"}
 
 
@@ -73,9 +88,10 @@ DDL = (
     f"CREATE TABLE IF NOT EXISTS {POSITIONS} ({_columns_sql(POSITIONS_SCHEMA)})",
     f"CREATE TABLE IF NOT EXISTS {IMPORT_ERRORS} ({_columns_sql(IMPORT_ERRORS_SCHEMA)})",
     f"CREATE TABLE IF NOT EXISTS {BULK_IMPORTS} ({_columns_sql(BULK_IMPORTS_SCHEMA)})",
+    f"CREATE TABLE IF NOT EXISTS {LOAD_MARKS} ({_columns_sql(LOAD_MARKS_SCHEMA)})",
 )
 
-TABLES = (POSITIONS, IMPORT_ERRORS, BULK_IMPORTS)
+TABLES = (POSITIONS, IMPORT_ERRORS, BULK_IMPORTS, LOAD_MARKS)
 
 READ_POSITIONS = f"SELECT shard, max(seq) FROM {POSITIONS} GROUP BY shard"
 
@@ -85,6 +101,20 @@ PRUNE_POSITIONS = (
     f"WHERE p.seq < (SELECT max(q.seq) FROM {POSITIONS} AS q WHERE q.shard = p.shard)"
 )
 COUNT_POSITIONS = f"SELECT count(*), count(DISTINCT shard) FROM {POSITIONS}"
+
+# The marks of each table and shard, the newest only: a mark's seq is the last entry
+# it covers, and entries are covered from the position up.
+READ_MARKS = (
+    f"SELECT database_name, table_name, shard, max(seq) FROM {LOAD_MARKS} "
+    "GROUP BY database_name, table_name, shard"
+)
+# Marks the positions have passed (see the module docstring); counted first.
+_PASSED_MARKS = (
+    f"FROM {LOAD_MARKS} AS m WHERE m.seq <= "
+    f"(SELECT max(p.seq) FROM {POSITIONS} AS p WHERE p.shard = m.shard)"
+)
+COUNT_PASSED_MARKS = f"SELECT count(*) {_PASSED_MARKS}"
+PRUNE_MARKS = f"DELETE {_PASSED_MARKS}"
 
 # Bulk-import ids past their retention (Settings.bulk_import_retention_s); counted
 # first, as a DELETE that matches nothing still costs a commit.
@@ -125,3 +155,7 @@ def positions_table(positions: Mapping[str, int]) -> pa.Table:
     return pa.table(
         {"shard": list(positions), "seq": list(positions.values())}, schema=POSITIONS_SCHEMA
     )
+
+
+def marks_table(marks: Sequence[LoadMark]) -> pa.Table:
+    return _rows_table(marks, LOAD_MARKS_SCHEMA)

@@ -18,19 +18,29 @@ it becomes a row of ``tdedge_system.import_errors`` with one of these reason cod
     the database does not exist and the key may not create it: only master keys
     create a database by writing to it, and only with
     ``auto_create_database_for_master``
+``database_limit``
+    a master key would create the database by writing to it, but its account has
+    ``max_databases_per_account`` databases already
 ``foreign_key``
     the key's account is not the account that owns the database
 ``invalid_record``
     the body is not one JSON object (the edge validates bodies; defence in depth)
-``load_failed``
-    the lake refused this table's rows again and again while other tables of the
-    batch could be written (loader/runner.py): the records are set aside so that one
-    table cannot stop the loader; ``detail`` holds the lake's error
 any other code
     the edge rejected the record already (``Envelope.reject``), kept verbatim
 
 Checks run in that order, after the edge's own verdict. The verdict for one
 (key, database, table) is computed once per batch; rows keep journal order.
+
+The loader (loader/runner.py) refuses accepted records too, with these codes:
+
+``table_limit``
+    the table does not exist and its account has ``max_tables_per_account`` tables
+``too_many_columns``
+    the record would take its table past ``max_table_columns`` (loader/limits.py)
+``load_failed``
+    the loader could not shape the table's rows, or the lake refused to commit them
+    while it committed other tables: the records are set aside so that one table
+    cannot stop the loader; ``detail`` holds the error
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ import msgspec
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
 from tdedge.control.keys import KeyInfo, key_id
+from tdedge.errors import LimitReached
 from tdedge.journal.envelope import Envelope, JournalGroup
 from tdedge.lake.batch import Rejection
 from tdedge.names import SYSTEM_DATABASE, is_reserved, is_valid_name, normalize
@@ -58,6 +69,7 @@ DATABASE_NOT_FOUND = "database_not_found"
 FOREIGN_KEY = "foreign_key"
 INVALID_RECORD = "invalid_record"
 LOAD_FAILED = "load_failed"
+TABLE_LIMIT = "table_limit"
 
 _decode_record = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_records = msgspec.json.Decoder(list[dict[str, Any]]).decode
@@ -69,6 +81,7 @@ TableKey = tuple[str, str]  # (database, table), normalised
 class Accept:
     database: str
     table: str
+    account_id: int  # the database's owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +125,21 @@ class Envelopes:
 class TableInput:
     """The decoded records bound for one table, with their arrival times and indexes."""
 
+    account_id: int  # the database's owner
     records: list[dict[str, Any]] = field(default_factory=list)
     received_s: list[int] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)  # indexes into Envelopes.items
+
+    def without(self, dropped: Iterable[int]) -> TableInput:
+        """The same input without the records at positions ``dropped``."""
+        gone = set(dropped)
+        keep = [i for i in range(len(self.rows)) if i not in gone]
+        return TableInput(
+            self.account_id,
+            [self.records[i] for i in keep],
+            [self.received_s[i] for i in keep],
+            [self.rows[i] for i in keep],
+        )
 
 
 @dataclass(slots=True)
@@ -138,20 +163,23 @@ class Router:
         routed = Routed(Envelopes.of(groups))
         items = routed.envelopes.items
         accepted: dict[TableKey, list[list[int]]] = {}
+        owners: dict[TableKey, int] = {}
         for rows in _alike(items):
             verdict = self.verdict(items[rows[0]], now)
             if isinstance(verdict, Reject):
                 routed.rejections.extend(routed.rejected(rows, verdict, now))
             else:
-                accepted.setdefault((verdict.database, verdict.table), []).append(rows)
+                table = (verdict.database, verdict.table)
+                accepted.setdefault(table, []).append(rows)
+                owners[table] = verdict.account_id
         for table, found in accepted.items():
             # Several keys wrote to this table: restore journal order, on which the type
             # rule ("first value seen") depends.
             rows = found[0] if len(found) == 1 else sorted(chain.from_iterable(found))
-            routed.tables[table] = self._decode(routed, rows, now)
+            routed.tables[table] = self._decode(routed, rows, owners[table], now)
         return routed
 
-    def _decode(self, routed: Routed, rows: list[int], now: float) -> TableInput:
+    def _decode(self, routed: Routed, rows: list[int], owner: int, now: float) -> TableInput:
         items = routed.envelopes.items
         bound = [items[i] for i in rows]
         try:
@@ -160,16 +188,16 @@ class Router:
             records = _decode_records(b"[%b]" % b",".join([env.record for env in bound]))
         except msgspec.DecodeError:
             # The edge validates bodies, so this is rare: sort them out one by one.
-            return self._accept_each(routed, rows, now)
+            return self._accept_each(routed, rows, owner, now)
         if len(records) != len(bound):
             # A record holding more than one value ("{…},{…}") shifted the array: only
             # a record decoded alone can tell which. No record can hold fewer than one
             # value without breaking the array's syntax.
-            return self._accept_each(routed, rows, now)
-        return TableInput(records, [env.received_ms // 1000 for env in bound], rows)
+            return self._accept_each(routed, rows, owner, now)
+        return TableInput(owner, records, [env.received_ms // 1000 for env in bound], rows)
 
-    def _accept_each(self, routed: Routed, rows: list[int], now: float) -> TableInput:
-        target = TableInput()
+    def _accept_each(self, routed: Routed, rows: list[int], owner: int, now: float) -> TableInput:
+        target = TableInput(owner)
         items = routed.envelopes.items
         for i in rows:
             env = items[i]
@@ -199,13 +227,16 @@ class Router:
         database, table = normalize(env.database), normalize(env.table)
         if is_reserved(database):
             return Reject(RESERVED_DATABASE, f"{SYSTEM_DATABASE} is reserved", account)
-        owner = self._owner(database, key, now)
+        try:
+            owner = self._owner(database, key, now)
+        except LimitReached as e:
+            return Reject(e.code, str(e), account)
         if owner is None:
             return Reject(DATABASE_NOT_FOUND, f"database {database} does not exist", account)
         if owner != key.account_id:
             detail = f"database {database} belongs to another account than key {key.key_id}"
             return Reject(FOREIGN_KEY, detail, account)
-        return Accept(database, table)
+        return Accept(database, table, key.account_id)
 
     def _owner(self, database: str, key: KeyInfo, now: float) -> int | None:
         owner = self._directory.database_owner(database, now)

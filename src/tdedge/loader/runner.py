@@ -14,8 +14,19 @@ otherwise the loader polls again after ``loader_poll_s`` for more records to sha
 commit (each commit costs ~25 ms of CPU here, whatever its size).
 
 A failed step is retried with backoff; nothing is lost because the positions did not
-move. When commits keep failing, the tables the lake refuses are set aside as import
-errors (reason ``load_failed``) so the rest keeps flowing.
+move. One table cannot stop the others:
+
+- a record that would take its table past ``max_table_columns`` is refused
+  (``too_many_columns``, loader/limits.py) before anything is written;
+- a table whose rows cannot be shaped is set aside at once (``load_failed``);
+- when a batch's commit fails again and again, its tables are committed apart, halves
+  of them at a time down to single tables (``_isolate``), each commit a real one with
+  load marks saying which table's rows it holds (lake/batch.py LoadMark); a table that
+  fails alone, twice, is set aside (``load_failed``, with the lake's error), and the
+  last commit writes the import errors and moves the positions. Exactly once still
+  holds: a loader that starts again before that last commit finds the marks and skips
+  the rows they cover. If the lake itself is unwell, that last commit fails too and
+  nothing is set aside.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 
 from tdedge import metrics
 from tdedge.config import Settings
@@ -37,21 +49,45 @@ from tdedge.control.imports import ImportLedger
 from tdedge.errors import LakeError
 from tdedge.journal.base import JournalReader
 from tdedge.journal.envelope import JournalGroup
-from tdedge.lake.batch import Batch, TableRows
+from tdedge.lake.batch import Batch, LoadMark, Rejection, TableRows
 from tdedge.lake.lake import Lake
+from tdedge.lake.tables import Columns
 from tdedge.loader import imports
 from tdedge.loader.heartbeat import Heartbeat, write_heartbeat
+from tdedge.loader.limits import TOO_MANY_COLUMNS, too_wide
 from tdedge.loader.pacing import Pacing
 from tdedge.loader.records import to_columns
-from tdedge.loader.routing import LOAD_FAILED, Reject, Routed, Router
+from tdedge.loader.routing import LOAD_FAILED, TABLE_LIMIT, Reject, Routed, Router, TableInput
 
 log = logging.getLogger("tdedge.loader")
 
 HEARTBEAT_EVERY_S = 0.5
 MAX_BACKOFF_S = 5.0
-# Commits failed in a row (about 10 s of retries at the default poll interval) before
-# the tables of the batch are tried one by one and refused ones set aside.
-SET_ASIDE_AFTER_FAILURES = 8
+# Commits of one batch failed in a row (retried with backoff, ~0.3 s at the default poll
+# interval) before its tables are committed apart to find the ones the lake refuses.
+# A catalog locked by another process is retried inside each commit (Lake.commit).
+SET_ASIDE_AFTER_FAILURES = 2
+# How long one step may spend committing tables apart; the next step goes on where it
+# stopped (the load marks skip what was committed), so the heartbeat keeps beating.
+ISOLATION_BUDGET_S = 5.0
+# An import error keeps this much of the lake's error, which may quote a whole statement.
+MAX_DETAIL_CHARS = 2_000
+
+TableKey = tuple[str, str]  # (database, table)
+
+
+@dataclass(frozen=True, slots=True)
+class Shaped:
+    """One table's part of a batch: its rows, the records they came from, and the
+    import errors of the table's records refused while shaping."""
+
+    rows: TableRows
+    found: TableInput
+    rejections: list[Rejection]
+
+    @property
+    def key(self) -> TableKey:
+        return (self.rows.database, self.rows.table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +120,19 @@ class Loader:
         self._reader = reader
         self._lake = lake
         self._ledger = ledger  # the edge's bulk-import ids, forgotten as the lake's are
+        self._directory = directory
         self._router = Router(settings, directory)
         self._pacing = Pacing.of(settings)
         self._clock = clock
         self._positions: dict[str, int] | None = None
         self._last = StepReport()
         self._failed_commits = 0
+        # Tables committed apart while a batch kept failing, and the last journal seq of
+        # each shard their rows cover (lake/batch.py LoadMark).
+        self._marks: dict[TableKey, dict[str, int]] = {}
+        # Tables of the failing batch that failed once when committed alone: the lake's
+        # error. A second failure sets them aside.
+        self._suspects: dict[TableKey, str] = {}
 
     def step(self, now: float) -> StepReport:
         """Load one batch if one is due; see the module docstring."""
@@ -113,54 +156,141 @@ class Loader:
         sifted = self._sift(groups, now)
         routed = self._router.route(sifted.groups, now)
         entries = len(routed.envelopes.items) + sifted.dropped
-        tables, conflicts = self._shape(routed)
+        if self._marks:
+            self._skip_marked(routed)
+        shaped, refused, conflicts = self._shape(routed, now)
         # Past every group read, dropped envelopes included.
         moved = _last_seqs(groups)
-        batch = Batch(tables, routed.rejections, moved, sifted.imports)
-        if self._failed_commits >= SET_ASIDE_AFTER_FAILURES:
-            batch = self._set_aside(batch, routed, now)
+        apart: list[Shaped] = []  # committed on their own already
+        if self._failed_commits >= SET_ASIDE_AFTER_FAILURES and shaped:
+            isolated = self._isolate(shaped, routed, moved, now)
+            if isolated is None:
+                return self._report(StepReport(lag_records=waiting, lag_seconds=lag_s))
+            apart, set_aside = isolated
+            refused.extend(set_aside)
+            shaped = []
+        batch = Batch(
+            [t.rows for t in shaped],
+            [*routed.rejections, *refused, *chain.from_iterable(t.rejections for t in shaped)],
+            moved,
+            sifted.imports,
+        )
         try:
             self._lake.commit(batch)
         except LakeError:
             self._failed_commits += 1
             raise
         self._failed_commits = 0
+        self._suspects.clear()
         self._positions = {**positions, **moved}
+        self._forget_marks()
         self._reader.release(self._positions)
+        rejections = [*batch.rejections, *chain.from_iterable(t.rejections for t in apart)]
         report = StepReport(
             entries=entries,
-            rows=batch.row_count,
-            rejected=len(batch.rejections),
+            rows=batch.row_count + sum(t.rows.rows.num_rows for t in apart),
+            rejected=len(rejections),
             duplicates=sifted.dropped,
             conflicts=conflicts,
             lag_records=max(0, waiting - entries),
             lag_seconds=lag_s,
         )
-        _count(report, batch)
+        _count(report, rejections)
         return self._report(report)
 
-    def _set_aside(self, batch: Batch, routed: Routed, now: float) -> Batch:
-        """Move the rows of tables the lake keeps refusing to import errors.
+    def _isolate(
+        self, shaped: list[Shaped], routed: Routed, moved: dict[str, int], now: float
+    ) -> tuple[list[Shaped], list[Rejection]] | None:
+        """Commit the tables of a batch that keeps failing apart, to find the ones the
+        lake refuses (see the module docstring).
 
-        Without this, one table whose rows the lake cannot take (a DuckLake limit tdedge
-        does not know about) would stop every table, and the journal would fill up.
-        If the lake itself is unwell, the commit of what is left fails too and nothing
-        is set aside.
+        Returns the tables committed and the import errors of the tables set aside; None
+        when the step's time is up before every table is decided.
         """
-        refused: dict[tuple[str, str], str] = {}
-        for rows in batch.tables:
-            error = self._lake.probe(rows)
-            if error is not None and "database is locked" not in error:
-                refused[(rows.database, rows.table)] = error
-        if not refused:
-            return batch
-        rejections = list(batch.rejections)
-        for (database, table), error in refused.items():
-            log.error("setting aside rows for %s.%s the lake refuses: %s", database, table, error)
-            verdict = Reject(LOAD_FAILED, f"the lake refused the rows: {error}", None)
-            rejections.extend(routed.rejected(routed.tables[(database, table)].rows, verdict, now))
-        kept = [t for t in batch.tables if (t.database, t.table) not in refused]
-        return Batch(kept, rejections, batch.positions, batch.imports)
+        deadline = time.monotonic() + ISOLATION_BUDGET_S
+        done: list[Shaped] = []
+        set_aside: list[Rejection] = []
+        # The whole batch failed already: start with its halves.
+        pending = _halves(shaped) if len(shaped) > 1 else [shaped]
+        while pending:
+            if time.monotonic() > deadline:
+                log.info("still committing tables apart; going on at the next step")
+                return None
+            group = pending.pop()
+            error = self._commit_apart(group, moved, now)
+            if error is None:
+                done.extend(group)
+            elif len(group) > 1:
+                pending.extend(_halves(group))
+            elif group[0].key not in self._suspects:
+                # Once more, after the others, before blaming it: a moment's trouble
+                # in the lake must not cost a table its rows.
+                self._suspects[group[0].key] = error
+                pending.insert(0, group)
+            else:
+                set_aside.extend(self._set_aside(group[0], error, routed, now))
+        return done, set_aside
+
+    def _commit_apart(self, tables: list[Shaped], moved: dict[str, int], now: float) -> str | None:
+        """Commit ``tables`` with their load marks; the lake's error, or None."""
+        marks = [
+            LoadMark(
+                shard=shard,
+                seq=seq,
+                database_name=t.rows.database,
+                table_name=t.rows.table,
+                time=int(now),
+            )
+            for t in tables
+            for shard, seq in moved.items()
+        ]
+        batch = Batch(
+            [t.rows for t in tables],
+            list(chain.from_iterable(t.rejections for t in tables)),
+            marks=marks,
+        )
+        try:
+            self._lake.commit(batch)
+        except LakeError as e:
+            if not self._lake.landed(batch):
+                return str(e)
+            log.warning("the lake reported an error for a commit that landed: %s", e)
+        for t in tables:
+            self._marks.setdefault(t.key, {}).update(moved)
+        return None
+
+    def _set_aside(self, table: Shaped, error: str, routed: Routed, now: float) -> list[Rejection]:
+        database, name = table.key
+        detail = f"the lake refused the rows: {_short(error)}"
+        log.error("setting aside rows for %s.%s: %s", database, name, detail)
+        verdict = Reject(LOAD_FAILED, detail, table.found.account_id)
+        return [*table.rejections, *routed.rejected(table.found.rows, verdict, now)]
+
+    def _skip_marked(self, routed: Routed) -> None:
+        """Drop the rows that load marks say are in the lake already (an isolation that
+        was interrupted before its last commit)."""
+        group = routed.envelopes.group
+        for key, marks in self._marks.items():
+            found = routed.tables.get(key)
+            if found is None:
+                continue
+            loaded = []
+            for n, i in enumerate(found.rows):
+                place = group(i)
+                if place.seq <= marks.get(place.shard, -1):
+                    loaded.append(n)
+            if loaded:
+                log.info("skipping %d rows of %s.%s loaded already", len(loaded), *key)
+                routed.tables[key] = found.without(loaded)
+
+    def _forget_marks(self) -> None:
+        """Forget the marks the positions have passed."""
+        done = self._positions or {}
+        self._marks = {
+            key: marks
+            for key, marks in self._marks.items()
+            if any(seq > done.get(shard, -1) for shard, seq in marks.items())
+        }
 
     def _sift(self, groups: Sequence[JournalGroup], now: float) -> imports.Sifted:
         """The batch without bulk imports loaded already (loader/imports.py)."""
@@ -173,17 +303,82 @@ class Loader:
     def _current_positions(self) -> dict[str, int]:
         if self._positions is None:
             self._positions = self._lake.positions()
+            self._marks = self._lake.marks()
+            self._forget_marks()
         return self._positions
 
-    def _shape(self, routed: Routed) -> tuple[list[TableRows], int]:
-        tables: list[TableRows] = []
+    def _shape(self, routed: Routed, now: float) -> tuple[list[Shaped], list[Rejection], int]:
+        """Each table's rows, the import errors of tables set aside, and the count of
+        values moved to td_type_conflicts.
+
+        A table whose rows cannot be built is set aside at once (the same records would
+        fail the same way again); the other tables load.
+        """
+        shaped: list[Shaped] = []
+        refused: list[Rejection] = []
         conflicts = 0
+        tables: dict[int, int] = {}  # account → its tables, the batch's new ones counted
         for (database, table), found in routed.tables.items():
-            existing = self._lake.columns(database, table)
-            shaped = to_columns(found.records, found.received_s, existing)
-            tables.append(TableRows(database, table, shaped.table))
-            conflicts += shaped.conflicts
-        return tables, conflicts
+            if not found.rows:
+                continue
+            rejections: list[Rejection] = []
+            try:
+                existing = self._lake.columns(database, table)
+                if existing is None and not self._room_for_table(found.account_id, tables, now):
+                    limit = self._settings.max_tables_per_account
+                    detail = (
+                        f"account {found.account_id} has {limit} tables, as many as it may "
+                        f"have (max_tables_per_account): {database}.{table} is not created"
+                    )
+                    verdict = Reject(TABLE_LIMIT, detail, found.account_id)
+                    refused.extend(routed.rejected(found.rows, verdict, now))
+                    continue
+                found, rejections = self._narrow(database, table, found, existing, routed, now)
+                if not found.rows:
+                    refused.extend(rejections)
+                    continue
+                built = to_columns(found.records, found.received_s, existing)
+            except Exception as e:
+                log.exception("cannot shape the rows of %s.%s; setting them aside", database, table)
+                detail = f"the loader could not shape the rows: {_short(repr(e))}"
+                verdict = Reject(LOAD_FAILED, detail, found.account_id)
+                refused.extend([*rejections, *routed.rejected(found.rows, verdict, now)])
+                continue
+            shaped.append(Shaped(TableRows(database, table, built.table), found, rejections))
+            conflicts += built.conflicts
+        return shaped, refused, conflicts
+
+    def _room_for_table(self, account_id: int, tables: dict[int, int], now: float) -> bool:
+        """Whether ``account_id`` may have one table more; counts it in ``tables``."""
+        count = tables.get(account_id)
+        if count is None:
+            databases = self._directory.databases_of(account_id, now)
+            count = self._lake.table_count(databases)
+        room = count < self._settings.max_tables_per_account
+        tables[account_id] = count + 1 if room else count
+        return room
+
+    def _narrow(
+        self,
+        database: str,
+        table: str,
+        found: TableInput,
+        existing: Columns | None,
+        routed: Routed,
+        now: float,
+    ) -> tuple[TableInput, list[Rejection]]:
+        """``found`` without the records that would take the table past
+        ``max_table_columns``, and their import errors."""
+        limit = self._settings.max_table_columns
+        wide = too_wide(found.records, existing, limit)
+        if not wide:
+            return found, []
+        detail = (
+            f"the record would take {database}.{table} past {limit} columns (max_table_columns)"
+        )
+        verdict = Reject(TOO_MANY_COLUMNS, detail, found.account_id)
+        rejections = routed.rejected([found.rows[i] for i in wide], verdict, now)
+        return found.without(wide), rejections
 
     def _report(self, report: StepReport) -> StepReport:
         metrics.LOADER_LAG_RECORDS.set(report.lag_records)
@@ -286,12 +481,26 @@ def _last_seqs(groups: Sequence[JournalGroup]) -> dict[str, int]:
     return {group.shard: group.seq for group in groups}
 
 
-def _count(report: StepReport, batch: Batch) -> None:
+def _halves(tables: list[Shaped]) -> list[list[Shaped]]:
+    half = len(tables) // 2
+    return [tables[half:], tables[:half]]
+
+
+def _short(error: str) -> str:
+    """An error cut to about MAX_DETAIL_CHARS, its beginning and its end: SQLite names
+    the cause after the statement it quotes."""
+    if len(error) <= MAX_DETAIL_CHARS:
+        return error
+    half = MAX_DETAIL_CHARS // 2
+    return f"{error[:half]} … ({len(error) - 2 * half} characters) … {error[-half:]}"
+
+
+def _count(report: StepReport, rejections: Sequence[Rejection]) -> None:
     metrics.LOADER_BATCHES.inc()
     metrics.ROWS_WRITTEN.inc(report.rows)
     if report.conflicts:
         metrics.TYPE_CONFLICTS.inc(report.conflicts)
     if report.duplicates:
         metrics.IMPORT_DUPLICATES.inc(report.duplicates)
-    for reason, n in Counter(r.reason for r in batch.rejections).items():
+    for reason, n in Counter(r.reason for r in rejections).items():
         metrics.REJECTIONS.labels(reason=reason).inc(n)
