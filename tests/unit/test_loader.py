@@ -58,18 +58,21 @@ class MemoryReader:
     def _floor(self, shard: str) -> int:
         return max((r.get(shard, 0) for r in self.released), default=0)
 
-    def read(self, after: Mapping[str, int], limit: int) -> list[JournalGroup]:
+    def read(
+        self, after: Mapping[str, int], limit: int, max_bytes: int | None = None
+    ) -> list[JournalGroup]:
         out: list[JournalGroup] = []
         for shard, entries in sorted(self.shards.items()):
             waiting = (e for e in entries if e.seq > after.get(shard, 0))
-            taken = 0
+            taken = size = 0
             # Whole groups only: entries that share a seq are one group.
             for seq, alike in itertools.groupby(waiting, key=lambda e: e.seq):
-                if taken >= limit:
+                if taken >= limit or (max_bytes is not None and size >= max_bytes):
                     break
                 envelopes = [e.envelope for e in alike]
                 out.append(JournalGroup(shard, seq, envelopes))
                 taken += len(envelopes)
+                size += sum(len(e.record) for e in envelopes)
         return out
 
     def release(self, upto: Mapping[str, int]) -> None:
