@@ -47,6 +47,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Loader.
     loader_batch_max_records: int = 100_000
+    # ...and about this many bytes of journal entries: with records of up to 1 MiB, a
+    # batch bounded by count alone could hold 100 GB. The loader's memory follows this
+    # (a few times it, decoded); one journal group larger than it is still read whole.
+    loader_batch_max_bytes: int = 64 * 1024 * 1024
     # A batch is committed once full, or once its oldest record has waited
     # loader_batch_max_wait_s while records trickle in, up to loader_batch_busy_wait_s
     # as the arrival rate nears loader_batch_busy_rate records/s: a busy loader makes

@@ -603,3 +603,22 @@ def test_a_ledger_made_before_its_index_gets_it(tmp_path: Path) -> None:
     ImportLedger(engine)
     assert indexes() == ["bulk_imports_created_at"]
     engine.dispose()
+
+
+def test_a_batch_is_bounded_by_bytes_as_well_as_records(tmp_path: Path) -> None:
+    """Records of up to 1 MiB each: 100,000 of them would be 100 GB in one batch."""
+    w = make_world(tmp_path, loader_batch_max_bytes=250 * 1024)
+    journal = SQLiteJournal(w.settings)
+    record = msgspec.json.encode({"pad": "x" * 100 * 1024})
+    for _ in range(7):  # one ~100 KiB group each
+        env = Envelope(NOW_MS, "legacy", "db", "t", hash_key(w.master), record)
+        asyncio.run(journal.append(env))
+    reader = SQLiteJournalReader(w.settings.journal_dir)
+    directory = Directory(w.store, ttl_s=60)
+    loader = Loader(w.settings, reader, directory, w.lake, clock=lambda: NOW)
+    # Each batch ends with the group that passes the bound: 3, 3, then what is left.
+    assert [loader.step(LATER).rows for _ in range(4)] == [3, 3, 1, 0]
+    journal.close()
+    reader.close()
+    w.lake.close()
+    w.store.close()

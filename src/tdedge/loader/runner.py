@@ -107,7 +107,9 @@ class Loader:
         lag_s = 0.0 if oldest_ms is None else max(0.0, now - oldest_ms / 1000)
         if not self._pacing.due(waiting, lag_s):
             return self._report(StepReport(lag_records=waiting, lag_seconds=lag_s))
-        groups = self._reader.read(positions, self._pacing.max_records)
+        groups = self._reader.read(
+            positions, self._pacing.max_records, self._settings.loader_batch_max_bytes
+        )
         if not groups:
             return self._report(StepReport(lag_records=waiting, lag_seconds=lag_s))
         sifted = self._sift(groups, now)
