@@ -552,6 +552,10 @@ def test_a_bulk_import_journaled_twice_loads_once(world: World) -> None:
     ]
     assert world.rows("SELECT count(*) FROM db.other") == [(2,)]
     assert sample("tdedge_import_duplicates_total") == duplicates_before + 5
+    # Each dropped upload says so once, in the import errors.
+    assert world.rows(
+        f"SELECT reason, account_id, journal_seq FROM {system.IMPORT_ERRORS} ORDER BY 3"
+    ) == [("duplicate_upload", 1, 2), ("duplicate_upload", 1, 4)]
     assert world.lake.positions() == {"shard-00": 4}
     assert world.rows(
         "SELECT database_name, table_name, unique_id, records, journal_shard, journal_seq "

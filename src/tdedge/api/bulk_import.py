@@ -7,15 +7,17 @@ one Envelope each (door ``import``, the key's hash), appended to the journal tog
 are durable: ``{"database","table","unique_id","md5_hex","elapsed_time"}``, where
 md5_hex is the MD5 of the body as uploaded.
 
-With a unique_id the chunk loads exactly once: the loader drops a repeated upload
-(loader/imports.py). The ledger (control/imports.py) only spares a known retry the
-inflating and journaling: it is answered at once.
+With a unique_id the chunk loads exactly once per account: the loader drops a repeated
+upload (loader/imports.py). Once the loader has loaded an id it tells the ledger
+(control/imports.py), and a retry that finds it there is answered at once, without
+inflating or journaling the body again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 import zlib
 from typing import Any
@@ -26,7 +28,7 @@ import msgspec
 from tdedge.api.callers import Caller
 from tdedge.api.context import Api, valid_name
 from tdedge.api.wire import ApiError, not_found, ok
-from tdedge.control.imports import Imported, ImportLedger
+from tdedge.control.imports import ImportLedger
 from tdedge.edge.http import Response
 from tdedge.journal.envelope import Envelope
 from tdedge.names import is_reserved
@@ -95,16 +97,17 @@ async def bulk_import(
         answer["unique_id"] = unique_id
         done = await asyncio.to_thread(ledger.find, caller.account_id, database, table, unique_id)
         if done is not None:
-            answer["md5_hex"] = done.md5_hex
             answer["elapsed_time"] = time.perf_counter() - started
             return ok(answer)
     limit = api.settings.import_max_inflated_bytes
     raw = await asyncio.to_thread(inflate, body, limit) if fmt == "msgpack.gz" else body
     found = await asyncio.to_thread(records, raw)
     if found:
-        # With a unique_id each envelope carries it and its place in the chunk: the
-        # loader loads the chunk once whatever happens here (loader/imports.py).
+        # With a unique_id each envelope carries it, its place in the chunk and this
+        # upload's token: the loader loads the chunk once whatever happens here
+        # (loader/imports.py).
         import_id = unique_id or ""
+        attempt = secrets.token_hex(8) if unique_id is not None else ""
         envs = [
             Envelope(
                 received_ms,
@@ -115,15 +118,11 @@ async def bulk_import(
                 r,
                 import_id=import_id,
                 import_index=i,
+                import_attempt=attempt,
             )
             for i, r in enumerate(found)
         ]
         await api.services.append_many(envs)
-    if unique_id is not None:
-        imported = Imported(md5_hex, len(found))
-        await asyncio.to_thread(
-            ledger.record, caller.account_id, database, table, unique_id, imported, time.time()
-        )
     answer["elapsed_time"] = time.perf_counter() - started
     return ok(answer)
 

@@ -22,6 +22,10 @@ it becomes a row of ``tdedge_system.import_errors`` with one of these reason cod
     the key's account is not the account that owns the database
 ``invalid_record``
     the body is not one JSON object (the edge validates bodies; defence in depth)
+``duplicate_upload``
+    one row per bulk upload dropped because its account had loaded that table's
+    ``unique_id`` already (loader/imports.py); ``record`` is empty, ``detail`` says
+    how many records were not loaded again
 ``load_failed``
     the lake refused this table's rows again and again while other tables of the
     batch could be written (loader/runner.py): the records are set aside so that one
@@ -69,6 +73,7 @@ TableKey = tuple[str, str]  # (database, table), normalised
 class Accept:
     database: str
     table: str
+    account_id: int  # the key's, which owns the database
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +210,7 @@ class Router:
         if owner != key.account_id:
             detail = f"database {database} belongs to another account than key {key.key_id}"
             return Reject(FOREIGN_KEY, detail, account)
-        return Accept(database, table)
+        return Accept(database, table, key.account_id)
 
     def _owner(self, database: str, key: KeyInfo, now: float) -> int | None:
         owner = self._directory.database_owner(database, now)

@@ -83,7 +83,8 @@ class Loader:
         self._settings = settings
         self._reader = reader
         self._lake = lake
-        self._ledger = ledger  # the edge's bulk-import ids, forgotten as the lake's are
+        # The edge's bulk-import ids: recorded once loaded, forgotten as the lake's are.
+        self._ledger = ledger
         self._router = Router(settings, directory)
         self._pacing = Pacing.of(settings)
         self._clock = clock
@@ -118,7 +119,7 @@ class Loader:
         tables, conflicts = self._shape(routed)
         # Past every group read, dropped envelopes included.
         moved = _last_seqs(groups)
-        batch = Batch(tables, routed.rejections, moved, sifted.imports)
+        batch = Batch(tables, [*routed.rejections, *sifted.rejections], moved, sifted.imports)
         if self._failed_commits >= SET_ASIDE_AFTER_FAILURES:
             batch = self._set_aside(batch, routed, now)
         try:
@@ -128,6 +129,8 @@ class Loader:
             raise
         self._failed_commits = 0
         self._positions = {**positions, **moved}
+        if self._ledger is not None and batch.imports:
+            imports.remember(self._ledger, batch.imports, now)
         self._reader.release(self._positions)
         report = StepReport(
             entries=entries,
@@ -166,11 +169,7 @@ class Loader:
 
     def _sift(self, groups: Sequence[JournalGroup], now: float) -> imports.Sifted:
         """The batch without bulk imports loaded already (loader/imports.py)."""
-        found = imports.uploads(groups)
-        if not found:
-            return imports.Sifted(groups, [])
-        loaded = self._lake.loaded_imports({up.key for up in found})
-        return imports.sift(groups, found, loaded, now)
+        return imports.sift_batch(groups, self._router, self._lake, now)
 
     def _current_positions(self) -> dict[str, int]:
         if self._positions is None:
