@@ -1,14 +1,22 @@
-"""Bulk uploads inside: the loader's unique_ids per account and upload."""
+"""Bulk uploads inside: bounded inflating and decoding, journal parts, and the loader's
+unique_ids per account, upload and batch size."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import threading
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import msgspec
 import pytest
 
+from tdedge.api import bulk_import, msgpack_records
+from tdedge.api.bulk_import import inflated, journal_parts, measure, parts
+from tdedge.api.msgpack_records import Record, records
+from tdedge.api.wire import ApiError
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
 from tdedge.control.imports import ImportLedger
@@ -24,6 +32,168 @@ from tdedge.loader.runner import Loader
 
 NOW = 1_750_000_000.0
 NOW_MS = int(NOW * 1000)
+KIB = 1024
+
+
+def packed(*maps: Any) -> bytes:
+    return b"".join(msgpack.packb(m) for m in maps)
+
+
+def refusal(e: pytest.ExceptionInfo[ApiError]) -> tuple[int, str]:
+    return e.value.status, e.value.code
+
+
+# Inflating.
+
+
+def test_inflating_reads_every_member_and_refuses_past_the_limit() -> None:
+    body = gzip.compress(b"a" * 300_000) + gzip.compress(b"b" * 10)
+    assert b"".join(inflated(body, 300_010)) == b"a" * 300_000 + b"b" * 10
+    assert max(len(c) for c in inflated(body, 10**6)) <= bulk_import.OUT_STEP
+    with pytest.raises(ApiError) as e:
+        measure(body, 300_009)
+    assert refusal(e) == (413, "body_too_large")
+
+
+def test_inflating_refuses_what_is_not_whole_gzip() -> None:
+    body = gzip.compress(b"x" * 1000)
+    for bad in (b"not gzip", body[:-5], body + b"junk"):
+        with pytest.raises(ApiError) as e:
+            measure(bad, 10**6)
+        assert refusal(e) == (400, "invalid_gzip")
+    assert measure(b"", 10) == 0  # an empty body: no records, as before
+    empties = gzip.compress(b"") * (bulk_import.MAX_MEMBERS + 1)
+    assert measure(gzip.compress(b"") * bulk_import.MAX_MEMBERS, 10) == 0
+    with pytest.raises(ApiError, match="gzip members") as e:
+        measure(empties, 10)
+    assert refusal(e) == (400, "invalid_gzip")
+
+
+# Decoding.
+
+
+def steps(data: bytes, size: int = 7) -> list[bytes]:
+    """Tiny steps: records cross every boundary."""
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def test_records_stream_across_steps_as_json() -> None:
+    data = packed({"time": 1, "s": "é", "t": msgpack.Timestamp(5)}, {1: None})
+    got = list(records(steps(data), 1000))
+    assert got == [
+        Record('{"time":1,"s":"é","t":5}'.encode()),
+        Record(b'{"1":null}'),
+    ]
+
+
+def test_a_record_over_the_cap_is_kept_short_and_marked() -> None:
+    data = packed({"i": 0}, {"i": 1, "pad": "\x01" * 200}, {"i": 2})  # 1,213 bytes of JSON
+    got = list(records(steps(data, 100), 1000))
+    assert [r.too_large for r in got] == [False, True, False]
+    assert got[1].json.startswith(b'{"i":1,"pad":"\\u0001\\u0001')
+    assert got[2] == Record(b'{"i":2}')
+
+
+def test_a_record_too_large_to_decode_is_walked_past_alone() -> None:
+    """A string, a container, and many small values, each past what a 100 KiB record
+    may take: skipped without being decoded, and the next record is read."""
+    cap = 100 * KIB
+    for big in (
+        {"s": "x" * (cap + 1)},
+        {"a": [0] * (cap // 2 + 1)},
+        {"a": [{"k": 1.5}] * (cap // 8), "m": {"x": [None, True, b"b", -1]}},
+        {"n": 2**63, "e": msgpack.ExtType(5, b"e" * (cap + 1)), "t": msgpack.Timestamp(1, 2)},
+    ):
+        data = packed({"i": 0}, big, {"i": 2})
+        for size in (1, 7, 100_000):
+            got = list(records(steps(data, size), cap))
+            assert [r.too_large for r in got] == [False, True, False]
+            assert (got[0], got[2]) == (Record(b'{"i":0}'), Record(b'{"i":2}'))
+        # Fed in small steps it is never decoded: the error keeps its size alone. (One
+        # that ends within the feed that passes the cap is decoded, then refused.)
+        summary = b'{"msgpack_bytes":%d}' % len(msgpack.packb(big))
+        assert list(records(steps(data, 7), cap))[1].json == summary
+
+
+def test_records_over_the_cap_as_msgpack_or_as_json_are_refused_alone() -> None:
+    cap = 1000
+    escaped = {"s": "\x01" * 300}  # 300 bytes of msgpack, 1,800 of JSON
+    floats = {"f": [0.0] * 110}  # 1,000 bytes of msgpack, 441 of JSON
+    got = list(records([packed(escaped, floats, {"f": [0.0] * 111})], cap))
+    assert [r.too_large for r in got] == [True, False, True]
+
+
+def test_walking_oversized_records_has_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(msgpack_records, "MAX_SKIPPED_VALUES", 10_000)
+    many = {"a": [1.5] * 4_000}
+    assert len(list(records([packed(many, many)], 1000))) == 2
+    with pytest.raises(ApiError, match="refused whole") as e:
+        list(records(steps(packed(many, many, many), 64 * KIB), 1000))
+    assert refusal(e) == (413, "record_too_large")
+    # One-byte values are walked in runs, whatever their number.
+    nils = {"a": [None] * 100_000}
+    assert len(list(records(steps(packed(nils, {"i": 1}), 64 * KIB), 1000))) == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (packed({"i": 0}, [1, 2]), "not_an_object"),
+        (packed({"i": 0})[:-1], "invalid_msgpack"),
+        (b"\xc1", "invalid_msgpack"),
+        (packed({"i": 0}, {"s": "x" * 2000})[:-1], "invalid_msgpack"),  # while skipping
+        (
+            packed({"i": 0}) + b"\x82\xa1s\xda\x07\xd0" + b"x" * 2000 + b"\xa1t\xc1",
+            "invalid_msgpack",
+        ),
+    ],
+)
+def test_malformed_uploads_are_refused(data: bytes, code: str) -> None:
+    with pytest.raises(ApiError) as e:
+        list(records([data], 1000))
+    assert refusal(e) == (400, code)
+
+
+# Journaling.
+
+
+def envelope(record: Record, i: int) -> Envelope:
+    return Envelope(NOW_MS, "import", "db", "t", b"h" * 32, record.json, import_index=i)
+
+
+def test_parts_are_bounded_by_bytes_and_records() -> None:
+    many = [Record(b"{}")] * (bulk_import.PART_RECORDS + 1)
+    assert [len(p) for p in parts(many, envelope)] == [bulk_import.PART_RECORDS, 1]
+    big = [Record(b"x" * (bulk_import.PART_BYTES // 2))] * 5
+    assert [len(p) for p in parts(big, envelope)] == [2, 2, 1]
+
+
+def test_one_part_goes_to_the_group_commit_more_are_staged_whole(tmp_path: Path) -> None:
+    s = Settings(data_dir=str(tmp_path))
+    journal = SQLiteJournal(s)
+    reader = SQLiteJournalReader(s.journal_dir)
+    one = [envelope(Record(b"{}"), 0)]
+    assert journal_parts(journal, iter([one]), threading.Event()) == one
+    three = iter([one, one, one])
+    assert journal_parts(journal, three, threading.Event()) == 3
+    assert [len(g.envelopes) for g in reader.read({}, 100)] == [1, 1, 1]
+
+    # Abandoned or refused half-way: nothing is published.
+    abandoned = threading.Event()
+    abandoned.set()
+    with pytest.raises(bulk_import.Abandoned):
+        journal_parts(journal, iter([one, one, one]), abandoned)
+
+    def failing() -> Any:
+        yield one
+        yield one
+        raise ApiError(413, "record_too_large", "too large")
+
+    with pytest.raises(ApiError):
+        journal_parts(journal, failing(), threading.Event())
+    assert len(reader.read({}, 100)) == 3
+    journal.close()
+    reader.close()
 
 
 # Loading.
