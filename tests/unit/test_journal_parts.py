@@ -13,7 +13,12 @@ import pytest
 from tdedge.config import Settings
 from tdedge.errors import JournalUnavailable
 from tdedge.journal.envelope import Envelope, entries
-from tdedge.journal.sqlite import SQLiteJournal, SQLiteJournalReader, shard_path
+from tdedge.journal.sqlite import (
+    SQLiteJournal,
+    SQLiteJournalReader,
+    SQLiteStaging,
+    shard_path,
+)
 
 
 def env(i: int, size: int = 10) -> Envelope:
@@ -87,6 +92,25 @@ def test_a_discarded_or_abandoned_upload_leaves_nothing(tmp_path: Path) -> None:
     reader = SQLiteJournalReader(s.journal_dir)
     assert [e.envelope for e in entries(reader.read({}, 100))] == [env(3)]
     again.close()
+    reader.close()
+
+
+def test_an_upload_whose_parts_went_is_not_published_in_part(tmp_path: Path) -> None:
+    """The worker shut down mid-upload and the next one claimed the shard (deleting
+    the parts nobody had published) before the upload's thread got to publish."""
+    s = settings(tmp_path)
+    journal = SQLiteJournal(s)
+    # As the thread sees it before the worker's journal says it is closed.
+    staged = SQLiteStaging(shard_path(s.journal_dir, journal.shard), lambda: None)
+    staged.add([env(1)])
+    staged.add([env(2)])
+    journal.close()
+    SQLiteJournal(s).close()
+    with pytest.raises(JournalUnavailable, match="parts are gone"):
+        staged.publish()
+    staged.discard()
+    reader = SQLiteJournalReader(s.journal_dir)
+    assert reader.read({}, 100) == []
     reader.close()
 
 

@@ -349,16 +349,25 @@ class SQLiteStaging:
             raise JournalUnavailable(refusal)
         started = time.perf_counter()
         try:
-            # One statement is one transaction: a row per part, in the parts' order, or
-            # none. FULL makes its commit fsync the WAL, which holds the parts too.
+            # One transaction: a row per part, in the parts' order, or none. FULL makes
+            # its commit fsync the WAL, which holds the parts too.
             self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute(
+            self._conn.execute("BEGIN IMMEDIATE")
+            added = self._conn.execute(
                 "INSERT INTO journal (received_ms, n, envelopes, part) "
                 "SELECT p.received_ms, p.n, x'', p.id FROM json_each(?) AS j "
                 "JOIN parts AS p ON p.id = j.value ORDER BY j.key",
-                (msgspec.json.encode(self._ids),),
-            )
+                (_ids_json(self._ids),),
+            ).rowcount
+            if added != len(self._ids):
+                # Parts deleted under it: the worker shut down and another claimed the
+                # shard while this upload was still being written.
+                self._conn.execute("ROLLBACK")
+                raise JournalUnavailable("the upload's parts are gone; send it again")
+            self._conn.execute("COMMIT")
         except sqlite3.Error as e:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             raise JournalUnavailable(f"journal write failed: {e}") from e
         self._ids = []  # the journal's now: released with their rows
         metrics.JOURNAL_APPENDED.inc(self.records)
@@ -371,7 +380,7 @@ class SQLiteStaging:
             if self._ids:
                 self._conn.execute(
                     "DELETE FROM parts WHERE id IN (SELECT value FROM json_each(?))",
-                    (msgspec.json.encode(self._ids),),
+                    (_ids_json(self._ids),),
                 )
                 self._ids = []
         except sqlite3.Error as e:
@@ -379,6 +388,11 @@ class SQLiteStaging:
             log.warning("could not delete an unpublished upload's parts", extra={"error": str(e)})
         finally:
             self._conn.close()
+
+
+def _ids_json(ids: list[int]) -> str:
+    # Text: newer SQLite reads a BLOB handed to json_each as its binary JSONB.
+    return msgspec.json.encode(ids).decode()
 
 
 def _drop_unpublished(conn: sqlite3.Connection) -> None:
