@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from tdedge.api import bulk_import, msgpack_records
 from tdedge.api.bulk_import import inflated, journal_parts, measure, parts
-from tdedge.api.msgpack_records import Record, records
+from tdedge.api.msgpack_records import Record, Skipper, records
 from tdedge.api.wire import ApiError
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
@@ -133,6 +134,45 @@ def test_walking_oversized_records_has_a_budget(monkeypatch: pytest.MonkeyPatch)
     # One-byte values are walked in runs, whatever their number.
     nils = {"a": [None] * 100_000}
     assert len(list(records(steps(packed(nils, {"i": 1}), 64 * KIB), 1000))) == 2
+
+
+def random_value(rng: random.Random, depth: int = 0) -> Any:
+    """Any msgpack value, with every header width and nesting."""
+    kind = rng.randrange(12 if depth < 4 else 9)
+    n = rng.choice([0, 1, 15, 16, 31, 32, 255, 256, 65535, 65536])
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.choice([0, 127, 128, -32, -33, 255, 256, -129, 2**16, -(2**31), 2**63])
+    if kind == 2:
+        return rng.random() * 10 ** rng.randrange(-5, 300)
+    if kind == 3:
+        return "é" * (n // 2)
+    if kind == 4:
+        return b"\0" * n
+    if kind == 5:
+        return msgpack.ExtType(rng.randrange(100), b"e" * rng.choice([1, 2, 4, 8, 16, n]))
+    if kind == 6:
+        return msgpack.Timestamp(rng.randrange(2**34), rng.choice([0, 5]))
+    if kind in (7, 8):
+        return rng.choice([[None] * n, [0.5] * min(n, 300)])
+    if kind in (9, 10):
+        return [random_value(rng, depth + 1) for _ in range(rng.randrange(20))]
+    return {str(i): random_value(rng, depth + 1) for i in range(rng.randrange(20))}
+
+
+def test_the_walker_finds_the_end_of_any_value_however_it_is_cut() -> None:
+    rng = random.Random(13)
+    for _ in range(300):
+        value = msgpack.packb(random_value(rng))
+        data = memoryview(value + b"\xa1z")  # what follows it
+        skipper, at, end = Skipper(), 0, None
+        while end is None:
+            piece = data[at : at + rng.choice([1, 2, 3, 7, 1000, 70_000])]
+            found = skipper.feed(piece)
+            end = None if found is None else at + found
+            at += len(piece)
+        assert end == skipper.size == len(value)
 
 
 @pytest.mark.parametrize(
