@@ -139,7 +139,7 @@ def parts(
 
 
 class Abandoned(Exception):
-    """The client went away before the upload was published."""
+    """The request was cancelled (the worker stopping) before the upload was published."""
 
 
 def journal_parts(
