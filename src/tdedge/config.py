@@ -63,6 +63,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Loader.
     loader_batch_max_records: int = 100_000
+    # ...and about this many bytes of journal entries: with records of up to 1 MiB, a
+    # batch bounded by count alone could hold 100 GB. The loader's memory follows this
+    # (a few times it, decoded); one journal group larger than it is still read whole.
+    loader_batch_max_bytes: int = 64 * 1024 * 1024
     # A batch is committed once full, or once its oldest record has waited
     # loader_batch_max_wait_s while records trickle in, up to loader_batch_busy_wait_s
     # as the arrival rate nears loader_batch_busy_rate records/s: a busy loader makes
@@ -143,8 +147,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Result files are deleted this long after they were written (the job row stays).
     job_result_retention_s: float = 7 * 86400.0
     # Bulk import (PUT /v3/table/import…): the gzip body, and what it may inflate to.
+    # The edge streams an upload into the journal, so memory does not grow with these;
+    # they bound the work and the journal space one request can take.
     import_max_bytes: int = 64 * 1024 * 1024
     import_max_inflated_bytes: int = 512 * 1024 * 1024
+    # One record, as msgpack uploaded and as JSON stored (1 MiB, as the Data Ingestion
+    # API's events): a larger one becomes an import error (record_too_large) while the
+    # rest of its upload loads, and is never held whole.
+    import_max_record_bytes: int = 1024 * 1024
     # The loader remembers an import_with_id upload's unique_id this long (compaction
     # forgets older ones): retries come within hours, and the ids it looks a batch's
     # uploads up in stay bounded. A retry later than this loads again.

@@ -58,18 +58,21 @@ class MemoryReader:
     def _floor(self, shard: str) -> int:
         return max((r.get(shard, 0) for r in self.released), default=0)
 
-    def read(self, after: Mapping[str, int], limit: int) -> list[JournalGroup]:
+    def read(
+        self, after: Mapping[str, int], limit: int, max_bytes: int | None = None
+    ) -> list[JournalGroup]:
         out: list[JournalGroup] = []
         for shard, entries in sorted(self.shards.items()):
             waiting = (e for e in entries if e.seq > after.get(shard, 0))
-            taken = 0
+            taken = size = 0
             # Whole groups only: entries that share a seq are one group.
             for seq, alike in itertools.groupby(waiting, key=lambda e: e.seq):
-                if taken >= limit:
+                if taken >= limit or (max_bytes is not None and size >= max_bytes):
                     break
                 envelopes = [e.envelope for e in alike]
                 out.append(JournalGroup(shard, seq, envelopes))
                 taken += len(envelopes)
+                size += sum(len(e.record) for e in envelopes)
         return out
 
     def release(self, upto: Mapping[str, int]) -> None:
@@ -549,6 +552,10 @@ def test_a_bulk_import_journaled_twice_loads_once(world: World) -> None:
     ]
     assert world.rows("SELECT count(*) FROM db.other") == [(2,)]
     assert sample("tdedge_import_duplicates_total") == duplicates_before + 5
+    # Each dropped upload says so once, in the import errors.
+    assert world.rows(
+        f"SELECT reason, account_id, journal_seq FROM {system.IMPORT_ERRORS} ORDER BY 3"
+    ) == [("duplicate_upload", 1, 2), ("duplicate_upload", 1, 4)]
     assert world.lake.positions() == {"shard-00": 4}
     assert world.rows(
         "SELECT database_name, table_name, unique_id, records, journal_shard, journal_seq "
@@ -600,3 +607,22 @@ def test_a_ledger_made_before_its_index_gets_it(tmp_path: Path) -> None:
     ImportLedger(engine)
     assert indexes() == ["bulk_imports_created_at"]
     engine.dispose()
+
+
+def test_a_batch_is_bounded_by_bytes_as_well_as_records(tmp_path: Path) -> None:
+    """Records of up to 1 MiB each: 100,000 of them would be 100 GB in one batch."""
+    w = make_world(tmp_path, loader_batch_max_bytes=250 * 1024)
+    journal = SQLiteJournal(w.settings)
+    record = msgspec.json.encode({"pad": "x" * 100 * 1024})
+    for _ in range(7):  # one ~100 KiB group each
+        env = Envelope(NOW_MS, "legacy", "db", "t", hash_key(w.master), record)
+        asyncio.run(journal.append(env))
+    reader = SQLiteJournalReader(w.settings.journal_dir)
+    directory = Directory(w.store, ttl_s=60)
+    loader = Loader(w.settings, reader, directory, w.lake, clock=lambda: NOW)
+    # Each batch ends with the group that passes the bound: 3, 3, then what is left.
+    assert [loader.step(LATER).rows for _ in range(4)] == [3, 3, 1, 0]
+    journal.close()
+    reader.close()
+    w.lake.close()
+    w.store.close()

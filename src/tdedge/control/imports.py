@@ -1,16 +1,20 @@
-"""Bulk imports already accepted, by ``unique_id``: the edge's fast path for retries.
+"""Bulk imports already loaded, by account and ``unique_id``: the edge's fast path for
+retries.
 
-fluent-plugin-td retries a chunk with the same unique id after a timeout. A unique id
-is recorded here after its records are durable in the journal, so a retry that finds
-it is answered at once, without inflating or journaling the body again.
+fluent-plugin-td retries a chunk with the same unique id after a timeout. The loader
+records a unique id here once it has loaded the upload (its rows, or import errors for
+records refused one by one), so a retry that finds it is answered at once, without
+inflating or journaling the body again. An upload refused whole (its key revoked, its
+database gone) is never recorded: a retry with a good key is journaled and loads.
 
 This ledger is not what guarantees exactly-once: the loader is (loader/imports.py).
-When a process is killed between the append and the record, or two uploads of one id
-race, the chunk is journaled twice and the loader drops the second copy.
+A retry that arrives before the loader has recorded the id is journaled again, and
+the loader drops that copy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -38,6 +42,8 @@ _CREATED_AT = "CREATE INDEX IF NOT EXISTS bulk_imports_created_at ON bulk_import
 
 
 class Imported(msgspec.Struct, frozen=True):
+    # Empty when the loader recorded it: it never sees the body. A retry is answered
+    # with the MD5 of its own body, which is what TD answers too.
     md5_hex: str
     records: int
 
@@ -73,20 +79,29 @@ class ImportLedger:
         imported: Imported,
         now: float,
     ) -> None:
-        values = {
-            "account_id": account_id,
-            "database": database,
-            "table": table,
-            "unique_id": unique_id,
-            "md5_hex": imported.md5_hex,
-            "records": imported.records,
-            "created_at": now,
-        }
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(sa.insert(bulk_imports).values(**values))
-        except sa.exc.IntegrityError:
-            pass  # a concurrent upload of the same chunk recorded it first
+        self.record_many([(account_id, database, table, unique_id, imported)], now)
+
+    def record_many(
+        self, loaded: Sequence[tuple[int, str, str, str, Imported]], now: float
+    ) -> None:
+        """Record uploads the loader has loaded, in one transaction; ids recorded
+        already keep their first row (a later part of the same upload, say)."""
+        if not loaded:
+            return
+        rows = [
+            {
+                "account_id": account_id,
+                "database": database,
+                "table": table,
+                "unique_id": unique_id,
+                "md5_hex": imported.md5_hex,
+                "records": imported.records,
+                "created_at": now,
+            }
+            for account_id, database, table, unique_id, imported in loaded
+        ]
+        with self._engine.begin() as conn:
+            conn.execute(sa.insert(bulk_imports).prefix_with("OR IGNORE"), rows)
 
     def forget(self, before: float) -> int:
         """Delete the ids recorded before ``before`` (``bulk_import_retention_s``, as the

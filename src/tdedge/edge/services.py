@@ -76,12 +76,16 @@ class Services:
         try:
             await self.journal.append_many(envs)
         except JournalUnavailable as e:
-            raise HTTPError(
-                503,
-                "journal_unavailable",
-                f"cannot accept records right now ({e}); retry later",
-                headers=[("retry-after", str(self.settings.retry_after_s))],
-            ) from e
+            raise self.unavailable(e) from e
+
+    def unavailable(self, e: JournalUnavailable) -> HTTPError:
+        """The 503 a client gets when the journal cannot take its records."""
+        return HTTPError(
+            503,
+            "journal_unavailable",
+            f"cannot accept records right now ({e}); retry later",
+            headers=[("retry-after", str(self.settings.retry_after_s))],
+        )
 
     async def accept(
         self, door: str, received_ms: int, database: str, table: str, key: str, record: bytes

@@ -16,6 +16,28 @@ from tdedge.journal.envelope import Envelope, JournalGroup
 Position = Mapping[str, int]
 
 
+class Staging(Protocol):
+    """An upload too large for one group: written part by part, then published whole.
+
+    Each method blocks on the disk (call them from a worker thread) and raises
+    JournalUnavailable when the journal cannot take the records.
+    """
+
+    records: int  # envelopes added so far
+
+    def add(self, envs: Sequence[Envelope]) -> None:
+        """Write one part; the loader cannot see it yet."""
+        ...
+
+    def publish(self) -> None:
+        """Make every part visible to the loader at once; durable when this returns."""
+        ...
+
+    def discard(self) -> None:
+        """Forget the parts written (the upload was refused or abandoned)."""
+        ...
+
+
 class Journal(Protocol):
     """The edge side: append and wait until durable."""
 
@@ -25,6 +47,10 @@ class Journal(Protocol):
 
     async def append_many(self, envs: Sequence[Envelope]) -> None:
         """Like append, for several envelopes durable together (one request's events)."""
+        ...
+
+    def stage(self) -> Staging:
+        """Somewhere to write one upload larger than a group should be (Staging)."""
         ...
 
     def backlog(self) -> int:
@@ -39,9 +65,10 @@ class Journal(Protocol):
 class JournalReader(Protocol):
     """The loader side: read past a position, release what is loaded."""
 
-    def read(self, after: Position, limit: int) -> list[JournalGroup]:
+    def read(self, after: Position, limit: int, max_bytes: int | None = None) -> list[JournalGroup]:
         """Groups with seq > after[shard] (0 when absent), oldest first per shard: about
-        ``limit`` envelopes in all, whole groups only."""
+        ``limit`` envelopes and ``max_bytes`` of encoded groups in all, whole groups only
+        (at least one, however large)."""
         ...
 
     def release(self, upto: Position) -> None:

@@ -26,12 +26,15 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     # (e.g. a key that failed a sync check). Empty for the normal path.
     reject: str = ""
     # Set by ``import_with_id`` on every envelope of one upload (api/bulk_import.py):
-    # the chunk's unique_id, and the envelope's place in the chunk from 0. The loader
-    # loads a (database, table, unique_id) once (loader/imports.py); the place tells
-    # two uploads of one id apart when they share a journal group. Trailing defaults:
-    # entries written before these fields existed still decode.
+    # the chunk's unique_id, the envelope's place in the chunk from 0, and a token
+    # drawn for this upload. The loader loads an account's (database, table,
+    # unique_id) once (loader/imports.py); the token tells the parts of the upload it
+    # kept from those of a repeat, as a large upload spans several journal groups.
+    # Trailing defaults: entries written before these fields existed still decode
+    # (their uploads, one group each, are told apart by the place).
     import_id: str = ""
     import_index: int = 0
+    import_attempt: str = ""
 
 
 class JournalGroup(msgspec.Struct, frozen=True, gc=False):

@@ -26,6 +26,15 @@ entries together; positions are row seqs.
 
 ``seq`` is ``INTEGER PRIMARY KEY AUTOINCREMENT``: SQLite then never reuses a number, even
 after the loader has deleted every row, so a position stored in the lake stays valid.
+
+**Staged entries** (``Staging``): a bulk import too large for one group is written part
+by part into the ``parts`` table, where the loader does not look, each part a short
+transaction of its own; then one small statement adds a journal row per part, pointing
+at it (``journal.part``), with a full sync. The upload becomes visible to the loader
+whole or not at all, and neither the edge nor the loader ever holds more than a part:
+each pointer row is a group of its own, read and released like any other (a trigger
+deletes the part with its row). Parts that were never published (the edge died, or the
+upload was refused half-way) are deleted when a worker next claims the shard.
 """
 
 from __future__ import annotations
@@ -58,11 +67,31 @@ _SCHEMA = (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         received_ms INTEGER NOT NULL,  -- the oldest arrival in the group
         n INTEGER NOT NULL,            -- envelopes in the group
-        envelopes BLOB NOT NULL        -- msgpack array of Envelope
+        envelopes BLOB NOT NULL,       -- msgpack array of Envelope (empty for a part)
+        part INTEGER                   -- parts.id holding the envelopes, or NULL
     )
     """,
     # Covering index: backlog sums read it without touching the envelopes' pages.
     "CREATE INDEX IF NOT EXISTS journal_counts ON journal (seq, n, received_ms)",
+    """
+    CREATE TABLE IF NOT EXISTS parts (
+        id INTEGER PRIMARY KEY,
+        received_ms INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        envelopes BLOB NOT NULL
+    )
+    """,
+)
+# After the ``part`` column exists (files made before it get it in ``_connect``).
+_PART_SCHEMA = (
+    # Finds the parts no row points at (``_drop_unpublished``).
+    "CREATE INDEX IF NOT EXISTS journal_parts ON journal (part) WHERE part IS NOT NULL",
+    # A released row takes its part with it.
+    """
+    CREATE TRIGGER IF NOT EXISTS journal_release_part AFTER DELETE ON journal
+    FOR EACH ROW WHEN old.part IS NOT NULL
+    BEGIN DELETE FROM parts WHERE id = old.part; END
+    """,
 )
 # Deletes run while edge workers append to the same file: small chunks keep each
 # write lock short, so an append never waits long behind a release.
@@ -77,6 +106,15 @@ def _connect(path: Path) -> sqlite3.Connection:
     # Checkpoints still sync, as synchronous=NORMAL always does.
     conn.execute("PRAGMA synchronous=NORMAL")
     for statement in _SCHEMA:
+        conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(journal)")}
+    if "part" not in columns:
+        try:
+            conn.execute("ALTER TABLE journal ADD COLUMN part INTEGER")
+        except sqlite3.OperationalError as e:
+            if "duplicate column" not in str(e):  # another process added it first
+                raise
+    for statement in _PART_SCHEMA:
         conn.execute(statement)
     return conn
 
@@ -115,6 +153,7 @@ class SQLiteJournal:
         self.shard, self._lock_file = claim_shard(settings.journal_dir)
         self._path = shard_path(settings.journal_dir, self.shard)
         self._conn = _connect(self._path)
+        _drop_unpublished(self._conn)
         # Checkpoints copy the WAL into the database file and fsync it: work the
         # loader's release does (``release``), not the edge's commit path.
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -160,6 +199,13 @@ class SQLiteJournal:
         self._pending.extend(envs)
         self._pending_futs.setdefault(loop, []).append(fut)
         await fut
+
+    def stage(self) -> SQLiteStaging:
+        """Somewhere to write one large upload part by part, then publish it whole."""
+        return SQLiteStaging(self._path, self._refused)
+
+    def _refused(self) -> str | None:
+        return "journal closed" if self._closed else self._refusal
 
     def _write(self) -> None:
         """Write what this iteration appended to the WAL (no fsync: the syncer's job)."""
@@ -265,6 +311,102 @@ class SQLiteJournal:
             self._refusal = None
 
 
+class SQLiteStaging:
+    """One upload's parts, invisible to the loader until ``publish`` (module docstring).
+
+    Every method blocks on the disk: call them from a worker thread. Each ``add`` is a
+    short transaction of its own, so the event loop's group commits, which wait for
+    SQLite's write lock, never wait long behind an upload.
+    """
+
+    def __init__(self, path: Path, refused: Callable[[], str | None]) -> None:
+        self._conn = _connect(path)
+        self._refused = refused
+        self._ids: list[int] = []
+        self.records = 0
+
+    def add(self, envs: Sequence[Envelope]) -> None:
+        """Write one part; raise JournalUnavailable while the journal refuses appends."""
+        refusal = self._refused()
+        if refusal is not None:
+            metrics.JOURNAL_REFUSED.labels(refusal).inc()
+            raise JournalUnavailable(refusal)
+        try:
+            cursor = self._conn.execute(
+                "INSERT INTO parts (received_ms, n, envelopes) VALUES (?, ?, ?)",
+                (min(env.received_ms for env in envs), len(envs), _group_encoder.encode(envs)),
+            )
+        except sqlite3.Error as e:
+            raise JournalUnavailable(f"journal write failed: {e}") from e
+        self._ids.append(int(cursor.lastrowid or 0))
+        self.records += len(envs)
+
+    def publish(self) -> None:
+        """Make every part visible to the loader at once; durable when this returns."""
+        refusal = self._refused()
+        if refusal is not None:
+            metrics.JOURNAL_REFUSED.labels(refusal).inc()
+            raise JournalUnavailable(refusal)
+        started = time.perf_counter()
+        try:
+            # One transaction: a row per part, in the parts' order, or none. FULL makes
+            # its commit fsync the WAL, which holds the parts too.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("BEGIN IMMEDIATE")
+            added = self._conn.execute(
+                "INSERT INTO journal (received_ms, n, envelopes, part) "
+                "SELECT p.received_ms, p.n, x'', p.id FROM json_each(?) AS j "
+                "JOIN parts AS p ON p.id = j.value ORDER BY j.key",
+                (_ids_json(self._ids),),
+            ).rowcount
+            if added != len(self._ids):
+                # Parts deleted under it: the worker shut down and another claimed the
+                # shard while this upload was still being written.
+                self._conn.execute("ROLLBACK")
+                raise JournalUnavailable("the upload's parts are gone; send it again")
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise JournalUnavailable(f"journal write failed: {e}") from e
+        self._ids = []  # the journal's now: released with their rows
+        metrics.JOURNAL_APPENDED.inc(self.records)
+        metrics.JOURNAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        self._conn.close()
+
+    def discard(self) -> None:
+        """Delete what was written (a refused or abandoned upload); safe to call twice."""
+        try:
+            if self._ids:
+                self._conn.execute(
+                    "DELETE FROM parts WHERE id IN (SELECT value FROM json_each(?))",
+                    (_ids_json(self._ids),),
+                )
+                self._ids = []
+        except sqlite3.Error as e:
+            # Left behind, they are deleted when a worker next claims the shard.
+            log.warning("could not delete an unpublished upload's parts", extra={"error": str(e)})
+        finally:
+            self._conn.close()
+
+
+def _ids_json(ids: list[int]) -> str:
+    # Text: newer SQLite reads a BLOB handed to json_each as its binary JSONB.
+    return msgspec.json.encode(ids).decode()
+
+
+def _drop_unpublished(conn: sqlite3.Connection) -> None:
+    """Delete parts no journal row points at: uploads a dead worker never published.
+
+    Runs when a worker claims the shard, so no other writer is staging into it.
+    """
+    gone = conn.execute(
+        "DELETE FROM parts WHERE NOT EXISTS (SELECT 1 FROM journal WHERE journal.part = parts.id)"
+    ).rowcount
+    if gone:
+        log.info("deleted unpublished upload parts", extra={"parts": gone})
+
+
 def _settle(futs: list[asyncio.Future[None]], error: Exception | None) -> None:
     for fut in futs:
         if fut.done():  # the request was cancelled (client went away)
@@ -310,22 +452,24 @@ class SQLiteJournalReader:
             self._conns[shard] = conn
         return self._conns
 
-    def read(self, after: Position, limit: int) -> list[JournalGroup]:
-        """About ``limit`` envelopes, shared among shards; whole groups only, so it may
-        return up to one group more per shard."""
+    def read(self, after: Position, limit: int, max_bytes: int | None = None) -> list[JournalGroup]:
+        """About ``limit`` envelopes and ``max_bytes`` of encoded groups, shared among
+        shards; whole groups only, so it may return up to one group more per shard."""
         shards = self._shards()
         if not shards:
             return []
         share = max(1, limit // len(shards))
+        byte_share = None if max_bytes is None else max(1, max_bytes // len(shards))
         out: list[JournalGroup] = []
         for shard, conn in shards.items():
-            taken = 0
+            taken = size = 0
             # Rows are stepped one at a time and the statement is dropped as soon as the
             # share is reached: one row holds a whole loop iteration of the edge (up to
             # thousands of envelopes), so fetching a fixed number of rows read megabytes
             # only to throw most of them away (~8 ms for a 2,000-envelope batch).
             cursor = conn.execute(
-                "SELECT seq, envelopes FROM journal WHERE seq > ? ORDER BY seq",
+                "SELECT j.seq, coalesce(p.envelopes, j.envelopes) FROM journal AS j "
+                "LEFT JOIN parts AS p ON p.id = j.part WHERE j.seq > ? ORDER BY j.seq",
                 (after.get(shard, 0),),
             )
             try:
@@ -333,7 +477,8 @@ class SQLiteJournalReader:
                     group = _group_decoder.decode(blob)
                     out.append(JournalGroup(shard, seq, group))
                     taken += len(group)
-                    if taken >= share:
+                    size += len(blob)
+                    if taken >= share or (byte_share is not None and size >= byte_share):
                         break
             finally:
                 cursor.close()

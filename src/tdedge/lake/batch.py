@@ -40,23 +40,29 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     journal_seq: int
 
 
-ImportKey = tuple[str, str, str]  # (database, table, unique_id), names normalised
+# (account_id, database, table, unique_id), names normalised: an account's id, never
+# another's, even for a database that changed hands.
+ImportKey = tuple[int, str, str, str]
 
 
 class BulkImport(msgspec.Struct, frozen=True, kw_only=True):
-    """One row of ``tdedge_system.bulk_imports``: an ``import_with_id`` upload loaded once.
+    """One row of ``tdedge_system.bulk_imports``: (part of) an ``import_with_id`` upload,
+    loaded once.
 
-    Its records went to the table or, when refused, to the import errors; either way a
-    later upload of the same (database, table, unique_id) is dropped (loader/imports.py).
+    Its records went to the table or, those refused one by one, to the import errors;
+    a later upload of the same key is dropped (loader/imports.py). An upload larger
+    than a journal group has a row per group.
     """
 
     database_name: str
     table_name: str
     unique_id: str
     records: int
-    journal_shard: str  # the journal group that carried the upload
+    journal_shard: str  # the journal group that carried the upload (or this part)
     journal_seq: int
     time: int  # unix seconds of the load
+    account_id: int
+    attempt: str  # the upload's token (Envelope.import_attempt): its later parts load
 
 
 class LoadMark(msgspec.Struct, frozen=True, kw_only=True):

@@ -115,17 +115,18 @@ class Lake:
         """The journal position stored with the last commit: shard → last loaded seq."""
         return {shard: int(seq) for shard, seq in self._fetch(system.READ_POSITIONS)}
 
-    def loaded_imports(self, keys: Iterable[ImportKey]) -> set[ImportKey]:
-        """Which of these (database, table, unique_id) are in ``bulk_imports`` already."""
+    def loaded_imports(self, keys: Iterable[ImportKey]) -> dict[ImportKey, str | None]:
+        """Which of these keys are in ``bulk_imports`` already, and the upload token
+        each was loaded from (system.loaded_imports)."""
         wanted = system.import_keys_table(keys)
         if wanted.num_rows == 0:
-            return set()
+            return {}
         self._con.register(_KEYS, wanted)
         try:
             found = self._fetch(system.loaded_imports_sql(_KEYS))
         finally:
             self._con.unregister(_KEYS)
-        return {(str(d), str(t), str(u)) for d, t, u in found}
+        return system.loaded_imports(found)
 
     def columns(self, database: str, table: str) -> Columns | None:
         """The table's columns (name → DuckDB type), or None when it does not exist yet."""

@@ -6,9 +6,12 @@ commit, which here costs more than the insert of the rows themselves (~16 ms per
 commit); compaction deletes the superseded rows instead.
 
 ``bulk_imports`` holds each ``import_with_id`` upload the loader has loaded, keyed by
-(database_name, table_name, unique_id), written in the same transaction as its rows:
-the loader looks new uploads up in it and drops repeats (loader/imports.py).
-Compaction deletes rows older than ``bulk_import_retention_s`` and no others.
+(account_id, database_name, table_name, unique_id), written in the same transaction as
+its rows: the loader looks new uploads up in it and drops repeats (loader/imports.py).
+Compaction deletes rows older than ``bulk_import_retention_s`` and no others. Rows
+written before ``account_id`` and ``attempt`` existed have them NULL: such a row
+stands for its key in every account until it expires, which errs towards dropping a
+retry rather than loading it twice.
 
 ``load_marks`` says which tables' rows of journal entries past the positions are loaded
 already (lake/batch.py LoadMark); it is empty but while the loader sets a table aside.
@@ -18,6 +21,7 @@ Compaction deletes the marks the positions have passed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import msgspec
 import pyarrow as pa
@@ -58,10 +62,18 @@ BULK_IMPORTS_SCHEMA = pa.schema(
         ("journal_shard", pa.string()),
         ("journal_seq", pa.int64()),
         ("time", pa.int64()),
+        # Last, as the columns added to lakes made before them (BULK_IMPORTS_COLUMNS).
+        ("account_id", pa.int64()),
+        ("attempt", pa.string()),
     ]
 )
 IMPORT_KEYS_SCHEMA = pa.schema(
-    [("database_name", pa.string()), ("table_name", pa.string()), ("unique_id", pa.string())]
+    [
+        ("account_id", pa.int64()),
+        ("database_name", pa.string()),
+        ("table_name", pa.string()),
+        ("unique_id", pa.string()),
+    ]
 )
 
 POSITIONS_SCHEMA = pa.schema([("shard", pa.string()), ("seq", pa.int64())])
@@ -89,6 +101,12 @@ DDL = (
     f"CREATE TABLE IF NOT EXISTS {IMPORT_ERRORS} ({_columns_sql(IMPORT_ERRORS_SCHEMA)})",
     f"CREATE TABLE IF NOT EXISTS {BULK_IMPORTS} ({_columns_sql(BULK_IMPORTS_SCHEMA)})",
     f"CREATE TABLE IF NOT EXISTS {LOAD_MARKS} ({_columns_sql(LOAD_MARKS_SCHEMA)})",
+    # Lakes made before these columns get them, NULL in their old rows.
+    *(
+        f"ALTER TABLE {BULK_IMPORTS} ADD COLUMN IF NOT EXISTS {f.name} {_SQL[f.type]}"
+        for f in BULK_IMPORTS_SCHEMA
+        if f.name in ("account_id", "attempt")
+    ),
 )
 
 TABLES = (POSITIONS, IMPORT_ERRORS, BULK_IMPORTS, LOAD_MARKS)
@@ -136,9 +154,20 @@ def rejections_table(rejections: Sequence[Rejection]) -> pa.Table:
 
 
 def loaded_imports_sql(keys: str) -> str:
-    """Which (database_name, table_name, unique_id) of the relation ``keys`` are loaded."""
-    names = ", ".join(IMPORT_KEYS_SCHEMA.names)
-    return f"SELECT DISTINCT {names} FROM {BULK_IMPORTS} SEMI JOIN {keys} USING ({names})"
+    """Which keys of the relation ``keys`` are loaded, with the upload token of each (a
+    row from before accounts were recorded matches its key in every account)."""
+    return (
+        f"SELECT DISTINCT k.account_id, k.database_name, k.table_name, k.unique_id, b.attempt "
+        f"FROM {keys} AS k JOIN {BULK_IMPORTS} AS b "
+        "USING (database_name, table_name, unique_id) "
+        "WHERE b.account_id = k.account_id OR b.account_id IS NULL"
+    )
+
+
+def loaded_imports(rows: Iterable[tuple[Any, ...]]) -> dict[ImportKey, str | None]:
+    """``loaded_imports_sql``'s rows: each key and the token its upload carried (None
+    for an upload from before tokens)."""
+    return {(int(a), str(d), str(t), str(u)): attempt for a, d, t, u, attempt in rows}
 
 
 def import_keys_table(keys: Iterable[ImportKey]) -> pa.Table:

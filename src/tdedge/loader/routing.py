@@ -25,6 +25,17 @@ it becomes a row of ``tdedge_system.import_errors`` with one of these reason cod
     the key's account is not the account that owns the database
 ``invalid_record``
     the body is not one JSON object (the edge validates bodies; defence in depth)
+``record_too_large``
+    a bulk-import record over ``import_max_record_bytes`` of JSON (the edge keeps its
+    first 64 KiB); the rest of its upload loads
+``duplicate_upload``
+    one row per bulk upload dropped because its account had loaded that table's
+    ``unique_id`` already (loader/imports.py); ``record`` is empty, ``detail`` says
+    how many records were not loaded again
+``load_failed``
+    the lake refused this table's rows again and again while other tables of the
+    batch could be written (loader/runner.py): the records are set aside so that one
+    table cannot stop the loader; ``detail`` holds the lake's error
 any other code
     the edge rejected the record already (``Envelope.reject``), kept verbatim
 

@@ -119,7 +119,8 @@ class Loader:
         self._settings = settings
         self._reader = reader
         self._lake = lake
-        self._ledger = ledger  # the edge's bulk-import ids, forgotten as the lake's are
+        # The edge's bulk-import ids: recorded once loaded, forgotten as the lake's are.
+        self._ledger = ledger
         self._directory = directory
         self._router = Router(settings, directory)
         self._pacing = Pacing.of(settings)
@@ -150,7 +151,9 @@ class Loader:
         lag_s = 0.0 if oldest_ms is None else max(0.0, now - oldest_ms / 1000)
         if not self._pacing.due(waiting, lag_s):
             return self._report(StepReport(lag_records=waiting, lag_seconds=lag_s))
-        groups = self._reader.read(positions, self._pacing.max_records)
+        groups = self._reader.read(
+            positions, self._pacing.max_records, self._settings.loader_batch_max_bytes
+        )
         if not groups:
             return self._report(StepReport(lag_records=waiting, lag_seconds=lag_s))
         sifted = self._sift(groups, now)
@@ -171,7 +174,12 @@ class Loader:
             shaped = []
         batch = Batch(
             [t.rows for t in shaped],
-            [*routed.rejections, *refused, *chain.from_iterable(t.rejections for t in shaped)],
+            [
+                *routed.rejections,
+                *sifted.rejections,
+                *refused,
+                *chain.from_iterable(t.rejections for t in shaped),
+            ],
             moved,
             sifted.imports,
         )
@@ -184,6 +192,8 @@ class Loader:
         self._suspects.clear()
         self._positions = {**positions, **moved}
         self._forget_marks()
+        if self._ledger is not None and batch.imports:
+            imports.remember(self._ledger, batch.imports, now)
         self._reader.release(self._positions)
         rejections = [*batch.rejections, *chain.from_iterable(t.rejections for t in apart)]
         report = StepReport(
@@ -294,11 +304,7 @@ class Loader:
 
     def _sift(self, groups: Sequence[JournalGroup], now: float) -> imports.Sifted:
         """The batch without bulk imports loaded already (loader/imports.py)."""
-        found = imports.uploads(groups)
-        if not found:
-            return imports.Sifted(groups, [])
-        loaded = self._lake.loaded_imports({up.key for up in found})
-        return imports.sift(groups, found, loaded, now)
+        return imports.sift_batch(groups, self._router, self._lake, now)
 
     def _current_positions(self) -> dict[str, int]:
         if self._positions is None:
