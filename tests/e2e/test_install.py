@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import Server, free_port, wait_readyz
+from tests.e2e.conftest import Server, free_port, wait_healthy, wait_readyz
 from tests.e2e.restapi_support import td1, wait_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,8 @@ def test_the_readme_install_serves_ingests_and_runs_query_jobs(tmp_path: Path) -
     endpoint = f"http://127.0.0.1:{api_port}"
     try:
         # Ready, and the job runner past its start (its sessions on the lake open); the
-        # details are on the operators' port.
+        # details are on the operators' port, which opens after the main one.
+        wait_healthy(endpoint, timeout=60)
         ready = wait_readyz(
             srv, lambda b: b["status"] == 200 and b["jobs"]["serving"], 60, url=endpoint
         )
