@@ -36,6 +36,7 @@ from tdedge.lake.compaction import Slice
 from tdedge.lake.connection import open_connection
 from tdedge.lake.sql import ident, literal, table_ref
 from tdedge.lake.tables import Columns, create_table, evolve_table
+from tdedge.loader.schema import CONFLICTS
 from tdedge.names import NAME_RULE, SYSTEM_DATABASE, is_reserved, is_valid_name, normalize
 
 log = logging.getLogger("tdedge.lake")
@@ -437,11 +438,39 @@ class Lake:
             statement, after = create_table(ref, rows.rows.schema)
             statements = [statement]
         else:
+            existing = self._keep_exact_integers(ref, existing, rows.rows.schema)
             statements, after = evolve_table(ref, existing, rows.rows.schema)
         for statement in statements:
             self._con.execute(statement)
         columns[key] = after
         self._insert(ref, rows.rows)
+
+    def _keep_exact_integers(self, ref: str, existing: Columns, schema: pa.Schema) -> Columns:
+        """Before BIGINT columns widen to DOUBLE, keep their integers a DOUBLE would
+        round in each row's td_type_conflicts, under the column's name (see
+        loader/schema.py). Returns the table's columns after."""
+        widening = [
+            f.name for f in schema if existing.get(f.name) == "BIGINT" and f.type == pa.float64()
+        ]
+        if not widening:
+            return existing
+        columns = dict(existing)
+        conflicts = ident(CONFLICTS)
+        for name in widening:
+            column = ident(name)
+            inexact = f"CAST(CAST({column} AS DOUBLE) AS HUGEINT) <> {column}"
+            found = self._con.execute(f"SELECT count(*) FROM {ref} WHERE {inexact}").fetchone()
+            if not found or not found[0]:
+                continue
+            if CONFLICTS not in columns:
+                self._con.execute(f"ALTER TABLE {ref} ADD COLUMN {conflicts} VARCHAR")
+                columns[CONFLICTS] = "VARCHAR"
+            kept = f"json_object({literal(name)}, {column})"
+            self._con.execute(
+                f"UPDATE {ref} SET {conflicts} = CAST(CASE WHEN {conflicts} IS NULL THEN {kept} "
+                f"ELSE json_merge_patch({conflicts}, {kept}) END AS VARCHAR) WHERE {inexact}"
+            )
+        return columns
 
     def _insert(self, ref: str, table: pa.Table) -> None:
         self._con.register(_VIEW, table)
