@@ -9,8 +9,8 @@ database). Then the real Loader runs in this process, in a thread, compacting ev
 - load: seconds until every table is loaded;
 - compaction: the duration of each pass (the first ones flush every table's inlined
   row), and how long the loader did not commit while one ran;
-- freshness: for each probe record, seconds from its 200 to being queryable, while
-  the passes run (the median, and the worst);
+- freshness: for each probe record, seconds from its 200 to the end of the commit
+  that holds it, while the passes run (the median, and the worst);
 - ``table/list`` over the REST API, and ``database/list``.
 
 Each table gets a second row just before the probes start, so every pass has work.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import signal
 import socket
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,23 +80,58 @@ def post_tables(client: httpx.Client, url: str, key: str, n: int, round_: int) -
     return time.perf_counter() - started
 
 
-class TimedLoader(Loader):
-    """The real loader, noting when each compaction pass and each commit happened."""
+class TimedLake(Lake):
+    """The real lake, noting how long each compaction pass and each slice of it took
+    (a pass run at once, as before compaction worked in slices, is one slice)."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.passes: list[tuple[float, float]] = []  # (start, end), monotonic
-        self.commits: list[float] = []
+        self.longest_slice = 0.0
+
+    def compaction(self, now: float, slice_s: float = math.inf) -> Iterator[Any]:
+        started = last = time.monotonic()
+        for done in super().compaction(now, slice_s):
+            self.longest_slice = max(self.longest_slice, time.monotonic() - last)
+            yield done
+            last = time.monotonic()
+        self.passes.append((started, time.monotonic()))
 
     def compact(self, now: float) -> None:
+        if hasattr(Lake, "compaction"):
+            super().compact(now)
+            return
         started = time.monotonic()
         super().compact(now)
         self.passes.append((started, time.monotonic()))
+        self.longest_slice = max(self.longest_slice, time.monotonic() - started)
+
+
+class TimedLoader(Loader):
+    """The real loader, noting when each commit happened and which probe records
+    (table ``fresh``) it held."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.commits: list[float] = []
+        self.rows = 0
+        self.committed: dict[int, float] = {}  # probe → when its commit was done
+        self._probes: list[int] = []
+
+    def _shape(self, routed: Any, *args: Any) -> Any:
+        found = routed.tables.get((DATABASE, "fresh"))
+        self._probes = [] if found is None else [r["probe"] for r in found.records]
+        return super()._shape(routed, *args)
 
     def step(self, now: float) -> Any:
+        self._probes = []
         report = super().step(now)
         if report.entries:
-            self.commits.append(time.monotonic())
+            done = time.monotonic()
+            self.commits.append(done)
+            self.rows += report.rows
+            for p in self._probes:
+                self.committed.setdefault(p, done)
         return report
 
 
@@ -124,29 +161,28 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         edge = start_edge(root, port)
         stop = threading.Event()
-        lake: Lake | None = None
+        lake = TimedLake.open(settings)
         thread: threading.Thread | None = None
         try:
             with httpx.Client() as client:
                 took = post_tables(client, url, key, args.tables, 1)
                 print(f"made {args.tables} one-row tables over HTTP in {took:.1f} s")
-                lake = Lake.open(settings)
                 reader = SQLiteJournalReader(settings.journal_dir)
                 loader = TimedLoader(settings, reader, Directory(store, ttl_s=60), lake)
                 started = time.monotonic()
                 thread = threading.Thread(target=loader.run, args=(stop,), daemon=True)
                 thread.start()
-                watcher = Lake.open(settings, read_only=True)
-                while len(watcher.tables(DATABASE)) < args.tables:
-                    time.sleep(0.2)
+                while loader.rows < args.tables:
+                    time.sleep(0.1)
                 print(f"loaded them in {time.monotonic() - started:.1f} s")
                 took = post_tables(client, url, key, args.tables, 2)
                 print(f"a second row for each table in {took:.1f} s")
                 watch_from = time.monotonic()
-                passes_before = len(loader.passes)
-                latencies = probe(client, url, key, watcher, watch_from + args.watch)
+                passes_before = len(lake.passes)
+                sent = probe(client, url, key, watch_from + args.watch)
                 watch_to = time.monotonic()
-                watcher.close()
+                while len(loader.committed) < len(sent) and time.monotonic() < watch_to + 600:
+                    time.sleep(0.1)
                 api = {"Host": "api.localhost", "Authorization": f"TD1 {key}"}
                 t0 = time.perf_counter()
                 listed = client.get(f"{url}/v3/table/list/{DATABASE}", headers=api, timeout=600)
@@ -154,15 +190,16 @@ def main() -> None:
                 t0 = time.perf_counter()
                 client.get(f"{url}/v3/database/list", headers=api, timeout=600)
                 database_list = time.perf_counter() - t0
-            passes = [end - start for start, end in loader.passes]
+            passes = [end - start for start, end in lake.passes]
             print(f"compaction passes (s): {', '.join(f'{p:.2f}' for p in passes) or 'none'}")
-            during = loader.passes[passes_before:]
-            print(f"passes while probing: {len(during)}")
+            print(f"passes begun while probing: {len(lake.passes[passes_before:])}")
+            print(f"longest compaction slice (loading waits for it): {lake.longest_slice:.2f} s")
             gap = longest_gap(loader.commits, watch_from, watch_to)
             print(f"longest time without a commit while probing: {gap:.2f} s")
+            latencies = [loader.committed[p] - t for p, t in sent.items() if p in loader.committed]
             print(
-                f"freshness of {len(latencies)} probes: median {statistics.median(latencies):.2f}"
-                f" s, max {max(latencies):.2f} s"
+                f"freshness of {len(latencies)}/{len(sent)} probes (200 to committed): "
+                f"median {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s"
             )
             n = len(listed.json().get("tables", []))
             print(f"table/list: {table_list:.2f} s ({n} tables)")
@@ -171,35 +208,26 @@ def main() -> None:
             stop.set()
             if thread is not None:
                 thread.join(timeout=600)
-            if lake is not None:
-                lake.close()
+            lake.close()
             store.close()
             os.killpg(edge.pid, signal.SIGTERM)
             edge.wait(timeout=30)
 
 
-def probe(client: httpx.Client, url: str, key: str, watcher: Lake, until: float) -> list[float]:
-    """A record to table ``fresh`` every 0.25 s until ``until``; each one's freshness."""
-    latencies: list[float] = []
+def probe(client: httpx.Client, url: str, key: str, until: float) -> dict[int, float]:
+    """A record to table ``fresh`` every 0.25 s until ``until``: probe → when its 200 came."""
     sent: dict[int, float] = {}
     i = 0
-    while time.monotonic() < until or sent:
-        if time.monotonic() < until:
-            client.post(
-                f"{url}/postback/v3/event/{DATABASE}/fresh",
-                json={"probe": i},
-                headers={"X-TD-Write-Key": key},
-            ).raise_for_status()
-            sent[i] = time.monotonic()
-            i += 1
-        if DATABASE in watcher.databases() and "fresh" in watcher.tables(DATABASE):
-            seen = watcher.query(f"SELECT probe FROM {DATABASE}.fresh").rows
-            now = time.monotonic()
-            for (p,) in seen:
-                if p in sent:
-                    latencies.append(now - sent.pop(p))
+    while time.monotonic() < until:
+        client.post(
+            f"{url}/postback/v3/event/{DATABASE}/fresh",
+            json={"probe": i},
+            headers={"X-TD-Write-Key": key},
+        ).raise_for_status()
+        sent[i] = time.monotonic()
+        i += 1
         time.sleep(0.25)
-    return latencies
+    return sent
 
 
 if __name__ == "__main__":

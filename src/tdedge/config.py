@@ -84,6 +84,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # is the back-pressure if it cannot.
     loader_nice: int = 10
     compaction_interval_s: float = 60.0
+    # A compaction pass works in slices of about this long (at least one table each),
+    # with a loading step between two: loading waits at most a slice and its commit,
+    # however many tables the pass has to flush or merge (lake/compaction.py).
+    compaction_slice_s: float = 1.0
     # /readyz fails when the loader is this far behind or has not beaten for this long.
     ready_max_lag_s: float = 30.0
     loader_heartbeat_timeout_s: float = 10.0

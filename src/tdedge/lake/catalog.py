@@ -30,6 +30,16 @@ from tdedge.lake.sql import literal
 
 # The name the lake is attached under in every tdedge connection.
 LAKE = "lake"
+# DuckLake attaches its catalog database under this name. Listing tables from it costs
+# one query; duckdb_tables() asks DuckLake about each table (seconds with 300 tables).
+META = f"__ducklake_metadata_{LAKE}"
+# The live tables of one schema, from the catalog database itself.
+LIVE_TABLES = f"""
+SELECT t.table_name
+FROM {META}.ducklake_table t JOIN {META}.ducklake_schema s ON s.schema_id = t.schema_id
+WHERE t.end_snapshot IS NULL AND s.end_snapshot IS NULL AND s.schema_name = ?
+ORDER BY t.table_name
+"""
 BUSY_TIMEOUT_MS = 5000
 
 

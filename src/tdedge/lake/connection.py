@@ -14,7 +14,15 @@ import duckdb
 from tdedge.config import Settings
 from tdedge.errors import LakeError
 from tdedge.lake import system
-from tdedge.lake.catalog import LAKE, attach, init_lock, lake_files, prepare_catalog, sandbox
+from tdedge.lake.catalog import (
+    LAKE,
+    LIVE_TABLES,
+    attach,
+    init_lock,
+    lake_files,
+    prepare_catalog,
+    sandbox,
+)
 from tdedge.lake.extensions import connect
 from tdedge.names import SYSTEM_DATABASE
 
@@ -72,13 +80,10 @@ def _initialised(settings: Settings) -> bool:
     con = connect()
     try:
         attach(con, settings, read_only=True)
-        found = con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?",
-            [LAKE, SYSTEM_DATABASE],
-        ).fetchone()
+        found = con.execute(LIVE_TABLES, [SYSTEM_DATABASE]).fetchall()
     except (duckdb.Error, LakeError) as e:
         log.info("lake catalog not usable read-only yet (%s); setting it up", e)
         return False
     finally:
         con.close()
-    return found is not None and found[0] >= len(system.TABLES)
+    return len(found) >= len(system.TABLES)

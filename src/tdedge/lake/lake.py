@@ -15,24 +15,28 @@ A Lake is used by one thread at a time.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 import duckdb
 import pyarrow as pa
 
 from tdedge.config import Settings
 from tdedge.errors import InvalidName, LakeError
-from tdedge.lake import system
+from tdedge.lake import compaction, system
 from tdedge.lake.batch import Batch, ImportKey, TableRows
-from tdedge.lake.catalog import LAKE
+from tdedge.lake.catalog import LAKE, LIVE_TABLES
+from tdedge.lake.compaction import Slice
 from tdedge.lake.connection import open_connection
 from tdedge.lake.sql import ident, literal, table_ref
 from tdedge.lake.tables import Columns, create_table, evolve_table
+from tdedge.loader.schema import CONFLICTS
 from tdedge.names import NAME_RULE, SYSTEM_DATABASE, is_reserved, is_valid_name, normalize
 
 log = logging.getLogger("tdedge.lake")
@@ -67,12 +71,14 @@ class Lake:
         self._read_only = read_only
         self._schemas: set[str] = set()
         self._columns: dict[tuple[str, str], Columns] = {}
+        # Tables compaction merged, and their small files then (lake/compaction.py).
+        self._merged: dict[tuple[str, str], tuple[int, int]] = {}
         if not read_only:
             self.reload()
 
     # Opening and closing.
     @classmethod
-    def open(cls, settings: Settings, *, read_only: bool = False) -> Lake:
+    def open(cls, settings: Settings, *, read_only: bool = False) -> Self:
         """Attach the lake, creating it on first use; read-only for user queries."""
         return cls(open_connection(settings, read_only=read_only), settings, read_only=read_only)
 
@@ -239,16 +245,53 @@ class Lake:
             time.sleep(_backoff(attempt))
 
     def compact(self, now: float) -> None:
-        """Merge small files, then delete what no snapshot younger than the retention needs.
+        """A whole compaction pass at once (see ``compaction``)."""
+        for _ in self.compaction(now):
+            pass
 
-        Steps: drop superseded position rows and bulk-import ids older than
-        ``bulk_import_retention_s``; flush inlined rows into Parquet; merge
-        adjacent small files; expire snapshots older than ``lake_retention_s``; delete
-        the files those snapshots alone referenced (including the ones merged away) and
-        files no commit ever referenced, once older than the retention.
+    def compaction(self, now: float, slice_s: float = math.inf) -> Iterator[Slice]:
+        """One compaction pass, a slice at a time: each step of the iterator does about
+        ``slice_s`` seconds of work (at least one table's) and says what it did.
+
+        Steps: drop superseded position rows, passed load marks and bulk-import ids
+        older than ``bulk_import_retention_s``; flush the inlined rows of the tables
+        that have some into Parquet; merge the small files of the tables that have
+        several (lake/compaction.py says which); expire snapshots older than
+        ``lake_retention_s``; delete the files those snapshots alone referenced
+        (including the ones merged away) and files no commit ever referenced, once
+        older than the retention.
         """
         self._require_writable()
+        started = time.monotonic()
+        self._prune_system(now)
+        yield Slice("prune")
+        found = self._fetch(compaction.TABLES_WITH_WORK)
+        flush = [(str(s), str(t)) for s, t, inlined, _, _ in found if inlined]
+        yield from self._per_table("flush", compaction.flush_call, flush, slice_s)
+        merge = self._to_merge()
+        yield from self._per_table("merge", compaction.merge_call, merge, slice_s)
         cutoff = now - self._settings.lake_retention_s
+        lake = literal(LAKE)
+        older = "older_than => to_timestamp(?)"  # a tz-aware datetime would need pytz
+        steps: list[tuple[str, str, list[Any]]] = [
+            ("expire", f"CALL ducklake_expire_snapshots({lake}, {older})", [cutoff]),
+            ("cleanup", f"CALL ducklake_cleanup_old_files({lake}, {older})", [cutoff]),
+            # Files a writer wrote and never committed (it died mid-transaction). Files of
+            # a transaction in flight are younger than the cut-off and are left alone.
+            ("orphans", f"CALL ducklake_delete_orphaned_files({lake}, {older})", [cutoff]),
+        ]
+        for step, sql, params in steps:
+            self._retrying(partial(self._execute, sql, params), sql)
+            yield Slice(step)
+        log.info(
+            "lake compacted in %.1f s: %d tables flushed, %d merged (retention cut-off %s)",
+            time.monotonic() - started,
+            len(flush),
+            len(merge),
+            datetime.fromtimestamp(cutoff, UTC),
+        )
+
+    def _prune_system(self, now: float) -> None:
         if self._fetch(system.COUNT_PASSED_MARKS)[0][0]:
             self._retrying(lambda: self._execute(system.PRUNE_MARKS), "prune load marks")
         total, shards = self._fetch(system.COUNT_POSITIONS)[0]
@@ -259,20 +302,68 @@ class Lake:
             self._retrying(
                 partial(self._execute, system.EXPIRE_IMPORTS, [forget]), "expire bulk import ids"
             )
-        lake = literal(LAKE)
-        older = "older_than => to_timestamp(?)"  # a tz-aware datetime would need pytz
-        steps: list[tuple[str, list[Any]]] = [
-            (f"CALL ducklake_flush_inlined_data({lake})", []),
-            (f"CALL ducklake_merge_adjacent_files({lake})", []),
-            (f"CALL ducklake_expire_snapshots({lake}, {older})", [cutoff]),
-            (f"CALL ducklake_cleanup_old_files({lake}, {older})", [cutoff]),
-            # Files a writer wrote and never committed (it died mid-transaction). Files of
-            # a transaction in flight are younger than the cut-off and are left alone.
-            (f"CALL ducklake_delete_orphaned_files({lake}, {older})", [cutoff]),
-        ]
-        for sql, params in steps:
-            self._retrying(partial(self._execute, sql, params), sql)
-        log.info("lake compacted (retention cut-off %s)", datetime.fromtimestamp(cutoff, UTC))
+
+    def _to_merge(self) -> list[tuple[str, str]]:
+        """Tables with small files to merge, but not those whose small files are the same
+        as when they were last merged (DuckLake found nothing to do with them)."""
+        found = {
+            (str(s), str(t)): (int(small), int(newest))
+            for s, t, _, small, newest in self._fetch(compaction.TABLES_WITH_WORK)
+            if small >= 2
+        }
+        wanted = [key for key, files in found.items() if self._merged.get(key) != files]
+        self._merged = found
+        return wanted
+
+    def _per_table(
+        self,
+        what: str,
+        call: Callable[[str, str], str],
+        tables: list[tuple[str, str]],
+        slice_s: float,
+    ) -> Iterator[Slice]:
+        """``call`` for each table, as many as fit in ``slice_s`` per transaction.
+
+        A table whose call fails waits for the next pass, and the others of its slice
+        are done again; a slice whose COMMIT fails is done again one table at a time.
+        A catalog locked by another process is tried again at the next slice.
+        """
+        pending: deque[tuple[tuple[str, str], bool]] = deque((t, False) for t in tables)
+        while pending:
+            started = time.monotonic()
+            done: list[tuple[str, str]] = []
+            trying: tuple[str, str] | None = None
+            try:
+                self._con.execute("BEGIN")
+                while pending and (not done or time.monotonic() - started < slice_s):
+                    table, alone = pending[0]
+                    if alone and done:
+                        break
+                    pending.popleft()
+                    trying = table
+                    self._con.execute(call(*table))
+                    done.append(table)
+                    trying = None
+                    if alone:
+                        break
+                self._con.execute("COMMIT")
+            except duckdb.Error as e:
+                self._abort()
+                if _is_locked(e):
+                    log.info("lake catalog locked by another writer; compaction waits")
+                    again = [*done, trying] if trying is not None else done
+                    pending.extendleft((t, False) for t in reversed(again))
+                elif trying is not None:
+                    log.warning("cannot %s %s.%s, next pass then: %s", what, *trying, e)
+                    pending.extendleft((t, False) for t in reversed(done))
+                elif len(done) > 1:
+                    log.warning("a compaction commit failed; one table at a time: %s", e)
+                    pending.extendleft((t, True) for t in reversed(done))
+                else:
+                    log.warning("cannot %s %s.%s, next pass then: %s", what, *done[0], e)
+                yield Slice(what)
+                continue
+            yield Slice(what, tuple(done))
 
     # Query side.
     def query(self, sql: str, database: str | None = None) -> QueryResult:
@@ -320,12 +411,8 @@ class Lake:
         return [s for (s,) in found if s not in _NOT_DATABASES]
 
     def tables(self, database: str) -> list[str]:
-        found = self._fetch(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? "
-            "AND schema_name = ? ORDER BY table_name",
-            [LAKE, normalize(database)],
-        )
-        return [t for (t,) in found]
+        found = self._fetch(LIVE_TABLES, [normalize(database)])
+        return [str(t) for (t,) in found]
 
     def import_errors(self, limit: int = 100) -> QueryResult:
         """The newest import errors first (``tdedge errors``)."""
@@ -352,11 +439,39 @@ class Lake:
             statement, after = create_table(ref, rows.rows.schema)
             statements = [statement]
         else:
+            existing = self._keep_exact_integers(ref, existing, rows.rows.schema)
             statements, after = evolve_table(ref, existing, rows.rows.schema)
         for statement in statements:
             self._con.execute(statement)
         columns[key] = after
         self._insert(ref, rows.rows)
+
+    def _keep_exact_integers(self, ref: str, existing: Columns, schema: pa.Schema) -> Columns:
+        """Before BIGINT columns widen to DOUBLE, keep their integers a DOUBLE would
+        round in each row's td_type_conflicts, under the column's name (see
+        loader/schema.py). Returns the table's columns after."""
+        widening = [
+            f.name for f in schema if existing.get(f.name) == "BIGINT" and f.type == pa.float64()
+        ]
+        if not widening:
+            return existing
+        columns = dict(existing)
+        conflicts = ident(CONFLICTS)
+        for name in widening:
+            column = ident(name)
+            inexact = f"CAST(CAST({column} AS DOUBLE) AS HUGEINT) <> {column}"
+            found = self._con.execute(f"SELECT count(*) FROM {ref} WHERE {inexact}").fetchone()
+            if not found or not found[0]:
+                continue
+            if CONFLICTS not in columns:
+                self._con.execute(f"ALTER TABLE {ref} ADD COLUMN {conflicts} VARCHAR")
+                columns[CONFLICTS] = "VARCHAR"
+            kept = f"json_object({literal(name)}, {column})"
+            self._con.execute(
+                f"UPDATE {ref} SET {conflicts} = CAST(CASE WHEN {conflicts} IS NULL THEN {kept} "
+                f"ELSE json_merge_patch({conflicts}, {kept}) END AS VARCHAR) WHERE {inexact}"
+            )
+        return columns
 
     def _insert(self, ref: str, table: pa.Table) -> None:
         self._con.register(_VIEW, table)

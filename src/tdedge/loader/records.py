@@ -180,6 +180,10 @@ def _checked(
             continue
         if fits(value, kind):
             out[i] = convert(value, kind)
+            if kind == "DOUBLE" and type(value) is int and out[i] != value:
+                # Past 2**53 a DOUBLE rounds: the column holds the nearest double and
+                # td_type_conflicts the integer as it was sent.
+                _conflict(conflicts, i, keys if isinstance(keys, str) else keys[i], value)
         else:
             _conflict(conflicts, i, keys if isinstance(keys, str) else keys[i], value)
     return out

@@ -50,6 +50,7 @@ from tdedge.errors import LakeError
 from tdedge.journal.base import JournalReader
 from tdedge.journal.envelope import JournalGroup
 from tdedge.lake.batch import Batch, LoadMark, Rejection, TableRows
+from tdedge.lake.compaction import Slice
 from tdedge.lake.lake import Lake
 from tdedge.lake.tables import Columns
 from tdedge.loader import imports
@@ -393,9 +394,14 @@ class Loader:
         return report
 
     def run(self, stop: threading.Event) -> None:
-        """Load until ``stop`` is set; compacts the lake and writes the heartbeat."""
+        """Load until ``stop`` is set; compacts the lake and writes the heartbeat.
+
+        A compaction pass starts every ``compaction_interval_s`` and runs a slice
+        (``compaction_slice_s``) at a time, a loading step between two slices.
+        """
         interval = self._settings.compaction_interval_s
         next_compaction = self._clock() + interval
+        compaction: Iterator[Slice] | None = None
         last_beat = float("-inf")
         failures = 0
         log.info("loader started")
@@ -406,14 +412,14 @@ class Loader:
             if self._clock() - last_beat >= HEARTBEAT_EVERY_S:
                 last_beat = self._clock()
                 self._beat(last_beat, failures)
-            if now >= next_compaction:
-                self.compact(now)
+            if compaction is None and now >= next_compaction:
+                compaction = self._lake.compaction(now, self._settings.compaction_slice_s)
+            if compaction is not None and not self._compact_slice(compaction, now):
+                compaction = None
                 next_compaction = self._clock() + interval
-                # Compaction can take seconds: beat again right after it.
-                last_beat = float("-inf")
             if failures:
                 stop.wait(min(MAX_BACKOFF_S, self._settings.loader_poll_s * 2**failures))
-            elif report is not None and not report.more:
+            elif compaction is None and report is not None and not report.more:
                 stop.wait(self._settings.loader_poll_s)
         log.info("loader stopped")
 
@@ -429,17 +435,31 @@ class Loader:
         return report
 
     def compact(self, now: float) -> None:
-        """Compact the lake, and forget the bulk-import ids past their retention in the
-        edge's ledger too (either forgetting first is safe: a retry the ledger no longer
-        knows is journaled and dropped by the loader; one the lake no longer knows is
-        answered by the ledger). Failures are logged and tried again next time."""
-        started = self._clock()
+        """A whole compaction pass now (``run`` does it a slice at a time)."""
+        compaction = self._lake.compaction(now)
+        while self._compact_slice(compaction, now):
+            pass
+
+    def _compact_slice(self, compaction: Iterator[Slice], now: float) -> bool:
+        """One slice of a compaction pass; False once the pass is over.
+
+        At its end, forget the bulk-import ids past their retention in the edge's
+        ledger too (either forgetting first is safe: a retry the ledger no longer knows
+        is journaled and dropped by the loader; one the lake no longer knows is
+        answered by the ledger). Failures are logged and tried again next time.
+        """
         try:
-            self._lake.compact(now)
+            done = next(compaction)
+        except StopIteration:
+            self._forget_imports(now)
+            return False
         except Exception:
             log.exception("lake compaction failed; will try again")
-            return
-        log.info("compaction took %.2f s", self._clock() - started)
+            return False
+        log.debug("compaction %s: %d tables", done.step, len(done.tables))
+        return True
+
+    def _forget_imports(self, now: float) -> None:
         if self._ledger is None:
             return
         try:

@@ -29,6 +29,13 @@ Values that do not fit
   original value is kept in the VARCHAR column ``td_type_conflicts``, a JSON object
   {original key: original value}.
 
+Integers in a DOUBLE column
+  A DOUBLE holds integers exactly up to 2**53. An integer it would round (a larger one
+  sent to a DOUBLE column, or one stored before its column widened from BIGINT) keeps
+  the nearest double in the column and the exact integer in ``td_type_conflicts``: under
+  its original key, or under the column's name for rows stored before the widening
+  (lake/lake.py records those in the same transaction as the widening).
+
 time
   ``time`` is always BIGINT unix seconds. The record's own ``time`` is used when it is
   an integer — or a float or a string holding an integer number, such as ``1.7e9`` or
