@@ -37,6 +37,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Edge.
     auth: AuthMode = "async"
     max_body_bytes: int = 1024 * 1024
+    # gzip members in one request body. Clients send one; a body of thousands of empty
+    # members costs a decompressor each and carries nothing (400 invalid_gzip).
+    gzip_max_members: int = 64
     # How long a sync-auth edge trusts its in-memory key cache before reloading it.
     key_cache_ttl_s: float = 5.0
 

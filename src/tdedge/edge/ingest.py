@@ -5,7 +5,9 @@ What td-js-sdk 4 and the mobile SDKs send (reference/clients.md):
 - ``Content-Type`` ``application/vnd.treasuredata.v1+json``, ``…v1.js+json`` (td-js-sdk
   in signed mode with a global id) or ``…v1.mobile+json``; anything else is 415.
 - ``Content-Encoding: gzip`` (mobile SDKs): inflated in bounded steps, so a small
-  compressed body can never make the server hold more than the request limit.
+  compressed body can never make the server hold more than the request limit, at most
+  ``Settings.gzip_max_members`` members (inflation.py), off the event loop unless tiny,
+  and only once the credentials passed every check the edge can make.
 - 1 to 500 events (else 400), each at most 1 MiB of JSON, at most 5 MiB per request
   (413) — MiB, the generous reading of the documents' "1 MB" and "5 MB".
 
@@ -34,14 +36,14 @@ from __future__ import annotations
 import enum
 import os
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from tdedge.edge.http import JSON_HEADERS, BodyTooLarge, HTTPError, Protocol_, Response, Scope
+from tdedge.edge import inflation
+from tdedge.edge.http import JSON_HEADERS, HTTPError, Protocol_, Response, Scope
 from tdedge.edge.http import read_body as read_raw_body
 from tdedge.edge.services import REJECT_KEEP_BYTES, Services
 from tdedge.journal.envelope import Envelope
@@ -55,8 +57,9 @@ MAX_EVENT_BYTES = 1024 * 1024
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
 # A name that cannot be a table still leaves an import error; this much of it is kept.
 MAX_KEPT_NAME = 256
-# Inflate in steps of this many bytes at most: memory stays bounded per step.
-INFLATE_STEP = 256 * 1024
+# gzip bodies up to this size inflate on the event loop (at most ~1 MiB of output, a
+# few milliseconds); larger ones on the offload threads.
+INLINE_GZIP_BYTES = 1024
 
 
 class Mode(enum.Enum):
@@ -112,31 +115,14 @@ def media_mode(content_type: str | None) -> Mode:
     return mode
 
 
-def gunzip(body: bytes, limit: int) -> bytes:
-    """Inflate a gzip body (one or more members), never holding more than ``limit`` + 1 step.
-
-    413 as soon as the output would pass ``limit``; 400 for a body that is not gzip.
-    """
-    out: list[bytes] = []
-    size = 0
-    data = body
-    try:
-        while data:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            pending = data
-            while pending and not inflater.eof:
-                chunk = inflater.decompress(pending, min(INFLATE_STEP, limit + 1 - size))
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(limit, b"")
-                out.append(chunk)
-                pending = inflater.unconsumed_tail
-            if not inflater.eof:
-                raise HTTPError(400, "invalid_gzip", "gzip body is truncated")
-            data = inflater.unused_data
-    except zlib.error as e:
-        raise HTTPError(400, "invalid_gzip", f"body is not valid gzip: {e}") from None
-    return b"".join(out)
+def content_encoding(scope: Scope) -> bool:
+    """Whether the body is gzip (``Content-Encoding: gzip``); 415 for other encodings."""
+    encoding = (scope.headers.get("content-encoding") or "").strip().lower()
+    if encoding in ("", "identity"):
+        return False
+    if encoding in ("gzip", "x-gzip"):
+        return True
+    raise HTTPError(415, "unsupported_encoding", "Content-Encoding must be gzip or none")
 
 
 def split_events(body: bytes) -> list[msgspec.Raw]:
@@ -301,23 +287,28 @@ class IngestAPI:
         s = self._s
         received_ms = time.time_ns() // 1_000_000
         database, table, valid = collection_names(scope.path)
+        raw = b""
+        gzipped = False
         try:
+            # Everything that can be checked before inflating and parsing is: the
+            # headers, the body's size, then the credentials.
             mode = media_mode(scope.headers.get("content-type"))
-            body = await self.read_body(scope, proto)
+            gzipped = content_encoding(scope)
+            raw = await read_raw_body(scope, proto, MAX_REQUEST_BYTES)
             if refused is not None:
-                refused.body = body
                 raise refused
             assert key is not None
             key_hash = s.key_hash(key)
-            events = split_events(body)
             if s.auth is not None:
                 reason = s.auth.refusal(key_hash, database)
                 if reason is not None:
-                    raise HTTPError(
-                        403, reason, "the API key may not write to this database", body=body
-                    )
+                    raise HTTPError(403, reason, "the API key may not write to this database")
+            body = await self.inflate(raw) if gzipped else raw
+            events = split_events(body)
         except HTTPError as e:
             # A request refused whole: operators still see what it carried.
+            if not e.body:
+                e.body = inflation.head(raw, REJECT_KEEP_BYTES) if gzipped else raw
             await s.keep_refused(DOOR, received_ms, database, table, key, e)
             raise
         extra = fill_for(mode)
@@ -353,11 +344,8 @@ class IngestAPI:
         await s.append_many(envelopes)
         return 200, list(JSON_HEADERS), receipts_body(receipts)
 
-    async def read_body(self, scope: Scope, proto: Protocol_) -> bytes:
-        body = await read_raw_body(scope, proto, MAX_REQUEST_BYTES)
-        encoding = (scope.headers.get("content-encoding") or "").strip().lower()
-        if encoding in ("", "identity"):
-            return body
-        if encoding in ("gzip", "x-gzip"):
-            return gunzip(body, MAX_REQUEST_BYTES)
-        raise HTTPError(415, "unsupported_encoding", "Content-Encoding must be gzip or none")
+    async def inflate(self, raw: bytes) -> bytes:
+        limit, members = MAX_REQUEST_BYTES, self._s.settings.gzip_max_members
+        if len(raw) <= INLINE_GZIP_BYTES:
+            return inflation.gunzip(raw, limit, members)
+        return await self._s.offload.run(inflation.gunzip, raw, limit, members)

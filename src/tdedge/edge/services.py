@@ -18,6 +18,8 @@ from tdedge.control.keys import hash_key
 from tdedge.edge.auth import SyncAuth
 from tdedge.edge.http import HTTPError
 from tdedge.edge.memo import Memo
+from tdedge.edge.offload import Offload
+from tdedge.edge.refusals import kept_body
 from tdedge.errors import JournalUnavailable
 from tdedge.journal.base import Journal
 from tdedge.journal.envelope import Envelope
@@ -66,6 +68,7 @@ class Services:
         self.counters = Counters()
         # Hashing a key was the costliest step of a pixel request after parsing.
         self.key_hash = Memo(hash_key)
+        self.offload = Offload()
 
     async def append(self, env: Envelope) -> None:
         """Return once ``env`` is durable, or raise the 503 the client should see."""
@@ -108,7 +111,7 @@ class Services:
             database,
             table,
             self.key_hash(key) if key else b"",
-            e.body[:REJECT_KEEP_BYTES],
+            kept_body(e.body, REJECT_KEEP_BYTES),
             reject=e.code,
         )
         try:
@@ -119,6 +122,7 @@ class Services:
             log.warning("refused record not kept: journal unavailable", extra={"reason": e.code})
 
     def close(self) -> None:
+        self.offload.close()
         self.journal.close()
         if self.auth is not None:
             self.auth.close()
