@@ -37,6 +37,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Edge.
     auth: AuthMode = "async"
     max_body_bytes: int = 1024 * 1024
+    # JSON nested deeper than this is refused as bad input (too_deep). Recursive
+    # decoders give up near 1,000 levels, at a depth that depends on the caller's stack
+    # (the loader and the p13n engine decode records again); no real event nests 100.
+    # At least 8: the ingest door needs that much room to cut a deep event out.
+    max_json_depth: int = 100
     # gzip members in one request body. Clients send one; a body of thousands of empty
     # members costs a decompressor each and carries nothing (400 invalid_gzip).
     gzip_max_members: int = 64

@@ -95,3 +95,74 @@ def test_multi_member_gzip_body_is_inflated_whole(server: Server) -> None:
         lambda rows: rows[0]["n"] == 300,
     )
     assert rows[0]["s"] == sum(range(300))
+
+
+def nested(levels: int) -> bytes:
+    """An object whose ``deep`` value brings it to ``levels`` levels in all."""
+    return b'{"deep":' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+
+def test_deep_json_is_a_bad_record_on_both_postback_doors(server: Server) -> None:
+    key = server.write_key
+    doors: dict[str, dict[str, str]] = {
+        "legacy": {"Content-Type": "application/json", "X-TD-Write-Key": key},
+        "records": {"Host": RECORDS_HOST, "Authorization": f"TD1 {key}"},
+    }
+
+    def post(door: str, body: bytes) -> httpx.Response:
+        url = f"{server.url}/postback/v3/event/test_db/deep_{door}"
+        return httpx.post(url, content=body, headers=doors[door])
+
+    for door in doors:
+        # Past the decoder's own limit, and past tdedge's (100) but within the decoder's.
+        for levels in (5000, 101):
+            r = post(door, nested(levels))
+            assert (r.status_code, r.json()["error"]) == (400, "too_deep"), (door, levels)
+            assert "100 levels" in r.json()["message"]
+        assert post(door, nested(100)).status_code == 200
+    for door in doors:
+        server.wait_for(
+            f"SELECT count(*) AS n FROM test_db.deep_{door}", lambda rows: rows == [{"n": 1}]
+        )
+    errs = server.wait_errors(lambda e: sum(x["reason"] == "too_deep" for x in e) == 4)
+    deep = [e for e in errs if e["reason"] == "too_deep"]
+    assert sorted(e["door"] for e in deep) == ["legacy", "legacy", "records", "records"]
+    assert all(e["record"].startswith('{"deep":[[[') for e in deep)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'tdedge_rejections_total{reason="too_deep"} 4.0' in metrics
+
+
+def test_a_deep_event_fails_alone_and_the_others_are_stored(server: Server) -> None:
+    for levels in (5000, 101):
+        body = b'{"events":[{"i":1},' + nested(levels) + b',{"i":2}]}'
+        r = ingest(server, f"deep_events_{levels}", body, server.write_key)
+        assert r.status_code == 200
+        receipts = r.json()["receipts"]
+        assert [x["success"] for x in receipts] == [True, False, True]
+        assert receipts[1]["error"] == {
+            "name": "InvalidPropertyValueError",
+            "description": "event nests deeper than 100 levels",
+        }
+        server.wait_for(
+            f"SELECT i FROM test_db.deep_events_{levels} ORDER BY i",
+            lambda rows: rows == [{"i": 1}, {"i": 2}],
+        )
+    errs = server.wait_errors(lambda e: sum(x["reason"] == "too_deep" for x in e) == 2)
+    assert {e["door"] for e in errs if e["reason"] == "too_deep"} == {"ingest"}
+    # A deep event in a gzip body, large enough to be split beside the event loop.
+    filler = [msgspec.json.encode({"pad": os.urandom(64).hex()}) for _ in range(400)]
+    text = b'{"events":[' + b",".join([*filler, nested(3000)]) + b"]}"
+    r = ingest(server, "deep_gz", gzip.compress(text), server.write_key, **GZIP)
+    assert r.status_code == 200
+    assert [x["success"] for x in r.json()["receipts"]] == [True] * 400 + [False]
+
+
+def test_a_deep_bulk_import_record_is_refused(server: Server) -> None:
+    # msgpack: a map holding arrays 150 deep.
+    record = b"\x82\xa4time\x01\xa4deep" + b"\x91" * 150 + b"\x01"
+    r = httpx.put(
+        f"{server.url}/v3/table/import/test_db/deep_import/msgpack.gz",
+        content=gzip.compress(record),
+        headers={"Host": "api.tdedge.test", "Authorization": f"TD1 {server.master_key}"},
+    )
+    assert (r.status_code, r.json()["error"]) == (400, "too_deep")

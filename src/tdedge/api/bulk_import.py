@@ -28,6 +28,7 @@ from tdedge.api.context import Api, valid_name
 from tdedge.api.wire import ApiError, not_found, ok
 from tdedge.control.imports import Imported, ImportLedger
 from tdedge.edge.http import Response
+from tdedge.edge.nesting import deeper_than, too_deep
 from tdedge.journal.envelope import Envelope
 from tdedge.names import is_reserved
 
@@ -59,8 +60,9 @@ def inflate(body: bytes, limit: int) -> bytes:
     return out
 
 
-def records(data: bytes) -> list[bytes]:
-    """Each msgpack map as the JSON object the loader reads."""
+def records(data: bytes, max_depth: int) -> list[bytes]:
+    """Each msgpack map as the JSON object the loader reads; 400 ``too_deep`` for a
+    record nested deeper than ``max_depth`` (as the doors refuse such JSON)."""
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(data) + 1)
     unpacker.feed(data)
     out: list[bytes] = []
@@ -68,7 +70,12 @@ def records(data: bytes) -> list[bytes]:
         for item in unpacker:
             if not isinstance(item, dict):
                 raise ApiError(400, "not_an_object", "every msgpack record must be a map")
-            out.append(_json.encode({str(k): v for k, v in item.items()}))
+            record = _json.encode({str(k): v for k, v in item.items()})
+            if deeper_than(record, max_depth):
+                raise too_deep(max_depth)
+            out.append(record)
+    except RecursionError:
+        raise too_deep(max_depth) from None
     except (msgpack.UnpackException, ValueError) as e:
         raise ApiError(400, "invalid_msgpack", f"the body is not msgpack records: {e}") from None
     except TypeError as e:
@@ -100,7 +107,7 @@ async def bulk_import(
             return ok(answer)
     limit = api.settings.import_max_inflated_bytes
     raw = await asyncio.to_thread(inflate, body, limit) if fmt == "msgpack.gz" else body
-    found = await asyncio.to_thread(records, raw)
+    found = await asyncio.to_thread(records, raw, api.settings.max_json_depth)
     if found:
         # With a unique_id each envelope carries it and its place in the chunk: the
         # loader loads the chunk once whatever happens here (loader/imports.py).

@@ -20,7 +20,10 @@ succeed must carry one of those three, or the SDK would resend it forever:
 - a bad database or table name → ``InvalidCollectionNameError`` (every event);
 - a key that cannot be a column (empty, over 255 characters, control characters,
   tdedge's own ``td_type_conflicts``, or ``td_uuid``) → ``InvalidPropertyNameError``;
-- an event that is not a JSON object, or is over 1 MiB → ``InvalidPropertyValueError``.
+- an event that is not a JSON object, is over 1 MiB, or nests deeper than
+  ``Settings.max_json_depth`` → ``InvalidPropertyValueError``. A body too deep for the
+  decoder to split is split all the same: each event nested past the limit is cut out
+  first (``split_events``), so the request's other events are still stored.
 
 Refused events are journaled with a reason code (they show in the import errors);
 accepted ones are stored with ``td_uuid``, a version-7 UUID per record (``uuids``).
@@ -42,9 +45,11 @@ from typing import Any
 
 import msgspec
 
-from tdedge.edge import inflation
+from tdedge.edge import inflation, nesting
 from tdedge.edge.http import JSON_HEADERS, HTTPError, Protocol_, Response, Scope
 from tdedge.edge.http import read_body as read_raw_body
+from tdedge.edge.offload import INLINE_PARSE_BYTES
+from tdedge.edge.refusals import kept_body
 from tdedge.edge.services import REJECT_KEEP_BYTES, Services
 from tdedge.journal.envelope import Envelope
 from tdedge.loader.schema import fold, usable_name
@@ -57,6 +62,8 @@ MAX_EVENT_BYTES = 1024 * 1024
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
 # A name that cannot be a table still leaves an import error; this much of it is kept.
 MAX_KEPT_NAME = 256
+# Events of ``{"events":[…]}`` open this deep: one level for the object, one for the array.
+EVENT_LEVEL = 3
 # gzip bodies up to this size inflate on the event loop (at most ~1 MiB of output, a
 # few milliseconds); larger ones on the offload threads.
 INLINE_GZIP_BYTES = 1024
@@ -80,11 +87,31 @@ class Batch(msgspec.Struct):
     events: list[msgspec.Raw]
 
 
+@dataclass(frozen=True, slots=True)
+class DeepEvent:
+    """An event nested past the depth limit, cut out of its body before splitting."""
+
+    text: bytes  # its first bytes, for the import errors
+    limit: int
+
+
+Event = msgspec.Raw | DeepEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    items: list[Event]
+    # The depth limit every event must be measured against; None when the body holds
+    # too few brackets for any event to pass it.
+    max_depth: int | None
+
+
 _batch_decoder = msgspec.json.Decoder(Batch)
 _event_decoder = msgspec.json.Decoder(dict[str, Any])
 _encode = msgspec.json.Encoder().encode
 
 SUCCESS = b'{"success":true}'
+_QUOTE = ord('"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,29 +152,70 @@ def content_encoding(scope: Scope) -> bool:
     raise HTTPError(415, "unsupported_encoding", "Content-Encoding must be gzip or none")
 
 
-def split_events(body: bytes) -> list[msgspec.Raw]:
-    """The raw events of a ``{"events":[…]}`` body; 400 for anything else.
+def split_events(body: bytes, max_depth: int) -> Events:
+    """The events of a ``{"events":[…]}`` body; 400 for anything else.
 
     Each event stays raw JSON text: ``check_event`` sizes and decodes it on its own, and
     plain ``v1+json`` events are stored as that text (see ``spliced``).
     """
+    items: list[Event]
     try:
-        events = _batch_decoder.decode(body).events
+        items = list(_batch_decoder.decode(body).events)
+    except RecursionError:
+        items = _split_deep(body, max_depth)
     except msgspec.DecodeError as e:
-        raise HTTPError(
-            400, "invalid_body", f'body must be {{"events":[…]}} in JSON: {e}'
-        ) from None
-    if not events:
+        raise _invalid_body(e) from None
+    if not items:
         raise HTTPError(400, "no_events", "events is empty: send 1 to 500 events")
-    if len(events) > MAX_EVENTS:
+    if len(items) > MAX_EVENTS:
         raise HTTPError(
-            400, "too_many_events", f"{len(events)} events; send at most {MAX_EVENTS} per request"
+            400, "too_many_events", f"{len(items)} events; send at most {MAX_EVENTS} per request"
         )
-    return events
+    # An event's depth is at most the body's opening brackets less the two around it.
+    deep = nesting.opening_brackets(body) > max_depth + EVENT_LEVEL - 1
+    return Events(items, max_depth if deep else None)
 
 
-def check_event(raw: msgspec.Raw) -> dict[str, Any] | Failure:
-    """The decoded event, or why it can never be stored."""
+def _invalid_body(e: msgspec.DecodeError) -> HTTPError:
+    return HTTPError(400, "invalid_body", f'body must be {{"events":[…]}} in JSON: {e}')
+
+
+def _split_deep(body: bytes, max_depth: int) -> list[Event]:
+    """Split a body nested too deep for the decoder.
+
+    Each value that opens at an event's level and nests past the limit is replaced by a
+    placeholder string of its own length, so the decoder meets a shallow body; the
+    placeholders come back as ``DeepEvent``s, each once. A client's own string event
+    that reads like a placeholder is refused all the same (a string is not an object).
+    """
+    cut = bytearray(body)
+    originals: dict[bytes, bytes] = {}
+    spans = nesting.deep_values(body, EVENT_LEVEL, max_depth + EVENT_LEVEL - 1)
+    for k, (start, end) in enumerate(spans):
+        mark = b'"\\u0000%d"' % k
+        # A deep value is at least twice the limit long: room for a mark past 8 levels.
+        if len(mark) <= end - start:
+            cut[start:end] = mark.ljust(end - start)
+            originals[mark] = body[start : min(end, start + REJECT_KEEP_BYTES)]
+    try:
+        raws = _batch_decoder.decode(cut).events
+    except RecursionError:
+        raise nesting.too_deep(max_depth) from None
+    except msgspec.DecodeError as e:
+        raise _invalid_body(e) from None
+    items: list[Event] = []
+    for raw in raws:
+        text = memoryview(raw)
+        original = originals.pop(bytes(text), None) if text[0] == _QUOTE else None
+        items.append(raw if original is None else DeepEvent(original, max_depth))
+    return items
+
+
+def check_event(raw: Event, max_depth: int | None = None) -> dict[str, Any] | Failure:
+    """The decoded event, or why it can never be stored; its depth is measured against
+    ``max_depth`` unless that is None."""
+    if isinstance(raw, DeepEvent):
+        return _too_deep(raw.limit)
     if len(raw) > MAX_EVENT_BYTES:
         return Failure(
             VALUE_ERROR, f"event is larger than {MAX_EVENT_BYTES} bytes", "event_too_large"
@@ -156,6 +224,10 @@ def check_event(raw: msgspec.Raw) -> dict[str, Any] | Failure:
         event = _event_decoder.decode(raw)
     except msgspec.DecodeError:
         return Failure(VALUE_ERROR, "event must be a JSON object", "not_an_object")
+    except RecursionError:
+        return _too_deep(max_depth)
+    if max_depth is not None and nesting.deeper_than(memoryview(raw), max_depth):
+        return _too_deep(max_depth)
     if _good_names.issuperset(event):  # one C loop for the usual case
         return event
     for key in event:
@@ -167,6 +239,11 @@ def check_event(raw: msgspec.Raw) -> dict[str, Any] | Failure:
                 "invalid_property_name",
             )
     return event
+
+
+def _too_deep(limit: int | None) -> Failure:
+    levels = f"{limit} levels" if limit is not None else "the decoder's limit"
+    return Failure(VALUE_ERROR, f"event nests deeper than {levels}", nesting.TOO_DEEP)
 
 
 # Property names already found usable. Events of one source repeat the same few names, so
@@ -185,9 +262,10 @@ def _learn_name(key: str) -> bool:
     return True
 
 
-def kept(raw: msgspec.Raw) -> bytes:
+def kept(raw: Event) -> bytes:
     """What an import-error row keeps of a refused event."""
-    return bytes(memoryview(raw)[:REJECT_KEEP_BYTES])
+    text = raw.text if isinstance(raw, DeepEvent) else memoryview(raw)
+    return kept_body(text, REJECT_KEEP_BYTES)
 
 
 def spliced(raw: msgspec.Raw, event: dict[str, Any], uuid: str) -> bytes:
@@ -287,14 +365,14 @@ class IngestAPI:
         s = self._s
         received_ms = time.time_ns() // 1_000_000
         database, table, valid = collection_names(scope.path)
-        raw = b""
+        sent = b""  # the body as sent (compressed or not)
         gzipped = False
         try:
             # Everything that can be checked before inflating and parsing is: the
             # headers, the body's size, then the credentials.
             mode = media_mode(scope.headers.get("content-type"))
             gzipped = content_encoding(scope)
-            raw = await read_raw_body(scope, proto, MAX_REQUEST_BYTES)
+            sent = await read_raw_body(scope, proto, MAX_REQUEST_BYTES)
             if refused is not None:
                 raise refused
             assert key is not None
@@ -303,23 +381,23 @@ class IngestAPI:
                 reason = s.auth.refusal(key_hash, database)
                 if reason is not None:
                     raise HTTPError(403, reason, "the API key may not write to this database")
-            body = await self.inflate(raw) if gzipped else raw
-            events = split_events(body)
+            body = await self.inflate(sent) if gzipped else sent
+            events = await self.split(body)
         except HTTPError as e:
             # A request refused whole: operators still see what it carried.
             if not e.body:
-                e.body = inflation.head(raw, REJECT_KEEP_BYTES) if gzipped else raw
+                e.body = inflation.head(sent, REJECT_KEEP_BYTES) if gzipped else sent
             await s.keep_refused(DOOR, received_ms, database, table, key, e)
             raise
         extra = fill_for(mode)
         adds = extra.ip is not None or extra.global_id is not None
         envelopes: list[Envelope] = []
         receipts: list[bytes] = []
-        ids = uuids(len(events), received_ms)
-        for raw, uuid in zip(events, ids, strict=True):
+        ids = uuids(len(events.items), received_ms)
+        for raw, uuid in zip(events.items, ids, strict=True):
             checked: dict[str, Any] | Failure
             if valid:
-                checked = check_event(raw)
+                checked = check_event(raw, events.max_depth)
             else:
                 checked = Failure(
                     COLLECTION_ERROR, f"{database}.{table}: {NAME_RULE}", "invalid_name"
@@ -338,11 +416,18 @@ class IngestAPI:
                     )
                 )
             else:
+                assert not isinstance(raw, DeepEvent)
                 receipts.append(SUCCESS)
                 record = fill(checked, uuid, extra) if adds else spliced(raw, checked, uuid)
                 envelopes.append(Envelope(received_ms, DOOR, database, table, key_hash, record))
         await s.append_many(envelopes)
         return 200, list(JSON_HEADERS), receipts_body(receipts)
+
+    async def split(self, body: bytes) -> Events:
+        depth = self._s.settings.max_json_depth
+        if len(body) <= INLINE_PARSE_BYTES:
+            return split_events(body, depth)
+        return await self._s.offload.run(split_events, body, depth)
 
     async def inflate(self, raw: bytes) -> bytes:
         limit, members = MAX_REQUEST_BYTES, self._s.settings.gzip_max_members

@@ -19,6 +19,7 @@ from tdedge.edge.http import (
     read_body,
 )
 from tdedge.edge.identity import Identity
+from tdedge.edge.offload import INLINE_PARSE_BYTES
 from tdedge.edge.pixel import Pixel, pixel_params, query_params
 from tdedge.edge.services import Services
 from tdedge.names import NAME_RULE, is_valid_name, normalize
@@ -103,13 +104,27 @@ class LegacyDoor:
                     "no API key: send X-TD-Write-Key or the td_write_key URL parameter",
                     body=body,
                 )
-            record = record_from_body(body, scope.headers.get("content-type"))
+            record = await parse_record(s, body, scope.headers.get("content-type"))
         except HTTPError as e:
             # Refused at the door: the client is told why, and operators see the record.
             await s.keep_refused(DOOR, received_ms, database, table, key, e)
             raise
         await s.accept(DOOR, received_ms, database, table, key, record)
         return 200, JSON_HEADERS, EMPTY_OBJECT
+
+
+async def parse_record(s: Services, body: bytes, content_type: str | None) -> bytes:
+    """``record_from_body`` with the configured depth limit, off the loop when large.
+
+    A refusal keeps the body for the import errors."""
+    depth = s.settings.max_json_depth
+    try:
+        if len(body) <= INLINE_PARSE_BYTES:
+            return record_from_body(body, content_type, depth)
+        return await s.offload.run(record_from_body, body, content_type, depth)
+    except HTTPError as e:
+        e.body = body
+        raise
 
 
 def pixel_form(scope: Scope, body: bytes) -> list[tuple[str, str]] | None:

@@ -20,6 +20,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 THREADS = 2
+# Request bodies up to this size are parsed on the event loop (well under a millisecond);
+# larger ones here, as measuring how deep a nested megabyte goes takes longer.
+INLINE_PARSE_BYTES = 64 * 1024
 
 
 class Offload:

@@ -39,6 +39,7 @@ from tdedge.control.store import ControlStore
 from tdedge.edge.body import media_type
 from tdedge.edge.http import HTTPError, Protocol_, Response, Scope, encode_json, read_body
 from tdedge.edge.memo import Memo
+from tdedge.edge.nesting import deeper_than
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.services import Services
 from tdedge.journal.envelope import Envelope
@@ -274,12 +275,17 @@ class P13nDoor:
             self._proxies.request_ip(scope), self._nets(token)
         ):
             raise _bad(3005)
+        depth = self._s.settings.max_json_depth
         try:
             event = _event_decoder.decode(body)
         except msgspec.DecodeError:
             raise _bad(3004, "(the body is not JSON)") from None
+        except RecursionError:
+            raise _bad(3004, f"(the body nests deeper than {depth} levels)") from None
         if not isinstance(event, dict):
             raise _bad(3004, "(the body must be one JSON object)")
+        if deeper_than(body, depth):
+            raise _bad(3004, f"(the body nests deeper than {depth} levels)")
         keys = service.event_keys(event)
         if not keys:
             columns = ", ".join(r.column for r in service.keys)

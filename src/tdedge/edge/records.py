@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qsl
 
-from tdedge.edge.body import record_from_body
 from tdedge.edge.cors import Cors
 from tdedge.edge.http import (
     EMPTY_OBJECT,
@@ -41,7 +40,7 @@ from tdedge.edge.http import (
 )
 from tdedge.edge.identity import Identity
 from tdedge.edge.ingest import Fill, IngestAPI, Mode
-from tdedge.edge.legacy import POSTBACK_PREFIX, postback_names
+from tdedge.edge.legacy import POSTBACK_PREFIX, parse_record, postback_names
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.services import Services
 
@@ -166,7 +165,7 @@ class RecordsDoor:
             if refused is not None:
                 refused.body = body
                 raise refused
-            record = record_from_body(body, scope.headers.get("content-type"))
+            record = await parse_record(s, body, scope.headers.get("content-type"))
         except HTTPError as e:
             # Refused at the door: the client is told why, and operators see the record.
             kept_key = key if key is not None else url_key(scope.query_string)
