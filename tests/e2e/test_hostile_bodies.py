@@ -166,3 +166,67 @@ def test_a_deep_bulk_import_record_is_refused(server: Server) -> None:
         headers={"Host": "api.tdedge.test", "Authorization": f"TD1 {server.master_key}"},
     )
     assert (r.status_code, r.json()["error"]) == (400, "too_deep")
+
+
+def journal_bytes(server: Server) -> int:
+    return sum(f.stat().st_size for f in (server.data_dir / "journal").iterdir())
+
+
+def test_refusals_cost_a_bounded_journal_and_are_all_counted(make_server: Any) -> None:
+    server: Server = make_server(["--auth", "sync", "--refusal-summary-interval", "1"])
+    url = f"{server.url}/postback/v3/event/test_db/made_up"
+    # Within the budget a refusal keeps the start of its body: 64 KiB, 1 KiB for a key.
+    big = b'{"pad":"' + b"x" * (200 * 1024) + b'"'  # no closing brace: not JSON
+    r = httpx.post(url, content=big, headers={"X-TD-Write-Key": server.write_key})
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_json")
+    r = httpx.post(url, content=big + b"}", headers={"X-TD-Write-Key": "1/" + "0" * 40})
+    assert (r.status_code, r.json()["error"]) == (403, "unknown_key")
+    errs = server.wait_errors(lambda e: len(e) == 2)
+    kept = {e["reason"]: len(e["record"]) for e in errs}
+    assert kept == {"invalid_json": 64 * 1024, "unknown_key": 1024}
+
+    # A flood of made-up keys, each with a 32 KiB body: 64 MiB sent.
+    before = journal_bytes(server)
+    body = msgspec.json.encode({"pad": "y" * (32 * 1024)})
+    statuses: list[int] = []
+
+    def send(n: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            for _ in range(n):
+                key = "1/" + os.urandom(20).hex()
+                statuses.append(
+                    client.post(url, content=body, headers={"X-TD-Write-Key": key}).status_code
+                )
+
+    threads = [threading.Thread(target=send, args=(250,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [403] * 2000
+    grown = journal_bytes(server) - before
+    assert grown < 8 * 1024 * 1024, grown  # far below the 64 MiB of bodies
+
+    # None is lost from sight: rows of their own, or counted in a summary row.
+    def accounted(errs: list[dict[str, Any]]) -> int:
+        own = sum(1 for e in errs if e["reason"] == "unknown_key") - 1  # less the one above
+        counted: list[int] = [
+            msgspec.json.decode(e["record"])["refusals_not_kept"]
+            for e in errs
+            if e["reason"] == "refusals_not_kept"
+        ]
+        return own + sum(counted)
+
+    errs = server.wait_errors(lambda e: accounted(e) == 2000)
+    summaries = [e for e in errs if e["reason"] == "refusals_not_kept"]
+    assert summaries and {msgspec.json.decode(e["record"])["source"] for e in summaries} == {
+        "127.0.0.1"
+    }
+    assert sum(e["reason"] == "unknown_key" for e in errs) < 1000
+    metrics = httpx.get(f"{server.url}/metrics").text
+    counted = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("tdedge_refusals_total{") and 'reason="unknown_key"' in line
+    ]
+    assert sum(counted) == 2001

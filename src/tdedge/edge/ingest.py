@@ -50,7 +50,7 @@ from tdedge.edge.http import JSON_HEADERS, HTTPError, Protocol_, Response, Scope
 from tdedge.edge.http import read_body as read_raw_body
 from tdedge.edge.offload import INLINE_PARSE_BYTES
 from tdedge.edge.refusals import kept_body
-from tdedge.edge.services import REJECT_KEEP_BYTES, Services
+from tdedge.edge.services import Services
 from tdedge.journal.envelope import Envelope
 from tdedge.loader.schema import fold, usable_name
 from tdedge.names import NAME_RULE, is_valid_name, normalize
@@ -91,7 +91,7 @@ class Batch(msgspec.Struct):
 class DeepEvent:
     """An event nested past the depth limit, cut out of its body before splitting."""
 
-    text: bytes  # its first bytes, for the import errors
+    text: memoryview  # its text, for the import errors
     limit: int
 
 
@@ -189,14 +189,15 @@ def _split_deep(body: bytes, max_depth: int) -> list[Event]:
     that reads like a placeholder is refused all the same (a string is not an object).
     """
     cut = bytearray(body)
-    originals: dict[bytes, bytes] = {}
+    whole = memoryview(body)
+    originals: dict[bytes, memoryview] = {}
     spans = nesting.deep_values(body, EVENT_LEVEL, max_depth + EVENT_LEVEL - 1)
     for k, (start, end) in enumerate(spans):
         mark = b'"\\u0000%d"' % k
         # A deep value is at least twice the limit long: room for a mark past 8 levels.
         if len(mark) <= end - start:
             cut[start:end] = mark.ljust(end - start)
-            originals[mark] = body[start : min(end, start + REJECT_KEEP_BYTES)]
+            originals[mark] = whole[start:end]
     try:
         raws = _batch_decoder.decode(cut).events
     except RecursionError:
@@ -262,10 +263,10 @@ def _learn_name(key: str) -> bool:
     return True
 
 
-def kept(raw: Event) -> bytes:
-    """What an import-error row keeps of a refused event."""
+def kept(raw: Event, limit: int) -> bytes:
+    """What an import-error row keeps of a refused event: its first ``limit`` bytes."""
     text = raw.text if isinstance(raw, DeepEvent) else memoryview(raw)
-    return kept_body(text, REJECT_KEEP_BYTES)
+    return kept_body(text, limit)
 
 
 def spliced(raw: msgspec.Raw, event: dict[str, Any], uuid: str) -> bytes:
@@ -377,22 +378,21 @@ class IngestAPI:
                 raise refused
             assert key is not None
             key_hash = s.key_hash(key)
-            if s.auth is not None:
-                reason = s.auth.refusal(key_hash, database)
-                if reason is not None:
-                    raise HTTPError(403, reason, "the API key may not write to this database")
+            s.authorize(key, database)
             body = await self.inflate(sent) if gzipped else sent
             events = await self.split(body)
         except HTTPError as e:
             # A request refused whole: operators still see what it carried.
             if not e.body:
-                e.body = inflation.head(sent, REJECT_KEEP_BYTES) if gzipped else sent
-            await s.keep_refused(DOOR, received_ms, database, table, key, e)
+                e.body = inflation.head(sent, s.keep_bytes(e.code)) if gzipped else sent
+            await s.keep_refused(DOOR, received_ms, database, table, key, e, scope)
             raise
         extra = fill_for(mode)
         adds = extra.ip is not None or extra.global_id is not None
         envelopes: list[Envelope] = []
         receipts: list[bytes] = []
+        refusals: list[str] = []  # the reasons of the events refused
+        keep = s.settings.refused_keep_bytes
         ids = uuids(len(events.items), received_ms)
         for raw, uuid in zip(events.items, ids, strict=True):
             checked: dict[str, Any] | Failure
@@ -404,6 +404,7 @@ class IngestAPI:
                 )
             if isinstance(checked, Failure):
                 receipts.append(receipt(checked))
+                refusals.append(checked.reason)
                 envelopes.append(
                     Envelope(
                         received_ms,
@@ -411,7 +412,7 @@ class IngestAPI:
                         database,
                         table,
                         key_hash,
-                        kept(raw),
+                        kept(raw, keep),
                         reject=checked.reason,
                     )
                 )
@@ -421,6 +422,8 @@ class IngestAPI:
                 record = fill(checked, uuid, extra) if adds else spliced(raw, checked, uuid)
                 envelopes.append(Envelope(received_ms, DOOR, database, table, key_hash, record))
         await s.append_many(envelopes)
+        for reason in refusals:
+            s.refusals.inc(DOOR, reason, "row")
         return 200, list(JSON_HEADERS), receipts_body(receipts)
 
     async def split(self, body: bytes) -> Events:

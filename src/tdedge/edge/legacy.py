@@ -88,7 +88,7 @@ class LegacyDoor:
             body = await read_body(scope, proto, s.settings.max_body_bytes)
         except HTTPError as e:
             database, table = postback_names(scope.path)
-            await s.keep_refused(DOOR, received_ms, database, table, key, e)
+            await s.keep_refused(DOOR, received_ms, database, table, key, e, scope)
             raise
         pixel = pixel_form(scope, body)
         if pixel is not None:
@@ -102,29 +102,24 @@ class LegacyDoor:
                     403,
                     "missing_key",
                     "no API key: send X-TD-Write-Key or the td_write_key URL parameter",
-                    body=body,
                 )
+            s.authorize(key, database)
             record = await parse_record(s, body, scope.headers.get("content-type"))
         except HTTPError as e:
             # Refused at the door: the client is told why, and operators see the record.
-            await s.keep_refused(DOOR, received_ms, database, table, key, e)
+            e.body = body
+            await s.keep_refused(DOOR, received_ms, database, table, key, e, scope)
             raise
         await s.accept(DOOR, received_ms, database, table, key, record)
         return 200, JSON_HEADERS, EMPTY_OBJECT
 
 
 async def parse_record(s: Services, body: bytes, content_type: str | None) -> bytes:
-    """``record_from_body`` with the configured depth limit, off the loop when large.
-
-    A refusal keeps the body for the import errors."""
+    """``record_from_body`` with the configured depth limit, off the loop when large."""
     depth = s.settings.max_json_depth
-    try:
-        if len(body) <= INLINE_PARSE_BYTES:
-            return record_from_body(body, content_type, depth)
-        return await s.offload.run(record_from_body, body, content_type, depth)
-    except HTTPError as e:
-        e.body = body
-        raise
+    if len(body) <= INLINE_PARSE_BYTES:
+        return record_from_body(body, content_type, depth)
+    return await s.offload.run(record_from_body, body, content_type, depth)
 
 
 def pixel_form(scope: Scope, body: bytes) -> list[tuple[str, str]] | None:

@@ -193,14 +193,14 @@ class P13nDoor:
         try:
             body = await read_body(scope, proto, self._s.settings.max_body_bytes)
         except HTTPError as e:
-            await self._s.keep_refused(DOOR, received_ms, database, table, key, e)
+            await self._s.keep_refused(DOOR, received_ms, database, table, key, e, scope)
             raise DoorError(e.status, e.status, e.message) from None
         try:
             service, event, keys = self._admit(scope, database, table, key, body, public)
         except DoorError as e:
             if e.status < 500:
                 refused = HTTPError(e.status, f"p13n_{e.code}", e.message, body=body)
-                await self._s.keep_refused(DOOR, received_ms, database, table, key, refused)
+                await self._s.keep_refused(DOOR, received_ms, database, table, key, refused, scope)
             raise
         assert key is not None
         refusal = self._limiter.admit(time.monotonic())

@@ -183,7 +183,11 @@ class Pixel:
                 self._redirects.check(req.redirect)
             except HTTPError as e:
                 refused_redirect = e
-        await s.append(Envelope(received_ms, DOOR, database, table, key_hash, record, reject))
+        if reject:
+            # Kept like every refusal: capped, within the source's budget.
+            await s.refuse(DOOR, received_ms, database, table, key_hash, record, reject, scope)
+        else:
+            await s.append(Envelope(received_ms, DOOR, database, table, key_hash, record))
         if refused_redirect is not None:
             refused_redirect.headers.extend([NO_STORE, *extra])
             raise refused_redirect

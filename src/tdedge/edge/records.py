@@ -159,17 +159,20 @@ class RecordsDoor:
         database, table = postback_names(scope.path)
         received_ms = time.time_ns() // 1_000_000
         key = records_key(scope.headers)
+        body = b""
         try:
             body = await read_body(scope, proto, POSTBACK_MAX_BODY_BYTES)
             refused = key_refusal(scope, key)
             if refused is not None:
-                refused.body = body
                 raise refused
+            assert key is not None
+            s.authorize(key, database)
             record = await parse_record(s, body, scope.headers.get("content-type"))
         except HTTPError as e:
             # Refused at the door: the client is told why, and operators see the record.
+            e.body = e.body or body
             kept_key = key if key is not None else url_key(scope.query_string)
-            await s.keep_refused(DOOR, received_ms, database, table, kept_key, e)
+            await s.keep_refused(DOOR, received_ms, database, table, kept_key, e, scope)
             raise
         assert key is not None
         await s.accept(DOOR, received_ms, database, table, key, record)
