@@ -230,3 +230,23 @@ def test_refusals_cost_a_bounded_journal_and_are_all_counted(make_server: Any) -
         if line.startswith("tdedge_refusals_total{") and 'reason="unknown_key"' in line
     ]
     assert sum(counted) == 2001
+
+
+def test_pixel_parameters_that_are_not_utf8_are_refused_not_replaced(server: Server) -> None:
+    url = f"{server.url}/postback/v3/event/test_db/px_enc"
+    key = server.write_key.replace("/", "%2F")
+    good = httpx.get(f"{url}?td_format=pixel&td_write_key={key}&a=caf%C3%A9")
+    bad = httpx.get(f"{url}?td_format=pixel&td_write_key={key}&a=caf%E9")
+    form = httpx.post(
+        f"{url}?td_format=pixel&td_write_key={key}",
+        content=b"a=caf\xe9",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    # An image cannot show an error: the GIF, and the record in the import errors.
+    assert [r.status_code for r in (good, bad, form)] == [200, 200, 200]
+    assert {r.headers["content-type"] for r in (good, bad, form)} == {"image/gif"}
+    server.wait_for("SELECT a FROM test_db.px_enc", lambda rows: rows == [{"a": "café"}])
+    errs = server.wait_errors(lambda e: sum(x["reason"] == "invalid_encoding" for x in e) == 2)
+    refused = [e for e in errs if e["reason"] == "invalid_encoding"]
+    assert {e["door"] for e in refused} == {"pixel"}
+    assert all(msgspec.json.decode(e["record"])["a"] == "caf\ufffd" for e in refused)

@@ -434,4 +434,11 @@ def test_pixel_special_names_with_other_values_are_plain_columns() -> None:
     ],
 )
 def test_query_params_match_parse_qsl(query: str) -> None:
-    assert query_params(query) == parse_qsl(query, keep_blank_values=True)
+    assert query_params(query).pairs == parse_qsl(query, keep_blank_values=True)
+
+
+def test_query_params_tell_escapes_that_are_not_utf8() -> None:
+    assert query_params("k=%E2%9C%93&t=a+b").utf8
+    assert not query_params("k=%ff%fe").utf8
+    assert not query_params("%C3=1").utf8  # a name cut inside a character
+    assert query_params("k=%zz").utf8  # not an escape at all: kept as it is

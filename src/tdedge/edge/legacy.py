@@ -20,7 +20,7 @@ from tdedge.edge.http import (
 )
 from tdedge.edge.identity import Identity
 from tdedge.edge.offload import INLINE_PARSE_BYTES
-from tdedge.edge.pixel import Pixel, pixel_params, query_params
+from tdedge.edge.pixel import Params, Pixel, form_params, pixel_params, query_params
 from tdedge.edge.services import Services
 from tdedge.names import NAME_RULE, is_valid_name, normalize
 
@@ -122,7 +122,7 @@ async def parse_record(s: Services, body: bytes, content_type: str | None) -> by
     return await s.offload.run(record_from_body, body, content_type, depth)
 
 
-def pixel_form(scope: Scope, body: bytes) -> list[tuple[str, str]] | None:
+def pixel_form(scope: Scope, body: bytes) -> Params | None:
     """The pixel parameters of a POST (URL then form fields), or None if it is no pixel.
 
     A POST is the pixel's when ``td_format=pixel`` is in its URL or in its form body.
@@ -133,8 +133,5 @@ def pixel_form(scope: Scope, body: bytes) -> list[tuple[str, str]] | None:
         return None
     params = query_params(scope.query_string)
     if is_form:
-        try:
-            params += query_params(body.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise HTTPError(400, "invalid_form", "form body is not valid UTF-8") from None
-    return params if ("td_format", "pixel") in params else None
+        params += form_params(body)
+    return params if params.is_pixel() else None
