@@ -14,6 +14,7 @@ import msgspec
 
 from tdedge.cli_p13n import p13n
 from tdedge.config import SETTINGS_ENV, EngineMode, Settings, default_data_dir
+from tdedge.edge.options import refusal_options, refusal_settings
 from tdedge.query.options import job_options, job_settings
 
 data_dir_option = click.option(
@@ -185,6 +186,7 @@ main.add_command(p13n)
     "inline: each worker runs the engine itself.",
 )
 @job_options
+@refusal_options
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     data_dir: str | None,
@@ -212,7 +214,7 @@ def serve(
     cookie_domain: str | None,
     p13n_engine: EngineMode,
     log_level: str,
-    **jobs: Any,
+    **grouped: Any,  # the values of job_options and refusal_options
 ) -> None:
     """Run the HTTP server and the loader."""
     from tdedge import logs, server
@@ -240,7 +242,8 @@ def serve(
         **_records_settings(cors_origins, redirect_hosts, trusted_proxies, cookie_domain),
         p13n_engine=p13n_engine,
         log_level=log_level,
-        **job_settings(jobs),
+        **job_settings(grouped),
+        **refusal_settings(grouped),
     )
     logs.configure(log_level)
     server.serve(settings, run_loader=loader)

@@ -37,6 +37,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Edge.
     auth: AuthMode = "async"
     max_body_bytes: int = 1024 * 1024
+    # JSON nested deeper than this is refused as bad input (too_deep). Recursive
+    # decoders give up near 1,000 levels, at a depth that depends on the caller's stack
+    # (the loader and the p13n engine decode records again); no real event nests 100.
+    # At least 8: the ingest door needs that much room to cut a deep event out.
+    max_json_depth: int = 100
+    # gzip members in one request body. Clients send one; a body of thousands of empty
+    # members costs a decompressor each and carries nothing (400 invalid_gzip).
+    gzip_max_members: int = 64
+    # What a request refused at the door leaves in the import errors (edge/refusals.py):
+    # the first bytes of its body, fewer when its key was refused, as anyone can send
+    # those in bulk with made-up keys.
+    refused_keep_bytes: int = 64 * 1024
+    refused_key_keep_bytes: int = 1024
+    # Refusals kept as rows, per second, per client address and for all of them
+    # (token buckets, per worker). Past them refusals are only counted, and one summary
+    # row per address and door every interval says how many and why: a flood of refused
+    # requests costs the journal a bounded number of rows, and operators still see it.
+    refusals_kept_per_s: float = 10.0
+    refusals_kept_burst: int = 100
+    refusals_kept_total_per_s: float = 100.0
+    refusals_summary_interval_s: float = 60.0
     # How long a sync-auth edge trusts its in-memory key cache before reloading it.
     key_cache_ttl_s: float = 5.0
     # Slow clients. Each open connection holds one of a worker's max_connections slots,
@@ -119,6 +140,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Compaction expires snapshots older than this and deletes files unreferenced for
     # this long; a query running longer than this may lose a file it is reading.
     lake_retention_s: float = 600.0
+    # Compaction deletes import-error rows older than this (lake/retention.py): refused
+    # records, unlike a table's rows, are kept only to be looked into.
+    import_errors_retention_s: float = 30 * 86400.0
 
     # Records door and pixel (issue 3)
     # Origins td-js-sdk pages may call the records door from (CORS); None: any origin.

@@ -50,6 +50,12 @@ LOADER_BATCHES = Counter("tdedge_loader_batches_total", "Lake commits made by th
 REJECTIONS = Counter(
     "tdedge_rejections_total", "Records sent to the import-errors table", ["reason"]
 )
+REFUSALS = Counter(
+    "tdedge_refusals_total",
+    "Requests and events refused at the edge, by how they were kept: row (an import-error "
+    "row of its own), summary (counted in a refusals_not_kept row), none (journal full)",
+    ["door", "reason", "kept"],
+)
 IMPORT_DUPLICATES = Counter(
     "tdedge_import_duplicates_total",
     "Records of a bulk import whose unique_id was loaded already, dropped by the loader",

@@ -214,6 +214,8 @@ def test_token_account_must_be_the_key_account(p13n: P13n) -> None:
         (b'"text"', "a string"),
         (b'{"td_path": "/x"}', "no identity key"),
         (b'{"td_client_id": "", "email": null}', "empty keys"),
+        (b'{"email":"a@b","x":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested past the decoder"),
+        (b'{"email":"a@b","x":' + b"[" * 100 + b"]" * 100 + b"}", "nested past 100 levels"),
     ],
 )
 def test_invalid_event_object(p13n: P13n, content: bytes, why: str) -> None:

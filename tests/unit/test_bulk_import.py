@@ -80,7 +80,7 @@ def steps(data: bytes, size: int = 7) -> list[bytes]:
 
 def test_records_stream_across_steps_as_json() -> None:
     data = packed({"time": 1, "s": "é", "t": msgpack.Timestamp(5)}, {1: None})
-    got = list(records(steps(data), 1000))
+    got = list(records(steps(data), 1000, 100))
     assert got == [
         Record('{"time":1,"s":"é","t":5}'.encode()),
         Record(b'{"1":null}'),
@@ -89,7 +89,7 @@ def test_records_stream_across_steps_as_json() -> None:
 
 def test_a_record_over_the_cap_is_kept_short_and_marked() -> None:
     data = packed({"i": 0}, {"i": 1, "pad": "\x01" * 200}, {"i": 2})  # 1,213 bytes of JSON
-    got = list(records(steps(data, 100), 1000))
+    got = list(records(steps(data, 100), 1000, 100))
     assert [r.too_large for r in got] == [False, True, False]
     assert got[1].json.startswith(b'{"i":1,"pad":"\\u0001\\u0001')
     assert got[2] == Record(b'{"i":2}')
@@ -107,33 +107,33 @@ def test_a_record_too_large_to_decode_is_walked_past_alone() -> None:
     ):
         data = packed({"i": 0}, big, {"i": 2})
         for size in (1, 7, 100_000):
-            got = list(records(steps(data, size), cap))
+            got = list(records(steps(data, size), cap, 100))
             assert [r.too_large for r in got] == [False, True, False]
             assert (got[0], got[2]) == (Record(b'{"i":0}'), Record(b'{"i":2}'))
         # Fed in small steps it is never decoded: the error keeps its size alone. (One
         # that ends within the feed that passes the cap is decoded, then refused.)
         summary = b'{"msgpack_bytes":%d}' % len(msgpack.packb(big))
-        assert list(records(steps(data, 7), cap))[1].json == summary
+        assert list(records(steps(data, 7), cap, 100))[1].json == summary
 
 
 def test_records_over_the_cap_as_msgpack_or_as_json_are_refused_alone() -> None:
     cap = 1000
     escaped = {"s": "\x01" * 300}  # 300 bytes of msgpack, 1,800 of JSON
     floats = {"f": [0.0] * 110}  # 1,000 bytes of msgpack, 441 of JSON
-    got = list(records([packed(escaped, floats, {"f": [0.0] * 111})], cap))
+    got = list(records([packed(escaped, floats, {"f": [0.0] * 111})], cap, 100))
     assert [r.too_large for r in got] == [True, False, True]
 
 
 def test_walking_oversized_records_has_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(msgpack_records, "MAX_SKIPPED_VALUES", 10_000)
     many = {"a": [1.5] * 4_000}
-    assert len(list(records([packed(many, many)], 1000))) == 2
+    assert len(list(records([packed(many, many)], 1000, 100))) == 2
     with pytest.raises(ApiError, match="refused whole") as e:
-        list(records(steps(packed(many, many, many), 64 * KIB), 1000))
+        list(records(steps(packed(many, many, many), 64 * KIB), 1000, 100))
     assert refusal(e) == (413, "record_too_large")
     # One-byte values are walked in runs, whatever their number.
     nils = {"a": [None] * 100_000}
-    assert len(list(records(steps(packed(nils, {"i": 1}), 64 * KIB), 1000))) == 2
+    assert len(list(records(steps(packed(nils, {"i": 1}), 64 * KIB), 1000, 100))) == 2
 
 
 def random_value(rng: random.Random, depth: int = 0) -> Any:
@@ -190,7 +190,7 @@ def test_the_walker_finds_the_end_of_any_value_however_it_is_cut() -> None:
 )
 def test_malformed_uploads_are_refused(data: bytes, code: str) -> None:
     with pytest.raises(ApiError) as e:
-        list(records([data], 1000))
+        list(records([data], 1000, 100))
     assert refusal(e) == (400, code)
 
 

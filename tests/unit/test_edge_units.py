@@ -17,7 +17,7 @@ from tdedge.edge.services import Counters
 
 
 def test_json_object_is_normalised() -> None:
-    out = record_from_body(b' { "a" : 1,\n "b": "x" } ', "application/json")
+    out = record_from_body(b' { "a" : 1,\n "b": "x" } ', "application/json", 100)
     assert msgspec.json.decode(out) == {"a": 1, "b": "x"}
     assert b"\n" not in out
 
@@ -35,19 +35,19 @@ def test_json_object_is_normalised() -> None:
 )
 def test_bad_bodies(body: bytes, code: str) -> None:
     with pytest.raises(HTTPError) as e:
-        record_from_body(body, "application/json")
+        record_from_body(body, "application/json", 100)
     assert (e.value.status, e.value.code) == (400, code)
 
 
 def test_form_body_is_strings_last_value_wins() -> None:
     out = record_from_body(
-        b"a=1&a=2&b=x%20y&c=", "application/x-www-form-urlencoded; charset=utf-8"
+        b"a=1&a=2&b=x%20y&c=", "application/x-www-form-urlencoded; charset=utf-8", 100
     )
     assert msgspec.json.decode(out) == {"a": "2", "b": "x y", "c": ""}
 
 
 def test_json_sent_as_form_by_curl_is_json() -> None:
-    out = record_from_body(b'{"a":1}', "application/x-www-form-urlencoded")
+    out = record_from_body(b'{"a":1}', "application/x-www-form-urlencoded", 100)
     assert msgspec.json.decode(out) == {"a": 1}
 
 

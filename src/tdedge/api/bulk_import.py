@@ -237,7 +237,9 @@ async def _journal(
 
     def journal() -> list[Envelope] | int:
         chunks = inflated(body, limit) if gzipped else steps(body)
-        found = parts(records(chunks, settings.import_max_record_bytes), envelope)
+        found = parts(
+            records(chunks, settings.import_max_record_bytes, settings.max_json_depth), envelope
+        )
         return journal_parts(api.services.journal, found, abandoned)
 
     abandoned = threading.Event()

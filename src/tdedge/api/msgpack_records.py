@@ -31,12 +31,15 @@ import msgpack
 import msgspec
 
 from tdedge.api.wire import ApiError
-from tdedge.edge.services import REJECT_KEEP_BYTES
+from tdedge.edge.nesting import TOO_DEEP, deeper_than
 
 # Bytes handed to the decoder at once.
 FEED_STEP = 64 * 1024
 MAX_SKIPPED_VALUES = 2_000_000
 RECORD_TOO_LARGE = "record_too_large"
+# What an import error keeps of an oversize record: its first 64 KiB of JSON, as the
+# doors keep of a refused body (Settings.refused_keep_bytes).
+KEPT_BYTES = 64 * 1024
 
 _json = msgspec.json.Encoder(enc_hook=lambda v: _jsonable(v))
 
@@ -57,10 +60,11 @@ class Record:
     too_large: bool = False
 
 
-def records(chunks: Iterable[bytes], max_record: int) -> Iterator[Record]:
+def records(chunks: Iterable[bytes], max_record: int, max_depth: int) -> Iterator[Record]:
     """Each msgpack map of the stream ``chunks`` as a Record (see the module docstring);
-    400 for what is not msgpack maps, 413 when skipping would cost too much."""
-    reader = _Reader(max_record)
+    400 for what is not msgpack maps or nests deeper than ``max_depth`` (as the doors
+    refuse such JSON), 413 when skipping would cost too much."""
+    reader = _Reader(max_record, max_depth)
     for chunk in chunks:
         view = memoryview(chunk)
         for at in range(0, len(view), FEED_STEP):
@@ -69,8 +73,9 @@ def records(chunks: Iterable[bytes], max_record: int) -> Iterator[Record]:
 
 
 class _Reader:
-    def __init__(self, max_record: int) -> None:
+    def __init__(self, max_record: int, max_depth: int) -> None:
         self._max = max_record
+        self._max_depth = max_depth
         self._unpacker = self._new_unpacker()
         self._base = 0  # the Unpacker's position where ``_held`` starts
         self._held = bytearray()  # the bytes of the record being decoded, so far
@@ -133,10 +138,15 @@ class _Reader:
         at = self._unpacker.tell()
         size, self._base = at - self._base, at
         del self._held[:size]
-        data = _json.encode({str(k): v for k, v in item.items()})
+        try:
+            data = _json.encode({str(k): v for k, v in item.items()})
+        except RecursionError:
+            raise self._too_deep() from None
+        if deeper_than(data, self._max_depth):
+            raise self._too_deep()
         self._index += 1
         if size > self._max or len(data) > self._max:
-            return Record(data[:REJECT_KEEP_BYTES], too_large=True)
+            return Record(data[:KEPT_BYTES], too_large=True)
         return Record(data)
 
     def _skipped(self) -> Record:
@@ -160,6 +170,13 @@ class _Reader:
     def finish(self) -> None:
         if self._skipper is not None or self._held:
             raise self._invalid(f"record {self._index} (counting from 0) is truncated")
+
+    def _too_deep(self) -> ApiError:
+        return ApiError(
+            400,
+            TOO_DEEP,
+            f"record {self._index} (counting from 0) nests deeper than {self._max_depth} levels",
+        )
 
     def _invalid(self, message: str) -> ApiError:
         return ApiError(400, "invalid_msgpack", message)

@@ -5,7 +5,9 @@ What td-js-sdk 4 and the mobile SDKs send (reference/clients.md):
 - ``Content-Type`` ``application/vnd.treasuredata.v1+json``, ``…v1.js+json`` (td-js-sdk
   in signed mode with a global id) or ``…v1.mobile+json``; anything else is 415.
 - ``Content-Encoding: gzip`` (mobile SDKs): inflated in bounded steps, so a small
-  compressed body can never make the server hold more than the request limit.
+  compressed body can never make the server hold more than the request limit, at most
+  ``Settings.gzip_max_members`` members (inflation.py), off the event loop unless tiny,
+  and only once the credentials passed every check the edge can make.
 - 1 to 500 events (else 400), each at most 1 MiB of JSON, at most 5 MiB per request
   (413) — MiB, the generous reading of the documents' "1 MB" and "5 MB".
 
@@ -18,7 +20,10 @@ succeed must carry one of those three, or the SDK would resend it forever:
 - a bad database or table name → ``InvalidCollectionNameError`` (every event);
 - a key that cannot be a column (empty, over 255 characters, control characters,
   tdedge's own ``td_type_conflicts``, or ``td_uuid``) → ``InvalidPropertyNameError``;
-- an event that is not a JSON object, or is over 1 MiB → ``InvalidPropertyValueError``;
+- an event that is not a JSON object, is over 1 MiB, or nests deeper than
+  ``Settings.max_json_depth`` → ``InvalidPropertyValueError``. A body too deep for the
+  decoder to split is split all the same: each event nested past the limit is cut out
+  first (``split_events``), so the request's other events are still stored.
 - an event with more keys than a table may have columns (``max_table_columns``, the
   columns the server adds counted) → ``InvalidPropertyNameError``: the keys past the
   limit cannot be columns.
@@ -37,16 +42,18 @@ from __future__ import annotations
 import enum
 import os
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from tdedge.edge.http import JSON_HEADERS, BodyTooLarge, HTTPError, Protocol_, Response, Scope
+from tdedge.edge import inflation, nesting
+from tdedge.edge.http import JSON_HEADERS, HTTPError, Protocol_, Response, Scope
 from tdedge.edge.http import read_body as read_raw_body
-from tdedge.edge.services import REJECT_KEEP_BYTES, Services
+from tdedge.edge.offload import INLINE_PARSE_BYTES
+from tdedge.edge.refusals import kept_body
+from tdedge.edge.services import Services
 from tdedge.journal.envelope import Envelope
 from tdedge.loader.limits import TOO_MANY_COLUMNS, columns_refusal
 from tdedge.loader.schema import fold, usable_name
@@ -59,8 +66,11 @@ MAX_EVENT_BYTES = 1024 * 1024
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
 # A name that cannot be a table still leaves an import error; this much of it is kept.
 MAX_KEPT_NAME = 256
-# Inflate in steps of this many bytes at most: memory stays bounded per step.
-INFLATE_STEP = 256 * 1024
+# Events of ``{"events":[…]}`` open this deep: one level for the object, one for the array.
+EVENT_LEVEL = 3
+# gzip bodies up to this size inflate on the event loop (at most ~1 MiB of output, a
+# few milliseconds); larger ones on the offload threads.
+INLINE_GZIP_BYTES = 1024
 
 
 class Mode(enum.Enum):
@@ -81,11 +91,31 @@ class Batch(msgspec.Struct):
     events: list[msgspec.Raw]
 
 
+@dataclass(frozen=True, slots=True)
+class DeepEvent:
+    """An event nested past the depth limit, cut out of its body before splitting."""
+
+    text: memoryview  # its text, for the import errors
+    limit: int
+
+
+Event = msgspec.Raw | DeepEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    items: list[Event]
+    # The depth limit every event must be measured against; None when the body holds
+    # too few brackets for any event to pass it.
+    max_depth: int | None
+
+
 _batch_decoder = msgspec.json.Decoder(Batch)
 _event_decoder = msgspec.json.Decoder(dict[str, Any])
 _encode = msgspec.json.Encoder().encode
 
 SUCCESS = b'{"success":true}'
+_QUOTE = ord('"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,56 +146,81 @@ def media_mode(content_type: str | None) -> Mode:
     return mode
 
 
-def gunzip(body: bytes, limit: int) -> bytes:
-    """Inflate a gzip body (one or more members), never holding more than ``limit`` + 1 step.
-
-    413 as soon as the output would pass ``limit``; 400 for a body that is not gzip.
-    """
-    out: list[bytes] = []
-    size = 0
-    data = body
-    try:
-        while data:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            pending = data
-            while pending and not inflater.eof:
-                chunk = inflater.decompress(pending, min(INFLATE_STEP, limit + 1 - size))
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(limit, b"")
-                out.append(chunk)
-                pending = inflater.unconsumed_tail
-            if not inflater.eof:
-                raise HTTPError(400, "invalid_gzip", "gzip body is truncated")
-            data = inflater.unused_data
-    except zlib.error as e:
-        raise HTTPError(400, "invalid_gzip", f"body is not valid gzip: {e}") from None
-    return b"".join(out)
+def content_encoding(scope: Scope) -> bool:
+    """Whether the body is gzip (``Content-Encoding: gzip``); 415 for other encodings."""
+    encoding = (scope.headers.get("content-encoding") or "").strip().lower()
+    if encoding in ("", "identity"):
+        return False
+    if encoding in ("gzip", "x-gzip"):
+        return True
+    raise HTTPError(415, "unsupported_encoding", "Content-Encoding must be gzip or none")
 
 
-def split_events(body: bytes) -> list[msgspec.Raw]:
-    """The raw events of a ``{"events":[…]}`` body; 400 for anything else.
+def split_events(body: bytes, max_depth: int) -> Events:
+    """The events of a ``{"events":[…]}`` body; 400 for anything else.
 
     Each event stays raw JSON text: ``check_event`` sizes and decodes it on its own, and
     plain ``v1+json`` events are stored as that text (see ``spliced``).
     """
+    items: list[Event]
     try:
-        events = _batch_decoder.decode(body).events
+        items = list(_batch_decoder.decode(body).events)
+    except RecursionError:
+        items = _split_deep(body, max_depth)
     except msgspec.DecodeError as e:
-        raise HTTPError(
-            400, "invalid_body", f'body must be {{"events":[…]}} in JSON: {e}'
-        ) from None
-    if not events:
+        raise _invalid_body(e) from None
+    if not items:
         raise HTTPError(400, "no_events", "events is empty: send 1 to 500 events")
-    if len(events) > MAX_EVENTS:
+    if len(items) > MAX_EVENTS:
         raise HTTPError(
-            400, "too_many_events", f"{len(events)} events; send at most {MAX_EVENTS} per request"
+            400, "too_many_events", f"{len(items)} events; send at most {MAX_EVENTS} per request"
         )
-    return events
+    # An event's depth is at most the body's opening brackets less the two around it.
+    deep = nesting.opening_brackets(body) > max_depth + EVENT_LEVEL - 1
+    return Events(items, max_depth if deep else None)
 
 
-def check_event(raw: msgspec.Raw) -> dict[str, Any] | Failure:
-    """The decoded event, or why it can never be stored."""
+def _invalid_body(e: msgspec.DecodeError) -> HTTPError:
+    return HTTPError(400, "invalid_body", f'body must be {{"events":[…]}} in JSON: {e}')
+
+
+def _split_deep(body: bytes, max_depth: int) -> list[Event]:
+    """Split a body nested too deep for the decoder.
+
+    Each value that opens at an event's level and nests past the limit is replaced by a
+    placeholder string of its own length, so the decoder meets a shallow body; the
+    placeholders come back as ``DeepEvent``s, each once. A client's own string event
+    that reads like a placeholder is refused all the same (a string is not an object).
+    """
+    cut = bytearray(body)
+    whole = memoryview(body)
+    originals: dict[bytes, memoryview] = {}
+    spans = nesting.deep_values(body, EVENT_LEVEL, max_depth + EVENT_LEVEL - 1)
+    for k, (start, end) in enumerate(spans):
+        mark = b'"\\u0000%d"' % k
+        # A deep value is at least twice the limit long: room for a mark past 8 levels.
+        if len(mark) <= end - start:
+            cut[start:end] = mark.ljust(end - start)
+            originals[mark] = whole[start:end]
+    try:
+        raws = _batch_decoder.decode(cut).events
+    except RecursionError:
+        raise nesting.too_deep(max_depth) from None
+    except msgspec.DecodeError as e:
+        raise _invalid_body(e) from None
+    items: list[Event] = []
+    for raw in raws:
+        text = memoryview(raw)
+        original = originals.pop(bytes(text), None) if text[0] == _QUOTE else None
+        items.append(raw if original is None else DeepEvent(original, max_depth))
+    return items
+
+
+def check_event(raw: Event, max_depth: int | None = None) -> dict[str, Any] | Failure:
+    """The decoded event, or why it can never be stored; its depth is measured against
+    ``max_depth`` unless that is None."""
+    if isinstance(raw, DeepEvent):
+        return _too_deep(raw.limit)
     if len(raw) > MAX_EVENT_BYTES:
         return Failure(
             VALUE_ERROR, f"event is larger than {MAX_EVENT_BYTES} bytes", "event_too_large"
@@ -174,6 +229,10 @@ def check_event(raw: msgspec.Raw) -> dict[str, Any] | Failure:
         event = _event_decoder.decode(raw)
     except msgspec.DecodeError:
         return Failure(VALUE_ERROR, "event must be a JSON object", "not_an_object")
+    except RecursionError:
+        return _too_deep(max_depth)
+    if max_depth is not None and nesting.deeper_than(memoryview(raw), max_depth):
+        return _too_deep(max_depth)
     if _good_names.issuperset(event):  # one C loop for the usual case
         return event
     for key in event:
@@ -198,6 +257,11 @@ def fits_table(
     return checked if refusal is None else Failure(NAME_ERROR, refusal, TOO_MANY_COLUMNS)
 
 
+def _too_deep(limit: int | None) -> Failure:
+    levels = f"{limit} levels" if limit is not None else "the decoder's limit"
+    return Failure(VALUE_ERROR, f"event nests deeper than {levels}", nesting.TOO_DEEP)
+
+
 # Property names already found usable. Events of one source repeat the same few names, so
 # this turns the per-character check into one set lookup; bounded, as keys are client data.
 _good_names: set[str] = set()
@@ -214,9 +278,10 @@ def _learn_name(key: str) -> bool:
     return True
 
 
-def kept(raw: msgspec.Raw) -> bytes:
-    """What an import-error row keeps of a refused event."""
-    return bytes(memoryview(raw)[:REJECT_KEEP_BYTES])
+def kept(raw: Event, limit: int) -> bytes:
+    """What an import-error row keeps of a refused event: its first ``limit`` bytes."""
+    text = raw.text if isinstance(raw, DeepEvent) else memoryview(raw)
+    return kept_body(text, limit)
 
 
 def spliced(raw: msgspec.Raw, event: dict[str, Any], uuid: str) -> bytes:
@@ -316,41 +381,48 @@ class IngestAPI:
         s = self._s
         received_ms = time.time_ns() // 1_000_000
         database, table, valid = collection_names(scope.path)
+        sent = b""  # the body as sent (compressed or not)
+        gzipped = False
         try:
+            # Everything that can be checked before inflating and parsing is: the
+            # headers, the body's size, then the credentials.
             mode = media_mode(scope.headers.get("content-type"))
-            body = await self.read_body(scope, proto)
+            gzipped = content_encoding(scope)
+            sent = await read_raw_body(scope, proto, MAX_REQUEST_BYTES)
             if refused is not None:
-                refused.body = body
                 raise refused
             assert key is not None
             key_hash = s.key_hash(key)
-            events = split_events(body)
-            if s.auth is not None:
-                reason = s.auth.refusal(key_hash, database)
-                if reason is not None:
-                    raise HTTPError(
-                        403, reason, "the API key may not write to this database", body=body
-                    )
+            s.authorize(key, database)
+            body = await self.inflate(sent) if gzipped else sent
+            events = await self.split(body)
         except HTTPError as e:
             # A request refused whole: operators still see what it carried.
-            await s.keep_refused(DOOR, received_ms, database, table, key, e)
+            if not e.body:
+                e.body = inflation.head(sent, s.keep_bytes(e.code)) if gzipped else sent
+            await s.keep_refused(DOOR, received_ms, database, table, key, e, scope)
             raise
         extra = fill_for(mode)
         adds = extra.ip is not None or extra.global_id is not None
         added = (UUID_COLUMN, "td_ip") if extra.ip is not None else (UUID_COLUMN,)
         envelopes: list[Envelope] = []
         receipts: list[bytes] = []
-        ids = uuids(len(events), received_ms)
-        for raw, uuid in zip(events, ids, strict=True):
+        refusals: list[str] = []  # the reasons of the events refused
+        keep = s.settings.refused_keep_bytes
+        ids = uuids(len(events.items), received_ms)
+        for raw, uuid in zip(events.items, ids, strict=True):
             checked: dict[str, Any] | Failure
             if valid:
-                checked = fits_table(check_event(raw), s.settings.max_table_columns, added)
+                checked = fits_table(
+                    check_event(raw, events.max_depth), s.settings.max_table_columns, added
+                )
             else:
                 checked = Failure(
                     COLLECTION_ERROR, f"{database}.{table}: {NAME_RULE}", "invalid_name"
                 )
             if isinstance(checked, Failure):
                 receipts.append(receipt(checked))
+                refusals.append(checked.reason)
                 envelopes.append(
                     Envelope(
                         received_ms,
@@ -358,22 +430,28 @@ class IngestAPI:
                         database,
                         table,
                         key_hash,
-                        kept(raw),
+                        kept(raw, keep),
                         reject=checked.reason,
                     )
                 )
             else:
+                assert not isinstance(raw, DeepEvent)
                 receipts.append(SUCCESS)
                 record = fill(checked, uuid, extra) if adds else spliced(raw, checked, uuid)
                 envelopes.append(Envelope(received_ms, DOOR, database, table, key_hash, record))
         await s.append_many(envelopes)
+        for reason in refusals:
+            s.refusals.inc(DOOR, reason, "row")
         return 200, list(JSON_HEADERS), receipts_body(receipts)
 
-    async def read_body(self, scope: Scope, proto: Protocol_) -> bytes:
-        body = await read_raw_body(scope, proto, MAX_REQUEST_BYTES)
-        encoding = (scope.headers.get("content-encoding") or "").strip().lower()
-        if encoding in ("", "identity"):
-            return body
-        if encoding in ("gzip", "x-gzip"):
-            return gunzip(body, MAX_REQUEST_BYTES)
-        raise HTTPError(415, "unsupported_encoding", "Content-Encoding must be gzip or none")
+    async def split(self, body: bytes) -> Events:
+        depth = self._s.settings.max_json_depth
+        if len(body) <= INLINE_PARSE_BYTES:
+            return split_events(body, depth)
+        return await self._s.offload.run(split_events, body, depth)
+
+    async def inflate(self, raw: bytes) -> bytes:
+        limit, members = MAX_REQUEST_BYTES, self._s.settings.gzip_max_members
+        if len(raw) <= INLINE_GZIP_BYTES:
+            return inflation.gunzip(raw, limit, members)
+        return await self._s.offload.run(inflation.gunzip, raw, limit, members)

@@ -19,7 +19,8 @@ from tdedge.edge.http import (
     read_body,
 )
 from tdedge.edge.identity import Identity
-from tdedge.edge.pixel import Pixel, pixel_params, query_params
+from tdedge.edge.offload import INLINE_PARSE_BYTES
+from tdedge.edge.pixel import Params, Pixel, form_params, pixel_params, query_params
 from tdedge.edge.services import Services
 from tdedge.edge.width import check_width
 from tdedge.names import NAME_RULE, is_valid_name, normalize
@@ -88,7 +89,7 @@ class LegacyDoor:
             body = await read_body(scope, proto, s.settings.max_body_bytes)
         except HTTPError as e:
             database, table = postback_names(scope.path)
-            await s.keep_refused(DOOR, received_ms, database, table, key, e)
+            await s.keep_refused(DOOR, received_ms, database, table, key, e, scope)
             raise
         pixel = pixel_form(scope, body)
         if pixel is not None:
@@ -102,19 +103,28 @@ class LegacyDoor:
                     403,
                     "missing_key",
                     "no API key: send X-TD-Write-Key or the td_write_key URL parameter",
-                    body=body,
                 )
-            record = record_from_body(body, scope.headers.get("content-type"))
+            s.authorize(key, database)
+            record = await parse_record(s, body, scope.headers.get("content-type"))
             check_width(record, s.settings)
         except HTTPError as e:
             # Refused at the door: the client is told why, and operators see the record.
-            await s.keep_refused(DOOR, received_ms, database, table, key, e)
+            e.body = body
+            await s.keep_refused(DOOR, received_ms, database, table, key, e, scope)
             raise
         await s.accept(DOOR, received_ms, database, table, key, record)
         return 200, JSON_HEADERS, EMPTY_OBJECT
 
 
-def pixel_form(scope: Scope, body: bytes) -> list[tuple[str, str]] | None:
+async def parse_record(s: Services, body: bytes, content_type: str | None) -> bytes:
+    """``record_from_body`` with the configured depth limit, off the loop when large."""
+    depth = s.settings.max_json_depth
+    if len(body) <= INLINE_PARSE_BYTES:
+        return record_from_body(body, content_type, depth)
+    return await s.offload.run(record_from_body, body, content_type, depth)
+
+
+def pixel_form(scope: Scope, body: bytes) -> Params | None:
     """The pixel parameters of a POST (URL then form fields), or None if it is no pixel.
 
     A POST is the pixel's when ``td_format=pixel`` is in its URL or in its form body.
@@ -125,8 +135,5 @@ def pixel_form(scope: Scope, body: bytes) -> list[tuple[str, str]] | None:
         return None
     params = query_params(scope.query_string)
     if is_form:
-        try:
-            params += query_params(body.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise HTTPError(400, "invalid_form", "form body is not valid UTF-8") from None
-    return params if ("td_format", "pixel") in params else None
+        params += form_params(body)
+    return params if params.is_pixel() else None

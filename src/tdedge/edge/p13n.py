@@ -39,6 +39,7 @@ from tdedge.control.store import ControlStore
 from tdedge.edge.body import media_type
 from tdedge.edge.http import HTTPError, Protocol_, Response, Scope, encode_json, read_body
 from tdedge.edge.memo import Memo
+from tdedge.edge.nesting import deeper_than
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.services import Services
 from tdedge.journal.envelope import Envelope
@@ -193,14 +194,14 @@ class P13nDoor:
         try:
             body = await read_body(scope, proto, self._s.settings.max_body_bytes)
         except HTTPError as e:
-            await self._s.keep_refused(DOOR, received_ms, database, table, key, e)
+            await self._s.keep_refused(DOOR, received_ms, database, table, key, e, scope)
             raise DoorError(e.status, e.status, e.message) from None
         try:
             service, event, keys = self._admit(scope, database, table, key, body, public)
         except DoorError as e:
             if e.status < 500:
                 refused = HTTPError(e.status, f"p13n_{e.code}", e.message, body=body)
-                await self._s.keep_refused(DOOR, received_ms, database, table, key, refused)
+                await self._s.keep_refused(DOOR, received_ms, database, table, key, refused, scope)
             raise
         assert key is not None
         refusal = self._limiter.admit(time.monotonic())
@@ -275,12 +276,17 @@ class P13nDoor:
             self._proxies.request_ip(scope), self._nets(token)
         ):
             raise _bad(3005)
+        depth = self._s.settings.max_json_depth
         try:
             event = _event_decoder.decode(body)
         except msgspec.DecodeError:
             raise _bad(3004, "(the body is not JSON)") from None
+        except RecursionError:
+            raise _bad(3004, f"(the body nests deeper than {depth} levels)") from None
         if not isinstance(event, dict):
             raise _bad(3004, "(the body must be one JSON object)")
+        if deeper_than(body, depth):
+            raise _bad(3004, f"(the body nests deeper than {depth} levels)")
         too_wide = columns_refusal(event, self._s.settings.max_table_columns)
         if too_wide is not None:
             raise _bad(3004, f"({too_wide})")

@@ -13,6 +13,9 @@
 - the answer is the 43-byte transparent GIF, ``no-store``, whatever the key: a missing,
   unknown or refused key (or a bad table name) sends the record to the import errors,
   never changes the image — a page cannot do anything with a pixel's error anyway;
+- a parameter whose %-escapes are not UTF-8 is kept with U+FFFD in their place, and
+  the record goes to the import errors with reason ``invalid_encoding`` (GIF all the
+  same): replaced text is not what the page sent, so it never reaches a table;
 - ``td_redirect`` answers ``302`` to that URL instead (see redirect.py for the allowed
   hosts and the ``td_global_id`` placeholder); a refused redirect is ``400`` but the
   record is kept all the same.
@@ -60,6 +63,20 @@ MAX_KEPT_NAME = 256
 _encode = msgspec.json.Encoder().encode
 
 
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Parameters in order, and whether every %-escape in them was UTF-8."""
+
+    pairs: list[tuple[str, str]]
+    utf8: bool = True
+
+    def __add__(self, other: Params) -> Params:
+        return Params(self.pairs + other.pairs, self.utf8 and other.utf8)
+
+    def is_pixel(self) -> bool:
+        return ("td_format", "pixel") in self.pairs
+
+
 @dataclass(slots=True)
 class PixelRequest:
     """What the parameters ask for, before the server fills anything in."""
@@ -73,12 +90,12 @@ class PixelRequest:
     wants_ua: bool = False
 
 
-def pixel_params(query_string: str) -> list[tuple[str, str]] | None:
+def pixel_params(query_string: str) -> Params | None:
     """The URL's parameters if it asks for the pixel (``td_format=pixel``), else None."""
     if "td_format=pixel" not in query_string:
         return None
     params = query_params(query_string)
-    return params if ("td_format", "pixel") in params else None
+    return params if params.is_pixel() else None
 
 
 def parse_params(params: Iterable[tuple[str, str]]) -> PixelRequest:
@@ -122,8 +139,9 @@ def pixel_record(req: PixelRequest, global_id: str | None, ip: str | None, ua: s
     return _encode(record)
 
 
-def query_params(query_string: str) -> list[tuple[str, str]]:
-    """``parse_qsl(…, keep_blank_values=True)``, unquoting only the parts that need it.
+def query_params(query_string: str) -> Params:
+    """``parse_qsl(…, keep_blank_values=True)``, unquoting only the parts that need it,
+    and whether every %-escape was UTF-8 (``parse_qsl`` would replace the others).
 
     The pixel's hot path: most parameters are plain ASCII, and ``parse_qsl`` unquoting
     every one of them was half the cost of a pixel request. The quoted ones (the write
@@ -131,19 +149,40 @@ def query_params(query_string: str) -> list[tuple[str, str]]:
     remembered.
     """
     out: list[tuple[str, str]] = []
+    utf8 = True
     for part in query_string.split("&"):
         if not part:
             continue
         name, _, value = part.partition("=")
         if "%" in name or "+" in name:
-            name = _unquoted(name)
+            name, ok = _unquoted(name)
+            utf8 = utf8 and ok
         if "%" in value or "+" in value:
-            value = _unquoted(value)
+            value, ok = _unquoted(value)
+            utf8 = utf8 and ok
         out.append((name, value))
-    return out
+    return Params(out, utf8)
 
 
-_unquoted = Memo(unquote_plus)
+def form_params(body: bytes) -> Params:
+    """The fields of a form body, which may hold bytes that are not UTF-8 too."""
+    try:
+        text, utf8 = body.decode("utf-8"), True
+    except UnicodeDecodeError:
+        text, utf8 = body.decode("utf-8", "replace"), False
+    fields = query_params(text)
+    return Params(fields.pairs, fields.utf8 and utf8)
+
+
+def _unquote(text: str) -> tuple[str, bool]:
+    """``unquote_plus``, and whether its %-escapes were UTF-8 (else replaced by U+FFFD)."""
+    try:
+        return unquote_plus(text, errors="strict"), True
+    except UnicodeDecodeError:
+        return unquote_plus(text, errors="replace"), False
+
+
+_unquoted = Memo(_unquote)
 
 
 class Pixel:
@@ -154,10 +193,10 @@ class Pixel:
         self._proxies = TrustedProxies(settings.trusted_proxies)
         self._identity = Identity(settings.cookie_domain)
 
-    async def answer(self, scope: Scope, params: Iterable[tuple[str, str]]) -> Response:
+    async def answer(self, scope: Scope, params: Params) -> Response:
         s = self._s
         received_ms = time.time_ns() // 1_000_000
-        req = parse_params(params)
+        req = parse_params(params.pairs)
         header_key = scope.headers.get("x-td-write-key")
         key = str(header_key).strip() if header_key else req.key
         database, table, reject = _names(scope.path)
@@ -172,6 +211,8 @@ class Pixel:
         record = pixel_record(req, global_id, ip, ua)
 
         key_hash = s.key_hash(key) if key else b""
+        if not reject and not params.utf8:
+            reject = "invalid_encoding"
         if not reject:
             if key is None:
                 reject = "missing_key"
@@ -183,7 +224,11 @@ class Pixel:
                 self._redirects.check(req.redirect)
             except HTTPError as e:
                 refused_redirect = e
-        await s.append(Envelope(received_ms, DOOR, database, table, key_hash, record, reject))
+        if reject:
+            # Kept like every refusal: capped, within the source's budget.
+            await s.refuse(DOOR, received_ms, database, table, key_hash, record, reject, scope)
+        else:
+            await s.append(Envelope(received_ms, DOOR, database, table, key_hash, record))
         if refused_redirect is not None:
             refused_redirect.headers.extend([NO_STORE, *extra])
             raise refused_redirect

@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qsl
 
-from tdedge.edge.body import record_from_body
 from tdedge.edge.cors import Cors
 from tdedge.edge.http import (
     EMPTY_OBJECT,
@@ -41,7 +40,7 @@ from tdedge.edge.http import (
 )
 from tdedge.edge.identity import Identity
 from tdedge.edge.ingest import Fill, IngestAPI, Mode
-from tdedge.edge.legacy import POSTBACK_PREFIX, postback_names
+from tdedge.edge.legacy import POSTBACK_PREFIX, parse_record, postback_names
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.services import Services
 from tdedge.edge.width import check_width
@@ -161,18 +160,21 @@ class RecordsDoor:
         database, table = postback_names(scope.path)
         received_ms = time.time_ns() // 1_000_000
         key = records_key(scope.headers)
+        body = b""
         try:
             body = await read_body(scope, proto, POSTBACK_MAX_BODY_BYTES)
             refused = key_refusal(scope, key)
             if refused is not None:
-                refused.body = body
                 raise refused
-            record = record_from_body(body, scope.headers.get("content-type"))
+            assert key is not None
+            s.authorize(key, database)
+            record = await parse_record(s, body, scope.headers.get("content-type"))
             check_width(record, s.settings)
         except HTTPError as e:
             # Refused at the door: the client is told why, and operators see the record.
+            e.body = e.body or body
             kept_key = key if key is not None else url_key(scope.query_string)
-            await s.keep_refused(DOOR, received_ms, database, table, kept_key, e)
+            await s.keep_refused(DOOR, received_ms, database, table, kept_key, e, scope)
             raise
         assert key is not None
         await s.accept(DOOR, received_ms, database, table, key, record)

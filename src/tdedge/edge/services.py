@@ -2,13 +2,15 @@
 
 Doors turn requests into Envelopes and call ``append``; this module owns what a
 durable append means at the HTTP level (503 + Retry-After when the journal refuses)
-and how a refused request still leaves a row for operators (``keep_refused``).
+and how a refused request still leaves a row for operators (``keep_refused``, within
+the budget refusals.py describes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,20 +18,20 @@ from tdedge import metrics
 from tdedge.config import Settings
 from tdedge.control.keys import hash_key
 from tdedge.edge.auth import SyncAuth
-from tdedge.edge.http import HTTPError
+from tdedge.edge.http import HTTPError, Scope
 from tdedge.edge.memo import Memo
+from tdedge.edge.offload import Offload
+from tdedge.edge.peers import TrustedProxies
+from tdedge.edge.refusals import RefusalBudget, keep_bytes, kept_body, source_of
 from tdedge.errors import JournalUnavailable
 from tdedge.journal.base import Journal
 from tdedge.journal.envelope import Envelope
 
 log = logging.getLogger("tdedge.edge")
 
-# A refused body is kept for operators, but not all of it.
-REJECT_KEEP_BYTES = 64 * 1024
-
 
 class Counters:
-    """Request counts, handed to prometheus once per event-loop iteration.
+    """Counts of one labelled counter, handed to prometheus once per event-loop iteration.
 
     A multiprocess prometheus ``inc`` (a pid check and an mmap write) was a tenth of a
     pixel request's CPU. Requests count in a dict instead, and the first count of an
@@ -37,24 +39,23 @@ class Counters:
     before it, and a busy iteration's requests share one ``inc`` per label set.
     """
 
-    def __init__(self) -> None:
-        self._children: dict[tuple[str, str, int], Any] = {}
-        self._pending: dict[tuple[str, str, int], int] = {}
+    def __init__(self, metric: Any = metrics.REQUESTS) -> None:
+        self._metric = metric
+        self._children: dict[tuple[object, ...], Any] = {}
+        self._pending: dict[tuple[object, ...], int] = {}
 
-    def inc(self, door: str, route: str, status: int) -> None:
-        key = (door, route, status)
+    def inc(self, *labels: object) -> None:
         pending = self._pending
         if not pending:
             asyncio.get_running_loop().call_soon(self.flush)
-        pending[key] = pending.get(key, 0) + 1
+        pending[labels] = pending.get(labels, 0) + 1
 
     def flush(self) -> None:
         pending, self._pending = self._pending, {}
         for key, n in pending.items():
             child = self._children.get(key)
             if child is None:
-                door, route, status = key
-                child = self._children[key] = metrics.REQUESTS.labels(door, route, str(status))
+                child = self._children[key] = self._metric.labels(*map(str, key))
             child.inc(n)
 
 
@@ -64,8 +65,15 @@ class Services:
         self.journal = journal
         self.auth = auth
         self.counters = Counters()
+        # door, reason, kept: "row", "summary" (counted in a summary row) or "none"
+        self.refusals = Counters(metrics.REFUSALS)
         # Hashing a key was the costliest step of a pixel request after parsing.
         self.key_hash = Memo(hash_key)
+        self.offload = Offload()
+        self._proxies = TrustedProxies(settings.trusted_proxies)
+        self._budget = RefusalBudget(settings, time.monotonic())
+        self._summary: asyncio.TimerHandle | None = None
+        self._writing: set[asyncio.Task[None]] = set()
 
     async def append(self, env: Envelope) -> None:
         """Return once ``env`` is durable, or raise the 503 the client should see."""
@@ -87,42 +95,98 @@ class Services:
             headers=[("retry-after", str(self.settings.retry_after_s))],
         )
 
+    def authorize(self, key: str, database: str) -> None:
+        """With ``--auth sync``, the 403 (with the loader's reason code) for a key that may
+        not write to ``database``; checked before the body is parsed."""
+        if self.auth is None:
+            return
+        reason = self.auth.refusal(self.key_hash(key), database)
+        if reason is not None:
+            raise HTTPError(403, reason, "the API key may not write to this database")
+
     async def accept(
         self, door: str, received_ms: int, database: str, table: str, key: str, record: bytes
     ) -> None:
-        """Append one well-formed record; with ``--auth sync`` refuse a bad key first
-        (403 with the loader's reason code, the record kept for operators)."""
-        key_hash = self.key_hash(key)
-        if self.auth is not None:
-            reason = self.auth.refusal(key_hash, database)
-            if reason is not None:
-                refused = HTTPError(403, reason, "the API key may not write to this database")
-                refused.body = record
-                await self.keep_refused(door, received_ms, database, table, key, refused)
-                raise refused
-        await self.append(Envelope(received_ms, door, database, table, key_hash, record))
+        """Append one well-formed record whose key passed ``authorize``."""
+        await self.append(Envelope(received_ms, door, database, table, self.key_hash(key), record))
+
+    def keep_bytes(self, reason: str) -> int:
+        """How much of a body refused for ``reason`` an import-error row keeps."""
+        return keep_bytes(self.settings, reason)
 
     async def keep_refused(
-        self, door: str, received_ms: int, database: str, table: str, key: str | None, e: HTTPError
+        self,
+        door: str,
+        received_ms: int,
+        database: str,
+        table: str,
+        key: str | None,
+        e: HTTPError,
+        scope: Scope,
     ) -> None:
-        """Journal a refused request with its reason, so it shows in the import errors."""
-        env = Envelope(
-            received_ms,
-            door,
-            database,
-            table,
-            self.key_hash(key) if key else b"",
-            e.body[:REJECT_KEEP_BYTES],
-            reject=e.code,
-        )
+        """Journal a refused request with its reason, so it shows in the import errors
+        (within the budget); the client gets its own error whatever happens here."""
+        key_hash = self.key_hash(key) if key else b""
         try:
-            await self.append(env)
+            await self.refuse(door, received_ms, database, table, key_hash, e.body, e.code, scope)
         except HTTPError:
-            # The journal is full: the client still gets its own error, and the 503
-            # metric already counts the refusal.
+            # The journal is full: the refusal is counted, and so is the 503.
             log.warning("refused record not kept: journal unavailable", extra={"reason": e.code})
 
+    async def refuse(
+        self,
+        door: str,
+        received_ms: int,
+        database: str,
+        table: str,
+        key_hash: bytes,
+        body: bytes,
+        reason: str,
+        scope: Scope,
+    ) -> None:
+        """Journal one refused record, capped, if its source is within its budget;
+        otherwise count it for the next summary. Raises the 503 if the journal refuses."""
+        source = source_of(self._proxies.request_ip(scope))
+        if not self._budget.admit(source, time.monotonic()):
+            self._budget.count(source, door, reason, received_ms)
+            self.refusals.inc(door, reason, "summary")
+            self._summary_due()
+            return
+        record = kept_body(body, self.keep_bytes(reason))
+        try:
+            await self.append(
+                Envelope(received_ms, door, database, table, key_hash, record, reject=reason)
+            )
+        except HTTPError:
+            self.refusals.inc(door, reason, "none")
+            raise
+        self.refusals.inc(door, reason, "row")
+
+    def _summary_due(self) -> None:
+        if self._summary is None:
+            loop = asyncio.get_running_loop()
+            self._summary = loop.call_later(
+                self.settings.refusals_summary_interval_s, self._summarize
+            )
+
+    def _summarize(self) -> None:
+        self._summary = None
+        task = asyncio.get_running_loop().create_task(self._write_summaries())
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _write_summaries(self) -> None:
+        summaries = self._budget.summaries()
+        try:
+            await self.append_many(summaries)
+        except HTTPError:
+            # Counted already (kept="summary"); only the rows are missing.
+            log.warning("refusal summaries not kept: journal unavailable")
+
     def close(self) -> None:
+        if self._summary is not None:
+            self._summary.cancel()
+        self.offload.close()
         self.journal.close()
         if self.auth is not None:
             self.auth.close()

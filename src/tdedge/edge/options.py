@@ -1,0 +1,46 @@
+"""``serve`` options for what refused requests may cost (edge/refusals.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from tdedge.config import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DEFAULTS = Settings()
+
+
+def refusal_options(f: F) -> F:
+    """Add --refusals-per-source and --refusal-summary-interval."""
+    options = [
+        click.option(
+            "--refusals-per-source",
+            type=click.FloatRange(min=0),
+            default=_DEFAULTS.refusals_kept_per_s,
+            show_default=True,
+            help="Refused requests per second each client address may leave as import-error "
+            "rows (per worker, after a burst of "
+            f"{_DEFAULTS.refusals_kept_burst}); the rest are counted and summarised.",
+        ),
+        click.option(
+            "--refusal-summary-interval",
+            type=click.FloatRange(min=0.1),
+            default=_DEFAULTS.refusals_summary_interval_s,
+            show_default=True,
+            help="Seconds between the rows that count, per client address, the refusals not kept.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def refusal_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The Settings fields for the values of ``refusal_options``."""
+    return {
+        "refusals_kept_per_s": values["refusals_per_source"],
+        "refusals_summary_interval_s": values["refusal_summary_interval"],
+    }
