@@ -291,3 +291,12 @@ def test_two_writers_in_different_connections_both_get_through(
     assert len(loader_side.databases()) == 16
     loader_side.close()
     cli_side.close()
+
+
+def test_compaction_expires_import_errors_past_their_retention(lake: Lake) -> None:
+    day = 86_400
+    old, recent = rejection(1, at=int(NOW) - 31 * day), rejection(2, at=int(NOW) - day)
+    lake.commit(Batch([], [old, recent], {"s0": 2}))
+    lake.compact(NOW)
+    kept = lake.query("SELECT journal_seq FROM tdedge_system.import_errors").rows
+    assert [r[0] for r in kept] == [2]

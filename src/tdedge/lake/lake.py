@@ -34,6 +34,7 @@ from tdedge.lake.batch import Batch, ImportKey, TableRows
 from tdedge.lake.catalog import LAKE, LIVE_TABLES
 from tdedge.lake.compaction import Slice
 from tdedge.lake.connection import open_connection
+from tdedge.lake.retention import expire_import_errors
 from tdedge.lake.sql import ident, literal, table_ref
 from tdedge.lake.tables import Columns, create_table, evolve_table
 from tdedge.loader.schema import CONFLICTS
@@ -253,8 +254,9 @@ class Lake:
         """One compaction pass, a slice at a time: each step of the iterator does about
         ``slice_s`` seconds of work (at least one table's) and says what it did.
 
-        Steps: drop superseded position rows, passed load marks and bulk-import ids
-        older than ``bulk_import_retention_s``; flush the inlined rows of the tables
+        Steps: drop superseded position rows, passed load marks, bulk-import ids
+        older than ``bulk_import_retention_s`` and import errors older than
+        ``import_errors_retention_s`` (lake/retention.py); flush the inlined rows of the tables
         that have some into Parquet; merge the small files of the tables that have
         several (lake/compaction.py says which); expire snapshots older than
         ``lake_retention_s``; delete the files those snapshots alone referenced
@@ -302,6 +304,14 @@ class Lake:
             self._retrying(
                 partial(self._execute, system.EXPIRE_IMPORTS, [forget]), "expire bulk import ids"
             )
+        retention = self._settings.import_errors_retention_s
+
+        def expire_errors() -> None:
+            expired = expire_import_errors(self._con, now, retention)
+            if expired:
+                log.info("expired %d import errors past their retention", expired)
+
+        self._retrying(expire_errors, "expire import errors")
 
     def _to_merge(self) -> list[tuple[str, str]]:
         """Tables with small files to merge, but not those whose small files are the same
