@@ -48,5 +48,10 @@ def _multipart(body: bytes, content_type: str) -> dict[str, str]:
         payload = part.get_payload(decode=True)
         raw = payload if isinstance(payload, bytes) else b""
         charset = part.get_content_charset() or "utf-8"
-        fields[name] = raw.decode(charset, "replace")
+        try:
+            fields[name] = raw.decode(charset, "replace")
+        except LookupError:
+            raise ApiError(
+                400, "invalid_form", f"form field {name!r} has an unknown charset {charset!r}"
+            ) from None
     return fields

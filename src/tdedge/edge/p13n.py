@@ -276,17 +276,7 @@ class P13nDoor:
             self._proxies.request_ip(scope), self._nets(token)
         ):
             raise _bad(3005)
-        depth = self._s.settings.max_json_depth
-        try:
-            event = _event_decoder.decode(body)
-        except msgspec.DecodeError:
-            raise _bad(3004, "(the body is not JSON)") from None
-        except RecursionError:
-            raise _bad(3004, f"(the body nests deeper than {depth} levels)") from None
-        if not isinstance(event, dict):
-            raise _bad(3004, "(the body must be one JSON object)")
-        if deeper_than(body, depth):
-            raise _bad(3004, f"(the body nests deeper than {depth} levels)")
+        event = parse_event(body, self._s.settings.max_json_depth)
         too_wide = columns_refusal(event, self._s.settings.max_table_columns)
         if too_wide is not None:
             raise _bad(3004, f"({too_wide})")
@@ -344,6 +334,22 @@ class P13nDoor:
         if info is None or info.revoked:
             raise _bad(3001)
         return info
+
+
+def parse_event(body: bytes, max_depth: int) -> dict[str, Any]:
+    """The event a request carries: one JSON object nested at most ``max_depth`` deep,
+    else 3004."""
+    try:
+        event = _event_decoder.decode(body)
+    except msgspec.DecodeError:
+        raise _bad(3004, "(the body is not JSON)") from None
+    except RecursionError:
+        raise _bad(3004, f"(the body nests deeper than {max_depth} levels)") from None
+    if not isinstance(event, dict):
+        raise _bad(3004, "(the body must be one JSON object)")
+    if deeper_than(body, max_depth):
+        raise _bad(3004, f"(the body nests deeper than {max_depth} levels)")
+    return event
 
 
 def _td1_key(header: str | None) -> str | None:
