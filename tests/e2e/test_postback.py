@@ -170,6 +170,12 @@ def test_invalid_names_are_400_naming_the_rule(server: Server) -> None:
         assert r.status_code == 400, path
         assert r.json()["error"] == "invalid_name"
         assert "letters, digits and _" in r.json()["message"]
+    # Each refusal left its row, with the names as sent.
+    rows = server.wait_errors(
+        lambda rows: sum(row["reason"] == "invalid_name" for row in rows) >= 4
+    )
+    named = {(row["database_name"], row["table_name"]) for row in rows}
+    assert ("test-db", "t") in named and ("db", "t.x") in named
 
 
 def test_bad_bodies_are_400_with_a_reason(server: Server) -> None:

@@ -29,6 +29,13 @@ POSTBACK_PREFIX = "/postback/v3/event/"
 DOOR = "legacy"
 
 
+def raw_names(path: str) -> tuple[str, str]:
+    """``(database, table)`` of a postback path as sent (each cut to 256 characters),
+    for the import-error row of a request refused before its names were checked."""
+    database, _, table = path[len(POSTBACK_PREFIX) :].partition("/")
+    return database[:256], table[:256]
+
+
 def postback_names(path: str) -> tuple[str, str]:
     """``(database, table)`` from a postback path, normalised; 400 naming the rule."""
     database, _, table = path[len(POSTBACK_PREFIX) :].partition("/")
@@ -85,10 +92,10 @@ class LegacyDoor:
         s = self._s
         received_ms = time.time_ns() // 1_000_000
         key = legacy_key(scope.headers, scope.query_string)
+        database, table = raw_names(scope.path)
         try:
             body = await read_body(scope, proto, s.settings.max_body_bytes)
         except HTTPError as e:
-            database, table = postback_names(scope.path)
             await s.keep_refused(DOOR, received_ms, database, table, key, e, scope)
             raise
         pixel = pixel_form(scope, body)
@@ -96,8 +103,8 @@ class LegacyDoor:
             # The POST form of the pixel: same record, same answer as the GET (a bad
             # table name included), so it is told apart before the names are checked.
             return await self._pixel.answer(scope, pixel)
-        database, table = postback_names(scope.path)
         try:
+            database, table = postback_names(scope.path)
             if key is None:
                 raise HTTPError(
                     403,

@@ -40,7 +40,7 @@ from tdedge.edge.http import (
 )
 from tdedge.edge.identity import Identity
 from tdedge.edge.ingest import Fill, IngestAPI, Mode
-from tdedge.edge.legacy import POSTBACK_PREFIX, parse_record, postback_names
+from tdedge.edge.legacy import POSTBACK_PREFIX, parse_record, postback_names, raw_names
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.services import Services
 from tdedge.edge.width import check_width
@@ -157,12 +157,13 @@ class RecordsDoor:
 
     async def _postback(self, scope: Scope, proto: Protocol_) -> Response:
         s = self._s
-        database, table = postback_names(scope.path)
+        database, table = raw_names(scope.path)
         received_ms = time.time_ns() // 1_000_000
         key = records_key(scope.headers)
         body = b""
         try:
             body = await read_body(scope, proto, POSTBACK_MAX_BODY_BYTES)
+            database, table = postback_names(scope.path)
             refused = key_refusal(scope, key)
             if refused is not None:
                 raise refused
