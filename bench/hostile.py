@@ -296,15 +296,18 @@ class Sample:
     lag_s: float = 0.0  # the loader's lag at its highest
 
 
-def sample(server: postback.Tdedge, stop: threading.Event, into: Sample) -> None:
+def sample(server: postback.Tdedge, api: int, stop: threading.Event, into: Sample) -> None:
+    """Sample until ``stop``; /metrics answers on the operators' (api) port only."""
     assert server.child is not None
     while not stop.wait(0.25):
         for pid in _group(server.child.pid):
             role = _role(pid)
             into.rss[role] = max(into.rss.get(role, 0), _rss(pid))
-        with contextlib.suppress(Exception):
-            lag = server.metrics().get("tdedge_loader_lag_seconds", 0.0)
-            into.lag_s = max(into.lag_s, lag)
+        with contextlib.suppress(OSError, ValueError):
+            status, body = postback.http_get(f"http://{HOST}:{api}/metrics", timeout=5)
+            if status == 200:
+                metrics = postback.parse_metrics(body.decode(errors="replace"))
+                into.lag_s = max(into.lag_s, metrics.get("tdedge_loader_lag_seconds", 0.0))
 
 
 def du(path: Path) -> int:
@@ -325,7 +328,7 @@ def run_shape(
     alone = paced_client(t.main, t.write_key, args.rate, args.seconds)
     journal0, lake0 = du(server.data_dir / "journal"), du(server.data_dir / "lake")
     stop, flood, seen = threading.Event(), Flood(), Sample()
-    watcher = threading.Thread(target=sample, args=(server, stop, seen), daemon=True)
+    watcher = threading.Thread(target=sample, args=(server, t.api, stop, seen), daemon=True)
     attacker = threading.Thread(target=SHAPES[name], args=(t, flood, stop), daemon=True)
     watcher.start()
     attacker.start()

@@ -626,3 +626,16 @@ def test_a_batch_is_bounded_by_bytes_as_well_as_records(tmp_path: Path) -> None:
     reader.close()
     w.lake.close()
     w.store.close()
+
+
+def test_records_of_keys_that_may_not_write_are_kept_cut(world: World) -> None:
+    # The edge took them before checking the key: their import errors must not grow
+    # with what anybody sends, while an authorised key's refused record is kept whole.
+    big = {"pad": "x" * 100_000}
+    world.send(big, key="1/" + "0" * 40)  # unknown_key
+    world.send(big, key=world.writer, database="nodb")  # database_not_found
+    assert world.loader().step(LATER).rejected == 2
+    unknown, missing = errors(world)
+    keep = world.settings.refused_key_keep_bytes
+    assert len(unknown["record"]) == keep and "cut to its first" in unknown["detail"]
+    assert json.loads(missing["record"]) == big

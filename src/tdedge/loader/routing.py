@@ -81,6 +81,8 @@ FOREIGN_KEY = "foreign_key"
 INVALID_RECORD = "invalid_record"
 LOAD_FAILED = "load_failed"
 TABLE_LIMIT = "table_limit"
+# Records whose key may not write where they go: anybody could have sent them.
+UNAUTHORIZED = frozenset({UNKNOWN_KEY, REVOKED_KEY, FOREIGN_KEY})
 
 _decode_record = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_records = msgspec.json.Decoder(list[dict[str, Any]]).decode
@@ -158,11 +160,16 @@ class Routed:
     envelopes: Envelopes
     tables: dict[TableKey, TableInput] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
+    # What an import error keeps of a record whose key may not write to its database:
+    # the edge answered 200 before checking it (as Treasure Data does), so anybody can
+    # send such records, and the import errors must not grow with their size.
+    unauthorized_keep_bytes: int | None = None
 
     def rejected(self, rows: Iterable[int], verdict: Reject, now: float) -> list[Rejection]:
         """The import errors of ``rows`` (indexes into ``envelopes.items``)."""
         items, group = self.envelopes.items, self.envelopes.group
-        return [rejection(items[i], group(i), verdict, now) for i in rows]
+        keep = self.unauthorized_keep_bytes if verdict.reason in UNAUTHORIZED else None
+        return [rejection(items[i], group(i), verdict, now, keep) for i in rows]
 
 
 class Router:
@@ -171,7 +178,9 @@ class Router:
         self._directory = directory
 
     def route(self, groups: Sequence[JournalGroup], now: float) -> Routed:
-        routed = Routed(Envelopes.of(groups))
+        routed = Routed(
+            Envelopes.of(groups), unauthorized_keep_bytes=self._settings.refused_key_keep_bytes
+        )
         items = routed.envelopes.items
         accepted: dict[TableKey, list[list[int]]] = {}
         owners: dict[TableKey, int] = {}
@@ -277,18 +286,25 @@ def _alike(envelopes: list[Envelope]) -> Iterable[list[int]]:
     return groups.values()
 
 
-def rejection(env: Envelope, place: JournalGroup, verdict: Reject, now: float) -> Rejection:
+def rejection(
+    env: Envelope, place: JournalGroup, verdict: Reject, now: float, keep: int | None = None
+) -> Rejection:
+    """The import error of ``env``; with ``keep``, its record cut to that many bytes."""
+    record, detail = env.record, verdict.detail
+    if keep is not None and len(record) > keep:
+        detail = f"{detail} (record cut to its first {keep} of {len(record)} bytes)"
+        record = record[:keep]
     return Rejection(
         time=int(now),
         received_ms=env.received_ms,
         reason=verdict.reason,
-        detail=verdict.detail,
+        detail=detail,
         door=env.door,
         database_name=env.database,
         table_name=env.table,
         key_id=key_id(env.key_hash),
         account_id=verdict.account_id,
-        record=env.record.decode("utf-8", "replace"),
+        record=record.decode("utf-8", "replace"),
         journal_shard=place.shard,
         journal_seq=place.seq,
     )
