@@ -151,8 +151,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        # Room for every table: the point is what N tables cost (older versions of
+        # tdedge had no per-account limit, and no such setting).
+        room = {"max_tables_per_account": args.tables + 10}
         settings = Settings(
-            data_dir=str(root / "data"), compaction_interval_s=args.compaction_interval
+            data_dir=str(root / "data"),
+            compaction_interval_s=args.compaction_interval,
+            **(room if "max_tables_per_account" in Settings.__struct_fields__ else {}),
         )
         store = ControlStore.open(settings.control_db)
         store.ensure_account(1)

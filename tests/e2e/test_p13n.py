@@ -214,6 +214,10 @@ def test_token_account_must_be_the_key_account(p13n: P13n) -> None:
         (b'"text"', "a string"),
         (b'{"td_path": "/x"}', "no identity key"),
         (b'{"td_client_id": "", "email": null}', "empty keys"),
+        (
+            msgspec.json.encode({"email": "a@b", **{f"k{i}": i for i in range(2000)}}),
+            "more keys than a table may have columns",
+        ),
     ],
 )
 def test_invalid_event_object(p13n: P13n, content: bytes, why: str) -> None:
