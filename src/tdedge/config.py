@@ -96,6 +96,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     loader_batch_busy_wait_s: float = 1.0
     loader_batch_busy_rate: float = 2_000.0
     loader_poll_s: float = 0.05
+    # Tables one commit writes at most (a batch stops at the journal group that would
+    # pass it; at least one group). A DuckLake commit costs ~20-35 ms per table it
+    # writes here: a batch of one row for each of 1,000 tables took ~30 s, during which
+    # the loader neither loaded anything else nor beat its heartbeat.
+    loader_batch_max_tables: int = 100
     # DuckDB threads of the loader's lake connection. One: a commit's work is mostly
     # serial catalog queries, and more threads only spin and take cores from the edge
     # (a 2,000-row commit used ~50 ms of CPU with 2 threads, ~25 ms with 1, here).

@@ -216,6 +216,10 @@ def test_token_account_must_be_the_key_account(p13n: P13n) -> None:
         (b'{"td_client_id": "", "email": null}', "empty keys"),
         (b'{"email":"a@b","x":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested past the decoder"),
         (b'{"email":"a@b","x":' + b"[" * 100 + b"]" * 100 + b"}", "nested past 100 levels"),
+        (
+            msgspec.json.encode({"email": "a@b", **{f"k{i}": i for i in range(2000)}}),
+            "more keys than a table may have columns",
+        ),
     ],
 )
 def test_invalid_event_object(p13n: P13n, content: bytes, why: str) -> None:

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
@@ -271,7 +271,9 @@ class Lake:
         flush = [(str(s), str(t)) for s, t, inlined, _, _ in found if inlined]
         yield from self._per_table("flush", compaction.flush_call, flush, slice_s)
         merge = self._to_merge()
-        yield from self._per_table("merge", compaction.merge_call, merge, slice_s)
+        failed = yield from self._per_table("merge", compaction.merge_call, merge, slice_s)
+        for table in failed:
+            self._merged.pop(table, None)  # asked again next pass
         cutoff = now - self._settings.lake_retention_s
         lake = literal(LAKE)
         older = "older_than => to_timestamp(?)"  # a tz-aware datetime would need pytz
@@ -331,13 +333,15 @@ class Lake:
         call: Callable[[str, str], str],
         tables: list[tuple[str, str]],
         slice_s: float,
-    ) -> Iterator[Slice]:
-        """``call`` for each table, as many as fit in ``slice_s`` per transaction.
+    ) -> Generator[Slice, None, list[tuple[str, str]]]:
+        """``call`` for each table, as many as fit in ``slice_s`` per transaction; returns
+        the tables it failed for.
 
         A table whose call fails waits for the next pass, and the others of its slice
         are done again; a slice whose COMMIT fails is done again one table at a time.
         A catalog locked by another process is tried again at the next slice.
         """
+        failed: list[tuple[str, str]] = []
         pending: deque[tuple[tuple[str, str], bool]] = deque((t, False) for t in tables)
         while pending:
             started = time.monotonic()
@@ -365,15 +369,18 @@ class Lake:
                     pending.extendleft((t, False) for t in reversed(again))
                 elif trying is not None:
                     log.warning("cannot %s %s.%s, next pass then: %s", what, *trying, e)
+                    failed.append(trying)
                     pending.extendleft((t, False) for t in reversed(done))
                 elif len(done) > 1:
                     log.warning("a compaction commit failed; one table at a time: %s", e)
                     pending.extendleft((t, True) for t in reversed(done))
                 else:
                     log.warning("cannot %s %s.%s, next pass then: %s", what, *done[0], e)
+                    failed.extend(done)
                 yield Slice(what)
                 continue
             yield Slice(what, tuple(done))
+        return failed
 
     # Query side.
     def query(self, sql: str, database: str | None = None) -> QueryResult:

@@ -50,8 +50,8 @@ The loader (loader/runner.py) refuses accepted records too, with these codes:
     the record would take its table past ``max_table_columns`` (loader/limits.py)
 ``load_failed``
     the loader could not shape the table's rows, or the lake refused to commit them
-    while it committed other tables: the records are set aside so that one table
-    cannot stop the loader; ``detail`` holds the error
+    (alone, twice) while it committed the rest of the batch: the records are set aside
+    so that one table cannot stop the loader; ``detail`` holds the error
 """
 
 from __future__ import annotations

@@ -36,11 +36,12 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
+from operator import attrgetter
 
 from tdedge import metrics
 from tdedge.config import Settings
@@ -157,6 +158,7 @@ class Loader:
         )
         if not groups:
             return self._report(StepReport(lag_records=waiting, lag_seconds=lag_s))
+        groups = within_tables(groups, self._settings.loader_batch_max_tables)
         sifted = self._sift(groups, now)
         routed = self._router.route(sifted.groups, now)
         entries = len(routed.envelopes.items) + sifted.dropped
@@ -505,6 +507,43 @@ def _collector_paused() -> Iterator[None]:
 def _last_seqs(groups: Sequence[JournalGroup]) -> dict[str, int]:
     # read() returns each shard oldest first, so the last group of a shard is its newest.
     return {group.shard: group.seq for group in groups}
+
+
+def within_tables(groups: list[JournalGroup], limit: int) -> list[JournalGroup]:
+    """The oldest of ``groups`` whose records go to at most ``limit`` tables (at least
+    one group), in their order.
+
+    Taken oldest first across shards (by each group's first arrival) and always a
+    prefix of each shard's groups: the positions move past every group a batch holds,
+    so a batch must never skip one.
+    """
+    if sum(len(g.envelopes) for g in groups) <= limit:
+        return groups  # cannot name more tables than it has records
+    queues: dict[str, deque[JournalGroup]] = {}
+    for group in groups:
+        queues.setdefault(group.shard, deque()).append(group)
+    tables: set[tuple[str, str]] = set()
+    kept: set[int] = set()
+    while queues:
+        shard = min(queues, key=lambda s: _arrival(queues[s][0]))
+        queue = queues[shard]
+        names = set(map(_table_of, queue[0].envelopes))
+        if kept and len(tables | names) > limit:
+            break
+        tables |= names
+        kept.add(id(queue.popleft()))
+        if not queue:
+            del queues[shard]
+    if len(kept) == len(groups):
+        return groups
+    return [g for g in groups if id(g) in kept]
+
+
+_table_of = attrgetter("database", "table")
+
+
+def _arrival(group: JournalGroup) -> int:
+    return group.envelopes[0].received_ms if group.envelopes else 0
 
 
 def _halves(tables: list[Shaped]) -> list[list[Shaped]]:
