@@ -142,6 +142,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Lake. Commits of at most this many rows per table stay in the catalog instead of
     # writing a tiny Parquet file each; compaction flushes them into files later.
     lake_inlining_row_limit: int = 100
+    # DuckLake writes inlined rows into the catalog as SQL text, where each NUL and
+    # single quote of a string costs more the more there are (lake/inlining.py): one
+    # value of 64 KiB of NULs took 3.5 s to commit, 1 MiB of quotes 97 s. A commit
+    # inlines strings holding at most this many of them in all; tables past it are
+    # written as Parquet files instead, their values unchanged.
+    lake_inlining_max_escapes: int = 1024
     # Compaction expires snapshots older than this and deletes files unreferenced for
     # this long; a query running longer than this may lose a file it is reading.
     lake_retention_s: float = 600.0

@@ -250,3 +250,26 @@ def test_pixel_parameters_that_are_not_utf8_are_refused_not_replaced(server: Ser
     refused = [e for e in errs if e["reason"] == "invalid_encoding"]
     assert {e["door"] for e in refused} == {"pixel"}
     assert all(msgspec.json.decode(e["record"])["a"] == "caf\ufffd" for e in refused)
+
+
+def test_strings_of_nuls_and_quotes_do_not_hold_up_loading(server: Server) -> None:
+    """DuckLake commits NULs and single quotes kept in its catalog at a cost that grows
+    faster than their count: a value of 128 KiB of either held every account's loading
+    for seconds. Such rows load unchanged, and so do the others, promptly."""
+    size = 128 * 1024  # 768 KiB of JSON as NULs: within the 1 MiB body limit
+    nuls = server.postback("test_db", "nuls", {"a": "\u0000" * size}, key=server.write_key)
+    # Refused later (unknown key): its raw record, quotes and all, is an import error.
+    quotes = server.postback("test_db", "quotes", {"a": "'" * size}, key="1/not-a-real-key")
+    assert (nuls.status_code, quotes.status_code) == (200, 200)
+    sent = time.monotonic()
+    ok = server.postback("test_db", "other", {"b": 1}, key=server.write_key)
+    assert ok.status_code == 200
+    server.wait_for("SELECT b FROM test_db.other", lambda rows: rows == [{"b": 1}])
+    assert time.monotonic() - sent < 2 * GENEROUS_S
+    # Exactly as sent: nothing stripped or replaced.
+    same = f"SELECT length(a) AS n, a = repeat(chr(0), {size}) AS same FROM test_db.nuls"
+    assert server.query(same) == [{"n": size, "same": True}]
+    errs = server.wait_errors(lambda e: any(x["table_name"] == "quotes" for x in e))
+    (refused,) = [e for e in errs if e["table_name"] == "quotes"]
+    assert refused["reason"] == "unknown_key"
+    assert msgspec.json.decode(refused["record"]) == {"a": "'" * size}

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pytest
 
@@ -300,3 +301,27 @@ def test_compaction_expires_import_errors_past_their_retention(lake: Lake) -> No
     lake.compact(NOW)
     kept = lake.query("SELECT journal_seq FROM tdedge_system.import_errors").rows
     assert [r[0] for r in kept] == [2]
+
+
+def test_strings_costly_to_inline_are_written_as_parquet_unchanged(tmp_path: Path) -> None:
+    """NULs and single quotes past the commit's budget go to a Parquet file (inlining
+    them costs more than linearly), in the same transaction; other rows stay inlined."""
+    s = settings(tmp_path, lake_inlining_max_escapes=100)
+    nuls = "a\x00b" + "\x00" * 70_000
+    quotes = "it's " * 20_000
+    with Lake.open(s) as lake:
+        lake.commit(
+            Batch(
+                tables=[
+                    rows("small", "db", a=["don't", "x\x00y"]),
+                    rows("nuls", "db", a=[nuls]),
+                ],
+                rejections=[msgspec.structs.replace(rejection(1), record=quotes)],
+                positions={"s0": 1},
+            )
+        )
+        assert parquet_files(s) == 2  # the NULs and the import error, not "small"
+        assert lake.query("SELECT a FROM db.small ORDER BY a").rows == [("don't",), ("x\x00y",)]
+        assert lake.query("SELECT a FROM db.nuls").rows == [(nuls,)]
+        assert lake.import_errors().rows[0][9] == quotes
+        assert lake.positions() == {"s0": 1}

@@ -176,10 +176,10 @@ def test_a_batch_lands_exactly_once(world: World) -> None:
 class CrashingLake(Lake):
     """Fails inside the transaction after the rows went in, before the positions."""
 
-    def _insert(self, ref: str, table: Any) -> None:
+    def _insert(self, ref: str, table: Any, budget: Any) -> None:
         if ref == system.POSITIONS:
             raise LakeError("simulated crash before commit")
-        super()._insert(ref, table)
+        super()._insert(ref, table, budget)
 
 
 def test_a_crash_before_the_commit_rereads_without_duplicates(world: World) -> None:
@@ -225,8 +225,8 @@ def test_a_killed_process_mid_commit_loses_and_duplicates_nothing(world: World) 
         from tests.unit.test_loader import LATER, World, MemoryReader
 
         class DyingLake(Lake):
-            def _insert(self, ref, table):
-                super()._insert(ref, table)
+            def _insert(self, ref, table, budget):
+                super()._insert(ref, table, budget)
                 if ref == system.POSITIONS:
                     os._exit(9)  # rows and positions written, COMMIT never runs
 

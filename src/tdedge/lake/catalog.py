@@ -26,6 +26,7 @@ import duckdb
 
 from tdedge.config import Settings
 from tdedge.errors import LakeError
+from tdedge.lake.inlining import set_row_limit
 from tdedge.lake.sql import literal
 
 # The name the lake is attached under in every tdedge connection.
@@ -68,11 +69,13 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, *, read_only: boo
     options = [f"DATA_PATH {literal(str(data) + '/')}", f"META_BUSY_TIMEOUT {BUSY_TIMEOUT_MS}"]
     if read_only:
         options.append("READ_ONLY")
-    else:
-        options.append(f"DATA_INLINING_ROW_LIMIT {int(settings.lake_inlining_row_limit)}")
     source = literal(f"ducklake:sqlite:{settings.lake_catalog.resolve()}")
     try:
         con.execute(f"ATTACH {source} AS {LAKE} ({', '.join(options)})")
+        if not read_only:
+            # A session setting, not the DATA_INLINING_ROW_LIMIT option, which would take
+            # precedence over it: the lake turns inlining off for some inserts (inlining.py).
+            set_row_limit(con, settings.lake_inlining_row_limit)
     except duckdb.Error as e:
         raise LakeError(f"cannot attach the lake at {settings.lake_catalog}: {e}") from e
 

@@ -34,6 +34,7 @@ from tdedge.lake.batch import Batch, ImportKey, TableRows
 from tdedge.lake.catalog import LAKE, LIVE_TABLES
 from tdedge.lake.compaction import Slice
 from tdedge.lake.connection import open_connection
+from tdedge.lake.inlining import Budget
 from tdedge.lake.retention import expire_import_errors
 from tdedge.lake.sql import ident, literal, table_ref
 from tdedge.lake.tables import Columns, create_table, evolve_table
@@ -187,18 +188,24 @@ class Lake:
     def _commit_once(self, batch: Batch) -> None:
         schemas = set(self._schemas)
         columns = dict(self._columns)
+        budget = Budget(
+            self._con,
+            self._settings.lake_inlining_row_limit,
+            self._settings.lake_inlining_max_escapes,
+        )
         try:
             self._con.execute("BEGIN")
             for rows in batch.tables:
-                self._write(rows, schemas, columns)
+                self._write(rows, schemas, columns, budget)
             if batch.rejections:
-                self._insert(system.IMPORT_ERRORS, system.rejections_table(batch.rejections))
+                rejected = system.rejections_table(batch.rejections)
+                self._insert(system.IMPORT_ERRORS, rejected, budget)
             if batch.imports:
-                self._insert(system.BULK_IMPORTS, system.bulk_imports_table(batch.imports))
+                self._insert(system.BULK_IMPORTS, system.bulk_imports_table(batch.imports), budget)
             if batch.positions:
-                self._insert(system.POSITIONS, system.positions_table(batch.positions))
+                self._insert(system.POSITIONS, system.positions_table(batch.positions), budget)
             if batch.marks:
-                self._insert(system.LOAD_MARKS, system.marks_table(batch.marks))
+                self._insert(system.LOAD_MARKS, system.marks_table(batch.marks), budget)
             self._con.execute("COMMIT")
         except duckdb.Error as e:
             self._abort()
@@ -440,7 +447,11 @@ class Lake:
 
     # Internals.
     def _write(
-        self, rows: TableRows, schemas: set[str], columns: dict[tuple[str, str], Columns]
+        self,
+        rows: TableRows,
+        schemas: set[str],
+        columns: dict[tuple[str, str], Columns],
+        budget: Budget,
     ) -> None:
         if is_reserved(rows.database):
             raise LakeError(f"{SYSTEM_DATABASE} is reserved; rows cannot be written to it")
@@ -456,14 +467,16 @@ class Lake:
             statement, after = create_table(ref, rows.rows.schema)
             statements = [statement]
         else:
-            existing = self._keep_exact_integers(ref, existing, rows.rows.schema)
+            existing = self._keep_exact_integers(ref, existing, rows.rows.schema, budget)
             statements, after = evolve_table(ref, existing, rows.rows.schema)
         for statement in statements:
             self._con.execute(statement)
         columns[key] = after
-        self._insert(ref, rows.rows)
+        self._insert(ref, rows.rows, budget)
 
-    def _keep_exact_integers(self, ref: str, existing: Columns, schema: pa.Schema) -> Columns:
+    def _keep_exact_integers(
+        self, ref: str, existing: Columns, schema: pa.Schema, budget: Budget
+    ) -> Columns:
         """Before BIGINT columns widen to DOUBLE, keep their integers a DOUBLE would
         round in each row's td_type_conflicts, under the column's name (see
         loader/schema.py). Returns the table's columns after."""
@@ -484,16 +497,26 @@ class Lake:
                 self._con.execute(f"ALTER TABLE {ref} ADD COLUMN {conflicts} VARCHAR")
                 columns[CONFLICTS] = "VARCHAR"
             kept = f"json_object({literal(name)}, {column})"
-            self._con.execute(
-                f"UPDATE {ref} SET {conflicts} = CAST(CASE WHEN {conflicts} IS NULL THEN {kept} "
-                f"ELSE json_merge_patch({conflicts}, {kept}) END AS VARCHAR) WHERE {inexact}"
-            )
+            # The rows it rewrites may hold any strings (inlining.py); it is rare.
+            with budget.not_inlined():
+                self._con.execute(
+                    f"UPDATE {ref} SET {conflicts} = CAST(CASE WHEN {conflicts} IS NULL "
+                    f"THEN {kept} ELSE json_merge_patch({conflicts}, {kept}) END AS VARCHAR) "
+                    f"WHERE {inexact}"
+                )
         return columns
 
-    def _insert(self, ref: str, table: pa.Table) -> None:
+    def _insert(self, ref: str, table: pa.Table, budget: Budget) -> None:
+        """Insert ``table``'s rows; as a Parquet file when ``budget`` says they are too
+        costly to inline (inlining.py)."""
         self._con.register(_VIEW, table)
+        statement = f"INSERT INTO {ref} BY NAME SELECT * FROM {_VIEW}"
         try:
-            self._con.execute(f"INSERT INTO {ref} BY NAME SELECT * FROM {_VIEW}")
+            if budget.admits(table):
+                self._con.execute(statement)
+            else:
+                with budget.not_inlined():
+                    self._con.execute(statement)
         finally:
             self._con.unregister(_VIEW)
 
