@@ -242,7 +242,7 @@ def test_columns_refusal_on_text_and_objects() -> None:
     # Colons inside strings and null values need no column.
     assert columns_refusal(b'{"a":"1:2:3:4","b":null}', 2) is None
     refusal = columns_refusal(json.dumps(wide(2_000)).encode(), 1_000)
-    assert refusal is not None and "2001 columns" in refusal
+    assert refusal is not None and "more than 1000 columns" in refusal
 
 
 def test_too_wide_takes_records_in_order() -> None:

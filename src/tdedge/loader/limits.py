@@ -19,7 +19,7 @@ can be columns, folded to lower case, that hold a value (a null makes no column)
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -33,14 +33,18 @@ _decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 def record_columns(record: Mapping[str, Any], added: Collection[str] = ()) -> set[str]:
     """The column names ``record`` alone needs, with ``added`` (the door's own columns)."""
-    names = {TIME, *added}
+    return set(_column_names(record, added))
+
+
+def _column_names(record: Mapping[str, Any], added: Collection[str]) -> Iterator[str]:
+    yield TIME
+    yield from added
     for key, value in record.items():
         if value is None:
             continue
         name = fold(key)
         if usable_name(name):
-            names.add(name)
-    return names
+            yield name
 
 
 def columns_refusal(
@@ -62,10 +66,16 @@ def columns_refusal(
             return None  # not this check's business: the loader sorts it out
     if len(record) <= room:
         return None
-    needed = len(record_columns(record, added))
-    if needed <= limit:
-        return None
-    return f"the record needs {needed} columns; a table holds at most {limit} (max_table_columns)"
+    # Counted only until past the limit: a refusal must not cost more than the record.
+    names: set[str] = set()
+    for name in _column_names(record, added):
+        names.add(name)
+        if len(names) > limit:
+            return (
+                f"the record needs more than {limit} columns; a table holds at most "
+                f"{limit} (max_table_columns)"
+            )
+    return None
 
 
 def too_wide(

@@ -47,6 +47,7 @@ time
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final, Literal
 
 import msgspec
@@ -89,13 +90,18 @@ def fold(key: str) -> str:
     return key.lower()
 
 
+# Control characters cannot be in a column's name (one regex search: a door checks up
+# to thousands of keys per record).
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def usable_name(name: str) -> bool:
     """Whether a folded key can name a column (see the module docstring)."""
     return (
         0 < len(name) <= MAX_NAME_LENGTH
         and name != CONFLICTS
         and not name.startswith(RESERVED_PREFIX)
-        and all(ord(c) >= 0x20 and c != "\x7f" for c in name)
+        and _CONTROL.search(name) is None
     )
 
 
