@@ -29,7 +29,7 @@ The fixed-rate run also reports the CPU per decision of the door's event loop (h
 near one worker is to saturation) and the 100 ms windows holding an answer over 10 ms
 (a few: stalls; many: a loop with no headroom).
 
-wrk shares the 2 cores with the server: read the figures as a floor. Targets (issue 4):
+wrk shares the 2 cores with the server: read the figures as a floor. Targets:
 p99 ≤ 10 ms at 2,000 requests/s; ≥ 8,000 decisions/s. Results also go to
 ``bench/out/p13n-<time>.json``. Every process started is stopped on exit.
 """

@@ -147,7 +147,7 @@ main.add_command(p13n)
     default=None,
     help="PEM private key for --tls-cert.",
 )
-# Records door and pixel (issue 3).
+# Records door and pixel.
 @click.option(
     "--cors-origin",
     "cors_origins",

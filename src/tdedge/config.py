@@ -155,7 +155,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # records, unlike a table's rows, are kept only to be looked into.
     import_errors_retention_s: float = 30 * 86400.0
 
-    # Records door and pixel (issue 3)
+    # Records door and pixel
     # Origins td-js-sdk pages may call the records door from (CORS); None: any origin.
     cors_origins: tuple[str, ...] | None = None
     # Hosts the pixel's td_redirect may send browsers to ("example.com", "*.example.com");
@@ -166,7 +166,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Domain attribute of the global-id cookie; None: the cookie stays on the host.
     cookie_domain: str | None = None
 
-    # REST API and query jobs (issue 5)
+    # REST API and query jobs
     # Jobs run at once, each in its own DuckDB instance with these limits; more wait
     # queued. Keep the timeout under lake_retention_s: files older than that may go.
     job_workers: int = 2
@@ -199,7 +199,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # uploads up in stay bounded. A retry later than this loads again.
     bulk_import_retention_s: float = 30 * 86400.0
 
-    # Personalization (issue 4). "process": one engine process decides for every
+    # Personalization. "process": one engine process decides for every
     # worker (realtime/host.py); "inline": each worker runs the engine itself.
     p13n_engine: EngineMode = "process"
 

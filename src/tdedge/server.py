@@ -177,9 +177,9 @@ def serve(settings: Settings, run_loader: bool = True) -> None:
     ]
     if run_loader:
         children.append(ChildSupervisor("loader", settings, ["loader"]))
-    children.append(ChildSupervisor("jobs", settings, ["jobs"]))  # query job runner (issue 5)
+    children.append(ChildSupervisor("jobs", settings, ["jobs"]))  # the query job runner
     if settings.engine_process:
-        children.append(ChildSupervisor("p13n-engine", settings, ["engine"]))  # issue 4
+        children.append(ChildSupervisor("p13n-engine", settings, ["engine"]))  # the p13n engine
     for child in children:
         child.start()
     try:
@@ -321,7 +321,7 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     os.nice(settings.loader_nice)
     try:
         log.info("loader started", extra={"pid": os.getpid()})
-        # p13n batch segments refresh on their schedule: one thread per data dir (issue 4).
+        # p13n batch segments refresh on their schedule: one thread per data dir.
         start_p13n_refresher(settings, stop)
         directory = Directory(store, ttl_s=settings.key_cache_ttl_s)
         Loader(settings, reader, directory, lake, ledger=ImportLedger(control)).run(stop)
