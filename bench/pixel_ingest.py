@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Pixel and Data Ingestion API benchmarks (issue 3). See bench/README.md.
+"""Pixel and Data Ingestion API benchmarks. See bench/README.md.
 
 ``pixel``: wrk (-t2 -c64, keep-alive) GETs the same pixel URL first from nginx's
 ``empty_gif`` (the ceiling on this machine), then from ``tdedge serve`` on its legacy

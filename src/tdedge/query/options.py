@@ -1,4 +1,4 @@
-"""``serve`` options for query jobs (issue 5), kept beside the runner they tune."""
+"""``serve`` options for query jobs, kept beside the runner they tune."""
 
 from __future__ import annotations
 
