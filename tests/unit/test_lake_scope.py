@@ -7,13 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import msgspec
 import pyarrow as pa
 import pytest
 
 from tdedge.config import Settings
-from tdedge.lake.batch import Batch, Rejection, TableRows
+from tdedge.lake.batch import Batch, TableRows
 from tdedge.lake.lake import Lake
 from tdedge.query.session import Scope, Session
+from tests.unit.test_lake import rejection
 
 SECRET = "s3cr3t-of-account-one"
 
@@ -34,19 +36,8 @@ def lake_settings(tmp_path: Path) -> Iterator[Settings]:
         for seq, n in ((6, pa.array([1, 2**40])), (7, pa.array([2.5])), (8, pa.array([3.0]))):
             widened = pa.table({"time": [seq] * len(n), "n": n})
             lake.commit(Batch([TableRows("two", "wide", widened)], [], {"s": seq}, []))
-        error = Rejection(
-            time=1,
-            received_ms=1000,
-            reason="unknown_key",
-            detail="",
-            door="legacy",
-            database_name="one",
-            table_name="events",
-            key_id="",
-            account_id=1,
-            record=SECRET,
-            journal_shard="s",
-            journal_seq=4,
+        error = msgspec.structs.replace(
+            rejection(4), database_name="one", table_name="events", account_id=1, record=SECRET
         )
         lake.commit(Batch([], [error], {"s": 4}, []))
     finally:

@@ -5,29 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from tdedge.config import Settings
-from tdedge.lake.batch import Batch, Rejection
+from tdedge.lake.batch import Batch
 from tdedge.lake.connection import open_connection
 from tdedge.lake.lake import Lake
 from tdedge.lake.retention import expire_import_errors
+from tests.unit.test_lake import rejection
 
 DAY = 86400
-
-
-def rejection(seq: int, at: int) -> Rejection:
-    return Rejection(
-        time=at,
-        received_ms=at * 1000,
-        reason="unknown_key",
-        detail="d",
-        door="legacy",
-        database_name="db",
-        table_name="t",
-        key_id="0123456789ab",
-        account_id=None,
-        record='{"a":1}',
-        journal_shard="s0",
-        journal_seq=seq,
-    )
 
 
 def test_import_errors_past_their_retention_are_deleted(tmp_path: Path) -> None:
@@ -35,7 +19,7 @@ def test_import_errors_past_their_retention_are_deleted(tmp_path: Path) -> None:
     now = 1_750_000_000
     with Lake.open(settings) as lake:
         ages = [40 * DAY, 31 * DAY, 30 * DAY - 1, DAY, 0]
-        lake.commit(Batch([], [rejection(i, now - age) for i, age in enumerate(ages)], {}, []))
+        lake.commit(Batch([], [rejection(i, at=now - age) for i, age in enumerate(ages)], {}, []))
     con = open_connection(settings, read_only=False)
     try:
         assert expire_import_errors(con, now, 30 * DAY) == 2
