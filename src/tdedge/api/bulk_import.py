@@ -38,7 +38,6 @@ import hashlib
 import secrets
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -49,7 +48,8 @@ from tdedge.api.context import Api, valid_name
 from tdedge.api.msgpack_records import RECORD_TOO_LARGE, Record, records
 from tdedge.api.wire import ApiError, not_found, ok
 from tdedge.control.imports import ImportLedger
-from tdedge.edge.http import HTTPError, Response
+from tdedge.edge import inflation
+from tdedge.edge.http import BodyTooLarge, HTTPError, Response
 from tdedge.errors import JournalUnavailable
 from tdedge.journal.base import Journal
 from tdedge.journal.envelope import Envelope
@@ -58,11 +58,8 @@ from tdedge.names import is_reserved
 DOOR = "import"
 FORMATS = ("msgpack.gz", "msgpack")
 
-# Compressed bytes handed to zlib at once: what it copies back as the unconsumed tail
-# at every step, so a step's cost does not grow with the body.
-IN_STEP = 16 * 1024
-# Inflated bytes produced at once.
-OUT_STEP = 256 * 1024
+# Inflated bytes produced at once, as edge/inflation.py does.
+OUT_STEP = inflation.STEP_BYTES
 # gzip members in one body: a handful when files are concatenated; each costs a
 # decompressor, so thousands of empty ones are refused rather than walked.
 MAX_MEMBERS = 1024
@@ -76,39 +73,15 @@ _json = msgspec.json.Encoder()
 
 
 def inflated(body: bytes, limit: int) -> Iterator[bytes]:
-    """The gzip ``body`` (one member or several) inflated, ``OUT_STEP`` bytes at most at a
-    time; 413 as soon as the total passes ``limit``, 400 when it is not gzip. An empty
-    body holds no records."""
-    view = memoryview(body)
-    if not view:
-        return
-    at = size = members = 0
+    """The gzip ``body`` (one member or several) inflated in bounded steps
+    (edge/inflation.py), refused as TD's API refuses: 413 as soon as the total passes
+    ``limit``, 400 when it is not gzip. An empty body holds no records."""
     try:
-        while True:  # one member per turn
-            members += 1
-            if members > MAX_MEMBERS:
-                raise ApiError(400, "invalid_gzip", f"more than {MAX_MEMBERS} gzip members")
-            inflater = zlib.decompressobj(wbits=31)
-            pending: bytes | memoryview = b""
-            while not inflater.eof:
-                if not pending and at < len(view):
-                    pending = view[at : at + IN_STEP]
-                    at += len(pending)
-                out = inflater.decompress(pending, OUT_STEP)
-                pending = inflater.unconsumed_tail
-                if not out and not pending and at >= len(view) and not inflater.eof:
-                    raise ApiError(400, "invalid_gzip", "the gzip data is truncated")
-                size += len(out)
-                if size > limit:
-                    raise ApiError(413, "body_too_large", f"the records inflate past {limit} bytes")
-                if out:
-                    yield out
-            # What followed this member in its last step starts the next one.
-            at -= len(inflater.unused_data)
-            if at >= len(view):
-                return
-    except zlib.error as e:
-        raise ApiError(400, "invalid_gzip", f"the body is not gzip data: {e}") from None
+        yield from inflation.chunks(body, limit, MAX_MEMBERS)
+    except BodyTooLarge:
+        raise ApiError(413, "body_too_large", f"the records inflate past {limit} bytes") from None
+    except HTTPError as e:
+        raise ApiError(e.status, e.code, e.message) from None
 
 
 def measure(body: bytes, limit: int) -> int:

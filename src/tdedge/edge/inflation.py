@@ -19,6 +19,7 @@ Pure functions: no I/O. Large bodies are inflated off the event loop by the call
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 from tdedge.edge.http import BodyTooLarge, HTTPError
 
@@ -32,12 +33,17 @@ STEP_BYTES = 256 * 1024
 
 
 def gunzip(body: bytes, limit: int, max_members: int) -> bytes:
-    """The inflated body: 413 past ``limit`` bytes, 400 ``invalid_gzip`` for a body that
-    is not gzip, is cut short, or holds more than ``max_members`` members.
+    """The inflated body (see ``chunks``)."""
+    return b"".join(chunks(body, limit, max_members))
+
+
+def chunks(body: bytes, limit: int, max_members: int) -> Iterator[bytes]:
+    """The inflated body, ``STEP_BYTES`` at most at a time: 413 as soon as it passes
+    ``limit`` bytes, 400 ``invalid_gzip`` for a body that is not gzip, is cut short, or
+    holds more than ``max_members`` members. An empty body inflates to nothing.
 
     Zero bytes after the last member are ignored, as gzip(1) does with tape padding.
     """
-    out: list[bytes] = []
     size = 0
     view = memoryview(body)
     end = len(view)
@@ -52,7 +58,8 @@ def gunzip(body: bytes, limit: int, max_members: int) -> bytes:
                 raise HTTPError(
                     400,
                     "invalid_gzip",
-                    f"gzip body has more than {max_members} members; send the events in one member",
+                    f"the gzip body has more than {max_members} members (gzip members cost a "
+                    "decompressor each): send fewer, larger ones",
                 )
             inflater = zlib.decompressobj(GZIP_WBITS)
             feed = FIRST_FEED_BYTES
@@ -67,7 +74,8 @@ def gunzip(body: bytes, limit: int, max_members: int) -> bytes:
                     size += len(chunk)
                     if size > limit:
                         raise BodyTooLarge(limit, b"")
-                    out.append(chunk)
+                    if chunk:
+                        yield chunk
                     tail = inflater.unconsumed_tail
                     if not chunk and len(tail) == len(pending):
                         raise HTTPError(400, "invalid_gzip", "gzip body does not inflate")
@@ -76,7 +84,6 @@ def gunzip(body: bytes, limit: int, max_members: int) -> bytes:
             at -= len(inflater.unused_data)
     except zlib.error as e:
         raise HTTPError(400, "invalid_gzip", f"body is not valid gzip: {e}") from None
-    return b"".join(out)
 
 
 def head(body: bytes, n: int) -> bytes:
