@@ -8,7 +8,8 @@ dir. A well-behaved client sends small Postback records at a fixed rate (``--rat
 open loop: latency counts from when each request was due) and its p99 is measured
 twice per shape, interleaved: alone for ``--seconds``, then while one hostile shape
 floods the server for ``--seconds``. Each flood is bounded in time and count, sent only
-to 127.0.0.1. Meanwhile the bench samples, every 0.25 s, the resident memory of every
+to 127.0.0.1, from another process and another address (127.0.0.2) than the client's.
+Meanwhile the bench samples, every 0.25 s, the resident memory of every
 process of the server (edge workers, loader, job runner, engine) and the loader's lag
 from /metrics, and measures how much the journal and the lake grew on disk.
 
@@ -26,7 +27,9 @@ import contextlib
 import gzip
 import http.client
 import json
+import multiprocessing
 import os
+import queue
 import secrets
 import shutil
 import socket
@@ -51,6 +54,9 @@ TARGET_LOADING_STOP_S = 5.0
 TARGET_EDGE_RSS = 512 * MiB
 TARGET_LOADER_RSS = 1024 * MiB
 GOOD_BODY = b'{"param1":"value1","param2":1234}'
+# The floods come from another loopback address than the good client, as an attacker
+# does: the server tells clients apart by address.
+ATTACKER = "127.0.0.2"
 
 
 @dataclass
@@ -103,7 +109,7 @@ class Flood:
 
     def send(self, port: int, method: str, path: str, body: bytes, headers: dict[str, str]) -> None:
         try:
-            conn = http.client.HTTPConnection(HOST, port, timeout=30)
+            conn = http.client.HTTPConnection(HOST, port, timeout=30, source_address=(ATTACKER, 0))
             conn.request(method, path, body, headers)
             response = conn.getresponse()
             response.read()
@@ -115,14 +121,17 @@ class Flood:
             self.statuses[type(e).__name__] += 1
 
 
-def _repeat(flood: Flood, stop: threading.Event, limit: int, send: Callable[[int], None]) -> None:
+Stop = threading.Event | Any  # a multiprocessing Event in the attacker's process
+
+
+def _repeat(flood: Flood, stop: Stop, limit: int, send: Callable[[int], None]) -> None:
     for i in range(limit):
         if stop.is_set():
             return
         send(i)
 
 
-def wide(t: Target, flood: Flood, stop: threading.Event) -> None:
+def wide(t: Target, flood: Flood, stop: Stop) -> None:
     body = json.dumps({f"k{i}": i for i in range(2_000)}).encode()
     headers = {"Content-Type": "application/json", "X-TD-Write-Key": t.write_key}
     _repeat(
@@ -135,7 +144,7 @@ def wide(t: Target, flood: Flood, stop: threading.Event) -> None:
     )
 
 
-def deep(t: Target, flood: Flood, stop: threading.Event) -> None:
+def deep(t: Target, flood: Flood, stop: Stop) -> None:
     body = b'{"a":' * 5_000 + b"1" + b"}" * 5_000
     headers = {"Content-Type": "application/json", "X-TD-Write-Key": t.write_key}
     _repeat(
@@ -146,7 +155,7 @@ def deep(t: Target, flood: Flood, stop: threading.Event) -> None:
     )
 
 
-def gzip_members(t: Target, flood: Flood, stop: threading.Event) -> None:
+def gzip_members(t: Target, flood: Flood, stop: Stop) -> None:
     member = gzip.compress(b"")
     body = member * (5 * MiB // len(member))
     headers = {
@@ -157,7 +166,7 @@ def gzip_members(t: Target, flood: Flood, stop: threading.Event) -> None:
     _repeat(flood, stop, 50, lambda _: flood.send(t.records, "POST", "/bench_db/gz", body, headers))
 
 
-def made_up_keys(t: Target, flood: Flood, stop: threading.Event) -> None:
+def made_up_keys(t: Target, flood: Flood, stop: Stop) -> None:
     body = json.dumps({"pad": "x" * (256 * 1024)}).encode()
 
     def send(_: int) -> None:
@@ -170,7 +179,7 @@ def made_up_keys(t: Target, flood: Flood, stop: threading.Event) -> None:
     _repeat(flood, stop, 5_000, send)
 
 
-def many_tables(t: Target, flood: Flood, stop: threading.Event) -> None:
+def many_tables(t: Target, flood: Flood, stop: Stop) -> None:
     headers = {"Content-Type": "application/json", "X-TD-Write-Key": t.write_key}
     _repeat(
         flood,
@@ -182,7 +191,7 @@ def many_tables(t: Target, flood: Flood, stop: threading.Event) -> None:
     )
 
 
-def bulk_bomb(t: Target, flood: Flood, stop: threading.Event) -> None:
+def bulk_bomb(t: Target, flood: Flood, stop: Stop) -> None:
     # One 400 MiB record (a msgpack map whose value is one long string), ~400 KB gzipped.
     z = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
     chunk = b"x" * MiB
@@ -201,7 +210,7 @@ def bulk_bomb(t: Target, flood: Flood, stop: threading.Event) -> None:
     )
 
 
-def _hold(sockets: list[socket.socket], stop: threading.Event, trickle: bytes) -> None:
+def _hold(sockets: list[socket.socket], stop: Stop, trickle: bytes) -> None:
     while not stop.wait(1.0):
         for s in list(sockets):
             try:
@@ -212,11 +221,11 @@ def _hold(sockets: list[socket.socket], stop: threading.Event, trickle: bytes) -
         s.close()
 
 
-def slow_headers(t: Target, flood: Flood, stop: threading.Event) -> None:
+def slow_headers(t: Target, flood: Flood, stop: Stop) -> None:
     sockets = []
     for _ in range(600):
         try:
-            s = socket.create_connection((HOST, t.main), timeout=5)
+            s = socket.create_connection((HOST, t.main), timeout=5, source_address=(ATTACKER, 0))
             s.send(b"POST /postback/v3/event/bench_db/slow HTTP/1.1\r\nHost: x\r\n")
             sockets.append(s)
             flood.statuses["opened"] += 1
@@ -225,7 +234,7 @@ def slow_headers(t: Target, flood: Flood, stop: threading.Event) -> None:
     _hold(sockets, stop, b"X-a: b\r\n")
 
 
-def slow_bodies(t: Target, flood: Flood, stop: threading.Event) -> None:
+def slow_bodies(t: Target, flood: Flood, stop: Stop) -> None:
     sockets = []
     head = (
         "POST /postback/v3/event/bench_db/slow HTTP/1.1\r\nHost: x\r\n"
@@ -234,7 +243,7 @@ def slow_bodies(t: Target, flood: Flood, stop: threading.Event) -> None:
     ).encode()
     for _ in range(600):
         try:
-            s = socket.create_connection((HOST, t.main), timeout=5)
+            s = socket.create_connection((HOST, t.main), timeout=5, source_address=(ATTACKER, 0))
             s.send(head)
             sockets.append(s)
             flood.statuses["opened"] += 1
@@ -243,7 +252,7 @@ def slow_bodies(t: Target, flood: Flood, stop: threading.Event) -> None:
     _hold(sockets, stop, b" ")
 
 
-SHAPES: dict[str, Callable[[Target, Flood, threading.Event], None]] = {
+SHAPES: dict[str, Callable[[Target, Flood, Stop], None]] = {
     "wide": wide,
     "deep": deep,
     "gzip_members": gzip_members,
@@ -322,21 +331,36 @@ def du(path: Path) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+def attack(name: str, t: Target, stop: Stop, results: Any) -> None:
+    flood = Flood()
+    SHAPES[name](t, flood, stop)
+    results.put(flood)
+
+
 def run_shape(
     name: str, server: postback.Tdedge, t: Target, args: argparse.Namespace
 ) -> dict[str, Any]:
     alone = paced_client(t.main, t.write_key, args.rate, args.seconds)
     journal0, lake0 = du(server.data_dir / "journal"), du(server.data_dir / "lake")
-    stop, flood, seen = threading.Event(), Flood(), Sample()
+    stop, seen = threading.Event(), Sample()
     watcher = threading.Thread(target=sample, args=(server, t.api, stop, seen), daemon=True)
-    attacker = threading.Thread(target=SHAPES[name], args=(t, flood, stop), daemon=True)
+    # The attacker in a process of its own: in a thread it would share the good client's
+    # GIL, and its CPU time would show as the server's latency.
+    context = multiprocessing.get_context("fork")
+    halt, results = context.Event(), context.Queue()
+    attacker = context.Process(target=attack, args=(name, t, halt, results), daemon=True)
     watcher.start()
     attacker.start()
     time.sleep(0.5)  # the flood first
     under = paced_client(t.main, t.write_key, args.rate, args.seconds)
+    halt.set()
+    try:
+        flood = results.get(timeout=60)
+    except queue.Empty:
+        flood = Flood(Counter({"attacker did not finish": 1}))
+    attacker.join(timeout=10)
+    time.sleep(args.settle)  # let the loader take what was accepted, still sampling
     stop.set()
-    attacker.join(timeout=60)
-    time.sleep(args.settle)  # let the loader take what was accepted
     watcher.join(timeout=5)
     p99_alone = postback.percentile(alone, 99) * 1000
     p99_under = postback.percentile(under, 99) * 1000
@@ -371,6 +395,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=3.0, help="seconds after each flood")
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"of {','.join(SHAPES)}")
     p.add_argument("--keep", action="store_true", help="keep the data dir and logs")
+    p.add_argument(
+        "--serve-args",
+        default="",
+        help="more `tdedge serve` options, e.g. '--refusal-share 0' to compare",
+    )
     return p.parse_args()
 
 
@@ -391,7 +420,7 @@ def main() -> int:
         workers=1,
         loader=True,
         log_level="warning",
-        extra=["--records-port", str(records), "--api-port", str(api)],
+        extra=["--records-port", str(records), "--api-port", str(api), *args.serve_args.split()],
     )
     rows: list[dict[str, Any]] = []
     try:

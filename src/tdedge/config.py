@@ -58,6 +58,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     refusals_kept_burst: int = 100
     refusals_kept_total_per_s: float = 100.0
     refusals_summary_interval_s: float = 60.0
+    # The time one client address's refused requests may take of a worker, as a share,
+    # after a burst (edge/throttle.py). Past it its requests wait their turn before they
+    # are read, and one that would wait past refusal_max_wait_s is answered 429
+    # (source_throttled) unread: one client flooding a door with requests it refuses
+    # cannot keep the worker from everyone else. 0 turns this off.
+    refusal_share: float = 0.1
+    refusal_burst_s: float = 1.0
+    refusal_max_wait_s: float = 5.0
     # How long a sync-auth edge trusts its in-memory key cache before reloading it.
     key_cache_ttl_s: float = 5.0
     # Slow clients. Each open connection holds one of a worker's max_connections slots,

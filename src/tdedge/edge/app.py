@@ -41,6 +41,7 @@ from tdedge.edge.p13n import P13nDoor
 from tdedge.edge.records import RecordsDoor
 from tdedge.edge.restapi import ApiDoor
 from tdedge.edge.services import Services
+from tdedge.edge.throttle import GO
 from tdedge.journal.sqlite import SQLiteJournal
 from tdedge.loader.heartbeat import JobsHeartbeat, jobs_problems, read_beat, read_heartbeat
 from tdedge.realtime.wire import listening
@@ -145,8 +146,23 @@ class EdgeApp:
     async def __rsgi__(self, scope: Scope, proto: Protocol_) -> None:
         door = self.door_for(scope)
         route = "other"
-        assert self._services is not None
+        services = self._services
+        assert services is not None
+        throttle = services.throttle
+        source: str | None = None
+        turn = GO
+        started: float | None = None
         try:
+            if throttle:
+                # Some address is being charged for refused requests: is this one it?
+                source = services.source(scope)
+                found_turn = throttle.turn(source, time.monotonic())
+                if found_turn is None:
+                    raise services.throttled(door.name, source)
+                turn = found_turn
+                if turn.wait:
+                    await asyncio.sleep(turn.wait)
+            started = time.perf_counter()
             found = door.route(scope.path)
             if found is not None:
                 route = found
@@ -167,9 +183,19 @@ class EdgeApp:
                 "client left before its request was read",
                 extra={"door": door.name, "route": route, "client": scope.client},
             )
-            self._services.counters.inc(door.name, route, CLIENT_GONE)
+            services.counters.inc(door.name, route, CLIENT_GONE)
             return
-        self._services.counters.inc(door.name, route, status)
+        if started is not None and (source is not None or 400 <= status < 500):
+            # A refusal is charged to its address (an accepted request's turn given back):
+            # edge/throttle.py. 5xx are the server's own trouble, not the client's.
+            throttle.settle(
+                source if source is not None else services.source(scope),
+                turn,
+                time.perf_counter() - started,
+                400 <= status < 500,
+                time.monotonic(),
+            )
+        services.counters.inc(door.name, route, status)
         proto.response_bytes(status, headers, body)
 
     async def _ops(self, route: str) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,11 +24,17 @@ from tdedge.edge.memo import Memo
 from tdedge.edge.offload import Offload
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.refusals import RefusalBudget, keep_bytes, kept_body, source_of
+from tdedge.edge.throttle import Throttle
 from tdedge.errors import JournalUnavailable
 from tdedge.journal.base import Journal
 from tdedge.journal.envelope import Envelope
 
 log = logging.getLogger("tdedge.edge")
+
+# The reason code of a request not read because its address was refused too much.
+THROTTLED = "source_throttled"
+# Addresses whose throttling was logged recently, at most (then forgotten together).
+MAX_LOGGED = 1_000
 
 
 class Counters:
@@ -72,6 +79,10 @@ class Services:
         self.offload = Offload()
         self._proxies = TrustedProxies(settings.trusted_proxies)
         self._budget = RefusalBudget(settings, time.monotonic())
+        self.throttle = Throttle(
+            settings.refusal_share, settings.refusal_burst_s, settings.refusal_max_wait_s
+        )
+        self._throttled_logged: dict[str, float] = {}
         self._summary: asyncio.TimerHandle | None = None
         self._writing: set[asyncio.Task[None]] = set()
 
@@ -132,6 +143,36 @@ class Services:
         except HTTPError:
             # The journal is full: the refusal is counted, and so is the 503.
             log.warning("refused record not kept: journal unavailable", extra={"reason": e.code})
+
+    def source(self, scope: Scope) -> str:
+        """The client address a request is charged to (refusal rows and the throttle)."""
+        return source_of(self._proxies.request_ip(scope))
+
+    def throttled(self, door: str, source: str) -> HTTPError:
+        """The 429 for a request from an address whose refusals took more than its share:
+        counted, summarised like refusals not kept, and logged once per summary interval."""
+        now = time.monotonic()
+        self._budget.count(source, door, THROTTLED, time.time_ns() // 1_000_000)
+        self.refusals.inc(door, THROTTLED, "summary")
+        self._summary_due()
+        if now - self._throttled_logged.get(source, -math.inf) > (
+            self.settings.refusals_summary_interval_s
+        ):
+            if len(self._throttled_logged) >= MAX_LOGGED:
+                self._throttled_logged.clear()
+            self._throttled_logged[source] = now
+            log.warning(
+                "client address throttled: its refused requests take more than its share "
+                "of this worker (if it is a proxy, list it with --trusted-proxy)",
+                extra={"client": source, "door": door},
+            )
+        retry = self.throttle.retry_after(source, now)
+        return HTTPError(
+            429,
+            THROTTLED,
+            "too many refused requests from this address; retry later",
+            headers=[("retry-after", str(retry))],
+        )
 
     async def refuse(
         self,
