@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 
 from tests.e2e.conftest import Server, wait_readyz
 
@@ -249,6 +250,47 @@ def test_sync_auth_answers_403_at_once(make_server: Any) -> None:
     )
     errs = srv.wait_errors(lambda e: len(e) >= 1)
     assert [e["reason"] for e in errs] == ["unknown_key"]
+
+
+def test_sync_auth_refuses_a_write_key_on_a_missing_database_on_every_door(
+    make_server: Any,
+) -> None:
+    """One answer (control/access.py): the edge checks what it can, on every door."""
+    srv: Server = make_server(["--auth", "sync"])
+    key = srv.write_key
+    body = msgspec.json.encode({"a": 1})
+    records_host = {"Host": "us01.records.in.tdedge.test"}
+    answers = {
+        "legacy": srv.postback("nosuch_db", "t", {"a": 1}, key=key),
+        "records postback": httpx.post(
+            f"{srv.url}/postback/v3/event/nosuch_db/t",
+            content=body,
+            headers={**records_host, "Content-Type": "application/json", "X-TD-Write-Key": key},
+        ),
+        "ingest": httpx.post(
+            f"{srv.url}/nosuch_db/t",
+            content=msgspec.json.encode({"events": [{"a": 1}]}),
+            headers={
+                **records_host,
+                "Content-Type": "application/vnd.treasuredata.v1+json",
+                "Authorization": f"TD1 {key}",
+            },
+        ),
+    }
+    for door, r in answers.items():
+        assert (r.status_code, r.json()["error"]) == (403, "database_not_found"), door
+    # The pixel answers its GIF whatever happens; the refusal is an import error at once.
+    r = httpx.get(
+        f"{srv.url}/postback/v3/event/nosuch_db/px",
+        params={"td_format": "pixel", "td_write_key": key, "a": "1"},
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
+    errs = srv.wait_errors(lambda e: len(e) >= 4)
+    assert {e["reason"] for e in errs} == {"database_not_found"}
+    assert {e["door"] for e in errs} >= {"legacy", "records", "pixel"}
+    # A master key creates the database by writing to it, as td-js-sdk documents.
+    assert srv.postback("nosuch_db", "t", {"a": 2}, key=srv.master_key).status_code == 200
+    srv.wait_for("SELECT a FROM nosuch_db.t", lambda rows: rows == [{"a": 2}])
 
 
 def test_health_ready_and_metrics(server: Server) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tdedge.edge.throttle import GO, MIN_CHARGE_S, Throttle, Turn
+from tdedge.edge.throttle import GO, MAX_CHARGE_S, MIN_CHARGE_S, Throttle, Turn
 
 
 def refuse(throttle: Throttle, source: str, cost: float, now: float) -> Turn | None:
@@ -47,9 +47,9 @@ def test_past_its_share_an_address_waits_its_turn_and_then_gets_429() -> None:
     second = throttle.turn("a", 0.0)
     assert second is not None and second.wait == pytest.approx(0.2)
     # Far behind: refused at once, with the seconds until a request would go.
-    refuse(throttle, "a", 0.5, 0.0)
+    refuse(throttle, "a", 0.1, 0.0)
     assert throttle.turn("a", 0.0) is None
-    assert throttle.retry_after("a", 0.0) >= 5
+    assert throttle.retry_after("a", 0.0) >= 1
     # Other addresses are not held up.
     assert throttle.turn("b", 0.0) == GO
 
@@ -99,3 +99,10 @@ def test_a_flood_of_refusals_is_held_to_its_share() -> None:
         now += 0.002
         spent += 0.002
     assert spent == pytest.approx(0.1 * 10 + 0.5, rel=0.1)
+
+
+def test_a_long_refusal_is_charged_at_most_a_cap() -> None:
+    throttle = Throttle(share=0.1, burst_s=0.0, max_wait_s=100.0)
+    refuse(throttle, "a", 60.0, 0.0)  # a slow client's upload, refused at its end
+    turn = throttle.turn("a", 0.0)
+    assert turn is not None and turn.wait == pytest.approx(MAX_CHARGE_S / 0.1)

@@ -46,14 +46,14 @@ import msgspec
 from tdedge.api.callers import Caller
 from tdedge.api.context import Api, valid_name
 from tdedge.api.msgpack_records import RECORD_TOO_LARGE, Record, records
-from tdedge.api.wire import ApiError, not_found, ok
+from tdedge.api.wire import ApiError, ok
+from tdedge.control import access
 from tdedge.control.imports import ImportLedger
 from tdedge.edge import inflation
 from tdedge.edge.http import BodyTooLarge, HTTPError, Response
 from tdedge.errors import JournalUnavailable
 from tdedge.journal.base import Journal
 from tdedge.journal.envelope import Envelope
-from tdedge.names import is_reserved
 
 DOOR = "import"
 FORMATS = ("msgpack.gz", "msgpack")
@@ -254,12 +254,4 @@ def _md5(body: bytes) -> str:
 
 def _database(api: Api, caller: Caller, name: str) -> str:
     """The target database; a master key creates a missing one, as writing does elsewhere."""
-    database = valid_name(name, "database")
-    if is_reserved(database):
-        raise ApiError(400, "reserved_database", f"database {database} is tdedge's own")
-    owner = api.auth.owner(database)
-    if owner is None and caller.master and api.settings.auto_create_database_for_master:
-        owner = api.auth.created(database, caller.account_id)
-    if owner is None or owner != caller.account_id:
-        raise not_found(f"database '{database}'")
-    return database
+    return api.owned_database(caller, name, access.Action.WRITE)

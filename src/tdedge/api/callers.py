@@ -13,8 +13,9 @@ import time
 import msgspec
 
 from tdedge.api.wire import ApiError
+from tdedge.control import access
 from tdedge.control.directory import Directory
-from tdedge.control.keys import hash_key
+from tdedge.control.keys import KeyInfo, KeyType, hash_key
 from tdedge.control.store import ControlStore
 from tdedge.edge.http import Headers
 
@@ -23,11 +24,16 @@ class Caller(msgspec.Struct, frozen=True):
     key_hash: bytes
     key_id: str
     account_id: int
-    type: str  # "write" | "master"
+    type: KeyType
 
     @property
     def master(self) -> bool:
         return self.type == "master"
+
+    @property
+    def key(self) -> KeyInfo:
+        """The key as the access rule reads it (a caller's key is never revoked)."""
+        return KeyInfo(self.key_id, self.account_id, self.type, revoked=False, created_at=0)
 
 
 def td1_key(headers: Headers) -> str | None:
@@ -68,9 +74,7 @@ class Authenticator:
 
 
 def require_master(caller: Caller) -> None:
+    """The 403 of the access rule (control/access.py) for a write key on a route that
+    reads or manages, before the route's database is known."""
     if not caller.master:
-        raise ApiError(
-            403,
-            "forbidden",
-            "this API key may only import records; reading and managing need a master key",
-        )
+        raise ApiError(403, "forbidden", access.MASTER_KEY_MESSAGE)

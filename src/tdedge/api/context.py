@@ -12,6 +12,7 @@ from tdedge.api.callers import Authenticator, Caller
 from tdedge.api.catalog import LakeCatalog
 from tdedge.api.wire import ApiError, not_found
 from tdedge.config import Settings
+from tdedge.control import access
 from tdedge.control.jobs import JobStore
 from tdedge.control.store import ControlStore, databases
 from tdedge.edge.http import Headers
@@ -40,19 +41,31 @@ class Api:
     auth: Authenticator
     services: Services
 
-    def owned_database(self, caller: Caller, name: str) -> str:
-        """``name`` normalised, when it is a database of the caller's account; else 404.
+    def owned_database(
+        self, caller: Caller, name: str, action: access.Action = access.Action.READ
+    ) -> str:
+        """``name`` normalised, once the access rule (control/access.py) lets the caller
+        do ``action`` to it; else the REST API's answer to the refusal.
 
         Another account's database is reported as missing, not forbidden: its name is
-        not the caller's to learn.
+        not the caller's to learn. A write that creates its database creates it here.
         """
         database = valid_name(name, "database")
-        # The cache may miss a database created a moment ago by another worker.
-        if (
-            self.auth.owner(database) != caller.account_id
-            and self.control.database_owner(database) != caller.account_id
-        ):
-            raise not_found(f"database '{database}'")
+        owner = self.auth.owner(database)
+        if owner != caller.account_id:
+            # The cache may miss a database created a moment ago by another worker.
+            owner = self.control.database_owner(database)
+        decision = access.decide(
+            caller.key,
+            action,
+            database,
+            owner,
+            auto_create=self.settings.auto_create_database_for_master,
+        )
+        if isinstance(decision, access.Refused):
+            raise refusal(decision, database)
+        if decision.creates:
+            self.auth.created(database, caller.account_id)
         return database
 
     def account_databases(self, caller: Caller) -> list[tuple[str, int]]:
@@ -68,6 +81,18 @@ class Api:
     def forget_database(self, name: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(databases).where(databases.c.name == name))
+
+
+def refusal(refused: access.Refused, database: str) -> ApiError:
+    """How the REST API says an access refusal (TD's conventions; the key itself was
+    checked already, with 401)."""
+    if refused.reason == access.MASTER_KEY_NEEDED:
+        return ApiError(403, "forbidden", refused.message)
+    if refused.reason == access.RESERVED_DATABASE:
+        return ApiError(400, "reserved_database", refused.message)
+    if refused.reason in access.KEY_REFUSALS:
+        return ApiError(401, "unauthorized", "the API key is not valid")
+    return not_found(f"database '{database}'")
 
 
 def valid_name(name: str, what: str) -> str:

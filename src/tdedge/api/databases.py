@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from tdedge.api.context import Api, Request, valid_name
+from tdedge.api.context import Api, Request, refusal, valid_name
 from tdedge.api.wire import ApiError, ok, td_date
+from tdedge.control import access
 from tdedge.edge.http import Response
 from tdedge.errors import AlreadyExists, InvalidName, LimitReached
-from tdedge.names import is_reserved
 
 
 def list_databases(api: Api, req: Request) -> Response:
@@ -30,8 +30,21 @@ def list_databases(api: Api, req: Request) -> Response:
 
 def create_database(api: Api, req: Request) -> Response:
     name = valid_name(req.args[0], "database")
-    if is_reserved(name):
+    owner = api.control.database_owner(name)
+    decision = access.decide(
+        req.caller.key,
+        access.Action.CREATE,
+        name,
+        owner,
+        auto_create=api.settings.auto_create_database_for_master,
+    )
+    if isinstance(decision, access.Refused) and decision.reason == access.RESERVED_DATABASE:
         raise ApiError(400, "invalid_name", f"database name {name!r} is reserved")
+    if owner is not None:
+        # Names are one namespace for all accounts: taken is taken, whoever took it.
+        raise ApiError(409, "already_exists", f"database '{name}' already exists")
+    if isinstance(decision, access.Refused):
+        raise refusal(decision, name)
     try:
         api.control.create_database(name, req.caller.account_id)
     except AlreadyExists:
@@ -44,7 +57,7 @@ def create_database(api: Api, req: Request) -> Response:
 
 
 def delete_database(api: Api, req: Request) -> Response:
-    name = api.owned_database(req.caller, req.args[0])
+    name = api.owned_database(req.caller, req.args[0], access.Action.MANAGE)
     api.catalog.drop_database(name)
     api.forget_database(name)
     return ok({"database": name})

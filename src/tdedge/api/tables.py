@@ -9,6 +9,7 @@ import msgspec
 from tdedge.api.catalog import TableInfo
 from tdedge.api.context import Api, Request, valid_name
 from tdedge.api.wire import ApiError, iso_date, not_found, ok, td_date
+from tdedge.control import access
 from tdedge.edge.http import Response
 from tdedge.errors import LakeError
 from tdedge.loader.routing import TABLE_LIMIT
@@ -50,7 +51,7 @@ def show_table(api: Api, req: Request) -> Response:
 
 
 def create_table(api: Api, req: Request) -> Response:
-    database = api.owned_database(req.caller, req.args[0])
+    database = api.owned_database(req.caller, req.args[0], access.Action.MANAGE)
     name = valid_name(req.args[1], "table")
     kind = req.args[2]
     if kind != "log":
@@ -77,7 +78,7 @@ def create_table(api: Api, req: Request) -> Response:
 
 
 def delete_table(api: Api, req: Request) -> Response:
-    database = api.owned_database(req.caller, req.args[0])
+    database = api.owned_database(req.caller, req.args[0], access.Action.MANAGE)
     name = valid_name(req.args[1], "table")
     if api.catalog.table(database, name) is None:
         raise not_found(f"table '{database}.{name}'")

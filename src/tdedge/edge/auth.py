@@ -12,9 +12,11 @@ import time
 from urllib.parse import parse_qsl
 
 from tdedge.config import Settings
+from tdedge.control import access
 from tdedge.control.directory import Directory
 from tdedge.control.store import ControlStore
 from tdedge.edge.http import Headers
+from tdedge.names import normalize
 
 
 def legacy_key(headers: Headers, query_string: str) -> str | None:
@@ -35,19 +37,20 @@ class SyncAuth:
     def __init__(self, settings: Settings) -> None:
         self._store = ControlStore.open(settings.control_db)
         self._directory = Directory(self._store, ttl_s=settings.key_cache_ttl_s)
+        self._auto_create = settings.auto_create_database_for_master
 
     def refusal(self, key_hash: bytes, database: str) -> str | None:
-        """None when the key may write; otherwise the reason code the loader would give."""
+        """None when the key may write; otherwise the reason code the loader would give
+        (control/access.py). A write that creates its database is left to the loader,
+        which also checks the account's database limit."""
         now = time.monotonic()
         info = self._directory.key(key_hash, now)
-        if info is None:
-            return "unknown_key"
-        if info.revoked:
-            return "revoked_key"
-        owner = self._directory.database_owner(database, now)
-        if owner is not None and owner != info.account_id:
-            return "foreign_key"
-        return None
+        name = normalize(database)
+        owner = None if info is None else self._directory.database_owner(name, now)
+        decision = access.decide(
+            info, access.Action.WRITE, name, owner, auto_create=self._auto_create
+        )
+        return decision.reason if isinstance(decision, access.Refused) else None
 
     def close(self) -> None:
         self._store.close()

@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
+from tdedge.control import access
 from tdedge.control.directory import Directory
 from tdedge.control.store import ControlStore
 from tdedge.edge.body import media_type
@@ -311,15 +312,18 @@ class P13nDoor:
         except sa.exc.SQLAlchemyError as e:
             down = KeyStoreDown(str(e))
             raise DoorError(500, down.code, "API key directory unavailable; retry later") from None
-        if info is None or info.revoked:
-            raise DoorError(401, 401, "invalid API key")
-        settings = self._s.settings
-        if owner is None:
-            if info.type != "master" or not settings.auto_create_database_for_master:
-                raise DoorError(403, 403, f"database {database} does not exist")
-        elif owner != info.account_id:
-            raise DoorError(403, 403, f"the API key may not write to database {database}")
-        return info.account_id
+        decision = access.decide(
+            info,
+            access.Action.WRITE,
+            database,
+            owner,
+            auto_create=self._s.settings.auto_create_database_for_master,
+        )
+        if isinstance(decision, access.Refused):
+            if decision.reason in access.KEY_REFUSALS:
+                raise DoorError(401, 401, "invalid API key")
+            raise DoorError(403, 403, decision.message)
+        return decision.account_id
 
     def _token(self, raw: str | None, now: float) -> TokenInfo:
         if not raw:

@@ -4,11 +4,12 @@ A refused request still costs the worker: reading its body, inflating it, parsin
 checking it. One client sending nothing but refused requests back to back (records too
 wide, made-up keys, gzip or bulk-import bombs) kept a worker's event loop busy, and
 every other client's requests waited behind its. So each refused request (a 4xx) is
-charged to its client address: the time it took, at least ``MIN_CHARGE_S``. An address
-may spend ``share`` of a worker's time that way, after a burst of ``burst_s``. Past
-that, each of its requests waits its turn before the worker reads it, the turns spaced
-by what its refused requests have been costing, and a request whose turn is more than
-``max_wait_s`` away is answered 429 at once, with Retry-After, unread.
+charged to its client address: the time it took, at least ``MIN_CHARGE_S`` and at most
+``MAX_CHARGE_S``. An address may spend ``share`` of a worker's time that way, after a
+burst of ``burst_s``. Past that, each of its requests waits its turn before the worker
+reads it, the turns spaced by what its refused requests have been costing, and a
+request whose turn is more than ``max_wait_s`` away is answered 429 at once, with
+Retry-After, unread.
 
 Accepted requests are never charged, and an address that was never refused is not
 tracked: a client that is not refused never waits here. An address is forgotten once
@@ -38,6 +39,11 @@ from dataclasses import dataclass
 # A refusal that took less still counts as this much: cheap refusals in bulk cost the
 # worker's accept and parse steps, which a request's own timing does not see.
 MIN_CHARGE_S = 0.001
+# A refusal that took longer is charged this much: its time was mostly spent waiting
+# (for a slow client's body, for the disk), not computing, and the doors' own limits
+# (inflated bytes, gzip members, depth, width) bound what one request may compute.
+# A client that sends a few large mistakes is not held up; a flood still is.
+MAX_CHARGE_S = 0.1
 # How fast an address's typical cost follows its latest refused requests.
 ESTIMATE_WEIGHT = 0.5
 MAX_SOURCES = 10_000
@@ -102,7 +108,7 @@ class Throttle:
             if debt is not None and turn.reserved:
                 debt.paid_at -= turn.reserved / self._share
             return
-        charge = max(cost, MIN_CHARGE_S)
+        charge = min(max(cost, MIN_CHARGE_S), MAX_CHARGE_S)
         if debt is None:
             if len(self._debts) >= MAX_SOURCES:
                 self._debts.popitem(last=False)

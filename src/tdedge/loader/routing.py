@@ -39,8 +39,11 @@ it becomes a row of ``tdedge_system.import_errors`` with one of these reason cod
 any other code
     the edge rejected the record already (``Envelope.reject``), kept verbatim
 
-Checks run in that order, after the edge's own verdict. The verdict for one
-(key, database, table) is computed once per batch; rows keep journal order.
+After the edge's own verdict: ``invalid_name`` for a key that is valid, then the
+access rule every surface shares (control/access.py) for the key codes, the
+database codes and ``foreign_key``, then ``database_limit`` when a write would create
+the database. The verdict for one (key, database, table) is computed once per batch;
+rows keep journal order.
 
 The loader (loader/runner.py) refuses accepted records too, with these codes:
 
@@ -65,19 +68,20 @@ from typing import Any
 import msgspec
 
 from tdedge.config import Settings
+from tdedge.control import access
 from tdedge.control.directory import Directory
-from tdedge.control.keys import KeyInfo, key_id
+from tdedge.control.keys import key_id
 from tdedge.errors import LimitReached
 from tdedge.journal.envelope import Envelope, JournalGroup
 from tdedge.lake.batch import Rejection
-from tdedge.names import SYSTEM_DATABASE, is_reserved, is_valid_name, normalize
+from tdedge.names import is_valid_name, normalize
 
-UNKNOWN_KEY = "unknown_key"
-REVOKED_KEY = "revoked_key"
+UNKNOWN_KEY = access.UNKNOWN_KEY
+REVOKED_KEY = access.REVOKED_KEY
 INVALID_NAME = "invalid_name"
-RESERVED_DATABASE = "reserved_database"
-DATABASE_NOT_FOUND = "database_not_found"
-FOREIGN_KEY = "foreign_key"
+RESERVED_DATABASE = access.RESERVED_DATABASE
+DATABASE_NOT_FOUND = access.DATABASE_NOT_FOUND
+FOREIGN_KEY = access.FOREIGN_KEY
 INVALID_RECORD = "invalid_record"
 LOAD_FAILED = "load_failed"
 TABLE_LIMIT = "table_limit"
@@ -238,35 +242,29 @@ class Router:
         account = None if key is None else key.account_id
         if env.reject:
             return Reject(env.reject, "rejected at the edge", account)
-        if key is None:
-            return Reject(UNKNOWN_KEY, "no such API key", None)
-        if key.revoked:
-            return Reject(REVOKED_KEY, f"key {key.key_id} is revoked", account)
-        if not (is_valid_name(env.database) and is_valid_name(env.table)):
+        if (
+            key is not None
+            and not key.revoked
+            and not (is_valid_name(env.database) and is_valid_name(env.table))
+        ):
             return Reject(INVALID_NAME, "database and table names allow only [A-Za-z0-9_]", account)
         database, table = normalize(env.database), normalize(env.table)
-        if is_reserved(database):
-            return Reject(RESERVED_DATABASE, f"{SYSTEM_DATABASE} is reserved", account)
-        try:
-            owner = self._owner(database, key, now)
-        except LimitReached as e:
-            return Reject(e.code, str(e), account)
-        if owner is None:
-            return Reject(DATABASE_NOT_FOUND, f"database {database} does not exist", account)
-        if owner != key.account_id:
-            detail = f"database {database} belongs to another account than key {key.key_id}"
-            return Reject(FOREIGN_KEY, detail, account)
-        return Accept(database, table, key.account_id)
-
-    def _owner(self, database: str, key: KeyInfo, now: float) -> int | None:
-        owner = self._directory.database_owner(database, now)
-        if (
-            owner is None
-            and key.type == "master"
-            and self._settings.auto_create_database_for_master
-        ):
-            owner = self._directory.create_database(database, key.account_id)
-        return owner
+        owner = None if key is None else self._directory.database_owner(database, now)
+        decision = access.decide(
+            key,
+            access.Action.WRITE,
+            database,
+            owner,
+            auto_create=self._settings.auto_create_database_for_master,
+        )
+        if isinstance(decision, access.Refused):
+            return Reject(decision.reason, decision.message, decision.account_id)
+        if decision.creates:
+            try:
+                self._directory.create_database(database, decision.account_id)
+            except LimitReached as e:
+                return Reject(e.code, str(e), account)
+        return Accept(database, table, decision.account_id)
 
 
 def _alike(envelopes: list[Envelope]) -> Iterable[list[int]]:
