@@ -250,7 +250,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def engine_process(self) -> bool:
         """Whether the p13n engine runs in a process of its own: the default, as on two
         cores it answered ~40 % more decisions/s than inline engines at the same p99
-        at 2,000/s (README, bench/p13n)."""
+        at 2,000/s (docs/performance.md, bench/p13n)."""
         return self.p13n_engine == "process"
 
     @property

@@ -1,5 +1,5 @@
-"""The README's first command in an environment of its own: ``pip install -e .``
-without the dev extras, then ``tdedge serve``.
+"""The install command of the README and docs/getting-started.md in an environment of
+its own: ``pip install -e .`` without the dev extras, then ``tdedge serve``.
 
 Every other test runs in the dev environment, whose extras (td-client, pytd and what
 they pull in) can hide a runtime dependency the project forgot to declare. numpy was

@@ -12,7 +12,7 @@ process is for:
   (``realtime/cache.py``). One engine is the store's one writer: its cache stays
   valid, and its lock is only contended by the loader's checkpoint.
 - The worker's event loop is left the HTTP. Measured on two cores (interleaved rounds,
-  README): ~40 % more decisions/s than inline engines, at the same p99 at 2,000/s; the
+  docs/performance.md): ~40 % more decisions/s than inline engines, at the same p99 at 2,000/s; the
   hop costs ~0.4 ms of p50.
 
 Requests of every connection that arrive in one event-loop iteration are decided as
