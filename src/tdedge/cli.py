@@ -153,8 +153,8 @@ main.add_command(p13n)
     "cors_origins",
     multiple=True,
     metavar="ORIGIN",
-    help="Origin (https://shop.example.com) whose pages may call the records door; "
-    "repeatable. Default: any origin.",
+    help="Origin (https://shop.example.com) whose pages may call tdedge from a browser "
+    "(records door, p13n /public/, CDP lookups); repeatable. Default: any origin.",
 )
 @click.option(
     "--redirect-host",

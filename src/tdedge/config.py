@@ -156,7 +156,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     import_errors_retention_s: float = 30 * 86400.0
 
     # Records door and pixel
-    # Origins td-js-sdk pages may call the records door from (CORS); None: any origin.
+    # Origins td-js-sdk pages may call tdedge from (CORS: the records door, the server
+    # cookie, p13n /public/ routes, CDP lookups); None: any origin.
     cors_origins: tuple[str, ...] | None = None
     # Hosts the pixel's td_redirect may send browsers to ("example.com", "*.example.com");
     # none: every redirect is refused, so tdedge is never an open redirector.
