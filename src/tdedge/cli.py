@@ -130,6 +130,12 @@ main.add_command(p13n)
     help="Also serve the personalization door alone on this port.",
 )
 @click.option(
+    "--cdp-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Also serve the CDP door (profile lookups, fetchUserSegments) alone on this port.",
+)
+@click.option(
     "--api-port",
     type=click.IntRange(1, 65535),
     default=None,
@@ -153,8 +159,8 @@ main.add_command(p13n)
     "cors_origins",
     multiple=True,
     metavar="ORIGIN",
-    help="Origin (https://shop.example.com) whose pages may call the records door; "
-    "repeatable. Default: any origin.",
+    help="Origin (https://shop.example.com) whose pages may call tdedge from a browser "
+    "(records door, p13n /public/, CDP lookups); repeatable. Default: any origin.",
 )
 @click.option(
     "--redirect-host",
@@ -205,6 +211,7 @@ def serve(
     loader: bool,
     records_port: int | None,
     p13n_port: int | None,
+    cdp_port: int | None,
     api_port: int | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -221,7 +228,7 @@ def serve(
 
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    ports = {"records": records_port, "p13n": p13n_port, "api": api_port}
+    ports = {"records": records_port, "p13n": p13n_port, "cdp": cdp_port, "api": api_port}
     settings = _settings(
         data_dir,
         host=host,

@@ -128,22 +128,46 @@ def tokens_group(data_dir: str | None) -> None:
 @click.option("--allow-ip", "allow_ips", multiple=True, metavar="CIDR", help="Repeatable.")
 @click.option("--public", is_flag=True, help="A browser token, for /public/{db}/{table}.")
 @click.option("--account", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--lookup",
+    default=None,
+    metavar="NAME",
+    help="A lookup token (the CDP door, fetchUserSegments) for the service's lookup NAME.",
+)
 @click.option("--name", default="", help="A label shown by `tokens list`.")
 @click.argument("service")
+@click.pass_context
 def tokens_create(
+    ctx: click.Context,
     data_dir: str | None,
     allow_ips: tuple[str, ...],
     public: bool,
     account: int,
+    lookup: str | None,
     name: str,
     service: str,
 ) -> None:
-    """Print a new token, ACCOUNT/INSTANCE/SECRET. It is shown only this once."""
+    """Print a new token, shown only this once: ACCOUNT/INSTANCE/SECRET, or with
+    --lookup a lookup token (a UUID, as Treasure Data's Profiles API tokens)."""
     from tdedge.realtime.errors import P13nError
 
+    if lookup is not None:
+        explicit = [
+            f"--{option.replace('_', '-')}"
+            for option in ("allow_ips", "public", "account")
+            if ctx.get_parameter_source(option) is not click.core.ParameterSource.DEFAULT
+        ]
+        if explicit:
+            raise click.UsageError(
+                f"a lookup token takes none of {', '.join(explicit)}: it needs no API key, "
+                "and its service's allowed_origins limit the pages that may use it"
+            )
     registry = _registry(_settings(data_dir))
     try:
-        token = registry.create_token(service, account, public, list(allow_ips), name)
+        if lookup is not None:
+            token = registry.create_lookup_token(service, lookup, name)
+        else:
+            token = registry.create_token(service, account, public, list(allow_ips), name)
     except (P13nError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     finally:
@@ -155,17 +179,37 @@ def tokens_create(
 @_data_dir_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def tokens_list(data_dir: str | None, fmt: str) -> None:
-    """List tokens by id (the secret is never shown again)."""
+    """List tokens by id, lookup tokens with their lookup (secrets are never shown again)."""
     registry = _registry(_settings(data_dir))
     try:
         found = registry.list_tokens()
+        lookups = registry.list_lookup_tokens()
     finally:
         registry.close()
     columns = ["token_id", "service", "account_id", "instance_id", "public", "allow_ips", "name"]
-    rows = [{c: getattr(t, c) for c in [*columns, "revoked", "created_at"]} for t in found]
+    rows = [
+        {**{c: getattr(t, c) for c in [*columns, "revoked", "created_at"]}, "lookup": None}
+        for t in found
+    ]
+    # Lookup tokens sit in web pages and take no API key: public, of no account.
+    rows += [
+        {
+            "token_id": t.token_id,
+            "service": t.service,
+            "account_id": None,
+            "instance_id": t.instance_id,
+            "public": True,
+            "allow_ips": [],
+            "name": t.name,
+            "revoked": t.revoked,
+            "created_at": t.created_at,
+            "lookup": t.lookup,
+        }
+        for t in lookups
+    ]
     for r in rows:
         r["allow_ips"] = ",".join(r["allow_ips"]) if fmt == "table" else r["allow_ips"]
-    _emit([*columns, "revoked", "created_at"], rows, fmt)
+    _emit([*columns, "lookup", "revoked", "created_at"], rows, fmt)
 
 
 @tokens_group.command("revoke")

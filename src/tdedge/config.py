@@ -27,7 +27,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1
 
     # Doors: the main port serves every door, chosen by Host; each entry here adds a
-    # port that serves one door whatever the Host ("records", "p13n", "api", "legacy").
+    # port that serves one door whatever the Host ("records", "p13n", "cdp", "api",
+    # "legacy").
     door_ports: dict[str, int] = msgspec.field(default_factory=dict)
     # Set only inside the listener process of a dedicated door port.
     fixed_door: str | None = None
@@ -164,7 +165,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     import_errors_retention_s: float = 30 * 86400.0
 
     # Records door and pixel
-    # Origins td-js-sdk pages may call the records door from (CORS); None: any origin.
+    # Origins td-js-sdk pages may call tdedge from (CORS: the records door, the server
+    # cookie, p13n /public/ routes, CDP lookups); None: any origin.
     cors_origins: tuple[str, ...] | None = None
     # Hosts the pixel's td_redirect may send browsers to ("example.com", "*.example.com");
     # none: every redirect is refused, so tdedge is never an open redirector.
@@ -210,6 +212,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Personalization. "process": one engine process decides for every
     # worker (realtime/host.py); "inline": each worker runs the engine itself.
     p13n_engine: EngineMode = "process"
+    # Lookup tokens one CDP lookup may name (more: 400 too_many_tokens). Each costs the
+    # worker a profile read on its event loop; pages send one token per segment set,
+    # a handful at most.
+    cdp_max_tokens: int = 20
 
     log_level: str = "info"
 

@@ -56,6 +56,12 @@ REFUSALS = Counter(
     "row of its own), summary (counted in a refusals_not_kept row), none (journal full)",
     ["door", "reason", "kept"],
 )
+CDP_LOOKUPS = Counter(
+    "tdedge_cdp_lookups_total",
+    "CDP door lookups: per token of an answered request found, not_found or no_key (no "
+    "value for its key column); per refused request its reason code",
+    ["outcome"],
+)
 IMPORT_DUPLICATES = Counter(
     "tdedge_import_duplicates_total",
     "Records of a bulk import whose unique_id was loaded already, dropped by the loader",

@@ -3,8 +3,12 @@
 // what the page reported, its console, and every request that failed.
 //
 //   node run.mjs --cert C --key K --records-host 127.0.0.1:P --pixel-url URL \
-//                --write-key KEY --database DB [--chromium /usr/bin/chromium]
+//                --write-key KEY --database DB [--chromium /usr/bin/chromium] \
+//                [--client-id ID] [--p13n-endpoint HOST:PORT --p13n-token T --p13n-table TABLE] \
+//                [--cdp-host HOST:PORT --lookup-tokens T1,T2]
 //
+// With the p13n options the page also calls fetchPersonalization, with the CDP ones
+// fetchUserSegments.
 // tests/e2e/test_browser.py runs it against a real tdedge and then checks the rows.
 
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -25,6 +29,12 @@ const { values: opt } = parseArgs({
     'write-key': { type: 'string' },
     database: { type: 'string' },
     chromium: { type: 'string', default: '/usr/bin/chromium' },
+    'client-id': { type: 'string' },
+    'p13n-endpoint': { type: 'string' },
+    'p13n-token': { type: 'string' },
+    'p13n-table': { type: 'string' },
+    'cdp-host': { type: 'string' },
+    'lookup-tokens': { type: 'string' },
     timeout: { type: 'string', default: '60000' },
   },
 });
@@ -37,6 +47,13 @@ const config = {
   writeKey: opt['write-key'],
   database: opt.database,
   pixelUrl: opt['pixel-url'],
+  clientId: opt['client-id'] ?? null,
+  p13n: opt['p13n-endpoint']
+    ? { endpoint: opt['p13n-endpoint'], token: opt['p13n-token'], table: opt['p13n-table'] }
+    : null,
+  cdp: opt['cdp-host']
+    ? { host: opt['cdp-host'], tokens: (opt['lookup-tokens'] ?? '').split(',').filter(Boolean) }
+    : null,
 };
 const page = readFileSync(join(here, 'page.html'), 'utf8').replace(
   '/*CONFIG*/ null',

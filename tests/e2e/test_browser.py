@@ -1,9 +1,13 @@
 """td-js-sdk 4.4 (from npm) in headless Chromium against the real server over HTTPS.
 
-The page (tests/browser/page.html, served by tests/browser/run.mjs) fetches the global
-id, tracks a pageview and a custom event, and an ``<img>`` fires the tracking pixel;
-then the rows must be in their tables with the SDK's columns. ``scripts/test`` installs
-what this needs (Debian ``chromium``, ``npm ci`` in tests/browser).
+The page (tests/browser/page.html, served by tests/browser/run.mjs from another origin)
+fetches the global id, tracks a pageview and a custom event, and an ``<img>`` fires the
+tracking pixel; then the rows must be in their tables with the SDK's columns. It also
+asks the p13n door for offers (``fetchPersonalization``) and the CDP door for the
+profile's segments (``fetchUserSegments``): both are credentialed cross-origin calls
+that Chromium makes only when the preflight and the answer allow credentials.
+``scripts/test`` installs what this needs (Debian ``chromium``, ``npm ci`` in
+tests/browser).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import re
 import shutil
 import subprocess
 import urllib.parse
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +82,76 @@ def browser_ready() -> None:
         pytest.fail("scripts/test installs what this test needs; missing: " + ", ".join(missing))
 
 
-def run_page(server: Server, records_port: int, database: str, tmp: Path) -> dict[str, Any]:
+# What the page personalizes with: a service on test_db, a batch segment of gold members,
+# a section for gold members who look at shoes, and two lookups for fetchUserSegments.
+P13N_CONFIG = """
+services:
+  - name: site
+    database: test_db
+    event_tables: [p13n_views]
+    key_columns: [td_client_id, td_global_id]
+    attributes:
+      - {name: last_category, type: single, column: product_category}
+      - {name: tier, type: imported, sql: "SELECT td_client_id, tier FROM test_db.members"}
+    segments:
+      - {id: "777", name: gold, sql: "SELECT td_client_id FROM test_db.members WHERE tier = 'gold'"}
+    personalizations:
+      - section: shoes_for_gold
+        criteria:
+          all: [{segment: "777"}, {attribute: last_category, operator: Equal, value: shoes}]
+        payload: {attributes: {category: last_category}, batch_segments: ["777"]}
+    lookups:
+      - name: by_client
+        key_column: td_client_id
+        segments: ["777"]
+        attributes: [last_category, tier]
+      - {name: by_global_id, key_column: td_global_id, attributes: [last_category]}
+"""
+
+
+@dataclass(frozen=True)
+class Personalization:
+    """The page's p13n and CDP settings, made through the real CLI."""
+
+    client_id: str
+    p13n_port: int
+    cdp_port: int
+    public_token: str
+    lookup_tokens: list[str]
+
+    @property
+    def instance_id(self) -> str:
+        return self.public_token.split("/")[1]
+
+
+def personalize(server: Server, p13n_port: int, cdp_port: int, tmp: Path) -> Personalization:
+    """A gold member (batch data, refreshed into the segment), the configuration and tokens."""
+    client_id = str(uuid.uuid4())
+    member = {"td_client_id": client_id, "tier": "gold"}
+    stored = server.postback("test_db", "members", member, key=server.master_key, verify=False)
+    assert stored.status_code == 200
+    server.wait_for("SELECT count(*) AS n FROM test_db.members", lambda r: r[0]["n"] == 1)
+    config = tmp / "p13n.yaml"
+    config.write_text(P13N_CONFIG)
+    server.cli("p13n", "apply", str(config))
+    refreshed = server.cli("p13n", "refresh").stdout
+    assert "segment 777: 1 rows" in refreshed, refreshed
+
+    def token(*args: str) -> str:
+        return server.cli("p13n", "tokens", "create", "site", *args).stdout.strip()
+
+    return Personalization(
+        client_id,
+        p13n_port,
+        cdp_port,
+        token("--public"),
+        [token("--lookup", "by_client"), token("--lookup", "by_global_id")],
+    )
+
+
+def run_page(
+    server: Server, records_port: int, database: str, tmp: Path, p: Personalization
+) -> dict[str, Any]:
     cert = str(tmp / "cert.pem")
     key = str(tmp / "key.pem")
     pixel_query = urllib.parse.urlencode(
@@ -99,6 +174,12 @@ def run_page(server: Server, records_port: int, database: str, tmp: Path) -> dic
             "--write-key", server.write_key,
             "--database", database,
             "--chromium", CHROMIUM,
+            "--client-id", p.client_id,
+            "--p13n-endpoint", f"127.0.0.1:{p.p13n_port}",
+            "--p13n-token", p.public_token,
+            "--p13n-table", "p13n_views",
+            "--cdp-host", f"127.0.0.1:{p.cdp_port}",
+            "--lookup-tokens", ",".join(p.lookup_tokens),
         ],
         capture_output=True,
         text=True,
@@ -116,14 +197,22 @@ def run_page(server: Server, records_port: int, database: str, tmp: Path) -> dic
 
 def test_td_js_sdk_in_chromium(make_server: Any, tmp_path: Path, browser_ready: None) -> None:
     cert, key = self_signed(tmp_path)
-    records_port = free_port()
+    records_port, p13n_port, cdp_port = free_port(), free_port(), free_port()
     server: Server = make_server(
-        ["--records-port", str(records_port), "--tls-cert", str(cert), "--tls-key", str(key)]
-    )
+        [
+            "--records-port", str(records_port),
+            "--p13n-port", str(p13n_port),
+            "--cdp-port", str(cdp_port),
+            "--tls-cert", str(cert),
+            "--tls-key", str(key),
+        ]
+    )  # fmt: skip
     assert server.url.startswith("https://")
-    wait_healthy(f"https://127.0.0.1:{records_port}")
+    for port in (records_port, p13n_port, cdp_port):
+        wait_healthy(f"https://127.0.0.1:{port}")
     database = "test_db"  # the write key's account owns it (created on first start)
-    report = run_page(server, records_port, database, tmp_path)
+    p = personalize(server, p13n_port, cdp_port, tmp_path)
+    report = run_page(server, records_port, database, tmp_path, p)
     results = report["results"]
     context = json.dumps(report, indent=1)
     assert results["errors"] == [], context
@@ -146,7 +235,12 @@ def test_td_js_sdk_in_chromium(make_server: Any, tmp_path: Path, browser_ready: 
     assert results["pixel"] == {"width": 1, "height": 1}, context
     # What the SDK really sent: js+json in signed mode, TD1 auth — cross-origin with
     # credentials, so the browser sent them only after our preflight answer allowed it.
-    posts = [r for r in report["requests"] if r["method"] == "POST"]
+    records_origin = f"https://127.0.0.1:{records_port}/"
+    posts = [
+        r
+        for r in report["requests"]
+        if r["method"] == "POST" and r["url"].startswith(records_origin)
+    ]
     assert len(posts) == 2, context
     for post in posts:
         assert post["requestHeaders"]["content-type"] == "application/vnd.treasuredata.v1.js+json"
@@ -180,4 +274,42 @@ def test_td_js_sdk_in_chromium(make_server: Any, tmp_path: Path, browser_ready: 
     assert pixel["td_global_id"] == global_id  # the same browser, the same id
     assert pixel["td_ip"] == "127.0.0.1"
     assert pixel["td_ua"] == report["userAgent"]
+
+    # fetchPersonalization: the offer for a gold member looking at shoes, decided on the
+    # profile the same request updated; the event is stored like any other.
+    assert results["offers"] == {
+        "offers": {
+            "shoes_for_gold": {
+                "attributes": {"category": "shoes"},
+                "batch_segments": [{"id": "777"}],
+            }
+        }
+    }, context
+    viewed = server.wait_for(
+        "SELECT td_client_id, td_global_id, product_category FROM test_db.p13n_views",
+        lambda rows: len(rows) == 1,
+        timeout=60,
+    )
+    assert viewed == [
+        {"td_client_id": p.client_id, "td_global_id": global_id, "product_category": "shoes"}
+    ]
+    # fetchUserSegments: one answer per token, in order — by the key the page sent, and
+    # by the global id the browser's cookie carried (sent because of credentials).
+    assert results["segments"] == [
+        {
+            "key": {"td_client_id": p.client_id},
+            "values": ["777"],
+            "attributes": {"last_category": "shoes", "tier": "gold"},
+            "audienceId": p.instance_id,
+        },
+        {
+            "key": {"td_global_id": global_id},
+            "values": [],
+            "attributes": {"last_category": "shoes"},
+            "audienceId": p.instance_id,
+        },
+    ], context
+    lookups = [r for r in report["requests"] if "/cdp/lookup/collect/segments" in r["url"]]
+    assert len(lookups) == 1, context
+    assert lookups[0]["status"] == 200
     assert server.errors() == []

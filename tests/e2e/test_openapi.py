@@ -38,18 +38,24 @@ class Live:
     api: str
     records: str
     p13n: str
+    cdp: str
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    api, records, p13n = free_port(), free_port(), free_port()
+    api, records, p13n, cdp = free_port(), free_port(), free_port(), free_port()
     srv = Server(
         Path(tmp_path_factory.mktemp("openapi")) / "data",
-        ["--api-port", str(api), "--records-port", str(records), "--p13n-port", str(p13n)],
-    )
+        [
+            "--api-port", str(api),
+            "--records-port", str(records),
+            "--p13n-port", str(p13n),
+            "--cdp-port", str(cdp),
+        ],
+    )  # fmt: skip
     srv.start(timeout=60)
     try:
-        urls = [f"http://127.0.0.1:{port}" for port in (api, records, p13n)]
+        urls = [f"http://127.0.0.1:{port}" for port in (api, records, p13n, cdp)]
         for url in urls:
             wait_healthy(url)
         yield Live(srv, *urls)
@@ -65,6 +71,7 @@ rest = _schema("api")
 legacy = _schema("legacy")
 records = _schema("records")
 p13n = _schema("p13n")
+cdp = _schema("cdp")
 
 
 @rest.parametrize()
@@ -93,4 +100,11 @@ def test_records_door(case: schemathesis.Case[Any], live: Live) -> None:
 @BOUNDED
 def test_p13n_door(case: schemathesis.Case[Any], live: Live) -> None:
     response = case.call(base_url=live.p13n, timeout=30)
+    case.validate_response(response, checks=CHECKS)
+
+
+@cdp.parametrize()
+@BOUNDED
+def test_cdp_door(case: schemathesis.Case[Any], live: Live) -> None:
+    response = case.call(base_url=live.cdp, timeout=30)
     case.validate_response(response, checks=CHECKS)

@@ -258,7 +258,11 @@ def test_public_tokens_and_origins(p13n: P13n) -> None:
         headers={"Origin": origin},
     )
     assert r.status_code == 200
+    # td-js-sdk's fetchPersonalization sends credentials: a browser hands the answer to
+    # the page only with the exact origin and Access-Control-Allow-Credentials.
     assert r.headers["access-control-allow-origin"] == origin
+    assert r.headers["access-control-allow-credentials"] == "true"
+    assert r.headers["vary"] == "Origin"
     # The sensitive attribute stays out of public answers.
     assert r.json() == {
         "offers": {"hello": {"attributes": {"category": "shoes"}, "batch_segments": []}}
@@ -267,10 +271,27 @@ def test_public_tokens_and_origins(p13n: P13n) -> None:
     assert server_view.json()["offers"]["hello"]["attributes"]["email"] == "secret@example.com"
     pre = httpx.options(
         f"{p13n.url}/public/retail/pageviews",
-        headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type,wp13n-token",
+        },
     )
     assert pre.status_code == 204
-    assert "wp13n-token" in pre.headers["access-control-allow-headers"]
+    assert pre.headers["access-control-allow-origin"] == origin
+    assert pre.headers["access-control-allow-credentials"] == "true"
+    allowed = {h.strip().lower() for h in pre.headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "wp13n-token"} <= allowed
+    assert "POST" in pre.headers["access-control-allow-methods"]
+    # Errors are readable by the page too (a 3007 it can report).
+    refused = p13n.post(
+        {"td_client_id": "p1"},
+        token=public,
+        path="/public/retail/pageviews",
+        headers={"Origin": "https://evil.example.com"},
+    )
+    assert code(refused) == (400, 3007)
+    assert refused.headers["access-control-allow-credentials"] == "true"
 
 
 def test_refused_requests_are_kept_as_import_errors(p13n: P13n) -> None:

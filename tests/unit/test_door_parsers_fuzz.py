@@ -27,6 +27,7 @@ from tdedge.api.forms import query_params as api_query_params
 from tdedge.edge import inflation, nesting
 from tdedge.edge.auth import legacy_key
 from tdedge.edge.body import record_from_body
+from tdedge.edge.cdp import parse_query
 from tdedge.edge.cookies import cookie_value, host_name, ssc_domain, valid_cookie_domain
 from tdedge.edge.http import HTTPError
 from tdedge.edge.ingest import (
@@ -317,6 +318,49 @@ def test_redirect_targets(url: str, global_id: str) -> None:
         assert e.status == 400
     if needs_global_id(url):
         substitute(url, global_id)
+
+
+# CDP lookups: what fetchUserSegments sends, near misses of it, and anything.
+lookup_tokens = st.one_of(
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.text(max_size=40),
+)
+lookup_queries = st.one_of(
+    st.text(max_size=160),
+    st.tuples(
+        st.sampled_from(["2", "1", "", "2&callback=cb"]),
+        st.lists(lookup_tokens, max_size=5).map(",".join),
+        st.lists(st.tuples(st.text(max_size=10), st.text(max_size=12)), max_size=3),
+    ).map(
+        lambda parts: (
+            f"version={parts[0]}&token={parts[1]}&"
+            + urlencode([(f"key.{k}", v) for k, v in parts[2]])
+        )
+    ),
+)
+LOOKUP_REASONS = {
+    "invalid_query",
+    "jsonp_not_supported",
+    "unsupported_version",
+    "missing_token",
+    "too_many_tokens",
+    "invalid_token",
+    "invalid_key",
+    "duplicate_key",
+}
+
+
+@FUZZ
+@given(lookup_queries)
+def test_lookup_queries(query: str) -> None:
+    try:
+        asked = parse_query(query, 3)
+    except HTTPError as e:
+        assert (e.status, e.code in LOOKUP_REASONS) == (400, True), e.code
+        return
+    assert 1 <= len(asked.digests) <= 3 and len(set(asked.digests)) == len(asked.digests)
+    assert all(len(d) == 32 for d in asked.digests)
 
 
 # Credentials, cookies, client addresses.

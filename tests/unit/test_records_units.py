@@ -19,7 +19,7 @@ from tdedge.edge.cookies import (
     host_name,
     ssc_domain,
 )
-from tdedge.edge.cors import Cors
+from tdedge.edge.cors import CDP, P13N, RECORDS, Cors, Policy
 from tdedge.edge.http import HTTPError
 from tdedge.edge.inflation import gunzip
 from tdedge.edge.ingest import (
@@ -308,6 +308,31 @@ def test_cors_echoes_allowed_origin_with_credentials() -> None:
     for name in ("Authorization", "Content-Type", "Accept", "User-Agent"):
         assert name in pre_headers["access-control-allow-headers"]
     assert "POST" in pre_headers["access-control-allow-methods"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "method", "sent"),
+    [
+        # What td-js-sdk 4.4.3 sends: records and the global id, fetchPersonalization,
+        # fetchUserSegments (lib/record.js, plugins/globalid.js, plugins/personalization.js).
+        (RECORDS, "POST", ["Authorization", "User-Agent", "Content-Type", "Accept"]),
+        (RECORDS, "GET", ["Authorization", "User-Agent", "Content-Type", "Accept"]),
+        (P13N, "POST", ["Content-Type", "Authorization", "WP13n-Token"]),
+        (CDP, "GET", ["Content-Type"]),
+    ],
+)
+def test_each_door_preflight_allows_what_the_sdk_sends_with_credentials(
+    policy: Policy, method: str, sent: list[str]
+) -> None:
+    status, headers, _ = Cors(None, policy).preflight("https://shop.example")
+    allowed = dict(headers)
+    assert status == 204
+    assert allowed["access-control-allow-origin"] == "https://shop.example"
+    assert allowed["access-control-allow-credentials"] == "true"
+    assert allowed["vary"] == "Origin"
+    assert method in allowed["access-control-allow-methods"]
+    names = {h.strip().lower() for h in allowed["access-control-allow-headers"].split(",")}
+    assert {h.lower() for h in sent} <= names
 
 
 def test_cors_allow_list() -> None:

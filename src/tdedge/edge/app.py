@@ -1,8 +1,9 @@
 """The edge: an RSGI application served by granian, one instance per worker process.
 
 It picks the door for each request (by ``Host``: ``*.records.in.*`` → records,
-``*.p13n.in.*`` → p13n, ``api.*`` → api, anything else → legacy), lets the door answer,
-and serves the operational routes. Doors answer only once what they accepted is durable.
+``*.p13n.in.*`` → p13n, ``api.*`` → api, ``cdp.in.*`` and ``cdp-*.in.*`` → cdp,
+anything else → legacy), lets the door answer, and serves the operational routes.
+Doors answer only once what they accepted is durable.
 
 The operators' port is the API port once ``--api-port`` is set, else the main port: the
 REST API, ``/metrics`` and the details of ``/readyz`` answer there only, so that what
@@ -25,6 +26,7 @@ import msgspec
 from tdedge import metrics
 from tdedge.config import SETTINGS_ENV, Settings
 from tdedge.edge.auth import SyncAuth
+from tdedge.edge.cdp import CdpDoor
 from tdedge.edge.deadlines import BodyDeadlines
 from tdedge.edge.http import (
     JSON_HEADERS,
@@ -93,6 +95,13 @@ def operators_port(settings: Settings) -> tuple[bool, str]:
     return settings.fixed_door is None, "the main port (--port)"
 
 
+def cdp_host(host: str) -> bool:
+    """Treasure Data's CDP hosts: ``cdp.in.<domain>`` and the regional
+    ``cdp-<region>.in.<domain>`` (``cdp-tokyo.in.treasuredata.com``)."""
+    first, _, rest = host.partition(".")
+    return (first == "cdp" or first.startswith("cdp-")) and rest.startswith("in.")
+
+
 class EdgeApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -116,6 +125,7 @@ class EdgeApp:
         else:
             self._doors["api"] = ApiDoor(self._services)
         self._doors["p13n"] = P13nDoor(self._services)
+        self._doors["cdp"] = CdpDoor(self._services)
         # Everything imported and built so far lives as long as the worker: keep the
         # collector from walking it again on every full collection, a pause that
         # every request in flight would wait out.
@@ -139,6 +149,8 @@ class EdgeApp:
             name = "p13n"
         elif host.startswith("api."):
             name = "api"
+        elif cdp_host(host):
+            name = "cdp"
         else:
             return doors["legacy"]
         return doors.get(name) or doors["legacy"]

@@ -8,7 +8,7 @@ import time
 
 from tdedge.edge.auth import legacy_key
 from tdedge.edge.body import FORM, media_type, record_from_body
-from tdedge.edge.cors import Cors
+from tdedge.edge.cors import RECORDS, Cors
 from tdedge.edge.http import (
     EMPTY_OBJECT,
     JSON_HEADERS,
@@ -53,7 +53,7 @@ class LegacyDoor:
         self._s = services
         self._pixel = Pixel(services)
         self._identity = Identity(services.settings.cookie_domain)
-        self._cors = Cors(services.settings.cors_origins)
+        self._cors = Cors(services.settings.cors_origins, RECORDS)
 
     def route(self, path: str) -> str | None:
         if path.startswith(POSTBACK_PREFIX):

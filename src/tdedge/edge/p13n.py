@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from tdedge.control import access
 from tdedge.control.directory import Directory
 from tdedge.control.store import ControlStore
+from tdedge.edge import cors
 from tdedge.edge.body import media_type
 from tdedge.edge.http import HTTPError, Protocol_, Response, Scope, encode_json, read_body
 from tdedge.edge.memo import Memo
@@ -119,6 +120,8 @@ class P13nDoor:
         self._s = services
         self._clock = clock
         self._opened = False
+        # /public/ routes are td-js-sdk's fetchPersonalization: credentialed CORS.
+        self._cors = cors.Cors(s.cors_origins, cors.P13N)
         self._limiter = Limiter(s.workers)
         self._proxies = TrustedProxies(s.trusted_proxies)
         self._networks: dict[bytes, list[tokens.Network]] = {}
@@ -173,10 +176,12 @@ class P13nDoor:
 
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
         public = route == "public"
-        headers = _cors(scope) if public else []
+        origin = scope.headers.get("origin") if public else None
+        # Errors carry them too: a page that cannot read the error cannot report it.
+        headers = self._cors.headers(origin) if public else []
         try:
             if public and scope.method == "OPTIONS":
-                return _preflight(headers)
+                return self._cors.preflight(origin)
             if scope.method != "POST":
                 raise DoorError(405, 405, "use POST", [("allow", "POST")])
             return await self._event(scope, proto, public, headers)
@@ -185,7 +190,7 @@ class P13nDoor:
             return e.status, [("content-type", "application/json"), *headers, *e.headers], body
 
     async def _event(
-        self, scope: Scope, proto: Protocol_, public: bool, cors: list[tuple[str, str]]
+        self, scope: Scope, proto: Protocol_, public: bool, allow: list[tuple[str, str]]
     ) -> Response:
         self._open()
         parts = scope.path.split("/")
@@ -236,7 +241,7 @@ class P13nDoor:
                 raise DoorError(500, 9999, "unexpected error") from None
         finally:
             self._limiter.done()
-        return 200, [*_JSON, *cors] if cors else _JSON, answer
+        return 200, [*_JSON, *allow] if allow else _JSON, answer
 
     def _admit(
         self,
@@ -370,23 +375,3 @@ def _check_origin(origin: str | None, service: Service) -> None:
         raise _bad(3007)
     if service.allowed_origins and origin.rstrip("/") not in service.allowed_origins:
         raise _bad(3007, f"({origin} is not an allowed origin)")
-
-
-def _cors(scope: Scope) -> list[tuple[str, str]]:
-    origin = scope.headers.get("origin")
-    if not origin:
-        return []
-    return [("access-control-allow-origin", str(origin)), ("vary", "Origin")]
-
-
-def _preflight(cors: list[tuple[str, str]]) -> Response:
-    return (
-        204,
-        [
-            *cors,
-            ("access-control-allow-methods", "POST, OPTIONS"),
-            ("access-control-allow-headers", "authorization, content-type, wp13n-token"),
-            ("access-control-max-age", "600"),
-        ],
-        b"",
-    )

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qsl
 
-from tdedge.edge.cors import Cors
+from tdedge.edge.cors import RECORDS, Cors
 from tdedge.edge.http import (
     EMPTY_OBJECT,
     JSON_HEADERS,
@@ -99,7 +99,7 @@ class RecordsDoor:
     def __init__(self, services: Services) -> None:
         settings = services.settings
         self._s = services
-        self._cors = Cors(settings.cors_origins)
+        self._cors = Cors(settings.cors_origins, RECORDS)
         self._identity = Identity(settings.cookie_domain)
         self._proxies = TrustedProxies(settings.trusted_proxies)
         self._ingest = IngestAPI(services)

@@ -94,6 +94,15 @@ class PersonalizationSpec(Base, kw_only=True):
     payload: Payload = msgspec.field(default_factory=Payload)
 
 
+class LookupSpec(Base, kw_only=True):
+    """What one kind of lookup token (td-js-sdk's ``fetchUserSegments``) may reveal."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=64)]  # tokens create --lookup NAME
+    key_column: Name  # one of the service's key columns; people are looked up by it
+    segments: list[str | int] = []  # segment ids it may reveal; none: any profile, no ids
+    attributes: list[str] = []  # attributes (or attribute.sub) it may reveal
+
+
 class ServiceSpec(Base, kw_only=True):
     name: str
     database: str
@@ -102,7 +111,8 @@ class ServiceSpec(Base, kw_only=True):
     attributes: list[AttributeSpec] = []
     segments: list[SegmentSpec] = []
     personalizations: list[PersonalizationSpec] = []
-    allowed_origins: list[str] = []  # for public tokens; empty: any http(s) origin
+    allowed_origins: list[str] = []  # for public and lookup tokens; empty: any origin
+    lookups: list[LookupSpec] = []  # the CDP door's profile lookups
 
 
 class Limits(Base, kw_only=True):

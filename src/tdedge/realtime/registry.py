@@ -20,7 +20,7 @@ from tdedge.realtime import config as config_file
 from tdedge.realtime import tokens
 from tdedge.realtime.config import ConfigFile
 from tdedge.realtime.errors import ConfigStoreDown, TokenLimit, UnknownService
-from tdedge.realtime.tokens import TokenInfo
+from tdedge.realtime.tokens import LookupTokenInfo, TokenInfo
 
 metadata = sa.MetaData()
 
@@ -51,6 +51,20 @@ token_table = sa.Table(
     sa.Column("instance_id", sa.Integer, nullable=False),
     sa.Column("public", sa.Boolean, nullable=False),
     sa.Column("allow_ips", sa.Text, nullable=False),  # JSON array of CIDRs
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)
+
+# Lookup tokens (the CDP door): each answers for one ``lookups:`` entry of a service.
+lookup_token_table = sa.Table(
+    "p13n_lookup_tokens",
+    metadata,
+    sa.Column("token_hash", sa.LargeBinary(32), primary_key=True),
+    sa.Column("token_id", sa.String(12), nullable=False, unique=True),
+    sa.Column("service", sa.String(64), nullable=False, index=True),
+    sa.Column("lookup", sa.String(64), nullable=False),
+    sa.Column("instance_id", sa.Integer, nullable=False),
     sa.Column("name", sa.String(128), nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
@@ -215,13 +229,88 @@ class Registry:
         return None if row is None else _token(row)
 
     def revoke_token(self, ident: str) -> None:
+        """Revoke a personalization or a lookup token by its id."""
         with self._engine.begin() as conn:
-            done = conn.execute(
-                sa.update(token_table).where(token_table.c.token_id == ident).values(revoked=True)
-            )
-            if done.rowcount == 0:
+            revoked = 0
+            for table in (token_table, lookup_token_table):
+                revoked += conn.execute(
+                    sa.update(table).where(table.c.token_id == ident).values(revoked=True)
+                ).rowcount
+            if revoked == 0:
                 raise NotFound(f"no token with id {ident}")
             _bump(conn)
+
+    # Lookup tokens.
+    def create_lookup_token(self, service: str, lookup: str, name: str = "") -> str:
+        """Return a new lookup token for ``service``'s lookup ``lookup`` (shown once)."""
+        applied = self.active()
+        spec = None
+        if applied is not None:
+            spec = next((s for s in applied.config.services if s.name == service), None)
+        if spec is None:
+            raise UnknownService(f"no service {service!r} in the active configuration")
+        if lookup not in {entry.name for entry in spec.lookups}:
+            known = ", ".join(entry.name for entry in spec.lookups) or "none"
+            raise UnknownService(f"service {service!r} has no lookup {lookup!r} (lookups: {known})")
+        with self._engine.begin() as conn:
+            instance = conn.execute(
+                sa.select(services.c.instance_id).where(services.c.name == service)
+            ).scalar_one()
+            active = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(lookup_token_table)
+                .where(
+                    lookup_token_table.c.service == service,
+                    lookup_token_table.c.revoked.is_(False),
+                )
+            ).scalar_one()
+            if active >= tokens.MAX_PER_SERVICE:
+                raise TokenLimit(
+                    f"service {service!r} already has {tokens.MAX_PER_SERVICE} lookup tokens; "
+                    "revoke one first"
+                )
+            token = tokens.new_lookup_token()
+            digest = tokens.parse_lookup(token)
+            assert digest is not None
+            conn.execute(
+                sa.insert(lookup_token_table).values(
+                    token_hash=digest,
+                    token_id=tokens.token_id(digest),
+                    service=service,
+                    lookup=lookup,
+                    instance_id=instance,
+                    name=name,
+                    created_at=int(time.time()),
+                    revoked=False,
+                )
+            )
+            _bump(conn)
+        return token
+
+    def list_lookup_tokens(self) -> list[LookupTokenInfo]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(lookup_token_table).order_by(
+                    lookup_token_table.c.service, lookup_token_table.c.created_at
+                )
+            ).all()
+        return [_lookup_token(r) for r in rows]
+
+    def lookup_tokens_by_hash(self) -> dict[bytes, LookupTokenInfo]:
+        try:
+            return {t.token_hash: t for t in self.list_lookup_tokens()}
+        except sa.exc.SQLAlchemyError as e:
+            raise ConfigStoreDown(f"configuration store unavailable: {e}") from e
+
+    def lookup_token_by_hash(self, digest: bytes) -> LookupTokenInfo | None:
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(lookup_token_table).where(lookup_token_table.c.token_hash == digest)
+                ).first()
+        except sa.exc.SQLAlchemyError as e:
+            raise ConfigStoreDown(f"configuration store unavailable: {e}") from e
+        return None if row is None else _lookup_token(row)
 
 
 def _bump(conn: sa.Connection) -> None:
@@ -238,6 +327,20 @@ def _token(row: sa.Row[tuple[object, ...]]) -> TokenInfo:
         instance_id=int(r["instance_id"]),
         public=bool(r["public"]),
         allow_ips=_cidrs.decode(str(r["allow_ips"])),
+        name=str(r["name"]),
+        created_at=int(r["created_at"]),
+        revoked=bool(r["revoked"]),
+    )
+
+
+def _lookup_token(row: sa.Row[tuple[object, ...]]) -> LookupTokenInfo:
+    r = row._mapping
+    return LookupTokenInfo(
+        token_id=str(r["token_id"]),
+        token_hash=bytes(r["token_hash"]),
+        service=str(r["service"]),
+        lookup=str(r["lookup"]),
+        instance_id=int(r["instance_id"]),
         name=str(r["name"]),
         created_at=int(r["created_at"]),
         revoked=bool(r["revoked"]),

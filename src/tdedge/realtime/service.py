@@ -32,6 +32,7 @@ from tdedge.realtime.config import (
     ImportedSpec,
     KeyColumn,
     ListSpec,
+    LookupSpec,
     ServiceSpec,
     SingleSpec,
 )
@@ -45,6 +46,7 @@ from tdedge.realtime.criteria import (
     compile_criteria,
 )
 from tdedge.realtime.identity import KeyRule, event_keys
+from tdedge.realtime.lookup import Lookup
 from tdedge.realtime.offers import Output, Render, Section
 from tdedge.realtime.profile import Profile
 
@@ -97,6 +99,7 @@ class Service:
         sections: list[Section],
         sources: list[BatchSource],
         allowed_origins: frozenset[str],
+        lookups: Mapping[str, Lookup] | None = None,
     ) -> None:
         self.name = name
         self.database = database
@@ -107,6 +110,7 @@ class Service:
         self.sections = sections
         self.sources = sources
         self.allowed_origins = allowed_origins
+        self.lookups: Mapping[str, Lookup] = lookups or {}
         self._updating = [a for a in attributes if not isinstance(a, ImportedAttribute)]
         # What apply() walks per event of each table: the attributes that table feeds,
         # unfiltered ones apart, with the look-ups done once here.
@@ -305,6 +309,7 @@ def compile_service(spec: ServiceSpec, path: Path, report: Report) -> Service | 
             sources.append(BatchSource("attribute", attr.name, attr.sql, refresh or 3_600_000))
     scope = Scope(attributes=refs, segments=segment_ids)
     sections = _sections(spec, scope, tables, attributes, path, bad)
+    lookups = _lookups(spec.lookups, keys, scope, attributes, path, bad)
     if problems:
         return None
     return Service(
@@ -316,6 +321,7 @@ def compile_service(spec: ServiceSpec, path: Path, report: Report) -> Service | 
         sections,
         sources,
         frozenset(o.rstrip("/") for o in spec.allowed_origins),
+        lookups,
     )
 
 
@@ -449,6 +455,50 @@ def _sections(
                 dict(p.payload.strings),
             )
         )
+    return out
+
+
+def _lookups(
+    specs: list[LookupSpec],
+    keys: list[KeyRule],
+    scope: Scope,
+    attributes: list[Attribute],
+    path: Path,
+    bad: Report,
+) -> dict[str, Lookup]:
+    rules = {r.column: r for r in keys}
+    sensitive = {a.name for a in attributes if a.sensitive}
+    out: dict[str, Lookup] = {}
+    names: set[str] = set()
+    for i, spec in enumerate(specs):
+        where = (*path, "lookups", i)
+        if not SERVICE_NAME.fullmatch(spec.name):
+            bad((*where, "name"), "a lookup name is 1 to 64 letters, digits, _ or -")
+        elif spec.name in names:
+            bad((*where, "name"), f"lookup {spec.name!r} is defined twice")
+        names.add(spec.name)
+        rule = rules.get(spec.key_column)
+        if rule is None:
+            bad(
+                (*where, "key_column"),
+                f"{spec.key_column!r} is not one of the service's key_columns ({', '.join(rules)})",
+            )
+        segments = list(dict.fromkeys(str(s) for s in spec.segments))
+        for j, segment in enumerate(spec.segments):
+            if str(segment) not in scope.segments:
+                bad((*where, "segments", j), f"no segment with id {str(segment)!r}")
+        for j, ref in enumerate(spec.attributes):
+            if ref not in scope.attributes:
+                bad((*where, "attributes", j), f"no attribute {ref!r}")
+            elif ref.partition(".")[0] in sensitive:
+                bad(
+                    (*where, "attributes", j),
+                    f"{ref!r} is sensitive: lookup tokens sit in web pages and never reveal it",
+                )
+        if rule is not None:
+            out[spec.name] = Lookup(
+                spec.name, rule, tuple(segments), tuple(dict.fromkeys(spec.attributes))
+            )
     return out
 
 

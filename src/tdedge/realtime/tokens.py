@@ -4,6 +4,10 @@ Like API keys, a token is 128 random bits, so SHA-256 is the right hash (a slow
 password hash would add latency to every request without adding safety); the stored
 hash is compared in constant time. The id shown by ``tokens list`` is derived from the
 hash, never from the secret. A token may carry an allow-list of client networks.
+
+Lookup tokens (the CDP door's, td-js-sdk's ``fetchUserSegments``) look like Treasure
+Data's Profiles API tokens, a UUID: 122 random bits, kept and compared the same way.
+They name a service's ``lookups:`` entry, which says what they may reveal.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import hmac
 import ipaddress
 import re
 import secrets
+import uuid
 from collections.abc import Sequence
 
 import msgspec
 
 MAX_PER_SERVICE = 50
 _TOKEN = re.compile(r"(\d{1,18})/(\d{1,18})/([0-9a-fA-F]{32})")
+_LOOKUP_TOKEN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -31,6 +37,17 @@ class TokenInfo(msgspec.Struct, frozen=True):
     instance_id: int
     public: bool
     allow_ips: list[str]  # CIDRs; empty: any client
+    name: str
+    created_at: int
+    revoked: bool
+
+
+class LookupTokenInfo(msgspec.Struct, frozen=True):
+    token_id: str
+    token_hash: bytes
+    service: str
+    lookup: str  # the service's lookups: entry it answers for
+    instance_id: int  # the service's, answered as audienceId
     name: str
     created_at: int
     revoked: bool
@@ -54,6 +71,18 @@ def parse(token: str) -> ParsedToken | None:
     account, instance, secret = m.groups()
     canonical = f"{int(account)}/{int(instance)}/{secret.lower()}"
     return ParsedToken(int(account), int(instance), hash_token(canonical))
+
+
+def new_lookup_token() -> str:
+    return str(uuid.uuid4())
+
+
+def parse_lookup(token: str) -> bytes | None:
+    """The hash of a lookup token, or None when ``token`` is not one (any letter case)."""
+    canonical = token.strip().lower()
+    if _LOOKUP_TOKEN.fullmatch(canonical) is None:
+        return None
+    return hash_token(canonical)
 
 
 def hash_token(token: str) -> bytes:

@@ -15,7 +15,13 @@ from typing import Any
 import msgspec
 
 from tdedge.realtime import yamlmarks
-from tdedge.realtime.config import AttributeSpec, ConfigFile, PersonalizationSpec, SegmentSpec
+from tdedge.realtime.config import (
+    AttributeSpec,
+    ConfigFile,
+    LookupSpec,
+    PersonalizationSpec,
+    SegmentSpec,
+)
 from tdedge.realtime.errors import ConfigInvalid, Problem
 from tdedge.realtime.service import compile_service
 
@@ -47,6 +53,7 @@ _ITEM_TYPES: dict[str, Any] = {
     "attributes": AttributeSpec,
     "segments": SegmentSpec,
     "personalizations": PersonalizationSpec,
+    "lookups": LookupSpec,
 }
 
 

@@ -1,7 +1,8 @@
 """What an edge worker knows of the p13n control plane: a cached, compiled view.
 
 The worker polls the registry's generation at most every ``ttl_s`` and recompiles the
-active configuration and reloads tokens when it moved. A token missing from the cache
+active configuration and reloads tokens (personalization and lookup tokens) when it
+moved. A token missing from the cache
 is looked up once (a token created a moment ago works at once); misses are remembered
 briefly so a flood of bad tokens costs one look-up, not one per request. A revocation
 is seen within ``ttl_s``. Time is passed in.
@@ -19,7 +20,7 @@ from tdedge.realtime.config import Limits
 from tdedge.realtime.errors import ConfigStoreDown
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.service import Service, compile_service
-from tdedge.realtime.tokens import TokenInfo, same
+from tdedge.realtime.tokens import LookupTokenInfo, TokenInfo, same
 
 log = logging.getLogger("tdedge.p13n")
 
@@ -41,6 +42,8 @@ class View:
         self.limits = Limits()
         self._tokens: dict[bytes, TokenInfo] = {}
         self._misses: dict[bytes, float] = {}
+        self._lookup_tokens: dict[bytes, LookupTokenInfo] = {}
+        self._lookup_misses: dict[bytes, float] = {}
 
     def refresh(self, now: float, at_least: int = -1) -> None:
         """Reload if the registry changed; raises ConfigStoreDown when it cannot be read.
@@ -65,6 +68,7 @@ class View:
             return
         applied = self._registry.active()
         tokens = self._registry.tokens_by_hash()
+        lookup_tokens = self._registry.lookup_tokens_by_hash()
         # Nothing changes until everything is read: a failure leaves the old view whole.
         compiled: dict[str, Service] = {}
         problems: list[str] = []
@@ -82,19 +86,42 @@ class View:
         self.services = compiled
         self._tokens = tokens
         self._misses.clear()
+        self._lookup_tokens = lookup_tokens
+        self._lookup_misses.clear()
         self._generation = self.generation = generation
 
     def token(self, digest: bytes, now: float) -> TokenInfo | None:
         info = self._tokens.get(digest)
         if info is None:
-            if now - self._misses.get(digest, float("-inf")) < NEGATIVE_TTL_S:
+            if _missed(self._misses, digest, now):
                 return None
             info = self._registry.token_by_hash(digest)
             if info is None:
-                if len(self._misses) >= MAX_MISSES:
-                    self._misses.clear()
-                self._misses[digest] = now
+                _remember_miss(self._misses, digest, now)
                 return None
             self._tokens[digest] = info
         # The dict found it by hash; compare again in constant time all the same.
         return info if same(info.token_hash, digest) else None
+
+    def lookup_token(self, digest: bytes, now: float) -> LookupTokenInfo | None:
+        """A lookup token by its hash, as ``token`` finds personalization tokens."""
+        info = self._lookup_tokens.get(digest)
+        if info is None:
+            if _missed(self._lookup_misses, digest, now):
+                return None
+            info = self._registry.lookup_token_by_hash(digest)
+            if info is None:
+                _remember_miss(self._lookup_misses, digest, now)
+                return None
+            self._lookup_tokens[digest] = info
+        return info if same(info.token_hash, digest) else None
+
+
+def _missed(misses: dict[bytes, float], digest: bytes, now: float) -> bool:
+    return now - misses.get(digest, float("-inf")) < NEGATIVE_TTL_S
+
+
+def _remember_miss(misses: dict[bytes, float], digest: bytes, now: float) -> None:
+    if len(misses) >= MAX_MISSES:
+        misses.clear()
+    misses[digest] = now
