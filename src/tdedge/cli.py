@@ -301,12 +301,12 @@ def listen_command(parent_pid: int | None) -> None:
     """One dedicated door port (``serve`` starts these for --records-port and the like)."""
     import os
 
-    from tdedge import logs, server
+    from tdedge import lifecycle, logs, server
 
     settings = Settings.from_json(os.environ[SETTINGS_ENV])
     logs.configure(settings.log_level)
     if parent_pid is not None:
-        server.exit_with_parent(parent_pid)
+        lifecycle.exit_with_parent(parent_pid)
     server.listen(settings)
 
 
@@ -510,10 +510,6 @@ def _table(columns: Sequence[str], rows: list[dict[str, Any]]) -> str:
 @data_dir_option
 def engine_command(parent_pid: int | None, data_dir: str | None) -> None:
     """Run the personalization engine alone (``serve`` starts it for you)."""
-    from tdedge import server
     from tdedge.realtime import host
 
-    settings = _child_settings(data_dir)
-    if parent_pid is not None:
-        server.exit_with_parent(parent_pid)
-    host.run(settings)
+    host.run(_child_settings(data_dir), parent_pid)

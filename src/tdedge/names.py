@@ -32,6 +32,10 @@ RESERVED_DATABASES = frozenset(
 )
 RESERVED_PREFIXES = ("__", "ducklake", "duckdb", "sqlite", "pg_", "tdedge")
 
+# The column where a record's values that did not fit their column's type are kept, as
+# JSON (loader/schema.py); the lake makes it on every table that needs it.
+CONFLICTS = "td_type_conflicts"
+
 
 def is_valid_name(name: str) -> bool:
     return _NAME.fullmatch(name) is not None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 import click
 import msgspec
 
+from tdedge import lifecycle
 from tdedge.config import SETTINGS_ENV, Settings
 from tdedge.control.store import ControlStore, sqlite_engine
 
@@ -260,43 +260,6 @@ def prepare_metrics_dir(directory: Path) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
-def parent_watch(parent_pid: int, stop: threading.Event) -> threading.Thread:
-    """Set ``stop`` when the supervisor is gone (its pid is no longer our parent)."""
-
-    def watch() -> None:
-        while not stop.wait(0.5):
-            if os.getppid() != parent_pid:
-                log.warning("supervisor gone; stopping")
-                stop.set()
-
-    t = threading.Thread(target=watch, name="parent-watch", daemon=True)
-    t.start()
-    return t
-
-
-def exit_with_parent(parent_pid: int) -> None:
-    """Interrupt this process (granian stops gracefully on SIGINT) once ``serve`` is gone."""
-    stop = threading.Event()
-    parent_watch(parent_pid, stop)
-
-    def interrupt() -> None:
-        stop.wait()
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=interrupt, name="exit-with-parent", daemon=True).start()
-
-
-def loader_lock(settings: Settings) -> int:
-    """Block until this process is the only loader of the data dir; returns the lock fd."""
-    import fcntl
-
-    path: Path = settings.root / "run" / "loader.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
-
-
 def run_loader(settings: Settings, parent_pid: int | None) -> None:
     """The loader process: one per data dir, stops on SIGTERM or when ``serve`` is gone."""
     from tdedge.control.directory import Directory
@@ -306,12 +269,10 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     from tdedge.loader.runner import Loader
     from tdedge.realtime.refresh import start as start_p13n_refresher
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if parent_pid is not None:
-        parent_watch(parent_pid, stop)
-    lock_fd = loader_lock(settings)
+    stop = lifecycle.stop_event(parent_pid)
+    lock_fd = lifecycle.role_lock(settings, "loader", stop)
+    if lock_fd is None:
+        return
     control = sqlite_engine(settings.control_db)
     store = ControlStore(control, settings.max_databases_per_account)
     reader = SQLiteJournalReader(settings.journal_dir)

@@ -38,8 +38,14 @@ from tdedge.lake.inlining import Budget
 from tdedge.lake.retention import expire_import_errors
 from tdedge.lake.sql import ident, literal, table_ref
 from tdedge.lake.tables import Columns, create_table, evolve_table
-from tdedge.loader.schema import CONFLICTS
-from tdedge.names import NAME_RULE, SYSTEM_DATABASE, is_reserved, is_valid_name, normalize
+from tdedge.names import (
+    CONFLICTS,
+    NAME_RULE,
+    SYSTEM_DATABASE,
+    is_reserved,
+    is_valid_name,
+    normalize,
+)
 
 log = logging.getLogger("tdedge.lake")
 

@@ -24,7 +24,8 @@ from typing import Any
 
 import msgspec
 
-from tdedge.loader.schema import CONFLICTS, TIME, fold, usable_name
+from tdedge.loader.schema import TIME, fold, usable_name
+from tdedge.names import CONFLICTS
 
 TOO_MANY_COLUMNS = "too_many_columns"
 

@@ -16,7 +16,6 @@ import msgspec
 import pyarrow as pa
 
 from tdedge.loader.schema import (
-    CONFLICTS,
     NATIVE,
     TIME,
     TIME_MAX,
@@ -31,6 +30,7 @@ from tdedge.loader.schema import (
     usable_name,
     value_type,
 )
+from tdedge.names import CONFLICTS
 
 ARROW_TYPES: dict[str, pa.DataType] = {
     "BIGINT": pa.int64(),

@@ -52,10 +52,11 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from tdedge.names import CONFLICTS
+
 ColumnType = Literal["BIGINT", "DOUBLE", "VARCHAR", "BOOLEAN"]
 
 TIME: Final = "time"
-CONFLICTS: Final = "td_type_conflicts"
 MAX_NAME_LENGTH: Final = 255
 # DuckLake refuses columns with this prefix while data inlining is on.
 RESERVED_PREFIX: Final = "_ducklake_internal_"

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from tdedge import lifecycle
 from tdedge.config import Settings
 from tdedge.control.jobs import Job, JobResult, JobStore
 from tdedge.control.store import ControlStore
@@ -237,20 +238,10 @@ def _log_crash(future: Future[None]) -> None:
 
 def run_job_runner(settings: Settings, parent_pid: int | None) -> None:
     """The runner process: one per data dir; stops on SIGTERM or when ``serve`` is gone."""
-    import fcntl
-    import signal
-
-    from tdedge.server import parent_watch
-
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if parent_pid is not None:
-        parent_watch(parent_pid, stop)
-    lock = settings.root / "run" / "jobs.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # a second runner waits here until the first is gone
+    stop = lifecycle.stop_event(parent_pid)
+    fd = lifecycle.role_lock(settings, "jobs", stop)
+    if fd is None:
+        return
     jobs = JobStore.open(settings.control_db)
     control = ControlStore.open(settings.control_db)
     try:

@@ -24,7 +24,6 @@ the store's error code (500 at the door), and opening is tried again a second la
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
 import logging
 import os
@@ -38,6 +37,7 @@ import msgspec
 import sqlalchemy as sa
 from prometheus_client import Counter
 
+from tdedge import lifecycle
 from tdedge.config import Settings
 from tdedge.realtime import batch as batch_store
 from tdedge.realtime import sqlite as profile_store
@@ -204,20 +204,16 @@ class Connection(FramedProtocol):
         self._host.take(self, decode_asks(payload))
 
 
-def engine_lock(settings: Settings) -> int:
-    """Block until this process is the only engine of the data dir; returns the lock fd."""
-    path = settings.root / "run" / "p13n-engine.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
-
-
-def run(settings: Settings) -> None:
-    """The engine process: serves ``settings.p13n_socket`` until SIGTERM or SIGINT."""
+def run(settings: Settings, parent_pid: int | None = None) -> None:
+    """The engine process: serves ``settings.p13n_socket`` until SIGTERM or SIGINT, or
+    until ``serve`` (``parent_pid``) is gone."""
     import uvloop
 
-    lock_fd = engine_lock(settings)
+    lock_fd = lifecycle.role_lock(settings, "p13n-engine", lifecycle.stop_event(parent_pid))
+    if lock_fd is None:
+        return
+    if parent_pid is not None:
+        lifecycle.exit_with_parent(parent_pid)
     try:
         uvloop.run(_serve(settings))
     finally:
