@@ -6,11 +6,15 @@ database (an indexed point look-up), so a key created a moment ago works at once
 revocation is seen within the TTL. Misses are remembered for ``NEGATIVE_TTL_S`` so a
 flood of records with one bad key costs one look-up, not one per record. Time is passed
 in, never read inside.
+
+One Directory serves a whole process: an edge worker's doors answer on the event loop
+and the REST API in threads, so every method holds a lock (uncontended on the loop).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 
 from tdedge.control.keys import KeyInfo
 from tdedge.control.store import ControlStore
@@ -29,6 +33,7 @@ class Directory:
         self._owners: dict[str, int] = {}
         self._loaded_at = float("-inf")
         self._misses: dict[bytes | str, float] = {}
+        self._lock = threading.RLock()
 
     def _reload(self, now: float) -> None:
         self._keys = self._store.keys_by_hash()
@@ -37,8 +42,9 @@ class Directory:
         self._loaded_at = now
 
     def refresh(self, now: float) -> None:
-        if now - self._loaded_at >= self._ttl:
-            self._reload(now)
+        with self._lock:
+            if now - self._loaded_at >= self._ttl:
+                self._reload(now)
 
     def _missed_recently(self, what: bytes | str, now: float) -> bool:
         return now - self._misses.get(what, float("-inf")) < NEGATIVE_TTL_S
@@ -49,36 +55,40 @@ class Directory:
         self._misses[what] = now
 
     def key(self, key_hash: bytes, now: float) -> KeyInfo | None:
-        self.refresh(now)
-        info = self._keys.get(key_hash)
-        if info is None and not self._missed_recently(key_hash, now):
-            info = self._store.key_by_hash(key_hash)
-            if info is None:
-                self._missed(key_hash, now)
-            else:
-                self._keys[key_hash] = info
-        return info
+        with self._lock:
+            self.refresh(now)
+            info = self._keys.get(key_hash)
+            if info is None and not self._missed_recently(key_hash, now):
+                info = self._store.key_by_hash(key_hash)
+                if info is None:
+                    self._missed(key_hash, now)
+                else:
+                    self._keys[key_hash] = info
+            return info
 
     def database_owner(self, name: str, now: float) -> int | None:
-        self.refresh(now)
-        owner = self._owners.get(name)
-        if owner is None and not self._missed_recently(name, now):
-            owner = self._store.database_owner(name)
-            if owner is None:
-                self._missed(name, now)
-            else:
-                self._owners[name] = owner
-        return owner
+        with self._lock:
+            self.refresh(now)
+            owner = self._owners.get(name)
+            if owner is None and not self._missed_recently(name, now):
+                owner = self._store.database_owner(name)
+                if owner is None:
+                    self._missed(name, now)
+                else:
+                    self._owners[name] = owner
+            return owner
 
     def databases_of(self, account_id: int, now: float) -> set[str]:
         """The databases ``account_id`` owns, as of the last reload or look-up."""
-        self.refresh(now)
-        return {name for name, owner in self._owners.items() if owner == account_id}
+        with self._lock:
+            self.refresh(now)
+            return {name for name, owner in self._owners.items() if owner == account_id}
 
     def create_database(self, name: str, account_id: int) -> int:
         """Create ``name`` for ``account_id``; returns the owner (another writer may have won)."""
-        with contextlib.suppress(AlreadyExists):
-            self._store.create_database(name, account_id)
-        self._owners = self._store.database_owners()
-        self._misses.pop(name, None)
-        return self._owners[name]
+        with self._lock:
+            with contextlib.suppress(AlreadyExists):
+                self._store.create_database(name, account_id)
+            self._owners = self._store.database_owners()
+            self._misses.pop(name, None)
+            return self._owners[name]

@@ -108,6 +108,10 @@ class ControlStore:
     def open(cls, path: Path, max_databases_per_account: int | None = None) -> ControlStore:
         return cls(sqlite_engine(path), max_databases_per_account)
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
     def close(self) -> None:
         self._engine.dispose()
 

@@ -25,7 +25,6 @@ import msgspec
 
 from tdedge import metrics
 from tdedge.config import SETTINGS_ENV, Settings
-from tdedge.edge.auth import SyncAuth
 from tdedge.edge.cdp import CdpDoor
 from tdedge.edge.deadlines import BodyDeadlines
 from tdedge.edge.http import (
@@ -114,8 +113,7 @@ class EdgeApp:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         journal = SQLiteJournal(self.settings)
-        auth = SyncAuth(self.settings) if self.settings.auth == "sync" else None
-        self._services = Services(self.settings, journal, auth)
+        self._services = Services(self.settings, journal)
         self._doors = {"legacy": LegacyDoor(self._services)}
         self._doors["records"] = RecordsDoor(self._services)
         if "api" in self.settings.door_ports and self.settings.fixed_door != "api":
@@ -134,7 +132,13 @@ class EdgeApp:
         log.info("edge worker ready", extra={"pid": os.getpid(), "shard": journal.shard})
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close everything the worker opened: the doors' own resources, then what they
+        share (Services.close)."""
         self._deadlines.stop()
+        for door in self._doors.values():
+            close = getattr(door, "close", None)
+            if close is not None:
+                close()
         if self._services is not None:
             self._services.close()
 

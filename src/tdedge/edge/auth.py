@@ -14,7 +14,6 @@ from urllib.parse import parse_qsl
 from tdedge.config import Settings
 from tdedge.control import access
 from tdedge.control.directory import Directory
-from tdedge.control.store import ControlStore
 from tdedge.edge.http import Headers
 from tdedge.names import normalize
 
@@ -32,11 +31,10 @@ def legacy_key(headers: Headers, query_string: str) -> str | None:
 
 
 class SyncAuth:
-    """Answers whether a key may write to a database, from a cached Directory."""
+    """Answers whether a key may write to a database, from the worker's Directory."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._store = ControlStore.open(settings.control_db)
-        self._directory = Directory(self._store, ttl_s=settings.key_cache_ttl_s)
+    def __init__(self, settings: Settings, directory: Directory) -> None:
+        self._directory = directory
         self._auto_create = settings.auto_create_database_for_master
 
     def refusal(self, key_hash: bytes, database: str) -> str | None:
@@ -51,6 +49,3 @@ class SyncAuth:
             info, access.Action.WRITE, name, owner, auto_create=self._auto_create
         )
         return decision.reason if isinstance(decision, access.Refused) else None
-
-    def close(self) -> None:
-        self._store.close()

@@ -39,7 +39,6 @@ from tdedge.edge.cookies import GLOBAL_ID_COOKIE, cookie_value
 from tdedge.edge.cors import CDP, VARY, Cors
 from tdedge.edge.http import JSON, HTTPError, Protocol_, Response, Scope, encode_json
 from tdedge.edge.services import Counters, Services
-from tdedge.realtime import batch as batch_store
 from tdedge.realtime import sqlite as profile_store
 from tdedge.realtime import tokens
 from tdedge.realtime.batch import BatchStore
@@ -47,7 +46,6 @@ from tdedge.realtime.config import COLUMN
 from tdedge.realtime.errors import StoreUnavailable
 from tdedge.realtime.lookup import GLOBAL_ID_COLUMN, Lookup, entry
 from tdedge.realtime.profile import key_of
-from tdedge.realtime.registry import Registry
 from tdedge.realtime.service import NO_FACTS, Service
 from tdedge.realtime.tokens import LookupTokenInfo
 from tdedge.realtime.view import View
@@ -293,21 +291,13 @@ class CdpDoor:
     def _open(self) -> None:
         if self._opened:
             return
-        root = self._s.settings.root
-        opened: list[Any] = []
         try:
-            registry = Registry.open(self._s.settings.control_db)
-            opened.append(registry)
-            profiles = profile_store.SQLiteProfileStore(profile_store.default_path(root))
-            opened.append(profiles)
-            batch = BatchStore(batch_store.default_path(root))
+            registry = self._s.registry
+            profiles = self._s.profiles
+            batch = self._s.batch
         except StoreUnavailable as e:
-            for thing in opened:
-                thing.close()
             raise self._unavailable(e) from None
         except (OSError, sqlite3.Error, sa.exc.SQLAlchemyError) as e:
-            for thing in opened:
-                thing.close()
             log.error("cdp lookup stores cannot be opened", extra={"error": str(e)})
             raise HTTPError(
                 503,

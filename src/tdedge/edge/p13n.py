@@ -36,7 +36,6 @@ import sqlalchemy as sa
 
 from tdedge.control import access
 from tdedge.control.directory import Directory
-from tdedge.control.store import ControlStore
 from tdedge.edge import cors
 from tdedge.edge.body import media_type
 from tdedge.edge.http import HTTPError, Protocol_, Response, Scope, encode_json, read_body
@@ -46,10 +45,7 @@ from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.services import Services
 from tdedge.journal.envelope import Envelope
 from tdedge.loader.limits import columns_refusal
-from tdedge.realtime import batch as batch_store
-from tdedge.realtime import sqlite as profile_store
 from tdedge.realtime import tokens
-from tdedge.realtime.batch import BatchStore
 from tdedge.realtime.batcher import Batcher
 from tdedge.realtime.client import EngineClient
 from tdedge.realtime.collector import freeze_survivors
@@ -63,7 +59,6 @@ from tdedge.realtime.errors import (
     StoreUnavailable,
 )
 from tdedge.realtime.limits import Limiter
-from tdedge.realtime.registry import Registry
 from tdedge.realtime.service import Service
 from tdedge.realtime.tokens import TokenInfo
 from tdedge.realtime.view import View
@@ -133,31 +128,20 @@ class P13nDoor:
         if self._opened:
             return
         s = self._s.settings
-        opened: list[Any] = []
         try:
-            control = ControlStore.open(s.control_db)
-            opened.append(control)
-            registry = Registry.open(s.control_db)
-            opened.append(registry)
+            registry = self._s.registry
             engine: Batcher | EngineClient
             if s.engine_process:
                 engine = EngineClient(s.p13n_socket)
             else:
-                store = profile_store.SQLiteProfileStore(profile_store.default_path(s.root))
-                opened.append(store)
-                batch = BatchStore(batch_store.default_path(s.root))
-                engine = Batcher(Engine(store, batch), self._clock)
+                engine = Batcher(Engine(self._s.profiles, self._s.batch), self._clock)
         except StoreUnavailable as e:
-            for thing in opened:
-                thing.close()
             log.error("p13n stores cannot be opened", extra={"error": str(e)})
             raise DoorError(500, e.code, f"{e.store} unavailable; retry later") from None
         except (OSError, sqlite3.Error, sa.exc.SQLAlchemyError) as e:
-            for thing in opened:
-                thing.close()
             log.error("p13n stores cannot be opened", extra={"error": str(e)})
             raise DoorError(500, 9999, "personalization unavailable; retry later") from None
-        self._directory = Directory(control, ttl_s=s.key_cache_ttl_s)
+        self._directory = self._s.directory
         self._view = View(registry)
         self._engine = engine
         self._opened = True

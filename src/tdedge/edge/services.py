@@ -17,7 +17,9 @@ from typing import Any
 
 from tdedge import metrics
 from tdedge.config import Settings
+from tdedge.control.directory import Directory
 from tdedge.control.keys import hash_key
+from tdedge.control.store import ControlStore
 from tdedge.edge.auth import SyncAuth
 from tdedge.edge.http import HTTPError, Scope
 from tdedge.edge.memo import Memo
@@ -28,6 +30,11 @@ from tdedge.edge.throttle import Throttle
 from tdedge.errors import JournalUnavailable
 from tdedge.journal.base import Journal
 from tdedge.journal.envelope import Envelope
+from tdedge.realtime import batch as batch_store
+from tdedge.realtime import sqlite as profile_store
+from tdedge.realtime.batch import BatchStore
+from tdedge.realtime.registry import Registry
+from tdedge.realtime.sqlite import SQLiteProfileStore
 
 log = logging.getLogger("tdedge.edge")
 
@@ -67,10 +74,17 @@ class Counters:
 
 
 class Services:
-    def __init__(self, settings: Settings, journal: Journal, auth: SyncAuth | None) -> None:
+    def __init__(self, settings: Settings, journal: Journal) -> None:
         self.settings = settings
         self.journal = journal
-        self.auth = auth
+        # One control store (one SQLAlchemy engine) and one key cache per worker, shared
+        # by every door: keys and databases are looked up, refreshed and closed once.
+        self.control = ControlStore.open(settings.control_db, settings.max_databases_per_account)
+        self.directory = Directory(self.control, ttl_s=settings.key_cache_ttl_s)
+        self.auth = SyncAuth(settings, self.directory) if settings.auth == "sync" else None
+        self._registry: Registry | None = None
+        self._profiles: SQLiteProfileStore | None = None
+        self._batch: BatchStore | None = None
         self.counters = Counters()
         # door, reason, kept: "row", "summary" (counted in a summary row) or "none"
         self.refusals = Counters(metrics.REFUSALS)
@@ -224,10 +238,36 @@ class Services:
             # Counted already (kept="summary"); only the rows are missing.
             log.warning("refusal summaries not kept: journal unavailable")
 
+    @property
+    def registry(self) -> Registry:
+        """The p13n configuration's registry, on the worker's control store (opened when
+        a p13n or CDP request first needs it)."""
+        if self._registry is None:
+            self._registry = Registry(self.control.engine)
+        return self._registry
+
+    @property
+    def profiles(self) -> SQLiteProfileStore:
+        """The real-time profiles, for the doors that read them in this worker (the CDP
+        door; the p13n door with an inline engine): opened when first needed."""
+        if self._profiles is None:
+            self._profiles = SQLiteProfileStore(profile_store.default_path(self.settings.root))
+        return self._profiles
+
+    @property
+    def batch(self) -> BatchStore:
+        """The batch segments and imported attributes, opened when first needed."""
+        if self._batch is None:
+            self._batch = BatchStore(batch_store.default_path(self.settings.root))
+        return self._batch
+
     def close(self) -> None:
+        """Close everything this worker opened."""
         if self._summary is not None:
             self._summary.cancel()
         self.offload.close()
         self.journal.close()
-        if self.auth is not None:
-            self.auth.close()
+        for store in (self._batch, self._profiles, self._registry):
+            if store is not None:
+                store.close()
+        self.control.close()

@@ -90,8 +90,11 @@ class Applied(msgspec.Struct, frozen=True):
 
 
 class Registry:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, owns_engine: bool = False) -> None:
+        """On ``engine``, which ``close`` disposes only if this registry ``owns_engine``
+        (an edge worker shares its control store's)."""
         self._engine = engine
+        self._owns_engine = owns_engine
         try:
             # Worker processes start together: create_tables tolerates losing the race.
             create_tables(metadata, engine)
@@ -105,10 +108,11 @@ class Registry:
 
     @classmethod
     def open(cls, control_db: Path) -> Registry:
-        return cls(sqlite_engine(control_db))
+        return cls(sqlite_engine(control_db), owns_engine=True)
 
     def close(self) -> None:
-        self._engine.dispose()
+        if self._owns_engine:
+            self._engine.dispose()
 
     # Configurations.
     def apply(self, config: ConfigFile, source: str) -> int:
