@@ -12,6 +12,7 @@ from tdedge.api.callers import Authenticator, Caller
 from tdedge.api.catalog import LakeCatalog
 from tdedge.api.wire import ApiError, not_found
 from tdedge.config import Settings
+from tdedge.control.bulk_sessions import BulkSessions
 from tdedge.control.jobs import JobStore
 from tdedge.control.store import ControlStore, databases
 from tdedge.edge.http import Headers
@@ -39,6 +40,7 @@ class Api:
     catalog: LakeCatalog
     auth: Authenticator
     services: Services
+    sessions: BulkSessions
 
     def owned_database(self, caller: Caller, name: str) -> str:
         """``name`` normalised, when it is a database of the caller's account; else 404.
