@@ -170,8 +170,10 @@ def test_refusals(client: tdclient.Client, api: tuple[Server, str]) -> None:
         client.bulk_import_upload_part("sess_1", "a b", body, len(body))
     assert client.list_bulk_import_parts("sess_1") == ["p1"]
     srv.wait_errors(
-        lambda errs: {"invalid_gzip", "not_an_object"}
-        <= {e["reason"] for e in errs if e["door"] == "bulk_import"}
+        lambda errs: (
+            {"invalid_gzip", "not_an_object"}
+            <= {e["reason"] for e in errs if e["door"] == "bulk_import"}
+        )
     )
     # Keys: a wrong one is 401, a write key 403, another account sees nothing.
     wrong = tdclient.Client(apikey="1/not-a-key", endpoint=endpoint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +313,17 @@ def test_a_stored_part_survives_reopening(tmp_path: Path) -> None:
     first.close()
     again = BulkSessions.open(tmp_path / "s.sqlite")
     assert list(again.bodies(again.find(1, "s1").id)) == [b"durable"]
+
+
+def test_expired_parts_give_their_pages_back(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = BulkSessions.open(path)
+    session = new(store)
+    for i in range(4):
+        put(store, session, f"p{i}", bytes(range(256)) * 4096, max_bytes=10**8)
+    with sqlite3.connect(path) as db:
+        before = db.execute("PRAGMA page_count").fetchone()[0]
+    assert store.expire(NOW + 31 * DAY, retention_s=DAY, expiry_s=30 * DAY) == 1
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+        assert db.execute("PRAGMA page_count").fetchone()[0] < before / 10

@@ -484,8 +484,13 @@ class BulkSessions:
                 return 0
             conn.execute(sa.delete(parts).where(parts.c.session_id.in_(ids)))
             conn.execute(sa.delete(sessions).where(sessions.c.id.in_(ids)))
-        with self._engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA incremental_vacuum")
+        # Through executescript: the pragma frees a page per step, and sqlite3's
+        # execute() steps a statement that returns no rows only once.
+        raw = self._engine.raw_connection()
+        try:
+            raw.driver_connection.executescript("PRAGMA incremental_vacuum;")  # type: ignore[union-attr]
+        finally:
+            raw.close()
         return len(ids)
 
     # Helpers.
