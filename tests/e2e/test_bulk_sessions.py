@@ -5,6 +5,7 @@ DataFrame written by pytd's bulk_import writer and read back."""
 from __future__ import annotations
 
 import io
+import os
 import sqlite3
 import time
 from typing import Any
@@ -26,7 +27,9 @@ DAY = 1_700_006_400  # 2023-11-15 00:00:00 UTC
 
 @pytest.fixture
 def api(make_server: Any) -> tuple[Server, str]:
-    return start_api_server(make_server, "--bulk-part-max-bytes", "200000")
+    return start_api_server(
+        make_server, "--bulk-part-max-bytes", "200000", "--bulk-account-max-bytes", "250000"
+    )
 
 
 @pytest.fixture
@@ -168,6 +171,14 @@ def test_refusals(client: tdclient.Client, api: tuple[Server, str]) -> None:
             client.bulk_import_upload_part("sess_1", part, bad, len(bad))
     with pytest.raises(errors.APIError, match=r"400.*invalid_name"):
         client.bulk_import_upload_part("sess_1", "a b", body, len(body))
+    # The account's parts on disk are bounded: 150 kB fits once, not twice.
+    wide = fluent_body({"time": DAY, "r": os.urandom(50).hex()} for _ in range(2500))
+    assert 140_000 < len(wide) < 200_000
+    client.bulk_import_upload_part("sess_1", "w1", wide, len(wide))
+    client.bulk_import_upload_part("sess_1", "w1", wide, len(wide))  # replaced, not added
+    with pytest.raises(errors.ForbiddenError, match="bulk_storage_limit"):
+        client.bulk_import_upload_part("sess_1", "w2", wide, len(wide))
+    client.bulk_import_delete_part("sess_1", "w1")
     assert client.list_bulk_import_parts("sess_1") == ["p1"]
     srv.wait_errors(
         lambda errs: (

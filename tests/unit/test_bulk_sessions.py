@@ -327,3 +327,16 @@ def test_expired_parts_give_their_pages_back(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0
         assert db.execute("PRAGMA page_count").fetchone()[0] < before / 10
+
+
+def test_parts_read_while_their_session_is_deleted_are_not_read_in_part(
+    store: BulkSessions,
+) -> None:
+    session = new(store)
+    put(store, session, "p1", b"one")
+    put(store, session, "p2", b"two")
+    reading = store.bodies(session.id)
+    assert next(reading) == b"one"
+    store.delete(1, "s1")
+    with pytest.raises(NotFound):
+        next(reading)

@@ -230,7 +230,8 @@ def error_records(api: Api, req: Request) -> Response:
         api.sessions.bodies(session.id), s, s.bulk_error_records_max_bytes
     )
     packer = msgpack.Packer()
-    body = gzip.compress(b"".join(packer.pack(r) for r in found), compresslevel=6)
+    with _answered():
+        body = gzip.compress(b"".join(packer.pack(r) for r in found), compresslevel=6)
     return 200, [("content-type", "application/octet-stream")], body
 
 
@@ -322,7 +323,8 @@ def _commit(api: Api, caller: Caller, name: str) -> None:
     if started is None:
         return  # committed, or journaled by an earlier commit
     try:
-        records = _journal(api, caller, started, attempt)
+        with _answered():
+            records = _journal(api, caller, started, attempt)
     except BaseException:
         api.sessions.abort_commit(started.id, attempt, time.time())
         raise

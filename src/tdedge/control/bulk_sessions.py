@@ -459,7 +459,9 @@ class BulkSessions:
 
     def bodies(self, session_id: int) -> Iterator[bytes]:
         """Each part's body as uploaded, in the order of their names, one at a time:
-        a session is never held whole."""
+        a session is never held whole. Parts of a frozen session never change, so a
+        part gone while they are read means the session was deleted: NotFound, rather
+        than a commit of the parts read so far."""
         for name in self.part_names(session_id):
             with self._engine.connect() as conn:
                 body = conn.execute(
@@ -467,8 +469,9 @@ class BulkSessions:
                         parts.c.session_id == session_id, parts.c.name == name
                     )
                 ).scalar()
-            if body is not None:
-                yield bytes(body)
+            if body is None:
+                raise NotFound(f"the bulk import session was deleted while part {name!r} was read")
+            yield bytes(body)
 
     # Retention.
     def expire(self, now: float, retention_s: float, expiry_s: float) -> int:
