@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from tdedge.api import bulk_parts
+from tdedge.api import bulk_parts, bulk_sessions
 from tdedge.api.bulk_parts import TIME_INVALID, TIME_MISSING, reason
 from tdedge.api.msgpack_records import RECORD_TOO_LARGE, Record
 from tdedge.api.wire import ApiError
@@ -340,3 +340,12 @@ def test_parts_read_while_their_session_is_deleted_are_not_read_in_part(
     store.delete(1, "s1")
     with pytest.raises(NotFound):
         next(reading)
+
+
+def test_a_part_that_would_leave_the_journal_no_room_is_refused(tmp_path: Path) -> None:
+    settings = Settings(data_dir=str(tmp_path), journal_min_free_bytes=0, retry_after_s=7)
+    bulk_sessions.room_for(settings, 1024)
+    with pytest.raises(ApiError) as e:
+        bulk_sessions.room_for(settings, 2**62)
+    assert (e.value.status, e.value.code) == (503, "disk_full")
+    assert ("retry-after", "7") in e.value.headers

@@ -45,7 +45,14 @@ from tdedge.api.bulk_parts import Checked, checked, part_records
 from tdedge.api.callers import Caller
 from tdedge.api.context import Api, Request, valid_name
 from tdedge.api.wire import ApiError, not_found, ok
-from tdedge.control.bulk_sessions import PartInfo, Session, WrongStatus
+from tdedge.config import Settings
+from tdedge.control.bulk_sessions import (
+    NOT_PERFORMED,
+    SESSION_FROZEN,
+    PartInfo,
+    Session,
+    WrongStatus,
+)
 from tdedge.control.jobs import JobResult
 from tdedge.edge.http import HTTPError, Response
 from tdedge.errors import AlreadyExists, JournalUnavailable, LimitReached, NotFound
@@ -222,7 +229,7 @@ def error_records(api: Api, req: Request) -> Response:
     if not session.performed:
         raise ApiError(
             422,
-            "session_not_performed",
+            NOT_PERFORMED,
             f"bulk import session '{name}' is {session.status}: perform it first",
         )
     s = api.settings
@@ -278,21 +285,15 @@ def _store_part(api: Api, session: Session, part: str, body: bytes) -> bulk_part
             raise WrongStatus(
                 f"bulk import session '{session.name}' is frozen: its parts cannot change "
                 "(unfreeze it first)",
-                "session_frozen",
+                SESSION_FROZEN,
             )
         # The limits are checked again when the part is stored; here they spare a
         # refused part the work of being read.
         api.sessions.part_room(
             session, part, len(body), s.bulk_session_max_parts, s.bulk_account_max_bytes
         )
+    room_for(s, len(body))
     counts = bulk_parts.count(body, s)
-    if shutil.disk_usage(s.root).free < s.journal_min_free_bytes + len(body):
-        raise ApiError(
-            503,
-            DISK_FULL,
-            "the data dir is nearly full: retry later",
-            [("retry-after", str(s.retry_after_s))],
-        )
     info = PartInfo(
         name=part, bytes=len(body), records=counts.records, error_records=counts.error_records
     )
@@ -301,6 +302,18 @@ def _store_part(api: Api, session: Session, part: str, body: bytes) -> bulk_part
             session, info, body, time.time(), s.bulk_session_max_parts, s.bulk_account_max_bytes
         )
     return counts
+
+
+def room_for(settings: Settings, size: int) -> None:
+    """503 unless storing ``size`` bytes leaves the data dir the free space the journal
+    keeps (``journal_min_free_bytes``): a part must not take the disk records need."""
+    if shutil.disk_usage(settings.root).free < settings.journal_min_free_bytes + size:
+        raise ApiError(
+            503,
+            DISK_FULL,
+            "the data dir is nearly full: retry later",
+            [("retry-after", str(settings.retry_after_s))],
+        )
 
 
 async def commit(api: Api, caller: Caller, args: tuple[str, ...]) -> Response:

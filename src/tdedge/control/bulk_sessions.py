@@ -100,7 +100,7 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     database: str
     table: str
     token: str
-    status: str
+    status: Status
     frozen: bool
     job_id: int | None
     valid_records: int | None
