@@ -12,6 +12,7 @@ from typing import Any
 import click
 import msgspec
 
+from tdedge.api.bulk_options import bulk_options, bulk_settings
 from tdedge.cli_p13n import p13n
 from tdedge.config import SETTINGS_ENV, EngineMode, Settings, default_data_dir
 from tdedge.edge.options import refusal_options, refusal_settings
@@ -193,6 +194,7 @@ main.add_command(p13n)
 )
 @job_options
 @refusal_options
+@bulk_options
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     data_dir: str | None,
@@ -221,7 +223,7 @@ def serve(
     cookie_domain: str | None,
     p13n_engine: EngineMode,
     log_level: str,
-    **grouped: Any,  # the values of job_options and refusal_options
+    **grouped: Any,  # the values of job_options, refusal_options and bulk_options
 ) -> None:
     """Run the HTTP server and the loader."""
     from tdedge import logs, server
@@ -251,6 +253,7 @@ def serve(
         log_level=log_level,
         **job_settings(grouped),
         **refusal_settings(grouped),
+        **bulk_settings(grouped),
     )
     logs.configure(log_level)
     server.serve(settings, run_loader=loader)

@@ -208,6 +208,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # forgets older ones): retries come within hours, and the ids it looks a batch's
     # uploads up in stay bounded. A retry later than this loads again.
     bulk_import_retention_s: float = 30 * 86400.0
+    # Bulk Import sessions (/v3/bulk_import/…, api/bulk_sessions.py): parts wait,
+    # fsynced, in their own SQLite file until the session is committed, so these bound
+    # the disk one account can hold there. A part is one request body (pytd sends
+    # parts of 10,000 rows, a few MiB at most); it inflates within
+    # import_max_inflated_bytes and its records within import_max_record_bytes.
+    bulk_part_max_bytes: int = 64 * 1024 * 1024
+    # pytd uploads at most about 200 parts per session.
+    bulk_session_max_parts: int = 1_000
+    # Sessions an account holds at once, whatever their status (pytd deletes its own
+    # once committed; a failed run may leave one behind until the expiry below).
+    bulk_sessions_per_account: int = 100
+    # Bytes of parts an account holds at once, in all its sessions.
+    bulk_account_max_bytes: int = 16 * 1024 * 1024 * 1024
+    # A committed session (its status, counts and error records) is kept this long,
+    # then deleted with its parts: a commit retried within it is answered at once.
+    # At most bulk_import_retention_s, the loader's memory of what it loaded.
+    bulk_session_retention_s: float = 7 * 86400.0
+    # A session not committed and not touched for this long is deleted with its parts,
+    # as TD expires bulk imports after 30 days.
+    bulk_session_expiry_s: float = 30 * 86400.0
+    # The most error_records answers at once (msgpack, before gzip): the answer is
+    # built in memory. The import errors hold every one once the session is committed.
+    bulk_error_records_max_bytes: int = 64 * 1024 * 1024
 
     # Personalization. "process": one engine process decides for every
     # worker (realtime/host.py); "inline": each worker runs the engine itself.
@@ -231,6 +254,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def control_db(self) -> Path:
         return self.root / "control.sqlite"
+
+    @property
+    def bulk_sessions_db(self) -> Path:
+        return self.root / "bulk_sessions.sqlite"
 
     @property
     def lake_catalog(self) -> Path:

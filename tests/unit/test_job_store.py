@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tdedge.control.jobs import JobStore
+from tdedge.control.jobs import JobResult, JobStore
 
 NOW = 1_800_000_000.0
 
@@ -59,5 +59,30 @@ def test_claims_take_turns_between_accounts(tmp_path: Path) -> None:
         assert store.queued(2) == 5 and store.queued(1) == 0
         third = store.claim(NOW, {1: 1, 2: 1}, per_account=2)
         assert third is not None and third.id == heavy[0]  # oldest first
+    finally:
+        store.close()
+
+
+def test_a_job_created_finished_is_listed_and_never_claimed(tmp_path: Path) -> None:
+    store = JobStore.open(tmp_path / "control.sqlite")
+    try:
+        done = store.create(
+            account_id=1,
+            key_id="k",
+            type="bulk_import",
+            database="db",
+            query="session-1",
+            now=NOW,
+            finished=JobResult(status="success", num_records=7),
+        )
+        assert (done.status, done.num_records, done.start_at, done.end_at) == (
+            "success",
+            7,
+            NOW,
+            NOW,
+        )
+        assert store.claim(NOW) is None
+        assert store.queued(1) == 0
+        assert [j.id for j in store.list(1)[1]] == [done.id]
     finally:
         store.close()

@@ -39,7 +39,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -95,9 +95,15 @@ def steps(data: bytes) -> Iterator[bytes]:
         yield data[at : at + OUT_STEP]
 
 
-def parts(
-    found: Iterable[Record], envelope: Callable[[Record, int], Envelope]
-) -> Iterator[list[Envelope]]:
+class Encoded(Protocol):
+    @property
+    def json(self) -> bytes: ...
+
+
+R = TypeVar("R", bound=Encoded)
+
+
+def parts(found: Iterable[R], envelope: Callable[[R, int], Envelope]) -> Iterator[list[Envelope]]:
     """The envelopes of ``found`` in journal parts of about PART_BYTES or PART_RECORDS."""
     part: list[Envelope] = []
     size = 0

@@ -20,9 +20,11 @@ import duckdb
 
 from tdedge.config import Settings
 from tdedge.errors import LakeError
+from tdedge.lake.batch import ImportKey
 from tdedge.lake.catalog import LAKE
 from tdedge.lake.connection import open_connection
 from tdedge.lake.sql import ident
+from tdedge.lake.system import BULK_IMPORTS
 
 META = f"__ducklake_metadata_{LAKE}"
 # TD's column type names for the lake's.
@@ -59,6 +61,11 @@ SELECT count(*)
 FROM {META}.ducklake_table t JOIN {META}.ducklake_schema s ON s.schema_id = t.schema_id
 WHERE t.end_snapshot IS NULL AND s.end_snapshot IS NULL AND list_contains(?, s.schema_name)
 """
+
+_LOADED_RECORDS = (
+    f"SELECT coalesce(sum(records), 0) FROM {BULK_IMPORTS} "
+    "WHERE account_id = ? AND database_name = ? AND table_name = ? AND unique_id = ?"
+)
 
 _COLUMNS = (
     "SELECT table_name, column_name, data_type FROM duckdb_columns() "
@@ -114,6 +121,17 @@ class LakeCatalog:
 
     def table(self, database: str, name: str) -> TableInfo | None:
         return next((t for t in self.tables(database) if t.name == name), None)
+
+    def loaded_records(self, key: ImportKey) -> int:
+        """How many records of the upload ``key`` the loader has loaded (rows and import
+        errors alike), as it recorded them in the rows' own commits; 0 before the loader
+        made its tables."""
+        with self._lock:
+            try:
+                rows = self._fetch(_LOADED_RECORDS, list(key))
+            except LakeError:
+                return 0
+        return int(rows[0][0]) if rows else 0
 
     def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         for attempt in (1, 2):

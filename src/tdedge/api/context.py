@@ -13,6 +13,7 @@ from tdedge.api.catalog import LakeCatalog
 from tdedge.api.wire import ApiError, not_found
 from tdedge.config import Settings
 from tdedge.control import access
+from tdedge.control.bulk_sessions import BulkSessions
 from tdedge.control.jobs import JobStore
 from tdedge.control.store import ControlStore, databases
 from tdedge.edge.http import Headers
@@ -40,6 +41,7 @@ class Api:
     catalog: LakeCatalog
     auth: Authenticator
     services: Services
+    sessions: BulkSessions
 
     def owned_database(
         self, caller: Caller, name: str, action: access.Action = access.Action.READ

@@ -123,7 +123,10 @@ class JobStore:
         now: float,
         priority: int = 0,
         retry_limit: int = 0,
+        finished: JobResult | None = None,
     ) -> Job:
+        """A queued job; or, with ``finished``, one that ran already (a bulk import's
+        perform, counted in its request), which the runner never claims."""
         values: dict[str, Any] = {
             "account_id": account_id,
             "key_id": key_id,
@@ -139,6 +142,16 @@ class JobStore:
             "kill_requested": False,
             "attempts": 0,
         }
+        if finished is not None:
+            values |= {
+                "status": finished.status,
+                "num_records": finished.num_records,
+                "result_size": finished.result_size,
+                "error": finished.error,
+                "start_at": now,
+                "end_at": now,
+                "attempts": 1,
+            }
         with self._engine.begin() as conn:
             result = conn.execute(sa.insert(jobs).values(**values))
             job_id = int(result.inserted_primary_key[0])  # type: ignore[index]

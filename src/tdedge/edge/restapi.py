@@ -15,12 +15,13 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
-from tdedge.api import bulk_import, databases, jobs, tables
+from tdedge.api import bulk_import, bulk_sessions, databases, jobs, tables
 from tdedge.api.callers import Authenticator, Caller, require_master
 from tdedge.api.catalog import LakeCatalog
 from tdedge.api.context import Api, Request, path_args
 from tdedge.api.forms import form_fields, query_params
 from tdedge.api.wire import ApiError, error_response, ok
+from tdedge.control.bulk_sessions import BulkSessions
 from tdedge.control.imports import ImportLedger
 from tdedge.control.jobs import JobStore
 from tdedge.control.store import ControlStore, sqlite_engine
@@ -41,7 +42,7 @@ class Route(NamedTuple):
     method: str
     pattern: re.Pattern[str]
     name: str  # metrics label
-    handler: Handler | None  # None: the bulk import, which is async
+    handler: Handler | None  # None: answered on the event loop (ApiDoor._on_loop)
     master: bool = True  # whether a write key is refused
 
 
@@ -67,6 +68,26 @@ ROUTES = (
     _route("GET", "/v3/job/list", "job_list", jobs.job_list),
     _route("PUT", "/v3/table/import/{}/{}/{}", "import", None, master=False),
     _route("PUT", "/v3/table/import_with_id/{}/{}/{}/{}", "import", None, master=False),
+    # TD's Bulk Import API (api/bulk_sessions.py): master keys only, as it runs jobs.
+    _route("POST", "/v3/bulk_import/create/{}/{}/{}", "bulk_create", bulk_sessions.create),
+    _route("GET", "/v3/bulk_import/show/{}", "bulk_show", bulk_sessions.show),
+    _route("GET", "/v3/bulk_import/list", "bulk_list", bulk_sessions.list_sessions),
+    _route("POST", "/v3/bulk_import/delete/{}", "bulk_delete", bulk_sessions.delete),
+    _route("PUT", "/v3/bulk_import/upload_part/{}/{}", "bulk_upload_part", None),
+    _route("GET", "/v3/bulk_import/list_parts/{}", "bulk_list_parts", bulk_sessions.list_parts),
+    _route(
+        "POST", "/v3/bulk_import/delete_part/{}/{}", "bulk_delete_part", bulk_sessions.delete_part
+    ),
+    _route("POST", "/v3/bulk_import/freeze/{}", "bulk_freeze", bulk_sessions.freeze),
+    _route("POST", "/v3/bulk_import/unfreeze/{}", "bulk_unfreeze", bulk_sessions.unfreeze),
+    _route("POST", "/v3/bulk_import/perform/{}", "bulk_perform", bulk_sessions.perform),
+    _route("POST", "/v3/bulk_import/commit/{}", "bulk_commit", None),
+    _route(
+        "GET",
+        "/v3/bulk_import/error_records/{}",
+        "bulk_error_records",
+        bulk_sessions.error_records,
+    ),
 )
 _BY_NAME = {r.name: [x for x in ROUTES if x.name == r.name] for r in ROUTES}
 SERVER_STATUS = "/v3/system/server_status"
@@ -88,11 +109,13 @@ class ApiDoor:
             catalog=LakeCatalog(settings),
             auth=Authenticator(control, ttl_s=settings.key_cache_ttl_s),
             services=services,
+            sessions=BulkSessions.open(settings.bulk_sessions_db),
         )
         self._ledger = ImportLedger(engine)
 
     def close(self) -> None:
         self._api.catalog.close()
+        self._api.sessions.close()
         self._api.engine.dispose()
 
     def route(self, path: str) -> str | None:
@@ -134,11 +157,24 @@ class ApiDoor:
         if r.master:
             require_master(caller)
         if r.handler is None:
-            body = await read_body(scope, proto, api.settings.import_max_bytes)
-            return await bulk_import.bulk_import(api, self._ledger, caller, args, body)
+            return await self._on_loop(r.name, args, caller, scope, proto)
         body = await read_body(scope, proto, FORM_MAX_BYTES) if scope.method == "POST" else b""
         request = _request(scope, args, body, caller)
         return await asyncio.to_thread(r.handler, api, request)
+
+    async def _on_loop(
+        self, route: str, args: tuple[str, ...], caller: Caller, scope: Scope, proto: Protocol_
+    ) -> Response:
+        """The routes that read a large body or journal records."""
+        api = self._api
+        if route == "bulk_upload_part":
+            body = await read_body(scope, proto, api.settings.bulk_part_max_bytes)
+            return await bulk_sessions.upload_part(api, caller, args, body)
+        if route == "bulk_commit":
+            await read_body(scope, proto, FORM_MAX_BYTES)
+            return await bulk_sessions.commit(api, caller, args)
+        body = await read_body(scope, proto, api.settings.import_max_bytes)
+        return await bulk_import.bulk_import(api, self._ledger, caller, args, body)
 
 
 def _normal(path: str) -> str:
