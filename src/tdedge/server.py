@@ -197,7 +197,7 @@ def listen(settings: Settings) -> None:
 
     os.environ[SETTINGS_ENV] = settings.to_json().decode()
     Server(
-        "tdedge.edge.app:create_app",
+        "tdedge.worker:create_app",
         address=settings.host,
         port=settings.port,
         interface=Interfaces.RSGI,

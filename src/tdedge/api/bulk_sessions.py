@@ -121,7 +121,7 @@ def _named(name: str) -> dict[str, Any]:
     return {"name": name, "bulk_import": name}
 
 
-# Handlers run in worker threads (edge/restapi.py).
+# Handlers run in worker threads (api/door.py).
 def create(api: Api, req: Request) -> Response:
     name = session_name(req.args[0])
     database = api.owned_database(req.caller, req.args[1])
@@ -257,7 +257,7 @@ def _settled(api: Api, session: Session) -> Session:
     return api.sessions.get(session.account_id, session.name) or session
 
 
-# On the event loop (edge/restapi.py): these read a body or journal records.
+# On the event loop (api/door.py): these read a body or journal records.
 async def upload_part(api: Api, caller: Caller, args: tuple[str, ...], body: bytes) -> Response:
     name, part = session_name(args[0]), part_name(args[1])
     received_ms = time.time_ns() // 1_000_000

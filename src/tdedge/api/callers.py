@@ -7,7 +7,6 @@ a write key asking for anything else gets 403.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import msgspec
@@ -16,7 +15,6 @@ from tdedge.api.wire import ApiError
 from tdedge.control import access
 from tdedge.control.directory import Directory
 from tdedge.control.keys import KeyInfo, KeyType, hash_key
-from tdedge.control.store import ControlStore
 from tdedge.edge.http import Headers
 
 
@@ -47,30 +45,26 @@ def td1_key(headers: Headers) -> str | None:
 
 
 class Authenticator:
-    """Resolves keys through a cached Directory; safe to call from several threads."""
+    """Resolves keys through the worker's Directory (safe to call from several threads)."""
 
-    def __init__(self, store: ControlStore, ttl_s: float) -> None:
-        self._directory = Directory(store, ttl_s=ttl_s)
-        self._lock = threading.Lock()
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
 
     def caller(self, headers: Headers) -> Caller:
         key = td1_key(headers)
         if key is None:
             raise ApiError(401, "unauthorized", "send the API key as 'Authorization: TD1 <apikey>'")
         digest = hash_key(key)
-        with self._lock:
-            info = self._directory.key(digest, time.monotonic())
+        info = self._directory.key(digest, time.monotonic())
         if info is None or info.revoked:
             raise ApiError(401, "unauthorized", "the API key is not valid")
         return Caller(digest, info.key_id, info.account_id, info.type)
 
     def owner(self, database: str) -> int | None:
-        with self._lock:
-            return self._directory.database_owner(database, time.monotonic())
+        return self._directory.database_owner(database, time.monotonic())
 
     def created(self, database: str, account_id: int) -> int:
-        with self._lock:
-            return self._directory.create_database(database, account_id)
+        return self._directory.create_database(database, account_id)
 
 
 def require_master(caller: Caller) -> None:

@@ -19,12 +19,13 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
 
 from tdedge import metrics
-from tdedge.config import SETTINGS_ENV, Settings
+from tdedge.config import Settings
 from tdedge.edge.cdp import CdpDoor
 from tdedge.edge.deadlines import BodyDeadlines
 from tdedge.edge.http import (
@@ -40,7 +41,6 @@ from tdedge.edge.http import (
 from tdedge.edge.legacy import LegacyDoor
 from tdedge.edge.p13n import P13nDoor
 from tdedge.edge.records import RecordsDoor
-from tdedge.edge.restapi import ApiDoor
 from tdedge.edge.services import Services
 from tdedge.edge.throttle import GO
 from tdedge.journal.sqlite import SQLiteJournal
@@ -102,8 +102,14 @@ def cdp_host(host: str) -> bool:
 
 
 class EdgeApp:
-    def __init__(self, settings: Settings) -> None:
+    """``api_door`` builds the REST API's door from the worker's Services (worker.py hands
+    in api/door.py's): without it this app has no REST API."""
+
+    def __init__(
+        self, settings: Settings, api_door: Callable[[Services], Door] | None = None
+    ) -> None:
         self.settings = settings
+        self._api_door = api_door
         self._services: Services | None = None
         self._doors: dict[str, Door] = {}
         self._deadlines = BodyDeadlines(settings.body_idle_timeout_s, settings.body_timeout_s)
@@ -120,8 +126,8 @@ class EdgeApp:
             self._doors["api"] = ElsewhereDoor(
                 "api", f"the REST API answers on {self._operators_port} only"
             )
-        else:
-            self._doors["api"] = ApiDoor(self._services)
+        elif self._api_door is not None:
+            self._doors["api"] = self._api_door(self._services)
         self._doors["p13n"] = P13nDoor(self._services)
         self._doors["cdp"] = CdpDoor(self._services)
         # Everything imported and built so far lives as long as the worker: keep the
@@ -263,12 +269,3 @@ class EdgeApp:
             }
         )
         return (503 if problems else 200), JSON_HEADERS, body
-
-
-def create_app() -> EdgeApp:
-    """granian's factory: the settings come from ``serve`` through the environment."""
-    from tdedge import logs
-
-    settings = Settings.from_json(os.environ[SETTINGS_ENV])
-    logs.configure(settings.log_level)
-    return EdgeApp(settings)

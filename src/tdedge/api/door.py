@@ -1,6 +1,8 @@
 """The api door (``api.*`` or ``--api-port``): Treasure Data's REST API, ``/v3/…``.
 
-Routing and authentication live here; each resource is answered by a module of
+The REST API sits above the edge: it reads the lake's catalog and the job store, which
+the edge itself never imports, so the worker's assembly (worker.py) hands this door to
+the edge. Routing and authentication live here; each resource is answered by a module of
 ``tdedge.api``. Handlers touch SQLite, the lake catalog and result files, so they run
 in worker threads, never on the event loop; bulk imports come back to the loop only
 to append to the journal. Every refusal has TD's body, ``{"error", "message",
@@ -24,7 +26,6 @@ from tdedge.api.wire import ApiError, error_response, ok
 from tdedge.control.bulk_sessions import BulkSessions
 from tdedge.control.imports import ImportLedger
 from tdedge.control.jobs import JobStore
-from tdedge.control.store import ControlStore, sqlite_engine
 from tdedge.edge.http import HTTPError, Protocol_, Response, Scope, read_body
 from tdedge.edge.services import Services
 from tdedge.errors import LakeError, LimitReached
@@ -99,24 +100,25 @@ class ApiDoor:
 
     def __init__(self, services: Services) -> None:
         settings = services.settings
-        engine = sqlite_engine(settings.control_db)
-        control = ControlStore(engine, settings.max_databases_per_account)
+        # The worker's control store and key cache (Services), not copies of their own.
+        control = services.control
+        engine = control.engine
         self._api = Api(
             settings=settings,
             engine=engine,
             control=control,
             jobs=JobStore(engine),
             catalog=LakeCatalog(settings),
-            auth=Authenticator(control, ttl_s=settings.key_cache_ttl_s),
+            auth=Authenticator(services.directory),
             services=services,
             sessions=BulkSessions.open(settings.bulk_sessions_db),
         )
         self._ledger = ImportLedger(engine)
 
     def close(self) -> None:
+        """What this door opened itself; the control store is the worker's to close."""
         self._api.catalog.close()
         self._api.sessions.close()
-        self._api.engine.dispose()
 
     def route(self, path: str) -> str | None:
         path = _normal(path)
