@@ -249,6 +249,43 @@ def test_refusals_cost_a_bounded_journal_and_are_all_counted(make_server: Any) -
     assert sum(counted) == 2001
 
 
+def test_made_up_keys_answered_200_cost_a_bounded_journal_by_default(make_server: Any) -> None:
+    """With --auth async (the default) a refused key is answered 200, as Treasure Data
+    does, but its records are kept as refusals, not journaled whole."""
+    server: Server = make_server(["--refusal-summary-interval", "1", "--refusal-share", "0"])
+    url = f"{server.url}/postback/v3/event/test_db/made_up_async"
+    body = msgspec.json.encode({"pad": "z" * (64 * 1024)})
+    before = journal_bytes(server)
+    with httpx.Client(timeout=60) as client:
+        statuses = [
+            client.post(
+                url, content=body, headers={"X-TD-Write-Key": f"1/{os.urandom(20).hex()}"}
+            ).status_code
+            for _ in range(300)
+        ]
+        good = client.post(url, content=body, headers={"X-TD-Write-Key": server.write_key})
+    assert statuses == [200] * 300 and good.status_code == 200
+    grown = journal_bytes(server) - before
+    assert grown < 4 * 1024 * 1024, grown  # far below the 19 MiB of bodies
+
+    def accounted(errs: list[dict[str, Any]]) -> int:
+        own = sum(1 for e in errs if e["reason"] == "unknown_key")
+        counted = sum(
+            msgspec.json.decode(e["record"])["refusals_not_kept"]
+            for e in errs
+            if e["reason"] == "refusals_not_kept"
+        )
+        return own + counted
+
+    errs = server.wait_errors(lambda e: accounted(e) == 300)
+    kept = [e for e in errs if e["reason"] == "unknown_key"]
+    assert kept and {len(e["record"]) for e in kept} == {1024}
+    rows = server.wait_for(
+        "SELECT length(pad) AS n FROM test_db.made_up_async", lambda rows: len(rows) == 1
+    )
+    assert rows == [{"n": 64 * 1024}]
+
+
 def test_pixel_parameters_that_are_not_utf8_are_refused_not_replaced(server: Server) -> None:
     url = f"{server.url}/postback/v3/event/test_db/px_enc"
     key = server.write_key.replace("/", "%2F")

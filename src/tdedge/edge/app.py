@@ -41,7 +41,7 @@ from tdedge.edge.http import (
 from tdedge.edge.legacy import LegacyDoor
 from tdedge.edge.p13n import P13nDoor
 from tdedge.edge.records import RecordsDoor
-from tdedge.edge.services import Services
+from tdedge.edge.services import REQUEST, RequestState, Services
 from tdedge.edge.throttle import GO
 from tdedge.journal.sqlite import SQLiteJournal
 from tdedge.loader.heartbeat import JobsHeartbeat, jobs_problems, read_beat, read_heartbeat
@@ -171,6 +171,8 @@ class EdgeApp:
         services = self._services
         assert services is not None
         throttle = services.throttle
+        state = RequestState(scope)
+        REQUEST.set(state)
         source: str | None = None
         turn = GO
         started: float | None = None
@@ -207,14 +209,16 @@ class EdgeApp:
             )
             services.counters.inc(door.name, route, CLIENT_GONE)
             return
-        if started is not None and (source is not None or 400 <= status < 500):
-            # A refusal is charged to its address (an accepted request's turn given back):
-            # edge/throttle.py. 5xx are the server's own trouble, not the client's.
+        # A refusal is charged to its address, an accepted request's turn given back
+        # (edge/throttle.py): a 4xx, or records answered 200 but kept as refusals (a key
+        # refused with --auth async). 5xx are the server's own trouble, not the client's.
+        refused = 400 <= status < 500 or state.refused
+        if started is not None and (source is not None or refused):
             throttle.settle(
                 source if source is not None else services.source(scope),
                 turn,
                 time.perf_counter() - started,
-                400 <= status < 500,
+                refused,
                 time.monotonic(),
             )
         services.counters.inc(door.name, route, status)

@@ -13,7 +13,11 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from tdedge import metrics
 from tdedge.config import Settings
@@ -38,6 +42,18 @@ from tdedge.realtime.sqlite import SQLiteProfileStore
 
 log = logging.getLogger("tdedge.edge")
 
+
+# The request being answered, for what the doors' shared code must know of it: where it
+# came from (refusal budgets, the throttle) and whether it was refused without a 4xx.
+# Set by EdgeApp for each request.
+@dataclass(slots=True)
+class RequestState:
+    scope: Scope
+    refused: bool = False
+
+
+REQUEST: ContextVar[RequestState] = ContextVar("tdedge_request")
+UNKNOWN_SOURCE = "unknown"
 # The reason code of a request not read because its address was refused too much.
 THROTTLED = "source_throttled"
 # Addresses whose throttling was logged recently, at most (then forgotten together).
@@ -81,7 +97,10 @@ class Services:
         # by every door: keys and databases are looked up, refreshed and closed once.
         self.control = ControlStore.open(settings.control_db, settings.max_databases_per_account)
         self.directory = Directory(self.control, ttl_s=settings.key_cache_ttl_s)
-        self.auth = SyncAuth(settings, self.directory) if settings.auth == "sync" else None
+        # The access rule on the worker's key cache. With --auth sync the doors refuse
+        # at once (403); with async they answer 200 and keep a refusal (_screen).
+        self._keys = SyncAuth(settings, self.directory)
+        self.auth = self._keys if settings.auth == "sync" else None
         self._registry: Registry | None = None
         self._profiles: SQLiteProfileStore | None = None
         self._batch: BatchStore | None = None
@@ -106,10 +125,61 @@ class Services:
 
     async def append_many(self, envs: Sequence[Envelope]) -> None:
         """All of ``envs`` durable together, or the 503 the client should see."""
+        if self.auth is None:
+            envs = self._screen(envs)
+            if not envs:
+                return
         try:
             await self.journal.append_many(envs)
         except JournalUnavailable as e:
             raise self.unavailable(e) from e
+
+    def _screen(self, envs: Sequence[Envelope]) -> Sequence[Envelope]:
+        """With ``--auth async``, records whose key may not write where they go, as the
+        access rule says now: answered 200 as Treasure Data does, but kept as refusals
+        (their first ``refused_key_keep_bytes``, within the address's budget) rather
+        than journaled whole, and charged to the address like any refusal.
+
+        Anyone can send records with made-up keys; journaled whole they cost the disk
+        their full size, fsynced, and every other client's commits waited behind them.
+        The loader checks again what passes here (a key revoked in between).
+        """
+        verdicts: dict[tuple[bytes, str], str | None] = {}
+        kept: list[Envelope] | None = None
+        for i, env in enumerate(envs):
+            if env.reject or not env.key_hash:
+                reason = None
+            else:
+                ident = (env.key_hash, env.database)
+                if ident in verdicts:
+                    reason = verdicts[ident]
+                else:
+                    reason = verdicts[ident] = self._keys.refusal(env.key_hash, env.database)
+            if reason is None:
+                if kept is not None:
+                    kept.append(env)
+                continue
+            if kept is None:
+                kept = list(envs[:i])
+            refused = self._refused_quietly(env, reason)
+            if refused is not None:
+                kept.append(refused)
+        return envs if kept is None else kept
+
+    def _refused_quietly(self, env: Envelope, reason: str) -> Envelope | None:
+        """The import-error envelope of ``env`` if its address's budget keeps it."""
+        state = REQUEST.get(None)
+        if state is not None:
+            state.refused = True
+        source = self.source(state.scope) if state is not None else UNKNOWN_SOURCE
+        if not self._budget.admit(source, time.monotonic()):
+            self._budget.count(source, env.door, reason, env.received_ms)
+            self.refusals.inc(env.door, reason, "summary")
+            self._summary_due()
+            return None
+        self.refusals.inc(env.door, reason, "row")
+        record = kept_body(env.record, self.settings.refused_key_keep_bytes)
+        return msgspec.structs.replace(env, record=record, reject=reason)
 
     def unavailable(self, e: JournalUnavailable) -> HTTPError:
         """The 503 a client gets when the journal cannot take its records."""
