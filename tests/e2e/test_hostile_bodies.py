@@ -270,7 +270,7 @@ def test_made_up_keys_answered_200_cost_a_bounded_journal_by_default(make_server
 
     def accounted(errs: list[dict[str, Any]]) -> int:
         own = sum(1 for e in errs if e["reason"] == "unknown_key")
-        counted = sum(
+        counted: int = sum(
             msgspec.json.decode(e["record"])["refusals_not_kept"]
             for e in errs
             if e["reason"] == "refusals_not_kept"
