@@ -198,6 +198,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # forgets older ones): retries come within hours, and the ids it looks a batch's
     # uploads up in stay bounded. A retry later than this loads again.
     bulk_import_retention_s: float = 30 * 86400.0
+    # The mobile SDKs resend an event they got no answer for (a dropped connection after
+    # the server stored it): the same event, with the same record_uuid when
+    # enableAutoAppendRecordUUID() is on. The loader stores an account's (database,
+    # table, record_uuid) once if the copies come within this window
+    # (loader/duplicates.py). The SDKs retry for about a minute, then at the app's next
+    # upload (the next time it comes to the foreground or goes to the background, as
+    # apps usually call uploadEvents): a day covers apps used daily. Each id costs
+    # about 70 bytes on disk for the window, and the loader's work per id grows with
+    # how many the window holds (a few tens of microseconds at a million).
+    record_uuid_window_s: float = 86400.0
+    # The event key the SDK doors read that id from: the SDKs' default column name
+    # (enableAutoAppendRecordUUID(name) picks another). Only the SDK doors (the Data
+    # Ingestion API and the pre-1.0 mobile route) de-duplicate: elsewhere a
+    # record_uuid key is the client's data like any other.
+    record_uuid_column: str = "record_uuid"
 
     # Personalization. "process": one engine process decides for every
     # worker (realtime/host.py); "inline": each worker runs the engine itself.
@@ -217,6 +232,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def control_db(self) -> Path:
         return self.root / "control.sqlite"
+
+    @property
+    def record_ids_db(self) -> Path:
+        """The loader's record_uuid ledger (loader/record_ids.py)."""
+        return self.root / "record_ids.sqlite"
 
     @property
     def lake_catalog(self) -> Path:

@@ -19,7 +19,7 @@ succeed must carry one of those three, or the SDK would resend it forever:
 
 - a bad database or table name → ``InvalidCollectionNameError`` (every event);
 - a key that cannot be a column (empty, over 255 characters, control characters,
-  tdedge's own ``td_type_conflicts``, or ``td_uuid``) → ``InvalidPropertyNameError``;
+  tdedge's own ``td_type_conflicts`` or ``_tdedge_…``) → ``InvalidPropertyNameError``;
 - an event that is not a JSON object, is over 1 MiB, or nests deeper than
   ``Settings.max_json_depth`` → ``InvalidPropertyValueError``. A body too deep for the
   decoder to split is split all the same: each event nested past the limit is cut out
@@ -29,7 +29,11 @@ succeed must carry one of those three, or the SDK would resend it forever:
   limit cannot be columns.
 
 Refused events are journaled with a reason code (they show in the import errors);
-accepted ones are stored with ``td_uuid``, a version-7 UUID per record (``uuids``).
+accepted ones are stored as sent — ``td_uuid`` (the SDKs' device id) and ``uuid``
+included — and each gets tdedge's own id, a version-7 UUID (``uuids``) that the
+journal entry carries (``Envelope.record_id``) and the loader writes to the
+``_tdedge_id`` column. An event's ``record_uuid`` (``Settings.record_uuid_column``)
+goes with it too (``Envelope.record_uuid``): the loader stores a resent event once.
 For ``…v1.js+json`` and ``…v1.mobile+json`` the server fills ``td_ip`` (the client's
 address) unless the event carries a real value, and for ``…v1.js+json`` it replaces
 the ``td_global_id: "td_global_id"`` placeholder with the id from its cookie.
@@ -56,11 +60,10 @@ from tdedge.edge.refusals import kept_body
 from tdedge.edge.services import Services
 from tdedge.journal.envelope import Envelope
 from tdedge.loader.limits import TOO_MANY_COLUMNS, columns_refusal
-from tdedge.loader.schema import fold, usable_name
+from tdedge.loader.schema import RECORD_ID, fold, usable_name
 from tdedge.names import NAME_RULE, is_valid_name, normalize
 
 DOOR = "ingest"
-UUID_COLUMN = "td_uuid"
 MAX_EVENTS = 500
 MAX_EVENT_BYTES = 1024 * 1024
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
@@ -68,6 +71,9 @@ MAX_REQUEST_BYTES = 5 * 1024 * 1024
 MAX_KEPT_NAME = 256
 # Events of ``{"events":[…]}`` open this deep: one level for the object, one for the array.
 EVENT_LEVEL = 3
+# The longest record_uuid the loader de-duplicates by (a UUID is 36 characters). A longer
+# value is stored as sent, but not carried in the journal entry a second time.
+MAX_RECORD_UUID = 255
 # gzip bodies up to this size inflate on the event loop (at most ~1 MiB of output, a
 # few milliseconds); larger ones on the offload threads.
 INLINE_GZIP_BYTES = 1024
@@ -160,7 +166,7 @@ def split_events(body: bytes, max_depth: int) -> Events:
     """The events of a ``{"events":[…]}`` body; 400 for anything else.
 
     Each event stays raw JSON text: ``check_event`` sizes and decodes it on its own, and
-    plain ``v1+json`` events are stored as that text (see ``spliced``).
+    plain ``v1+json`` events are stored as that text.
     """
     items: list[Event]
     try:
@@ -240,7 +246,8 @@ def check_event(raw: Event, max_depth: int | None = None) -> dict[str, Any] | Fa
             return Failure(
                 NAME_ERROR,
                 f"property {key[:64]!r} cannot be a column (1-255 characters, no control "
-                f"characters; {UUID_COLUMN} and td_type_conflicts are reserved)",
+                "characters; td_type_conflicts and names starting with _tdedge_ are "
+                "tdedge's own)",
                 "invalid_property_name",
             )
     return event
@@ -269,8 +276,7 @@ MAX_KNOWN_NAMES = 10_000
 
 
 def _learn_name(key: str) -> bool:
-    name = fold(key)
-    if name == UUID_COLUMN or not usable_name(name):
+    if not usable_name(fold(key)):
         return False
     if len(_good_names) >= MAX_KNOWN_NAMES:
         _good_names.clear()
@@ -284,25 +290,8 @@ def kept(raw: Event, limit: int) -> bytes:
     return kept_body(text, limit)
 
 
-def spliced(raw: msgspec.Raw, event: dict[str, Any], uuid: str) -> bytes:
-    """The event's own JSON text with ``td_uuid`` added before its closing brace.
-
-    For events the server adds nothing else to (``v1+json``): a quarter cheaper per
-    event than re-encoding the decoded dict. ``raw`` was just decoded as an object and
-    msgspec's Raw spans exactly that value, so its last byte is the ``}``.
-    """
-    return b"".join(
-        (memoryview(raw)[:-1], _UUID_AFTER if event else _UUID_ALONE, uuid.encode(), b'"}')
-    )
-
-
-_UUID_AFTER = f',"{UUID_COLUMN}":"'.encode()
-_UUID_ALONE = _UUID_AFTER[1:]
-
-
-def fill(event: dict[str, Any], uuid: str, extra: Fill) -> bytes:
+def fill(event: dict[str, Any], extra: Fill) -> bytes:
     """The stored record: the event plus what the server adds."""
-    event[UUID_COLUMN] = uuid
     if extra.ip is not None:
         ip = event.get("td_ip")
         if ip is None or ip == "td_ip":
@@ -310,6 +299,16 @@ def fill(event: dict[str, Any], uuid: str, extra: Fill) -> bytes:
     if extra.global_id is not None and event.get("td_global_id") == "td_global_id":
         event["td_global_id"] = extra.global_id
     return _encode(event)
+
+
+def dedup_id(event: dict[str, Any], column: str) -> str:
+    """The event's own id for de-duplication (its ``record_uuid``), or "" for none: a
+    string of 1 to ``MAX_RECORD_UUID`` characters. Anything else is stored as sent and
+    not de-duplicated."""
+    found = event.get(column)
+    if type(found) is str and 0 < len(found) <= MAX_RECORD_UUID:
+        return found
+    return ""
 
 
 def receipt(failure: Failure) -> bytes:
@@ -326,7 +325,7 @@ def uuids(n: int, now_ms: int, random: Callable[[int], bytes] = os.urandom) -> l
     """``n`` (≤ 4,096) distinct version-7 UUID strings (RFC 9562) for records received at
     ``now_ms``.
 
-    Version 7: the arrival time in the top 48 bits, so ``td_uuid`` sorts by arrival. One
+    Version 7: the arrival time in the top 48 bits, so ``_tdedge_id`` sorts by arrival. One
     read of the random source per request fills the random bits; the request's records
     then take consecutive values of the last three hex digits, from a random start low
     enough that counting never carries (RFC 9562 §6.2, method 2: the random part
@@ -404,7 +403,8 @@ class IngestAPI:
             raise
         extra = fill_for(mode)
         adds = extra.ip is not None or extra.global_id is not None
-        added = (UUID_COLUMN, "td_ip") if extra.ip is not None else (UUID_COLUMN,)
+        added = (RECORD_ID, "td_ip") if extra.ip is not None else (RECORD_ID,)
+        uuid_column = s.settings.record_uuid_column
         envelopes: list[Envelope] = []
         receipts: list[bytes] = []
         refusals: list[str] = []  # the reasons of the events refused
@@ -437,8 +437,20 @@ class IngestAPI:
             else:
                 assert not isinstance(raw, DeepEvent)
                 receipts.append(SUCCESS)
-                record = fill(checked, uuid, extra) if adds else spliced(raw, checked, uuid)
-                envelopes.append(Envelope(received_ms, DOOR, database, table, key_hash, record))
+                # Plain events are stored as their own text: nothing to add to them.
+                record = fill(checked, extra) if adds else bytes(raw)
+                envelopes.append(
+                    Envelope(
+                        received_ms,
+                        DOOR,
+                        database,
+                        table,
+                        key_hash,
+                        record,
+                        record_id=uuid,
+                        record_uuid=dedup_id(checked, uuid_column),
+                    )
+                )
         await s.append_many(envelopes)
         for reason in refusals:
             s.refusals.inc(DOOR, reason, "row")

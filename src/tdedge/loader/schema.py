@@ -5,9 +5,10 @@ Names
   and ``name`` are one column. When a record has two keys that fold to the same name,
   the first key in the record keeps the column and the others go to
   ``td_type_conflicts``. A key that is empty, longer than 255 characters, holds a
-  control character, folds to ``td_type_conflicts`` or starts with
-  ``_ducklake_internal_`` (DuckLake reserves those) cannot be a column: its value goes
-  to ``td_type_conflicts`` too.
+  control character, folds to ``td_type_conflicts``, starts with ``_tdedge_``
+  (tdedge's own columns, see ``RESERVED_PREFIX``) or with ``_ducklake_internal_``
+  (DuckLake reserves those) cannot be a column: its value goes to
+  ``td_type_conflicts`` too.
 
 Types of JSON values
   integer → BIGINT, float → DOUBLE, string → VARCHAR, true/false → BOOLEAN,
@@ -57,8 +58,20 @@ ColumnType = Literal["BIGINT", "DOUBLE", "VARCHAR", "BOOLEAN"]
 TIME: Final = "time"
 CONFLICTS: Final = "td_type_conflicts"
 MAX_NAME_LENGTH: Final = 255
+# The columns tdedge adds itself start with this, and no client's key may: ``td_*`` is
+# the clients' namespace (the SDKs send td_uuid, td_ip, td_session_id, … and expect
+# them stored as sent), so a column of tdedge's own named like those would one day
+# collide with a client's. No SDK or webhook sends a key with a leading underscore
+# and tdedge's name, and refusing those keys (the ingest door answers
+# InvalidPropertyNameError; other doors' values go to td_type_conflicts) means a
+# client can never write or forge one of tdedge's columns.
+RESERVED_PREFIX: Final = "_tdedge_"
+# tdedge's own id of each record the SDK doors store (edge/ingest.py): a version-7
+# UUID made on arrival. The loader writes it from the journal entry, never from the
+# record (loader/records.py).
+RECORD_ID: Final = RESERVED_PREFIX + "id"
 # DuckLake refuses columns with this prefix while data inlining is on.
-RESERVED_PREFIX: Final = "_ducklake_internal_"
+DUCKLAKE_PREFIX: Final = "_ducklake_internal_"
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
@@ -100,7 +113,7 @@ def usable_name(name: str) -> bool:
     return (
         0 < len(name) <= MAX_NAME_LENGTH
         and name != CONFLICTS
-        and not name.startswith(RESERVED_PREFIX)
+        and not name.startswith((RESERVED_PREFIX, DUCKLAKE_PREFIX))
         and _CONTROL.search(name) is None
     )
 
