@@ -25,7 +25,7 @@ from tdedge.api import bulk_import, msgpack_records
 from tdedge.api.forms import form_fields
 from tdedge.api.forms import query_params as api_query_params
 from tdedge.edge import inflation, nesting
-from tdedge.edge.auth import legacy_key
+from tdedge.edge.auth import key_refusal, legacy_key, records_key, url_key
 from tdedge.edge.body import record_from_body
 from tdedge.edge.cookies import cookie_value, host_name, ssc_domain, valid_cookie_domain
 from tdedge.edge.http import HTTPError
@@ -44,7 +44,7 @@ from tdedge.edge.legacy import pixel_form, postback_names
 from tdedge.edge.p13n import DoorError, _td1_key, parse_event
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.pixel import form_params, parse_params, pixel_params, pixel_record, query_params
-from tdedge.edge.records import ingest_route, key_refusal, records_key, url_key
+from tdedge.edge.records import ingest_route
 from tdedge.edge.redirect import RedirectPolicy, needs_global_id, substitute
 from tdedge.names import is_valid_name
 from tdedge.realtime import tokens

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import pytest
 
+from tdedge.edge.auth import records_key, url_key
 from tdedge.edge.cookies import (
     GLOBAL_ID_COOKIE,
     cookie_value,
@@ -40,7 +41,7 @@ from tdedge.edge.ingest import (
 )
 from tdedge.edge.peers import TrustedProxies, peer_host
 from tdedge.edge.pixel import GIF, parse_params, pixel_record, query_params
-from tdedge.edge.records import ingest_route, records_key, url_key
+from tdedge.edge.records import ingest_route
 from tdedge.edge.redirect import RedirectPolicy, substitute
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")

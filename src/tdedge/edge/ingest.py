@@ -46,7 +46,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,13 +191,22 @@ def _invalid_body(e: msgspec.DecodeError) -> HTTPError:
 
 
 def _split_deep(body: bytes, max_depth: int) -> list[Event]:
-    """Split a body nested too deep for the decoder.
+    """Split a body nested too deep for the decoder (``cut_deep``)."""
+    cut, originals = cut_deep(body, max_depth)
+    try:
+        raws = _batch_decoder.decode(cut).events
+    except RecursionError:
+        raise nesting.too_deep(max_depth) from None
+    except msgspec.DecodeError as e:
+        raise _invalid_body(e) from None
+    return restore_deep(raws, originals, max_depth)
 
-    Each value that opens at an event's level and nests past the limit is replaced by a
-    placeholder string of its own length, so the decoder meets a shallow body; the
-    placeholders come back as ``DeepEvent``s, each once. A client's own string event
-    that reads like a placeholder is refused all the same (a string is not an object).
-    """
+
+def cut_deep(body: bytes, max_depth: int) -> tuple[bytearray, dict[bytes, memoryview]]:
+    """``body`` with each value that opens at an event's level (``EVENT_LEVEL``: events
+    of ``{"events":[…]}`` and of the pre-1.0 ``{"db.table":[…]}`` alike) and nests past
+    the limit replaced by a placeholder string of its own length, so the decoder meets
+    a shallow body; and the original text of each placeholder (``restore_deep``)."""
     cut = bytearray(body)
     whole = memoryview(body)
     originals: dict[bytes, memoryview] = {}
@@ -208,12 +217,15 @@ def _split_deep(body: bytes, max_depth: int) -> list[Event]:
         if len(mark) <= end - start:
             cut[start:end] = mark.ljust(end - start)
             originals[mark] = whole[start:end]
-    try:
-        raws = _batch_decoder.decode(cut).events
-    except RecursionError:
-        raise nesting.too_deep(max_depth) from None
-    except msgspec.DecodeError as e:
-        raise _invalid_body(e) from None
+    return cut, originals
+
+
+def restore_deep(
+    raws: Iterable[msgspec.Raw], originals: dict[bytes, memoryview], max_depth: int
+) -> list[Event]:
+    """The events a ``cut_deep`` body decoded to, the placeholders back as
+    ``DeepEvent``s, each once. A client's own string event that reads like a
+    placeholder is refused all the same (a string is not an object)."""
     items: list[Event] = []
     for raw in raws:
         text = memoryview(raw)
