@@ -170,11 +170,12 @@ def keen_time(keen: Any) -> int | None:
         return None
     try:
         moment = datetime.fromisoformat(keen["timestamp"])
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = moment.timestamp()
+    except (ValueError, OverflowError):
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return unix_time(int(moment.timestamp()))
+    return unix_time(int(seconds))
 
 
 def from_keen(event: dict[str, Any], received_s: int) -> dict[str, Any] | Failure:
