@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,6 +96,16 @@ class Collections:
 
     def count(self) -> int:
         return sum(len(events) for _, events in self.items)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One request's events: what to journal, the answer, and what was not stored."""
+
+    envelopes: list[Envelope] = field(default_factory=list)
+    answer: list[tuple[str, list[bytes]]] = field(default_factory=list)  # key, results
+    refusals: list[str] = field(default_factory=list)  # reasons of the events refused
+    deferred: int = 0  # events past MAX_EVENTS, for the SDK to send again
 
 
 _body_decoder = msgspec.json.Decoder(dict[str, list[msgspec.Raw]])
@@ -240,21 +250,28 @@ class MobileAPI:
                 e.body = _head(sent, encoding, s.keep_bytes(e.code))
             await s.keep_refused(DOOR, received_ms, "", "", key, e, scope)
             raise
-        key_hash = s.key_hash(key)
-        envelopes: list[Envelope] = []
-        answer: list[tuple[str, list[bytes]]] = []
-        refusals: list[str] = []
-        deferred = 0
+        outcome = self.sort(found, s.key_hash(key), received_ms)
+        await s.append_many(outcome.envelopes)
+        for reason in outcome.refusals:
+            s.refusals.inc(DOOR, reason, "row")
+        for _ in range(outcome.deferred):
+            # Not refused: the SDK keeps these and sends them again.
+            s.refusals.inc(DOOR, "too_many_events", "client")
+        return 200, list(JSON_HEADERS), answer_body(outcome.answer)
+
+    def sort(self, found: Collections, key_hash: bytes, received_ms: int) -> Outcome:
+        """Each event's envelope and result (see the module docstring)."""
+        out = Outcome()
         ids = iter(uuids(min(found.count(), MAX_EVENTS), received_ms))
-        settings = s.settings
+        settings = self._s.settings
         added = (RECORD_ID,)
         for name, events in found.items:
             database, table, valid = collection(name)
             results: list[bytes] = []
-            answer.append((name, results))
+            out.answer.append((name, results))
             for raw in events:
-                if len(envelopes) >= MAX_EVENTS:
-                    deferred += 1
+                if len(out.envelopes) >= MAX_EVENTS:
+                    out.deferred += 1
                     results.append(_DEFERRED)
                     continue
                 checked: dict[str, Any] | Failure
@@ -271,9 +288,9 @@ class MobileAPI:
                     )
                 if isinstance(checked, Failure):
                     results.append(receipt(checked))
-                    refusals.append(checked.reason)
+                    out.refusals.append(checked.reason)
                     record = kept(raw, settings.refused_keep_bytes)
-                    envelopes.append(
+                    out.envelopes.append(
                         Envelope(
                             received_ms,
                             DOOR,
@@ -286,7 +303,7 @@ class MobileAPI:
                     )
                     continue
                 results.append(SUCCESS)
-                envelopes.append(
+                out.envelopes.append(
                     Envelope(
                         received_ms,
                         DOOR,
@@ -298,14 +315,7 @@ class MobileAPI:
                         record_uuid=dedup_id(checked, settings.record_uuid_column),
                     )
                 )
-        await s.append_many(envelopes)
-        for reason in refusals:
-            s.refusals.inc(DOOR, reason, "row")
-        if deferred:
-            # Not refused: the SDK keeps them and sends them again.
-            for _ in range(deferred):
-                s.refusals.inc(DOOR, "too_many_events", "client")
-        return 200, list(JSON_HEADERS), answer_body(answer)
+        return out
 
     async def split(self, body: bytes) -> Collections:
         depth = self._s.settings.max_json_depth
