@@ -206,7 +206,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # upload (the next time it comes to the foreground or goes to the background, as
     # apps usually call uploadEvents): a day covers apps used daily. Each id costs
     # about 70 bytes on disk for the window, and the loader's work per id grows with
-    # how many the window holds (a few tens of microseconds at a million).
+    # how many the window holds (~15 µs of CPU with few, a claim ~35 µs at a million).
     record_uuid_window_s: float = 86400.0
     # The event key the SDK doors read that id from: the SDKs' default column name
     # (enableAutoAppendRecordUUID(name) picks another). Only the SDK doors (the Data

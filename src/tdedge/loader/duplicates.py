@@ -17,8 +17,8 @@ Dropping is never silent: the dropped events are counted
 (``tdedge_record_duplicates_total``), logged, and leave one import-error row per table
 and batch (reason ``duplicate_record``) whose record lists their ids.
 
-Batches without a record_uuid (every door but the SDKs', and SDK events without the
-option) cost one pass over the batch's entries in C.
+Tables no SDK door writes to cost nothing here (the router knows them); SDK events
+without the option, one pass over their entries in C.
 """
 
 from __future__ import annotations
@@ -77,16 +77,19 @@ def sift(routed: Routed, ledger: RecordIds, now: float) -> Sifted:
     Two copies in one batch are told apart here, so the claims need not be recorded
     before the caller knows which tables will be committed."""
     items = routed.envelopes.items
-    if not any(map(_record_uuid, items)):
-        return Sifted()
     place = routed.envelopes.place
     found: dict[TableKey, list[Candidate]] = {}
     for (database, table), target in routed.tables.items():
+        if target.ids is None:
+            continue  # no SDK door's records: no record_uuid either
+        uuids = list(map(_record_uuid, map(items.__getitem__, target.rows)))
+        if not any(uuids):
+            continue
         account = target.account_id
-        for n, i in enumerate(target.rows):
-            uuid = items[i].record_uuid
+        for n, uuid in enumerate(uuids):
             if uuid:
                 key = record_key(account, database, table, uuid)
+                i = target.rows[n]
                 found.setdefault((database, table), []).append(Candidate(n, key, place(i), uuid))
     if not found:
         return Sifted()

@@ -85,6 +85,9 @@ TABLE_LIMIT = "table_limit"
 # Records whose key may not write where they go: anybody could have sent them.
 UNAUTHORIZED = frozenset({UNKNOWN_KEY, REVOKED_KEY, FOREIGN_KEY})
 
+# The doors whose records carry tdedge's id (Envelope.record_id): the SDK routes,
+# edge/ingest.py and edge/mobile.py. Other doors' tables get no _tdedge_id column.
+ID_DOORS = frozenset({"ingest", "mobile"})
 # The door whose entries carried tdedge's id in the record, and the key it had there,
 # before the id moved to Envelope.record_id (``record_ids``).
 OLD_ID_DOOR = "ingest"
@@ -203,22 +206,28 @@ class Router:
         items = routed.envelopes.items
         accepted: dict[TableKey, list[list[int]]] = {}
         owners: dict[TableKey, int] = {}
+        sdk: set[TableKey] = set()  # tables some SDK door's records go to
         for rows in _alike(items):
-            verdict = self.verdict(items[rows[0]], now)
+            first = items[rows[0]]
+            verdict = self.verdict(first, now)
             if isinstance(verdict, Reject):
                 routed.rejections.extend(routed.rejected(rows, verdict, now))
             else:
                 table = (verdict.database, verdict.table)
                 accepted.setdefault(table, []).append(rows)
                 owners[table] = verdict.account_id
+                if first.door in ID_DOORS:
+                    sdk.add(table)
         for table, found in accepted.items():
             # Several keys wrote to this table: restore journal order, on which the type
             # rule ("first value seen") depends.
             rows = found[0] if len(found) == 1 else sorted(chain.from_iterable(found))
-            routed.tables[table] = self._decode(routed, rows, owners[table], now)
+            routed.tables[table] = self._decode(routed, rows, owners[table], now, table in sdk)
         return routed
 
-    def _decode(self, routed: Routed, rows: list[int], owner: int, now: float) -> TableInput:
+    def _decode(
+        self, routed: Routed, rows: list[int], owner: int, now: float, sdk: bool
+    ) -> TableInput:
         items = routed.envelopes.items
         bound = [items[i] for i in rows]
         try:
@@ -227,16 +236,19 @@ class Router:
             records = _decode_records(b"[%b]" % b",".join([env.record for env in bound]))
         except msgspec.DecodeError:
             # The edge validates bodies, so this is rare: sort them out one by one.
-            return self._accept_each(routed, rows, owner, now)
+            return self._accept_each(routed, rows, owner, now, sdk)
         if len(records) != len(bound):
             # A record holding more than one value ("{…},{…}") shifted the array: only
             # a record decoded alone can tell which. No record can hold fewer than one
             # value without breaking the array's syntax.
-            return self._accept_each(routed, rows, owner, now)
+            return self._accept_each(routed, rows, owner, now, sdk)
         received_s = [env.received_ms // 1000 for env in bound]
-        return TableInput(owner, records, received_s, rows, record_ids(bound, records))
+        ids = record_ids(bound, records) if sdk else None
+        return TableInput(owner, records, received_s, rows, ids)
 
-    def _accept_each(self, routed: Routed, rows: list[int], owner: int, now: float) -> TableInput:
+    def _accept_each(
+        self, routed: Routed, rows: list[int], owner: int, now: float, sdk: bool
+    ) -> TableInput:
         target = TableInput(owner)
         items = routed.envelopes.items
         bound: list[Envelope] = []
@@ -252,7 +264,7 @@ class Router:
             target.received_s.append(env.received_ms // 1000)
             target.rows.append(i)
             bound.append(env)
-        target.ids = record_ids(bound, target.records)
+        target.ids = record_ids(bound, target.records) if sdk else None
         return target
 
     def verdict(self, env: Envelope, now: float) -> Verdict:
@@ -311,14 +323,15 @@ def record_ids(bound: Sequence[Envelope], records: list[dict[str, Any]]) -> list
 
 
 def _alike(envelopes: list[Envelope]) -> Iterable[list[int]]:
-    """Indexes of envelopes sharing key, database, table and edge verdict, in order.
+    """Indexes of envelopes sharing key, database, table, edge verdict and door, in order.
 
     Those share a verdict, so grouping first keeps the per-envelope work to one dict
-    lookup: this is the hot path.
+    lookup: this is the hot path. The door tells the tables whose records may carry
+    tdedge's ids (``ID_DOORS``) without a pass over the others.
     """
-    groups: dict[tuple[bytes, str, str, str], list[int]] = {}
+    groups: dict[tuple[bytes, str, str, str, str], list[int]] = {}
     for i, env in enumerate(envelopes):
-        ident = (env.key_hash, env.database, env.table, env.reject)
+        ident = (env.key_hash, env.database, env.table, env.reject, env.door)
         group = groups.get(ident)
         if group is None:
             groups[ident] = [i]
