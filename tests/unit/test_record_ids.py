@@ -99,11 +99,11 @@ def test_entries_journaled_before_the_upgrade_load_their_id_as_tdedge_id(world: 
 
 def old_lake(w: World, tables: dict[str, list[Any]]) -> None:
     """A lake as an older tdedge left it: each table's td_uuid holds ``tables[name]``
-    (several commits, so that some rows are in Parquet files and some inlined), and
-    there is no upgrades table."""
+    (in two commits: the last two rows inlined in the catalog, the others in a Parquet
+    file when there are more than the inlining limit), and no upgrades table."""
     for name, values in tables.items():
-        half = len(values) // 2
-        for part in (values[:half], values[half:]):
+        cut = len(values) - 2
+        for part in (values[:cut], values[cut:]):
             rows = pa.table(
                 {
                     "time": pa.array([1_700_000_000] * len(part), pa.int64()),
@@ -120,44 +120,51 @@ def test_old_lakes_are_upgraded_once_and_keep_their_history(world: World) -> Non
     old_lake(
         world,
         {
-            "ingest_only": OURS[:150],  # more than one commit inlines: Parquet too
-            "mixed": [OURS[0], THEIRS, None, OURS[1]],
+            "ingest_only": OURS[:150],
+            "mixed": [*OURS[100:210], THEIRS, None, OURS[1], THEIRS],
             "clients": [THEIRS, "not-a-uuid", None],
             "empty_ids": [None, None],
         },
     )
     world.lake = lake = Lake.open(world.settings)  # the new version starts
-    send(world, {"n": 99, "td_uuid": THEIRS}, record_id=OURS[200], table="ingest_only")
+    assert any(world.settings.lake_data.rglob("*.parquet"))
+    send(world, {"n": 1000, "td_uuid": THEIRS}, record_id=OURS[299], table="ingest_only")
     world.loader().step(LATER)
 
     # Renamed in place (nothing rewritten); td_uuid came back with the new row's.
     assert list(columns(world, "ingest_only")) == ["time", "_tdedge_id", "n", "td_uuid"]
     assert world.rows(
-        "SELECT count(*), count(DISTINCT _tdedge_id), min(_tdedge_id) FROM db.ingest_only "
-        "WHERE n < 99"
-    ) == [(150, 150, OURS[0])]
+        "SELECT count(*), count(DISTINCT _tdedge_id), min(_tdedge_id), count(td_uuid) "
+        "FROM db.ingest_only WHERE n < 1000"
+    ) == [(150, 150, OURS[0], 0)]
     # New rows: the client's td_uuid in a column of its own again.
-    assert world.rows("SELECT td_uuid, _tdedge_id FROM db.ingest_only WHERE n = 99") == [
-        (THEIRS, OURS[200])
+    assert world.rows("SELECT td_uuid, _tdedge_id FROM db.ingest_only WHERE n = 1000") == [
+        (THEIRS, OURS[299])
     ]
-    assert world.rows("SELECT td_uuid, _tdedge_id FROM db.mixed ORDER BY td_uuid, _tdedge_id") == [
-        (THEIRS, None),
-        (None, OURS[0]),
-        (None, OURS[1]),
-        (None, None),
+    # Some of each: tdedge's ids moved, the clients' stayed.
+    ours = sorted([*OURS[100:210], OURS[1]])
+    assert world.rows(
+        "SELECT _tdedge_id FROM db.mixed WHERE _tdedge_id IS NOT NULL ORDER BY 1"
+    ) == [(i,) for i in ours]
+    assert world.rows("SELECT td_uuid, count(*) FROM db.mixed GROUP BY 1 ORDER BY 1") == [
+        (THEIRS, 2),
+        (None, 112),
     ]
+    assert world.rows(
+        "SELECT count(*) FROM db.mixed WHERE td_uuid IS NULL AND _tdedge_id IS NULL"
+    ) == [(1,)]
     assert "_tdedge_id" not in columns(world, "clients")
     assert "_tdedge_id" not in columns(world, "empty_ids")
     assert world.rows(f"SELECT name FROM {system.UPGRADES}") == [("record_ids",)]
 
     # Once only: a client's td_uuid that looks like tdedge's stays at the next start.
-    send(world, {"n": 7, "td_uuid": OURS[201]}, record_id=OURS[202], table="clients")
+    send(world, {"n": 7, "td_uuid": OURS[2]}, record_id=OURS[3], table="clients")
     world.loader().step(LATER + 1)
     lake.close()
     world.lake = Lake.open(world.settings)
     world.loader().step(LATER + 2)
     assert world.rows("SELECT td_uuid, _tdedge_id FROM db.clients WHERE n = 7") == [
-        (OURS[201], OURS[202])
+        (OURS[2], OURS[3])
     ]
     assert world.rows(f"SELECT count(*) FROM {system.UPGRADES}") == [(1,)]
 

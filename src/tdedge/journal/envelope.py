@@ -17,7 +17,7 @@ import msgspec
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     received_ms: int  # arrival time at the edge, unix milliseconds
-    door: str  # "legacy", "records", "pixel", "ingest", "p13n"
+    door: str  # "legacy", "records", "pixel", "ingest", "mobile", "p13n"
     database: str
     table: str
     key_hash: bytes  # sha256(key) — see control.keys.hash_key
