@@ -231,6 +231,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # The most error_records answers at once (msgpack, before gzip): the answer is
     # built in memory. The import errors hold every one once the session is committed.
     bulk_error_records_max_bytes: int = 64 * 1024 * 1024
+    # The mobile SDKs resend an event they got no answer for (a dropped connection after
+    # the server stored it): the same event, with the same record_uuid when
+    # enableAutoAppendRecordUUID() is on. The loader stores an account's (database,
+    # table, record_uuid) once if the copies come within this window
+    # (loader/duplicates.py). The SDKs retry for about a minute, then at the app's next
+    # upload (the next time it comes to the foreground or goes to the background, as
+    # apps usually call uploadEvents): a day covers apps used daily. Each id costs
+    # about 70 bytes on disk for the window, and the loader's work per id grows with
+    # how many the window holds (~15 µs of CPU with few, a claim ~35 µs at a million).
+    record_uuid_window_s: float = 86400.0
+    # The event key the SDK doors read that id from: the SDKs' default column name
+    # (enableAutoAppendRecordUUID(name) picks another). Only the SDK doors (the Data
+    # Ingestion API and the pre-1.0 mobile route) de-duplicate: elsewhere a
+    # record_uuid key is the client's data like any other.
+    record_uuid_column: str = "record_uuid"
 
     # Personalization. "process": one engine process decides for every
     # worker (realtime/host.py); "inline": each worker runs the engine itself.
@@ -258,6 +273,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def bulk_sessions_db(self) -> Path:
         return self.root / "bulk_sessions.sqlite"
+
+    @property
+    def record_ids_db(self) -> Path:
+        """The loader's record_uuid ledger (loader/record_ids.py)."""
+        return self.root / "record_ids.sqlite"
 
     @property
     def lake_catalog(self) -> Path:

@@ -66,6 +66,10 @@ IMPORT_DUPLICATES = Counter(
     "tdedge_import_duplicates_total",
     "Records of a bulk import whose unique_id was loaded already, dropped by the loader",
 )
+RECORD_DUPLICATES = Counter(
+    "tdedge_record_duplicates_total",
+    "SDK events whose record_uuid was loaded already (a resend), dropped by the loader",
+)
 TYPE_CONFLICTS = Counter(
     "tdedge_type_conflicts_total",
     "Values that did not fit their column and were kept in td_type_conflicts",

@@ -32,6 +32,18 @@ RESERVED_DATABASES = frozenset(
 )
 RESERVED_PREFIXES = ("__", "ducklake", "duckdb", "sqlite", "pg_", "tdedge")
 
+# The columns tdedge adds itself start with this, and no client's key may: ``td_*`` is
+# the clients' namespace (the SDKs send td_uuid, td_ip, td_session_id, … and expect
+# them stored as sent), so a column of tdedge's own named like those would one day
+# collide with a client's. No SDK or webhook sends a key with a leading underscore
+# and tdedge's name, and refusing those keys (the ingest door answers
+# InvalidPropertyNameError; other doors' values go to td_type_conflicts) means a
+# client can never write or forge one of tdedge's columns.
+RESERVED_PREFIX = "_tdedge_"
+# tdedge's own id of each record the SDK doors store (edge/ingest.py): a version-7
+# UUID made on arrival. The loader writes it from the journal entry, never from the
+# record (loader/records.py).
+RECORD_ID = RESERVED_PREFIX + "id"
 # The column where a record's values that did not fit their column's type are kept, as
 # JSON (loader/schema.py); the lake makes it on every table that needs it.
 CONFLICTS = "td_type_conflicts"

@@ -266,6 +266,7 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     from tdedge.control.imports import ImportLedger
     from tdedge.journal.sqlite import SQLiteJournalReader
     from tdedge.lake.lake import Lake
+    from tdedge.loader.record_ids import RecordIds
     from tdedge.loader.runner import Loader
     from tdedge.realtime.refresh import start as start_p13n_refresher
 
@@ -277,6 +278,7 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     store = ControlStore(control, settings.max_databases_per_account)
     reader = SQLiteJournalReader(settings.journal_dir)
     lake = Lake.open(settings)
+    record_ids = RecordIds.open(settings.record_ids_db)
     # Lower priority once started: start-up (imports, the lake's extensions) is a short
     # burst that readiness waits on; the loading after it is what may wait for the edge.
     os.nice(settings.loader_nice)
@@ -285,8 +287,16 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
         # p13n batch segments refresh on their schedule: one thread per data dir.
         start_p13n_refresher(settings, stop)
         directory = Directory(store, ttl_s=settings.key_cache_ttl_s)
-        Loader(settings, reader, directory, lake, ledger=ImportLedger(control)).run(stop)
+        Loader(
+            settings,
+            reader,
+            directory,
+            lake,
+            ledger=ImportLedger(control),
+            record_ids=record_ids,
+        ).run(stop)
     finally:
+        record_ids.close()
         lake.close()
         reader.close()
         store.close()

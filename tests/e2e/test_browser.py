@@ -29,8 +29,8 @@ from tests.e2e.conftest import Server, free_port, wait_healthy
 BROWSER_DIR = Path(__file__).resolve().parent.parent / "browser"
 CHROMIUM = "/usr/bin/chromium"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-# td_uuid: version 7, the arrival time first (edge/ingest.py, uuids).
-TD_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+# tdedge's own id (_tdedge_id): version 7, the arrival time first (edge/ingest.py, uuids).
+TDEDGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 # Columns td-js-sdk's trackEvent adds to every record (lib/plugins/track.js).
 SDK_COLUMNS = {
     "td_version",
@@ -256,7 +256,7 @@ def test_td_js_sdk_in_chromium(make_server: Any, tmp_path: Path, browser_ready: 
         assert set(row) >= SDK_COLUMNS, row
         assert row["td_global_id"] == global_id  # the placeholder, replaced by the server
         assert row["td_ip"] == "127.0.0.1"  # added by the server for v1.js+json
-        assert TD_UUID.fullmatch(row["td_uuid"])
+        assert TDEDGE_ID.fullmatch(row["_tdedge_id"])
         assert row["td_url"] == report["pageUrl"]
         assert row["td_path"] == "/"
         assert row["td_title"] == "tdedge browser test"

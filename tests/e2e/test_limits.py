@@ -54,7 +54,7 @@ def test_an_ingest_event_too_wide_gets_a_receipt_the_sdks_drop(server: Server) -
     first, refused, last = r.json()["receipts"]
     assert first == last == {"success": True}
     assert refused["success"] is False
-    # With td_uuid, 1,000 keys need 1,002 columns: the SDKs drop this error, never resend.
+    # With _tdedge_id, 1,000 keys need 1,002 columns: the SDKs drop this error, never resend.
     assert refused["error"]["name"] == "InvalidPropertyNameError"
     server.wait_errors(
         lambda es: any(e["reason"] == "too_many_columns" and e["door"] == "ingest" for e in es)

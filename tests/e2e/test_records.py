@@ -23,8 +23,8 @@ INGEST = "application/vnd.treasuredata.v1+json"
 INGEST_JS = "application/vnd.treasuredata.v1.js+json"
 INGEST_MOBILE = "application/vnd.treasuredata.v1.mobile+json"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-# td_uuid: version 7, the arrival time first (edge/ingest.py, uuids).
-TD_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+# tdedge's own id (_tdedge_id): version 7, the arrival time first (edge/ingest.py, uuids).
+TDEDGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 ORIGIN = "https://shop.tdedge.test"
 
 
@@ -181,9 +181,9 @@ def test_ingest_receipts_one_per_event_in_order(server: Server) -> None:
     events: list[Any] = [
         {"n": 1, "s": "a"},
         {"": "empty name"},
-        {"n": 2, "nested": {"k": [1, 2]}},
+        {"n": 2, "nested": {"k": [1, 2]}, "td_uuid": "mine"},
         "not an object",
-        {"td_uuid": "mine"},
+        {"_tdedge_id": "forged"},
         {"n": 3, "time": 1700000000},
     ]
     r = ingest(server, "ing_tbl", events, key=server.write_key)
@@ -199,18 +199,18 @@ def test_ingest_receipts_one_per_event_in_order(server: Server) -> None:
     ]
     assert all(x["error"]["description"] for x in receipts if not x["success"])
     rows = server.wait_for(
-        "SELECT n, s, nested, time, td_uuid FROM test_db.ing_tbl ORDER BY n",
+        "SELECT n, s, nested, time, td_uuid, _tdedge_id FROM test_db.ing_tbl ORDER BY n",
         lambda rows: len(rows) == 3,
     )
-    assert [(x["n"], x["s"], x["nested"]) for x in rows] == [
-        (1, "a", None),
-        (2, None, '{"k":[1,2]}'),
-        (3, None, None),
+    assert [(x["n"], x["s"], x["nested"], x["td_uuid"]) for x in rows] == [
+        (1, "a", None, None),
+        (2, None, '{"k":[1,2]}', "mine"),
+        (3, None, None, None),
     ]
     assert rows[2]["time"] == 1700000000
     assert abs(rows[0]["time"] - time.time()) < 60
-    assert all(TD_UUID.fullmatch(x["td_uuid"]) for x in rows)
-    assert len({x["td_uuid"] for x in rows}) == 3
+    assert all(TDEDGE_ID.fullmatch(x["_tdedge_id"]) for x in rows)
+    assert len({x["_tdedge_id"] for x in rows}) == 3
     errs = server.wait_errors(lambda e: len(e) == 3)
     assert sorted(e["reason"] for e in errs) == [
         "invalid_property_name",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -25,7 +26,7 @@ from tdedge.api import bulk_import, msgpack_records
 from tdedge.api.forms import form_fields
 from tdedge.api.forms import query_params as api_query_params
 from tdedge.edge import inflation, nesting
-from tdedge.edge.auth import legacy_key
+from tdedge.edge.auth import key_refusal, legacy_key, records_key, url_key
 from tdedge.edge.body import record_from_body
 from tdedge.edge.cdp import parse_query
 from tdedge.edge.cookies import cookie_value, host_name, ssc_domain, valid_cookie_domain
@@ -39,14 +40,15 @@ from tdedge.edge.ingest import (
     fill,
     kept,
     media_mode,
-    spliced,
+    receipt,
     split_events,
 )
 from tdedge.edge.legacy import pixel_form, postback_names
+from tdedge.edge.mobile import answer_body, collection, from_keen, keen_time, split_collections
 from tdedge.edge.p13n import DoorError, _td1_key, parse_event
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.pixel import form_params, parse_params, pixel_params, pixel_record, query_params
-from tdedge.edge.records import ingest_route, key_refusal, records_key, url_key
+from tdedge.edge.records import ingest_route
 from tdedge.edge.redirect import RedirectPolicy, needs_global_id, substitute
 from tdedge.names import is_valid_name
 from tdedge.realtime import tokens
@@ -188,8 +190,94 @@ def test_ingest_events(body: bytes) -> None:
             continue
         assert not isinstance(raw, DeepEvent)
         assert not nesting.deeper_than(memoryview(raw), DEPTH)
-        assert msgspec.json.decode(spliced(raw, checked, "u"))["td_uuid"] == "u"
-        assert msgspec.json.decode(fill(dict(checked), "u", Fill(ip="1.2.3.4")))["td_uuid"] == "u"
+        assert msgspec.json.decode(bytes(raw)) == checked
+        assert "td_ip" in msgspec.json.decode(fill(dict(checked), Fill(ip="1.2.3.4")))
+
+
+# Events: the pre-1.0 mobile SDKs' Keen format.
+keen_keys = st.sampled_from(["keen", "#UUID", "#SSUT", "time", "uuid", "x"]) | st.text(max_size=8)
+keen_values = (
+    json_values
+    | st.builds(lambda t: {"timestamp": t}, st.text(max_size=30))
+    | st.sampled_from(
+        [
+            {"timestamp": "2021-04-22T10:00:00.123+0900"},
+            {"timestamp": "2022-09-30T18:30:00+09:00"},
+            {"timestamp": "9999-12-31T23:59:59+14:00"},
+            True,
+            "column",
+            "",
+        ]
+    )
+)
+keen_events = st.dictionaries(keen_keys, keen_values, max_size=6).map(msgspec.json.encode)
+
+
+@st.composite
+def keen_bodies(draw: st.DrawFn) -> bytes:
+    collections = draw(
+        st.lists(
+            st.tuples(
+                st.text(max_size=12) | st.just("db.t"),
+                st.lists(keen_events | nested_json() | json_bytes, max_size=4),
+            ),
+            max_size=3,
+        )
+    )
+    body = (
+        b"{"
+        + b",".join(
+            msgspec.json.encode(name) + b":[" + b",".join(events) + b"]"
+            for name, events in collections
+        )
+        + b"}"
+    )
+    return draw(st.just(body) | mutated(st.just(body)))
+
+
+@FUZZ
+@given(keen_bodies() | bodies)
+def test_keen_bodies(body: bytes) -> None:
+    try:
+        found = split_collections(body, DEPTH)
+    except HTTPError as e:
+        assert e.status == 400
+        return
+    assert found.count() >= 1
+    answer = []
+    for name, events in found.items:
+        database, table, _ = collection(name)
+        assert len(database) <= 256 and len(table) <= 256
+        results = []
+        for raw in events:
+            checked = check_event(raw, found.max_depth)
+            if not isinstance(checked, Failure):
+                assert isinstance(raw, msgspec.Raw)
+                assert not nesting.deeper_than(memoryview(raw), DEPTH)
+                checked = from_keen(checked, 1_700_000_000)
+            if isinstance(checked, Failure):
+                assert checked.reason in {*FAILURE_REASONS, "invalid_property_name"}
+                results.append(receipt(checked))
+                continue
+            # What the Keen client added is turned into columns, or kept as sent.
+            assert checked.get("#SSUT") is not True
+            assert not isinstance(checked.get("#SSUT"), str)
+            msgspec.json.encode(checked)
+            results.append(b'{"success":true}')
+        answer.append((name, results))
+    decoded = msgspec.json.decode(answer_body(answer))
+    assert list(decoded) == list(dict(answer))
+
+
+@FUZZ
+@given(st.text(max_size=40) | st.none(), st.text(max_size=40) | st.none())
+@example("0001-01-01T00:00:00+14:00", None)
+@example("9999-12-31T23:59:59-14:00", None)
+@example("2021-04-22T10:00:00.123+0900", "x")
+def test_keen_time(stamp: str | None, other: str | None) -> None:
+    seconds = keen_time({"timestamp": stamp} if other is None else {"timestamp": stamp, "o": 1})
+    assert seconds is None or 0 <= seconds < 4_102_444_800
+    assert keen_time(stamp) is None
 
 
 @FUZZ
@@ -243,6 +331,47 @@ def test_gzip_bodies(body: bytes) -> None:
         assert (e.status, e.code) in {(400, "invalid_gzip"), (413, "body_too_large")}
         return
     assert len(out) <= 600
+
+
+# deflate (the pre-1.0 mobile SDKs): a zlib stream, or a raw one.
+@st.composite
+def deflate_bodies(draw: st.DrawFn) -> bytes:
+    data = draw(st.binary(max_size=300))
+    wbits = draw(st.sampled_from([15, -15, 9]))
+    packer = zlib.compressobj(wbits=wbits)
+    body = packer.compress(data) + packer.flush()
+    cut = draw(st.integers(0, len(body)))
+    tail = draw(st.sampled_from([b"", b"\x00" * 4, b"garbage"]))
+    return draw(st.sampled_from([body + tail, body[:cut], body]))
+
+
+@FUZZ
+@given(deflate_bodies() | st.binary(max_size=200) | mutated(deflate_bodies()))
+def test_deflate_bodies(body: bytes) -> None:
+    for wbits in (inflation.ZLIB_WBITS, inflation.RAW_WBITS):
+        assert len(inflation.head(body, 50, wbits)) <= 50
+    try:
+        out = inflation.inflate(body, 600)
+    except HTTPError as e:
+        assert (e.status, e.code) in {(400, "invalid_deflate"), (413, "body_too_large")}
+        return
+    assert len(out) <= 600
+
+
+def test_deflate_streams_inflate_whole() -> None:
+    data = b'{"db.t":[{"a":1}]}' * 50
+    for wbits in (15, -15):
+        packer = zlib.compressobj(wbits=wbits)
+        body = packer.compress(data) + packer.flush()
+        assert inflation.inflate(body, len(data)) == data
+        assert inflation.inflate(body + b"\x00\x00", len(data)) == data
+        try:
+            inflation.inflate(body, len(data) - 1)
+        except HTTPError as e:
+            assert e.status == 413
+        else:
+            raise AssertionError("inflated past the limit")
+    assert inflation.inflate(b"", 10) == b""
 
 
 # JSON depth itself.

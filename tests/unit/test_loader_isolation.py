@@ -191,10 +191,10 @@ def test_an_interrupted_isolation_loads_every_row_once(unguarded: World) -> None
 def test_a_table_whose_rows_cannot_be_built_is_set_aside_at_once(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fragile(records: Any, received_s: Any, existing: Any) -> Any:
+    def fragile(records: Any, received_s: Any, existing: Any, ids: Any = None) -> Any:
         if any("poison" in r for r in records):
             raise ValueError("cannot build these rows")
-        return built(records, received_s, existing)
+        return built(records, received_s, existing, ids)
 
     monkeypatch.setattr(runner, "to_columns", fragile)
     world.send({"poison": 1}, table="bad")
@@ -232,13 +232,13 @@ def test_records_past_the_column_limit_are_refused_and_the_rest_of_the_table_loa
 def test_record_columns_follow_the_type_rule() -> None:
     record = {"Name": "x", "name": "y", "empty": None, "": 1, "time": 5, "n": 1}
     assert record_columns(record) == {"time", "name", "n"}
-    assert record_columns({"a": 1}, ("td_uuid",)) == {"time", "a", "td_uuid"}
+    assert record_columns({"a": 1}, ("_tdedge_id",)) == {"time", "a", "_tdedge_id"}
 
 
 def test_columns_refusal_on_text_and_objects() -> None:
     assert columns_refusal(b'{"a":1,"b":2}', 3) is None  # a, b, time
     assert columns_refusal(b'{"a":1,"b":2,"c":3}', 3) is not None
-    assert columns_refusal({"a": 1, "b": 2}, 3, ("td_uuid",)) is not None
+    assert columns_refusal({"a": 1, "b": 2}, 3, ("_tdedge_id",)) is not None
     # Colons inside strings and null values need no column.
     assert columns_refusal(b'{"a":"1:2:3:4","b":null}', 2) is None
     refusal = columns_refusal(json.dumps(wide(2_000)).encode(), 1_000)
@@ -253,3 +253,6 @@ def test_too_wide_takes_records_in_order() -> None:
     existing = {"time": "BIGINT", "a": "BIGINT", "td_type_conflicts": "VARCHAR"}
     assert too_wide([{"b": 1}], existing, 3) == []
     assert too_wide([{"b": 1, "c": 2}], existing, 3) == [0]
+    # The column the loader adds itself (tdedge's id) counts, in a new table too.
+    assert too_wide([{"a": 1}], None, 2) == []
+    assert too_wide([{"a": 1}], None, 2, ("_tdedge_id",)) == [0]

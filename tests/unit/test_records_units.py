@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import pytest
 
+from tdedge.edge.auth import records_key, url_key
 from tdedge.edge.cookies import (
     GLOBAL_ID_COOKIE,
     cookie_value,
@@ -30,17 +31,17 @@ from tdedge.edge.ingest import (
     Mode,
     check_event,
     collection_names,
+    dedup_id,
     fill,
     media_mode,
     receipt,
     receipts_body,
-    spliced,
     split_events,
     uuids,
 )
 from tdedge.edge.peers import TrustedProxies, peer_host
 from tdedge.edge.pixel import GIF, parse_params, pixel_record, query_params
-from tdedge.edge.records import ingest_route, records_key, url_key
+from tdedge.edge.records import ingest_route
 from tdedge.edge.redirect import RedirectPolicy, substitute
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -124,7 +125,8 @@ def test_event_checks_use_the_names_the_sdks_know() -> None:
         ({"": 1}, "InvalidPropertyNameError", "invalid_property_name"),
         ({"a\nb": 1}, "InvalidPropertyNameError", "invalid_property_name"),
         ({"x" * 256: 1}, "InvalidPropertyNameError", "invalid_property_name"),
-        ({"TD_UUID": "mine"}, "InvalidPropertyNameError", "invalid_property_name"),
+        ({"_tdedge_id": "forged"}, "InvalidPropertyNameError", "invalid_property_name"),
+        ({"_TDEDGE_x": 1}, "InvalidPropertyNameError", "invalid_property_name"),
         ({"td_type_conflicts": "{}"}, "InvalidPropertyNameError", "invalid_property_name"),
         ("a string", "InvalidPropertyValueError", "not_an_object"),
         ([1, 2], "InvalidPropertyValueError", "not_an_object"),
@@ -134,21 +136,22 @@ def test_event_checks_use_the_names_the_sdks_know() -> None:
         assert isinstance(failure, Failure), event
         assert (failure.name, failure.reason) == (name, reason)
     assert check_event(_raw({"x" * 255: 1})) == {"x" * 255: 1}
+    # The SDKs' own columns are the clients' data, stored as sent.
+    sdk = {"td_uuid": "d", "uuid": "u", "record_uuid": "r", "tdedge_id": 1, "_td_x": 2}
+    assert check_event(_raw(sdk)) == sdk
     # Names learnt as good stay good; bad ones are refused every time.
     for _ in range(2):
         assert check_event(_raw({"ok": 1, "OK2": 2})) == {"ok": 1, "OK2": 2}
         assert isinstance(check_event(_raw({"ok": 1, "": 2})), Failure)
 
 
-@pytest.mark.parametrize(
-    "text", [b'{"a":1}', b'{ "a" : [1, {"b": "}"}] }', b"{}", b"{ }", b'{"s":"x\\\\"}']
-)
-def test_spliced_record_is_the_event_plus_td_uuid(text: bytes) -> None:
-    (raw,) = raws(b'{"events":[' + text + b"]}")
-    event = check_event(raw)
-    assert isinstance(event, dict)
-    out = msgspec.json.decode(spliced(raw, event, "u-1"))
-    assert out == {**msgspec.json.decode(text), "td_uuid": "u-1"}
+def test_dedup_id_is_a_short_string_or_nothing() -> None:
+    assert dedup_id({"record_uuid": "A-1"}, "record_uuid") == "A-1"
+    assert dedup_id({"mine": "m"}, "mine") == "m"
+    for value in ("", "x" * 256, 12, None, ["a"], {"a": 1}):
+        assert dedup_id({"record_uuid": value}, "record_uuid") == ""
+    assert dedup_id({"RECORD_UUID": "r"}, "record_uuid") == ""
+    assert dedup_id({"record_uuid": "x" * 255}, "record_uuid") == "x" * 255
 
 
 def test_event_size_limit_is_inclusive() -> None:
@@ -162,12 +165,12 @@ def test_event_size_limit_is_inclusive() -> None:
     assert isinstance(failure, Failure) and failure.name == "InvalidPropertyValueError"
 
 
-def test_fill_adds_uuid_ip_and_global_id_but_keeps_real_values() -> None:
+def test_fill_adds_ip_and_global_id_but_keeps_real_values() -> None:
     def filled(event: dict[str, Any], extra: Fill) -> dict[str, Any]:
-        out: dict[str, Any] = msgspec.json.decode(fill(event, "u-1", extra))
+        out: dict[str, Any] = msgspec.json.decode(fill(event, extra))
         return out
 
-    assert filled({"a": 1}, Fill()) == {"a": 1, "td_uuid": "u-1"}
+    assert filled({"a": 1, "td_uuid": "d"}, Fill()) == {"a": 1, "td_uuid": "d"}
     assert filled({"td_ip": "td_ip"}, Fill(ip="10.0.0.1"))["td_ip"] == "10.0.0.1"
     assert filled({}, Fill(ip="10.0.0.1"))["td_ip"] == "10.0.0.1"
     assert filled({"td_ip": "0.0.0.0"}, Fill(ip="10.0.0.1"))["td_ip"] == "0.0.0.0"

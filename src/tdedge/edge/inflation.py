@@ -1,4 +1,9 @@
-"""Inflating gzip request bodies with bounded work.
+"""Inflating gzip and deflate request bodies with bounded work.
+
+``Content-Encoding: deflate`` is one zlib stream (RFC 9110 §8.4.1.2), as the pre-1.0
+mobile SDKs send (``inflate``); a raw deflate stream, which some clients send under
+that name, is taken too. The rest of this docstring is about gzip, whose members make
+it the harder case; a deflate stream is one member without them.
 
 A gzip body may be several members back to back (RFC 1952 §2.2); the mobile SDKs send
 one. Whatever the body, the work stays proportional to its size and its inflated size,
@@ -25,6 +30,10 @@ from tdedge.edge.http import BodyTooLarge, HTTPError
 
 # zlib's window bits for "gzip header and trailer, largest window".
 GZIP_WBITS = 16 + zlib.MAX_WBITS
+# ... for "zlib header and trailer" and for "raw deflate, no header".
+ZLIB_WBITS = zlib.MAX_WBITS
+RAW_WBITS = -zlib.MAX_WBITS
+INVALID_DEFLATE = "invalid_deflate"
 FEED_BYTES = 64 * 1024
 # A member's first feed is small and each next one twice as large: a tiny member then
 # costs a tiny copy of what follows it, a large one few calls.
@@ -86,11 +95,63 @@ def chunks(body: bytes, limit: int, max_members: int) -> Iterator[bytes]:
         raise HTTPError(400, "invalid_gzip", f"body is not valid gzip: {e}") from None
 
 
-def head(body: bytes, n: int) -> bytes:
-    """At most the first ``n`` inflated bytes of a gzip ``body``, for an import-error row
-    of a request refused before it was inflated; the body's own first ``n`` bytes when it
-    does not start as gzip. Never raises: what is kept of a refusal is best effort."""
-    inflater = zlib.decompressobj(GZIP_WBITS)
+def inflate(body: bytes, limit: int) -> bytes:
+    """A deflate body inflated: 413 as soon as it passes ``limit`` bytes, 400
+    ``invalid_deflate`` for a body that is neither a zlib nor a raw deflate stream, is
+    cut short, or has anything but zero bytes after its end. Empty inflates to empty."""
+    if not body:
+        return b""
+    # A zlib stream starts with a header whose 16-bit value is a multiple of 31 and
+    # names the deflate method; a raw stream may look like one only by chance, and
+    # then fails to inflate as zlib (its checksum or its blocks), and is tried raw.
+    wbits = ZLIB_WBITS if _zlib_header(body) else RAW_WBITS
+    try:
+        return b"".join(_stream(body, limit, wbits))
+    except HTTPError as e:
+        if wbits == RAW_WBITS or e.code != INVALID_DEFLATE:
+            raise
+    return b"".join(_stream(body, limit, RAW_WBITS))
+
+
+def _zlib_header(body: bytes) -> bool:
+    return len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
+
+
+def _stream(body: bytes, limit: int, wbits: int) -> Iterator[bytes]:
+    """One deflate stream of ``body``, ``STEP_BYTES`` at most at a time (see ``chunks``)."""
+    inflater = zlib.decompressobj(wbits)
+    view = memoryview(body)
+    size = at = 0
+    try:
+        while not inflater.eof:
+            if at >= len(view):
+                raise HTTPError(400, INVALID_DEFLATE, "deflate body is truncated")
+            pending: bytes | memoryview = view[at : at + FEED_BYTES]
+            at += len(pending)
+            while pending and not inflater.eof:
+                chunk = inflater.decompress(pending, min(STEP_BYTES, limit + 1 - size))
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit, b"")
+                if chunk:
+                    yield chunk
+                tail = inflater.unconsumed_tail
+                if not chunk and len(tail) == len(pending):
+                    raise HTTPError(400, INVALID_DEFLATE, "deflate body does not inflate")
+                pending = tail
+    except zlib.error as e:
+        raise HTTPError(400, INVALID_DEFLATE, f"body is not valid deflate: {e}") from None
+    rest = inflater.unused_data + bytes(view[at:])
+    if rest.count(0) != len(rest):
+        raise HTTPError(400, INVALID_DEFLATE, "data after the end of the deflate stream")
+
+
+def head(body: bytes, n: int, wbits: int = GZIP_WBITS) -> bytes:
+    """At most the first ``n`` inflated bytes of a gzip ``body`` (or another stream, by
+    its ``wbits``), for an import-error row of a request refused before it was inflated;
+    the body's own first ``n`` bytes when it does not inflate. Never raises: what is
+    kept of a refusal is best effort."""
+    inflater = zlib.decompressobj(wbits)
     try:
         found = inflater.decompress(body[: n + FEED_BYTES], n)
     except zlib.error:

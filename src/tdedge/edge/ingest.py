@@ -19,7 +19,7 @@ succeed must carry one of those three, or the SDK would resend it forever:
 
 - a bad database or table name → ``InvalidCollectionNameError`` (every event);
 - a key that cannot be a column (empty, over 255 characters, control characters,
-  tdedge's own ``td_type_conflicts``, or ``td_uuid``) → ``InvalidPropertyNameError``;
+  tdedge's own ``td_type_conflicts`` or ``_tdedge_…``) → ``InvalidPropertyNameError``;
 - an event that is not a JSON object, is over 1 MiB, or nests deeper than
   ``Settings.max_json_depth`` → ``InvalidPropertyValueError``. A body too deep for the
   decoder to split is split all the same: each event nested past the limit is cut out
@@ -29,7 +29,11 @@ succeed must carry one of those three, or the SDK would resend it forever:
   limit cannot be columns.
 
 Refused events are journaled with a reason code (they show in the import errors);
-accepted ones are stored with ``td_uuid``, a version-7 UUID per record (``uuids``).
+accepted ones are stored as sent — ``td_uuid`` (the SDKs' device id) and ``uuid``
+included — and each gets tdedge's own id, a version-7 UUID (``uuids``) that the
+journal entry carries (``Envelope.record_id``) and the loader writes to the
+``_tdedge_id`` column. An event's ``record_uuid`` (``Settings.record_uuid_column``)
+goes with it too (``Envelope.record_uuid``): the loader stores a resent event once.
 For ``…v1.js+json`` and ``…v1.mobile+json`` the server fills ``td_ip`` (the client's
 address) unless the event carries a real value, and for ``…v1.js+json`` it replaces
 the ``td_global_id: "td_global_id"`` placeholder with the id from its cookie.
@@ -42,7 +46,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,10 +61,9 @@ from tdedge.edge.services import Services
 from tdedge.journal.envelope import Envelope
 from tdedge.loader.limits import TOO_MANY_COLUMNS, columns_refusal
 from tdedge.loader.schema import fold, usable_name
-from tdedge.names import NAME_RULE, is_valid_name, normalize
+from tdedge.names import NAME_RULE, RECORD_ID, is_valid_name, normalize
 
 DOOR = "ingest"
-UUID_COLUMN = "td_uuid"
 MAX_EVENTS = 500
 MAX_EVENT_BYTES = 1024 * 1024
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
@@ -68,6 +71,9 @@ MAX_REQUEST_BYTES = 5 * 1024 * 1024
 MAX_KEPT_NAME = 256
 # Events of ``{"events":[…]}`` open this deep: one level for the object, one for the array.
 EVENT_LEVEL = 3
+# The longest record_uuid the loader de-duplicates by (a UUID is 36 characters). A longer
+# value is stored as sent, but not carried in the journal entry a second time.
+MAX_RECORD_UUID = 255
 # gzip bodies up to this size inflate on the event loop (at most ~1 MiB of output, a
 # few milliseconds); larger ones on the offload threads.
 INLINE_GZIP_BYTES = 1024
@@ -160,7 +166,7 @@ def split_events(body: bytes, max_depth: int) -> Events:
     """The events of a ``{"events":[…]}`` body; 400 for anything else.
 
     Each event stays raw JSON text: ``check_event`` sizes and decodes it on its own, and
-    plain ``v1+json`` events are stored as that text (see ``spliced``).
+    plain ``v1+json`` events are stored as that text.
     """
     items: list[Event]
     try:
@@ -185,13 +191,22 @@ def _invalid_body(e: msgspec.DecodeError) -> HTTPError:
 
 
 def _split_deep(body: bytes, max_depth: int) -> list[Event]:
-    """Split a body nested too deep for the decoder.
+    """Split a body nested too deep for the decoder (``cut_deep``)."""
+    cut, originals = cut_deep(body, max_depth)
+    try:
+        raws = _batch_decoder.decode(cut).events
+    except RecursionError:
+        raise nesting.too_deep(max_depth) from None
+    except msgspec.DecodeError as e:
+        raise _invalid_body(e) from None
+    return restore_deep(raws, originals, max_depth)
 
-    Each value that opens at an event's level and nests past the limit is replaced by a
-    placeholder string of its own length, so the decoder meets a shallow body; the
-    placeholders come back as ``DeepEvent``s, each once. A client's own string event
-    that reads like a placeholder is refused all the same (a string is not an object).
-    """
+
+def cut_deep(body: bytes, max_depth: int) -> tuple[bytearray, dict[bytes, memoryview]]:
+    """``body`` with each value that opens at an event's level (``EVENT_LEVEL``: events
+    of ``{"events":[…]}`` and of the pre-1.0 ``{"db.table":[…]}`` alike) and nests past
+    the limit replaced by a placeholder string of its own length, so the decoder meets
+    a shallow body; and the original text of each placeholder (``restore_deep``)."""
     cut = bytearray(body)
     whole = memoryview(body)
     originals: dict[bytes, memoryview] = {}
@@ -202,12 +217,15 @@ def _split_deep(body: bytes, max_depth: int) -> list[Event]:
         if len(mark) <= end - start:
             cut[start:end] = mark.ljust(end - start)
             originals[mark] = whole[start:end]
-    try:
-        raws = _batch_decoder.decode(cut).events
-    except RecursionError:
-        raise nesting.too_deep(max_depth) from None
-    except msgspec.DecodeError as e:
-        raise _invalid_body(e) from None
+    return cut, originals
+
+
+def restore_deep(
+    raws: Iterable[msgspec.Raw], originals: dict[bytes, memoryview], max_depth: int
+) -> list[Event]:
+    """The events a ``cut_deep`` body decoded to, the placeholders back as
+    ``DeepEvent``s, each once. A client's own string event that reads like a
+    placeholder is refused all the same (a string is not an object)."""
     items: list[Event] = []
     for raw in raws:
         text = memoryview(raw)
@@ -240,7 +258,8 @@ def check_event(raw: Event, max_depth: int | None = None) -> dict[str, Any] | Fa
             return Failure(
                 NAME_ERROR,
                 f"property {key[:64]!r} cannot be a column (1-255 characters, no control "
-                f"characters; {UUID_COLUMN} and td_type_conflicts are reserved)",
+                "characters; td_type_conflicts and names starting with _tdedge_ are "
+                "tdedge's own)",
                 "invalid_property_name",
             )
     return event
@@ -269,8 +288,7 @@ MAX_KNOWN_NAMES = 10_000
 
 
 def _learn_name(key: str) -> bool:
-    name = fold(key)
-    if name == UUID_COLUMN or not usable_name(name):
+    if not usable_name(fold(key)):
         return False
     if len(_good_names) >= MAX_KNOWN_NAMES:
         _good_names.clear()
@@ -284,25 +302,8 @@ def kept(raw: Event, limit: int) -> bytes:
     return kept_body(text, limit)
 
 
-def spliced(raw: msgspec.Raw, event: dict[str, Any], uuid: str) -> bytes:
-    """The event's own JSON text with ``td_uuid`` added before its closing brace.
-
-    For events the server adds nothing else to (``v1+json``): a quarter cheaper per
-    event than re-encoding the decoded dict. ``raw`` was just decoded as an object and
-    msgspec's Raw spans exactly that value, so its last byte is the ``}``.
-    """
-    return b"".join(
-        (memoryview(raw)[:-1], _UUID_AFTER if event else _UUID_ALONE, uuid.encode(), b'"}')
-    )
-
-
-_UUID_AFTER = f',"{UUID_COLUMN}":"'.encode()
-_UUID_ALONE = _UUID_AFTER[1:]
-
-
-def fill(event: dict[str, Any], uuid: str, extra: Fill) -> bytes:
+def fill(event: dict[str, Any], extra: Fill) -> bytes:
     """The stored record: the event plus what the server adds."""
-    event[UUID_COLUMN] = uuid
     if extra.ip is not None:
         ip = event.get("td_ip")
         if ip is None or ip == "td_ip":
@@ -310,6 +311,16 @@ def fill(event: dict[str, Any], uuid: str, extra: Fill) -> bytes:
     if extra.global_id is not None and event.get("td_global_id") == "td_global_id":
         event["td_global_id"] = extra.global_id
     return _encode(event)
+
+
+def dedup_id(event: dict[str, Any], column: str) -> str:
+    """The event's own id for de-duplication (its ``record_uuid``), or "" for none: a
+    string of 1 to ``MAX_RECORD_UUID`` characters. Anything else is stored as sent and
+    not de-duplicated."""
+    found = event.get(column)
+    if type(found) is str and 0 < len(found) <= MAX_RECORD_UUID:
+        return found
+    return ""
 
 
 def receipt(failure: Failure) -> bytes:
@@ -326,7 +337,7 @@ def uuids(n: int, now_ms: int, random: Callable[[int], bytes] = os.urandom) -> l
     """``n`` (≤ 4,096) distinct version-7 UUID strings (RFC 9562) for records received at
     ``now_ms``.
 
-    Version 7: the arrival time in the top 48 bits, so ``td_uuid`` sorts by arrival. One
+    Version 7: the arrival time in the top 48 bits, so ``_tdedge_id`` sorts by arrival. One
     read of the random source per request fills the random bits; the request's records
     then take consecutive values of the last three hex digits, from a random start low
     enough that counting never carries (RFC 9562 §6.2, method 2: the random part
@@ -404,7 +415,8 @@ class IngestAPI:
             raise
         extra = fill_for(mode)
         adds = extra.ip is not None or extra.global_id is not None
-        added = (UUID_COLUMN, "td_ip") if extra.ip is not None else (UUID_COLUMN,)
+        added = (RECORD_ID, "td_ip") if extra.ip is not None else (RECORD_ID,)
+        uuid_column = s.settings.record_uuid_column
         envelopes: list[Envelope] = []
         receipts: list[bytes] = []
         refusals: list[str] = []  # the reasons of the events refused
@@ -437,8 +449,20 @@ class IngestAPI:
             else:
                 assert not isinstance(raw, DeepEvent)
                 receipts.append(SUCCESS)
-                record = fill(checked, uuid, extra) if adds else spliced(raw, checked, uuid)
-                envelopes.append(Envelope(received_ms, DOOR, database, table, key_hash, record))
+                # Plain events are stored as their own text: nothing to add to them.
+                record = fill(checked, extra) if adds else bytes(raw)
+                envelopes.append(
+                    Envelope(
+                        received_ms,
+                        DOOR,
+                        database,
+                        table,
+                        key_hash,
+                        record,
+                        record_id=uuid,
+                        record_uuid=dedup_id(checked, uuid_column),
+                    )
+                )
         await s.append_many(envelopes)
         for reason in refusals:
             s.refusals.inc(DOOR, reason, "row")

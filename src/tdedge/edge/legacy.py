@@ -1,6 +1,8 @@
 """The legacy door (``in.*``): the Postback API as spec/postback-api-legacy.md gives it,
-the tracking pixel (pixel.py) on the same path, and ``/get_cookie_id`` for the
-``ssc.<domain>`` hosts td-js-sdk calls (they are not ``*.records.in.*`` hosts)."""
+the tracking pixel (pixel.py) on the same path, ``/get_cookie_id`` for the
+``ssc.<domain>`` hosts td-js-sdk calls (they are not ``*.records.in.*`` hosts), and the
+pre-1.0 mobile SDKs' ``/android/v3/event`` and ``/ios/v3/event`` (mobile.py): those
+SDKs sent to ``in.treasuredata.com`` unless told otherwise."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from tdedge.edge.http import (
     read_body,
 )
 from tdedge.edge.identity import Identity
+from tdedge.edge.mobile import PATHS as MOBILE_PATHS
+from tdedge.edge.mobile import MobileAPI
 from tdedge.edge.offload import INLINE_PARSE_BYTES
 from tdedge.edge.pixel import Params, Pixel, form_params, pixel_params, query_params
 from tdedge.edge.services import Services
@@ -54,15 +58,22 @@ class LegacyDoor:
         self._pixel = Pixel(services)
         self._identity = Identity(services.settings.cookie_domain)
         self._cors = Cors(services.settings.cors_origins, RECORDS)
+        self._mobile = MobileAPI(services)
 
     def route(self, path: str) -> str | None:
         if path.startswith(POSTBACK_PREFIX):
             return "postback"
+        if path in MOBILE_PATHS:
+            return "mobile"
         return "server_cookie" if path == "/get_cookie_id" else None
 
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
         if route == "server_cookie":
             return self._server_cookie(scope)
+        if route == "mobile":
+            if scope.method != "POST":
+                raise HTTPError(405, "method_not_allowed", "use POST", headers=[("allow", "POST")])
+            return await self._mobile.handle(scope, proto)
         if scope.method in ("GET", "HEAD"):
             params = pixel_params(scope.query_string)
             if params is not None:

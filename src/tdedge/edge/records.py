@@ -10,6 +10,8 @@ Routes:
     and the body capped at exactly 1,048,064 bytes (413 beyond, chunked or not).
 ``POST /{db}/{table}``
     the Data Ingestion API (ingest.py).
+``POST /android/v3/event``, ``POST /ios/v3/event``
+    the pre-1.0 mobile SDKs' format (mobile.py).
 ``GET /``
     td-js-sdk's global id (identity.py), for a request carrying a key.
 ``GET /get_cookie_id``
@@ -25,13 +27,12 @@ Every refused write leaves an import-error row, as on the legacy door.
 from __future__ import annotations
 
 import time
-from urllib.parse import parse_qsl
 
+from tdedge.edge.auth import key_refusal, records_key, url_key
 from tdedge.edge.cors import RECORDS, Cors
 from tdedge.edge.http import (
     EMPTY_OBJECT,
     JSON_HEADERS,
-    Headers,
     HTTPError,
     Protocol_,
     Response,
@@ -41,6 +42,8 @@ from tdedge.edge.http import (
 from tdedge.edge.identity import Identity
 from tdedge.edge.ingest import Fill, IngestAPI, Mode
 from tdedge.edge.legacy import POSTBACK_PREFIX, parse_record, postback_names, raw_names
+from tdedge.edge.mobile import PATHS as MOBILE_PATHS
+from tdedge.edge.mobile import MobileAPI
 from tdedge.edge.peers import TrustedProxies
 from tdedge.edge.services import Services
 from tdedge.edge.width import check_width
@@ -48,43 +51,6 @@ from tdedge.edge.width import check_width
 DOOR = "records"
 # Postback API v2's documented request limit, exactly.
 POSTBACK_MAX_BODY_BYTES = 1_048_064
-HEADER_KEY_HINT = "send the key in an Authorization: TD1 <key> or X-TD-Write-Key header"
-
-
-def records_key(headers: Headers) -> str | None:
-    """``Authorization: TD1 <key>`` (scheme in any case), else ``X-TD-Write-Key``."""
-    auth = headers.get("authorization")
-    if auth:
-        scheme, _, value = str(auth).strip().partition(" ")
-        if scheme.lower() == "td1" and value.strip():
-            return value.strip()
-    key = headers.get("x-td-write-key")
-    if key and str(key).strip():
-        return str(key).strip()
-    return None
-
-
-def url_key(query_string: str) -> str | None:
-    """The ``td_write_key`` URL parameter, if present (even empty: it is refused anyway)."""
-    if "td_write_key" not in query_string:
-        return None
-    for name, value in parse_qsl(query_string, keep_blank_values=True):
-        if name == "td_write_key":
-            return value
-    return None
-
-
-def key_refusal(scope: Scope, key: str | None) -> HTTPError | None:
-    """Why a records request may not use its credentials, or None."""
-    if url_key(scope.query_string) is not None:
-        return HTTPError(
-            403,
-            "key_in_url",
-            f"the td_write_key URL parameter is not accepted here: {HEADER_KEY_HINT}",
-        )
-    if key is None:
-        return HTTPError(403, "missing_key", f"no API key: {HEADER_KEY_HINT}")
-    return None
 
 
 def ingest_route(path: str) -> bool:
@@ -103,6 +69,7 @@ class RecordsDoor:
         self._identity = Identity(settings.cookie_domain)
         self._proxies = TrustedProxies(settings.trusted_proxies)
         self._ingest = IngestAPI(services)
+        self._mobile = MobileAPI(services)
 
     def route(self, path: str) -> str | None:
         if path == "/":
@@ -111,6 +78,8 @@ class RecordsDoor:
             return "server_cookie"
         if path.startswith(POSTBACK_PREFIX):
             return "postback"
+        if path in MOBILE_PATHS:
+            return "mobile"
         if ingest_route(path):
             return "ingest"
         return None
@@ -137,6 +106,8 @@ class RecordsDoor:
             raise HTTPError(405, "method_not_allowed", "use POST", headers=[("allow", "POST")])
         if route == "postback":
             return await self._postback(scope, proto)
+        if route == "mobile":
+            return await self._mobile.handle(scope, proto)
         return await self._ingest_events(scope, proto)
 
     def _global_id(self, scope: Scope) -> Response:

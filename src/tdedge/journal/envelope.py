@@ -17,7 +17,7 @@ import msgspec
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     received_ms: int  # arrival time at the edge, unix milliseconds
-    door: str  # "legacy", "records", "pixel", "ingest", "p13n"
+    door: str  # "legacy", "records", "pixel", "ingest", "mobile", "p13n"
     database: str
     table: str
     key_hash: bytes  # sha256(key) — see control.keys.hash_key
@@ -35,6 +35,14 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     import_id: str = ""
     import_index: int = 0
     import_attempt: str = ""
+    # Set by the SDK doors (edge/ingest.py, edge/mobile.py) on every record they accept:
+    # tdedge's own id of the record, which the loader writes to the _tdedge_id column
+    # (the record itself stays as the client sent it, td_uuid and all).
+    record_id: str = ""
+    # The client's own id of the event (its record_uuid), when it sends one: a resent
+    # event carries the same, and the loader loads an account's (database, table,
+    # record_uuid) once within Settings.record_uuid_window_s (loader/duplicates.py).
+    record_uuid: str = ""
 
 
 class JournalGroup(msgspec.Struct, frozen=True, gc=False):

@@ -10,7 +10,7 @@ between which the loader keeps loading.
 
 - A table has rows inlined in the catalog when its record count (DuckLake's table
   statistics) is more than the rows of its live data files; tdedge's own tables, whose
-  rows compaction deletes, are always flushed.
+  rows compaction deletes, are always flushed (but ``upgrades``, never deleted from).
 - A table is worth merging when it has two live data files or more under
   ``MERGE_BELOW_BYTES``: what small commits and flushes leave. One whose small files
   are the same after a merge (files DuckLake does not merge) is not asked again until
@@ -33,7 +33,8 @@ MERGE_BELOW_BYTES = 64 * 1024 * 1024
 TABLES_WITH_WORK = f"""
 SELECT s.schema_name, t.table_name,
     coalesce(st.record_count, 0) > coalesce(f.records, 0)
-        OR s.schema_name = {literal(SYSTEM_DATABASE)} AS inlined,
+        OR (s.schema_name = {literal(SYSTEM_DATABASE)} AND t.table_name <> 'upgrades')
+        AS inlined,
     coalesce(f.small, 0) AS small_files,
     coalesce(f.newest, 0) AS newest_small
 FROM {META}.ducklake_table t

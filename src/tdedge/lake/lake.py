@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from tdedge.config import Settings
 from tdedge.errors import InvalidName, LakeError
-from tdedge.lake import compaction, system
+from tdedge.lake import compaction, system, upgrades
 from tdedge.lake.batch import Batch, ImportKey, TableRows
 from tdedge.lake.catalog import LAKE, LIVE_TABLES
 from tdedge.lake.compaction import Slice
@@ -148,6 +148,31 @@ class Lake:
             self.reload()
         found = self._columns.get((database, table))
         return None if found is None else dict(found)
+
+    def upgrade(self, now: float) -> list[str]:
+        """Make the changes lake/upgrades.py lists that this lake has not had yet, each
+        in one transaction with its record; returns the names of those made now."""
+        self._require_writable()
+        done = {str(name) for (name,) in self._fetch(upgrades.READ_DONE)}
+        made: list[str] = []
+        for name, step in upgrades.STEPS.items():
+            if name in done:
+                continue
+            try:
+                self._con.execute("BEGIN")
+                changed = step(self._con, list(self._columns.items()))
+                self._con.execute(upgrades.RECORD_DONE, [name, int(now)])
+                self._con.execute("COMMIT")
+            except duckdb.Error as e:
+                self._abort()
+                raise LakeError(f"lake upgrade {name} failed: {e}") from e
+            except BaseException:
+                self._abort()
+                raise
+            log.info("lake upgrade %s done: %d tables changed", name, changed)
+            self.reload()
+            made.append(name)
+        return made
 
     def table_count(self, databases: Iterable[str]) -> int:
         """How many tables these databases hold (as of the last commit or reload)."""

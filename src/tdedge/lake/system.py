@@ -16,6 +16,9 @@ retry rather than loading it twice.
 ``load_marks`` says which tables' rows of journal entries past the positions are loaded
 already (lake/batch.py LoadMark); it is empty but while the loader sets a table aside.
 Compaction deletes the marks the positions have passed.
+
+``upgrades`` names each change made to a lake an older tdedge made (lake/upgrades.py),
+with its time: one row per upgrade, written with its changes.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ POSITIONS = table_ref(LAKE, SYSTEM_DATABASE, "journal_positions")
 IMPORT_ERRORS = table_ref(LAKE, SYSTEM_DATABASE, "import_errors")
 BULK_IMPORTS = table_ref(LAKE, SYSTEM_DATABASE, "bulk_imports")
 LOAD_MARKS = table_ref(LAKE, SYSTEM_DATABASE, "load_marks")
+UPGRADES = table_ref(LAKE, SYSTEM_DATABASE, "upgrades")
 
 IMPORT_ERRORS_SCHEMA = pa.schema(
     [
@@ -88,6 +92,8 @@ LOAD_MARKS_SCHEMA = pa.schema(
     ]
 )
 
+UPGRADES_SCHEMA = pa.schema([("name", pa.string()), ("time", pa.int64())])
+
 _SQL = {pa.int64(): "BIGINT", pa.string(): "VARCHAR"}
 
 
@@ -101,6 +107,7 @@ DDL = (
     f"CREATE TABLE IF NOT EXISTS {IMPORT_ERRORS} ({_columns_sql(IMPORT_ERRORS_SCHEMA)})",
     f"CREATE TABLE IF NOT EXISTS {BULK_IMPORTS} ({_columns_sql(BULK_IMPORTS_SCHEMA)})",
     f"CREATE TABLE IF NOT EXISTS {LOAD_MARKS} ({_columns_sql(LOAD_MARKS_SCHEMA)})",
+    f"CREATE TABLE IF NOT EXISTS {UPGRADES} ({_columns_sql(UPGRADES_SCHEMA)})",
     # Lakes made before these columns get them, NULL in their old rows.
     *(
         f"ALTER TABLE {BULK_IMPORTS} ADD COLUMN IF NOT EXISTS {f.name} {_SQL[f.type]}"
@@ -109,7 +116,7 @@ DDL = (
     ),
 )
 
-TABLES = (POSITIONS, IMPORT_ERRORS, BULK_IMPORTS, LOAD_MARKS)
+TABLES = (POSITIONS, IMPORT_ERRORS, BULK_IMPORTS, LOAD_MARKS, UPGRADES)
 
 READ_POSITIONS = f"SELECT shard, max(seq) FROM {POSITIONS} GROUP BY shard"
 

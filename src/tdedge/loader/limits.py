@@ -14,7 +14,7 @@ SQLite refuses a table of more than 2,000 columns — at commit time. So one rec
 
 A record's columns are what the type rule makes of it (loader/schema.py): its keys that
 can be columns, folded to lower case, that hold a value (a null makes no column), and
-``time``. The doors add their own columns (``td_uuid``, ``td_ip``, …) to the count.
+``time``. The doors add their own columns (``_tdedge_id``, ``td_ip``, …) to the count.
 """
 
 from __future__ import annotations
@@ -80,17 +80,22 @@ def columns_refusal(
 
 
 def too_wide(
-    records: Sequence[Mapping[str, Any]], existing: Collection[str] | None, limit: int
+    records: Sequence[Mapping[str, Any]],
+    existing: Collection[str] | None,
+    limit: int,
+    added: Collection[str] = (),
 ) -> list[int]:
     """Indexes of the records that would take a table past ``limit`` columns.
 
-    ``existing`` is the table's columns (None for a new table). Records are taken in
+    ``existing`` is the table's columns (None for a new table), ``added`` the columns
+    the loader adds to these records itself (``_tdedge_id``). Records are taken in
     order: one that fits adds its columns, one that does not is refused and adds none.
     The usual batch is decided with one set of the keys it holds.
     """
     known = {fold(c) for c in existing or ()}
     known.discard(CONFLICTS)
     known.add(TIME)
+    known.update(added)
     keys: set[str] = set()
     for record in records:
         keys.update(record)

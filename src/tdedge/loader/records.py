@@ -30,7 +30,7 @@ from tdedge.loader.schema import (
     usable_name,
     value_type,
 )
-from tdedge.names import CONFLICTS
+from tdedge.names import CONFLICTS, RECORD_ID
 
 ARROW_TYPES: dict[str, pa.DataType] = {
     "BIGINT": pa.int64(),
@@ -58,11 +58,15 @@ def to_columns(
     records: Sequence[dict[str, Any]],
     received_s: Sequence[int],
     existing: Mapping[str, str] | None,
+    ids: Sequence[str] | None = None,
 ) -> RecordColumns:
     """Build the rows of ``records`` for a table whose columns are ``existing``.
 
     ``received_s`` is each record's arrival time (unix seconds), used when its own
     ``time`` is missing or invalid. ``existing`` is None for a table not created yet.
+    ``ids`` is tdedge's id of each record ("" for none), for the ``_tdedge_id`` column:
+    never taken from a record, where a ``_tdedge_…`` key is unusable like any other
+    (loader/schema.py), so no client can write it.
     """
     current = {fold(k): v for k, v in (existing or {}).items()}
     conflicts: Conflicts = [None] * len(records)
@@ -84,6 +88,9 @@ def to_columns(
             names.append(name)
             arrays.append(array)
     arrays.insert(0, _time(time_values, time_keys, received_s, conflicts))
+    if ids is not None:
+        names.append(RECORD_ID)
+        arrays.append(pa.array([i or None for i in ids], pa.string()))
     moved = sum(len(c) for c in conflicts if c is not None)
     if moved:
         names.append(CONFLICTS)

@@ -63,6 +63,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -87,6 +88,16 @@ LOAD_FAILED = "load_failed"
 TABLE_LIMIT = "table_limit"
 # Records whose key may not write where they go: anybody could have sent them.
 UNAUTHORIZED = frozenset({UNKNOWN_KEY, REVOKED_KEY, FOREIGN_KEY})
+
+# The doors whose records carry tdedge's id (Envelope.record_id): the SDK routes,
+# edge/ingest.py and edge/mobile.py. Other doors' tables get no _tdedge_id column.
+ID_DOORS = frozenset({"ingest", "mobile"})
+# The door whose entries carried tdedge's id in the record, and the key it had there,
+# before the id moved to Envelope.record_id (``record_ids``).
+OLD_ID_DOOR = "ingest"
+OLD_ID_KEY = "td_uuid"
+_record_id = attrgetter("record_id")
+_door = attrgetter("door")
 
 _decode_record = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_records = msgspec.json.Decoder(list[dict[str, Any]]).decode
@@ -137,6 +148,12 @@ class Envelopes:
         """The group that holds ``items[index]``."""
         return self.groups[bisect_right(self.starts, index) - 1]
 
+    def place(self, index: int) -> tuple[str, int, int]:
+        """Where ``items[index]`` is in the journal: shard, seq, index in its group."""
+        g = bisect_right(self.starts, index) - 1
+        group = self.groups[g]
+        return group.shard, group.seq, index - self.starts[g]
+
 
 @dataclass(slots=True)
 class TableInput:
@@ -146,16 +163,21 @@ class TableInput:
     records: list[dict[str, Any]] = field(default_factory=list)
     received_s: list[int] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)  # indexes into Envelopes.items
+    # tdedge's id of each record (Envelope.record_id, "" for none); None when no record
+    # of the table has one, as for every door but the SDKs'.
+    ids: list[str] | None = None
 
     def without(self, dropped: Iterable[int]) -> TableInput:
         """The same input without the records at positions ``dropped``."""
         gone = set(dropped)
         keep = [i for i in range(len(self.rows)) if i not in gone]
+        ids = self.ids
         return TableInput(
             self.account_id,
             [self.records[i] for i in keep],
             [self.received_s[i] for i in keep],
             [self.rows[i] for i in keep],
+            None if ids is None else [ids[i] for i in keep],
         )
 
 
@@ -188,22 +210,28 @@ class Router:
         items = routed.envelopes.items
         accepted: dict[TableKey, list[list[int]]] = {}
         owners: dict[TableKey, int] = {}
+        sdk: set[TableKey] = set()  # tables some SDK door's records go to
         for rows in _alike(items):
-            verdict = self.verdict(items[rows[0]], now)
+            first = items[rows[0]]
+            verdict = self.verdict(first, now)
             if isinstance(verdict, Reject):
                 routed.rejections.extend(routed.rejected(rows, verdict, now))
             else:
                 table = (verdict.database, verdict.table)
                 accepted.setdefault(table, []).append(rows)
                 owners[table] = verdict.account_id
+                if first.door in ID_DOORS:
+                    sdk.add(table)
         for table, found in accepted.items():
             # Several keys wrote to this table: restore journal order, on which the type
             # rule ("first value seen") depends.
             rows = found[0] if len(found) == 1 else sorted(chain.from_iterable(found))
-            routed.tables[table] = self._decode(routed, rows, owners[table], now)
+            routed.tables[table] = self._decode(routed, rows, owners[table], now, table in sdk)
         return routed
 
-    def _decode(self, routed: Routed, rows: list[int], owner: int, now: float) -> TableInput:
+    def _decode(
+        self, routed: Routed, rows: list[int], owner: int, now: float, sdk: bool
+    ) -> TableInput:
         items = routed.envelopes.items
         bound = [items[i] for i in rows]
         try:
@@ -212,17 +240,22 @@ class Router:
             records = _decode_records(b"[%b]" % b",".join([env.record for env in bound]))
         except msgspec.DecodeError:
             # The edge validates bodies, so this is rare: sort them out one by one.
-            return self._accept_each(routed, rows, owner, now)
+            return self._accept_each(routed, rows, owner, now, sdk)
         if len(records) != len(bound):
             # A record holding more than one value ("{…},{…}") shifted the array: only
             # a record decoded alone can tell which. No record can hold fewer than one
             # value without breaking the array's syntax.
-            return self._accept_each(routed, rows, owner, now)
-        return TableInput(owner, records, [env.received_ms // 1000 for env in bound], rows)
+            return self._accept_each(routed, rows, owner, now, sdk)
+        received_s = [env.received_ms // 1000 for env in bound]
+        ids = record_ids(bound, records) if sdk else None
+        return TableInput(owner, records, received_s, rows, ids)
 
-    def _accept_each(self, routed: Routed, rows: list[int], owner: int, now: float) -> TableInput:
+    def _accept_each(
+        self, routed: Routed, rows: list[int], owner: int, now: float, sdk: bool
+    ) -> TableInput:
         target = TableInput(owner)
         items = routed.envelopes.items
+        bound: list[Envelope] = []
         for i in rows:
             env = items[i]
             try:
@@ -234,6 +267,8 @@ class Router:
             target.records.append(record)
             target.received_s.append(env.received_ms // 1000)
             target.rows.append(i)
+            bound.append(env)
+        target.ids = record_ids(bound, target.records) if sdk else None
         return target
 
     def verdict(self, env: Envelope, now: float) -> Verdict:
@@ -267,15 +302,34 @@ class Router:
         return Accept(database, table, decision.account_id)
 
 
+def record_ids(bound: Sequence[Envelope], records: list[dict[str, Any]]) -> list[str] | None:
+    """tdedge's id of each record (``TableInput.ids``), None when none has one.
+
+    Entries the ingest door journaled before the id moved to ``Envelope.record_id``
+    carry it in the record, as ``td_uuid`` (that door refused a client's own td_uuid
+    then): it is taken out of the record, so that a table's _tdedge_id holds it and
+    td_uuid stays the client's (lake/upgrades.py renames the old column to match).
+    """
+    ids = list(map(_record_id, bound))
+    # Both checks run in C: the usual batch has no ids at all, or no old entries.
+    if "" in ids and OLD_ID_DOOR in map(_door, bound):
+        for i, env in enumerate(bound):
+            if env.door == OLD_ID_DOOR and not env.record_id:
+                old = records[i].pop(OLD_ID_KEY, None)
+                ids[i] = old if isinstance(old, str) else ""
+    return ids if any(ids) else None
+
+
 def _alike(envelopes: list[Envelope]) -> Iterable[list[int]]:
-    """Indexes of envelopes sharing key, database, table and edge verdict, in order.
+    """Indexes of envelopes sharing key, database, table, edge verdict and door, in order.
 
     Those share a verdict, so grouping first keeps the per-envelope work to one dict
-    lookup: this is the hot path.
+    lookup: this is the hot path. The door tells the tables whose records may carry
+    tdedge's ids (``ID_DOORS``) without a pass over the others.
     """
-    groups: dict[tuple[bytes, str, str, str], list[int]] = {}
+    groups: dict[tuple[bytes, str, str, str, str], list[int]] = {}
     for i, env in enumerate(envelopes):
-        ident = (env.key_hash, env.database, env.table, env.reject)
+        ident = (env.key_hash, env.database, env.table, env.reject, env.door)
         group = groups.get(ident)
         if group is None:
             groups[ident] = [i]

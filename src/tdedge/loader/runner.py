@@ -1,7 +1,8 @@
 """The Loader: journal → lake, one batch at a time, exactly once.
 
 Each step reads about ``loader_batch_max_records`` envelopes after the positions stored
-in the lake, routes them (loader/routing.py), shapes each table's rows
+in the lake, routes them (loader/routing.py), drops SDK events resent with a
+record_uuid loaded already (loader/duplicates.py), shapes each table's rows
 (loader/records.py) and commits rows, import errors, the bulk-import ids they carried
 (loader/imports.py: an upload whose unique_id is loaded already is dropped here) and
 the new positions in one lake transaction. Only then does it tell the journal it may
@@ -54,12 +55,14 @@ from tdedge.lake.batch import Batch, LoadMark, Rejection, TableRows
 from tdedge.lake.compaction import Slice
 from tdedge.lake.lake import Lake
 from tdedge.lake.tables import Columns
-from tdedge.loader import imports
+from tdedge.loader import duplicates, imports
 from tdedge.loader.heartbeat import Heartbeat, write_heartbeat
 from tdedge.loader.limits import TOO_MANY_COLUMNS, too_wide
 from tdedge.loader.pacing import Pacing
+from tdedge.loader.record_ids import RecordIds
 from tdedge.loader.records import to_columns
 from tdedge.loader.routing import LOAD_FAILED, TABLE_LIMIT, Reject, Routed, Router, TableInput
+from tdedge.names import RECORD_ID
 
 log = logging.getLogger("tdedge.loader")
 
@@ -98,6 +101,7 @@ class StepReport:
     rows: int = 0
     rejected: int = 0
     duplicates: int = 0  # envelopes of bulk imports loaded already (loader/imports.py)
+    record_duplicates: int = 0  # resent SDK events (loader/duplicates.py)
     conflicts: int = 0
     lag_records: int = 0  # left in the journal after this step
     lag_seconds: float = 0.0  # age of the oldest waiting record when the step began
@@ -117,12 +121,15 @@ class Loader:
         lake: Lake,
         clock: Callable[[], float] = time.time,
         ledger: ImportLedger | None = None,
+        record_ids: RecordIds | None = None,
     ) -> None:
         self._settings = settings
         self._reader = reader
         self._lake = lake
         # The edge's bulk-import ids: recorded once loaded, forgotten as the lake's are.
         self._ledger = ledger
+        # The record_uuids loaded (loader/duplicates.py); None: resent events load again.
+        self._record_ids = record_ids
         self._directory = directory
         self._router = Router(settings, directory)
         self._pacing = Pacing.of(settings)
@@ -136,6 +143,7 @@ class Loader:
         # Tables of the failing batch that failed once when committed alone: the lake's
         # error. A second failure sets them aside.
         self._suspects: dict[TableKey, str] = {}
+        self._upgraded = False
 
     def step(self, now: float) -> StepReport:
         """Load one batch if one is due; see the module docstring."""
@@ -164,7 +172,11 @@ class Loader:
         entries = len(routed.envelopes.items) + sifted.dropped
         if self._marks:
             self._skip_marked(routed)
+        resent = self._sift_resent(routed, now)
         shaped, refused, conflicts = self._shape(routed, now)
+        if self._record_ids is not None and resent.claims:
+            # Durable before the commit (loader/record_ids.py says why).
+            self._record_ids.claim(resent.claims_of(t.key for t in shaped), now)
         # Past every group read, dropped envelopes included.
         moved = _last_seqs(groups)
         apart: list[Shaped] = []  # committed on their own already
@@ -180,6 +192,7 @@ class Loader:
             [
                 *routed.rejections,
                 *sifted.rejections,
+                *resent.rejections,
                 *refused,
                 *chain.from_iterable(t.rejections for t in shaped),
             ],
@@ -204,6 +217,7 @@ class Loader:
             rows=batch.row_count + sum(t.rows.rows.num_rows for t in apart),
             rejected=len(rejections),
             duplicates=sifted.dropped,
+            record_duplicates=resent.dropped,
             conflicts=conflicts,
             lag_records=max(0, waiting - entries),
             lag_seconds=lag_s,
@@ -309,8 +323,19 @@ class Loader:
         """The batch without bulk imports loaded already (loader/imports.py)."""
         return imports.sift_batch(groups, self._router, self._lake, now)
 
+    def _sift_resent(self, routed: Routed, now: float) -> duplicates.Sifted:
+        """Drop resent SDK events from ``routed`` (loader/duplicates.py)."""
+        if self._record_ids is None:
+            return duplicates.Sifted()
+        return duplicates.sift(routed, self._record_ids, now)
+
     def _current_positions(self) -> dict[str, int]:
         if self._positions is None:
+            if not self._upgraded:
+                # Before any entry is loaded: entries journaled by an older tdedge load
+                # into tables as this one shapes them (lake/upgrades.py).
+                self._lake.upgrade(self._clock())
+                self._upgraded = True
             self._positions = self._lake.positions()
             self._marks = self._lake.marks()
             self._forget_marks()
@@ -346,7 +371,7 @@ class Loader:
                 if not found.rows:
                     refused.extend(rejections)
                     continue
-                built = to_columns(found.records, found.received_s, existing)
+                built = to_columns(found.records, found.received_s, existing, found.ids)
             except Exception as e:
                 log.exception("cannot shape the rows of %s.%s; setting them aside", database, table)
                 detail = f"the loader could not shape the rows: {_short(repr(e))}"
@@ -379,7 +404,8 @@ class Loader:
         """``found`` without the records that would take the table past
         ``max_table_columns``, and their import errors."""
         limit = self._settings.max_table_columns
-        wide = too_wide(found.records, existing, limit)
+        added = () if found.ids is None else (RECORD_ID,)
+        wide = too_wide(found.records, existing, limit, added)
         if not wide:
             return found, []
         detail = (
@@ -454,6 +480,7 @@ class Loader:
             done = next(compaction)
         except StopIteration:
             self._forget_imports(now)
+            self._forget_record_ids(now)
             return False
         except Exception:
             log.exception("lake compaction failed; will try again")
@@ -471,6 +498,17 @@ class Loader:
             return
         if forgotten:
             log.info("forgot %d bulk-import ids past their retention", forgotten)
+
+    def _forget_record_ids(self, now: float) -> None:
+        if self._record_ids is None:
+            return
+        try:
+            forgotten = self._record_ids.forget(now - self._settings.record_uuid_window_s)
+        except Exception:
+            log.exception("forgetting old record_uuids failed; will try again")
+            return
+        if forgotten:
+            log.info("forgot %d record_uuids past their window", forgotten)
 
     def _beat(self, now: float, failures: int) -> None:
         beat = Heartbeat(
@@ -567,5 +605,7 @@ def _count(report: StepReport, rejections: Sequence[Rejection]) -> None:
         metrics.TYPE_CONFLICTS.inc(report.conflicts)
     if report.duplicates:
         metrics.IMPORT_DUPLICATES.inc(report.duplicates)
+    if report.record_duplicates:
+        metrics.RECORD_DUPLICATES.inc(report.record_duplicates)
     for reason, n in Counter(r.reason for r in rejections).items():
         metrics.REJECTIONS.labels(reason=reason).inc(n)

@@ -5,9 +5,10 @@ Names
   and ``name`` are one column. When a record has two keys that fold to the same name,
   the first key in the record keeps the column and the others go to
   ``td_type_conflicts``. A key that is empty, longer than 255 characters, holds a
-  control character, folds to ``td_type_conflicts`` or starts with
-  ``_ducklake_internal_`` (DuckLake reserves those) cannot be a column: its value goes
-  to ``td_type_conflicts`` too.
+  control character, folds to ``td_type_conflicts``, starts with ``_tdedge_``
+  (tdedge's own columns, see ``RESERVED_PREFIX``) or with ``_ducklake_internal_``
+  (DuckLake reserves those) cannot be a column: its value goes to
+  ``td_type_conflicts`` too.
 
 Types of JSON values
   integer → BIGINT, float → DOUBLE, string → VARCHAR, true/false → BOOLEAN,
@@ -52,14 +53,14 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from tdedge.names import CONFLICTS
+from tdedge.names import CONFLICTS, RESERVED_PREFIX
 
 ColumnType = Literal["BIGINT", "DOUBLE", "VARCHAR", "BOOLEAN"]
 
 TIME: Final = "time"
 MAX_NAME_LENGTH: Final = 255
 # DuckLake refuses columns with this prefix while data inlining is on.
-RESERVED_PREFIX: Final = "_ducklake_internal_"
+DUCKLAKE_PREFIX: Final = "_ducklake_internal_"
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
@@ -101,7 +102,7 @@ def usable_name(name: str) -> bool:
     return (
         0 < len(name) <= MAX_NAME_LENGTH
         and name != CONFLICTS
-        and not name.startswith(RESERVED_PREFIX)
+        and not name.startswith((RESERVED_PREFIX, DUCKLAKE_PREFIX))
         and _CONTROL.search(name) is None
     )
 
