@@ -47,6 +47,9 @@ def test_an_address_past_its_share_of_refusals_is_paced_then_refused_unread(
     throttled = next(r for r in answers if r.status_code == 429)
     assert throttled.json()["error"] == "source_throttled"
     assert int(throttled.headers["retry-after"]) >= 1
+    # Health checks from the throttled address are still answered at once.
+    with flooder() as client:
+        assert client.get(f"{server.url}/healthz").status_code == 200
 
     # Another address is not held up, and neither is what it sends.
     began = time.monotonic()

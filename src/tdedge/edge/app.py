@@ -177,8 +177,10 @@ class EdgeApp:
         turn = GO
         started: float | None = None
         try:
-            if throttle:
+            if throttle and scope.path not in OPS_ROUTES:
                 # Some address is being charged for refused requests: is this one it?
+                # (Never a load balancer's health checks: behind a proxy not listed with
+                # --trusted-proxy, the proxy's address is every client's.)
                 source = services.source(scope)
                 found_turn = throttle.turn(source, time.monotonic())
                 if found_turn is None:
