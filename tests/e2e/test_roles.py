@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, wait_readyz
 
 STOPPED_WITHIN_S = 10.0
 
@@ -20,6 +20,8 @@ STOPPED_WITHIN_S = 10.0
 def test_a_second_role_waits_visibly_and_stops_on_a_signal(
     server: Server, tmp_path: Path, command: str, role: str
 ) -> None:
+    # serve's own loader and job runner hold the data dir first.
+    wait_readyz(server, lambda body: body["status"] == 200, timeout=60)
     log = tmp_path / f"{command}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(

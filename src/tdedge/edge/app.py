@@ -213,8 +213,10 @@ class EdgeApp:
             return
         # A refusal is charged to its address, an accepted request's turn given back
         # (edge/throttle.py): a 4xx, or records answered 200 but kept as refusals (a key
-        # refused with --auth async). 5xx are the server's own trouble, not the client's.
-        refused = 400 <= status < 500 or state.refused
+        # refused with --auth async). 5xx are the server's own trouble, not the client's,
+        # and a 408 is a slow network's (a carrier's address is many phones): the
+        # deadlines and the connection cap answer slow clients, not this.
+        refused = (400 <= status < 500 and status != 408) or state.refused
         if started is not None and (source is not None or refused):
             throttle.settle(
                 source if source is not None else services.source(scope),

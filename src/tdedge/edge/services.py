@@ -29,7 +29,7 @@ from tdedge.edge.http import HTTPError, Scope
 from tdedge.edge.memo import Memo
 from tdedge.edge.offload import Offload
 from tdedge.edge.peers import TrustedProxies
-from tdedge.edge.refusals import RefusalBudget, keep_bytes, kept_body, source_of
+from tdedge.edge.refusals import KEY_REASONS, RefusalBudget, keep_bytes, kept_body, source_of
 from tdedge.edge.throttle import Throttle
 from tdedge.errors import JournalUnavailable
 from tdedge.journal.base import Journal
@@ -135,8 +135,8 @@ class Services:
             raise self.unavailable(e) from e
 
     def _screen(self, envs: Sequence[Envelope]) -> Sequence[Envelope]:
-        """With ``--auth async``, records whose key may not write where they go, as the
-        access rule says now: answered 200 as Treasure Data does, but kept as refusals
+        """With ``--auth async``, records whose key is unknown, revoked or another account's,
+        as the access rule says now: answered 200 as Treasure Data does, but kept as refusals
         (their first ``refused_key_keep_bytes``, within the address's budget) rather
         than journaled whole, and charged to the address like any refusal.
 
@@ -155,6 +155,11 @@ class Services:
                     reason = verdicts[ident]
                 else:
                     reason = verdicts[ident] = self._keys.refusal(env.key_hash, env.database)
+                    if reason not in KEY_REASONS:
+                        # A valid key on a database it may not write (a missing one, say):
+                        # only its owner can send that, so the loader decides and keeps
+                        # the record whole, as before.
+                        reason = verdicts[ident] = None
             if reason is None:
                 if kept is not None:
                     kept.append(env)

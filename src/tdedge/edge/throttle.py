@@ -3,13 +3,13 @@
 A refused request still costs the worker: reading its body, inflating it, parsing and
 checking it. One client sending nothing but refused requests back to back (records too
 wide, made-up keys, gzip or bulk-import bombs) kept a worker's event loop busy, and
-every other client's requests waited behind its. So each refused request (a 4xx) is
-charged to its client address: the time it took, at least ``MIN_CHARGE_S`` and at most
-``MAX_CHARGE_S``. An address may spend ``share`` of a worker's time that way, after a
-burst of ``burst_s``. Past that, each of its requests waits its turn before the worker
-reads it, the turns spaced by what its refused requests have been costing, and a
-request whose turn is more than ``max_wait_s`` away is answered 429 at once, with
-Retry-After, unread.
+every other client's requests waited behind its. So each refused request (a 4xx but
+408, and records kept as refusals though answered 200) is charged to its client
+address: the time it took, at least ``MIN_CHARGE_S`` and at most ``MAX_CHARGE_S``. An
+address may spend ``share`` of a worker's time that way, after a burst of ``burst_s``.
+Past that, each of its requests waits its turn before the worker reads it, the turns
+spaced by what its refused requests have been costing, and a request whose turn is more
+than ``max_wait_s`` away is answered 429 at once, with Retry-After, unread.
 
 Accepted requests are never charged, and an address that was never refused is not
 tracked: a client that is not refused never waits here. An address is forgotten once
