@@ -305,11 +305,14 @@ class Sample:
     lag_s: float = 0.0  # the loader's lag at its highest
 
 
-def sample(server: postback.Tdedge, api: int, stop: threading.Event, into: Sample) -> None:
-    """Sample until ``stop``; /metrics answers on the operators' (api) port only."""
-    assert server.child is not None
+def sample(group: int, api: int, stop: Stop, results: Any) -> None:
+    """Sample until ``stop``, then put the Sample in ``results``; /metrics answers on the
+    operators' (api) port only. Runs in a process of its own: walking /proc and parsing
+    the metrics in the good client's process took its GIL for milliseconds at a time,
+    which showed as the server's latency."""
+    into = Sample()
     while not stop.wait(0.25):
-        for pid in _group(server.child.pid):
+        for pid in _group(group):
             role = _role(pid)
             into.rss[role] = max(into.rss.get(role, 0), _rss(pid))
         with contextlib.suppress(OSError, ValueError):
@@ -317,6 +320,7 @@ def sample(server: postback.Tdedge, api: int, stop: threading.Event, into: Sampl
             if status == 200:
                 metrics = postback.parse_metrics(body.decode(errors="replace"))
                 into.lag_s = max(into.lag_s, metrics.get("tdedge_loader_lag_seconds", 0.0))
+    results.put(into)
 
 
 def du(path: Path) -> int:
@@ -342,11 +346,14 @@ def run_shape(
 ) -> dict[str, Any]:
     alone = paced_client(t.main, t.write_key, args.rate, args.seconds)
     journal0, lake0 = du(server.data_dir / "journal"), du(server.data_dir / "lake")
-    stop, seen = threading.Event(), Sample()
-    watcher = threading.Thread(target=sample, args=(server, t.api, stop, seen), daemon=True)
-    # The attacker in a process of its own: in a thread it would share the good client's
-    # GIL, and its CPU time would show as the server's latency.
+    # The attacker and the watcher in processes of their own: in threads they would share
+    # the good client's GIL, and their CPU time would show as the server's latency.
     context = multiprocessing.get_context("fork")
+    assert server.child is not None
+    stop, samples = context.Event(), context.Queue()
+    watcher = context.Process(
+        target=sample, args=(server.child.pid, t.api, stop, samples), daemon=True
+    )
     halt, results = context.Event(), context.Queue()
     attacker = context.Process(target=attack, args=(name, t, halt, results), daemon=True)
     watcher.start()
@@ -361,6 +368,10 @@ def run_shape(
     attacker.join(timeout=10)
     time.sleep(args.settle)  # let the loader take what was accepted, still sampling
     stop.set()
+    try:
+        seen = samples.get(timeout=30)
+    except queue.Empty:
+        seen = Sample()
     watcher.join(timeout=5)
     p99_alone = postback.percentile(alone, 99) * 1000
     p99_under = postback.percentile(under, 99) * 1000
@@ -393,6 +404,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="each phase (alone, flood)")
     p.add_argument("--rate", type=float, default=200.0, help="the good client's requests/s")
     p.add_argument("--settle", type=float, default=3.0, help="seconds after each flood")
+    p.add_argument("--warmup", type=float, default=10.0, help="good traffic before the first shape")
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"of {','.join(SHAPES)}")
     p.add_argument("--keep", action="store_true", help="keep the data dir and logs")
     p.add_argument(
@@ -427,6 +439,11 @@ def main() -> int:
         server.start()
         t = Target(server.port, records, api, server.write_key, server.master_key)
         postback.create_database(server.data_dir, "bench_db")
+        # Warm up: the server's first seconds (the loader's first commits, the lake's
+        # set-up) stall requests by hundreds of ms; measured, they landed on whichever
+        # shape ran first.
+        postback.log(f"warming up for {args.warmup} s")
+        paced_client(t.main, t.write_key, args.rate, args.warmup)
         for name in shapes:
             postback.log(f"shape {name}")
             rows.append(run_shape(name, server, t, args))
