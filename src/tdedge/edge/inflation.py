@@ -24,7 +24,8 @@ Pure functions: no I/O. Large bodies are inflated off the event loop by the call
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import Any
 
 from tdedge.edge.http import BodyTooLarge, HTTPError
 
@@ -78,21 +79,31 @@ def chunks(body: bytes, limit: int, max_members: int) -> Iterator[bytes]:
                 pending: bytes | memoryview = view[at : at + feed]
                 at += len(pending)
                 feed = min(2 * feed, FEED_BYTES)
-                while pending and not inflater.eof:
-                    chunk = inflater.decompress(pending, min(STEP_BYTES, limit + 1 - size))
-                    size += len(chunk)
-                    if size > limit:
-                        raise BodyTooLarge(limit, b"")
-                    if chunk:
-                        yield chunk
-                    tail = inflater.unconsumed_tail
-                    if not chunk and len(tail) == len(pending):
-                        raise HTTPError(400, "invalid_gzip", "gzip body does not inflate")
-                    pending = tail
+                size = yield from _steps(inflater, pending, size, limit, "invalid_gzip", "gzip")
             # Input past this member's end belongs to the next one.
             at -= len(inflater.unused_data)
     except zlib.error as e:
         raise HTTPError(400, "invalid_gzip", f"body is not valid gzip: {e}") from None
+
+
+def _steps(
+    inflater: Any, pending: bytes | memoryview, size: int, limit: int, code: str, what: str
+) -> Generator[bytes, None, int]:
+    """Inflate one feed of input in steps of ``STEP_BYTES`` at most, until it is used up
+    or the stream ends; returns the inflated size so far. 413 past ``limit``; 400
+    ``code`` for input that inflates to nothing and is not consumed."""
+    while pending and not inflater.eof:
+        chunk = inflater.decompress(pending, min(STEP_BYTES, limit + 1 - size))
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit, b"")
+        if chunk:
+            yield chunk
+        tail = inflater.unconsumed_tail
+        if not chunk and len(tail) == len(pending):
+            raise HTTPError(400, code, f"{what} body does not inflate")
+        pending = tail
+    return size
 
 
 def inflate(body: bytes, limit: int) -> bytes:
@@ -128,17 +139,7 @@ def _stream(body: bytes, limit: int, wbits: int) -> Iterator[bytes]:
                 raise HTTPError(400, INVALID_DEFLATE, "deflate body is truncated")
             pending: bytes | memoryview = view[at : at + FEED_BYTES]
             at += len(pending)
-            while pending and not inflater.eof:
-                chunk = inflater.decompress(pending, min(STEP_BYTES, limit + 1 - size))
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(limit, b"")
-                if chunk:
-                    yield chunk
-                tail = inflater.unconsumed_tail
-                if not chunk and len(tail) == len(pending):
-                    raise HTTPError(400, INVALID_DEFLATE, "deflate body does not inflate")
-                pending = tail
+            size = yield from _steps(inflater, pending, size, limit, INVALID_DEFLATE, "deflate")
     except zlib.error as e:
         raise HTTPError(400, INVALID_DEFLATE, f"body is not valid deflate: {e}") from None
     rest = inflater.unused_data + bytes(view[at:])
