@@ -8,7 +8,9 @@ change; edge workers poll it (``RegistryView``) instead of re-reading everything
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import msgspec
 import sqlalchemy as sa
@@ -21,6 +23,17 @@ from tdedge.realtime import tokens
 from tdedge.realtime.config import ConfigFile
 from tdedge.realtime.errors import ConfigStoreDown, TokenLimit, UnknownService
 from tdedge.realtime.tokens import LookupTokenInfo, TokenInfo
+
+Row = sa.Row[tuple[object, ...]]
+T = TypeVar("T")
+
+
+class _Hashed(Protocol):
+    @property
+    def token_hash(self) -> bytes: ...
+
+
+HashedT = TypeVar("HashedT", bound=_Hashed)
 
 metadata = sa.MetaData()
 
@@ -210,27 +223,13 @@ class Registry:
         return token
 
     def list_tokens(self) -> list[TokenInfo]:
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(token_table).order_by(token_table.c.service, token_table.c.created_at)
-            ).all()
-        return [_token(r) for r in rows]
+        return self._rows(token_table, _token)
 
     def tokens_by_hash(self) -> dict[bytes, TokenInfo]:
-        try:
-            return {t.token_hash: t for t in self.list_tokens()}
-        except sa.exc.SQLAlchemyError as e:
-            raise ConfigStoreDown(f"configuration store unavailable: {e}") from e
+        return self._by_hash(token_table, _token)
 
     def token_by_hash(self, digest: bytes) -> TokenInfo | None:
-        try:
-            with self._engine.connect() as conn:
-                row = conn.execute(
-                    sa.select(token_table).where(token_table.c.token_hash == digest)
-                ).first()
-        except sa.exc.SQLAlchemyError as e:
-            raise ConfigStoreDown(f"configuration store unavailable: {e}") from e
-        return None if row is None else _token(row)
+        return self._one_by_hash(token_table, _token, digest)
 
     def revoke_token(self, ident: str) -> None:
         """Revoke a personalization or a lookup token by its id."""
@@ -292,36 +291,42 @@ class Registry:
         return token
 
     def list_lookup_tokens(self) -> list[LookupTokenInfo]:
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(lookup_token_table).order_by(
-                    lookup_token_table.c.service, lookup_token_table.c.created_at
-                )
-            ).all()
-        return [_lookup_token(r) for r in rows]
+        return self._rows(lookup_token_table, _lookup_token)
 
     def lookup_tokens_by_hash(self) -> dict[bytes, LookupTokenInfo]:
+        return self._by_hash(lookup_token_table, _lookup_token)
+
+    def lookup_token_by_hash(self, digest: bytes) -> LookupTokenInfo | None:
+        return self._one_by_hash(lookup_token_table, _lookup_token, digest)
+
+    # Both kinds of token, read alike: by service and age, all by hash, or one.
+    def _rows(self, table: sa.Table, convert: Callable[[Row], T]) -> list[T]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(table).order_by(table.c.service, table.c.created_at)
+            ).all()
+        return [convert(r) for r in rows]
+
+    def _by_hash(self, table: sa.Table, convert: Callable[[Row], HashedT]) -> dict[bytes, HashedT]:
         try:
-            return {t.token_hash: t for t in self.list_lookup_tokens()}
+            return {t.token_hash: t for t in self._rows(table, convert)}
         except sa.exc.SQLAlchemyError as e:
             raise ConfigStoreDown(f"configuration store unavailable: {e}") from e
 
-    def lookup_token_by_hash(self, digest: bytes) -> LookupTokenInfo | None:
+    def _one_by_hash(self, table: sa.Table, convert: Callable[[Row], T], digest: bytes) -> T | None:
         try:
             with self._engine.connect() as conn:
-                row = conn.execute(
-                    sa.select(lookup_token_table).where(lookup_token_table.c.token_hash == digest)
-                ).first()
+                row = conn.execute(sa.select(table).where(table.c.token_hash == digest)).first()
         except sa.exc.SQLAlchemyError as e:
             raise ConfigStoreDown(f"configuration store unavailable: {e}") from e
-        return None if row is None else _lookup_token(row)
+        return None if row is None else convert(row)
 
 
 def _bump(conn: sa.Connection) -> None:
     conn.execute(sa.update(meta).values(generation=meta.c.generation + 1))
 
 
-def _token(row: sa.Row[tuple[object, ...]]) -> TokenInfo:
+def _token(row: Row) -> TokenInfo:
     r = row._mapping
     return TokenInfo(
         token_id=str(r["token_id"]),
@@ -337,7 +342,7 @@ def _token(row: sa.Row[tuple[object, ...]]) -> TokenInfo:
     )
 
 
-def _lookup_token(row: sa.Row[tuple[object, ...]]) -> LookupTokenInfo:
+def _lookup_token(row: Row) -> LookupTokenInfo:
     r = row._mapping
     return LookupTokenInfo(
         token_id=str(r["token_id"]),
