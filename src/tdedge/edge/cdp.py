@@ -160,6 +160,9 @@ class CdpDoor:
     def route(self, path: str) -> str | None:
         return "lookup" if path == LOOKUP_PATH else None
 
+    def refused(self, route: str, error: HTTPError, scope: Scope) -> Response:
+        return self._error(error, self._cors.headers(scope.headers.get("origin")))
+
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
         origin = scope.headers.get("origin")
         if scope.method == "OPTIONS":
@@ -170,13 +173,16 @@ class CdpDoor:
                 raise HTTPError(405, "method_not_allowed", "use GET", headers=[("allow", "GET")])
             body = self._lookup(scope, origin)
         except HTTPError as e:
-            self._outcomes.inc(e.code)
             log.debug("lookup refused", extra={"reason": e.code, "detail": e.message})
             if e.code == "origin_not_allowed":
                 allow = [VARY]  # the page of a foreign origin may not read the answer
-            error = {"error": e.code, "message": e.message, "status": e.status}
-            return e.status, [_JSON, NO_STORE, *e.headers, *allow], encode_json(error)
+            return self._error(e, allow)
         return 200, [_JSON, NO_STORE, *allow], body
+
+    def _error(self, e: HTTPError, allow: list[tuple[str, str]]) -> Response:
+        self._outcomes.inc(e.code)
+        error = {"error": e.code, "message": e.message, "status": e.status}
+        return e.status, [_JSON, NO_STORE, *e.headers, *allow], encode_json(error)
 
     def _lookup(self, scope: Scope, origin: str | None) -> bytes:
         query = parse_query(scope.query_string, self._s.settings.cdp_max_tokens)
