@@ -323,6 +323,18 @@ def sample(group: int, api: int, stop: Stop, results: Any) -> None:
     results.put(into)
 
 
+def commits(api: int) -> tuple[float, float]:
+    """(journal group commits so far, how many of them took more than 50 ms): whether
+    the good client's tail comes from the journal's fsync (the disk) or elsewhere."""
+    with contextlib.suppress(OSError, ValueError):
+        status, body = postback.http_get(f"http://{HOST}:{api}/metrics", timeout=5)
+        if status == 200:
+            m = postback.parse_metrics(body.decode(errors="replace"))
+            total = m.get("tdedge_journal_commit_seconds_count", 0.0)
+            return total, total - m.get('tdedge_journal_commit_seconds_bucket{le="0.05"}', 0.0)
+    return 0.0, 0.0
+
+
 def du(path: Path) -> int:
     total = 0
     for root, _, files in os.walk(path):
@@ -344,7 +356,9 @@ def attack(name: str, t: Target, stop: Stop, results: Any) -> None:
 def run_shape(
     name: str, server: postback.Tdedge, t: Target, args: argparse.Namespace
 ) -> dict[str, Any]:
+    c0 = commits(t.api)
     alone = paced_client(t.main, t.write_key, args.rate, args.seconds)
+    c1 = commits(t.api)
     journal0, lake0 = du(server.data_dir / "journal"), du(server.data_dir / "lake")
     # The attacker and the watcher in processes of their own: in threads they would share
     # the good client's GIL, and their CPU time would show as the server's latency.
@@ -359,7 +373,9 @@ def run_shape(
     watcher.start()
     attacker.start()
     time.sleep(0.5)  # the flood first
+    c2 = commits(t.api)
     under = paced_client(t.main, t.write_key, args.rate, args.seconds)
+    c3 = commits(t.api)
     halt.set()
     try:
         flood = results.get(timeout=60)
@@ -383,6 +399,9 @@ def run_shape(
         "p99_flood_ms": round(p99_under, 2),
         "ratio": round(p99_under / p99_alone, 2) if p99_alone else None,
         "loader_lag_max_s": round(seen.lag_s, 2),
+        # Journal commits, and those over 50 ms, while the good client was measured.
+        "commits_alone": [int(c1[0] - c0[0]), int(c1[1] - c0[1])],
+        "commits_flood": [int(c3[0] - c2[0]), int(c3[1] - c2[1])],
         "edge_rss_mib": round(edge / MiB),
         "loader_rss_mib": round(loader / MiB),
         "journal_growth_mib": round((du(server.data_dir / "journal") - journal0) / MiB, 1),

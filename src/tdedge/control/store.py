@@ -128,10 +128,17 @@ class ControlStore:
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def ensure_account(self, account_id: int) -> None:
-        with self._engine.begin() as conn:
+        with self._engine.connect() as conn:
             found = conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id))
-            if found.first() is None:
+            if found.first() is not None:
+                return
+        try:
+            with self._engine.begin() as conn:
                 conn.execute(sa.insert(accounts).values(id=account_id, created_at=int(time.time())))
+        except sa.exc.IntegrityError:
+            # Another worker or process created it between the look and the insert (two
+            # first requests of a new account at once): it exists, as asked.
+            pass
 
     # Keys.
     def create_key(self, account_id: int, type: KeyType) -> str:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import msgspec
 
-from tdedge import metrics
+from tdedge import backends, metrics
 from tdedge.config import Settings
 from tdedge.edge.cdp import CdpDoor
 from tdedge.edge.deadlines import BodyDeadlines
@@ -43,7 +43,6 @@ from tdedge.edge.p13n import P13nDoor
 from tdedge.edge.records import RecordsDoor
 from tdedge.edge.services import REQUEST, RequestState, Services
 from tdedge.edge.throttle import GO
-from tdedge.journal.sqlite import SQLiteJournal
 from tdedge.loader.heartbeat import JobsHeartbeat, jobs_problems, read_beat, read_heartbeat
 from tdedge.realtime.wire import listening
 
@@ -126,7 +125,7 @@ class EdgeApp:
     # RSGI lifecycle: the journal and its writer thread belong to the worker process.
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        journal = SQLiteJournal(self.settings)
+        journal = backends.journal(self.settings)
         self._services = Services(self.settings, journal)
         self._doors = {"legacy": LegacyDoor(self._services)}
         self._doors["records"] = RecordsDoor(self._services)

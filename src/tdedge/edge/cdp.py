@@ -39,7 +39,6 @@ from tdedge.edge.cookies import GLOBAL_ID_COOKIE, cookie_value
 from tdedge.edge.cors import CDP, VARY, Cors
 from tdedge.edge.http import JSON, HTTPError, Protocol_, Response, Scope, encode_json
 from tdedge.edge.services import Counters, Services
-from tdedge.realtime import sqlite as profile_store
 from tdedge.realtime import tokens
 from tdedge.realtime.batch import BatchStore
 from tdedge.realtime.config import COLUMN
@@ -47,6 +46,7 @@ from tdedge.realtime.errors import StoreUnavailable
 from tdedge.realtime.lookup import GLOBAL_ID_COLUMN, Lookup, entry
 from tdedge.realtime.profile import key_of
 from tdedge.realtime.service import NO_FACTS, Service
+from tdedge.realtime.store import ProfileStore
 from tdedge.realtime.tokens import LookupTokenInfo
 from tdedge.realtime.view import View
 
@@ -146,7 +146,7 @@ class CdpDoor:
     # Opened on the first lookup (``_open``), like the p13n door's stores: a store that
     # cannot be opened answers 503 here and never takes the worker's other doors down.
     _view: View
-    _profiles: profile_store.SQLiteProfileStore
+    _profiles: ProfileStore
     _batch: BatchStore
 
     def __init__(self, services: Services, clock: Callable[[], float] = time.time) -> None:
