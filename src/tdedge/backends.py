@@ -31,7 +31,7 @@ def journal_reader(settings: Settings) -> JournalReader:
 
 def control(settings: Settings) -> ControlStore:
     """Accounts, keys, databases, jobs, p13n configurations: one engine per process."""
-    return ControlStore.open(settings.control_db, settings.max_databases_per_account)
+    return ControlStore.connect(settings.control_url, settings.max_databases_per_account)
 
 
 def profiles(settings: Settings) -> ProfileStore:

@@ -1,8 +1,8 @@
 """What every control store must do: accounts, keys and databases.
 
-The control store is SQLAlchemy's, so one implementation speaks to every database
-SQLAlchemy does; the parametrized fixture names the databases it is tested on
-(``tdedge.backends`` opens it from the settings). Another joins by adding its parameter.
+The control store is SQLAlchemy's: one implementation, on each database the fixture
+names (SQLite, the embedded default; PostgreSQL, a real server the tests start), opened
+by ``tdedge.backends`` from the settings.
 """
 
 from __future__ import annotations
@@ -19,17 +19,15 @@ from tdedge.config import Settings
 from tdedge.control.keys import hash_key
 from tdedge.control.store import ControlStore
 from tdedge.errors import AlreadyExists, InvalidName, LimitReached, NotFound
+from tests import postgres
 
 
-def _settings(name: str, tmp_path: Path) -> Settings:
-    if name == "sqlite":
-        return Settings(data_dir=str(tmp_path))
-    raise AssertionError(name)
-
-
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    return _settings(request.param, tmp_path)
+    if request.param == "sqlite":
+        return Settings(data_dir=str(tmp_path))
+    pg: postgres.Postgres = request.getfixturevalue("postgres_server")
+    return Settings(data_dir=str(tmp_path), control=pg.new_database())
 
 
 @pytest.fixture
@@ -105,5 +103,14 @@ def test_the_database_limit_holds_against_concurrent_creations(settings: Setting
     for s in stores:
         s.close()
     assert outcomes.count("created") == 3 and outcomes.count("limit") == 9
-    with backends.control(settings).engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT count(*) FROM databases").scalar_one() == 3
+    after = backends.control(settings)
+    assert len(after.list_databases()) == 3
+    after.close()
+
+
+def test_account_ids_given_and_drawn_never_collide(store: ControlStore) -> None:
+    store.ensure_account(1)
+    store.ensure_account(5)
+    drawn = {store.create_account() for _ in range(3)}
+    assert drawn.isdisjoint({1, 5}) and len(drawn) == 3
+    assert store.account_count() == 5
