@@ -965,8 +965,8 @@ def medians(runs: list[dict[str, Any]]) -> list[str]:
                 (r["fixed"]["p99_ms"], r["fixed_postback"]["p99_ms"]) for r in fixed
             )
             parts.append(
-                f"fixed rate p50 {statistics.median(r['fixed']['p50_ms'] for r in fixed)} ms, "
-                f"p99 {statistics.median(r['fixed']['p99_ms'] for r in fixed)} ms "
+                f"fixed rate p50 {round(statistics.median(r['fixed']['p50_ms'] for r in fixed), 2)}"
+                f" ms, p99 {round(statistics.median(r['fixed']['p99_ms'] for r in fixed), 2)} ms "
                 f"({_times(ratio)} times ref's);"
             )
         most = [r for r in mine if "max" in r and "postback" in r]
