@@ -145,12 +145,12 @@ def main() -> None:
         children = Children()
         edge = Tdedge(children, root / "data", root, loader=False)
         edge.write_key = edge.master_key = key  # made above: serve prints no keys
-        edge.start()
-        url = edge.url
         stop = threading.Event()
         lake = TimedLake.open(settings)
         thread: threading.Thread | None = None
         try:
+            edge.start()
+            url = edge.url
             with httpx.Client() as client:
                 took = post_tables(client, url, key, args.tables, 1)
                 print(f"made {args.tables} one-row tables over HTTP in {took:.1f} s")
