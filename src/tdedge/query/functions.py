@@ -15,7 +15,7 @@ import duckdb
 from duckdb import sqltypes
 from duckdb.func import FunctionNullHandling
 
-from tdedge.query import td_time
+from tdedge.query import td_time, td_udfs
 
 
 def _time_range(t: int | None, start: str | None, end: str | None, tz: str | None) -> bool | None:
@@ -78,9 +78,54 @@ UDFS: tuple[
 )
 
 
+def _user_agent(agent: str) -> str | None:
+    return td_udfs.parse_user_agent(agent)
+
+
+def _ip(field: str) -> Callable[[str], Any]:
+    def lookup(ip: str) -> Any:
+        return td_udfs.ip_lookup(ip, field)
+
+    return lookup
+
+
+TD_UDFS: tuple[
+    tuple[str, Callable[..., Any], list[sqltypes.DuckDBPyType], sqltypes.DuckDBPyType], ...
+] = (
+    ("td_parse_user_agent", _user_agent, [VARCHAR], VARCHAR),
+    ("td_parse_user_agent_field", td_udfs.parse_user_agent, [VARCHAR, VARCHAR], VARCHAR),
+    ("td_parse_agent", td_udfs.parse_agent, [VARCHAR], duckdb.map_type(VARCHAR, VARCHAR)),
+    ("td_url_decode", td_udfs.url_decode, [VARCHAR], VARCHAR),
+    (
+        "td_substring_inencoding",
+        td_udfs.substring_in_encoding,
+        [VARCHAR, BIGINT, VARCHAR],
+        VARCHAR,
+    ),
+    ("td_url_part", td_udfs.url_part, [VARCHAR, VARCHAR], VARCHAR),
+    ("td_url_parameter", td_udfs.url_parameter, [VARCHAR, VARCHAR], VARCHAR),
+    *(
+        (f"td_ip_to_{field}", _ip(field), [VARCHAR], VARCHAR)
+        for field in (
+            "country_code",
+            "country_name",
+            "city_name",
+            "most_specific_subdivision_name",
+            "least_specific_subdivision_name",
+            "time_zone",
+            "postal_code",
+        )
+    ),
+    ("td_ip_to_latitude", _ip("latitude"), [VARCHAR], DOUBLE),
+    ("td_ip_to_longitude", _ip("longitude"), [VARCHAR], DOUBLE),
+    ("td_ip_to_metro_code", _ip("metro_code"), [VARCHAR], BIGINT),
+    ("td_ip_to_subdivision_names", _ip("subdivision_names"), [VARCHAR], duckdb.list_type(VARCHAR)),
+)
+
+
 def register(con: duckdb.DuckDBPyConnection) -> None:
     """Define the fallback UDFs on ``con`` (once per connection)."""
-    for name, func, params, returns in UDFS:
+    for name, func, params, returns in UDFS + TD_UDFS:
         con.create_function(
             name,
             func,

@@ -1,0 +1,505 @@
+"""Presto/Trino functions whose DuckDB spelling gives a different answer, made right.
+
+sqlglot turns most Presto calls into their DuckDB equivalents by itself. What is here
+are the rules it misses — where the DuckDB function of the same name means something
+else (``date_diff`` counts boundaries, ``slice`` takes an end, ``regexp_replace``
+writes groups as ``\\1``, a string cast to an integer rounds) — and the functions it
+leaves untranslated. ``rewrite`` sees each node after its arguments were rewritten
+(bottom-up), so zones (query/zoned.py) flow from ``from_unixtime`` to whatever uses it.
+
+A function that cannot be given Presto's meaning raises ``Unsupported`` naming it:
+a query that fails is better than one that answers differently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from sqlglot import exp
+
+from tdedge.query import zoned
+from tdedge.query.joda import PatternError, strftime_pattern
+
+
+class Unsupported(ValueError):
+    """A Presto function or form with no faithful translation here."""
+
+
+def fn(name: str, *args: exp.Expression) -> exp.Expression:
+    return exp.Anonymous(this=name, expressions=list(args))
+
+
+def _s(text: str) -> exp.Expression:
+    return exp.Literal.string(text)
+
+
+def _literal_text(node: exp.Expression | None) -> str | None:
+    if isinstance(node, exp.Literal) and node.is_string:
+        return str(node.this)
+    return None
+
+
+_INTEGER_TYPES = frozenset(
+    {
+        exp.DataType.Type.TINYINT,
+        exp.DataType.Type.SMALLINT,
+        exp.DataType.Type.INT,
+        exp.DataType.Type.BIGINT,
+    }
+)
+_TEXT_TYPES = frozenset({exp.DataType.Type.VARCHAR, exp.DataType.Type.CHAR, exp.DataType.Type.TEXT})
+# What Presto accepts as an integer in a string: digits with an optional sign.
+_INTEGER_TEXT = r"\s*[+-]?[0-9]+\s*"
+
+
+def _cast(node: exp.Cast) -> exp.Expression:
+    """Casts whose answer depends on a zone, and strings cast to integers."""
+    target = node.to
+    value = node.this
+    safe = isinstance(node, exp.TryCast)
+    zone_label = zoned.zone_of(value)
+    if zone_label is not None:
+        if target.this in _TEXT_TYPES:
+            return zoned.as_text(value, zone_label)
+        if target.this in (exp.DataType.Type.DATE, exp.DataType.Type.TIMESTAMP):
+            node.set("this", zoned.to_local(value, zone_label))
+            return node
+        if target.this == exp.DataType.Type.TIMESTAMPTZ:
+            return zoned.tag(value, zone_label)
+        return node
+    if target.this in _INTEGER_TYPES and not _is_number(value):
+        # DuckDB rounds '4.5' to 5; Presto refuses a string that is not an integer
+        # (NULL under TRY_CAST). Only strings are checked: a double still rounds.
+        text = exp.cast(value.copy(), exp.DataType.build("VARCHAR"))
+        is_text = exp.EQ(this=fn("typeof", value.copy()), expression=_s("VARCHAR"))
+        ok = exp.or_(exp.Not(this=is_text), fn("regexp_full_match", text, _s(_INTEGER_TEXT)))
+        cast = exp.TryCast(this=value.copy(), to=target.copy()) if safe else node
+        if safe:
+            return exp.Case(ifs=[exp.If(this=ok, true=cast)])
+        message = exp.DPipe(
+            this=exp.DPipe(this=_s("Cannot cast '"), expression=text.copy(), safe=True),
+            expression=_s(f"' to {target.sql('trino').upper()}"),
+            safe=True,
+        )
+        return exp.Case(ifs=[exp.If(this=ok, true=cast.copy())], default=fn("error", message))
+    return node
+
+
+def _is_number(node: exp.Expression) -> bool:
+    inner = node.this if isinstance(node, exp.Neg) else node
+    return isinstance(inner, exp.Literal) and not inner.is_string
+
+
+def _unix_to_time(node: exp.UnixToTime) -> exp.Expression:
+    if node.args.get("hours") is not None or node.args.get("minutes") is not None:
+        raise Unsupported("from_unixtime(t, hours, minutes) is not supported; give a zone name")
+    if node.args.get("scale") is not None or node.args.get("format") is not None:
+        return node
+    seconds = node.this
+    zone_arg = node.args.get("zone")
+    instant = fn("to_timestamp", seconds)
+    if zone_arg is None:
+        return zoned.tag(instant, "UTC")
+    name = _literal_text(zone_arg)
+    if name is None:
+        raise Unsupported("from_unixtime with a zone that is not a constant")
+    return zoned.tag(instant, zoned.label(name))
+
+
+def _at_zone(value: exp.Expression, zone_arg: exp.Expression | None, what: str) -> exp.Expression:
+    name = _literal_text(zone_arg)
+    if name is None:
+        raise Unsupported(f"{what} with a zone that is not a constant")
+    instant = value if zoned.zone_of(value) else exp.cast(value, exp.DataType.build("TIMESTAMPTZ"))
+    return zoned.tag(instant.copy(), zoned.label(name))
+
+
+def _with_timezone(args: list[exp.Expression]) -> exp.Expression:
+    """``with_timezone(timestamp, zone)``: the wall-clock time read in ``zone``."""
+    name = _literal_text(args[1]) if len(args) == 2 else None
+    if name is None:
+        raise Unsupported("with_timezone takes a timestamp and a constant zone")
+    return zoned.from_local(exp.cast(args[0], exp.DataType.build("TIMESTAMP")), zoned.label(name))
+
+
+def _trunc(node: exp.Expression) -> exp.Expression:
+    zone_label = zoned.zone_of(node.this)
+    if zone_label is None:
+        return node
+    node.set("this", zoned.to_local(node.this, zone_label))
+    return zoned.from_local(node, zone_label)
+
+
+def _date_add(node: exp.Expression) -> exp.Expression:
+    zone_label = zoned.zone_of(node.this)
+    if zone_label is None:
+        return node
+    node.set("this", zoned.to_local(node.this, zone_label))
+    return zoned.from_local(node, zone_label)
+
+
+def _local_args(node: exp.Expression) -> exp.Expression:
+    """A calendar question (year, hour, formatting…): asked of the wall-clock time."""
+    for key in ("this", "expression"):
+        child = node.args.get(key)
+        if isinstance(child, exp.Expression) and zoned.zone_of(child):
+            node.set(key, zoned.local_of(child))
+    return node
+
+
+def _date_diff(node: exp.DateDiff) -> exp.Expression:
+    """Presto counts whole units between the two (DuckDB's date_sub), not boundaries."""
+    unit = node.args.get("unit")
+    unit_text = unit.name.lower() if isinstance(unit, exp.Expression) else "day"
+    start = zoned.local_of(node.expression)
+    end = zoned.local_of(node.this)
+    return fn("date_sub", _s(unit_text), start, end)
+
+
+def _slice(node: exp.ArraySlice) -> exp.Expression:
+    """``slice(a, start, length)``; a negative start counts from the end."""
+    array, start, length = node.this, node.args.get("start"), node.args.get("end")
+    if start is None or length is None:
+        return node
+    first = exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.LT(this=start.copy(), expression=exp.Literal.number(0)),
+                true=exp.Add(
+                    this=exp.Add(this=fn("len", array.copy()), expression=start.copy()),
+                    expression=exp.Literal.number(1),
+                ),
+            )
+        ],
+        default=start.copy(),
+    )
+    checked = exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.EQ(this=start.copy(), expression=exp.Literal.number(0)),
+                true=fn("error", _s("SQL array indices start at 1")),
+            ),
+            exp.If(
+                this=exp.LT(this=length.copy(), expression=exp.Literal.number(0)),
+                true=fn("error", _s("length must be greater than or equal to 0")),
+            ),
+        ],
+        default=first,
+    )
+    last = exp.Sub(
+        this=exp.Add(this=exp.Paren(this=checked.copy()), expression=length.copy()),
+        expression=exp.Literal.number(1),
+    )
+    return fn("list_slice", array, exp.Paren(this=checked), last)
+
+
+_GROUP = re.compile(r"\$(\d+)|\$\{(\w+)\}|\\(.)|(\\)$|(\$)", re.S)
+
+
+def java_replacement(text: str, pattern: str | None) -> str:
+    """A Java ``Matcher`` replacement (``$1``, ``${name}``, ``\\$``) in RE2's syntax."""
+    names = _group_names(pattern or "")
+    out: list[str] = []
+    pos = 0
+    for m in _GROUP.finditer(text):
+        out.append(_re2_literal(text[pos : m.start()]))
+        pos = m.end()
+        number, name, escaped, trailing, lone = m.groups()
+        if number is not None:
+            out.append("\\" + number)
+        elif name is not None:
+            if name not in names:
+                raise Unsupported(f"regexp_replace: no group named {name!r} in the pattern")
+            out.append("\\" + str(names[name]))
+        elif escaped is not None:
+            out.append(_re2_literal(escaped))
+        elif trailing is not None:
+            raise Unsupported("regexp_replace: the replacement ends with a lone backslash")
+        elif lone is not None:
+            raise Unsupported("regexp_replace: illegal group reference '$' in the replacement")
+    out.append(_re2_literal(text[pos:]))
+    return "".join(out)
+
+
+def _re2_literal(text: str) -> str:
+    return text.replace("\\", "\\\\")
+
+
+def _group_names(pattern: str) -> dict[str, int]:
+    names: dict[str, int] = {}
+    count = 0
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "(":
+            rest = pattern[i + 1 : i + 4]
+            if not rest.startswith("?"):
+                count += 1
+            elif rest.startswith("?<") and rest[2:3] not in ("=", "!"):
+                count += 1
+                end = pattern.find(">", i)
+                names[pattern[i + 3 : end]] = count
+            elif rest.startswith("?P<"):
+                count += 1
+                end = pattern.find(">", i)
+                names[pattern[i + 4 : end]] = count
+        i += 1
+    return names
+
+
+_NAMED_GROUP = re.compile(r"\(\?<(?=[A-Za-z])")
+
+
+def _regexp(node: exp.Expression) -> exp.Expression:
+    """Java's named groups ``(?<name>…)`` in RE2's spelling ``(?P<name>…)``."""
+    pattern = node.args.get("expression")
+    text = _literal_text(pattern)
+    if text is not None and _NAMED_GROUP.search(text):
+        node.set("expression", _s(_NAMED_GROUP.sub("(?P<", text)))
+    if isinstance(node, exp.RegexpReplace):
+        return _regexp_replace(node)
+    return node
+
+
+def _approx_quantile(node: exp.ApproxQuantile) -> exp.Expression:
+    # With an array of percentiles the answer is an array: sqlglot would cast it to
+    # a double, so the call is passed through as it is.
+    quantile = node.args.get("quantile")
+    if isinstance(quantile, exp.Array) and not node.args.get("weight"):
+        return fn("approx_quantile", node.this, quantile)
+    return node
+
+
+def _regexp_replace(node: exp.RegexpReplace) -> exp.Expression:
+    replacement = node.args.get("replacement")
+    if replacement is None:
+        return node
+    if isinstance(replacement, exp.Lambda):
+        raise Unsupported("regexp_replace with a lambda is not supported")
+    text = _literal_text(replacement)
+    if text is None:
+        raise Unsupported("regexp_replace with a replacement that is not a constant")
+    node.set("replacement", _s(java_replacement(text, _literal_text(node.expression))))
+    return node
+
+
+def _format_datetime(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) != 2:
+        raise Unsupported("format_datetime takes a timestamp and a pattern")
+    value, pattern = args
+    text = _literal_text(pattern)
+    zone_label = zoned.zone_of(value) or "UTC"
+    if text is not None:
+        try:
+            sql_pattern = strftime_pattern(text)
+        except PatternError as e:
+            raise Unsupported(f"format_datetime: {e}") from None
+        if sql_pattern is not None:
+            return fn("strftime", zoned.to_local(value, zone_label), _s(sql_pattern))
+    seconds = fn("epoch", exp.cast(value, exp.DataType.build("TIMESTAMPTZ")))
+    return fn(
+        "td_time_format", seconds, exp.cast(pattern, exp.DataType.build("VARCHAR")), _s(zone_label)
+    )
+
+
+def _url(part: str) -> Callable[[list[exp.Expression]], exp.Expression]:
+    def build(args: list[exp.Expression]) -> exp.Expression:
+        want = 2 if part == "parameter" else 1
+        if len(args) != want:
+            raise Unsupported(f"url_extract_{part} takes {want} argument(s)")
+        if part == "parameter":
+            return fn("td_url_parameter", *args)
+        value = fn("td_url_part", args[0], _s(part))
+        if part == "port":
+            return exp.cast(value, exp.DataType.build("BIGINT"))
+        return value
+
+    return build
+
+
+def _map_agg(args: list[exp.Expression]) -> exp.Expression:
+    """``map_agg(k, v)``: one entry per key (the first seen wins), NULL keys skipped."""
+    if len(args) != 2:
+        raise Unsupported("map_agg takes a key and a value")
+    key, value = args
+    pair = exp.Struct(
+        expressions=[
+            exp.PropertyEQ(this=exp.to_identifier("k"), expression=key),
+            exp.PropertyEQ(this=exp.to_identifier("v"), expression=value),
+        ]
+    )
+    entries = exp.Filter(
+        this=fn("list", pair),
+        expression=exp.Where(this=exp.Not(this=exp.Is(this=key.copy(), expression=exp.Null()))),
+    )
+    # DuckDB refuses duplicate keys: entry i stays only if its key is first seen there.
+    # The two copies of the aggregate are bound once.
+    first = exp.EQ(
+        this=fn(
+            "list_position",
+            fn(
+                "list_transform",
+                entries.copy(),
+                exp.Lambda(this=_field("x", "k"), expressions=[exp.to_identifier("x")]),
+            ),
+            _field("e", "k"),
+        ),
+        expression=exp.column("i"),
+    )
+    unique = fn(
+        "list_filter",
+        entries,
+        exp.Lambda(this=first, expressions=[exp.to_identifier("e"), exp.to_identifier("i")]),
+    )
+    return fn("map_from_entries", unique)
+
+
+def _field(var: str, name: str) -> exp.Expression:
+    return exp.Dot(this=exp.to_identifier(var), expression=exp.to_identifier(name))
+
+
+def _approx_set(args: list[exp.Expression]) -> exp.Expression:
+    # The set itself: cardinality() and merge() then give exact counts, which is
+    # within any HyperLogLog's error.
+    if len(args) != 1:
+        raise Unsupported("approx_set takes one argument (the error bound is not supported)")
+    return exp.Filter(
+        this=fn("list", exp.Distinct(expressions=[args[0]])),
+        expression=exp.Where(this=exp.Not(this=exp.Is(this=args[0].copy(), expression=exp.Null()))),
+    )
+
+
+def _merge(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) != 1:
+        raise Unsupported("merge takes one argument")
+    return fn("list_distinct", fn("flatten", fn("list", args[0])))
+
+
+def _every(args: list[exp.Expression]) -> exp.Expression:
+    return fn("bool_and", *args)
+
+
+def _zip(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) < 2:
+        raise Unsupported("zip takes two or more arrays")
+    return fn("list_zip", *args)
+
+
+def _map_filter(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) != 2 or not isinstance(args[1], exp.Lambda):
+        raise Unsupported("map_filter takes a map and a lambda (k, v) -> condition")
+    lam = args[1]
+    params = [p.name for p in lam.expressions]
+    if len(params) != 2:
+        raise Unsupported("map_filter's lambda takes two parameters (k, v)")
+    body = _substitute(lam.this, {params[0]: "key", params[1]: "value"}, "__entry")
+    filtered = fn(
+        "list_filter",
+        fn("map_entries", args[0]),
+        exp.Lambda(this=body, expressions=[exp.to_identifier("__entry")]),
+    )
+    return fn("map_from_entries", filtered)
+
+
+def _substitute(body: exp.Expression, fields: dict[str, str], var: str) -> exp.Expression:
+    def swap(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Column) and not node.table and node.name in fields:
+            return fn("struct_extract", exp.column(var), _s(fields[node.name]))
+        bare = isinstance(node, exp.Identifier) and not isinstance(node.parent, exp.Column)
+        if bare and node.name in fields:
+            return fn("struct_extract", exp.column(var), _s(fields[node.name]))
+        return node
+
+    return body.copy().transform(swap)
+
+
+def _at_timezone(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) != 2:
+        raise Unsupported("at_timezone takes a timestamp and a zone")
+    return _at_zone(args[0], args[1], "at_timezone")
+
+
+ANONYMOUS: dict[str, Callable[[list[exp.Expression]], exp.Expression]] = {
+    "URL_EXTRACT_HOST": _url("host"),
+    "URL_EXTRACT_PATH": _url("path"),
+    "URL_EXTRACT_QUERY": _url("query"),
+    "URL_EXTRACT_PROTOCOL": _url("protocol"),
+    "URL_EXTRACT_PORT": _url("port"),
+    "URL_EXTRACT_FRAGMENT": _url("fragment"),
+    "URL_EXTRACT_PARAMETER": _url("parameter"),
+    "MAP_AGG": _map_agg,
+    "FORMAT_DATETIME": _format_datetime,
+    "APPROX_SET": _approx_set,
+    "MERGE": _merge,
+    "EVERY": _every,
+    "ZIP": _zip,
+    "MAP_FILTER": _map_filter,
+    "AT_TIMEZONE": _at_timezone,
+    "WITH_TIMEZONE": _with_timezone,
+}
+
+_LOCAL = tuple(
+    getattr(exp, name)
+    for name in (
+        "TimeToStr",
+        "Extract",
+        "Year",
+        "Month",
+        "Day",
+        "Hour",
+        "Minute",
+        "Second",
+        "DayOfWeek",
+        "DayOfWeekIso",
+        "DayOfMonth",
+        "DayOfYear",
+        "Quarter",
+        "Week",
+        "WeekOfYear",
+        "TsOrDsToDate",
+        "LastDay",
+        "Date",
+    )
+    if hasattr(exp, name)
+)
+
+
+_REGEXP = tuple(
+    getattr(exp, name)
+    for name in ("RegexpReplace", "RegexpExtract", "RegexpExtractAll", "RegexpLike", "RegexpSplit")
+    if hasattr(exp, name)
+)
+
+
+def rewrite(node: exp.Expression) -> exp.Expression:
+    """Presto's meaning for ``node`` (whose arguments are rewritten already)."""
+    if isinstance(node, exp.Anonymous):
+        handler = ANONYMOUS.get(str(node.this).upper())
+        return node if handler is None else handler(list(node.expressions))
+    if isinstance(node, exp.UnixToTime):
+        return _unix_to_time(node)
+    if isinstance(node, exp.AtTimeZone):
+        return _at_zone(node.this, node.args.get("zone"), "AT TIME ZONE")
+    if isinstance(node, exp.Cast):  # TryCast too
+        return _cast(node)
+    if isinstance(node, exp.TimestampTrunc | exp.DateTrunc):
+        return _trunc(node)
+    if isinstance(node, exp.DateAdd | exp.TimestampAdd):
+        return _date_add(node)
+    if isinstance(node, exp.DateDiff):
+        return _date_diff(node)
+    if isinstance(node, exp.ArraySlice):
+        return _slice(node)
+    if isinstance(node, _REGEXP):
+        return _regexp(node)
+    if isinstance(node, exp.ApproxQuantile):
+        return _approx_quantile(node)
+    if isinstance(node, _LOCAL):
+        return _local_args(node)
+    if isinstance(node, exp.Paren | exp.Alias):
+        return zoned.tag(node, zoned.zone_of(node.this))
+    return node
