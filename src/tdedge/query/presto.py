@@ -53,11 +53,63 @@ _TEXT_TYPES = frozenset({exp.DataType.Type.VARCHAR, exp.DataType.Type.CHAR, exp.
 _INTEGER_TEXT = r"\s*[+-]?[0-9]+\s*"
 
 
+_TIMESTAMP_TEXT = re.compile(
+    r"\s*(\d{4}-\d{2}-\d{2})(?:[ T](\d{1,2}:\d{2})(:\d{2}(?:\.\d+)?)?)?"
+    r"\s*([A-Za-z][\w/+-]*|[+-]\d{2}:\d{2})?\s*"
+)
+
+
+def _timestamp_literal(node: exp.Cast) -> exp.Expression | None:
+    """``TIMESTAMP '2012-10-31 01:00 Asia/Tokyo'``: seconds optional, a zone allowed."""
+    text = _literal_text(node.this)
+    m = _TIMESTAMP_TEXT.fullmatch(text or "")
+    if m is None:
+        return None
+    day, hm, seconds, zone_name = m.groups()
+    local = f"{day} {hm or '00:00'}{seconds or ':00'}"
+    naive = exp.cast(_s(local), exp.DataType.build("TIMESTAMP"))
+    if zone_name is None:
+        if node.to.this == exp.DataType.Type.TIMESTAMP:
+            return naive
+        return zoned.tag(exp.cast(naive, exp.DataType.build("TIMESTAMPTZ")), "UTC")
+    return zoned.from_local(naive, zoned.label(zone_name))
+
+
+def _json_text(value: exp.Expression, safe: bool) -> exp.Expression:
+    """``CAST(json AS VARCHAR)``: a JSON scalar's value (a string without its quotes);
+    an array or object cannot be cast (NULL under TRY_CAST)."""
+    kind = fn("json_type", value.copy())
+    scalar = fn("json_extract_string", value.copy(), _s("$"))
+    refused: exp.Expression = (
+        exp.Null() if safe else fn("error", _s("Cannot cast JSON array or object to VARCHAR"))
+    )
+    return exp.Case(
+        ifs=[exp.If(this=exp.In(this=kind, expressions=[_s("ARRAY"), _s("OBJECT")]), true=refused)],
+        default=scalar,
+    )
+
+
+def _is_json(node: exp.Expression) -> bool:
+    if isinstance(node, exp.ParseJSON | exp.JSONExtract):
+        return True
+    return isinstance(node, exp.Cast) and node.to.this == exp.DataType.Type.JSON
+
+
 def _cast(node: exp.Cast) -> exp.Expression:
     """Casts whose answer depends on a zone, and strings cast to integers."""
     target = node.to
     value = node.this
-    safe = isinstance(node, exp.TryCast)
+    safe = isinstance(node, exp.TryCast) or node.find_ancestor(exp.Try) is not None
+    if target.this in (exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPTZ):
+        literal = _timestamp_literal(node) if _literal_text(value) is not None else None
+        if literal is not None:
+            return literal
+    if target.this == exp.DataType.Type.JSON and not _is_json(value):
+        # Presto makes a JSON value of the SQL value ('abc' becomes "abc"); DuckDB
+        # would parse the string.
+        return fn("to_json", value)
+    if target.this in _TEXT_TYPES and _is_json(value):
+        return _json_text(value, safe)
     zone_label = zoned.zone_of(value)
     if zone_label is not None:
         if target.this in _TEXT_TYPES:
@@ -75,6 +127,8 @@ def _cast(node: exp.Cast) -> exp.Expression:
         is_text = exp.EQ(this=fn("typeof", value.copy()), expression=_s("VARCHAR"))
         ok = exp.or_(exp.Not(this=is_text), fn("regexp_full_match", text, _s(_INTEGER_TEXT)))
         cast = exp.TryCast(this=value.copy(), to=target.copy()) if safe else node
+        if safe:
+            node = exp.TryCast(this=value.copy(), to=target.copy())
         if safe:
             return exp.Case(ifs=[exp.If(this=ok, true=cast)])
         message = exp.DPipe(
@@ -423,7 +477,154 @@ def _at_timezone(args: list[exp.Expression]) -> exp.Expression:
     return _at_zone(args[0], args[1], "at_timezone")
 
 
+def _map_entries_fn(name: str) -> Callable[[list[exp.Expression]], exp.Expression]:
+    """``transform_keys`` / ``transform_values`` over DuckDB's map entries."""
+
+    def build(args: list[exp.Expression]) -> exp.Expression:
+        if len(args) != 2 or not isinstance(args[1], exp.Lambda):
+            raise Unsupported(f"{name} takes a map and a lambda (k, v) -> value")
+        lam = args[1]
+        params = [p.name for p in lam.expressions]
+        if len(params) != 2:
+            raise Unsupported(f"{name}'s lambda takes two parameters (k, v)")
+        body = _substitute(lam.this, {params[0]: "key", params[1]: "value"}, "__entry")
+        key = (
+            body
+            if name == "transform_keys"
+            else fn("struct_extract", exp.column("__entry"), _s("key"))
+        )
+        value = (
+            body
+            if name == "transform_values"
+            else fn("struct_extract", exp.column("__entry"), _s("value"))
+        )
+        pair = exp.Struct(
+            expressions=[
+                exp.PropertyEQ(this=exp.to_identifier("key"), expression=key),
+                exp.PropertyEQ(this=exp.to_identifier("value"), expression=value),
+            ]
+        )
+        entries = fn(
+            "list_transform",
+            fn("map_entries", args[0]),
+            exp.Lambda(this=pair, expressions=[exp.to_identifier("__entry")]),
+        )
+        return fn("map_from_entries", entries)
+
+    return build
+
+
+def _map_entries(args: list[exp.Expression]) -> exp.Expression:
+    # Presto's entries are unnamed rows (JSON arrays in results), DuckDB's named structs.
+    pair = exp.Tuple(
+        expressions=[
+            fn("struct_extract", exp.column("__entry"), _s("key")),
+            fn("struct_extract", exp.column("__entry"), _s("value")),
+        ]
+    )
+    return fn(
+        "list_transform",
+        fn("map_entries", *args),
+        exp.Lambda(this=fn("row", *pair.expressions), expressions=[exp.to_identifier("__entry")]),
+    )
+
+
+def _json_array_get(args: list[exp.Expression]) -> exp.Expression:
+    """The element at a zero-based index (negative from the end); a string element
+    comes back without its quotes, as Presto's (documented as broken) function does."""
+    if len(args) != 2:
+        raise Unsupported("json_array_get takes a JSON array and an index")
+    array, index = args
+    path = exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.GTE(this=index.copy(), expression=exp.Literal.number(0)),
+                true=exp.DPipe(
+                    this=exp.DPipe(this=_s("$["), expression=_varchar(index.copy()), safe=True),
+                    expression=_s("]"),
+                    safe=True,
+                ),
+            )
+        ],
+        default=exp.DPipe(
+            this=exp.DPipe(this=_s("$[#"), expression=_varchar(index.copy()), safe=True),
+            expression=_s("]"),
+            safe=True,
+        ),
+    )
+    element = fn("json_extract", exp.cast(array, exp.DataType.build("JSON")), path)
+    return exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.EQ(this=fn("json_type", element.copy()), expression=_s("VARCHAR")),
+                true=fn("json_extract_string", element.copy(), _s("$")),
+            )
+        ],
+        default=_varchar(element),
+    )
+
+
+def _varchar(node: exp.Expression) -> exp.Expression:
+    return exp.cast(node, exp.DataType.build("VARCHAR"))
+
+
+def _json_array_contains(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) != 2:
+        raise Unsupported("json_array_contains takes a JSON array and a value")
+    elements = fn("json_extract", exp.cast(args[0], exp.DataType.build("JSON")), _s("$[*]"))
+    return fn("list_contains", elements, fn("to_json", args[1]))
+
+
+def _json_size(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) != 2:
+        raise Unsupported("json_size takes a JSON value and a path")
+    value = fn("json_extract", exp.cast(args[0], exp.DataType.build("JSON")), args[1])
+    kind = fn("json_type", value.copy())
+    return exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.EQ(this=kind.copy(), expression=_s("ARRAY")),
+                true=fn("json_array_length", value.copy()),
+            ),
+            exp.If(
+                this=exp.EQ(this=kind.copy(), expression=_s("OBJECT")),
+                true=fn("len", fn("json_keys", value.copy())),
+            ),
+            exp.If(this=exp.Is(this=value.copy(), expression=exp.Null()), true=exp.Null()),
+        ],
+        default=exp.Literal.number(0),
+    )
+
+
+def _is_json_scalar(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) != 1:
+        raise Unsupported("is_json_scalar takes one argument")
+    kind = fn("json_type", exp.cast(args[0], exp.DataType.build("JSON")))
+    return exp.Not(this=exp.In(this=kind, expressions=[_s("ARRAY"), _s("OBJECT")]))
+
+
+def _timezone(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) == 1:
+        raise Unsupported("timezone(timestamp) is not supported (DuckDB keeps no zone in a value)")
+    return fn("timezone", *args)
+
+
+def _refuse(reason: str) -> Callable[[list[exp.Expression]], exp.Expression]:
+    def build(args: list[exp.Expression]) -> exp.Expression:
+        raise Unsupported(reason)
+
+    return build
+
+
 ANONYMOUS: dict[str, Callable[[list[exp.Expression]], exp.Expression]] = {
+    "TRANSFORM_KEYS": _map_entries_fn("transform_keys"),
+    "TRANSFORM_VALUES": _map_entries_fn("transform_values"),
+    "MAP_ENTRIES": _map_entries,
+    "JSON_ARRAY_GET": _json_array_get,
+    "JSON_ARRAY_CONTAINS": _json_array_contains,
+    "JSON_SIZE": _json_size,
+    "IS_JSON_SCALAR": _is_json_scalar,
+    "TIMEZONE": _timezone,
     "URL_EXTRACT_HOST": _url("host"),
     "URL_EXTRACT_PATH": _url("path"),
     "URL_EXTRACT_QUERY": _url("query"),
@@ -475,8 +676,53 @@ _REGEXP = tuple(
 )
 
 
+def _reduce(node: exp.Reduce) -> exp.Expression:
+    """``reduce(array, start, (s, x) -> …, s -> output)``: the output function applied
+    around DuckDB's reduce, which has none."""
+    finish = node.args.get("finish")
+    if finish is None:
+        return node
+    node.set("finish", None)
+    if not isinstance(finish, exp.Lambda) or len(finish.expressions) != 1:
+        raise Unsupported("reduce's output function must be a lambda of one parameter")
+    param = finish.expressions[0].name
+    if isinstance(finish.this, exp.Column | exp.Identifier) and finish.this.name == param:
+        return node  # the identity: s -> s
+
+    def swap(inner: exp.Expression) -> exp.Expression:
+        if isinstance(inner, exp.Column) and not inner.table and inner.name == param:
+            return exp.Paren(this=node.copy())
+        bare = isinstance(inner, exp.Identifier) and not isinstance(inner.parent, exp.Column)
+        if bare and inner.name == param:
+            return exp.Paren(this=node.copy())
+        return inner
+
+    result: exp.Expression = finish.this.copy().transform(swap)
+    return result
+
+
+def _format(node: exp.Expression) -> exp.Expression:
+    """``format(fmt, args…)``: Java's Formatter, run in Python over the JSON of the
+    arguments (query/td_udfs.py)."""
+    args = [node.this, *node.expressions]
+    values = exp.Array(expressions=[fn("to_json", a) for a in args[1:]])
+    return fn("td_java_format", _varchar(args[0]), _varchar(fn("to_json", values)))
+
+
 def rewrite(node: exp.Expression) -> exp.Expression:
     """Presto's meaning for ``node`` (whose arguments are rewritten already)."""
+    if isinstance(node, exp.ArraySort) and isinstance(node.expression, exp.Lambda):
+        raise Unsupported("array_sort with a comparator lambda is not supported")
+    if isinstance(node, exp.Typeof):
+        raise Unsupported("typeof is not supported: DuckDB's type names are not Trino's")
+    if isinstance(node, exp.Format):
+        return _format(node)
+    if isinstance(node, exp.Reduce):
+        return _reduce(node)
+    if isinstance(node, exp.Div):
+        # DuckDB's // divides integers as integers (truncating, as Presto does) and
+        # anything else as /: Presto's division whatever the types turn out to be.
+        return exp.IntDiv(this=node.this, expression=node.expression)
     if isinstance(node, exp.Anonymous):
         handler = ANONYMOUS.get(str(node.this).upper())
         return node if handler is None else handler(list(node.expressions))

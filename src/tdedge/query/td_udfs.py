@@ -190,3 +190,87 @@ def ip_lookup(ip: str | None, field: str, database: str | None = None) -> Any:
     if field == "postal_code":
         return record.get("postal", {}).get("code")
     raise ValueError(f"unknown TD_IP_TO_ field {field!r}")
+
+
+# Presto's format(): java.util.Formatter's common conversions.
+_JAVA_SPEC = re.compile(r"%(?:(\d+)\$)?([-#+ 0,(]*)(\d+)?(?:\.(\d+))?([a-zA-Z%])")
+
+
+def java_format(pattern: str | None, args_json: str | None) -> str | None:
+    """``format(pattern, args…)`` with Java's %s %d %f %e %x %o %c %b %% %n conversions,
+    flags - 0 + , ( and space, width, precision and ``n$`` positions."""
+    if pattern is None or args_json is None:
+        return None
+    args: list[Any] = json.loads(args_json)
+    out: list[str] = []
+    pos = 0
+    ordinary = 0
+    for m in _JAVA_SPEC.finditer(pattern):
+        out.append(pattern[pos : m.start()])
+        pos = m.end()
+        index, flags, width, precision, conversion = m.groups()
+        if conversion == "%":
+            out.append("%")
+            continue
+        if conversion == "n":
+            out.append("\n")
+            continue
+        if index is not None:
+            i = int(index) - 1
+        else:
+            i = ordinary
+            ordinary += 1
+        if i >= len(args):
+            raise ValueError(f"format: missing argument for {m.group(0)!r}")
+        out.append(_java_one(args[i], flags, width, precision, conversion, m.group(0)))
+    out.append(pattern[pos:])
+    return "".join(out)
+
+
+def _java_one(
+    value: Any, flags: str, width: str | None, precision: str | None, conversion: str, spec: str
+) -> str:
+    align = "<" if "-" in flags else ">"
+    if conversion in "sS":
+        text = "null" if value is None else _java_string(value)
+        if precision is not None:
+            text = text[: int(precision)]
+        text = text.upper() if conversion == "S" else text
+        return f"{text:{align}{width or ''}}"
+    if conversion in "bB":
+        text = "false" if value is None or value is False else "true"
+        return f"{text:{align}{width or ''}}"
+    if value is None:
+        return f"{'null':{align}{width or ''}}"
+    sign = "+" if "+" in flags else (" " if " " in flags else "")
+    zero = "0" if "0" in flags and "-" not in flags else ""
+    group = "," if "," in flags else ""
+    if conversion == "d" and isinstance(value, int) and not isinstance(value, bool):
+        return _java_number(f"{value:{sign}{zero}{width or ''}{group}d}", value, flags)
+    if conversion in "xXo" and isinstance(value, int) and not isinstance(value, bool):
+        kind = {"x": "x", "X": "X", "o": "o"}[conversion]
+        return f"{value:{align if not zero else ''}{zero}{width or ''}{kind}}"
+    if conversion in "feE" and isinstance(value, int | float) and not isinstance(value, bool):
+        digits = 6 if precision is None else int(precision)
+        kind = conversion
+        text = f"{float(value):{sign}{zero}{width or ''}{group}.{digits}{kind}}"
+        return _java_number(text, value, flags)
+    if conversion == "c" and isinstance(value, str) and len(value) == 1:
+        return f"{value:{align}{width or ''}}"
+    raise ValueError(f"format: {spec!r} cannot format {value!r}")
+
+
+def _java_number(text: str, value: float, flags: str) -> str:
+    if "(" in flags and value < 0:
+        return "(" + text.replace("-", "", 1) + ")"
+    return text
+
+
+def _java_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e7:
+        return repr(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(", ", "="))
+    return str(value)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError, SqlglotError
+from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, UnsupportedError
 from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
 
@@ -85,7 +85,12 @@ def translate(
     _print_zoned(out)
     if schema is not None:
         out = _typed(out, dialect, database, schema)
-    return out.sql(dialect="duckdb")
+    try:
+        # What sqlglot cannot say in DuckDB it would otherwise drop with a warning
+        # (a comparator, an output function): a different answer. It fails instead.
+        return out.sql(dialect="duckdb", unsupported_level=ErrorLevel.RAISE)
+    except UnsupportedError as e:
+        raise TranslationError(f"not supported: {e}") from None
 
 
 def _check_access(tree: exp.Query, database: str | None, allowed: frozenset[str]) -> None:
