@@ -63,7 +63,11 @@ def normal(text: str) -> str:
     text = re.sub(r"\s*\((the double quote is gone|invalid JSON)\)$", "", text.strip())
     text = text.replace("JSON '", "'").replace("'", "").replace("ROW(", "(")
     text = re.sub(r"\s*(->|=)\s*", "=", text)
-    return re.sub(r"\bnull\b", "NULL", text, flags=re.I)
+    text = re.sub(r"\bnull\b", "NULL", text, flags=re.I)
+    if re.fullmatch(r"\{[^{}\[\]()]*\}", text):
+        # A map's entries have no order.
+        text = "{" + ", ".join(sorted(text[1:-1].split(", "))) + "}"
+    return text
 
 
 def run(con: duckdb.DuckDBPyConnection, sql: str) -> str:

@@ -104,6 +104,7 @@ TD_UDFS: tuple[
     ),
     ("td_url_part", td_udfs.url_part, [VARCHAR, VARCHAR], VARCHAR),
     ("td_java_format", td_udfs.java_format, [VARCHAR, VARCHAR], VARCHAR),
+    ("td_luhn_check", td_udfs.luhn_check, [VARCHAR], BOOLEAN),
     ("td_url_parameter", td_udfs.url_parameter, [VARCHAR, VARCHAR], VARCHAR),
     *(
         (f"td_ip_to_{field}", _ip(field), [VARCHAR], VARCHAR)

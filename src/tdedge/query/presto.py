@@ -609,6 +609,82 @@ def _timezone(args: list[exp.Expression]) -> exp.Expression:
     return fn("timezone", *args)
 
 
+def _trim_array(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) != 2:
+        raise Unsupported("trim_array takes an array and a count")
+    array, n = args
+    return fn(
+        "list_slice",
+        array,
+        exp.Literal.number(1),
+        exp.Sub(this=fn("len", array.copy()), expression=n),
+    )
+
+
+def _array_histogram(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) != 1:
+        raise Unsupported("array_histogram takes one array")
+    counts = fn("list_aggregate", args[0], _s("histogram"))
+    return fn("coalesce", counts, fn("map"))
+
+
+def _ngrams(args: list[exp.Expression]) -> exp.Expression:
+    """``ngrams(array, n)``: the runs of n adjacent elements; the array itself if shorter."""
+    if len(args) != 2:
+        raise Unsupported("ngrams takes an array and n")
+    array, n = args
+    i = exp.column("__i")
+    window = fn(
+        "list_slice",
+        array.copy(),
+        i,
+        exp.Sub(this=exp.Add(this=i.copy(), expression=n.copy()), expression=exp.Literal.number(1)),
+    )
+    starts = fn(
+        "range",
+        exp.Literal.number(1),
+        exp.Add(
+            this=exp.Sub(this=fn("len", array.copy()), expression=n.copy()),
+            expression=exp.Literal.number(2),
+        ),
+    )
+    runs = fn(
+        "list_transform", starts, exp.Lambda(this=window, expressions=[exp.to_identifier("__i")])
+    )
+    return exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.LTE(this=fn("len", array.copy()), expression=n.copy()),
+                true=exp.Array(expressions=[array.copy()]),
+            )
+        ],
+        default=runs,
+    )
+
+
+def _zip_with(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) != 3 or not isinstance(args[2], exp.Lambda) or len(args[2].expressions) != 2:
+        raise Unsupported("zip_with takes two arrays and a lambda (x, y) -> value")
+    lam = args[2]
+    x, y = (p.name for p in lam.expressions)
+    pairs = fn("list_zip", args[0], args[1])
+    body = _substitute_index(lam.this, {x: 1, y: 2}, "__pair")
+    return fn(
+        "list_transform", pairs, exp.Lambda(this=body, expressions=[exp.to_identifier("__pair")])
+    )
+
+
+def _substitute_index(body: exp.Expression, fields: dict[str, int], var: str) -> exp.Expression:
+    def swap(node: exp.Expression) -> exp.Expression:
+        named = isinstance(node, exp.Column) and not node.table
+        bare = isinstance(node, exp.Identifier) and not isinstance(node.parent, exp.Column)
+        if (named or bare) and node.name in fields:
+            return fn("struct_extract", exp.column(var), exp.Literal.number(fields[node.name]))
+        return node
+
+    return body.copy().transform(swap)
+
+
 def _refuse(reason: str) -> Callable[[list[exp.Expression]], exp.Expression]:
     def build(args: list[exp.Expression]) -> exp.Expression:
         raise Unsupported(reason)
@@ -617,6 +693,12 @@ def _refuse(reason: str) -> Callable[[list[exp.Expression]], exp.Expression]:
 
 
 ANONYMOUS: dict[str, Callable[[list[exp.Expression]], exp.Expression]] = {
+    "TRIM_ARRAY": _trim_array,
+    "ARRAY_HISTOGRAM": _array_histogram,
+    "NGRAMS": _ngrams,
+    "ZIP_WITH": _zip_with,
+    "COSINE_SIMILARITY": lambda args: fn("list_cosine_similarity", *args),
+    "LUHN_CHECK": lambda args: fn("td_luhn_check", *args),
     "TRANSFORM_KEYS": _map_entries_fn("transform_keys"),
     "TRANSFORM_VALUES": _map_entries_fn("transform_values"),
     "MAP_ENTRIES": _map_entries,
@@ -717,6 +799,8 @@ def rewrite(node: exp.Expression) -> exp.Expression:
         raise Unsupported("typeof is not supported: DuckDB's type names are not Trino's")
     if isinstance(node, exp.Format):
         return _format(node)
+    if isinstance(node, exp.DotProduct):
+        return fn("list_dot_product", node.this, node.expression)
     if isinstance(node, exp.Reduce):
         return _reduce(node)
     if isinstance(node, exp.Div):

@@ -274,3 +274,18 @@ def _java_string(value: Any) -> str:
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(", ", "="))
     return str(value)
+
+
+def luhn_check(digits: str | None) -> bool | None:
+    """Presto's ``luhn_check``: the Luhn checksum of a string of digits."""
+    if digits is None:
+        return None
+    if not digits.isdigit():
+        return False
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        d = int(c)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
