@@ -8,6 +8,7 @@ import duckdb
 import pytest
 
 from tdedge.query.functions import register
+from tdedge.query.td_udfs import url_parameter, url_part
 from tdedge.query.translate import Context, TranslationError, translate
 
 # 2026-12-01 15:00:00 UTC = 2026-12-02 00:00:00 in Tokyo.
@@ -245,3 +246,50 @@ def test_aggregates_and_collections(con: duckdb.DuckDBPyConnection) -> None:
     assert one(con, f"SELECT at_timezone(from_unixtime({T}), 'Asia/Tokyo')") == (
         "2026-12-02 00:00:00.000 Asia/Tokyo"
     )
+
+
+def test_the_zone_follows_a_column_into_the_where_clause(con: duckdb.DuckDBPyConnection) -> None:
+    rows = run(
+        con,
+        "SELECT count(*) FROM (SELECT from_unixtime(time, 'Asia/Tokyo') AS d FROM t) s "
+        "WHERE hour(d) = 0",
+    )
+    # T and T + 100 are 00:00 and 00:01 in Tokyo; T + 10000 is 02:46, T - 60 is 23:59.
+    assert rows == [(2,)]
+
+
+URLS = [
+    "http://user@example.com:8080/a/b?x=1&y=%20z&e#frag",
+    "https://127.0.0.1/req_path",
+    "ftp://path/file",
+    "http://[::1]:8080/p?q",
+    "http://a_b.com/p",
+    "http://example.com",
+    "http://example.com/?",
+    "http://example.com/#",
+    "mailto:someone@example.com",
+    "/relative/path?x=1",
+    "not a url",
+    "http://example.com/a b",
+    "http://example.com/p#a#b",
+    "http://example.com:/p",
+    "",
+]
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_native_url_parts_agree_with_the_reference(
+    con: duckdb.DuckDBPyConnection, url: str
+) -> None:
+    parts = ("protocol", "host", "port", "path", "query", "fragment")
+    sql = "SELECT " + ", ".join(f"url_extract_{p}('{url}')" for p in parts)
+    got = run(con, sql)[0]
+    want = tuple(
+        None if v is None else (int(v) if p == "port" else v)
+        for p, v in ((p, url_part(url, p)) for p in parts)
+    )
+    assert got == want
+    for name in ("x", "y", "e", "q", "nope"):
+        assert one(con, f"SELECT url_extract_parameter('{url}', '{name}')") == url_parameter(
+            url, name
+        )

@@ -12,9 +12,12 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import urlsplit
 
 import woothee
+
+# Logs repeat their user agents and addresses: parsing each once is most of the cost.
+_CACHED = 65536
 
 # TD_PARSE_USER_AGENT's keys, in the order TD prints them.
 AGENT_KEYS = ("os", "vendor", "os_version", "name", "category", "version")
@@ -34,18 +37,13 @@ def parse_agent(agent: str | None) -> dict[str, str] | None:
     """TD_PARSE_AGENT: woothee's fields as a map."""
     if agent is None:
         return None
+    return dict(_woothee(agent))
+
+
+@lru_cache(maxsize=_CACHED)
+def _woothee(agent: str) -> tuple[tuple[str, str], ...]:
     parsed: dict[str, Any] = woothee.parse(agent)
-    return {key: str(parsed.get(key, "UNKNOWN")) for key in AGENT_KEYS}
-
-
-def url_decode(text: str | None) -> str | None:
-    """TD_URL_DECODE: ``%XX`` escapes and ``+`` decoded; NULL for a malformed escape."""
-    if text is None:
-        return None
-    try:
-        return unquote_plus(text, errors="strict")
-    except UnicodeDecodeError:
-        return None
+    return tuple((key, str(parsed.get(key, "UNKNOWN"))) for key in AGENT_KEYS)
 
 
 def substring_in_encoding(
@@ -146,6 +144,15 @@ def _reader(path: str | None) -> Any:
     return maxminddb.open_database(str(database))
 
 
+@lru_cache(maxsize=_CACHED)
+def _ip_record(ip: str, database: str | None) -> dict[str, Any] | None:
+    try:
+        record = _reader(database).get(ip)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _names(record: dict[str, Any], key: str) -> str | None:
     names = record.get(key, {}).get("names", {})
     value = names.get("en")
@@ -156,12 +163,8 @@ def ip_lookup(ip: str | None, field: str, database: str | None = None) -> Any:
     """One TD_IP_TO_<field> answer for ``ip``; None where the database has none."""
     if ip is None:
         return None
-    reader = _reader(database)
-    try:
-        record = reader.get(ip.strip())
-    except ValueError:
-        return None
-    if not isinstance(record, dict):
+    record = _ip_record(ip.strip(), database)
+    if record is None:
         return None
     subdivisions = [
         str(s.get("names", {}).get("en")) for s in record.get("subdivisions", []) if s.get("names")

@@ -241,7 +241,7 @@ def _rewrite_all(tree: exp.Expr, ctx: Context) -> exp.Expr:
     """Every node rewritten after its arguments (TD functions nest inside each other)."""
     sources: dict[str, str] = {}  # "alias.column" and "column" → zone, from subqueries
     root = tree
-    for node in reversed(list(tree.walk(bfs=False))):
+    for node in _post_order(tree):
         # Where the node sits, taken first: a rewrite may wrap the node in its result.
         parent, key, index = node.parent, node.arg_key, node.index
         new = _rewrite(node, ctx) if isinstance(node, exp.Expression) else node
@@ -256,6 +256,27 @@ def _rewrite_all(tree: exp.Expr, ctx: Context) -> exp.Expr:
             else:
                 parent.set(key, new, index)
     return root
+
+
+# A query's sources are rewritten before what reads them (its WHERE, its SELECT), so
+# the zones of their columns are known there.
+_SOURCES_FIRST = {"with_": 0, "from_": 1, "joins": 2, "laterals": 3}
+
+
+def _post_order(tree: exp.Expr) -> list[exp.Expr]:
+    order: list[exp.Expr] = []
+    stack: list[tuple[exp.Expr, bool]] = [(tree, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        stack.append((node, True))
+        children = sorted(
+            node.iter_expressions(), key=lambda c: _SOURCES_FIRST.get(c.arg_key or "", 9)
+        )
+        stack.extend((child, False) for child in reversed(children))
+    return order
 
 
 def _remember_zones(source: exp.Subquery | exp.CTE, zones: dict[str, str]) -> None:
@@ -553,6 +574,14 @@ def _parse_user_agent(args: list[exp.Expression], ctx: Context) -> exp.Expressio
     return fn("td_parse_user_agent", _varchar(args[0]))
 
 
+def _url_decode(args: list[exp.Expression], ctx: Context) -> exp.Expression:
+    # Native: '+' is a space in a query string, %2B a plus, so '+' goes first. Bytes
+    # that are not UTF-8 make the value NULL rather than fail the query.
+    _args(args, "TD_URL_DECODE", 1, 1)
+    plus = fn("replace", _varchar(args[0]), exp.Literal.string("+"), exp.Literal.string(" "))
+    return exp.Try(this=fn("url_decode", plus))
+
+
 def _md5(args: list[exp.Expression], ctx: Context) -> exp.Expression:
     _args(args, "TD_MD5", 1, 1)
     return fn("md5", _varchar(args[0]))
@@ -606,7 +635,7 @@ _HANDLERS: dict[str, Callable[[list[exp.Expression], Context], exp.Expression]] 
     "TD_SESSIONIZE_WINDOW": _sessionize_alone,
     "TD_PARSE_USER_AGENT": _parse_user_agent,
     "TD_PARSE_AGENT": _udf("TD_PARSE_AGENT", 1, 1),
-    "TD_URL_DECODE": _udf("TD_URL_DECODE", 1, 1),
+    "TD_URL_DECODE": _url_decode,
     "TD_MD5": _md5,
     "TD_SUBSTRING_INENCODING": _udf("TD_SUBSTRING_INENCODING", 3, 3),
     **{f"TD_IP_TO_{field}": _udf(f"TD_IP_TO_{field}", 1, 1) for field in _IP_FIELDS},
