@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import duckdb
 import pytest
+from _maxminddb_geolite2 import geolite2_database
 
 from tdedge.query.functions import register
 from tdedge.query.td_udfs import url_parameter, url_part
@@ -293,3 +295,14 @@ def test_native_url_parts_agree_with_the_reference(
         assert one(con, f"SELECT url_extract_parameter('{url}', '{name}')") == url_parameter(
             url, name
         )
+
+
+def test_td_ip_functions_read_the_configured_database(tmp_path: Path) -> None:
+    bundled = duckdb.connect()
+    register(bundled, geolite2_database())
+    sql = translate("SELECT TD_IP_TO_COUNTRY_CODE('8.8.8.8')", Context(T))
+    assert bundled.execute(sql).fetchall() == [("US",)]
+    missing = duckdb.connect()
+    register(missing, str(tmp_path / "none.mmdb"))
+    with pytest.raises(duckdb.Error, match="--geoip-database"):
+        missing.execute(sql).fetchall()

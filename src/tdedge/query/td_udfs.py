@@ -139,16 +139,17 @@ def _reader(path: str | None) -> Any:
     if database is None or not database.is_file():
         raise GeoIPUnavailable(
             "TD_IP_TO_* needs a GeoIP2/GeoLite2 City database (.mmdb): "
-            "install the maxminddb-geolite2 package or point geoip_database at one"
+            "install the maxminddb-geolite2 package, or start serve with --geoip-database PATH"
         )
     return maxminddb.open_database(str(database))
 
 
 @lru_cache(maxsize=_CACHED)
 def _ip_record(ip: str, database: str | None) -> dict[str, Any] | None:
+    reader = _reader(database)  # GeoIPUnavailable goes up: the query fails saying why
     try:
-        record = _reader(database).get(ip)
-    except ValueError:
+        record = reader.get(ip)
+    except ValueError:  # not an IP address
         return None
     return record if isinstance(record, dict) else None
 
