@@ -306,3 +306,9 @@ def test_td_ip_functions_read_the_configured_database(tmp_path: Path) -> None:
     register(missing, str(tmp_path / "none.mmdb"))
     with pytest.raises(duckdb.Error, match="--geoip-database"):
         missing.execute(sql).fetchall()
+
+
+def test_hive_keeps_its_own_rules(con: duckdb.DuckDBPyConnection) -> None:
+    hive = translate("SELECT 7 / 2, TD_TIME_FORMAT(0, 'yyyy')", Context(T, "hive"))
+    assert con.execute(hive).fetchall() == [(3.5, "1970")]
+    assert one(con, "SELECT 7 / 2") == 3

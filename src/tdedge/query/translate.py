@@ -294,15 +294,13 @@ def _remember_zones(source: exp.Subquery | exp.CTE, zones: dict[str, str]) -> No
 
 # TD functions.
 def _rewrite(node: exp.Expression, ctx: Context) -> exp.Expression:
-    if not isinstance(node, exp.Anonymous):
-        return presto.rewrite(node)
-    name = str(node.this).upper()
-    handler = _HANDLERS.get(name)
-    if handler is None:
-        if name.startswith("TD_"):
-            raise td_time.TimeValueError(_unknown_td(name))
-        return presto.rewrite(node)
-    return handler(list(node.expressions), ctx)
+    handler = _HANDLERS.get(str(node.this).upper()) if isinstance(node, exp.Anonymous) else None
+    if handler is not None:
+        return handler(list(node.expressions), ctx)
+    if isinstance(node, exp.Anonymous) and str(node.this).upper().startswith("TD_"):
+        raise td_time.TimeValueError(_unknown_td(str(node.this).upper()))
+    # Presto's rules (integer division, slice's length…) are not Hive's.
+    return node if ctx.engine == "hive" else presto.rewrite(node)
 
 
 def _const(e: exp.Expression | None) -> str | int | float | None:
