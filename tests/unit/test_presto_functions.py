@@ -312,3 +312,12 @@ def test_hive_keeps_its_own_rules(con: duckdb.DuckDBPyConnection) -> None:
     hive = translate("SELECT 7 / 2, TD_TIME_FORMAT(0, 'yyyy')", Context(T, "hive"))
     assert con.execute(hive).fetchall() == [(3.5, "1970")]
     assert one(con, "SELECT 7 / 2") == 3
+
+
+def test_td_sessionize_window_adds_no_column_to_a_star(con: duckdb.DuckDBPyConnection) -> None:
+    sql = (
+        "SELECT *, TD_SESSIONIZE_WINDOW(time, 3600) OVER (PARTITION BY k ORDER BY time) AS sid "
+        "FROM t"
+    )
+    names = [d[0] for d in con.execute(translate(sql, Context(T), "db1", SCHEMA)).description]
+    assert names == ["time", "k", "s", "sid"]

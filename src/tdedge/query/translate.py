@@ -162,8 +162,8 @@ def _print_zoned(tree: exp.Expr) -> None:
     for projection in tree.expressions:
         value = projection.this if isinstance(projection, exp.Alias) else projection
         zone_label = zoned.zone_of(value)
-        if zone_label is None:
-            continue
+        if zone_label is None or zone_label == "UTC":
+            continue  # a TIMESTAMPTZ in UTC prints as Presto's already, and keeps its type
         if isinstance(projection, exp.Alias):
             projection.set("this", zoned.as_text(value, zone_label))
         elif isinstance(projection, exp.Column):
@@ -228,6 +228,11 @@ def _sessionize_window(window: exp.Window, args: list[exp.Expression], flag: str
     inner = exp.select(exp.Star(), exp.alias_(starts, flag)).from_(table.copy())
     alias = exp.TableAlias(this=exp.to_identifier(table.alias_or_name))
     source.set("this", exp.Subquery(this=inner, alias=alias))
+    # The helper column stays out of the query's own stars.
+    for star in select.expressions:
+        inner_star = star.this if isinstance(star, exp.Column) else star
+        if isinstance(inner_star, exp.Star):
+            inner_star.set("except_", [*(inner_star.args.get("except_") or []), exp.column(flag)])
     number = _over(fn("sum", exp.column(flag)), window, running=True)
     parts = [
         fn("coalesce", _varchar(p.copy()), exp.Literal.string("\\N"))
