@@ -45,6 +45,8 @@ def render(value: Any) -> str:
     if isinstance(value, dt.datetime):
         text = value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
         return text + (" UTC" if value.tzinfo is not None else "")
+    if isinstance(value, bytes):
+        return value.hex()
     if isinstance(value, dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, float | decimal.Decimal | int):

@@ -188,9 +188,18 @@ def _trunc(node: exp.Expression) -> exp.Expression:
 def _date_add(node: exp.Expression) -> exp.Expression:
     zone_label = zoned.zone_of(node.this)
     if zone_label is None:
+        if _is_date(node.this):
+            # DuckDB's date + interval is a timestamp; Presto's stays a date.
+            return exp.cast(node, exp.DataType.build("DATE"))
         return node
     node.set("this", zoned.to_local(node.this, zone_label))
     return zoned.from_local(node, zone_label)
+
+
+def _is_date(node: exp.Expression) -> bool:
+    if isinstance(node, exp.Cast | exp.TryCast):
+        return bool(node.to.this == exp.DataType.Type.DATE)
+    return isinstance(node, exp.CurrentDate | exp.Date | exp.TsOrDsToDate | exp.StrToDate)
 
 
 def _local_args(node: exp.Expression) -> exp.Expression:
@@ -316,6 +325,10 @@ def _regexp(node: exp.Expression) -> exp.Expression:
         node.set("expression", _s(_NAMED_GROUP.sub("(?P<", text)))
     if isinstance(node, exp.RegexpReplace):
         return _regexp_replace(node)
+    if isinstance(node, exp.RegexpExtract):
+        # No match is NULL in Presto ('' in DuckDB).
+        found = fn("regexp_matches", node.this.copy(), node.expression.copy())
+        return exp.Case(ifs=[exp.If(this=found, true=node)])
     return node
 
 
@@ -757,6 +770,63 @@ def _substitute_index(body: exp.Expression, fields: dict[str, int], var: str) ->
     return body.copy().transform(swap)
 
 
+def _match(kind: str) -> Callable[[list[exp.Expression]], exp.Expression]:
+    """``any_match`` / ``all_match`` / ``none_match`` with Presto's NULLs: unknown when
+    no element decides and some predicate is NULL."""
+
+    def build(args: list[exp.Expression]) -> exp.Expression:
+        if len(args) != 2 or not isinstance(args[1], exp.Lambda):
+            raise Unsupported(f"{kind} takes an array and a lambda")
+        tests = fn("list_transform", args[0], args[1])
+        decisive = exp.false() if kind == "all_match" else exp.true()
+        has_null = exp.Not(
+            this=exp.Is(this=fn("list_position", tests.copy(), exp.Null()), expression=exp.Null())
+        )
+        when_decisive = exp.true() if kind == "any_match" else exp.false()
+        otherwise = exp.false() if kind == "any_match" else exp.true()
+        return exp.Case(
+            ifs=[
+                exp.If(this=fn("list_contains", tests, decisive), true=when_decisive),
+                exp.If(this=has_null, true=exp.Null()),
+            ],
+            default=otherwise,
+        )
+
+    return build
+
+
+def _arrays_overlap(args: list[exp.Expression]) -> exp.Expression:
+    if len(args) != 2:
+        raise Unsupported("arrays_overlap takes two arrays")
+    a, b = args
+
+    def has_null(array: exp.Expression) -> exp.Expression:
+        position = fn("list_position", array.copy(), exp.Null())
+        return exp.Not(this=exp.Is(this=position, expression=exp.Null()))
+
+    return exp.Case(
+        ifs=[
+            exp.If(this=fn("list_has_any", a.copy(), b.copy()), true=exp.true()),
+            exp.If(this=exp.or_(has_null(a), has_null(b)), true=exp.Null()),
+        ],
+        default=exp.false(),
+    )
+
+
+def _url_encode(args: list[exp.Expression]) -> exp.Expression:
+    """java.net.URLEncoder: a space is '+', '*' stays, '~' is escaped (DuckDB: the
+    reverse of each)."""
+    encoded = fn("url_encode", *args)
+    for old, new in (("%20", "+"), ("%2A", "*"), ("~", "%7E")):
+        encoded = fn("replace", encoded, _s(old), _s(new))
+    return encoded
+
+
+def _url_decode(args: list[exp.Expression]) -> exp.Expression:
+    """java.net.URLDecoder: '+' is a space."""
+    return exp.Try(this=fn("url_decode", fn("replace", *args, _s("+"), _s(" "))))
+
+
 def _refuse(reason: str) -> Callable[[list[exp.Expression]], exp.Expression]:
     def build(args: list[exp.Expression]) -> exp.Expression:
         raise Unsupported(reason)
@@ -766,6 +836,17 @@ def _refuse(reason: str) -> Callable[[list[exp.Expression]], exp.Expression]:
 
 ANONYMOUS: dict[str, Callable[[list[exp.Expression]], exp.Expression]] = {
     "TRIM_ARRAY": _trim_array,
+    "ANY_MATCH": _match("any_match"),
+    "ALL_MATCH": _match("all_match"),
+    "NONE_MATCH": _match("none_match"),
+    "ARRAYS_OVERLAP": _arrays_overlap,
+    "ARRAY_UNION": lambda args: _distinct_in_order(fn("list_concat", *args)),
+    "NAN": lambda args: exp.cast(_s("NaN"), exp.DataType.build("DOUBLE")),
+    "TO_BASE": lambda args: fn("lower", fn("to_base", *args)),
+    "URL_ENCODE": _url_encode,
+    "URL_DECODE": _url_decode,
+    "CODEPOINT": lambda args: fn("unicode", *args),
+    "HAMMING_DISTANCE": lambda args: fn("hamming", *args),
     "ARRAY_HISTOGRAM": _array_histogram,
     "NGRAMS": _ngrams,
     "ZIP_WITH": _zip_with,
@@ -855,6 +936,106 @@ def _reduce(node: exp.Reduce) -> exp.Expression:
     return result
 
 
+def _json_path(node: exp.Expression) -> exp.Expression:
+    path = node.expression
+    return exp.Literal.string(path.sql("duckdb")[1:-1]) if isinstance(path, exp.JSONPath) else path
+
+
+def _json_extract(node: exp.JSONExtract) -> exp.Expression:
+    """Malformed JSON gives NULL, as in Presto (DuckDB fails the query)."""
+    return exp.Try(this=fn("json_extract", node.this, _json_path(node)))
+
+
+def _json_extract_scalar(node: exp.JSONExtractScalar) -> exp.Expression:
+    """A scalar's text; NULL for an array, an object, a JSON null or malformed JSON."""
+    path = _json_path(node)
+    value = exp.Try(this=fn("json_extract", node.this.copy(), path.copy()))
+    not_scalar = exp.In(this=fn("json_type", value), expressions=[_s("ARRAY"), _s("OBJECT")])
+    return exp.Case(
+        ifs=[exp.If(this=not_scalar, true=exp.Null())],
+        default=exp.Try(this=fn("json_extract_string", node.this, path)),
+    )
+
+
+def _split(node: exp.Split) -> exp.Expression:
+    """``split(s, d, limit)``: at most ``limit`` parts, the last holding the rest."""
+    limit = node.args.get("limit")
+    parts = fn("string_split", node.this, node.expression)
+    if limit is None:
+        return parts
+    rest = fn(
+        "array_to_string",
+        fn("list_slice", parts.copy(), limit.copy(), fn("len", parts.copy())),
+        node.expression.copy(),
+    )
+    head = fn(
+        "list_slice",
+        parts.copy(),
+        exp.Literal.number(1),
+        exp.Sub(this=limit.copy(), expression=exp.Literal.number(1)),
+    )
+    return exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.LTE(this=fn("len", parts.copy()), expression=limit.copy()),
+                true=parts.copy(),
+            )
+        ],
+        default=fn("list_concat", head, exp.Array(expressions=[rest])),
+    )
+
+
+def _distinct_in_order(array: exp.Expression) -> exp.Expression:
+    """The first of each value, in the array's order (DuckDB's list_distinct has none)."""
+    first = exp.EQ(
+        this=fn("list_position", array.copy(), exp.column("__x")), expression=exp.column("__i")
+    )
+    return fn(
+        "list_filter",
+        array,
+        exp.Lambda(this=first, expressions=[exp.to_identifier("__x"), exp.to_identifier("__i")]),
+    )
+
+
+def _sequence(node: exp.GenerateSeries) -> exp.Expression:
+    start, end = node.args.get("start"), node.args.get("end")
+    if node.args.get("step") is not None or start is None or end is None:
+        return node
+    step = exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.LTE(this=start.copy(), expression=end.copy()), true=exp.Literal.number(1)
+            )
+        ],
+        default=exp.Literal.number(-1),
+    )
+    node.set("step", step)
+    return node
+
+
+def _repeat(node: exp.Repeat) -> exp.Expression:
+    """Presto's ``repeat(element, count)`` makes an array."""
+    times = node.args.get("times")
+    if not isinstance(times, exp.Expression):
+        raise Unsupported("repeat takes an element and a count")
+    return fn(
+        "list_transform",
+        fn("range", times),
+        exp.Lambda(this=node.this, expressions=[exp.to_identifier("__i")]),
+    )
+
+
+def _extract(node: exp.Extract) -> exp.Expression:
+    field = node.this.name.upper() if isinstance(node.this, exp.Expression) else ""
+    value = zoned.local_of(node.expression)
+    if field in ("DOW", "DAY_OF_WEEK", "DAYOFWEEK"):
+        return fn("isodow", value)  # Monday 1 … Sunday 7 (DuckDB's DOW has Sunday 0)
+    if field in ("YOW", "YEAR_OF_WEEK"):
+        return fn("isoyear", value)
+    node.set("expression", value)
+    return node
+
+
 def _format(node: exp.Expression) -> exp.Expression:
     """``format(fmt, args…)``: Java's Formatter, run in Python over the JSON of the
     arguments (query/td_udfs.py)."""
@@ -871,6 +1052,38 @@ def rewrite(node: exp.Expression) -> exp.Expression:
         raise Unsupported("typeof is not supported: DuckDB's type names are not Trino's")
     if isinstance(node, exp.Format):
         return _format(node)
+    if isinstance(node, exp.JSONExtractScalar):
+        return _json_extract_scalar(node)
+    if isinstance(node, exp.JSONExtract):
+        return _json_extract(node)
+    if isinstance(node, exp.SplitPart):
+        # Past the last field Presto gives NULL, DuckDB ''.
+        return fn(
+            "list_extract",
+            fn("string_split", node.this, node.args["delimiter"]),
+            node.args["part_index"],
+        )
+    if isinstance(node, exp.Split):
+        return _split(node)
+    if isinstance(node, exp.ArrayPosition):
+        return fn(
+            "coalesce", fn("list_position", node.this, node.expression), exp.Literal.number(0)
+        )
+    if isinstance(node, exp.ArrayDistinct):
+        return _distinct_in_order(node.this)
+    if isinstance(node, exp.ArrayExcept):
+        excluded = exp.Not(this=fn("list_contains", node.expression, exp.column("__x")))
+        return fn(
+            "list_filter",
+            _distinct_in_order(node.this),
+            exp.Lambda(this=excluded, expressions=[exp.to_identifier("__x")]),
+        )
+    if isinstance(node, exp.GenerateSeries):
+        return _sequence(node)
+    if isinstance(node, exp.Repeat):
+        return _repeat(node)
+    if isinstance(node, exp.Extract):
+        return _extract(node)
     if isinstance(node, exp.DotProduct):
         return fn("list_dot_product", node.this, node.expression)
     if isinstance(node, exp.Reduce):
