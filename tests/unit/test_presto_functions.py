@@ -321,3 +321,12 @@ def test_td_sessionize_window_adds_no_column_to_a_star(con: duckdb.DuckDBPyConne
     )
     names = [d[0] for d in con.execute(translate(sql, Context(T), "db1", SCHEMA)).description]
     assert names == ["time", "k", "s", "sid"]
+
+
+def test_a_json_string_cast_to_varchar_loses_its_quotes(con: duckdb.DuckDBPyConnection) -> None:
+    doc = """'{"a": "x", "n": 1, "o": {"b": 1}}'"""
+    assert one(con, f"SELECT CAST(json_extract({doc}, '$.a') AS VARCHAR)") == "x"
+    assert one(con, f"SELECT CAST(json_extract({doc}, '$.n') AS VARCHAR)") == "1"
+    assert one(con, f"SELECT TRY_CAST(json_extract({doc}, '$.o') AS VARCHAR)") is None
+    assert one(con, f"SELECT json_extract_scalar({doc}, '$.o')") is None
+    assert one(con, "SELECT json_extract_scalar('not json', '$.a')") is None

@@ -89,8 +89,11 @@ def _json_text(value: exp.Expression, safe: bool) -> exp.Expression:
     )
 
 
+_JSON = "json"  # meta key: the node is a JSON value (what json_extract became)
+
+
 def _is_json(node: exp.Expression) -> bool:
-    if isinstance(node, exp.ParseJSON | exp.JSONExtract):
+    if isinstance(node, exp.ParseJSON | exp.JSONExtract) or node.meta.get(_JSON):
         return True
     return isinstance(node, exp.Cast) and node.to.this == exp.DataType.Type.JSON
 
@@ -943,7 +946,9 @@ def _json_path(node: exp.Expression) -> exp.Expression:
 
 def _json_extract(node: exp.JSONExtract) -> exp.Expression:
     """Malformed JSON gives NULL, as in Presto (DuckDB fails the query)."""
-    return exp.Try(this=fn("json_extract", node.this, _json_path(node)))
+    value = exp.Try(this=fn("json_extract", node.this, _json_path(node)))
+    value.meta[_JSON] = True
+    return value
 
 
 def _json_extract_scalar(node: exp.JSONExtractScalar) -> exp.Expression:
