@@ -330,3 +330,18 @@ def test_a_json_string_cast_to_varchar_loses_its_quotes(con: duckdb.DuckDBPyConn
     assert one(con, f"SELECT TRY_CAST(json_extract({doc}, '$.o') AS VARCHAR)") is None
     assert one(con, f"SELECT json_extract_scalar({doc}, '$.o')") is None
     assert one(con, "SELECT json_extract_scalar('not json', '$.a')") is None
+
+
+def test_the_zone_survives_aggregates_and_interval_arithmetic(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    assert one(con, "SELECT max(from_unixtime(time, 'Asia/Tokyo')) FROM t") == (
+        "2026-12-02 02:46:40.000 Asia/Tokyo"
+    )
+    assert one(con, f"SELECT from_unixtime({T}, 'Asia/Tokyo') + INTERVAL '1' DAY") == (
+        "2026-12-03 00:00:00.000 Asia/Tokyo"
+    )
+    assert (
+        one(con, f"SELECT coalesce(NULL, from_unixtime({T}, 'Asia/Tokyo'))")
+        == "2026-12-02 00:00:00.000 Asia/Tokyo"
+    )

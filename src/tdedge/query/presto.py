@@ -1120,6 +1120,43 @@ def rewrite(node: exp.Expression) -> exp.Expression:
         return _approx_quantile(node)
     if isinstance(node, _LOCAL):
         return _local_args(node)
-    if isinstance(node, exp.Paren | exp.Alias):
+    if isinstance(node, (exp.Paren, exp.Alias, *_KEEPS_ZONE)):
         return zoned.tag(node, zoned.zone_of(node.this))
+    if isinstance(node, exp.Add | exp.Sub):
+        return _interval_arithmetic(node)
+    if isinstance(node, exp.Coalesce | exp.Case | exp.If):
+        return _same_zone(node)
+    return node
+
+
+# An aggregate that picks one of its values keeps their zone.
+_KEEPS_ZONE = tuple(
+    getattr(exp, name)
+    for name in ("Max", "Min", "AnyValue", "ArgMax", "ArgMin", "First", "Last")
+    if hasattr(exp, name)
+)
+
+
+def _interval_arithmetic(node: exp.Add | exp.Sub) -> exp.Expression:
+    """A zoned value plus or minus an interval: calendar arithmetic in its zone."""
+    zone_label = zoned.zone_of(node.this)
+    if zone_label is None or not isinstance(node.expression, exp.Interval):
+        return node
+    node.set("this", zoned.to_local(node.this, zone_label))
+    return zoned.from_local(node, zone_label)
+
+
+def _same_zone(node: exp.Expression) -> exp.Expression:
+    """COALESCE / CASE / IF of values in one zone are in that zone."""
+    values: list[exp.Expression]
+    if isinstance(node, exp.Coalesce):
+        values = [node.this, *node.expressions]
+    elif isinstance(node, exp.Case):
+        values = [i.args["true"] for i in node.args.get("ifs") or []]
+        values.append(node.args.get("default") or exp.Null())
+    else:
+        values = [node.args["true"], node.args.get("false") or exp.Null()]
+    labels = {zoned.zone_of(v) for v in values if not isinstance(v, exp.Null)}
+    if len(labels) == 1:
+        return zoned.tag(node, labels.pop())
     return node
