@@ -75,6 +75,23 @@ def _timestamp_literal(node: exp.Cast) -> exp.Expression | None:
     return zoned.from_local(naive, zoned.label(zone_name))
 
 
+_DECIMAL_TEXT = re.compile(r"\s*[+-]?(\d*)(?:\.(\d*))?\s*")
+
+
+def _decimal_literal(value: exp.Expression) -> exp.Expression | None:
+    """``DECIMAL '1.50'`` is DECIMAL(3, 2) in Trino: as many digits as written (DuckDB
+    would make every one DECIMAL(18, 3))."""
+    m = _DECIMAL_TEXT.fullmatch(_literal_text(value) or "")
+    if m is None or not (m.group(1) or m.group(2)):
+        return None
+    whole, fraction = m.group(1) or "", m.group(2) or ""
+    scale = len(fraction)
+    precision = max(len(whole) + scale, 1)
+    if precision > 38:
+        return None
+    return exp.cast(value, exp.DataType.build(f"DECIMAL({precision}, {scale})"))
+
+
 def _json_text(value: exp.Expression, safe: bool) -> exp.Expression:
     """``CAST(json AS VARCHAR)``: a JSON scalar's value (a string without its quotes);
     an array or object cannot be cast (NULL under TRY_CAST)."""
@@ -105,6 +122,10 @@ def _cast(node: exp.Cast) -> exp.Expression:
     safe = isinstance(node, exp.TryCast) or node.find_ancestor(exp.Try) is not None
     if target.this in (exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPTZ):
         literal = _timestamp_literal(node) if _literal_text(value) is not None else None
+        if literal is not None:
+            return literal
+    if target.this == exp.DataType.Type.DECIMAL and not target.expressions:
+        literal = _decimal_literal(value)
         if literal is not None:
             return literal
     if target.this == exp.DataType.Type.JSON and not _is_json(value):
