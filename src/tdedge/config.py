@@ -192,6 +192,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     job_account_queue: int = 100
     job_threads: int = 1
     job_memory_limit: str = "1GB"
+    # TD_IP_TO_* read this MaxMind City database (.mmdb); None: the GeoLite2 City
+    # edition the maxminddb-geolite2 package ships (2018: addresses move, so an
+    # operator with a current database points here).
+    geoip_database: str | None = None
     job_timeout_s: float = 300.0
     job_poll_s: float = 0.05
     # Largest job result one response carries (results are read into memory);

@@ -15,7 +15,7 @@ import duckdb
 from duckdb import sqltypes
 from duckdb.func import FunctionNullHandling
 
-from tdedge.query import td_time
+from tdedge.query import td_time, td_udfs
 
 
 def _time_range(t: int | None, start: str | None, end: str | None, tz: str | None) -> bool | None:
@@ -78,9 +78,65 @@ UDFS: tuple[
 )
 
 
-def register(con: duckdb.DuckDBPyConnection) -> None:
+def _user_agent(agent: str) -> str | None:
+    return td_udfs.parse_user_agent(agent)
+
+
+def _ip(field: str, database: str | None) -> Callable[[str], Any]:
+    def lookup(ip: str) -> Any:
+        return td_udfs.ip_lookup(ip, field, database)
+
+    return lookup
+
+
+TD_UDFS: tuple[
+    tuple[str, Callable[..., Any], list[sqltypes.DuckDBPyType], sqltypes.DuckDBPyType], ...
+] = (
+    ("td_parse_user_agent", _user_agent, [VARCHAR], VARCHAR),
+    ("td_parse_user_agent_field", td_udfs.parse_user_agent, [VARCHAR, VARCHAR], VARCHAR),
+    ("td_parse_agent", td_udfs.parse_agent, [VARCHAR], duckdb.map_type(VARCHAR, VARCHAR)),
+    (
+        "td_substring_inencoding",
+        td_udfs.substring_in_encoding,
+        [VARCHAR, BIGINT, VARCHAR],
+        VARCHAR,
+    ),
+    ("td_java_format", td_udfs.java_format, [VARCHAR, VARCHAR], VARCHAR),
+    ("td_luhn_check", td_udfs.luhn_check, [VARCHAR], BOOLEAN),
+    ("td_url_parameter", td_udfs.url_parameter, [VARCHAR, VARCHAR], VARCHAR),
+)
+
+
+def _ip_udfs(
+    database: str | None,
+) -> tuple[tuple[str, Callable[..., Any], list[sqltypes.DuckDBPyType], sqltypes.DuckDBPyType], ...]:
+    """TD_IP_TO_*, reading ``database`` (None: the bundled GeoLite2 City)."""
+    texts = (
+        "country_code",
+        "country_name",
+        "city_name",
+        "most_specific_subdivision_name",
+        "least_specific_subdivision_name",
+        "time_zone",
+        "postal_code",
+    )
+    return (
+        *((f"td_ip_to_{field}", _ip(field, database), [VARCHAR], VARCHAR) for field in texts),
+        ("td_ip_to_latitude", _ip("latitude", database), [VARCHAR], DOUBLE),
+        ("td_ip_to_longitude", _ip("longitude", database), [VARCHAR], DOUBLE),
+        ("td_ip_to_metro_code", _ip("metro_code", database), [VARCHAR], BIGINT),
+        (
+            "td_ip_to_subdivision_names",
+            _ip("subdivision_names", database),
+            [VARCHAR],
+            duckdb.list_type(VARCHAR),
+        ),
+    )
+
+
+def register(con: duckdb.DuckDBPyConnection, geoip_database: str | None = None) -> None:
     """Define the fallback UDFs on ``con`` (once per connection)."""
-    for name, func, params, returns in UDFS:
+    for name, func, params, returns in UDFS + TD_UDFS + _ip_udfs(geoip_database):
         con.create_function(
             name,
             func,

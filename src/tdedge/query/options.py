@@ -14,7 +14,8 @@ _DEFAULTS = Settings()
 
 
 def job_options(f: F) -> F:
-    """Add --job-workers, --job-timeout, --job-memory-limit and --job-result-days."""
+    """Add --job-workers, --job-timeout, --job-memory-limit, --job-result-days and
+    --geoip-database."""
     options = [
         click.option(
             "--job-workers",
@@ -43,6 +44,13 @@ def job_options(f: F) -> F:
             show_default=True,
             help="Days a job's result file is kept; the job itself stays listed.",
         ),
+        click.option(
+            "--geoip-database",
+            type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+            default=None,
+            help="MaxMind City database (.mmdb) for TD_IP_TO_*; default: the bundled "
+            "2018 GeoLite2 City.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -56,4 +64,5 @@ def job_settings(values: dict[str, Any]) -> dict[str, Any]:
         "job_timeout_s": values["job_timeout"],
         "job_memory_limit": values["job_memory_limit"],
         "job_result_retention_s": values["job_result_days"] * 86400,
+        "geoip_database": values["geoip_database"],
     }

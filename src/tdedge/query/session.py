@@ -68,7 +68,7 @@ class Session:
             con.execute(f"SET threads = {int(s.job_threads)}")
             con.execute(f"SET temp_directory = {literal(str(self._tmp.resolve()))}")
             con.execute("SET TimeZone = 'UTC'")  # Presto's, and TD's, session zone
-            register(con)
+            register(con, s.geoip_database)
             self._lake = ScopedLake(s.lake_catalog, s.lake_data, self.scope.databases)
             self._lake.attach(con)
             self._lake.refresh(con)

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError, SqlglotError
+from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, UnsupportedError
 from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
 
-from tdedge.query import td_time
+from tdedge.query import presto, td_time, zoned
 from tdedge.query.joda import PatternError, strftime_pattern
 from tdedge.query.timezones import UnknownTimeZone, Zone, resolve
 
@@ -77,13 +77,20 @@ def translate(
     if allowed is not None:
         _check_access(tree, database, allowed)
     try:
-        tree = tree.transform(lambda node: _rewrite(node, context))
-    except (td_time.TimeValueError, UnknownTimeZone, PatternError) as e:
+        _sessionize(tree)
+        out = _rewrite_all(tree, context)
+    except (td_time.TimeValueError, UnknownTimeZone, PatternError, presto.Unsupported) as e:
         raise TranslationError(str(e)) from None
-    _name_outputs(tree, "_c" if context.engine == "hive" else "_col")
+    _name_outputs(out, "_c" if context.engine == "hive" else "_col")
+    _print_zoned(out)
     if schema is not None:
-        tree = _typed(tree, dialect, database, schema)
-    return tree.sql(dialect="duckdb")
+        out = _typed(out, dialect, database, schema)
+    try:
+        # What sqlglot cannot say in DuckDB it would otherwise drop with a warning
+        # (a comparator, an output function): a different answer. It fails instead.
+        return out.sql(dialect="duckdb", unsupported_level=ErrorLevel.RAISE)
+    except UnsupportedError as e:
+        raise TranslationError(f"not supported: {e}") from None
 
 
 def _check_access(tree: exp.Query, database: str | None, allowed: frozenset[str]) -> None:
@@ -114,9 +121,7 @@ def _first_error(e: ParseError) -> str:
     return str(e)
 
 
-def _typed(
-    tree: exp.Expression, dialect: str, database: str | None, schema: Schema
-) -> exp.Expression:
+def _typed(tree: exp.Expr, dialect: str, database: str | None, schema: Schema) -> exp.Expr:
     """Qualify and type ``tree`` so integer division survives; unchanged if that fails."""
     mapping: dict[str, object] = {
         LAKE_CATALOG: {db: {t: dict(c) for t, c in tables.items()} for db, tables in schema.items()}
@@ -139,7 +144,7 @@ def _typed(
         return tree
 
 
-def _name_outputs(tree: exp.Expression, prefix: str) -> None:
+def _name_outputs(tree: exp.Expr, prefix: str) -> None:
     """Alias the outermost SELECT's unnamed expressions as Presto/Hive would name them."""
     select = tree if isinstance(tree, exp.Select) else None
     if select is None:
@@ -150,14 +155,157 @@ def _name_outputs(tree: exp.Expression, prefix: str) -> None:
         projection.replace(exp.alias_(projection.copy(), f"{prefix}{i}"))
 
 
+def _print_zoned(tree: exp.Expr) -> None:
+    """The outermost SELECT's zoned timestamps, printed as Presto prints them."""
+    if not isinstance(tree, exp.Select):
+        return
+    for projection in tree.expressions:
+        value = projection.this if isinstance(projection, exp.Alias) else projection
+        zone_label = zoned.zone_of(value)
+        if zone_label is None or zone_label == "UTC":
+            continue  # a TIMESTAMPTZ in UTC prints as Presto's already, and keeps its type
+        if isinstance(projection, exp.Alias):
+            projection.set("this", zoned.as_text(value, zone_label))
+        elif isinstance(projection, exp.Column):
+            text = zoned.as_text(projection.copy(), zone_label)
+            projection.replace(exp.alias_(text, projection.name))
+
+
+def _sessionize(tree: exp.Expr) -> None:
+    """``TD_SESSIONIZE_WINDOW(time, timeout) OVER (PARTITION BY k ORDER BY time)``.
+
+    A session starts where the gap to the previous row of the partition exceeds
+    ``timeout`` seconds. That needs a window over a window (the running count of
+    starts), so the SELECT's table is wrapped in a subquery that marks the starts; the
+    session id is a UUID derived from the partition and the session's number.
+    """
+    for n, window in enumerate(list(tree.find_all(exp.Window))):
+        call = window.this
+        if isinstance(call, exp.Anonymous) and str(call.this).upper() == "TD_SESSIONIZE_WINDOW":
+            _sessionize_window(window, list(call.expressions), f"__td_session_start{n}")
+
+
+def _over(this: exp.Expression, window: exp.Window, running: bool) -> exp.Window:
+    spec = (
+        exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING", end="CURRENT ROW")
+        if running
+        else None
+    )
+    order = window.args.get("order")
+    return exp.Window(
+        this=this,
+        partition_by=[p.copy() for p in window.args.get("partition_by") or []],
+        order=order.copy() if order is not None else None,
+        spec=spec,
+    )
+
+
+def _sessionize_window(window: exp.Window, args: list[exp.Expression], flag: str) -> None:
+    _args(args, "TD_SESSIONIZE_WINDOW", 2, 2)
+    select = window.find_ancestor(exp.Select)
+    source = select.args.get("from_") if select is not None else None
+    if select is None or source is None or select.args.get("joins"):
+        raise td_time.TimeValueError(
+            "TD_SESSIONIZE_WINDOW is supported in a SELECT from one table or subquery "
+            "(join in a subquery first)"
+        )
+    time_expr, timeout = args
+    previous = _over(fn("lag", time_expr.copy()), window, running=False)
+    gap = exp.Sub(this=time_expr.copy(), expression=previous.copy())
+    starts = exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.or_(
+                    exp.Is(this=previous.copy(), expression=exp.Null()),
+                    exp.GT(this=gap, expression=timeout.copy()),
+                ),
+                true=exp.Literal.number(1),
+            )
+        ],
+        default=exp.Literal.number(0),
+    )
+    table = source.this
+    inner = exp.select(exp.Star(), exp.alias_(starts, flag)).from_(table.copy())
+    alias = exp.TableAlias(this=exp.to_identifier(table.alias_or_name))
+    source.set("this", exp.Subquery(this=inner, alias=alias))
+    # The helper column stays out of the query's own stars.
+    for star in select.expressions:
+        inner_star = star.this if isinstance(star, exp.Column) else star
+        if isinstance(inner_star, exp.Star):
+            inner_star.set("except_", [*(inner_star.args.get("except_") or []), exp.column(flag)])
+    number = _over(fn("sum", exp.column(flag)), window, running=True)
+    parts = [
+        fn("coalesce", _varchar(p.copy()), exp.Literal.string("\\N"))
+        for p in window.args.get("partition_by") or []
+    ]
+    key = fn("concat_ws", fn("chr", exp.Literal.number(1)), *parts, _varchar(number))
+    window.replace(_varchar(exp.cast(fn("md5", key), exp.DataType.build("UUID"))))
+
+
+def _rewrite_all(tree: exp.Expr, ctx: Context) -> exp.Expr:
+    """Every node rewritten after its arguments (TD functions nest inside each other)."""
+    sources: dict[str, str] = {}  # "alias.column" and "column" → zone, from subqueries
+    root = tree
+    for node in _post_order(tree):
+        # Where the node sits, taken first: a rewrite may wrap the node in its result.
+        parent, key, index = node.parent, node.arg_key, node.index
+        new = _rewrite(node, ctx) if isinstance(node, exp.Expression) else node
+        if isinstance(new, exp.Subquery | exp.CTE):
+            _remember_zones(new, sources)
+        elif isinstance(new, exp.Column) and not zoned.zone_of(new):
+            key = f"{new.table.lower()}.{new.name.lower()}" if new.table else new.name.lower()
+            zoned.tag(new, sources.get(key))
+        if new is not node:
+            if parent is None or key is None:
+                root = new
+            else:
+                parent.set(key, new, index)
+    return root
+
+
+# A query's sources are rewritten before what reads them (its WHERE, its SELECT), so
+# the zones of their columns are known there.
+_SOURCES_FIRST = {"with_": 0, "from_": 1, "joins": 2, "laterals": 3}
+
+
+def _post_order(tree: exp.Expr) -> list[exp.Expr]:
+    order: list[exp.Expr] = []
+    stack: list[tuple[exp.Expr, bool]] = [(tree, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        stack.append((node, True))
+        children = sorted(
+            node.iter_expressions(), key=lambda c: _SOURCES_FIRST.get(c.arg_key or "", 9)
+        )
+        stack.extend((child, False) for child in reversed(children))
+    return order
+
+
+def _remember_zones(source: exp.Subquery | exp.CTE, zones: dict[str, str]) -> None:
+    query = source.this
+    if not isinstance(query, exp.Select):
+        return
+    alias = source.alias_or_name.lower()
+    for projection in query.expressions:
+        zone_label = zoned.zone_of(projection)
+        if zone_label is not None and projection.alias_or_name:
+            name = projection.alias_or_name.lower()
+            zones[f"{alias}.{name}"] = zone_label
+            zones[name] = zone_label
+
+
 # TD functions.
 def _rewrite(node: exp.Expression, ctx: Context) -> exp.Expression:
-    if not isinstance(node, exp.Anonymous):
-        return node
-    handler = _HANDLERS.get(str(node.this).upper())
-    if handler is None:
-        return node
-    return handler(list(node.expressions), ctx)
+    handler = _HANDLERS.get(str(node.this).upper()) if isinstance(node, exp.Anonymous) else None
+    if handler is not None:
+        return handler(list(node.expressions), ctx)
+    if isinstance(node, exp.Anonymous) and str(node.this).upper().startswith("TD_"):
+        raise td_time.TimeValueError(_unknown_td(str(node.this).upper()))
+    # Presto's rules (integer division, slice's length…) are not Hive's.
+    return node if ctx.engine == "hive" else presto.rewrite(node)
 
 
 def _const(e: exp.Expression | None) -> str | int | float | None:
@@ -175,6 +323,14 @@ def _const(e: exp.Expression | None) -> str | int | float | None:
             return -inner
     if isinstance(e, exp.Paren):
         return _const(e.this)
+    if isinstance(e, exp.Cast) and e.to.is_type("bigint", "varchar", "int"):
+        # What a nested TD function folded to (TD_TIME_ADD(TD_SCHEDULED_TIME(), '-1d')).
+        inner = _const(e.this)
+        if e.to.is_type("varchar"):
+            return None if inner is None else str(inner)
+        if inner is None or isinstance(inner, int):
+            return inner
+    raise _NotConstant
     raise _NotConstant
 
 
@@ -404,6 +560,70 @@ def _last(name: str) -> Callable[[list[exp.Expression], Context], exp.Expression
     return build
 
 
+def _udf(name: str, low: int, high: int, sql_name: str | None = None) -> Handler:
+    """A TD UDF computed by the Python function of the same name (query/functions.py)."""
+
+    def build(args: list[exp.Expression], ctx: Context) -> exp.Expression:
+        _args(args, name, low, high)
+        return fn(sql_name or name.lower(), *args)
+
+    return build
+
+
+def _parse_user_agent(args: list[exp.Expression], ctx: Context) -> exp.Expression:
+    _args(args, "TD_PARSE_USER_AGENT", 1, 2)
+    if len(args) == 2:
+        return fn("td_parse_user_agent_field", _varchar(args[0]), _varchar(args[1]))
+    return fn("td_parse_user_agent", _varchar(args[0]))
+
+
+def _url_decode(args: list[exp.Expression], ctx: Context) -> exp.Expression:
+    # Native: '+' is a space in a query string, %2B a plus, so '+' goes first. Bytes
+    # that are not UTF-8 make the value NULL rather than fail the query.
+    _args(args, "TD_URL_DECODE", 1, 1)
+    plus = fn("replace", _varchar(args[0]), exp.Literal.string("+"), exp.Literal.string(" "))
+    return exp.Try(this=fn("url_decode", plus))
+
+
+def _md5(args: list[exp.Expression], ctx: Context) -> exp.Expression:
+    _args(args, "TD_MD5", 1, 1)
+    return fn("md5", _varchar(args[0]))
+
+
+def _sessionize_alone(args: list[exp.Expression], ctx: Context) -> exp.Expression:
+    raise td_time.TimeValueError(
+        "TD_SESSIONIZE_WINDOW is a window function: "
+        "TD_SESSIONIZE_WINDOW(time, timeout) OVER (PARTITION BY … ORDER BY time)"
+    )
+
+
+def _refused(reason: str) -> Handler:
+    def build(args: list[exp.Expression], ctx: Context) -> exp.Expression:
+        raise td_time.TimeValueError(reason)
+
+    return build
+
+
+def _unknown_td(name: str) -> str:
+    return f"{name} is not a Treasure Data function tdedge knows (see docs/presto.md)"
+
+
+Handler = Callable[[list[exp.Expression], Context], exp.Expression]
+
+_IP_FIELDS = (
+    "COUNTRY_CODE",
+    "COUNTRY_NAME",
+    "CITY_NAME",
+    "SUBDIVISION_NAMES",
+    "MOST_SPECIFIC_SUBDIVISION_NAME",
+    "LEAST_SPECIFIC_SUBDIVISION_NAME",
+    "LATITUDE",
+    "LONGITUDE",
+    "METRO_CODE",
+    "TIME_ZONE",
+    "POSTAL_CODE",
+)
+
 _HANDLERS: dict[str, Callable[[list[exp.Expression], Context], exp.Expression]] = {
     "TD_TIME_RANGE": _time_range,
     "TD_INTERVAL": _interval,
@@ -415,4 +635,28 @@ _HANDLERS: dict[str, Callable[[list[exp.Expression], Context], exp.Expression]] 
     "TD_TIME_STRING": _time_string,
     "TD_LAST": _last("arg_max"),
     "TD_FIRST": _last("arg_min"),
+    "TD_SESSIONIZE_WINDOW": _sessionize_alone,
+    "TD_PARSE_USER_AGENT": _parse_user_agent,
+    "TD_PARSE_AGENT": _udf("TD_PARSE_AGENT", 1, 1),
+    "TD_URL_DECODE": _url_decode,
+    "TD_MD5": _md5,
+    "TD_SUBSTRING_INENCODING": _udf("TD_SUBSTRING_INENCODING", 3, 3),
+    **{f"TD_IP_TO_{field}": _udf(f"TD_IP_TO_{field}", 1, 1) for field in _IP_FIELDS},
+    "TD_IP_TO_CONNECTION_TYPE": _refused(
+        "TD_IP_TO_CONNECTION_TYPE needs MaxMind's commercial Connection-Type database, "
+        "which tdedge does not read"
+    ),
+    "TD_IP_TO_DOMAIN": _refused(
+        "TD_IP_TO_DOMAIN needs MaxMind's commercial Domain database, which tdedge does not read"
+    ),
+    "TD_LAT_LONG_TO_COUNTRY": _refused(
+        "TD_LAT_LONG_TO_COUNTRY needs country borders, which tdedge does not ship"
+    ),
+    "TD_CURRENCY_CONV": _refused(
+        "TD_CURRENCY_CONV needs TD's exchange-rate table, which tdedge does not have"
+    ),
+    "TD_SESSIONIZE": _refused(
+        "TD_SESSIONIZE is deprecated in Presto: use "
+        "TD_SESSIONIZE_WINDOW(time, timeout) OVER (PARTITION BY … ORDER BY time)"
+    ),
 }

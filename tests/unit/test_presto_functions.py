@@ -1,0 +1,347 @@
+"""Presto's answers, and TD's UDFs, through the translator and a real DuckDB."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from _maxminddb_geolite2 import geolite2_database
+
+from tdedge.query.functions import register
+from tdedge.query.td_udfs import url_parameter, url_part
+from tdedge.query.translate import Context, TranslationError, translate
+
+# 2026-12-01 15:00:00 UTC = 2026-12-02 00:00:00 in Tokyo.
+T = 1796137200
+SCHEMA = {"db1": {"t": {"time": "BIGINT", "k": "VARCHAR", "s": "VARCHAR"}}}
+
+
+@pytest.fixture(scope="module")
+def con() -> duckdb.DuckDBPyConnection:
+    c = duckdb.connect()
+    c.execute("SET TimeZone = 'UTC'")  # as query/session.py sets it
+    register(c)
+    c.execute("ATTACH ':memory:' AS lake")
+    c.execute("CREATE SCHEMA lake.db1")
+    c.execute(
+        "CREATE TABLE lake.db1.t AS SELECT * FROM (VALUES "
+        f"({T}, 'a', 'x'), ({T + 100}, 'a', 'y'), ({T + 10_000}, 'a', 'z'), ({T - 60}, 'b', 'w')"
+        ") v(time, k, s)"
+    )
+    c.execute("USE lake.db1")
+    return c
+
+
+def run(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[object, ...]]:
+    return con.execute(translate(sql, Context(T), "db1", SCHEMA)).fetchall()
+
+
+def one(con: duckdb.DuckDBPyConnection, sql: str) -> object:
+    rows = run(con, sql)
+    assert len(rows) == 1 and len(rows[0]) == 1, rows
+    return rows[0][0]
+
+
+# The wrong answers.
+def test_from_unixtime_with_a_zone_buckets_days_in_that_zone(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    rows = run(
+        con,
+        "SELECT date_trunc('day', from_unixtime(time, 'Asia/Tokyo')) AS d, count(*) "
+        "FROM t GROUP BY 1 ORDER BY 1",
+    )
+    # 14:59 UTC on Dec 1 is 23:59 in Tokyo; the other three are on Dec 2 there.
+    assert rows == [
+        ("2026-12-01 00:00:00.000 Asia/Tokyo", 1),
+        ("2026-12-02 00:00:00.000 Asia/Tokyo", 3),
+    ]
+    assert one(con, f"SELECT day(from_unixtime({T}, 'Asia/Tokyo'))") == 2
+    assert one(con, f"SELECT hour(from_unixtime({T}, 'Asia/Tokyo'))") == 0
+    assert one(con, f"SELECT format_datetime(from_unixtime({T}, 'Asia/Tokyo'), 'yyyy-MM-dd')") == (
+        "2026-12-02"
+    )
+    # The instant is unchanged.
+    assert one(con, f"SELECT to_unixtime(from_unixtime({T}, 'Asia/Tokyo'))") == T
+
+
+def test_the_zone_follows_a_column_out_of_a_subquery(con: duckdb.DuckDBPyConnection) -> None:
+    rows = run(
+        con,
+        "SELECT CAST(d AS DATE) AS day, count(*) FROM "
+        "(SELECT from_unixtime(time, 'Asia/Tokyo') AS d FROM t) s GROUP BY 1 ORDER BY 1",
+    )
+    assert [(str(d), n) for d, n in rows] == [("2026-12-01", 1), ("2026-12-02", 3)]
+
+
+def test_timestamp_with_time_zone_prints_as_presto_prints_it(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    assert one(con, f"SELECT CAST(from_unixtime({T}, 'Asia/Tokyo') AS VARCHAR)") == (
+        "2026-12-02 00:00:00.000 Asia/Tokyo"
+    )
+    assert one(con, f"SELECT from_unixtime({T}, '+09:00')") == "2026-12-02 00:00:00.000 +09:00"
+    assert one(con, f"SELECT from_unixtime({T}) AT TIME ZONE 'America/New_York'") == (
+        "2026-12-01 10:00:00.000 America/New_York"
+    )
+
+
+def test_date_diff_counts_whole_units(con: duckdb.DuckDBPyConnection) -> None:
+    assert (
+        one(
+            con,
+            "SELECT date_diff('day', TIMESTAMP '2020-01-01 23:00:00', "
+            "TIMESTAMP '2020-01-02 01:00:00')",
+        )
+        == 0
+    )
+    assert one(con, "SELECT date_diff('day', DATE '2020-01-01', DATE '2020-01-03')") == 2
+    assert (
+        one(
+            con,
+            "SELECT date_diff('hour', TIMESTAMP '2020-01-01 00:59:00', "
+            "TIMESTAMP '2020-01-01 01:00:00')",
+        )
+        == 0
+    )
+
+
+def test_slice_takes_a_length(con: duckdb.DuckDBPyConnection) -> None:
+    assert one(con, "SELECT slice(ARRAY[1, 2, 3, 4, 5], 2, 3)") == [2, 3, 4]
+    assert one(con, "SELECT slice(ARRAY[1, 2, 3, 4], -2, 2)") == [3, 4]
+    assert one(con, "SELECT slice(ARRAY[1, 2, 3, 4], 3, 10)") == [3, 4]
+
+
+def test_a_string_that_is_not_an_integer_does_not_cast_to_one(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    assert one(con, "SELECT TRY_CAST('4.5' AS INTEGER)") is None
+    assert one(con, "SELECT TRY_CAST('45' AS INTEGER)") == 45
+    assert one(con, "SELECT CAST(4.5 AS INTEGER)") == 5  # a number still rounds
+    with pytest.raises(duckdb.Error, match=r"Cannot cast '4\.5' to INTEGER"):
+        run(con, "SELECT CAST('4.5' AS INTEGER)")
+
+
+def test_regexp_replace_reads_javas_group_references(con: duckdb.DuckDBPyConnection) -> None:
+    assert one(con, r"SELECT regexp_replace('1a 2b 14m', '(\d+)([ab]) ', '3c$2 ')") == (
+        "3ca 3cb 14m"
+    )
+    assert one(con, r"SELECT regexp_replace('ab', '(?<x>a)', '[${x}]')") == "[a]b"
+    assert one(con, r"SELECT regexp_replace('ab', 'a', '\$')") == "$b"
+    with pytest.raises(TranslationError, match="regexp_replace"):
+        run(con, "SELECT regexp_replace(s, 'a', s) FROM t")
+
+
+# TD's functions.
+def test_td_functions_nest(con: duckdb.DuckDBPyConnection) -> None:
+    sql = (
+        "SELECT count(*) FROM t WHERE "
+        "TD_TIME_RANGE(time, TD_TIME_ADD(TD_SCHEDULED_TIME(), '-1d'), TD_SCHEDULED_TIME())"
+    )
+    assert one(con, sql) == 1  # only the row a minute before the scheduled time
+    translated = translate(sql, Context(T), "db1", SCHEMA)
+    assert f"time >= {T - 86400} AND t.time < {T}" in translated  # literal bounds: pruning
+    assert one(
+        con, "SELECT TD_TIME_FORMAT(TD_TIME_ADD(TD_SCHEDULED_TIME(), '1d'), 'yyyy-MM-dd')"
+    ) == ("2026-12-02")
+
+
+def test_td_sessionize_window(con: duckdb.DuckDBPyConnection) -> None:
+    rows = run(
+        con,
+        "SELECT TD_SESSIONIZE_WINDOW(time, 3600) OVER (PARTITION BY k ORDER BY time) AS sid, "
+        "k, time FROM t ORDER BY k, time",
+    )
+    ids = [r[0] for r in rows]
+    assert ids[0] == ids[1]  # 100 s apart: one session
+    assert ids[2] != ids[1]  # 9900 s later: a new one
+    assert ids[3] not in ids[:3]  # another partition
+    assert all(len(str(i)) == 36 for i in ids)
+
+
+def test_td_parse_user_agent_and_agent(con: duckdb.DuckDBPyConnection) -> None:
+    agent = (
+        "Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/535.7 "
+        "(KHTML, like Gecko) Chrome/16.0.912.77 Safari/535.7"
+    )
+    parsed = json.loads(str(one(con, f"SELECT TD_PARSE_USER_AGENT('{agent}')")))
+    assert parsed == {
+        "os": "Windows 7",
+        "vendor": "Google",
+        "os_version": "NT 6.1",
+        "name": "Chrome",
+        "category": "pc",
+        "version": "16.0.912.77",
+    }
+    assert one(con, f"SELECT TD_PARSE_USER_AGENT('{agent}', 'os')") == "Windows 7"
+    assert one(con, f"SELECT TD_PARSE_AGENT('{agent}')['name']") == "Chrome"
+
+
+def test_td_string_functions(con: duckdb.DuckDBPyConnection) -> None:
+    assert one(con, "SELECT TD_URL_DECODE('a%20b+c%E3%81%82')") == "a b cあ"
+    assert one(con, "SELECT TD_MD5('hello')") == "5d41402abc4b2a76b9719d911017c592"
+    assert one(con, "SELECT TD_SUBSTRING_INENCODING('あいう', 7, 'UTF-8')") == "あい"
+
+
+def test_td_ip_functions(con: duckdb.DuckDBPyConnection) -> None:
+    assert one(con, "SELECT TD_IP_TO_COUNTRY_CODE('8.8.8.8')") == "US"
+    assert one(con, "SELECT TD_IP_TO_COUNTRY_NAME('8.8.8.8')") == "United States"
+    assert one(con, "SELECT TD_IP_TO_TIME_ZONE('128.101.101.101')") == "America/Chicago"
+    assert one(con, "SELECT TD_IP_TO_LEAST_SPECIFIC_SUBDIVISION_NAME('128.101.101.101')") == (
+        "Minnesota"
+    )
+    assert one(con, "SELECT TD_IP_TO_COUNTRY_CODE('not an ip')") is None
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELECT TD_NO_SUCH_THING(1)", "TD_NO_SUCH_THING is not a Treasure Data function"),
+        ("SELECT TD_IP_TO_DOMAIN('8.8.8.8')", "TD_IP_TO_DOMAIN needs"),
+        ("SELECT TD_SESSIONIZE(time, 60, k) FROM t", "TD_SESSIONIZE_WINDOW"),
+        ("SELECT TD_SESSIONIZE_WINDOW(time, 60) FROM t", "window function"),
+    ],
+)
+def test_td_functions_without_a_translation_name_themselves(
+    con: duckdb.DuckDBPyConnection, sql: str, message: str
+) -> None:
+    with pytest.raises(TranslationError, match=message):
+        run(con, sql)
+
+
+# Presto functions sqlglot leaves untranslated.
+def test_url_functions(con: duckdb.DuckDBPyConnection) -> None:
+    url = "'http://user@example.com:8080/a/b?x=1&y=%20z&e#frag'"
+    assert run(
+        con,
+        f"SELECT url_extract_protocol({url}), url_extract_host({url}), url_extract_port({url}), "
+        f"url_extract_path({url}), url_extract_query({url}), url_extract_fragment({url}), "
+        f"url_extract_parameter({url}, 'y'), url_extract_parameter({url}, 'e'), "
+        f"url_extract_parameter({url}, 'nope')",
+    ) == [("http", "example.com", 8080, "/a/b", "x=1&y=%20z&e", "frag", "%20z", "", None)]
+    assert one(con, "SELECT url_extract_query('http://a.com/p')") is None
+    assert one(con, "SELECT url_extract_host('not a url')") is None
+
+
+def test_aggregates_and_collections(con: duckdb.DuckDBPyConnection) -> None:
+    assert one(con, "SELECT map_agg(k, s) FROM (SELECT * FROM t ORDER BY time)") in (
+        {"a": "x", "b": "w"},
+        {"a": "y", "b": "w"},
+        {"a": "z", "b": "w"},
+    )
+    assert one(con, "SELECT cardinality(approx_set(k)) FROM t") == 2
+    assert (
+        one(con, "SELECT cardinality(merge(h)) FROM (SELECT approx_set(s) h FROM t GROUP BY k)")
+        == 4
+    )
+    assert one(con, "SELECT every(time > 0) FROM t") is True
+    assert one(
+        con,
+        "SELECT approx_percentile(x, ARRAY[0.0, 1.0]) FROM UNNEST(ARRAY[1, 5, 10]) AS u(x)",
+    ) == [1, 10]
+    assert one(con, "SELECT map_filter(MAP(ARRAY['a', 'b'], ARRAY[1, 2]), (k, v) -> v > 1)") == {
+        "b": 2
+    }
+    assert one(con, "SELECT zip(ARRAY[1, 2], ARRAY['a', 'b'])") == [(1, "a"), (2, "b")]
+    assert one(con, f"SELECT at_timezone(from_unixtime({T}), 'Asia/Tokyo')") == (
+        "2026-12-02 00:00:00.000 Asia/Tokyo"
+    )
+
+
+def test_the_zone_follows_a_column_into_the_where_clause(con: duckdb.DuckDBPyConnection) -> None:
+    rows = run(
+        con,
+        "SELECT count(*) FROM (SELECT from_unixtime(time, 'Asia/Tokyo') AS d FROM t) s "
+        "WHERE hour(d) = 0",
+    )
+    # T and T + 100 are 00:00 and 00:01 in Tokyo; T + 10000 is 02:46, T - 60 is 23:59.
+    assert rows == [(2,)]
+
+
+URLS = [
+    "http://user@example.com:8080/a/b?x=1&y=%20z&e#frag",
+    "https://127.0.0.1/req_path",
+    "ftp://path/file",
+    "http://[::1]:8080/p?q",
+    "http://a_b.com/p",
+    "http://example.com",
+    "http://example.com/?",
+    "http://example.com/#",
+    "mailto:someone@example.com",
+    "/relative/path?x=1",
+    "not a url",
+    "http://example.com/a b",
+    "http://example.com/p#a#b",
+    "http://example.com:/p",
+    "",
+]
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_native_url_parts_agree_with_the_reference(
+    con: duckdb.DuckDBPyConnection, url: str
+) -> None:
+    parts = ("protocol", "host", "port", "path", "query", "fragment")
+    sql = "SELECT " + ", ".join(f"url_extract_{p}('{url}')" for p in parts)
+    got = run(con, sql)[0]
+    want = tuple(
+        None if v is None else (int(v) if p == "port" else v)
+        for p, v in ((p, url_part(url, p)) for p in parts)
+    )
+    assert got == want
+    for name in ("x", "y", "e", "q", "nope"):
+        assert one(con, f"SELECT url_extract_parameter('{url}', '{name}')") == url_parameter(
+            url, name
+        )
+
+
+def test_td_ip_functions_read_the_configured_database(tmp_path: Path) -> None:
+    bundled = duckdb.connect()
+    register(bundled, geolite2_database())
+    sql = translate("SELECT TD_IP_TO_COUNTRY_CODE('8.8.8.8')", Context(T))
+    assert bundled.execute(sql).fetchall() == [("US",)]
+    missing = duckdb.connect()
+    register(missing, str(tmp_path / "none.mmdb"))
+    with pytest.raises(duckdb.Error, match="--geoip-database"):
+        missing.execute(sql).fetchall()
+
+
+def test_hive_keeps_its_own_rules(con: duckdb.DuckDBPyConnection) -> None:
+    hive = translate("SELECT 7 / 2, TD_TIME_FORMAT(0, 'yyyy')", Context(T, "hive"))
+    assert con.execute(hive).fetchall() == [(3.5, "1970")]
+    assert one(con, "SELECT 7 / 2") == 3
+
+
+def test_td_sessionize_window_adds_no_column_to_a_star(con: duckdb.DuckDBPyConnection) -> None:
+    sql = (
+        "SELECT *, TD_SESSIONIZE_WINDOW(time, 3600) OVER (PARTITION BY k ORDER BY time) AS sid "
+        "FROM t"
+    )
+    names = [d[0] for d in con.execute(translate(sql, Context(T), "db1", SCHEMA)).description]
+    assert names == ["time", "k", "s", "sid"]
+
+
+def test_a_json_string_cast_to_varchar_loses_its_quotes(con: duckdb.DuckDBPyConnection) -> None:
+    doc = """'{"a": "x", "n": 1, "o": {"b": 1}}'"""
+    assert one(con, f"SELECT CAST(json_extract({doc}, '$.a') AS VARCHAR)") == "x"
+    assert one(con, f"SELECT CAST(json_extract({doc}, '$.n') AS VARCHAR)") == "1"
+    assert one(con, f"SELECT TRY_CAST(json_extract({doc}, '$.o') AS VARCHAR)") is None
+    assert one(con, f"SELECT json_extract_scalar({doc}, '$.o')") is None
+    assert one(con, "SELECT json_extract_scalar('not json', '$.a')") is None
+
+
+def test_the_zone_survives_aggregates_and_interval_arithmetic(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    assert one(con, "SELECT max(from_unixtime(time, 'Asia/Tokyo')) FROM t") == (
+        "2026-12-02 02:46:40.000 Asia/Tokyo"
+    )
+    assert one(con, f"SELECT from_unixtime({T}, 'Asia/Tokyo') + INTERVAL '1' DAY") == (
+        "2026-12-03 00:00:00.000 Asia/Tokyo"
+    )
+    assert (
+        one(con, f"SELECT coalesce(NULL, from_unixtime({T}, 'Asia/Tokyo'))")
+        == "2026-12-02 00:00:00.000 Asia/Tokyo"
+    )
