@@ -201,6 +201,12 @@ main.add_command(status)
 @refusal_options
 @bulk_options
 @click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default="info")
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    help="One JSON log line per request, at most "
+    f"{Settings().access_log_per_s:.0f} a second per worker (the rest counted).",
+)
 def serve(
     data_dir: str | None,
     host: str,
@@ -228,6 +234,7 @@ def serve(
     cookie_domain: str | None,
     p13n_engine: EngineMode,
     log_level: str,
+    access_log: bool,
     **grouped: Any,  # the values of job_options, refusal_options and bulk_options
 ) -> None:
     """Run the HTTP server and the loader."""
@@ -255,12 +262,13 @@ def serve(
         tls_key=tls_key,
         **_records_settings(cors_origins, redirect_hosts, trusted_proxies, cookie_domain),
         p13n_engine=p13n_engine,
-        log_level=log_level,
+        log_level=log_level.lower(),
+        access_log=access_log,
         **job_settings(grouped),
         **refusal_settings(grouped),
         **bulk_settings(grouped),
     )
-    logs.configure(log_level)
+    logs.configure(settings.log_level)
     server.serve(settings, run_loader=loader)
 
 
