@@ -121,7 +121,7 @@ main.add_command(status)
     "--loader/--no-loader",
     default=True,
     show_default=True,
-    help="Run the loader beside the edge (--no-loader: run `tdedge loader` elsewhere).",
+    help="Run the loader beside the edge (--no-loader: run tdedge loader elsewhere).",
 )
 @click.option(
     "--records-port",
