@@ -4,6 +4,9 @@ file in one run; and the access log's sampling."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -117,3 +120,31 @@ def test_the_access_log_is_sampled_past_its_rate_and_counts_what_it_left_out(
     assert getattr(written[-2], "status", None) == 503  # a server error is always written
     skipped = sum(getattr(r, "skipped", 0) for r in written)
     assert len(written) + skipped == 102
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shell_completion_as_docs_operations_gives_it(shell: str) -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    assert f"_TDEDGE_COMPLETE={shell}_source tdedge" in docs
+    script = Path(sys.executable).parent / "tdedge"
+    done = subprocess.run(
+        [str(script)],
+        env={**os.environ, "_TDEDGE_COMPLETE": f"{shell}_source"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "_tdedge_completion" in done.stdout
+    words = subprocess.run(
+        [str(script)],
+        env={
+            **os.environ,
+            "_TDEDGE_COMPLETE": "bash_complete",
+            "COMP_WORDS": "tdedge sta",
+            "COMP_CWORD": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "plain,status" in words.stdout.splitlines()
