@@ -44,10 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import postback
+from harness import BenchError, log
+from harness.children import Children, members, rss
+from harness.metrics import scrape
+from harness.ports import HOST
+from harness.server import Tdedge, create_database
+from harness.stats import percentile
 
-HOST = postback.HOST
 MiB = 1024 * 1024
 TARGET_P99_RATIO = 3.0
 TARGET_LOADING_STOP_S = 5.0
@@ -268,37 +271,6 @@ SHAPES: dict[str, Callable[[Target, Flood, Stop], None]] = {
 # What the server spends: memory per process, the loader's lag, disk.
 
 
-def _role(pid: int) -> str:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "gone"
-    words = {a.decode(errors="replace") for a in argv}
-    for role in ("loader", "jobs", "engine"):
-        if role in words:
-            return role
-    return "edge"
-
-
-def _group(pgid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
-                    found.append(int(entry))
-    return found
-
-
-def _rss(pid: int) -> int:
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 @dataclass
 class Sample:
     rss: dict[str, int] = field(default_factory=dict)  # role → largest resident set
@@ -312,15 +284,22 @@ def sample(group: int, api: int, stop: Stop, results: Any) -> None:
     which showed as the server's latency."""
     into = Sample()
     while not stop.wait(0.25):
-        for pid in _group(group):
-            role = _role(pid)
-            into.rss[role] = max(into.rss.get(role, 0), _rss(pid))
-        with contextlib.suppress(OSError, ValueError):
-            status, body = postback.http_get(f"http://{HOST}:{api}/metrics", timeout=5)
-            if status == 200:
-                metrics = postback.parse_metrics(body.decode(errors="replace"))
-                into.lag_s = max(into.lag_s, metrics.get("tdedge_loader_lag_seconds", 0.0))
+        for m in members(group):
+            into.rss[m.role] = max(into.rss.get(m.role, 0), rss(m.pid))
+        with contextlib.suppress(OSError, ValueError, BenchError):
+            metrics = scrape(f"http://{HOST}:{api}/metrics")
+            into.lag_s = max(into.lag_s, metrics.get("tdedge_loader_lag_seconds", 0.0))
     results.put(into)
+
+
+def commits(api: int) -> tuple[float, float]:
+    """(journal group commits so far, how many of them took more than 50 ms): whether
+    the good client's tail comes from the journal's fsync (the disk) or elsewhere."""
+    with contextlib.suppress(OSError, ValueError, BenchError):
+        m = scrape(f"http://{HOST}:{api}/metrics")
+        total = m.get("tdedge_journal_commit_seconds_count", 0.0)
+        return total, total - m.get('tdedge_journal_commit_seconds_bucket{le="0.05"}', 0.0)
+    return 0.0, 0.0
 
 
 def du(path: Path) -> int:
@@ -341,25 +320,24 @@ def attack(name: str, t: Target, stop: Stop, results: Any) -> None:
     results.put(flood)
 
 
-def run_shape(
-    name: str, server: postback.Tdedge, t: Target, args: argparse.Namespace
-) -> dict[str, Any]:
+def run_shape(name: str, server: Tdedge, t: Target, args: argparse.Namespace) -> dict[str, Any]:
+    c0 = commits(t.api)
     alone = paced_client(t.main, t.write_key, args.rate, args.seconds)
+    c1 = commits(t.api)
     journal0, lake0 = du(server.data_dir / "journal"), du(server.data_dir / "lake")
     # The attacker and the watcher in processes of their own: in threads they would share
     # the good client's GIL, and their CPU time would show as the server's latency.
     context = multiprocessing.get_context("fork")
-    assert server.child is not None
     stop, samples = context.Event(), context.Queue()
-    watcher = context.Process(
-        target=sample, args=(server.child.pid, t.api, stop, samples), daemon=True
-    )
+    watcher = context.Process(target=sample, args=(server.pgid, t.api, stop, samples), daemon=True)
     halt, results = context.Event(), context.Queue()
     attacker = context.Process(target=attack, args=(name, t, halt, results), daemon=True)
     watcher.start()
     attacker.start()
     time.sleep(0.5)  # the flood first
+    c2 = commits(t.api)
     under = paced_client(t.main, t.write_key, args.rate, args.seconds)
+    c3 = commits(t.api)
     halt.set()
     try:
         flood = results.get(timeout=60)
@@ -373,8 +351,8 @@ def run_shape(
     except queue.Empty:
         seen = Sample()
     watcher.join(timeout=5)
-    p99_alone = postback.percentile(alone, 99) * 1000
-    p99_under = postback.percentile(under, 99) * 1000
+    p99_alone = percentile(alone, 99) * 1000
+    p99_under = percentile(under, 99) * 1000
     edge = seen.rss.get("edge", 0)
     loader = seen.rss.get("loader", 0)
     return {
@@ -383,6 +361,9 @@ def run_shape(
         "p99_flood_ms": round(p99_under, 2),
         "ratio": round(p99_under / p99_alone, 2) if p99_alone else None,
         "loader_lag_max_s": round(seen.lag_s, 2),
+        # Journal commits, and those over 50 ms, while the good client was measured.
+        "commits_alone": [int(c1[0] - c0[0]), int(c1[1] - c0[1])],
+        "commits_flood": [int(c3[0] - c2[0]), int(c3[1] - c2[1])],
         "edge_rss_mib": round(edge / MiB),
         "loader_rss_mib": round(loader / MiB),
         "journal_growth_mib": round((du(server.data_dir / "journal") - journal0) / MiB, 1),
@@ -423,37 +404,38 @@ def main() -> int:
         print(f"unknown shapes: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="tdedge-hostile-"))
-    children = postback.Children()
-    records, api = postback.free_port(), postback.free_port()
-    server = postback.Tdedge(
+    children = Children()
+    server = Tdedge(
         children,
         tmp / "data",
         tmp,
         workers=1,
         loader=True,
         log_level="warning",
-        extra=["--records-port", str(records), "--api-port", str(api), *args.serve_args.split()],
+        extra=args.serve_args.split(),
+        doors=("records", "api"),
     )
     rows: list[dict[str, Any]] = []
     try:
         server.start()
-        t = Target(server.port, records, api, server.write_key, server.master_key)
-        postback.create_database(server.data_dir, "bench_db")
+        p = server.ports
+        t = Target(server.port, p["records"], p["api"], server.write_key, server.master_key)
+        create_database(server.data_dir, "bench_db")
         # Warm up: the server's first seconds (the loader's first commits, the lake's
         # set-up) stall requests by hundreds of ms; measured, they landed on whichever
         # shape ran first.
-        postback.log(f"warming up for {args.warmup} s")
+        log(f"warming up for {args.warmup} s")
         paced_client(t.main, t.write_key, args.rate, args.warmup)
         for name in shapes:
-            postback.log(f"shape {name}")
+            log(f"shape {name}")
             rows.append(run_shape(name, server, t, args))
-            postback.log(json.dumps(rows[-1]))
+            log(json.dumps(rows[-1]))
     finally:
         children.stop_all()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            postback.log(f"kept {tmp}")
+            log(f"kept {tmp}")
     header = (
         "| shape | p99 alone | p99 flood | ratio (≤ 3) | loader lag max (≤ 5 s) | edge RSS | "
         "loader RSS | journal + | lake + | accepted | answers |"

@@ -24,12 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -39,6 +34,8 @@ from typing import Any
 
 import httpx
 
+from harness.children import Children
+from harness.server import Tdedge
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
 from tdedge.control.store import ControlStore
@@ -47,26 +44,6 @@ from tdedge.lake.lake import Lake
 from tdedge.loader.runner import Loader
 
 DATABASE = "many"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_edge(root: Path, port: int) -> subprocess.Popen[bytes]:
-    log = (root / "serve.log").open("ab")
-    command = [sys.executable, "-m", "tdedge", "serve", "--data-dir", str(root / "data")]
-    command += ["--port", str(port), "--no-loader"]
-    proc = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
-    for _ in range(200):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("serve did not start")
 
 
 def post_tables(client: httpx.Client, url: str, key: str, n: int, round_: int) -> float:
@@ -165,13 +142,15 @@ def main() -> None:
         store = ControlStore.open(settings.control_db)
         store.ensure_account(1)
         key = store.create_key(1, "master")
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        edge = start_edge(root, port)
+        children = Children()
+        edge = Tdedge(children, root / "data", root, loader=False)
+        edge.write_key = edge.master_key = key  # made above: serve prints no keys
         stop = threading.Event()
         lake = TimedLake.open(settings)
         thread: threading.Thread | None = None
         try:
+            edge.start()
+            url = edge.url
             with httpx.Client() as client:
                 took = post_tables(client, url, key, args.tables, 1)
                 print(f"made {args.tables} one-row tables over HTTP in {took:.1f} s")
@@ -223,8 +202,7 @@ def main() -> None:
                 thread.join(timeout=600)
             lake.close()
             store.close()
-            os.killpg(edge.pid, signal.SIGTERM)
-            edge.wait(timeout=30)
+            children.stop_all()
 
 
 def probe(client: httpx.Client, url: str, key: str, until: float) -> dict[int, float]:

@@ -42,37 +42,30 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import signal
-import socket
+import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
+from harness import BenchError, log
+from harness.children import Children, group_cpu_s, members, thread_cpu_s
+from harness.machine import busy_cpu, wait_quiet
+from harness.reference import check_tools
+from harness.server import TDEDGE, Tdedge
+from harness.stats import alternate, median_ratio, percentile
+from harness.wrk import run_wrk
 from rsgi_fake import FakeProto  # bench/, this script's directory
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-PY = sys.executable
 MEDIA = "application/vnd.treasuredata.v1+json"
-
-
-def log(msg: str) -> None:
-    print(f"[p13n-bench] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config_yaml(attributes: int, sections: int) -> str:
@@ -169,77 +162,15 @@ end
 """
 
 
-class Server:
-    def __init__(
-        self, data_dir: Path, workers: int, logfile: Path, engine: str = "process"
-    ) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.p13n_port = free_port()
-        self.workers = workers
-        self.engine = engine
-        self.logfile = logfile
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.master_key = ""
-
-    def start(self) -> None:
-        out = self.logfile.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                PY,
-                "-m",
-                "tdedge",
-                "serve",
-                "--data-dir",
-                str(self.data_dir),
-                "--port",
-                str(self.port),
-                "--p13n-port",
-                str(self.p13n_port),
-                "--workers",
-                str(self.workers),
-                "--p13n-engine",
-                self.engine,
-                "--log-level",
-                "warning",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {self.logfile.read_text()}")
-            try:
-                for port in (self.port, self.p13n_port):
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("serve did not start")
-        m = re.search(r"master key: (\S+)", self.logfile.read_text())
-        if m:
-            self.master_key = m.group(1)
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run(
-            [PY, "-m", "tdedge", "p13n", "--data-dir", str(self.data_dir), *args],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return done.stdout.strip()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+def p13n_cli(data_dir: Path | str, *args: str) -> str:
+    """``tdedge p13n --data-dir data_dir *args``: its output."""
+    done = subprocess.run(
+        [*TDEDGE, "p13n", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
 
 
 def post(port: int, key: str, token: str, body: dict[str, Any]) -> tuple[int, bytes]:
@@ -256,65 +187,10 @@ def post(port: int, key: str, token: str, body: dict[str, Any]) -> tuple[int, by
         return e.code, e.read()
 
 
-def machine_busy(seconds: float = 2.0) -> float:
-    """The fraction of all cores busy over ``seconds`` (from /proc/stat)."""
-
-    def ticks() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
-        idle = fields[3] + fields[4]
-        return sum(fields) - idle, sum(fields)
-
-    busy0, total0 = ticks()
-    time.sleep(seconds)
-    busy1, total1 = ticks()
-    return (busy1 - busy0) / max(1, total1 - total0)
-
-
-def wait_quiet(limit_s: float, below: float = 0.25) -> float:
-    """Wait (at most ``limit_s``) until other work leaves the cores mostly idle: the
-    figures of a 2-core machine shared with other benches mean little otherwise."""
-    deadline = time.monotonic() + limit_s
-    busy = machine_busy()
-    while busy > below and time.monotonic() < deadline:
-        log(f"machine {busy:.0%} busy; waiting for it to quieten")
-        busy = machine_busy(5.0)
-    return busy
-
-
-def _group_procs(pgid: int) -> Iterator[tuple[int, list[str], list[bytes]]]:
-    """``(pid, stat fields, argv)`` of each process of a process group. The fields start
-    after the command: state ppid pgrp ... utime (11) stime (12), 0-based from state."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            yield int(entry.name), fields, argv
-
-
-ROLES = (b"loader", b"jobs", b"engine")
-
-
-def group_cpu_s(pgid: int) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by the processes of a process group, by
-    role: "loader" (the loader and its refresher), "jobs", "engine" (the p13n engine
-    process), "edge" (everything else: the supervisor and the HTTP workers)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = {"edge": 0.0, "loader": 0.0, "jobs": 0.0, "engine": 0.0}
-    for _, fields, argv in _group_procs(pgid):
-        role = next((r.decode() for r in ROLES if r in argv), "edge")
-        out[role] += (int(fields[11]) + int(fields[12])) / ticks
-    return out
-
-
 def pause(pgid: int, roles: str) -> list[int]:
     """Stop (SIGSTOP) the processes of ``roles`` (comma-separated); their pids."""
-    wanted = [r.encode() for r in roles.split(",") if r]
-    pids = [pid for pid, _, argv in _group_procs(pgid) if any(r in argv for r in wanted)]
+    wanted = [r for r in roles.split(",") if r]
+    pids = [m.pid for m in members(pgid) if any(r in m.argv for r in wanted)]
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     return pids
@@ -328,74 +204,36 @@ def resume(pids: list[int]) -> None:
 
 def engine_loop_cpu_s(pgid: int) -> float:
     """CPU seconds used so far by the engine process's event-loop thread."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    for pid, _, argv in _group_procs(pgid):
-        if b"engine" in argv:
-            try:
-                stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
-            except OSError:
-                return 0.0
-            fields = stat.rpartition(")")[2].split()
-            return (int(fields[11]) + int(fields[12])) / ticks
-    return 0.0
+    engine = next((m for m in members(pgid) if m.role == "engine"), None)
+    return 0.0 if engine is None else thread_cpu_s(engine.pid)
 
 
 def loop_cpu_s(pgid: int) -> float:
     """CPU seconds used so far by the event-loop threads of the dedicated door's workers
     (the main thread of each process granian forked from ``tdedge listen``): a worker
     serves from one loop, so this is what saturates first."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    procs: dict[int, tuple[int, bool]] = {}  # pid → (parent, is a listener)
-    for pid, fields, argv in _group_procs(pgid):
-        procs[pid] = (int(fields[1]), b"listen" in argv)
-    total = 0.0
-    for pid, (parent, listener) in procs.items():
-        if not (listener and procs.get(parent, (0, False))[1]):
-            continue
-        try:
-            fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+    procs = {m.pid: (m.parent, "listen" in m.argv) for m in members(pgid)}  # → (parent, a listener)
+    return sum(
+        thread_cpu_s(pid)
+        for pid, (parent, listener) in procs.items()
+        if listener and procs.get(parent, (0, False))[1]
+    )
 
 
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        return float("nan")
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-
-def wrk(url: str, script: Path, duration: int, threads: int, conns: int) -> dict[str, Any]:
-    cmd = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{conns}",
-        f"-d{duration}s",
-        "--latency",
-        "-s",
-        str(script),
-        url,
-    ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    res: dict[str, Any] = {"command": " ".join([*cmd[:-3], "<script>", url])}
-    # The load generator's own CPU: on two shared cores it is part of the budget.
-    res["wrk_cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    for p in ("50", "75", "90", "99"):
-        m = re.search(rf"^\s+{p}%\s+(\S+)", out, re.M)
-        res[f"p{p}_ms"] = _ms(m.group(1)) if m else None
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    res["rps"] = float(m.group(1)) if m else None
-    m = re.search(r"(\d+) requests in", out)
-    res["requests"] = int(m.group(1)) if m else None
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    res["non2xx"] = int(m.group(1)) if m else 0
-    m = re.search(r"Socket errors: (.*)", out)
-    res["socket_errors"] = m.group(1) if m else ""
-    return res
+def wrk(name: str, url: str, script: str, duration: int, conns: int, tmp: Path) -> dict[str, Any]:
+    """wrk -t2 with ``conns`` connections as fast as the server answers (wrk's own
+    timeout, 2 s: a slower answer is a socket error)."""
+    r = run_wrk(name, url, script, duration, tmp, conns=conns, timeout=None)
+    return {
+        "command": r.command,
+        # The load generator's own CPU: on two shared cores it is part of the budget.
+        "wrk_cpu_s": r.wrk_cpu_s,
+        **{f"p{p}_ms": round(getattr(r, f"p{p}_ms"), 2) for p in (50, 75, 90, 99)},
+        "rps": r.rps,
+        "requests": r.requests,
+        "non2xx": r.non2xx,
+        "socket_errors": r.socket_errors,
+    }
 
 
 def paced(
@@ -559,8 +397,8 @@ def _paced_figures(
 ) -> dict[str, Any]:
     latencies = sorted(latency for _, latency in timeline)
 
-    def pct(q: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2)
+    def pct(p: float) -> float:
+        return round(percentile(latencies, p) * 1000, 2)
 
     # The run in 100 ms windows: a tail from a few stalls shows as a few slow windows,
     # a tail from a worker near saturation as many.
@@ -578,30 +416,30 @@ def _paced_figures(
             {
                 "at_s": k / 10,
                 "max_ms": round(max(w) * 1000, 1),
-                "p50_ms": round(_median(w) * 1000, 1),
+                "p50_ms": round(statistics.median(w) * 1000, 1),
             }
             for k, w in worst
         ],
         "target_rps": rate,
         "rps": len(latencies) / elapsed,
         "requests": len(latencies),
-        "p50_ms": pct(0.50),
-        "p90_ms": pct(0.90),
-        "p99_ms": pct(0.99),
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
         "max_ms": round(latencies[-1] * 1000, 2),
         "non2xx": sum(n for code, n in statuses.items() if not 200 <= code < 300),
-        "socket_errors": "",
+        "socket_errors": 0,
     }
 
 
 def max_sweep(
-    pgid: int, url: str, script: Path, args: argparse.Namespace, name: str
+    pgid: int, url: str, script: str, args: argparse.Namespace, name: str, tmp: Path
 ) -> list[dict[str, Any]]:
     """One wrk run per ``--conns`` value, each with the CPU per request of every role."""
     sweep = []
     for conns in [int(c) for c in args.conns.split(",") if c]:
         before = group_cpu_s(pgid)
-        one = wrk(url, script, args.duration, 2, conns)
+        one = wrk(f"{name.replace(' ', '-')}-c{conns}", url, script, args.duration, conns, tmp)
         after = group_cpu_s(pgid)
         one["conns"] = conns
         n = one["requests"]
@@ -637,10 +475,6 @@ def sustained(sweep: list[dict[str, Any]]) -> dict[str, Any]:
         return {**max(good, key=lambda r: r["rps"]), "within_promise": True}
     lowest = min(sweep, key=lambda r: r["p99_ms"] if r["p99_ms"] is not None else 1e9)
     return {**lowest, "within_promise": False}
-
-
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def engine_only(config: str, seconds: float, size: int, ids: int, tmp: Path) -> dict[str, Any]:
@@ -741,18 +575,9 @@ def door_only(
     master = keys[0]
     (tmp / "p13n.yaml").write_text(config)
 
-    def cli(*args: str) -> str:
-        done = subprocess.run(
-            [PY, "-m", "tdedge", "p13n", "--data-dir", settings.data_dir, *args],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return done.stdout.strip()
-
-    cli("apply", str(tmp / "p13n.yaml"))
-    token = cli("tokens", "create", "bench")
-    cli("refresh")
+    p13n_cli(settings.data_dir, "apply", str(tmp / "p13n.yaml"))
+    token = p13n_cli(settings.data_dir, "tokens", "create", "bench")
+    p13n_cli(settings.data_dir, "refresh")
     rnd = random.Random(5)
     calls = []
     for _ in range(4096):
@@ -859,9 +684,12 @@ def main(argv: list[str]) -> int:
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         metrics_dir = tempfile.mkdtemp(prefix="p13n-bench-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    if shutil.which("wrk") is None and not {"fixed", "max"} <= skip:
-        log("wrk not found: apt-get install -y wrk")
-        return 2
+    if not {"fixed", "max"} <= skip:
+        try:
+            check_tools("wrk")
+        except BenchError as e:
+            log(str(e))
+            return 2
     tmp = Path(tempfile.mkdtemp(prefix="p13n-bench-"))
     args.paced_c = build_paced_c(tmp) if args.client == "c" else None
     config = config_yaml(args.attributes, args.sections)
@@ -874,9 +702,10 @@ def main(argv: list[str]) -> int:
         "runs": [],
     }
     if args.wait_quiet > 0:
-        report["busy_before"] = wait_quiet(args.wait_quiet)
+        report["busy_before"] = wait_quiet(args.wait_quiet, below=0.25)
     else:
-        report["busy_before"] = machine_busy()
+        report["busy_before"] = busy_cpu()
+    children = Children()
     try:
         (tmp / "p13n.yaml").write_text(config)
         if "engine" not in skip:
@@ -893,12 +722,15 @@ def main(argv: list[str]) -> int:
             log(f"door alone: {report['door']['cpu_us_per_decision_by_in_flight']}")
         # Rounds interleave the settings, so a machine that speeds up or slows down
         # during the bench moves every setting alike; each run has its own reference.
-        for round_ in range(args.rounds):
-            for engine in [e for e in args.engines.split(",") if e]:
-                for workers in [int(w) for w in args.workers.split(",") if w]:
-                    run = run_server(args, workers, engine, config, tmp, skip, round_)
-                    report["runs"].append({"round": round_, **run})
+        settings = [
+            partial(run_server, args, children, workers, engine, config, tmp, skip)
+            for engine in [e for e in args.engines.split(",") if e]
+            for workers in [int(w) for w in args.workers.split(",") if w]
+        ]
+        for round_, runs in enumerate(alternate(args.rounds, *settings)):
+            report["runs"] += [{"round": round_, **run} for run in runs]
     finally:
+        children.stop_all()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         if not args.keep:
@@ -916,6 +748,7 @@ def main(argv: list[str]) -> int:
 
 def run_server(
     args: argparse.Namespace,
+    children: Children,
     workers: int,
     engine: str,
     config: str,
@@ -924,36 +757,42 @@ def run_server(
     round_: int = 0,
 ) -> dict[str, Any]:
     name = f"{engine}-w{workers}-r{round_}"
-    server = Server(tmp / f"data-{name}", workers, tmp / f"serve-{name}.log", engine)
+    server = Tdedge(
+        children,
+        tmp / f"data-{name}",
+        tmp,
+        workers,
+        extra=["--p13n-engine", engine],
+        doors=("p13n",),
+    )
     run: dict[str, Any] = {"workers": workers, "engine": engine}
     paused: list[int] = []
     try:
         server.start()
-        server.cli("apply", str(tmp / "p13n.yaml"))
-        token = server.cli("tokens", "create", "bench")
-        server.cli("refresh")
-        url = f"http://127.0.0.1:{server.p13n_port}"
+        p13n_cli(server.data_dir, "apply", str(tmp / "p13n.yaml"))
+        token = p13n_cli(server.data_dir, "tokens", "create", "bench")
+        p13n_cli(server.data_dir, "refresh")
+        url = server.door_url("p13n")
         status, body = post(
-            server.p13n_port,
+            server.ports["p13n"],
             server.master_key,
             token,
             {"td_client_id": "c3", "product_category": "cat3"},
         )
         log(f"{name}: first answer {status} {body[:200]!r}")
         if status != 200:
-            raise RuntimeError(f"p13n door answered {status}: {body!r}")
+            raise BenchError(f"p13n door answered {status}: {body!r}")
         common = {"ids": args.ids, "media": MEDIA, "key": server.master_key, "token": token}
-        fast = tmp / "fast.lua"
-        fast.write_text(LUA % {**common, "delay": ""})
-        wrk(url, fast, 2, 2, 32)  # warm-up: profiles exist, caches are hot
+        fast = LUA % {**common, "delay": ""}
+        wrk(f"{name}-warm-up", url, fast, 2, 32, tmp)  # profiles exist, caches are hot
+        pgid = server.pgid
         if "fixed" not in skip:
-            assert server.proc is not None
-            paused = pause(server.proc.pid, args.pause)
-            before = group_cpu_s(server.proc.pid)
-            loop_before = loop_cpu_s(server.proc.pid)
-            engine_before = engine_loop_cpu_s(server.proc.pid)
+            paused = pause(pgid, args.pause)
+            before = group_cpu_s(pgid)
+            loop_before = loop_cpu_s(pgid)
+            engine_before = engine_loop_cpu_s(pgid)
             run["fixed"] = paced(
-                server.p13n_port,
+                server.ports["p13n"],
                 server.master_key,
                 token,
                 args.rate,
@@ -962,7 +801,7 @@ def run_server(
                 args.ids,
                 client=args.paced_c,
             )
-            after = group_cpu_s(server.proc.pid)
+            after = group_cpu_s(pgid)
             n = run["fixed"]["requests"]
             if n:
                 # At a fixed rate the groups are small: a decision costs more than at the
@@ -970,11 +809,9 @@ def run_server(
                 run["fixed"]["cpu_us_per_request"] = {
                     role: (after[role] - before[role]) / n * 1e6 for role in after
                 }
-                run["fixed"]["loop_cpu_us_per_request"] = (
-                    (loop_cpu_s(server.proc.pid) - loop_before) / n * 1e6
-                )
+                run["fixed"]["loop_cpu_us_per_request"] = (loop_cpu_s(pgid) - loop_before) / n * 1e6
                 run["fixed"]["engine_loop_cpu_us_per_request"] = (
-                    (engine_loop_cpu_s(server.proc.pid) - engine_before) / n * 1e6
+                    (engine_loop_cpu_s(pgid) - engine_before) / n * 1e6
                 )
             log(f"{name} fixed: {run['fixed']}")
             if "baseline" not in skip:
@@ -995,16 +832,11 @@ def run_server(
             resume(paused)
             paused = []
         if "max" not in skip:
-            assert server.proc is not None
-            run["max_sweep"] = max_sweep(server.proc.pid, url, fast, args, f"{name} max")
+            run["max_sweep"] = max_sweep(pgid, url, fast, args, f"{name} max", tmp)
             run["max"] = sustained(run["max_sweep"])
         if "baseline" not in skip:
-            pb = tmp / "postback.lua"
-            pb.write_text(POSTBACK_LUA % {"ids": args.ids, "key": server.master_key})
-            assert server.proc is not None
-            run["postback_sweep"] = max_sweep(
-                server.proc.pid, f"http://127.0.0.1:{server.port}", pb, args, f"{name} postback"
-            )
+            pb = POSTBACK_LUA % {"ids": args.ids, "key": server.master_key}
+            run["postback_sweep"] = max_sweep(pgid, server.url, pb, args, f"{name} postback", tmp)
             run["postback"] = sustained(run["postback_sweep"])
     finally:
         resume(paused)  # a stopped process would not stop on SIGTERM
@@ -1018,7 +850,7 @@ def summary(report: dict[str, Any]) -> str:
         f"== p13n bench ({report['attributes']} attributes, {report['sections']} sections, "
         f"{report['cores']} cores, wrk on the same cores) ==",
         f"command: {report['command']}",
-        f"machine busy before the run (other work): {report['busy_before']:.0%}",
+        f"machine busy before the run (other work): {_share(report['busy_before'])}",
     ]
     eng = report.get("engine")
     if eng:
@@ -1111,6 +943,14 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _share(x: float | None) -> str:
+    return "?" if x is None else f"{x:.0%}"
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
 def medians(runs: list[dict[str, Any]]) -> list[str]:
     """Per setting, the medians over the rounds, each run also against its reference
     (the Postback door in the same run): what survives a machine that changes speed."""
@@ -1121,17 +961,20 @@ def medians(runs: list[dict[str, Any]]) -> list[str]:
         parts = [f"  {engine} engine, workers={workers}, {len(mine)} rounds:"]
         fixed = [r for r in mine if "fixed" in r and "fixed_postback" in r]
         if fixed:
-            ratio = _median([r["fixed"]["p99_ms"] / r["fixed_postback"]["p99_ms"] for r in fixed])
+            ratio = median_ratio(
+                (r["fixed"]["p99_ms"], r["fixed_postback"]["p99_ms"]) for r in fixed
+            )
             parts.append(
-                f"fixed rate p50 {_median([r['fixed']['p50_ms'] for r in fixed])} ms, "
-                f"p99 {_median([r['fixed']['p99_ms'] for r in fixed])} ms "
-                f"({ratio:.2f} times ref's);"
+                f"fixed rate p50 {round(statistics.median(r['fixed']['p50_ms'] for r in fixed), 2)}"
+                f" ms, p99 {round(statistics.median(r['fixed']['p99_ms'] for r in fixed), 2)} ms "
+                f"({_times(ratio)} times ref's);"
             )
         most = [r for r in mine if "max" in r and "postback" in r]
         if most:
-            ratio = _median([r["max"]["rps"] / r["postback"]["rps"] for r in most])
+            ratio = median_ratio((r["max"]["rps"], r["postback"]["rps"]) for r in most)
             parts.append(
-                f"maximum {_median([r['max']['rps'] for r in most]):,.0f}/s ({ratio:.2f} of ref's)"
+                f"maximum {statistics.median(r['max']['rps'] for r in most):,.0f}/s "
+                f"({_times(ratio)} of ref's)"
             )
         lines.append(" ".join(parts))
     return lines

@@ -28,263 +28,49 @@ if Path(sys.prefix).resolve() != VENV.resolve() and (VENV / "bin" / "python").ex
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
-import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import urllib.parse  # noqa: E402
 import urllib.request  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
+from dataclasses import asdict  # noqa: E402
 from typing import Any  # noqa: E402
 
-HOST = "127.0.0.1"
+from harness import BenchError, log  # noqa: E402
+from harness.children import Children  # noqa: E402
+from harness.ports import HOST  # noqa: E402
+from harness.reference import NGINX_EMPTY_GIF, bare_granian, check_tools, nginx  # noqa: E402
+from harness.server import Tdedge  # noqa: E402
+from harness.wrk import run_wrk  # noqa: E402
+
 RECORDS_HOST = "bench.records.in.localhost"
 DATABASE = "test_db"  # created by serve on first start, owned by the write key's account
 TARGET_PIXEL_RATIO = 0.45
 TARGET_INGEST_EVENTS_S = 150_000.0
 BATCH = 100
 
-NGINX_CONF = """\
-worker_processes {workers};
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen {host}:{port};
-        location / {{ empty_gif; add_header Cache-Control no-store; }}
-    }}
-}}
-"""
-
-WRK_DONE = """
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "BENCH_JSON {\\"requests\\":%d,\\"duration_us\\":%d,\\"non2xx\\":%d,\\"socket_errors\\":%d," ..
-    "\\"p50_us\\":%d,\\"p99_us\\":%d}\\n",
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    pass
-
-
-@dataclass
-class Wrk:
-    target: str
-    rps: float
-    requests: int
-    non2xx: int
-    socket_errors: int
-    p50_ms: float
-    p99_ms: float
-    duration_s: float
-    # CPU seconds the server's process group used during the run, and requests per CPU
-    # second: unlike rps, this barely moves when other work shares the cores.
-    server_cpu_s: float
-    per_cpu_s: float
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """utime + stime of every live process in process group ``pgid``."""
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-class Children:
-    """Processes started by the bench, each in its own group, all stopped on exit."""
-
-    def __init__(self, logdir: Path) -> None:
-        self._logdir = logdir
-        self._procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        out = (self._logdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self._procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        # The group's other members (granian workers, the loader) go with it.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-    def stop_all(self) -> None:
-        for proc in reversed(self._procs):
-            self.stop(proc)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{what} exited ({proc.returncode})")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1):
-            return
-        time.sleep(0.1)
-    raise BenchError(f"{what} did not answer at {url}")
-
-
-def run_wrk(
-    target: str,
-    url: str,
-    script: str,
-    duration: int,
-    threads: int,
-    conns: int,
-    tmp: Path,
-    pgid: int,
-) -> Wrk:
-    path = tmp / f"{target}.lua"
-    path.write_text(script + WRK_DONE)
-    argv = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{conns}",
-        f"-d{duration}s",
-        "--latency",
-        "--timeout",
-        "10s",
-        "-s",
-        str(path),
-        url,
-    ]
-    log(f"wrk → {target}: {' '.join(argv)}")
-    cpu_before = group_cpu_seconds(pgid)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
-    cpu = group_cpu_seconds(pgid) - cpu_before
-    (tmp / f"wrk-{target}.out").write_text(done.stdout + done.stderr)
-    m = re.search(r"^BENCH_JSON (\{.*\})$", done.stdout, re.MULTILINE)
-    if done.returncode != 0 or m is None:
-        raise BenchError(f"wrk failed:\n{done.stdout}\n{done.stderr}")
-    d = json.loads(m.group(1))
-    seconds = d["duration_us"] / 1e6
-    result = Wrk(
-        target=target,
-        rps=d["requests"] / seconds,
-        requests=d["requests"],
-        non2xx=d["non2xx"],
-        socket_errors=d["socket_errors"],
-        p50_ms=d["p50_us"] / 1e3,
-        p99_ms=d["p99_us"] / 1e3,
-        duration_s=seconds,
-        server_cpu_s=cpu,
-        per_cpu_s=d["requests"] / cpu if cpu > 0 else float("nan"),
-    )
-    log(
-        f"  {target}: {result.rps:,.0f} rps, p50 {result.p50_ms:.2f} ms, p99 "
-        f"{result.p99_ms:.2f} ms, non-2xx {result.non2xx}, socket errors "
-        f"{result.socket_errors}; server CPU {cpu:.2f} s = {result.per_cpu_s:,.0f} req/CPU-s"
-    )
-    return result
-
 
 @contextlib.contextmanager
-def nginx(children: Children, tmp: Path, workers: str) -> Iterator[tuple[int, int]]:
-    ndir = tmp / "nginx"
-    ndir.mkdir()
-    port = free_port()
-    conf = ndir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(workers=workers, dir=ndir, host=HOST, port=port))
-    proc = children.start(
-        "nginx", [shutil.which("nginx") or "nginx", "-p", str(ndir), "-c", str(conf)]
+def tdedge(
+    children: Children, tmp: Path, part: str, workers: int, loader: bool
+) -> Iterator[Tdedge]:
+    """``tdedge serve`` on a fresh data dir, once its start-up is over."""
+    server = Tdedge(
+        children,
+        tmp / f"data-{part}-w{workers}",
+        tmp,
+        workers,
+        loader=loader,
+        extra=["--journal-max-backlog", "50000000"],
     )
     try:
-        wait_http(f"http://{HOST}:{port}/", proc, "nginx")
-        yield port, proc.pid
+        server.start()
+        server.settle()
+        yield server
     finally:
-        children.stop(proc)
-
-
-@dataclass
-class Tdedge:
-    port: int
-    write_key: str
-    data: Path
-    pgid: int
-
-
-@contextlib.contextmanager
-def tdedge(children: Children, tmp: Path, workers: int, loader: bool) -> Iterator[Tdedge]:
-    port = free_port()
-    data = tmp / f"data-w{workers}-{port}"
-    argv = [
-        str(VENV / "bin" / "tdedge"),
-        "serve",
-        "--data-dir",
-        str(data),
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--journal-max-backlog",
-        "50000000",
-        "--log-level",
-        "warning",
-    ]
-    if not loader:
-        argv.append("--no-loader")
-    proc = children.start(f"tdedge-{port}", argv)
-    try:
-        wait_http(f"http://{HOST}:{port}/healthz", proc, "tdedge")
-        settle(proc.pid)
-        text = (tmp / f"tdedge-{port}.log").read_text()
-        m = re.search(r"write key:\s+(\S+)", text)
-        if m is None:
-            raise BenchError(f"no write key in serve output:\n{text}")
-        yield Tdedge(port, m.group(1), data, proc.pid)
-    finally:
-        children.stop(proc)
+        server.stop()
 
 
 BARE_APP = """\
@@ -298,51 +84,6 @@ class App:
 
 app = App()
 """
-
-
-@contextlib.contextmanager
-def bare_granian(children: Children, tmp: Path) -> Iterator[tuple[int, int]]:
-    """granian answering the GIF with no logic and no journal: Python's ceiling here."""
-    (tmp / "bare_pixel.py").write_text(BARE_APP)
-    port = free_port()
-    argv = [
-        str(VENV / "bin" / "granian"),
-        "--interface",
-        "rsgi",
-        "--loop",
-        "uvloop",
-        "--workers",
-        "1",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--working-dir",
-        str(tmp),
-        "--log-level",
-        "warning",
-        "bare_pixel:app",
-    ]
-    proc = children.start("bare-granian", argv)
-    try:
-        wait_http(f"http://{HOST}:{port}/", proc, "bare granian")
-        yield port, proc.pid
-    finally:
-        children.stop(proc)
-
-
-def settle(pgid: int, timeout: float = 30.0) -> None:
-    """Wait until the server's processes stop starting up (the loader, the job runner and
-    the workers import a lot), so their start-up CPU is not billed to the load run."""
-    deadline = time.monotonic() + timeout
-    last = group_cpu_seconds(pgid)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = group_cpu_seconds(pgid)
-        if now - last < 0.05:  # under 10 % of a core
-            return
-        last = now
-    log("server still busy after start-up; measuring anyway")
 
 
 def pixel_path(key: str) -> str:
@@ -461,12 +202,13 @@ def main() -> int:
     )
     args = p.parse_args()
     parts = {x.strip() for x in args.parts.split(",")}
-    for tool in ("wrk", "nginx"):
-        if shutil.which(tool) is None:
-            log(f"{tool} not found: apt-get install -y wrk nginx-light")
-            return 2
+    try:
+        check_tools("wrk", "nginx")
+    except BenchError as e:
+        log(str(e))
+        return 2
     tmp = Path(tempfile.mkdtemp(prefix="tdedge-bench-pixel-"))
-    children = Children(tmp)
+    children = Children()
     report: dict[str, Any] = {
         "command": "bench/pixel_ingest.py " + " ".join(sys.argv[1:]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -478,42 +220,36 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         if "pixel" in parts:
-            with nginx(children, tmp, args.nginx_workers) as (nport, npg):
+            with nginx(children, tmp, args.nginx_workers, NGINX_EMPTY_GIF) as ref:
                 ng = run_wrk(
                     "nginx-empty_gif",
-                    f"http://{HOST}:{nport}{pixel_path('k')}",
+                    ref.url + pixel_path("k"),
                     pixel_script(),
                     args.duration,
-                    2,
-                    64,
                     tmp,
-                    npg,
+                    server_pgid=ref.pgid,
                 )
             bare = None
             if args.bare:
-                with bare_granian(children, tmp) as (bport, bpg):
+                with bare_granian(children, tmp, BARE_APP, 1) as ref:
                     bare = run_wrk(
                         "bare-granian",
-                        f"http://{HOST}:{bport}{pixel_path('k')}",
+                        ref.url + pixel_path("k"),
                         pixel_script(),
                         args.duration,
-                        2,
-                        64,
                         tmp,
-                        bpg,
+                        server_pgid=ref.pgid,
                     )
-            with tdedge(children, tmp, args.workers, args.loader) as srv:
+            with tdedge(children, tmp, "pixel", args.workers, args.loader) as srv:
                 path = pixel_path(srv.write_key)
                 check_pixel(srv.port, path)
                 td = run_wrk(
                     "tdedge-pixel",
-                    f"http://{HOST}:{srv.port}{path}",
+                    srv.url + path,
                     pixel_script(),
                     args.duration,
-                    2,
-                    64,
                     tmp,
-                    srv.pgid,
+                    server_pgid=srv.pgid,
                 )
             report["pixel"] = {
                 "nginx": asdict(ng),
@@ -524,17 +260,16 @@ def main() -> int:
             }
         if "ingest" in parts:
             body = ingest_body()
-            with tdedge(children, tmp, args.workers, args.loader) as srv:
+            with tdedge(children, tmp, "ingest", args.workers, args.loader) as srv:
                 check_ingest(srv.port, srv.write_key, body)
                 run = run_wrk(
                     "tdedge-ingest",
-                    f"http://{HOST}:{srv.port}/{DATABASE}/ingest_bench",
+                    f"{srv.url}/{DATABASE}/ingest_bench",
                     ingest_script(srv.write_key, body),
                     args.duration,
-                    2,
-                    16,
                     tmp,
-                    srv.pgid,
+                    conns=16,
+                    server_pgid=srv.pgid,
                 )
             ok = run.requests - run.non2xx
             report["ingest"] = {
@@ -544,7 +279,7 @@ def main() -> int:
                 "events_per_s": ok * BATCH / run.duration_s,
                 "events_per_cpu_s": ok * BATCH / run.server_cpu_s if run.server_cpu_s else None,
                 # The check request's 100 events are in there too.
-                "journaled_events": None if args.loader else journal_count(srv.data),
+                "journaled_events": None if args.loader else journal_count(srv.data_dir),
             }
     except BenchError as e:
         log(f"bench failed: {e}")

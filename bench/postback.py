@@ -48,25 +48,26 @@ import contextlib  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import re  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
-from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from typing import Any, Protocol  # noqa: E402
 
-TDEDGE = VENV / "bin" / "tdedge"
-HOST = "127.0.0.1"
+from harness import BenchError, log  # noqa: E402
+from harness.children import Children, signals_raise  # noqa: E402
+from harness.machine import OthersMeter, busy_cpu, fs_type, wait_quiet  # noqa: E402
+from harness.ports import HOST, http_get  # noqa: E402
+from harness.reference import bare_granian, check_tools, nginx  # noqa: E402
+from harness.server import TDEDGE, Tdedge, check_tdedge, create_database  # noqa: E402
+from harness.stats import alternate, median_ratio, percentile  # noqa: E402
+from harness.wrk import WrkResult, median_result, run_wrk  # noqa: E402
+
 DB = "bench_db"
 TABLE = "bench_tbl"
 FRESH_TABLE = "fresh_tbl"
@@ -82,233 +83,7 @@ TARGET_LOADER_ROWS_S = 300_000.0
 TARGET_FRESH_P99_S = 2.0
 # A drain smaller than this says the loader kept up; it is no throughput measurement.
 DRAIN_MIN_BACKLOG = 50_000
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    """The bench could not run a part (a tool missing, a process that would not start)."""
-
-
-# ---------------------------------------------------------------------------------------
-# Processes: every child gets its own process group so the whole tree can be killed.
-
-
-@dataclass
-class Child:
-    name: str
-    popen: subprocess.Popen[bytes]
-    stdout: Path
-    stderr: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, lines: int = 30) -> str:
-        out = []
-        for path in (self.stdout, self.stderr):
-            with contextlib.suppress(OSError):
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                out.append(f"--- {path.name}\n" + "\n".join(text))
-        return "\n".join(out)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class Children:
-    """Starts children in their own sessions and stops them (the whole group) for sure."""
-
-    def __init__(self) -> None:
-        self._children: list[Child] = []
-
-    def start(
-        self,
-        name: str,
-        argv: Sequence[str],
-        logdir: Path,
-        env: dict[str, str] | None = None,
-    ) -> Child:
-        stdout = logdir / f"{name}.stdout"
-        stderr = logdir / f"{name}.stderr"
-        with stdout.open("ab") as out, stderr.open("ab") as err:
-            popen = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=env,
-                start_new_session=True,
-            )
-        child = Child(name, popen, stdout, stderr)
-        self._children.append(child)
-        return child
-
-    def stop(self, child: Child, timeout: float = 20.0) -> None:
-        pgid = child.pid
-        if _group_alive(pgid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            child.popen.poll()
-            if not _group_alive(pgid):
-                break
-            time.sleep(0.05)
-        else:
-            log(f"{child.name} did not stop in {timeout:.0f}s; killing its process group")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.popen.wait(timeout=5)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.popen.wait(timeout=1)
-        if child in self._children:
-            self._children.remove(child)
-
-    def stop_all(self) -> None:
-        for child in reversed(list(self._children)):
-            try:
-                self.stop(child, timeout=10.0)
-            except Exception as e:  # keep cleaning up the others
-                log(f"stopping {child.name}: {e}")
-
-
-def _raise_on_signal(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-# ---------------------------------------------------------------------------------------
-# Small helpers.
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status), bytes(resp.read())
-    except urllib.error.HTTPError as e:
-        return int(e.code), bytes(e.read())
-
-
-def http_post(port: int, path: str, body: bytes, headers: dict[str, str]) -> int:
-    conn = http.client.HTTPConnection(HOST, port, timeout=5)
-    try:
-        conn.request("POST", path, body=body, headers=headers)
-        resp = conn.getresponse()
-        resp.read()
-        return int(resp.status)
-    finally:
-        conn.close()
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def fs_type(path: Path) -> str:
-    """The file-system type holding ``path`` (from /proc/mounts; "?" when unknown)."""
-    best, kind = "", "?"
-    target = str(path.resolve())
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/mounts").read_text().splitlines():
-            parts = line.split()
-            if len(parts) < 3:
-                continue
-            mount = parts[1]
-            inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-            if inside and len(mount) >= len(best):
-                best, kind = mount, parts[2]
-    return kind
-
-
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
-        return None
-    values = [int(v) for v in fields[:8]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
-
-
-class OthersMeter:
-    """CPU used by processes other than this bench and its children, over a stretch.
-
-    Machine-wide user+nice+system time from /proc/stat, minus this process's own and its
-    reaped children's (every server, loader and wrk it started, once stopped), divided by
-    the stretch's wall time times the cores. Interrupt time is left out on both sides.
-    """
-
-    def __init__(self) -> None:
-        self._start = self._read()
-
-    @staticmethod
-    def _read() -> tuple[float, float, float] | None:
-        try:
-            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        except (OSError, IndexError):
-            return None
-        tick = os.sysconf("SC_CLK_TCK")
-        busy = sum(int(v) for v in fields[:3]) / tick
-        t = os.times()
-        own = t.user + t.system + t.children_user + t.children_system
-        return time.monotonic(), busy, own
-
-    def share(self) -> float | None:
-        end = self._read()
-        if self._start is None or end is None or end[0] <= self._start[0]:
-            return None
-        others = (end[1] - self._start[1]) - (end[2] - self._start[2])
-        return max(0.0, others / ((end[0] - self._start[0]) * (os.cpu_count() or 1)))
-
-
-def busy_cpu(seconds: float = 2.0) -> float | None:
-    """Share of the machine's CPU time used over ``seconds`` (0..1), by anything."""
-    before = _cpu_ticks()
-    time.sleep(seconds)
-    after = _cpu_ticks()
-    if before is None or after is None or after[1] == before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
-
-
 QUIET = 0.15  # CPU share used by others under which the machine counts as quiet
-
-
-def wait_quiet(limit_s: float) -> float | None:
-    """Wait up to ``limit_s`` for the machine to be quiet; returns the last busy share."""
-    deadline = time.monotonic() + limit_s
-    busy = busy_cpu()
-    while busy is not None and busy > QUIET and time.monotonic() < deadline:
-        log(f"machine busy ({busy:.0%} CPU used by other processes); waiting (--wait-quiet)")
-        time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
-        busy = busy_cpu()
-    return busy
 
 
 def git_describe() -> str:
@@ -343,56 +118,7 @@ def verdict(ok: bool | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Tools.
-
-
-def check_tools() -> None:
-    missing = [tool for tool in ("wrk", "nginx") if _which(tool) is None]
-    if missing:
-        pkgs = " ".join("nginx-light" if t == "nginx" else t for t in missing)
-        raise BenchError(
-            f"missing: {', '.join(missing)}. Install with:\n"
-            f"  apt-get install -y {pkgs}    (as root; nginx-light or nginx both work)"
-        )
-    if not TDEDGE.exists():
-        raise BenchError(f"{TDEDGE} not found: .venv/bin/pip install -e '.[dev]'")
-
-
-def _which(tool: str) -> str | None:
-    return shutil.which(tool) or next(
-        (str(Path(d) / tool) for d in ("/usr/sbin", "/sbin") if (Path(d) / tool).exists()),
-        None,
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# nginx.
-
-NGINX_CONF = """\
-worker_processes {workers};
-daemon off;
-master_process on;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_timeout 65;
-    keepalive_requests 1000000;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen {host}:{port};
-        location / {{
-            default_type application/json;
-            return 200 '{{}}';
-        }}
-    }}
-}}
-"""
+# The references' app and wrk's script.
 
 
 # The reference a Python edge cannot beat: granian with a handler that does only what
@@ -415,334 +141,12 @@ app = App()
 """
 
 
-def start_bare_granian(children: Children, tmp: Path, workers: int) -> tuple[Child, int]:
-    gdir = tmp / "granian-bare"
-    gdir.mkdir(parents=True, exist_ok=True)
-    (gdir / "bare_rsgi.py").write_text(BARE_RSGI)
-    port = free_port()
-    argv = [sys.executable, "-m", "granian", "--interface", "rsgi", "--host", HOST]
-    argv += ["--port", str(port), "--workers", str(workers), "--loop", "uvloop"]
-    argv += ["--backlog", "2048", "--log-level", "warning", "bare_rsgi:app"]
-    env = {**os.environ, "PYTHONPATH": str(gdir)}
-    return _answering(children.start("granian-bare", argv, tmp, env=env), port, 30.0)
-
-
-def start_nginx(children: Children, tmp: Path, workers: str) -> tuple[Child, int]:
-    ndir = tmp / "nginx"
-    ndir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    conf = ndir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(workers=workers, tmp=ndir, host=HOST, port=port))
-    nginx = _which("nginx") or "nginx"
-    child = children.start("nginx", [nginx, "-p", str(ndir), "-c", str(conf)], tmp)
-    return _answering(child, port, 15.0)
-
-
-def _answering(child: Child, port: int, timeout: float) -> tuple[Child, int]:
-    """``child`` and its port once a POST of ``{}`` gets a 200, else BenchError."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not child.alive():
-            raise BenchError(f"{child.name} exited:\n{child.tail()}")
-        with contextlib.suppress(OSError):
-            if http_post(port, "/", b"{}", {"Content-Type": "application/json"}) == 200:
-                return child, port
-        time.sleep(0.1)
-    raise BenchError(f"{child.name} did not answer on port {port}:\n{child.tail()}")
-
-
-# ---------------------------------------------------------------------------------------
-# wrk.
-
 WRK_LUA = """\
 wrk.method = "POST"
 wrk.body = '{body}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-TD-Write-Key"] = "{key}"
-
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "BENCH_JSON {{\\"requests\\":%d,\\"duration_us\\":%d,\\"status\\":%d,\\"connect\\":%d," ..
-    "\\"read\\":%d,\\"write\\":%d,\\"timeout\\":%d,\\"p50_us\\":%d,\\"p90_us\\":%d," ..
-    "\\"p99_us\\":%d,\\"max_us\\":%d}}\\n",
-    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
 """
-
-
-@dataclass
-class WrkResult:
-    target: str
-    rps: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    requests: int
-    non2xx: int
-    socket_errors: int
-    duration_s: float
-
-    @property
-    def ok_responses(self) -> int:
-        return self.requests - self.non2xx
-
-
-_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-
-
-def _to_ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
-    if not m:
-        raise ValueError(f"not a wrk duration: {text!r}")
-    return float(m.group(1)) * _UNITS_MS[m.group(2)]
-
-
-def parse_wrk(target: str, out: str) -> WrkResult:
-    """Read wrk's text output; the Lua ``done`` line, when present, gives exact figures."""
-
-    def grab(pattern: str) -> re.Match[str] | None:
-        return re.search(pattern, out, re.MULTILINE)
-
-    rps_m = grab(r"^Requests/sec:\s+([\d.]+)")
-    total_m = grab(r"^\s*(\d+) requests in ([\d.]+\w+)")
-    if rps_m is None or total_m is None:
-        raise BenchError(f"could not parse wrk output:\n{out}")
-    lat: dict[str, float] = {}
-    for pct in ("50", "90", "99"):
-        m = grab(rf"^\s+{pct}(?:\.000)?%\s+(\S+)")
-        lat[pct] = _to_ms(m.group(1)) if m else math.nan
-    non2xx_m = grab(r"Non-2xx or 3xx responses:\s+(\d+)")
-    sock_m = grab(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-    max_m = grab(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)")
-    result = WrkResult(
-        target=target,
-        rps=float(rps_m.group(1)),
-        p50_ms=lat["50"],
-        p90_ms=lat["90"],
-        p99_ms=lat["99"],
-        max_ms=_to_ms(max_m.group(1)) if max_m else math.nan,
-        requests=int(total_m.group(1)),
-        non2xx=int(non2xx_m.group(1)) if non2xx_m else 0,
-        socket_errors=sum(int(g) for g in sock_m.groups()) if sock_m else 0,
-        duration_s=_to_ms(total_m.group(2)) / 1e3,
-    )
-    exact = grab(r"^BENCH_JSON (\{.*\})$")
-    if exact is not None:
-        d = json.loads(exact.group(1))
-        dur = d["duration_us"] / 1e6
-        result.rps = d["requests"] / dur if dur > 0 else result.rps
-        result.p50_ms = d["p50_us"] / 1e3
-        result.p90_ms = d["p90_us"] / 1e3
-        result.p99_ms = d["p99_us"] / 1e3
-        result.max_ms = d["max_us"] / 1e3
-        result.requests = int(d["requests"])
-        result.non2xx = int(d["status"])
-        result.socket_errors = sum(int(d[k]) for k in ("connect", "read", "write", "timeout"))
-        result.duration_s = dur
-    return result
-
-
-def run_wrk(target: str, url: str, script: Path, duration: int, tmp: Path) -> WrkResult:
-    argv = [
-        "wrk",
-        f"-t{WRK_THREADS}",
-        f"-c{WRK_CONNECTIONS}",
-        f"-d{duration}s",
-        "--latency",
-        "--timeout",
-        "10s",
-        "-s",
-        str(script),
-        url,
-    ]
-    log(f"wrk → {target}: {shlex.join(argv)}")
-    # wrk runs in the foreground with a hard time bound; Ctrl-C reaches it through the
-    # terminal's process group, and the timeout kills it otherwise.
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
-    (tmp / f"wrk-{target}.out").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    result = parse_wrk(target, done.stdout)
-    log(
-        f"  {target}: {result.rps:,.0f} rps, p50 {result.p50_ms:.2f} ms, "
-        f"p99 {result.p99_ms:.2f} ms, non-2xx {result.non2xx}, socket errors "
-        f"{result.socket_errors}"
-    )
-    return result
-
-
-# ---------------------------------------------------------------------------------------
-# tdedge.
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus exposition → {name: sum over every label set} (+ {name{labels}: value})."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if not m:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        name = m.group(1)
-        out[name] = out.get(name, 0.0) + value
-        if m.group(2):
-            out[name + m.group(2)] = value
-    return out
-
-
-class Tdedge:
-    """One ``tdedge serve`` process group on a data dir."""
-
-    def __init__(
-        self,
-        children: Children,
-        data_dir: Path,
-        logdir: Path,
-        workers: int,
-        loader: bool,
-        log_level: str,
-        extra: Sequence[str] = (),
-    ) -> None:
-        self.children = children
-        self.data_dir = data_dir
-        self.logdir = logdir
-        self.workers = workers
-        self.loader = loader
-        self.log_level = log_level
-        self.extra = list(extra)
-        self.port = 0
-        self.child: Child | None = None
-        self.master_key = ""
-        self.write_key = ""
-        self.started_at = 0.0  # time.monotonic() just before the process was spawned
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.port = free_port()
-        argv = [
-            str(TDEDGE),
-            "serve",
-            "--data-dir",
-            str(self.data_dir),
-            "--host",
-            HOST,
-            "--port",
-            str(self.port),
-            "--workers",
-            str(self.workers),
-            "--log-level",
-            self.log_level,
-            *([] if self.loader else ["--no-loader"]),
-            *self.extra,
-        ]
-        name = f"tdedge-w{self.workers}-{self.port}"
-        log(f"starting {shlex.join(argv)}")
-        self.started_at = time.monotonic()
-        self.child = self.children.start(name, argv, self.logdir)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.child.alive():
-                if not self.write_key:  # a first start prints the keys before anything fails
-                    self._scan_keys()
-                raise BenchError(f"tdedge serve exited:\n{self.child.tail()}")
-            with contextlib.suppress(OSError):
-                if http_get(f"{self.url}/healthz", timeout=1)[0] == 200:
-                    break
-            time.sleep(0.05)
-        else:
-            raise BenchError(f"tdedge serve did not answer /healthz:\n{self.child.tail()}")
-        if not self.write_key:
-            self._read_keys(deadline)
-        log(f"tdedge up on {self.url} after {time.monotonic() - self.started_at:.1f}s")
-
-    def _scan_keys(self) -> bool:
-        assert self.child is not None
-        text = self.child.stdout.read_text(errors="replace")
-        master = re.search(r"^\s*master key:\s*(\S+)", text, re.MULTILINE)
-        write = re.search(r"^\s*write key:\s*(\S+)", text, re.MULTILINE)
-        if master and write:
-            self.master_key, self.write_key = master.group(1), write.group(1)
-            return True
-        return False
-
-    def _read_keys(self, deadline: float) -> None:
-        assert self.child is not None
-        while time.monotonic() < deadline:
-            if self._scan_keys():
-                return
-            time.sleep(0.05)
-        raise BenchError(
-            "no 'write key:' line in serve's stdout (is the data dir empty?):\n" + self.child.tail()
-        )
-
-    def stop(self) -> None:
-        if self.child is not None:
-            self.children.stop(self.child, timeout=30.0)
-            self.child = None
-
-    def alive(self) -> bool:
-        return self.child is not None and self.child.alive()
-
-    def metrics(self) -> dict[str, float]:
-        status, body = http_get(f"{self.url}/metrics", timeout=5)
-        if status != 200:
-            raise BenchError(f"/metrics answered {status}")
-        return parse_metrics(body.decode(errors="replace"))
-
-    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(TDEDGE), *args], capture_output=True, text=True, timeout=timeout)
-
-    def count(self, table: str) -> int | None:
-        """``SELECT count(*)`` through ``tdedge query``; None when the query fails."""
-        done = self.cli(
-            "query",
-            "--data-dir",
-            str(self.data_dir),
-            "--format",
-            "json",
-            f"SELECT count(*) AS n FROM {DB}.{table}",
-        )
-        if done.returncode != 0:
-            return None
-        try:
-            return int(json.loads(done.stdout)[0]["n"])
-        except (ValueError, KeyError, IndexError, TypeError):
-            return None
-
-
-def create_database(data_dir: Path, name: str) -> str:
-    """``tdedge db create``; falls back to the control store when the CLI cannot run."""
-    done = subprocess.run(
-        [str(TDEDGE), "db", "create", "--data-dir", str(data_dir), name],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if done.returncode == 0 or "already exists" in done.stderr:
-        return "tdedge db create"
-    log(f"tdedge db create failed ({done.stderr.strip().splitlines()[-1:]}); using ControlStore")
-    from tdedge.config import Settings
-    from tdedge.control.store import ControlStore
-    from tdedge.errors import AlreadyExists
-
-    store = ControlStore.open(Settings(data_dir=str(data_dir)).control_db)
-    try:
-        with contextlib.suppress(AlreadyExists):
-            store.create_database(name, 1)
-    finally:
-        store.close()
-    return "ControlStore.create_database (db create failed)"
 
 
 def bootstrap(
@@ -835,7 +239,7 @@ def _metric_rows(server: Tdedge) -> Callable[[], int | None]:
 
 def _count_rows(server: Tdedge, table: str, offset: int) -> Callable[[], int | None]:
     def read() -> int | None:
-        n = server.count(table)
+        n = server.count(f"{DB}.{table}")
         return None if n is None else n - offset
 
     return read
@@ -881,7 +285,7 @@ def measure_drain(
     if expected_count is not None:
         deadline = time.monotonic() + min(60.0, timeout)
         while True:
-            counted = server.count(table)
+            counted = server.count(f"{DB}.{table}")
             if counted is not None and counted >= expected_count:
                 confirmed = time.monotonic() - clock_start
                 break
@@ -992,7 +396,7 @@ class CliIdReader:
 
     def __init__(self, data_dir: Path, table: str) -> None:
         self._argv = [
-            str(TDEDGE),
+            *TDEDGE,
             "query",
             "--data-dir",
             str(data_dir),
@@ -1305,27 +709,10 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or not den else num / den
 
 
-def median_result(target: str, results: Sequence[WrkResult]) -> WrkResult:
-    """Several runs of one target as one: medians of rps and latencies, sums of counts."""
-    med = statistics.median
-    return WrkResult(
-        target=target,
-        rps=med(r.rps for r in results),
-        p50_ms=med(r.p50_ms for r in results),
-        p90_ms=med(r.p90_ms for r in results),
-        p99_ms=med(r.p99_ms for r in results),
-        max_ms=max(r.max_ms for r in results),
-        requests=sum(r.requests for r in results),
-        non2xx=sum(r.non2xx for r in results),
-        socket_errors=sum(r.socket_errors for r in results),
-        duration_s=sum(r.duration_s for r in results),
-    )
-
-
 def http_and_drain(
     args: argparse.Namespace,
     server: Tdedge,
-    script: Path,
+    script: str,
     path: str,
     nginx: WrkResult | None,
     tmp: Path,
@@ -1339,15 +726,19 @@ def http_and_drain(
     """
     before = server.metrics()
     name = f"tdedge-w{server.workers}"
-    pairs: list[tuple[WrkResult, WrkResult]] = []
+    pairs: list[list[WrkResult]] = []
     with MetricsSampler(server) as sampler:
         if nginx_url is None:
             result = run_wrk(name, f"{server.url}{path}", script, args.duration, tmp)
         else:
-            for r in range(1, args.rounds + 1):
-                n = run_wrk(f"nginx-r{r}", nginx_url, script, args.duration, tmp)
-                t = run_wrk(f"{name}-r{r}", f"{server.url}{path}", script, args.duration, tmp)
-                pairs.append((n, t))
+            reference = nginx_url
+            pairs = alternate(
+                args.rounds,
+                lambda r: run_wrk(f"nginx-r{r + 1}", reference, script, args.duration, tmp),
+                lambda r: run_wrk(
+                    f"{name}-r{r + 1}", f"{server.url}{path}", script, args.duration, tmp
+                ),
+            )
             result = median_result(f"{name}/med{args.rounds}", [t for _, t in pairs])
         wrk_end = time.monotonic()
     at_end = server.metrics()
@@ -1374,7 +765,7 @@ def http_and_drain(
         run_.nginx_rounds = [n for n, _ in pairs]
         run_.tdedge_rounds = [t for _, t in pairs]
         run_.round_ratios = [t.rps / n.rps for n, t in pairs if n.rps > 0]
-        run_.ratio = statistics.median(run_.round_ratios) if run_.round_ratios else None
+        run_.ratio = median_ratio((t.rps, n.rps) for n, t in pairs)
     lag = sampler.max("tdedge_loader_lag_records")
     run_.max_lag_records = None if lag is None else int(lag)
     run_.max_lag_s = sampler.max("tdedge_loader_lag_seconds")
@@ -1404,90 +795,92 @@ def run(args: argparse.Namespace, report: Report, children: Children, tmp: Path)
         logdir = tmp / "logs"
         logdir.mkdir(parents=True, exist_ok=True)
         boot = bootstrap(report, children, data_dir, logdir, args.log_level)
-        script = tmp / "postback.lua"
-        script.write_text(WRK_LUA.format(body=BODY, key=boot.write_key))
+        script = WRK_LUA.format(body=BODY, key=boot.write_key)
         path = f"/postback/v3/event/{DB}/{TABLE}"
-        nginx_child: Child | None = None
         nginx_url: str | None = None
-        if "http" in parts and args.rounds > 1:
-            # Kept running (idle between its rounds) while tdedge's rounds alternate with it.
-            nginx_child, nport = start_nginx(children, tmp, args.nginx_workers)
-            nginx_url = f"http://{HOST}:{nport}{path}"
-        elif "http" in parts:
-            nginx, nport = start_nginx(children, tmp, args.nginx_workers)
-            try:
-                report.nginx = run_wrk(
-                    "nginx", f"http://{HOST}:{nport}{path}", script, args.duration, tmp
-                )
-            finally:
-                children.stop(nginx)
-        if "http" in parts and args.granian_ref:
-            bare, gport = start_bare_granian(children, tmp, args.worker_list[0])
-            try:
-                report.granian = run_wrk(
-                    f"granian-w{args.worker_list[0]}",
-                    f"http://{HOST}:{gport}{path}",
-                    script,
-                    args.duration,
-                    tmp,
-                )
-            finally:
-                children.stop(bare)
-        expected_total = 0
-        for index, workers in enumerate(args.worker_list):
-            server = Tdedge(
-                children,
-                data_dir,
-                logdir,
-                workers,
-                loader=not args.no_loader,
-                log_level=args.log_level,
-            )
-            server.write_key, server.master_key = boot.write_key, boot.master_key
-            server.start()
-            try:
-                if "http" in parts or "drain" in parts:
-                    run_ = http_and_drain(
-                        args,
-                        server,
-                        script,
-                        path,
-                        report.nginx,
-                        tmp,
-                        expected_total,
-                        nginx_url if "http" in parts else None,
+        with contextlib.ExitStack() as kept:
+            if "http" in parts and args.rounds > 1:
+                # Kept running (idle between its rounds) while tdedge's rounds alternate
+                # with it.
+                ref = kept.enter_context(nginx(children, tmp, args.nginx_workers))
+                nginx_url = ref.url + path
+            elif "http" in parts:
+                with nginx(children, tmp, args.nginx_workers) as ref:
+                    report.nginx = run_wrk("nginx", ref.url + path, script, args.duration, tmp)
+            if "http" in parts and args.granian_ref:
+                w = args.worker_list[0]
+                with bare_granian(children, tmp, BARE_RSGI, w) as ref:
+                    report.granian = run_wrk(
+                        f"granian-w{w}", ref.url + path, script, args.duration, tmp
                     )
-                    report.tdedge.append(run_)
-                    expected_total += run_.accepted or 0
-                if "fresh" in parts and index == 0:
-                    report.freshness = measure_freshness(
-                        server,
-                        args.fresh_count,
-                        args.fresh_rate,
-                        args.fresh_poll_ms,
-                        timeout=max(30.0, args.stall_timeout),
-                    )
-                    log(f"  freshness: {_fresh_line(report.freshness)}")
-            finally:
-                server.stop()
-        if nginx_child is not None:
-            children.stop(nginx_child)
+            tdedge_runs(args, report, children, boot, tmp, script, path, nginx_url)
+        if nginx_url is not None:
             rounds = [n for r in report.tdedge for n in r.nginx_rounds]
             if rounds:
                 report.nginx = median_result(f"nginx/med{len(rounds)}", rounds)
         elif "http" in parts and args.bracket:
-            nginx, nport = start_nginx(children, tmp, args.nginx_workers)
-            try:
+            with nginx(children, tmp, args.nginx_workers) as ref:
                 report.nginx_after = run_wrk(
-                    "nginx-again", f"http://{HOST}:{nport}{path}", script, args.duration, tmp
+                    "nginx-again", ref.url + path, script, args.duration, tmp
                 )
-            finally:
-                children.stop(nginx)
             reference = nginx_reference(report)
             for r in report.tdedge:
                 r.ratio = _ratio(r.wrk.rps, reference)
     if "prefill" in parts and args.prefill > 0:
         run_prefill(args, report, children, tmp)
+
+
+def tdedge_runs(
+    args: argparse.Namespace,
+    report: Report,
+    children: Children,
+    boot: Tdedge,
+    tmp: Path,
+    script: str,
+    path: str,
+    nginx_url: str | None,
+) -> None:
+    """One server per ``--workers`` value on the data dir ``boot`` made: wrk and the
+    drain, and (on the first) the freshness."""
+    parts: set[str] = args.part_set
+    data_dir, logdir = tmp / "data", tmp / "logs"
+    expected_total = 0
+    for index, workers in enumerate(args.worker_list):
+        server = Tdedge(
+            children,
+            data_dir,
+            logdir,
+            workers,
+            loader=not args.no_loader,
+            log_level=args.log_level,
+        )
+        server.write_key, server.master_key = boot.write_key, boot.master_key
+        server.start()
+        try:
+            if "http" in parts or "drain" in parts:
+                run_ = http_and_drain(
+                    args,
+                    server,
+                    script,
+                    path,
+                    report.nginx,
+                    tmp,
+                    expected_total,
+                    nginx_url if "http" in parts else None,
+                )
+                report.tdedge.append(run_)
+                expected_total += run_.accepted or 0
+            if "fresh" in parts and index == 0:
+                report.freshness = measure_freshness(
+                    server,
+                    args.fresh_count,
+                    args.fresh_rate,
+                    args.fresh_poll_ms,
+                    timeout=max(30.0, args.stall_timeout),
+                )
+                log(f"  freshness: {_fresh_line(report.freshness)}")
+        finally:
+            server.stop()
 
 
 def nginx_reference(report: Report) -> float | None:
@@ -1803,19 +1196,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-@contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP unwind as KeyboardInterrupt, so the cleanup always runs
-    (SIGINT too: a shell may start a background job with SIGINT ignored)."""
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, _raise_on_signal) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     report = Report(
@@ -1826,7 +1206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp_fs="?",
     )
     try:
-        check_tools()
+        check_tools("wrk", "nginx")
+        check_tdedge()
     except BenchError as e:
         print(f"bench/postback: {e}", file=sys.stderr)
         return 2
@@ -1839,7 +1220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meter: OthersMeter | None = None
     try:
         with signals_raise():
-            report.busy_before = wait_quiet(args.wait_quiet)
+            report.busy_before = wait_quiet(args.wait_quiet, QUIET)
             meter = OthersMeter()
             run(args, report, children, tmp)
     except KeyboardInterrupt:

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import httpx
 import numpy as np
 import pyarrow as pa
 
+from harness.ports import free_port
 from tdedge.config import Settings
 from tdedge.control.jobs import JobStore
 from tdedge.control.store import ControlStore
@@ -148,7 +148,7 @@ def session_runs(settings: Settings, sql_td: str, runs: int) -> dict[str, Any]:
 
 
 def rest_runs(settings: Settings, sql_td: str, runs: int) -> dict[str, Any]:
-    api_port, port = _free_port(), _free_port()
+    api_port, port = free_port(), free_port()
     log = settings.root / "serve.log"
     proc = subprocess.Popen(
         [
@@ -211,12 +211,6 @@ def _stats(values: list[float]) -> dict[str, float]:
         "min": round(min(values), 4),
         "max": round(max(values), 4),
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(endpoint: str) -> None:

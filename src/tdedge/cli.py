@@ -425,13 +425,13 @@ def db() -> None:
 def db_create(
     data_dir: str | None, account: int, max_databases_per_account: int, name: str
 ) -> None:
-    from tdedge.control.store import ControlStore
+    from tdedge import backends
     from tdedge.errors import ControlError
     from tdedge.lake.lake import Lake
 
     settings = _settings(data_dir, max_databases_per_account=max_databases_per_account)
     try:
-        store = ControlStore.open(settings.control_db, settings.max_databases_per_account)
+        store = backends.control(settings)
         info = store.create_database(name, account)
     except ControlError as e:
         raise click.ClickException(str(e)) from e
@@ -490,10 +490,9 @@ def errors(data_dir: str | None, fmt: str, limit: int) -> None:
 
 def _control(data_dir: str | None, existing: bool = False) -> Any:
     """The control store; ``existing``: only a data dir that is there (a read)."""
-    from tdedge.control.store import ControlStore
+    from tdedge import backends
 
-    settings = existing_settings(data_dir) if existing else _settings(data_dir)
-    return ControlStore.open(settings.control_db)
+    return backends.control(existing_settings(data_dir) if existing else _settings(data_dir))
 
 
 def _emit(columns: Sequence[str], rows: list[dict[str, Any]], fmt: str) -> None:
@@ -528,6 +527,7 @@ def _table(columns: Sequence[str], rows: list[dict[str, Any]]) -> str:
 @data_dir_option
 def engine_command(parent_pid: int | None, data_dir: str | None) -> None:
     """Run the personalization engine alone (serve starts it for you)."""
+    from tdedge import backends
     from tdedge.realtime import host
 
-    host.run(_child_settings(data_dir), parent_pid)
+    host.run(_child_settings(data_dir), backends.profiles, parent_pid)

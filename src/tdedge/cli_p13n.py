@@ -257,12 +257,13 @@ def _service(settings: Settings, name: str | None) -> Any:
 
 
 def _engine(settings: Settings) -> Any:
-    from tdedge.realtime import batch, sqlite
+    from tdedge import backends
+    from tdedge.realtime import batch
     from tdedge.realtime.batch import BatchStore
     from tdedge.realtime.engine import Engine
 
     return Engine(
-        sqlite.SQLiteProfileStore(sqlite.default_path(settings.root)),
+        backends.profiles(settings),
         BatchStore(batch.default_path(settings.root)),
     )
 

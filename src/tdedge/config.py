@@ -22,6 +22,10 @@ SETTINGS_ENV = "TDEDGE_SETTINGS_JSON"
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = DEFAULT_DATA_DIR
+    # The control database's URL; empty: the SQLite file in the data dir. So far only
+    # the control store's own tables (accounts, keys, databases) follow it; the jobs and
+    # p13n tables move with it before it is offered as an option.
+    control: str = ""
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -274,6 +278,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def control_db(self) -> Path:
         return self.root / "control.sqlite"
+
+    @property
+    def control_url(self) -> str:
+        return self.control or f"sqlite:///{self.control_db}"
 
     @property
     def bulk_sessions_db(self) -> Path:

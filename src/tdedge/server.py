@@ -26,7 +26,6 @@ import msgspec
 
 from tdedge import instance, lifecycle, logs
 from tdedge.config import SETTINGS_ENV, Settings
-from tdedge.control.store import ControlStore, sqlite_engine
 
 log = logging.getLogger("tdedge.server")
 
@@ -59,7 +58,9 @@ def bootstrap(settings: Settings) -> tuple[str, str] | None:
     Also the example's database: a write key cannot create one, and the curl example
     printed at first start must work as pasted.
     """
-    store = ControlStore.open(settings.control_db)
+    from tdedge import backends
+
+    store = backends.control(settings)
     try:
         if store.account_count() > 0:
             return None
@@ -204,8 +205,8 @@ def serve(settings: Settings, run_loader: bool = True) -> None:
         lock_fd = instance.claim(settings)
     except instance.AlreadyRunning as e:
         raise click.ClickException(str(e)) from None
-    keys = bootstrap(settings)
     prepare_metrics_dir(settings.metrics_dir)
+    keys = bootstrap(settings)
     click.echo(welcome(settings, keys), err=False)
     sys.stdout.flush()
     stopping = threading.Event()
@@ -308,7 +309,11 @@ def prepare_metrics_dir(directory: Path) -> None:
 
     Must run before prometheus_client is imported anywhere in this process tree: the
     library picks its storage when first imported (which is why this is not in metrics.py).
+    Imported earlier, every worker would count in memory and /metrics would show none of
+    their requests: refuse to start rather than serve metrics that silently miss them.
     """
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess directory")
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
@@ -316,9 +321,9 @@ def prepare_metrics_dir(directory: Path) -> None:
 
 def run_loader(settings: Settings, parent_pid: int | None) -> None:
     """The loader process: one per data dir, stops on SIGTERM or when ``serve`` is gone."""
+    from tdedge import backends
     from tdedge.control.directory import Directory
     from tdedge.control.imports import ImportLedger
-    from tdedge.journal.sqlite import SQLiteJournalReader
     from tdedge.lake.lake import Lake
     from tdedge.loader.record_ids import RecordIds
     from tdedge.loader.runner import Loader
@@ -328,9 +333,9 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     lock_fd = lifecycle.role_lock(settings, "loader", stop)
     if lock_fd is None:
         return
-    control = sqlite_engine(settings.control_db)
-    store = ControlStore(control, settings.max_databases_per_account)
-    reader = SQLiteJournalReader(settings.journal_dir)
+    store = backends.control(settings)
+    control = store.engine
+    reader = backends.journal_reader(settings)
     lake = Lake.open(settings)
     record_ids = RecordIds.open(settings.record_ids_db)
     # Lower priority once started: start-up (imports, the lake's extensions) is a short
@@ -339,7 +344,7 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     try:
         log.info("loader started", extra={"pid": os.getpid()})
         # p13n batch segments refresh on their schedule: one thread per data dir.
-        start_p13n_refresher(settings, stop)
+        start_p13n_refresher(settings, stop, backends.profiles)
         directory = Directory(store, ttl_s=settings.key_cache_ttl_s)
         Loader(
             settings,

@@ -1,4 +1,5 @@
-"""The embedded SQLite journal: group commit, durability, shards, positions."""
+"""The embedded SQLite journal's own behaviour: group commit, shards, free disk, fsync
+order. What every journal does is in tests/unit/contracts/test_journal.py."""
 
 from __future__ import annotations
 
@@ -67,24 +68,6 @@ def append_each(journal: SQLiteJournal, envs: list[Envelope]) -> None:
         append_all(journal, [e])
 
 
-def test_read_after_position_release_and_pending(tmp_path: Path) -> None:
-    s = settings(tmp_path)
-    journal = SQLiteJournal(s)
-    append_each(journal, [env(i) for i in range(10)])
-    reader = SQLiteJournalReader(s.journal_dir)
-    assert reader.pending({}) == (10, env(0).received_ms)
-    assert [g.seq for g in reader.read({"shard-00": 7}, 100)] == [8, 9, 10]
-    assert reader.pending({"shard-00": 7}) == (3, env(7).received_ms)
-    reader.release({"shard-00": 10})
-    assert reader.read({}, 100) == []
-    assert reader.pending({"shard-00": 10}) == (0, None)
-    # Numbers are never reused, even once every row has been released.
-    append_all(journal, [env(99)])
-    assert [g.seq for g in reader.read({"shard-00": 10}, 100)] == [11]
-    journal.close()
-    reader.close()
-
-
 def test_each_live_journal_owns_a_shard_and_a_dead_ones_shard_is_reused(tmp_path: Path) -> None:
     s = settings(tmp_path)
     a, b = SQLiteJournal(s), SQLiteJournal(s)
@@ -107,46 +90,12 @@ def test_each_live_journal_owns_a_shard_and_a_dead_ones_shard_is_reused(tmp_path
     reader.close()
 
 
-def test_backlog_over_bound_refuses_appends(tmp_path: Path) -> None:
-    journal = SQLiteJournal(settings(tmp_path, journal_max_backlog=3))
-    append_each(journal, [env(i) for i in range(3)])
-    deadline = time.monotonic() + 5
-    while journal.writable() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not journal.writable()
-    assert journal.backlog() == 3
-    with pytest.raises(JournalUnavailable, match="backlog_full"):
-        append_all(journal, [env(4)])
-    # Releasing the backlog makes it writable again.
-    SQLiteJournalReader(settings(tmp_path).journal_dir).release({journal.shard: 3})
-    assert SQLiteJournalReader(settings(tmp_path).journal_dir).read({}, 9) == []
-    deadline = time.monotonic() + 5
-    while not journal.writable() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert journal.writable()
-    append_all(journal, [env(5)])
-    journal.close()
-
-
 def test_low_disk_refuses_appends(tmp_path: Path) -> None:
     journal = SQLiteJournal(settings(tmp_path, journal_min_free_bytes=1 << 62))
     assert not journal.writable()
     with pytest.raises(JournalUnavailable, match="disk_full"):
         append_all(journal, [env(1)])
     journal.close()
-
-
-def test_append_many_is_one_group(tmp_path: Path) -> None:
-    s = settings(tmp_path)
-    journal = SQLiteJournal(s)
-
-    async def go() -> None:
-        await journal.append_many([env(1), env(2), env(3)])
-
-    asyncio.run(go())
-    journal.close()
-    got = SQLiteJournalReader(s.journal_dir).read({}, 100)
-    assert [(g.seq, list(g.envelopes)) for g in got] == [(1, [env(1), env(2), env(3)])]
 
 
 class EnvelopeBeforeImports(msgspec.Struct, array_like=True):

@@ -65,8 +65,14 @@ def test_a_table_the_lake_refuses_at_commit_is_set_aside_and_the_others_load(
     fail_twice(loader)
     assert w.lake.positions() == {}
 
-    report = loader.step(LATER)
-    assert (report.rows, report.rejected) == (3, 1)
+    # Committing tables apart may take more than one step's time on a busy machine: it
+    # goes on at the next step, from where it stopped.
+    rejected = 0
+    for _ in range(20):
+        rejected += loader.step(LATER).rejected
+        if rejected:
+            break
+    assert rejected == 1
     assert w.rows("SELECT i FROM db.t ORDER BY i") == [(1,), (2,)]
     assert w.rows("SELECT j FROM db.u") == [(1,)]
     (error,) = errors(w)

@@ -131,6 +131,9 @@ class ApiDoor:
                 return r.name
         return "unknown"
 
+    def refused(self, route: str, error: HTTPError, scope: Scope) -> Response:
+        return error_response(error)
+
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
         try:
             return await self._handle(route, scope, proto)

@@ -17,9 +17,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from tdedge.control.keys import KeyInfo, KeyType, hash_key, key_id, new_key
-from tdedge.errors import AlreadyExists, InvalidName, LimitReached, NotFound
+from tdedge.errors import AlreadyExists, ControlError, InvalidName, LimitReached, NotFound
 from tdedge.names import NAME_RULE, is_reserved, is_valid_name, normalize
 
+# Drawing a new account id again after another process took the same one.
+ID_ATTEMPTS = 20
 # The reason code of a database refused by the limit (REST answers, import errors).
 DATABASE_LIMIT = "database_limit"
 
@@ -88,6 +90,19 @@ def create_tables(
             time.sleep(0.05 * (attempt + 1))
 
 
+def engine_for(url: str) -> Engine:
+    """The control database at ``url``: ``sqlite:///<path>`` (the embedded default, a file
+    in the data dir) or ``postgresql://…`` (shared by several nodes; driven by psycopg)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        assert parsed.database, "a SQLite control database is a file"
+        return sqlite_engine(Path(parsed.database))
+    if parsed.get_backend_name() == "postgresql":
+        # pre_ping: a node outlives its database's restarts and failovers.
+        return sa.create_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True)
+    raise ValueError(f"unsupported control database {parsed.drivername!r}: sqlite or postgresql")
+
+
 def sqlite_engine(path: Path) -> Engine:
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(f"sqlite:///{path}")
@@ -108,6 +123,10 @@ class ControlStore:
     def open(cls, path: Path, max_databases_per_account: int | None = None) -> ControlStore:
         return cls(sqlite_engine(path), max_databases_per_account)
 
+    @classmethod
+    def connect(cls, url: str, max_databases_per_account: int | None = None) -> ControlStore:
+        return cls(engine_for(url), max_databases_per_account)
+
     @property
     def engine(self) -> Engine:
         return self._engine
@@ -121,17 +140,36 @@ class ControlStore:
             return int(conn.execute(sa.select(sa.func.count()).select_from(accounts)).scalar_one())
 
     def create_account(self, account_id: int | None = None) -> int:
-        with self._engine.begin() as conn:
-            result = conn.execute(
-                sa.insert(accounts).values(id=account_id, created_at=int(time.time()))
-            )
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
+        """Create account ``account_id``, or the next after the highest so far. Ids are
+        drawn, not taken from a sequence: accounts are also created with the id a key
+        names (``ensure_account``), which a PostgreSQL sequence would not know of."""
+        for _ in range(ID_ATTEMPTS):
+            try:
+                with self._engine.begin() as conn:
+                    new_id = account_id
+                    if new_id is None:
+                        highest = conn.execute(sa.select(sa.func.max(accounts.c.id))).scalar()
+                        new_id = int(highest or 0) + 1
+                    conn.execute(sa.insert(accounts).values(id=new_id, created_at=int(time.time())))
+                    return new_id
+            except sa.exc.IntegrityError:
+                if account_id is not None:
+                    raise AlreadyExists(f"account {account_id} already exists") from None
+                # Another process drew the same id first: draw again.
+        raise ControlError("could not draw a new account id; try again")
 
     def ensure_account(self, account_id: int) -> None:
-        with self._engine.begin() as conn:
+        with self._engine.connect() as conn:
             found = conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id))
-            if found.first() is None:
+            if found.first() is not None:
+                return
+        try:
+            with self._engine.begin() as conn:
                 conn.execute(sa.insert(accounts).values(id=account_id, created_at=int(time.time())))
+        except sa.exc.IntegrityError:
+            # Another worker or process created it between the look and the insert (two
+            # first requests of a new account at once): it exists, as asked.
+            pass
 
     # Keys.
     def create_key(self, account_id: int, type: KeyType) -> str:
@@ -187,11 +225,15 @@ class ControlStore:
         info = DatabaseInfo(name=name, account_id=account_id, created_at=int(time.time()))
         try:
             with self._engine.begin() as conn:
+                # Creations for one account take turns: the account's row is locked
+                # (PostgreSQL; SQLite's write lock, taken by the insert, does the same).
+                conn.execute(
+                    sa.select(accounts.c.id).where(accounts.c.id == account_id).with_for_update()
+                )
                 conn.execute(sa.insert(databases).values(**msgspec.structs.asdict(info)))
                 if self._over_limit(conn, account_id):
                     # Counted after the insert, in its transaction (rolled back by the
-                    # raise): the insert holds SQLite's write lock, so a creation
-                    # racing this one counts it.
+                    # raise), so a creation racing this one counts it.
                     raise LimitReached(
                         f"account {account_id} has {self._max_databases} databases, as many "
                         "as it may have (max_databases_per_account)",

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import msgspec
 
-from tdedge import metrics
+from tdedge import backends, metrics
 from tdedge.config import Settings
 from tdedge.edge.access_log import AccessLog
 from tdedge.edge.cdp import CdpDoor
@@ -37,14 +37,13 @@ from tdedge.edge.http import (
     Response,
     Scope,
     encode_json,
-    error_body,
+    error_response,
 )
 from tdedge.edge.legacy import LegacyDoor
 from tdedge.edge.p13n import P13nDoor
 from tdedge.edge.records import RecordsDoor
 from tdedge.edge.services import REQUEST, RequestState, Services
 from tdedge.edge.throttle import GO
-from tdedge.journal.sqlite import SQLiteJournal
 from tdedge.loader.heartbeat import JobsHeartbeat, jobs_problems, read_beat, read_heartbeat
 from tdedge.realtime.wire import listening
 
@@ -73,6 +72,11 @@ class Door(Protocol):
 
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response: ...
 
+    def refused(self, route: str, error: HTTPError, scope: Scope) -> Response:
+        """``error``, raised before this door read the request (the throttle's 429), as
+        this door answers its own errors: its clients parse that format only."""
+        ...
+
 
 class ElsewhereDoor:
     """A door served on another port: each of its requests is a 404 that says where."""
@@ -86,6 +90,9 @@ class ElsewhereDoor:
 
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
         raise HTTPError(404, OPERATORS_PORT_ONLY, self._message)
+
+    def refused(self, route: str, error: HTTPError, scope: Scope) -> Response:
+        return error_response(error)
 
 
 def operators_port(settings: Settings) -> tuple[bool, str]:
@@ -136,7 +143,7 @@ class EdgeApp:
     # RSGI lifecycle: the journal and its writer thread belong to the worker process.
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        journal = SQLiteJournal(self.settings)
+        journal = backends.journal(self.settings)
         self._services = Services(self.settings, journal)
         self._doors = {"legacy": LegacyDoor(self._services)}
         self._doors["records"] = RecordsDoor(self._services)
@@ -196,6 +203,7 @@ class EdgeApp:
         started: float | None = None
         arrived = time.perf_counter()
         code: str | None = None
+        found = door.route(scope.path)
         try:
             if throttle and scope.path not in OPS_ROUTES:
                 # Some address is being charged for refused requests: is this one it?
@@ -204,12 +212,18 @@ class EdgeApp:
                 source = services.source(scope)
                 found_turn = throttle.turn(source, time.monotonic())
                 if found_turn is None:
-                    raise services.throttled(door.name, source)
+                    e = services.throttled(door.name, source)
+                    if found is None:
+                        raise e
+                    route = found
+                    status, headers, body = door.refused(found, e, scope)
+                    services.counters.inc(door.name, route, status)
+                    proto.response_bytes(status, headers, body)
+                    return
                 turn = found_turn
                 if turn.wait:
                     await asyncio.sleep(turn.wait)
             started = time.perf_counter()
-            found = door.route(scope.path)
             if found is not None:
                 route = found
                 status, headers, body = await door.handle(
@@ -221,9 +235,7 @@ class EdgeApp:
             else:
                 raise HTTPError(404, "not_found", not_found_message(door.name, scope))
         except HTTPError as e:
-            status = e.status
-            headers = [*JSON_HEADERS, *e.headers]
-            body = error_body(e.code, e.message)
+            status, headers, body = error_response(e)
             code = e.code
         except ClientGone:
             log.debug(
@@ -234,10 +246,11 @@ class EdgeApp:
             return
         # A refusal is charged to its address, an accepted request's turn given back
         # (edge/throttle.py): a 4xx, or records answered 200 but kept as refusals (a key
-        # refused with --auth async). 5xx are the server's own trouble, not the client's,
-        # and a 408 is a slow network's (a carrier's address is many phones): the
-        # deadlines and the connection cap answer slow clients, not this.
-        refused = (400 <= status < 500 and status != 408) or state.refused
+        # refused with --auth async). 5xx are the server's own trouble, not the client's;
+        # so is a 429, a limit on what the server takes from everyone at once (the p13n
+        # engine's concurrency); and a 408 is a slow network's (a carrier's address is
+        # many phones): the deadlines and the connection cap answer slow clients, not this.
+        refused = (400 <= status < 500 and status not in (408, 429)) or state.refused
         if started is not None and (source is not None or refused):
             throttle.settle(
                 source if source is not None else services.source(scope),

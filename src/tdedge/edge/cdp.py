@@ -39,7 +39,6 @@ from tdedge.edge.cookies import GLOBAL_ID_COOKIE, cookie_value
 from tdedge.edge.cors import CDP, VARY, Cors
 from tdedge.edge.http import JSON, HTTPError, Protocol_, Response, Scope, encode_json
 from tdedge.edge.services import Counters, Services
-from tdedge.realtime import sqlite as profile_store
 from tdedge.realtime import tokens
 from tdedge.realtime.batch import BatchStore
 from tdedge.realtime.config import COLUMN
@@ -47,6 +46,7 @@ from tdedge.realtime.errors import StoreUnavailable
 from tdedge.realtime.lookup import GLOBAL_ID_COLUMN, Lookup, entry
 from tdedge.realtime.profile import key_of
 from tdedge.realtime.service import NO_FACTS, Service
+from tdedge.realtime.store import ProfileStore
 from tdedge.realtime.tokens import LookupTokenInfo
 from tdedge.realtime.view import View
 
@@ -146,7 +146,7 @@ class CdpDoor:
     # Opened on the first lookup (``_open``), like the p13n door's stores: a store that
     # cannot be opened answers 503 here and never takes the worker's other doors down.
     _view: View
-    _profiles: profile_store.SQLiteProfileStore
+    _profiles: ProfileStore
     _batch: BatchStore
 
     def __init__(self, services: Services, clock: Callable[[], float] = time.time) -> None:
@@ -160,6 +160,9 @@ class CdpDoor:
     def route(self, path: str) -> str | None:
         return "lookup" if path == LOOKUP_PATH else None
 
+    def refused(self, route: str, error: HTTPError, scope: Scope) -> Response:
+        return self._error(error, self._cors.headers(scope.headers.get("origin")))
+
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
         origin = scope.headers.get("origin")
         if scope.method == "OPTIONS":
@@ -170,13 +173,16 @@ class CdpDoor:
                 raise HTTPError(405, "method_not_allowed", "use GET", headers=[("allow", "GET")])
             body = self._lookup(scope, origin)
         except HTTPError as e:
-            self._outcomes.inc(e.code)
             log.debug("lookup refused", extra={"reason": e.code, "detail": e.message})
             if e.code == "origin_not_allowed":
                 allow = [VARY]  # the page of a foreign origin may not read the answer
-            error = {"error": e.code, "message": e.message, "status": e.status}
-            return e.status, [_JSON, NO_STORE, *e.headers, *allow], encode_json(error)
+            return self._error(e, allow)
         return 200, [_JSON, NO_STORE, *allow], body
+
+    def _error(self, e: HTTPError, allow: list[tuple[str, str]]) -> Response:
+        self._outcomes.inc(e.code)
+        error = {"error": e.code, "message": e.message, "status": e.status}
+        return e.status, [_JSON, NO_STORE, *e.headers, *allow], encode_json(error)
 
     def _lookup(self, scope: Scope, origin: str | None) -> bytes:
         query = parse_query(scope.query_string, self._s.settings.cdp_max_tokens)

@@ -101,6 +101,11 @@ def error_body(code: str, message: str) -> bytes:
     return encode_json({"error": code, "message": message})
 
 
+def error_response(e: HTTPError) -> Response:
+    """An error as the ingest doors answer it: ``{"error": code, "message": …}``."""
+    return e.status, [*JSON_HEADERS, *e.headers], error_body(e.code, e.message)
+
+
 # A body this small is read whole in one call, granian's fastest way; a larger one piece
 # by piece, so that its pauses can be timed (edge/deadlines.py).
 ONE_READ_BYTES = 64 * 1024

@@ -18,6 +18,7 @@ from tdedge.edge.http import (
     Protocol_,
     Response,
     Scope,
+    error_response,
     read_body,
 )
 from tdedge.edge.identity import Identity
@@ -66,6 +67,9 @@ class LegacyDoor:
         if path in MOBILE_PATHS:
             return "mobile"
         return "server_cookie" if path == "/get_cookie_id" else None
+
+    def refused(self, route: str, error: HTTPError, scope: Scope) -> Response:
+        return error_response(error)
 
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
         if route == "server_cookie":

@@ -158,6 +158,13 @@ class P13nDoor:
             return None
         return "public" if found.group(1) else "event"
 
+    def refused(self, route: str, error: HTTPError, scope: Scope) -> Response:
+        # The HTTP status as the code, as for this door's other statuses without one.
+        public = route == "public"
+        cors = self._cors.headers(scope.headers.get("origin")) if public else []
+        body = encode_json({"code": error.status, "message": error.message})
+        return error.status, [("content-type", "application/json"), *cors, *error.headers], body
+
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
         public = route == "public"
         origin = scope.headers.get("origin") if public else None

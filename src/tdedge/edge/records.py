@@ -37,6 +37,7 @@ from tdedge.edge.http import (
     Protocol_,
     Response,
     Scope,
+    error_response,
     read_body,
 )
 from tdedge.edge.identity import Identity
@@ -83,6 +84,10 @@ class RecordsDoor:
         if ingest_route(path):
             return "ingest"
         return None
+
+    def refused(self, route: str, error: HTTPError, scope: Scope) -> Response:
+        status, headers, body = error_response(error)
+        return status, [*headers, *self._cors.headers(scope.headers.get("origin"))], body
 
     async def handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
         origin = scope.headers.get("origin")

@@ -19,11 +19,10 @@ from typing import Any
 
 import msgspec
 
-from tdedge import metrics
+from tdedge import backends, metrics
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
 from tdedge.control.keys import hash_key
-from tdedge.control.store import ControlStore
 from tdedge.edge.auth import SyncAuth
 from tdedge.edge.http import HTTPError, Scope
 from tdedge.edge.memo import Memo
@@ -35,10 +34,9 @@ from tdedge.errors import JournalUnavailable
 from tdedge.journal.base import Journal
 from tdedge.journal.envelope import Envelope
 from tdedge.realtime import batch as batch_store
-from tdedge.realtime import sqlite as profile_store
 from tdedge.realtime.batch import BatchStore
 from tdedge.realtime.registry import Registry
-from tdedge.realtime.sqlite import SQLiteProfileStore
+from tdedge.realtime.store import ProfileStore
 
 log = logging.getLogger("tdedge.edge")
 
@@ -95,14 +93,14 @@ class Services:
         self.journal = journal
         # One control store (one SQLAlchemy engine) and one key cache per worker, shared
         # by every door: keys and databases are looked up, refreshed and closed once.
-        self.control = ControlStore.open(settings.control_db, settings.max_databases_per_account)
+        self.control = backends.control(settings)
         self.directory = Directory(self.control, ttl_s=settings.key_cache_ttl_s)
         # The access rule on the worker's key cache. With --auth sync the doors refuse
         # at once (403); with async they answer 200 and keep a refusal (_screen).
         self._keys = SyncAuth(settings, self.directory)
         self.auth = self._keys if settings.auth == "sync" else None
         self._registry: Registry | None = None
-        self._profiles: SQLiteProfileStore | None = None
+        self._profiles: ProfileStore | None = None
         self._batch: BatchStore | None = None
         self.counters = Counters()
         # door, reason, kept: "row", "summary" (counted in a summary row) or "none"
@@ -334,11 +332,11 @@ class Services:
         return self._registry
 
     @property
-    def profiles(self) -> SQLiteProfileStore:
+    def profiles(self) -> ProfileStore:
         """The real-time profiles, for the doors that read them in this worker (the CDP
         door; the p13n door with an inline engine): opened when first needed."""
         if self._profiles is None:
-            self._profiles = SQLiteProfileStore(profile_store.default_path(self.settings.root))
+            self._profiles = backends.profiles(self.settings)
         return self._profiles
 
     @property

@@ -41,6 +41,8 @@ class Staging(Protocol):
 class Journal(Protocol):
     """The edge side: append and wait until durable."""
 
+    shard: str  # this writer's own part of the journal, for logs
+
     async def append(self, env: Envelope) -> None:
         """Return once ``env`` is durable; raise JournalUnavailable otherwise."""
         ...

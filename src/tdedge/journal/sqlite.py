@@ -252,6 +252,7 @@ class SQLiteJournal:
         self._thread.join(timeout=30)
         if self._wal_fd >= 0:
             os.close(self._wal_fd)
+            self._wal_fd = -1  # closing twice must not close a descriptor reused since
         self._conn.close()
         self._health_conn.close()
         self._lock_file.close()

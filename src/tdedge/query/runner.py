@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from tdedge import lifecycle
+from tdedge import backends, lifecycle
 from tdedge.config import Settings
 from tdedge.control.jobs import Job, JobResult, JobStore
 from tdedge.control.store import ControlStore
@@ -243,7 +243,7 @@ def run_job_runner(settings: Settings, parent_pid: int | None) -> None:
     if fd is None:
         return
     jobs = JobStore.open(settings.control_db)
-    control = ControlStore.open(settings.control_db)
+    control = backends.control(settings)
     try:
         JobRunner(settings, jobs, control).run(stop)
     finally:

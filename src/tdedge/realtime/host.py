@@ -40,7 +40,6 @@ from prometheus_client import Counter
 from tdedge import lifecycle
 from tdedge.config import Settings
 from tdedge.realtime import batch as batch_store
-from tdedge.realtime import sqlite as profile_store
 from tdedge.realtime.batch import BatchStore
 from tdedge.realtime.batcher import Batcher, Result
 from tdedge.realtime.collector import freeze_survivors
@@ -48,6 +47,7 @@ from tdedge.realtime.engine import Engine, Request
 from tdedge.realtime.errors import ProfileStoreDown, StoreUnavailable
 from tdedge.realtime.offers import EMPTY
 from tdedge.realtime.registry import Registry
+from tdedge.realtime.store import OpenProfiles
 from tdedge.realtime.view import View
 from tdedge.realtime.wire import OK, Answer, Ask, FramedProtocol, bind_unix, decode_asks
 
@@ -77,8 +77,14 @@ class EngineHost:
     _view: View
     _batcher: Batcher
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        open_profiles: OpenProfiles,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._settings = settings
+        self._open_profiles = open_profiles
         self._clock = clock
         self._opened: list[Any] = []
         self._failure: StoreUnavailable | None = None
@@ -98,7 +104,7 @@ class EngineHost:
         try:
             registry = Registry.open(self._settings.control_db)
             opened.append(registry)
-            store = profile_store.SQLiteProfileStore(profile_store.default_path(root))
+            store = self._open_profiles(self._settings)
             opened.append(store)
             batch = BatchStore(batch_store.default_path(root))
             opened.append(batch)
@@ -204,7 +210,7 @@ class Connection(FramedProtocol):
         self._host.take(self, decode_asks(payload))
 
 
-def run(settings: Settings, parent_pid: int | None = None) -> None:
+def run(settings: Settings, open_profiles: OpenProfiles, parent_pid: int | None = None) -> None:
     """The engine process: serves ``settings.p13n_socket`` until SIGTERM or SIGINT, or
     until ``serve`` (``parent_pid``) is gone."""
     import uvloop
@@ -215,17 +221,17 @@ def run(settings: Settings, parent_pid: int | None = None) -> None:
     if parent_pid is not None:
         lifecycle.exit_with_parent(parent_pid)
     try:
-        uvloop.run(_serve(settings))
+        uvloop.run(_serve(settings, open_profiles))
     finally:
         os.close(lock_fd)
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, open_profiles: OpenProfiles) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    host = EngineHost(settings)
+    host = EngineHost(settings, open_profiles)
     sock = bind_unix(settings.p13n_socket)
     server = await loop.create_unix_server(lambda: Connection(host), sock=sock)
     log.info("p13n engine listening", extra={"socket": str(settings.p13n_socket)})

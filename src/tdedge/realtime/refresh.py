@@ -24,13 +24,13 @@ from tdedge.config import Settings
 from tdedge.errors import LakeError, TdedgeError
 from tdedge.lake.lake import Lake, QueryResult
 from tdedge.realtime import batch as batch_store
-from tdedge.realtime import sqlite as profile_sqlite
 from tdedge.realtime.batch import ATTRIBUTE, SEGMENT, BatchStore, SourceState
 from tdedge.realtime.errors import ProfileStoreDown, RefreshFailed
 from tdedge.realtime.identity import KeyRule
 from tdedge.realtime.profile import key_of
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.service import BatchSource, Service, compile_service
+from tdedge.realtime.store import OpenProfiles, ProfileStore
 
 log = logging.getLogger("tdedge.p13n")
 
@@ -176,9 +176,12 @@ def refresh_all(
 class Refresher:
     """The scheduled refresh: a thread of the loader process (one per data dir)."""
 
-    def __init__(self, settings: Settings, stop: threading.Event) -> None:
+    def __init__(
+        self, settings: Settings, stop: threading.Event, open_profiles: OpenProfiles
+    ) -> None:
         self._settings = settings
         self._stop = stop
+        self._open_profiles = open_profiles
         self._thread = threading.Thread(target=self._run, name="p13n-refresher", daemon=True)
 
     def start(self) -> Refresher:
@@ -192,9 +195,7 @@ class Refresher:
                 # Opened here, not once: a store that cannot be opened now may be later.
                 registry = Registry.open(settings.control_db)
                 store = BatchStore(batch_store.default_path(settings.root))
-                profiles = profile_sqlite.SQLiteProfileStore(
-                    profile_sqlite.default_path(settings.root)
-                )
+                profiles = self._open_profiles(settings)
             except (TdedgeError, OSError) as e:
                 log.error("p13n refresher cannot open its stores", extra={"error": str(e)})
                 self._stop.wait(RETRY_AFTER_FAILURE_MS / 1000)
@@ -206,9 +207,7 @@ class Refresher:
                 store.close()
                 registry.close()
 
-    def _rounds(
-        self, registry: Registry, store: BatchStore, profiles: profile_sqlite.SQLiteProfileStore
-    ) -> None:
+    def _rounds(self, registry: Registry, store: BatchStore, profiles: ProfileStore) -> None:
         polled = time.monotonic()
         while not self._stop.wait(CHECKPOINT_S):
             if time.monotonic() - polled >= POLL_S:
@@ -231,5 +230,5 @@ class Refresher:
             log.exception("p13n refresher round failed unexpectedly")
 
 
-def start(settings: Settings, stop: threading.Event) -> Refresher:
-    return Refresher(settings, stop).start()
+def start(settings: Settings, stop: threading.Event, open_profiles: OpenProfiles) -> Refresher:
+    return Refresher(settings, stop, open_profiles).start()

@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
+from tdedge.config import Settings
 from tdedge.realtime.profile import Profile
 
 T = TypeVar("T")
@@ -76,4 +77,15 @@ class ProfileStore(Protocol):
 
     def set_timeout(self, timeout_s: float) -> None: ...
 
+    def checkpoint(self) -> None:
+        """Housekeeping the writers should not wait for (an embedded store's WAL copy),
+        run by a background thread every few seconds; a no-op where the store does its
+        own."""
+        ...
+
     def close(self) -> None: ...
+
+
+# How a process opens its profile store: handed down from where the process chooses its
+# backends, so realtime code never picks an implementation itself.
+OpenProfiles = Callable[[Settings], ProfileStore]

@@ -1,7 +1,8 @@
 """Profile store contract: stitching, merges, isolation, atomicity across processes.
 
-One parametrized fixture runs the same tests on every ProfileStore implementation
-(SQLite now; Redis joins in the scale-out issue).
+One parametrized fixture runs the same tests on every ProfileStore implementation that
+``tdedge.backends`` hands out (SQLite now; another joins by adding its parameter). The
+tests that take ``tmp_path`` instead are the embedded SQLite store's own.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Any
 
 import pytest
 
+from tdedge import backends
+from tdedge.config import Settings
 from tdedge.realtime.attributes import CounterAttribute
 from tdedge.realtime.errors import ProfileStoreDown
 from tdedge.realtime.profile import MAX_KEYS, Profile
-from tdedge.realtime.sqlite import SQLiteProfileStore
+from tdedge.realtime.sqlite import SQLiteProfileStore, default_path
 from tdedge.realtime.store import ProfileStore, ProfileTx, Resolution
 
 T0 = 1_800_000_000_000
@@ -31,7 +34,7 @@ Factory = Callable[[], ProfileStore]
 
 
 def _sqlite(path: Path) -> Factory:
-    return lambda: SQLiteProfileStore(path / "profiles.sqlite")
+    return lambda: backends.profiles(Settings(data_dir=str(path)))
 
 
 @pytest.fixture(params=["sqlite"])
@@ -166,7 +169,7 @@ def test_store_down_when_its_lock_is_held_too_long(make_store: Factory, tmp_path
     store.set_timeout(0.2)
     if not isinstance(store, SQLiteProfileStore):
         pytest.skip("holding the lock is SQLite-specific")
-    other = sqlite3.connect(tmp_path / "profiles.sqlite", isolation_level=None)
+    other = sqlite3.connect(default_path(tmp_path), isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(ProfileStoreDown):
