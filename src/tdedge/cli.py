@@ -13,9 +13,12 @@ import click
 import msgspec
 
 from tdedge.api.bulk_options import bulk_options, bulk_settings
+from tdedge.cli_data_dir import existing_settings
 from tdedge.cli_p13n import p13n
+from tdedge.cli_status import status
 from tdedge.config import SETTINGS_ENV, EngineMode, Settings, default_data_dir
 from tdedge.edge.options import refusal_options, refusal_settings
+from tdedge.logs import LEVELS
 from tdedge.query.options import job_options, job_settings
 
 data_dir_option = click.option(
@@ -30,7 +33,8 @@ def _settings(data_dir: str | None, **overrides: Any) -> Settings:
     return Settings(data_dir=data_dir or default_data_dir(), **overrides)
 
 
-@click.group()
+# Every option's default in --help, for every command (sub-commands inherit it).
+@click.group(context_settings={"show_default": True})
 @click.version_option(package_name="tdedge")
 def main() -> None:
     """tdedge: Treasure Data's inbound APIs, self-hosted."""
@@ -41,6 +45,7 @@ def main() -> None:
 
 
 main.add_command(p13n)
+main.add_command(status)
 
 
 @main.command()
@@ -116,7 +121,7 @@ main.add_command(p13n)
     "--loader/--no-loader",
     default=True,
     show_default=True,
-    help="Run the loader beside the edge (--no-loader: run `tdedge loader` elsewhere).",
+    help="Run the loader beside the edge (--no-loader: run tdedge loader elsewhere).",
 )
 @click.option(
     "--records-port",
@@ -195,7 +200,13 @@ main.add_command(p13n)
 @job_options
 @refusal_options
 @bulk_options
-@click.option("--log-level", default="info", show_default=True)
+@click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default="info")
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    help="One JSON log line per request, at most "
+    f"{Settings().access_log_per_s:.0f} a second per worker (the rest counted).",
+)
 def serve(
     data_dir: str | None,
     host: str,
@@ -223,6 +234,7 @@ def serve(
     cookie_domain: str | None,
     p13n_engine: EngineMode,
     log_level: str,
+    access_log: bool,
     **grouped: Any,  # the values of job_options, refusal_options and bulk_options
 ) -> None:
     """Run the HTTP server and the loader."""
@@ -250,12 +262,13 @@ def serve(
         tls_key=tls_key,
         **_records_settings(cors_origins, redirect_hosts, trusted_proxies, cookie_domain),
         p13n_engine=p13n_engine,
-        log_level=log_level,
+        log_level=log_level.lower(),
+        access_log=access_log,
         **job_settings(grouped),
         **refusal_settings(grouped),
         **bulk_settings(grouped),
     )
-    logs.configure(log_level)
+    logs.configure(settings.log_level)
     server.serve(settings, run_loader=loader)
 
 
@@ -317,7 +330,7 @@ def listen_command(parent_pid: int | None) -> None:
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 @data_dir_option
 def loader_command(parent_pid: int | None, data_dir: str | None) -> None:
-    """Run the loader alone (``serve`` starts it for you)."""
+    """Run the loader alone (serve starts it for you)."""
     from tdedge.server import run_loader
 
     run_loader(_child_settings(data_dir), parent_pid)
@@ -339,7 +352,7 @@ def _child_settings(data_dir: str | None) -> Settings:
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 @data_dir_option
 def jobs_command(parent_pid: int | None, data_dir: str | None) -> None:
-    """Run the query job runner alone (``serve`` starts it for you)."""
+    """Run the query job runner alone (serve starts it for you)."""
     import time
 
     from tdedge.loader.heartbeat import starting_beat, write_heartbeat
@@ -374,7 +387,7 @@ def keys_create(data_dir: str | None, account: int, type_: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def keys_list(data_dir: str | None, fmt: str) -> None:
     """List keys by id (the secret is never shown again)."""
-    rows = [msgspec.structs.asdict(k) for k in _control(data_dir).list_keys()]
+    rows = [msgspec.structs.asdict(k) for k in _control(data_dir, existing=True).list_keys()]
     _emit(["key_id", "account_id", "type", "revoked", "created_at"], rows, fmt)
 
 
@@ -382,11 +395,11 @@ def keys_list(data_dir: str | None, fmt: str) -> None:
 @data_dir_option
 @click.argument("key_id")
 def keys_revoke(data_dir: str | None, key_id: str) -> None:
-    """Revoke a key by the id ``keys list`` shows."""
+    """Revoke a key by the id that keys list shows."""
     from tdedge.errors import NotFound
 
     try:
-        _control(data_dir).revoke_key(key_id)
+        _control(data_dir, existing=True).revoke_key(key_id)
     except NotFound as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"revoked {key_id}")
@@ -434,7 +447,7 @@ def db_create(
 @data_dir_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def db_list(data_dir: str | None, fmt: str) -> None:
-    rows = [msgspec.structs.asdict(d) for d in _control(data_dir).list_databases()]
+    rows = [msgspec.structs.asdict(d) for d in _control(data_dir, existing=True).list_databases()]
     _emit(["name", "account_id", "created_at"], rows, fmt)
 
 
@@ -449,7 +462,7 @@ def query(data_dir: str | None, database: str | None, fmt: str, sql: str) -> Non
     from tdedge.errors import LakeError
     from tdedge.lake.lake import Lake
 
-    lake = Lake.open(_settings(data_dir), read_only=True)
+    lake = Lake.open(existing_settings(data_dir), read_only=True)
     try:
         result = lake.query(sql, database)
     except LakeError as e:
@@ -467,7 +480,7 @@ def errors(data_dir: str | None, fmt: str, limit: int) -> None:
     """Show the import-errors table: every record that did not reach its table, and why."""
     from tdedge.lake.lake import Lake
 
-    lake = Lake.open(_settings(data_dir), read_only=True)
+    lake = Lake.open(existing_settings(data_dir), read_only=True)
     try:
         result = lake.import_errors(limit)
     finally:
@@ -475,10 +488,11 @@ def errors(data_dir: str | None, fmt: str, limit: int) -> None:
     _emit(result.columns, [dict(zip(result.columns, r, strict=True)) for r in result.rows], fmt)
 
 
-def _control(data_dir: str | None) -> Any:
+def _control(data_dir: str | None, existing: bool = False) -> Any:
+    """The control store; ``existing``: only a data dir that is there (a read)."""
     from tdedge import backends
 
-    return backends.control(_settings(data_dir))
+    return backends.control(existing_settings(data_dir) if existing else _settings(data_dir))
 
 
 def _emit(columns: Sequence[str], rows: list[dict[str, Any]], fmt: str) -> None:
@@ -512,7 +526,7 @@ def _table(columns: Sequence[str], rows: list[dict[str, Any]]) -> str:
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 @data_dir_option
 def engine_command(parent_pid: int | None, data_dir: str | None) -> None:
-    """Run the personalization engine alone (``serve`` starts it for you)."""
+    """Run the personalization engine alone (serve starts it for you)."""
     from tdedge import backends
     from tdedge.realtime import host
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
+from tdedge.cli_data_dir import existing_settings
 from tdedge.config import Settings, default_data_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,12 +32,16 @@ def _data_dir_option(f: F) -> F:
     )(f)
 
 
-def _settings(data_dir: str | None) -> Settings:
+def _settings(data_dir: str | None, existing: bool = False) -> Settings:
+    """The data dir given here or on a parent group; ``existing``: a command that only
+    reads or changes what is there, refused on a data dir that is not."""
     ctx = click.get_current_context()
     chosen = data_dir
     while chosen is None and ctx.parent is not None:
         ctx = ctx.parent
         chosen = ctx.params.get("data_dir")
+    if existing:
+        return existing_settings(chosen)
     return Settings(data_dir=chosen or default_data_dir())
 
 
@@ -99,7 +104,7 @@ def _imports(spec: Any) -> bool:
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml")
 def show_command(data_dir: str | None, fmt: str) -> None:
     """Print the active configuration (as applied, comments and all)."""
-    registry = _registry(_settings(data_dir))
+    registry = _registry(_settings(data_dir, existing=True))
     try:
         applied = registry.active()
     finally:
@@ -134,7 +139,7 @@ def tokens_group(data_dir: str | None) -> None:
     metavar="NAME",
     help="A lookup token (the CDP door, fetchUserSegments) for the service's lookup NAME.",
 )
-@click.option("--name", default="", help="A label shown by `tokens list`.")
+@click.option("--name", default="", help="A label shown by tokens list.")
 @click.argument("service")
 @click.pass_context
 def tokens_create(
@@ -180,7 +185,7 @@ def tokens_create(
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def tokens_list(data_dir: str | None, fmt: str) -> None:
     """List tokens by id, lookup tokens with their lookup (secrets are never shown again)."""
-    registry = _registry(_settings(data_dir))
+    registry = _registry(_settings(data_dir, existing=True))
     try:
         found = registry.list_tokens()
         lookups = registry.list_lookup_tokens()
@@ -216,10 +221,10 @@ def tokens_list(data_dir: str | None, fmt: str) -> None:
 @_data_dir_option
 @click.argument("token_id")
 def tokens_revoke(data_dir: str | None, token_id: str) -> None:
-    """Revoke a token by the id `tokens list` shows (seen by the edge within a second)."""
+    """Revoke a token by the id tokens list shows (seen by the edge within a second)."""
     from tdedge.errors import NotFound
 
-    registry = _registry(_settings(data_dir))
+    registry = _registry(_settings(data_dir, existing=True))
     try:
         registry.revoke_token(token_id)
     except NotFound as e:
@@ -287,7 +292,7 @@ def _keys(service: Any, pairs: Sequence[str]) -> list[str]:
 @click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
 def profile_command(data_dir: str | None, service: str | None, pairs: tuple[str, ...]) -> None:
     """Print the real-time profile an identity key leads to, as JSON."""
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, existing=True)
     svc = _service(settings, service)
     engine = _engine(settings)
     now_ms = int(time.time() * 1000)
@@ -349,7 +354,7 @@ def explain_command(
     Nothing is written: with --event the profile is updated in memory only. Keys come
     from KEY=VALUE arguments, or from the event's key columns.
     """
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, existing=True)
     svc = _service(settings, service)
     event: dict[str, Any] | None = None
     if event_json is not None:
@@ -404,7 +409,7 @@ def _print_trace(trace: Any, depth: int) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def merges_command(data_dir: str | None, service: str | None, limit: int, fmt: str) -> None:
     """The merge log: which profiles identity stitching folded into which, newest first."""
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, existing=True)
     svc = _service(settings, service)
     engine = _engine(settings)
     try:
@@ -433,7 +438,7 @@ def refresh_command(data_dir: str | None, service: str | None, segments: tuple[s
     from tdedge.realtime import batch, refresh
     from tdedge.realtime.batch import BatchStore
 
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, existing=True)
     registry = _registry(settings)
     store = BatchStore(batch.default_path(settings.root))
     try:

@@ -264,6 +264,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cdp_max_tokens: int = 20
 
     log_level: str = "info"
+    # The access log (edge/access_log.py): off unless asked for, and at most this many
+    # lines a second per worker, the rest counted in the next line written: a flood of
+    # requests must not become a flood of log lines (each costs a write to stderr).
+    access_log: bool = False
+    access_log_per_s: float = 100.0
 
     # Derived paths: one place decides the data dir's layout.
     @property

@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line on stderr.
+"""Structured logs: one JSON object per line on stderr, tdedge's and granian's alike.
 
 Fields passed with ``extra=`` become keys. Nothing here knows about secrets: callers
 never pass API keys or tokens, only key ids.
@@ -22,7 +22,8 @@ class JSONFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "logger": record.name,
+            # granian's Rust side logs as "_granian".
+            "logger": record.name.lstrip("_"),
             "msg": record.getMessage(),
         }
         for k, v in vars(record).items():
@@ -40,3 +41,27 @@ def configure(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+# Levels as ``--log-level`` takes them.
+LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def granian_config() -> dict[str, Any]:
+    """The logging dictConfig granian applies in its main process and each worker: its
+    lines in the same JSON as tdedge's, on stderr (its default is plain text on stdout).
+
+    granian merges this over its own configuration key by key, so the formatters,
+    handlers and loggers given here replace its own whole.
+    """
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JSONFormatter"}},
+        "handlers": {"json": handler},
+        "loggers": {
+            "_granian": {"handlers": ["json"], "level": "INFO", "propagate": False},
+            "granian.access": {"handlers": ["json"], "level": "INFO", "propagate": False},
+        },
+    }

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import msgspec
 
-from tdedge import lifecycle
+from tdedge import instance, lifecycle, logs
 from tdedge.config import SETTINGS_ENV, Settings
 
 log = logging.getLogger("tdedge.server")
@@ -86,10 +89,23 @@ def welcome(settings: Settings, keys: tuple[str, str] | None) -> str:
             f"  curl -X POST -H 'Content-Type: application/json' -H 'X-TD-Write-Key: {write}' \\",
             '    --data-binary \'{"param1":"value1", "param2":1234}\' \\',
             f"    {url}/postback/v3/event/{EXAMPLE_DATABASE}/test_tbl",
-            f"  tdedge query --data-dir {settings.data_dir} -d {EXAMPLE_DATABASE}"
-            " 'SELECT * FROM test_tbl'",
+            f"  {command()} query --data-dir {shlex.quote(str(settings.root.resolve()))}"
+            f" -d {EXAMPLE_DATABASE} 'SELECT * FROM test_tbl'",
         ]
     return "\n".join(lines)
+
+
+def command() -> str:
+    """How to run this tdedge from a shell, as pasted: ``tdedge`` when that is what the
+    PATH finds, else the full path of the running script (``.venv/bin/tdedge`` is not on
+    the PATH until the venv is activated), else ``python -m tdedge``."""
+    script = Path(sys.argv[0]).resolve()
+    found = shutil.which("tdedge")
+    if found is not None and Path(found).resolve() == script:
+        return "tdedge"
+    if script.name == "tdedge" and os.access(script, os.X_OK):
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m tdedge"
 
 
 # A child that dies this soon after it started is failing to start, not crashing now and
@@ -97,6 +113,12 @@ def welcome(settings: Settings, keys: tuple[str, str] | None) -> str:
 # a crash loop does not take the cores from the edge (a job runner that could not open
 # its sessions was seen restarting every 2 s).
 QUICK_DEATH_S = 10.0
+# How a child ends when asked to (0 after it handled SIGINT or SIGTERM, or killed by
+# one), and how long after such an end serve's own signal may take to arrive: Ctrl-C
+# signals the whole process group at once, and the supervisor may see the child gone
+# before serve's signal handler ran.
+STOPPED_CLEANLY = frozenset({0, -signal.SIGINT, -signal.SIGTERM})
+SHUTDOWN_GRACE_S = 2.0
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 
@@ -112,14 +134,23 @@ def restart_delay(previous_s: float | None, uptime_s: float) -> float:
 class ChildSupervisor:
     """Keeps one child process (``python -m tdedge ARGS``) running; restarts it if it dies."""
 
-    def __init__(self, name: str, settings: Settings, args: list[str]) -> None:
+    def __init__(
+        self, name: str, settings: Settings, args: list[str], stopping: threading.Event
+    ) -> None:
         self._name = name
         self._settings = settings
         self._args = args
+        # Set once serve itself got SIGINT or SIGTERM: Ctrl-C reaches the children too
+        # (one process group), and their ends are then the shutdown, not a crash.
+        self._stopping = stopping
         self._proc: subprocess.Popen[bytes] | None = None
         self._started = 0.0  # monotonic time of the last spawn
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"{name}-supervisor", daemon=True)
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     def start(self) -> None:
         self._spawn()
@@ -141,6 +172,9 @@ class ChildSupervisor:
             if proc is None or proc.poll() is None:
                 continue
             delay = restart_delay(delay, time.monotonic() - self._started)
+            if proc.returncode in STOPPED_CLEANLY and self._stopping.wait(SHUTDOWN_GRACE_S):
+                log.info("child stopped", extra={"child": self._name})
+                return
             log.error(
                 "child exited; restarting",
                 extra={"child": self._name, "returncode": proc.returncode, "in_s": delay},
@@ -163,41 +197,60 @@ class ChildSupervisor:
 def serve(settings: Settings, run_loader: bool = True) -> None:
     """Bootstrap, then run the edge on ``settings.port`` (every door, chosen by Host)
     and one listener per ``settings.door_ports`` entry (that door only), plus the loader."""
-    prepare_data_dir(settings)
+    try:
+        # Checked before the data dir is made: a serve that cannot start leaves none.
+        instance.check_not_running(settings)
+        instance.check_ports(settings)
+        prepare_data_dir(settings)
+        lock_fd = instance.claim(settings)
+    except instance.AlreadyRunning as e:
+        raise click.ClickException(str(e)) from None
     prepare_metrics_dir(settings.metrics_dir)
     keys = bootstrap(settings)
     click.echo(welcome(settings, keys), err=False)
     sys.stdout.flush()
+    stopping = threading.Event()
     children = [
         ChildSupervisor(
             f"{door}-door",
             msgspec.structs.replace(settings, port=port, fixed_door=door),
             ["listen"],
+            stopping,
         )
         for door, port in sorted(settings.door_ports.items())
     ]
     if run_loader:
-        children.append(ChildSupervisor("loader", settings, ["loader"]))
-    children.append(ChildSupervisor("jobs", settings, ["jobs"]))  # the query job runner
+        children.append(ChildSupervisor("loader", settings, ["loader"], stopping))
+    children.append(ChildSupervisor("jobs", settings, ["jobs"], stopping))  # query job runner
     if settings.engine_process:
-        children.append(ChildSupervisor("p13n-engine", settings, ["engine"]))  # the p13n engine
+        children.append(ChildSupervisor("p13n-engine", settings, ["engine"], stopping))
+    instance.write_state(settings, [c.name for c in children])
     for child in children:
         child.start()
     try:
-        listen(settings)
+        listen(settings, stopping)
     finally:
         for child in children:
             child.stop()
+        instance.state_file(settings).unlink(missing_ok=True)
+        os.close(lock_fd)
 
 
-def listen(settings: Settings) -> None:
-    """Run granian for one listening address (blocks until it stops)."""
+def listen(settings: Settings, stopping: threading.Event | None = None) -> None:
+    """Run granian for one listening address (blocks until it stops); ``stopping`` is
+    set when it is told to stop (SIGINT, SIGTERM)."""
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.server import Server
 
+    class Granian(Server):  # type: ignore[misc,valid-type]
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            if stopping is not None:
+                stopping.set()
+            super().signal_handler_interrupt(*args, **kwargs)
+
     os.environ[SETTINGS_ENV] = settings.to_json().decode()
-    Server(
+    Granian(
         "tdedge.worker:create_app",
         address=settings.host,
         port=settings.port,
@@ -205,7 +258,8 @@ def listen(settings: Settings) -> None:
         workers=settings.workers,
         loop=Loops.uvloop,
         factory=True,
-        log_level=settings.log_level,  # type: ignore[arg-type]
+        log_level=settings.log_level,
+        log_dictconfig=logs.granian_config(),
         backlog=LISTEN_BACKLOG,
         backpressure=connection_slots(settings.max_connections),
         # HTTP/1.1 only: to tell HTTP/2 from HTTP/1 granian waits for a connection's

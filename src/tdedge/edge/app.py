@@ -26,6 +26,7 @@ import msgspec
 
 from tdedge import backends, metrics
 from tdedge.config import Settings
+from tdedge.edge.access_log import AccessLog
 from tdedge.edge.cdp import CdpDoor
 from tdedge.edge.deadlines import BodyDeadlines
 from tdedge.edge.http import (
@@ -108,6 +109,20 @@ def cdp_host(host: str) -> bool:
     return (first == "cdp" or first.startswith("cdp-")) and rest.startswith("in.")
 
 
+def not_found_message(door: str, scope: Scope) -> str:
+    """The 404's message; for what looks like a records-door request (``POST /db/table``)
+    on a port that does not serve that door for this host, how to reach it."""
+    message = f"no such endpoint: {scope.method} {scope.path}"
+    parts = scope.path.strip("/").split("/")
+    if door == "legacy" and scope.method == "POST" and len(parts) == 2 and all(parts):
+        message += (
+            "; POST /{database}/{table} is the records door's, which answers for host names "
+            "*.records.in.* (or on serve's --records-port); this port takes Postback records "
+            f"at POST /postback/v3/event/{parts[0]}/{parts[1]}"
+        )
+    return message
+
+
 class EdgeApp:
     """``api_door`` builds the REST API's door from the worker's Services (worker.py hands
     in api/door.py's): without it this app has no REST API."""
@@ -121,6 +136,9 @@ class EdgeApp:
         self._doors: dict[str, Door] = {}
         self._deadlines = BodyDeadlines(settings.body_idle_timeout_s, settings.body_timeout_s)
         self._operators, self._operators_port = operators_port(settings)
+        self._access = (
+            AccessLog(settings.access_log_per_s, time.monotonic()) if settings.access_log else None
+        )
 
     # RSGI lifecycle: the journal and its writer thread belong to the worker process.
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -183,6 +201,8 @@ class EdgeApp:
         source: str | None = None
         turn = GO
         started: float | None = None
+        arrived = time.perf_counter()
+        code: str | None = None
         found = door.route(scope.path)
         try:
             if throttle and scope.path not in OPS_ROUTES:
@@ -213,9 +233,10 @@ class EdgeApp:
                 route = OPS_ROUTES[scope.path]
                 status, headers, body = await self._ops(route)
             else:
-                raise HTTPError(404, "not_found", f"no such endpoint: {scope.method} {scope.path}")
+                raise HTTPError(404, "not_found", not_found_message(door.name, scope))
         except HTTPError as e:
             status, headers, body = error_response(e)
+            code = e.code
         except ClientGone:
             log.debug(
                 "client left before its request was read",
@@ -240,6 +261,19 @@ class EdgeApp:
             )
         services.counters.inc(door.name, route, status)
         proto.response_bytes(status, headers, body)
+        if self._access is not None:
+            self._access.request(
+                time.monotonic(),
+                client=source if source is not None else services.source(scope),
+                method=scope.method,
+                path=scope.path,
+                status=status,
+                error=code,
+                door=door.name,
+                route=route,
+                sent_bytes=len(body),
+                duration_ms=(time.perf_counter() - arrived) * 1000,
+            )
 
     async def _ops(self, route: str) -> Response:
         if route == "healthz":

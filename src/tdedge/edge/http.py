@@ -111,13 +111,32 @@ def error_response(e: HTTPError) -> Response:
 ONE_READ_BYTES = 64 * 1024
 
 
-async def read_body(scope: Scope, proto: Protocol_, limit: int) -> bytes:
+async def _head(proto: Protocol_, size: int) -> bytes:
+    """The first ``size`` bytes of a body that will not be read whole (fewer if it ends
+    or stalls first: the refusal it goes with is answered either way)."""
+    parts: list[bytes] = []
+    got = 0
+    if size <= 0:
+        return b""
+    try:
+        async for chunk in proto:
+            parts.append(chunk)
+            got += len(chunk)
+            if got >= size:
+                break
+    except HTTPError:  # the body stalled past its deadline
+        pass
+    return b"".join(parts)[:size]
+
+
+async def read_body(scope: Scope, proto: Protocol_, limit: int, keep: int = 0) -> bytes:
     """Read the whole body, refusing (413) as soon as it passes ``limit`` bytes.
 
-    A declared Content-Length over the limit is refused before reading anything; a
-    chunked body is counted while it streams, so no more than ``limit`` bytes (plus one
-    chunk) are ever held. A body that ends short of its Content-Length was abandoned by
-    the client (``ClientGone``); one that stalls is a 408 that keeps what came of it.
+    A declared Content-Length over the limit is refused after reading only its first
+    ``keep`` bytes (what the refusal's import-error row keeps); a chunked body is
+    counted while it streams, so no more than ``limit`` bytes (plus one chunk) are ever
+    held. A body that ends short of its Content-Length was abandoned by the client
+    (``ClientGone``); one that stalls is a 408 that keeps what came of it.
     """
     declared = scope.headers.get("content-length")
     length = None
@@ -127,7 +146,7 @@ async def read_body(scope: Scope, proto: Protocol_, limit: int) -> bytes:
         except ValueError:
             raise HTTPError(400, "bad_content_length", "Content-Length is not a number") from None
         if length > limit:
-            raise BodyTooLarge(limit, b"")
+            raise BodyTooLarge(limit, await _head(proto, min(keep, limit)))
         if length <= ONE_READ_BYTES:
             # The server reads no more than Content-Length, so one call is safe.
             return await proto()

@@ -109,7 +109,9 @@ class LegacyDoor:
         key = legacy_key(scope.headers, scope.query_string)
         database, table = raw_names(scope.path)
         try:
-            body = await read_body(scope, proto, s.settings.max_body_bytes)
+            body = await read_body(
+                scope, proto, s.settings.max_body_bytes, s.settings.refused_keep_bytes
+            )
         except HTTPError as e:
             await s.keep_refused(DOOR, received_ms, database, table, key, e, scope)
             raise

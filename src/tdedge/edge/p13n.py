@@ -189,7 +189,12 @@ class P13nDoor:
         received_ms = int(self._clock() * 1000)
         key = _td1_key(scope.headers.get("authorization"))
         try:
-            body = await read_body(scope, proto, self._s.settings.max_body_bytes)
+            body = await read_body(
+                scope,
+                proto,
+                self._s.settings.max_body_bytes,
+                self._s.settings.refused_keep_bytes,
+            )
         except HTTPError as e:
             await self._s.keep_refused(DOOR, received_ms, database, table, key, e, scope)
             raise DoorError(e.status, e.status, e.message) from None

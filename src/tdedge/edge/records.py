@@ -138,7 +138,9 @@ class RecordsDoor:
         key = records_key(scope.headers)
         body = b""
         try:
-            body = await read_body(scope, proto, POSTBACK_MAX_BODY_BYTES)
+            body = await read_body(
+                scope, proto, POSTBACK_MAX_BODY_BYTES, s.settings.refused_keep_bytes
+            )
             database, table = postback_names(scope.path)
             refused = key_refusal(scope, key)
             if refused is not None:

@@ -226,7 +226,9 @@ class Services:
         (within the budget); the client gets its own error whatever happens here."""
         key_hash = self.key_hash(key) if key else b""
         try:
-            await self.refuse(door, received_ms, database, table, key_hash, e.body, e.code, scope)
+            await self.refuse(
+                door, received_ms, database, table, key_hash, e.body, e.code, scope, e.message
+            )
         except HTTPError:
             # The journal is full: the refusal is counted, and so is the 503.
             log.warning("refused record not kept: journal unavailable", extra={"reason": e.code})
@@ -271,6 +273,7 @@ class Services:
         body: bytes,
         reason: str,
         scope: Scope,
+        detail: str = "",
     ) -> None:
         """Journal one refused record, capped, if its source is within its budget;
         otherwise count it for the next summary. Raises the 503 if the journal refuses."""
@@ -283,7 +286,16 @@ class Services:
         record = kept_body(body, self.keep_bytes(reason))
         try:
             await self.append(
-                Envelope(received_ms, door, database, table, key_hash, record, reject=reason)
+                Envelope(
+                    received_ms,
+                    door,
+                    database,
+                    table,
+                    key_hash,
+                    record,
+                    reject=reason,
+                    reject_detail=detail,
+                )
             )
         except HTTPError:
             self.refusals.inc(door, reason, "none")

@@ -43,6 +43,9 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     # event carries the same, and the loader loads an account's (database, table,
     # record_uuid) once within Settings.record_uuid_window_s (loader/duplicates.py).
     record_uuid: str = ""
+    # Why the edge refused the record (``reject``), as the client was told: the detail
+    # of its import-error row.
+    reject_detail: str = ""
 
 
 class JournalGroup(msgspec.Struct, frozen=True, gc=False):

@@ -276,7 +276,7 @@ class Router:
         key = self._directory.key(env.key_hash, now)
         account = None if key is None else key.account_id
         if env.reject:
-            return Reject(env.reject, "rejected at the edge", account)
+            return Reject(env.reject, env.reject_detail or "rejected at the edge", account)
         if (
             key is not None
             and not key.revoked
@@ -321,15 +321,16 @@ def record_ids(bound: Sequence[Envelope], records: list[dict[str, Any]]) -> list
 
 
 def _alike(envelopes: list[Envelope]) -> Iterable[list[int]]:
-    """Indexes of envelopes sharing key, database, table, edge verdict and door, in order.
+    """Indexes of envelopes sharing key, database, table, edge verdict (and its detail)
+    and door, in order.
 
     Those share a verdict, so grouping first keeps the per-envelope work to one dict
     lookup: this is the hot path. The door tells the tables whose records may carry
     tdedge's ids (``ID_DOORS``) without a pass over the others.
     """
-    groups: dict[tuple[bytes, str, str, str, str], list[int]] = {}
+    groups: dict[tuple[bytes, str, str, str, str, str], list[int]] = {}
     for i, env in enumerate(envelopes):
-        ident = (env.key_hash, env.database, env.table, env.reject, env.door)
+        ident = (env.key_hash, env.database, env.table, env.reject, env.door, env.reject_detail)
         group = groups.get(ident)
         if group is None:
             groups[ident] = [i]

@@ -13,6 +13,7 @@ first: attaching a lake costs more than most queries.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -181,5 +182,22 @@ class Session:
         return found
 
 
+# How DuckDB words a column no table has, once the translation aliased it as itself
+# (``nosuch AS nosuch``), and in general: said as Presto says it instead, as a TD client
+# expects and as the message is true.
+_ALIASED_UNKNOWN = re.compile(
+    r'Column "([^"]+)" referenced that exists in the SELECT clause - but this column '
+    r"cannot be referenced before it is defined"
+)
+_UNKNOWN = re.compile(r'Referenced column "([^"]+)" not found in FROM clause!')
+
+
 def _message(e: duckdb.Error) -> str:
-    return str(e).strip()
+    text = str(e).strip()
+    found = _ALIASED_UNKNOWN.search(text)
+    if found is not None:  # DuckDB's words here are about an alias the user never wrote
+        return f"Column '{found.group(1)}' cannot be resolved"
+    found = _UNKNOWN.search(text)
+    if found is not None:  # DuckDB's words name the columns there are: kept
+        return f"Column '{found.group(1)}' cannot be resolved ({text})"
+    return text

@@ -10,6 +10,7 @@ compiles the configuration exactly as the engine will (``service.compile_service
 from __future__ import annotations
 
 import re
+import typing
 from typing import Any
 
 import msgspec
@@ -21,6 +22,7 @@ from tdedge.realtime.config import (
     LookupSpec,
     PersonalizationSpec,
     SegmentSpec,
+    ServiceSpec,
 )
 from tdedge.realtime.errors import ConfigInvalid, Problem
 from tdedge.realtime.service import compile_service
@@ -35,10 +37,26 @@ def parse(text: str, source: str = "") -> ConfigFile:
     if not isinstance(raw, dict):
         raise ConfigInvalid([marks.problem((), "the file must be a mapping with `services:`")])
     # Items of the long lists are converted one by one first, so one run reports a
-    # shape problem in every attribute, segment and section, not only the first.
+    # shape problem in every attribute, segment and section, not only the first; so
+    # are the fields of each service and of the file. The services whose shape is
+    # right are then checked for meaning too, in the same run.
     problems = _item_problems(raw, marks)
+    problems += _field_problems(raw, ConfigFile, marks, (), skip={"services"})
+    services = raw.get("services")
+    sound: list[tuple[int, ServiceSpec]] = []
+    for i, service in enumerate(services if isinstance(services, list) else []):
+        path: tuple[yamlmarks.PathPart, ...] = ("services", i)
+        if not isinstance(service, dict):
+            problems.append(marks.problem(path, "a service must be a mapping"))
+            continue
+        found = _field_problems(service, ServiceSpec, marks, path, skip=set(_ITEM_TYPES))
+        prefix = yamlmarks.format_path(path)
+        items_sound = not any(p.path.startswith(prefix) for p in problems)
+        problems += found
+        if items_sound and not found:
+            sound.append((i, msgspec.convert(service, ServiceSpec, strict=True)))
     if problems:
-        raise ConfigInvalid(problems)
+        raise ConfigInvalid(problems + _meaning_problems(sound, marks))
     try:
         config = msgspec.convert(raw, ConfigFile, strict=True)
     except msgspec.ValidationError as e:
@@ -47,6 +65,46 @@ def parse(text: str, source: str = "") -> ConfigFile:
     if problems:
         raise ConfigInvalid(problems)
     return config
+
+
+def _field_problems(
+    raw: dict[str, Any],
+    kind: Any,
+    marks: yamlmarks.Marks,
+    path: tuple[yamlmarks.PathPart, ...],
+    skip: set[str],
+) -> list[Problem]:
+    """A problem for each field of ``raw`` that ``kind`` does not have, lacks or takes
+    in another shape (msgspec stops at a struct's first problem; this finds them all)."""
+    problems: list[Problem] = []
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    fields = {f.name: f for f in info.fields}
+    hints = typing.get_type_hints(kind, include_extras=True)
+    for name in raw:
+        if name not in fields:
+            problems.append(marks.problem((*path, name), f"unknown field '{name}'"))
+    for name, field in fields.items():
+        if name in skip:
+            continue
+        if name not in raw:
+            if field.required:
+                problems.append(marks.problem(path, f"object missing required field '{name}'"))
+            continue
+        try:
+            msgspec.convert(raw[name], hints[name], strict=True)
+        except msgspec.ValidationError as e:
+            problems.append(_shape_problem(str(e), marks, (*path, name)))
+    return problems
+
+
+def _meaning_problems(
+    services: list[tuple[int, ServiceSpec]], marks: yamlmarks.Marks
+) -> list[Problem]:
+    problems: list[Problem] = []
+    for i, spec in services:
+        compile_service(spec, ("services", i), lambda p, m: problems.append(marks.problem(p, m)))
+    return problems
 
 
 _ITEM_TYPES: dict[str, Any] = {
