@@ -13,6 +13,7 @@ import click
 import msgspec
 
 from tdedge.api.bulk_options import bulk_options, bulk_settings
+from tdedge.cli_backup import backup_command, restore_command
 from tdedge.cli_p13n import p13n
 from tdedge.config import SETTINGS_ENV, EngineMode, Settings, default_data_dir
 from tdedge.edge.options import refusal_options, refusal_settings
@@ -41,6 +42,8 @@ def main() -> None:
 
 
 main.add_command(p13n)
+main.add_command(backup_command)
+main.add_command(restore_command)
 
 
 @main.command()
