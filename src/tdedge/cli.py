@@ -15,6 +15,7 @@ import msgspec
 from tdedge.api.bulk_options import bulk_options, bulk_settings
 from tdedge.cli_backup import backup_command, restore_command
 from tdedge.cli_p13n import p13n
+from tdedge.cli_tables import db_drop, table
 from tdedge.config import SETTINGS_ENV, EngineMode, Settings, default_data_dir
 from tdedge.edge.options import refusal_options, refusal_settings
 from tdedge.query.options import job_options, job_settings
@@ -44,6 +45,7 @@ def main() -> None:
 main.add_command(p13n)
 main.add_command(backup_command)
 main.add_command(restore_command)
+main.add_command(table)
 
 
 @main.command()
@@ -399,6 +401,9 @@ def keys_revoke(data_dir: str | None, key_id: str) -> None:
 @main.group()
 def db() -> None:
     """Create and list databases."""
+
+
+db.add_command(db_drop)
 
 
 @db.command("create")

@@ -264,6 +264,7 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     """The loader process: one per data dir, stops on SIGTERM or when ``serve`` is gone."""
     from tdedge.control.directory import Directory
     from tdedge.control.imports import ImportLedger
+    from tdedge.control.retention import RetentionRules
     from tdedge.journal.sqlite import SQLiteJournalReader
     from tdedge.lake.lake import Lake
     from tdedge.loader.record_ids import RecordIds
@@ -294,6 +295,7 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
             lake,
             ledger=ImportLedger(control),
             record_ids=record_ids,
+            retention=RetentionRules(control),
         ).run(stop)
     finally:
         record_ids.close()
