@@ -16,6 +16,7 @@ from tdedge.api.bulk_options import bulk_options, bulk_settings
 from tdedge.cli_backup import backup_command, restore_command
 from tdedge.cli_p13n import p13n
 from tdedge.cli_tables import db_drop, table
+from tdedge.cli_tail import tail
 from tdedge.config import SETTINGS_ENV, EngineMode, Settings, default_data_dir
 from tdedge.edge.options import refusal_options, refusal_settings
 from tdedge.query.options import job_options, job_settings
@@ -46,6 +47,7 @@ main.add_command(p13n)
 main.add_command(backup_command)
 main.add_command(restore_command)
 main.add_command(table)
+main.add_command(tail)
 
 
 @main.command()
