@@ -3,14 +3,18 @@ tail``: rows and import errors as they are committed, each account its own only.
 
 from __future__ import annotations
 
+import json
 import queue
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import Server
 from tests.e2e.restapi_support import start_api_server, td1
@@ -139,3 +143,53 @@ def test_tail_follows_new_commits(server: Server) -> None:
     finally:
         tail.terminate()
         tail.wait(timeout=30)
+
+
+BROWSER_DIR = Path(__file__).resolve().parent.parent / "browser"
+CHROMIUM = "/usr/bin/chromium"
+# A record whose value is markup: the page must show it as text, never run it.
+MARKUP = '<img src=x onerror="window.__injected=true">'
+
+
+def test_console_page_in_headless_chromium(make_server: Any, tmp_path: Path) -> None:
+    missing = [
+        what
+        for what, ok in [
+            (f"{CHROMIUM} (apt-get install chromium)", Path(CHROMIUM).exists()),
+            ("tests/browser/node_modules (npm ci)", (BROWSER_DIR / "node_modules").exists()),
+            ("node (apt-get install nodejs)", shutil.which("node") is not None),
+        ]
+        if not ok
+    ]
+    if missing:
+        pytest.fail("scripts/test installs what this test needs; missing: " + ", ".join(missing))
+    srv, endpoint = start_api_server(make_server)
+    for i in range(5):
+        record = {"page": f"/products/{i}", "title": MARKUP if i == 4 else f"product {i}"}
+        assert srv.postback("test_db", "pageviews", record, key=srv.write_key).status_code == 200
+    assert srv.postback("test_db", "pageviews", [1, 2], key=srv.write_key).status_code == 400
+    shot = tmp_path / "console.png"
+    done = subprocess.run(
+        ["node", str(BROWSER_DIR / "console.mjs"), "--url", f"{endpoint}/console",
+         "--key", srv.master_key, "--expect-row", "/products/4",
+         "--expect-error", "not_an_object", "--screenshot", str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert done.stdout, done.stderr
+    report = json.loads(done.stdout)
+    assert "error" not in report, report
+    assert report["loginShown"] is True
+    assert report["failedRequests"] == []
+    assert not [m for m in report["console"] if m.startswith(("error", "pageerror"))], report
+    assert report["injected"] is False, "a record's markup ran in the page"
+    assert [r[1] for r in report["events"]] == ["test_db.pageviews"] * 5
+    assert any("<img src=x onerror=" in r[2] for r in report["events"])
+    (error,) = report["errors"]
+    assert error[1:4] == ["legacy", "test_db.pageviews", "not_an_object: rejected at the edge"]
+    assert error[4] == "[1,2]"
+    (table,) = report["tables"]
+    assert table[0:2] == ["test_db.pageviews", "5"]
+    assert "journal backlog" in report["header"]
+    assert shot.stat().st_size > 10_000
