@@ -95,6 +95,8 @@ def backup(settings: Settings, dest: Path, report: Report = lambda _: None) -> M
     if not settings.control_db.exists():
         raise BackupError(f"{root} is not a tdedge data dir (no {settings.control_db.name})")
     _require_empty(dest, "backup destination")
+    if dest.resolve().is_relative_to(root.resolve()):
+        raise BackupError(f"the backup destination {dest} is inside the data dir {root}")
     dest.mkdir(parents=True, exist_ok=True)
     started = time.time()
     files: list[BackupFile] = []

@@ -86,6 +86,8 @@ def test_restore_refuses_a_data_dir_in_use_or_not_empty(server: Server, tmp_path
 
     done = _tdedge("backup", "--data-dir", str(server.data_dir), str(backup_dir))
     assert done.returncode != 0, "a backup must not be written over another"
+    done = _tdedge("backup", "--data-dir", str(server.data_dir), str(server.data_dir / "bk"))
+    assert done.returncode != 0 and "inside the data dir" in done.stderr
 
     fresh = tmp_path / "fresh"
     done = _tdedge("restore", "--data-dir", str(fresh), str(backup_dir))
