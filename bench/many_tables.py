@@ -28,7 +28,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +68,14 @@ class TimedLake(Lake):
         self.longest_slice = 0.0
         self.slices = 0
 
-    def compaction(self, now: float, slice_s: float = math.inf) -> Iterator[Any]:
+    def compaction(
+        self,
+        now: float,
+        slice_s: float = math.inf,
+        expiries: Mapping[tuple[str, str], int] | None = None,
+    ) -> Iterator[Any]:
         started = last = time.monotonic()
-        for done in super().compaction(now, slice_s):
+        for done in super().compaction(now, slice_s, expiries):
             self.longest_slice = max(self.longest_slice, time.monotonic() - last)
             self.slices += 1
             yield done

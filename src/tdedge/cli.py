@@ -13,9 +13,12 @@ import click
 import msgspec
 
 from tdedge.api.bulk_options import bulk_options, bulk_settings
+from tdedge.cli_backup import backup_command, restore_command
 from tdedge.cli_data_dir import existing_settings
 from tdedge.cli_p13n import p13n
 from tdedge.cli_status import status
+from tdedge.cli_tables import db_drop, table
+from tdedge.cli_tail import tail
 from tdedge.config import SETTINGS_ENV, EngineMode, Settings, default_data_dir
 from tdedge.edge.options import refusal_options, refusal_settings
 from tdedge.logs import LEVELS
@@ -46,6 +49,10 @@ def main() -> None:
 
 main.add_command(p13n)
 main.add_command(status)
+main.add_command(backup_command)
+main.add_command(restore_command)
+main.add_command(table)
+main.add_command(tail)
 
 
 @main.command()
@@ -409,6 +416,9 @@ def keys_revoke(data_dir: str | None, key_id: str) -> None:
 @main.group()
 def db() -> None:
     """Create and list databases."""
+
+
+db.add_command(db_drop)
 
 
 @db.command("create")

@@ -324,6 +324,7 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     from tdedge import backends
     from tdedge.control.directory import Directory
     from tdedge.control.imports import ImportLedger
+    from tdedge.control.retention import RetentionRules
     from tdedge.lake.lake import Lake
     from tdedge.loader.record_ids import RecordIds
     from tdedge.loader.runner import Loader
@@ -353,6 +354,7 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
             lake,
             ledger=ImportLedger(control),
             record_ids=record_ids,
+            retention=RetentionRules(control),
         ).run(stop)
     finally:
         record_ids.close()

@@ -4,7 +4,7 @@ between its slices."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,13 @@ class WatchedLake(Lake):
     world: World
     events: list[Any]
 
-    def compaction(self, now: float, slice_s: float = float("inf")) -> Iterator[Slice]:
-        for n, done in enumerate(super().compaction(now, slice_s)):
+    def compaction(
+        self,
+        now: float,
+        slice_s: float = float("inf"),
+        expiries: Mapping[tuple[str, str], int] | None = None,
+    ) -> Iterator[Slice]:
+        for n, done in enumerate(super().compaction(now, slice_s, expiries)):
             self.events.append(done.step)
             if n == 1:
                 self.world.send({"fresh": 1}, table="fresh")

@@ -80,10 +80,6 @@ class Api:
             ).all()
         return [(str(r.name), int(r.created_at)) for r in rows]
 
-    def forget_database(self, name: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(sa.delete(databases).where(databases.c.name == name))
-
 
 def refusal(refused: access.Refused, database: str) -> ApiError:
     """How the REST API says an access refusal (TD's conventions; the key itself was

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tdedge.api import drops
 from tdedge.api.context import Api, Request, refusal, valid_name
 from tdedge.api.wire import ApiError, ok, td_date
 from tdedge.control import access
@@ -58,6 +59,5 @@ def create_database(api: Api, req: Request) -> Response:
 
 def delete_database(api: Api, req: Request) -> Response:
     name = api.owned_database(req.caller, req.args[0], access.Action.MANAGE)
-    api.catalog.drop_database(name)
-    api.forget_database(name)
+    drops.drop_database(api.catalog, api.engine, name)
     return ok({"database": name})

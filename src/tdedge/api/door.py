@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
-from tdedge.api import bulk_import, bulk_sessions, databases, jobs, tables
+from tdedge.api import bulk_import, bulk_sessions, console, databases, jobs, tables
 from tdedge.api.callers import Authenticator, Caller, require_master
 from tdedge.api.catalog import LakeCatalog
 from tdedge.api.context import Api, Request, path_args
@@ -114,9 +114,11 @@ class ApiDoor:
             sessions=BulkSessions.open(settings.bulk_sessions_db),
         )
         self._ledger = ImportLedger(engine)
+        self._console = console.Console(self._api)
 
     def close(self) -> None:
         """What this door opened itself; the control store is the worker's to close."""
+        self._console.close()
         self._api.catalog.close()
         self._api.sessions.close()
 
@@ -124,6 +126,10 @@ class ApiDoor:
         path = _normal(path)
         if path == SERVER_STATUS:
             return "server_status"
+        if path == console.PAGE_PATH:
+            return "console"
+        if path.startswith(console.API_PREFIX):
+            return "console_api"
         if not path.startswith("/v3/"):
             return None
         for r in ROUTES:
@@ -148,6 +154,8 @@ class ApiDoor:
     async def _handle(self, route: str, scope: Scope, proto: Protocol_) -> Response:
         if route == "server_status":
             return ok({"status": "ok"})
+        if route in ("console", "console_api"):
+            return await self._console_answer(route, scope)
         candidates = _BY_NAME.get(route)
         if not candidates:
             raise ApiError(404, "not_found", f"no such endpoint: {scope.method} {scope.path}")
@@ -166,6 +174,16 @@ class ApiDoor:
         body = await read_body(scope, proto, FORM_MAX_BYTES) if scope.method == "POST" else b""
         request = _request(scope, args, body, caller)
         return await asyncio.to_thread(r.handler, api, request)
+
+    async def _console_answer(self, route: str, scope: Scope) -> Response:
+        if scope.method != "GET":
+            raise ApiError(405, "method_not_allowed", "use GET", [("allow", "GET")])
+        if route == "console":
+            return self._console.page()
+        caller = await asyncio.to_thread(self._api.auth.caller, scope.headers)
+        params = query_params(scope.query_string)
+        path = _normal(scope.path)
+        return await asyncio.to_thread(self._console.answer, path, caller, params)
 
     async def _on_loop(
         self, route: str, args: tuple[str, ...], caller: Caller, scope: Scope, proto: Protocol_

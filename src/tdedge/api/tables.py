@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from tdedge.api import drops
 from tdedge.api.catalog import TableInfo
 from tdedge.api.context import Api, Request, valid_name
 from tdedge.api.wire import ApiError, iso_date, not_found, ok, td_date
@@ -82,5 +83,5 @@ def delete_table(api: Api, req: Request) -> Response:
     name = valid_name(req.args[1], "table")
     if api.catalog.table(database, name) is None:
         raise not_found(f"table '{database}.{name}'")
-    api.catalog.drop_table(database, name)
+    drops.drop_table(api.catalog, api.engine, database, name)
     return ok({"database": database, "table": name, "type": "log"})

@@ -43,10 +43,11 @@ import asyncio
 import fcntl
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -136,6 +137,36 @@ def claim_shard(journal_dir: Path) -> tuple[str, IO[bytes]]:
             continue
         return name, lock
     raise JournalUnavailable(f"all {MAX_SHARDS} journal shards are in use")
+
+
+def continue_after(journal_dir: Path, positions: Mapping[str, int]) -> None:
+    """Make each shard number its next rows after ``positions[shard]``.
+
+    For a restored data dir: the lake may have loaded a shard's entries past the last
+    row of the copied journal (they arrived after the copy), and the loader reads only
+    rows after the lake's position, so a row numbered at or below it would be skipped.
+    """
+    journal_dir.mkdir(parents=True, exist_ok=True)
+    for shard, seq in positions.items():
+        if not _SHARD_NAME.fullmatch(shard):
+            raise ValueError(f"not a journal shard name: {shard!r}")
+        conn = _connect(shard_path(journal_dir, shard))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'journal'")
+            row = found.fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('journal', ?)", (seq,)
+                )
+            elif int(row[0]) < seq:
+                conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'journal'", (seq,))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+
+_SHARD_NAME = re.compile(r"shard-[0-9]{2}")
 
 
 _group_encoder = msgspec.msgpack.Encoder()

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
@@ -35,7 +35,7 @@ from tdedge.lake.catalog import LAKE, LIVE_TABLES
 from tdedge.lake.compaction import Slice
 from tdedge.lake.connection import open_connection
 from tdedge.lake.inlining import Budget
-from tdedge.lake.retention import expire_import_errors
+from tdedge.lake.retention import expire_import_errors, expire_table_rows
 from tdedge.lake.sql import ident, literal, table_ref
 from tdedge.lake.tables import Columns, create_table, evolve_table
 from tdedge.names import (
@@ -288,13 +288,20 @@ class Lake:
         for _ in self.compaction(now):
             pass
 
-    def compaction(self, now: float, slice_s: float = math.inf) -> Iterator[Slice]:
+    def compaction(
+        self,
+        now: float,
+        slice_s: float = math.inf,
+        expiries: Mapping[tuple[str, str], int] | None = None,
+    ) -> Iterator[Slice]:
         """One compaction pass, a slice at a time: each step of the iterator does about
         ``slice_s`` seconds of work (at least one table's) and says what it did.
 
         Steps: drop superseded position rows, passed load marks, bulk-import ids
         older than ``bulk_import_retention_s`` and import errors older than
-        ``import_errors_retention_s`` (lake/retention.py); flush the inlined rows of the tables
+        ``import_errors_retention_s`` (lake/retention.py); delete the rows of the tables
+        in ``expiries`` ((database, table) → a unix time) whose ``time`` is before it,
+        a table at a time; flush the inlined rows of the tables
         that have some into Parquet; merge the small files of the tables that have
         several (lake/compaction.py says which); expire snapshots older than
         ``lake_retention_s``; delete the files those snapshots alone referenced
@@ -305,6 +312,10 @@ class Lake:
         started = time.monotonic()
         self._prune_system(now)
         yield Slice("prune")
+        for table, before in sorted((expiries or {}).items()):
+            if table in self._columns:
+                self._expire_rows(table, before)
+                yield Slice("retention", (table,))
         found = self._fetch(compaction.TABLES_WITH_WORK)
         flush = [(str(s), str(t)) for s, t, inlined, _, _ in found if inlined]
         yield from self._per_table("flush", compaction.flush_call, flush, slice_s)
@@ -352,6 +363,28 @@ class Lake:
                 log.info("expired %d import errors past their retention", expired)
 
         self._retrying(expire_errors, "expire import errors")
+
+    def _expire_rows(self, table: tuple[str, str], cutoff: int) -> int:
+        ref = table_ref(LAKE, *table)
+        expired = 0
+
+        def expire() -> None:
+            nonlocal expired
+            expired = expire_table_rows(self._con, ref, cutoff)
+
+        try:
+            self._retrying(expire, f"expire rows of {ref}")
+        except LakeError as e:
+            log.warning("cannot expire rows of %s.%s, next pass then: %s", *table, e)
+            return 0
+        if expired:
+            log.info(
+                "expired %d rows of %s.%s past their retention (time before %d)",
+                expired,
+                *table,
+                cutoff,
+            )
+        return expired
 
     def _to_merge(self) -> list[tuple[str, str]]:
         """Tables with small files to merge, but not those whose small files are the same

@@ -1,4 +1,5 @@
-"""How long import-error rows are kept: compaction deletes older ones.
+"""How long import-error rows, and the rows of tables given a retention, are kept:
+compaction deletes older ones.
 
 The import errors hold refused records, kept to be looked into rather than forever;
 refusals are counted by metrics whatever happens to their rows. Without a retention the
@@ -29,6 +30,22 @@ def expire_import_errors(con: duckdb.DuckDBPyConnection, now: float, retention_s
         expired = int(found[0]) if found else 0
         if expired:
             con.execute(EXPIRE_ERRORS, [cutoff])
+    except duckdb.Error as e:
+        raise LakeError(str(e)) from e
+    return expired
+
+
+def expire_table_rows(con: duckdb.DuckDBPyConnection, ref: str, cutoff: int) -> int:
+    """Delete the rows of table ``ref`` whose ``time`` is before ``cutoff`` (unix
+    seconds); return how many there were. DuckLake ends a data file whose rows are
+    all deleted instead of writing a deletion file for it, and the file itself goes
+    with the snapshots that still used it (``lake_retention_s``): a table loaded in
+    time order sheds whole files as its days expire."""
+    try:
+        found = con.execute(f"SELECT count(*) FROM {ref} WHERE time < ?", [cutoff]).fetchone()
+        expired = int(found[0]) if found else 0
+        if expired:
+            con.execute(f"DELETE FROM {ref} WHERE time < ?", [cutoff])
     except duckdb.Error as e:
         raise LakeError(str(e)) from e
     return expired

@@ -48,6 +48,7 @@ from tdedge import metrics
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
 from tdedge.control.imports import ImportLedger
+from tdedge.control.retention import RetentionRules
 from tdedge.errors import LakeError
 from tdedge.journal.base import JournalReader
 from tdedge.journal.envelope import JournalGroup
@@ -122,8 +123,11 @@ class Loader:
         clock: Callable[[], float] = time.time,
         ledger: ImportLedger | None = None,
         record_ids: RecordIds | None = None,
+        retention: RetentionRules | None = None,
     ) -> None:
         self._settings = settings
+        # The tables' retentions (control/retention.py): applied by compaction.
+        self._retention = retention
         self._reader = reader
         self._lake = lake
         # The edge's bulk-import ids: recorded once loaded, forgotten as the lake's are.
@@ -441,7 +445,9 @@ class Loader:
                 last_beat = self._clock()
                 self._beat(last_beat, failures)
             if compaction is None and now >= next_compaction:
-                compaction = self._lake.compaction(now, self._settings.compaction_slice_s)
+                compaction = self._lake.compaction(
+                    now, self._settings.compaction_slice_s, self._expiries(now)
+                )
             if compaction is not None and not self._compact_slice(compaction, now):
                 compaction = None
                 next_compaction = self._clock() + interval
@@ -464,7 +470,7 @@ class Loader:
 
     def compact(self, now: float) -> None:
         """A whole compaction pass now (``run`` does it a slice at a time)."""
-        compaction = self._lake.compaction(now)
+        compaction = self._lake.compaction(now, expiries=self._expiries(now))
         while self._compact_slice(compaction, now):
             pass
 
@@ -487,6 +493,17 @@ class Loader:
             return False
         log.debug("compaction %s: %d tables", done.step, len(done.tables))
         return True
+
+    def _expiries(self, now: float) -> dict[tuple[str, str], int]:
+        """(database, table) → the time before which its rows are past its retention."""
+        if self._retention is None:
+            return {}
+        try:
+            rules = self._retention.all()
+        except Exception:
+            log.exception("reading the tables' retentions failed; will try again")
+            return {}
+        return {(r.database, r.table): r.cutoff(now) for r in rules}
 
     def _forget_imports(self, now: float) -> None:
         if self._ledger is None:

@@ -1,0 +1,162 @@
+"""``tdedge table …`` (retention, drop) and ``tdedge db drop``: the operator's side of
+a table's life. Drops take the REST API's path (api/drops.py); retention is applied by
+the loader (control/retention.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from tdedge.config import Settings, default_data_dir
+from tdedge.names import NAME_RULE, is_reserved, is_valid_name, normalize
+
+data_dir_option = click.option(
+    "--data-dir",
+    default=None,
+    metavar="DIR",
+    help="Data directory (default: $TDEDGE_DATA_DIR, else ./tdedge-data).",
+)
+yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+
+
+def _settings(data_dir: str | None) -> Settings:
+    return Settings(data_dir=data_dir or default_data_dir())
+
+
+def _name(value: str, what: str) -> str:
+    if not is_valid_name(value):
+        raise click.BadParameter(f"invalid {what} name {value!r}: {NAME_RULE}")
+    return normalize(value)
+
+
+def _database(settings: Settings, name: str) -> str:
+    """``name`` normalised, once it names a database of some account."""
+    from tdedge.control.store import ControlStore
+
+    database = _name(name, "database")
+    if is_reserved(database):
+        raise click.ClickException(f"{database} is a name tdedge keeps for itself")
+    store = ControlStore.open(settings.control_db)
+    try:
+        owner = store.database_owner(database)
+    finally:
+        store.close()
+    if owner is None:
+        raise click.ClickException(f"database {database} does not exist")
+    return database
+
+
+@click.group()
+def table() -> None:
+    """Tables: retention, drop."""
+
+
+@table.command("retention")
+@data_dir_option
+@click.option(
+    "--days",
+    type=click.IntRange(1),
+    default=None,
+    help="Keep this many days of rows (by their time column); older ones are deleted.",
+)
+@click.option("--keep-all", is_flag=True, help="Remove the retention: keep every row.")
+@click.argument("database", required=False)
+@click.argument("table_name", metavar="TABLE", required=False)
+def retention(
+    data_dir: str | None,
+    days: int | None,
+    keep_all: bool,
+    database: str | None,
+    table_name: str | None,
+) -> None:
+    """Show or set how many days of rows TABLE keeps (all tables' without arguments).
+
+    The loader deletes rows past the retention at each compaction pass (every minute
+    by default); their files leave the disk once no snapshot the lake keeps uses them.
+    """
+    from tdedge.control.retention import RetentionRules
+    from tdedge.control.store import sqlite_engine
+
+    settings = _settings(data_dir)
+    if days is not None and keep_all:
+        raise click.UsageError("--days and --keep-all exclude each other")
+    if database is None or table_name is None:
+        if database is not None or days is not None or keep_all:
+            raise click.UsageError("name a DATABASE and a TABLE")
+        rules = RetentionRules(sqlite_engine(settings.control_db))
+        _table_out([r._asdict() for r in rules.all()])
+        return
+    db = _database(settings, database)
+    name = _name(table_name, "table")
+    rules = RetentionRules(sqlite_engine(settings.control_db))
+    if days is None and not keep_all:
+        found = rules.get(db, name)
+        click.echo(f"{db}.{name}: " + ("keeps every row" if found is None else f"{found} days"))
+        return
+    rules.set(db, name, None if keep_all else days)
+    if keep_all:
+        click.echo(f"{db}.{name} keeps every row")
+    else:
+        click.echo(f"{db}.{name} keeps {days} days of rows; the loader deletes older ones")
+
+
+@table.command("drop")
+@data_dir_option
+@yes_option
+@click.argument("database")
+@click.argument("table_name", metavar="TABLE")
+def table_drop(data_dir: str | None, yes: bool, database: str, table_name: str) -> None:
+    """Drop TABLE of DATABASE with all its rows."""
+    from tdedge.api import drops
+    from tdedge.api.catalog import LakeCatalog
+    from tdedge.control.store import sqlite_engine
+
+    settings = _settings(data_dir)
+    db = _database(settings, database)
+    name = _name(table_name, "table")
+    catalog = LakeCatalog(settings)
+    try:
+        info = catalog.table(db, name)
+        if info is None:
+            raise click.ClickException(f"table {db}.{name} does not exist")
+        if not yes:
+            click.confirm(f"Drop table {db}.{name} and its {info.count} rows?", abort=True)
+        drops.drop_table(catalog, sqlite_engine(settings.control_db), db, name)
+    finally:
+        catalog.close()
+    click.echo(f"dropped table {db}.{name}")
+
+
+@click.command("drop")
+@data_dir_option
+@yes_option
+@click.argument("name")
+def db_drop(data_dir: str | None, yes: bool, name: str) -> None:
+    """Drop database NAME with all its tables and rows."""
+    from tdedge.api import drops
+    from tdedge.api.catalog import LakeCatalog
+    from tdedge.control.store import sqlite_engine
+
+    settings = _settings(data_dir)
+    db = _database(settings, name)
+    catalog = LakeCatalog(settings)
+    try:
+        tables = catalog.tables(db)
+        if not yes:
+            rows = sum(t.count for t in tables)
+            click.confirm(
+                f"Drop database {db}, its {len(tables)} tables and {rows} rows?", abort=True
+            )
+        drops.drop_database(catalog, sqlite_engine(settings.control_db), db)
+    finally:
+        catalog.close()
+    click.echo(f"dropped database {db}")
+
+
+def _table_out(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        click.echo("no table has a retention: every table keeps every row")
+        return
+    for r in rows:
+        click.echo(f"{r['database']}.{r['table']}: {r['days']} days")

@@ -1,0 +1,195 @@
+"""The live console's JSON (``/console/api/…`` on the REST API's door) and ``tdedge
+tail``: rows and import errors as they are committed, each account its own only."""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Server
+from tests.e2e.restapi_support import start_api_server, td1
+
+
+def console(endpoint: str, key: str, what: str, **params: Any) -> dict[str, Any]:
+    r = httpx.get(f"{endpoint}/console/api/{what}", params=params, headers=td1(key), timeout=60)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def events_until(
+    endpoint: str, key: str, until: Any, timeout: float = 60, **params: Any
+) -> list[dict[str, Any]]:
+    """Events from the first answer on, polled with the cursor, until ``until(events)``."""
+    seen: list[dict[str, Any]] = []
+    cursor: int | None = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        query = dict(params, **({"after": cursor} if cursor is not None else {}))
+        answer = console(endpoint, key, "events", **query)
+        seen += answer["events"]
+        cursor = answer["cursor"]
+        if until(seen):
+            return seen
+        time.sleep(0.3)
+    raise AssertionError(f"events never matched; saw {seen}")
+
+
+def test_console_streams_the_accounts_own_rows_and_errors(make_server: Any) -> None:
+    srv, endpoint = start_api_server(make_server)
+    other = srv.cli("keys", "create", "--account", "2", "--type", "master").stdout.strip()
+    r = httpx.post(f"{endpoint}/v3/database/create/other_db", headers=td1(other))
+    assert r.status_code == 200, r.text
+
+    page = httpx.get(f"{endpoint}/console")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert httpx.get(f"{endpoint}/console/api/status").status_code == 401
+    r = httpx.get(f"{endpoint}/console/api/status", headers=td1(srv.write_key))
+    assert r.status_code == 403
+
+    for i in range(3):
+        assert srv.postback("test_db", "mine", {"i": i}, key=srv.write_key).status_code == 200
+    assert srv.postback("other_db", "theirs", {"j": 1}, key=other).status_code == 200
+    bad = srv.postback("test_db", "mine", [1, 2], key=srv.write_key)
+    assert bad.status_code == 400
+
+    def complete(events: list[dict[str, Any]]) -> bool:
+        rows = [e for e in events if e["reason"] is None]
+        errors = [e for e in events if e["reason"] is not None]
+        return len(rows) == 3 and len(errors) == 1
+
+    events = events_until(endpoint, srv.master_key, complete)
+    rows = [e for e in events if e["reason"] is None]
+    assert sorted(e["record"]["i"] for e in rows) == [0, 1, 2]
+    assert {(e["database"], e["table"]) for e in events} == {("test_db", "mine")}
+    (error,) = [e for e in events if e["reason"] is not None]
+    assert (error["reason"], error["door"], error["record"]) == ("not_an_object", "legacy", [1, 2])
+
+    # The other account sees its own row, and nothing of account 1.
+    theirs = events_until(endpoint, other, lambda ev: len(ev) >= 1)
+    assert [(e["database"], e["table"], e["record"]["j"]) for e in theirs] == [
+        ("other_db", "theirs", 1)
+    ]
+    # Filters: a table with nothing.
+    answer = console(endpoint, srv.master_key, "events", table="nothing")
+    assert answer["events"] == []
+    assert (
+        httpx.get(
+            f"{endpoint}/console/api/events", params={"after": "x"}, headers=td1(srv.master_key)
+        ).status_code
+        == 400
+    )
+
+    status = console(endpoint, srv.master_key, "status")
+    assert status["databases"] == ["test_db"]
+    (mine,) = [t for t in status["tables"] if t["table"] == "mine"]
+    assert mine["rows"] == 3 and mine["database"] == "test_db"
+    assert mine["last_insert_at"] is not None and abs(mine["last_insert_at"] - time.time()) < 600
+    assert status["loader"]["lag_records"] >= 0
+    assert [t["table"] for t in console(endpoint, other, "status")["tables"]] == ["theirs"]
+
+    # tdedge tail: the operator's view, every account's.
+    done = subprocess.run(
+        [sys.executable, "-m", "tdedge", "tail", "--data-dir", str(srv.data_dir), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "test_db.mine  {" in done.stdout
+    assert "other_db.theirs  {" in done.stdout
+    assert "ERROR not_an_object (legacy)  [1,2]" in done.stdout
+
+
+def test_tail_follows_new_commits(server: Server) -> None:
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "tdedge", "tail", "--data-dir", str(server.data_dir),
+         "-t", "followed", "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(2)  # started, before the records arrive
+        for i in range(3):
+            r = server.postback("test_db", "followed", {"n": i}, key=server.write_key)
+            assert r.status_code == 200
+        assert (
+            server.postback("test_db", "other", {"n": 9}, key=server.write_key).status_code == 200
+        )
+        out = tail.stdout
+        assert out is not None
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read() -> None:
+            for line in out:
+                lines.put(line)
+
+        threading.Thread(target=read, daemon=True).start()
+        got = [lines.get(timeout=60) for _ in range(3)]
+        assert all("test_db.followed" in line for line in got)
+        assert [line.split('"n":')[1][0] for line in got] == ["0", "1", "2"]
+    finally:
+        tail.terminate()
+        tail.wait(timeout=30)
+
+
+BROWSER_DIR = Path(__file__).resolve().parent.parent / "browser"
+CHROMIUM = "/usr/bin/chromium"
+# A record whose value is markup: the page must show it as text, never run it.
+MARKUP = '<img src=x onerror="window.__injected=true">'
+
+
+def test_console_page_in_headless_chromium(make_server: Any, tmp_path: Path) -> None:
+    missing = [
+        what
+        for what, ok in [
+            (f"{CHROMIUM} (apt-get install chromium)", Path(CHROMIUM).exists()),
+            ("tests/browser/node_modules (npm ci)", (BROWSER_DIR / "node_modules").exists()),
+            ("node (apt-get install nodejs)", shutil.which("node") is not None),
+        ]
+        if not ok
+    ]
+    if missing:
+        pytest.fail("scripts/test installs what this test needs; missing: " + ", ".join(missing))
+    srv, endpoint = start_api_server(make_server)
+    for i in range(5):
+        record = {"page": f"/products/{i}", "title": MARKUP if i == 4 else f"product {i}"}
+        assert srv.postback("test_db", "pageviews", record, key=srv.write_key).status_code == 200
+    assert srv.postback("test_db", "pageviews", [1, 2], key=srv.write_key).status_code == 400
+    shot = tmp_path / "console.png"
+    done = subprocess.run(
+        ["node", str(BROWSER_DIR / "console.mjs"), "--url", f"{endpoint}/console",
+         "--key", srv.master_key, "--expect-row", "/products/4",
+         "--expect-error", "not_an_object", "--screenshot", str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert done.stdout, done.stderr
+    report = json.loads(done.stdout)
+    assert "error" not in report, report
+    assert report["loginShown"] is True
+    assert report["failedRequests"] == []
+    assert not [m for m in report["console"] if m.startswith(("error", "pageerror"))], report
+    assert report["injected"] is False, "a record's markup ran in the page"
+    assert [r[1] for r in report["events"]] == ["test_db.pageviews"] * 5
+    assert any("<img src=x onerror=" in r[2] for r in report["events"])
+    (error,) = report["errors"]
+    assert error[1:4] == ["legacy", "test_db.pageviews", "not_an_object: rejected at the edge"]
+    assert error[4] == "[1,2]"
+    (table,) = report["tables"]
+    assert table[0:2] == ["test_db.pageviews", "5"]
+    assert "journal backlog" in report["header"]
+    assert shot.stat().st_size > 10_000
