@@ -184,8 +184,8 @@ def wait_readyz(
 
 
 def _with_data_dir(args: tuple[str, ...], data_dir: Path) -> list[str]:
-    # Groups (keys, db) take --data-dir on their sub-command.
-    at = 2 if args[0] in {"keys", "db"} else 1
+    # Groups (keys, db, table) take --data-dir on their sub-command.
+    at = 2 if args[0] in {"keys", "db", "table"} else 1
     return [*args[:at], "--data-dir", str(data_dir), *args[at:]]
 
 

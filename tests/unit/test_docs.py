@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 from prometheus_client.metrics import MetricWrapperBase
 
-from tdedge import cli, metrics
+from tdedge import metrics
+from tdedge.cli import root as cli
 from tdedge.realtime import batcher, host
 
 ROOT = Path(__file__).resolve().parents[2]

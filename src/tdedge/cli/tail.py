@@ -9,19 +9,14 @@ from datetime import UTC, datetime
 import click
 import msgspec
 
-from tdedge.config import Settings, default_data_dir
+from tdedge.cli.common import data_dir_option, existing_settings
 
 # A table's rows one poll prints at most (the newest): a busy table is sampled.
 ROWS_PER_POLL = 200
 
 
 @click.command("tail")
-@click.option(
-    "--data-dir",
-    default=None,
-    metavar="DIR",
-    help="Data directory (default: $TDEDGE_DATA_DIR, else ./tdedge-data).",
-)
+@data_dir_option
 @click.option("-d", "--database", default=None, help="Only this database.")
 @click.option("-t", "--table", "table_name", default=None, help="Only this table.")
 @click.option("--errors", "errors_only", is_flag=True, help="Only import errors.")
@@ -56,7 +51,7 @@ def tail(
     from tdedge.lake.feed import Event, read_changes
     from tdedge.names import normalize
 
-    settings = Settings(data_dir=data_dir or default_data_dir())
+    settings = existing_settings(data_dir)
     db = normalize(database) if database else None
     tbl = normalize(table_name) if table_name else None
 

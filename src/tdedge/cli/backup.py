@@ -8,14 +8,8 @@ from pathlib import Path
 
 import click
 
-from tdedge.config import Settings, default_data_dir
-
-data_dir_option = click.option(
-    "--data-dir",
-    default=None,
-    metavar="DIR",
-    help="Data directory (default: $TDEDGE_DATA_DIR, else ./tdedge-data).",
-)
+from tdedge.cli import common
+from tdedge.cli.common import data_dir_option, existing_settings
 
 
 @click.command("backup")
@@ -29,7 +23,7 @@ def backup_command(data_dir: str | None, quiet: bool, dest: Path) -> None:
     """
     from tdedge.backup import BackupError, backup
 
-    settings = Settings(data_dir=data_dir or default_data_dir())
+    settings = existing_settings(data_dir)
     try:
         manifest = backup(settings, dest, report=_reporter(quiet))
     except BackupError as e:
@@ -53,7 +47,7 @@ def restore_command(data_dir: str | None, quiet: bool, source: Path) -> None:
     (and so not served)."""
     from tdedge.backup import BackupError, restore
 
-    settings = Settings(data_dir=data_dir or default_data_dir())
+    settings = common.settings(data_dir)
     try:
         manifest = restore(source, settings, report=_reporter(quiet))
     except BackupError as e:

@@ -8,20 +8,15 @@ from typing import Any
 
 import click
 
-from tdedge.config import Settings, default_data_dir
+from tdedge.cli.common import data_dir_option, existing_settings
+from tdedge.config import Settings
 from tdedge.names import NAME_RULE, is_reserved, is_valid_name, normalize
 
-data_dir_option = click.option(
-    "--data-dir",
-    default=None,
-    metavar="DIR",
-    help="Data directory (default: $TDEDGE_DATA_DIR, else ./tdedge-data).",
-)
 yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 
 
 def _settings(data_dir: str | None) -> Settings:
-    return Settings(data_dir=data_dir or default_data_dir())
+    return existing_settings(data_dir)
 
 
 def _name(value: str, what: str) -> str:

@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import sys
-from collections.abc import Sequence
 from typing import Any
 
 import click
 import msgspec
 
-from tdedge.api.bulk_options import bulk_options, bulk_settings
-from tdedge.cli_backup import backup_command, restore_command
-from tdedge.cli_data_dir import existing_settings
-from tdedge.cli_p13n import p13n
-from tdedge.cli_status import status
-from tdedge.cli_tables import db_drop, table
-from tdedge.cli_tail import tail
-from tdedge.config import SETTINGS_ENV, EngineMode, Settings, default_data_dir
-from tdedge.edge.options import refusal_options, refusal_settings
+from tdedge.cli.backup import backup_command, restore_command
+from tdedge.cli.bulk_options import bulk_options, bulk_settings
+from tdedge.cli.common import FORMATS, data_dir_option, emit, existing_settings
+from tdedge.cli.common import settings as _settings
+from tdedge.cli.job_options import job_options, job_settings
+from tdedge.cli.p13n import p13n
+from tdedge.cli.refusal_options import refusal_options, refusal_settings
+from tdedge.cli.status import status
+from tdedge.cli.tables import db_drop, table
+from tdedge.cli.tail import tail
+from tdedge.config import SETTINGS_ENV, EngineMode, Settings
 from tdedge.logs import LEVELS
-from tdedge.query.options import job_options, job_settings
-
-data_dir_option = click.option(
-    "--data-dir",
-    default=None,
-    metavar="DIR",
-    help="Data directory (default: $TDEDGE_DATA_DIR, else ./tdedge-data).",
-)
-
-
-def _settings(data_dir: str | None, **overrides: Any) -> Settings:
-    return Settings(data_dir=data_dir or default_data_dir(), **overrides)
 
 
 # Every option's default in --help, for every command (sub-commands inherit it).
@@ -391,11 +377,11 @@ def keys_create(data_dir: str | None, account: int, type_: str) -> None:
 
 @keys.command("list")
 @data_dir_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table")
 def keys_list(data_dir: str | None, fmt: str) -> None:
     """List keys by id (the secret is never shown again)."""
     rows = [msgspec.structs.asdict(k) for k in _control(data_dir, existing=True).list_keys()]
-    _emit(["key_id", "account_id", "type", "revoked", "created_at"], rows, fmt)
+    emit(["key_id", "account_id", "type", "revoked", "created_at"], rows, fmt)
 
 
 @keys.command("revoke")
@@ -455,17 +441,17 @@ def db_create(
 
 @db.command("list")
 @data_dir_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table")
 def db_list(data_dir: str | None, fmt: str) -> None:
     rows = [msgspec.structs.asdict(d) for d in _control(data_dir, existing=True).list_databases()]
-    _emit(["name", "account_id", "created_at"], rows, fmt)
+    emit(["name", "account_id", "created_at"], rows, fmt)
 
 
 # Queries.
 @main.command()
 @data_dir_option
 @click.option("-d", "--database", default=None, help="Database to resolve table names in.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table")
 @click.argument("sql")
 def query(data_dir: str | None, database: str | None, fmt: str, sql: str) -> None:
     """Run SQL (DuckDB dialect) over the lake's tables."""
@@ -479,12 +465,12 @@ def query(data_dir: str | None, database: str | None, fmt: str, sql: str) -> Non
         raise click.ClickException(str(e)) from e
     finally:
         lake.close()
-    _emit(result.columns, [dict(zip(result.columns, r, strict=True)) for r in result.rows], fmt)
+    emit(result.columns, [dict(zip(result.columns, r, strict=True)) for r in result.rows], fmt)
 
 
 @main.command()
 @data_dir_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
 def errors(data_dir: str | None, fmt: str, limit: int) -> None:
     """Show the import-errors table: every record that did not reach its table, and why."""
@@ -495,7 +481,7 @@ def errors(data_dir: str | None, fmt: str, limit: int) -> None:
         result = lake.import_errors(limit)
     finally:
         lake.close()
-    _emit(result.columns, [dict(zip(result.columns, r, strict=True)) for r in result.rows], fmt)
+    emit(result.columns, [dict(zip(result.columns, r, strict=True)) for r in result.rows], fmt)
 
 
 def _control(data_dir: str | None, existing: bool = False) -> Any:
@@ -503,33 +489,6 @@ def _control(data_dir: str | None, existing: bool = False) -> Any:
     from tdedge import backends
 
     return backends.control(existing_settings(data_dir) if existing else _settings(data_dir))
-
-
-def _emit(columns: Sequence[str], rows: list[dict[str, Any]], fmt: str) -> None:
-    if fmt == "json":
-        click.echo(msgspec.json.encode(rows, enc_hook=str).decode())
-    elif fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([[_text(r[c]) for c in columns] for r in rows])
-        sys.stdout.write(buf.getvalue())
-    else:
-        click.echo(_table(columns, rows))
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _table(columns: Sequence[str], rows: list[dict[str, Any]]) -> str:
-    cells = [[_text(r[c]) for c in columns] for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
-    rule = "  ".join("-" * w for w in widths)
-    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    count = f"({len(rows)} row{'s' if len(rows) != 1 else ''})"
-    return "\n".join([line, rule, *body, count])
 
 
 @main.command("engine")

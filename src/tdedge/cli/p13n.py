@@ -9,40 +9,23 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import msgspec
 
-from tdedge.cli_data_dir import existing_settings
-from tdedge.config import Settings, default_data_dir
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _data_dir_option(f: F) -> F:
-    return click.option(
-        "--data-dir",
-        default=None,
-        metavar="DIR",
-        help="Data directory (default: $TDEDGE_DATA_DIR, else ./tdedge-data).",
-    )(f)
+from tdedge.cli import common
+from tdedge.cli.common import data_dir_option, emit, iso_ms
+from tdedge.config import Settings
 
 
 def _settings(data_dir: str | None, existing: bool = False) -> Settings:
-    """The data dir given here or on a parent group; ``existing``: a command that only
-    reads or changes what is there, refused on a data dir that is not."""
-    ctx = click.get_current_context()
-    chosen = data_dir
-    while chosen is None and ctx.parent is not None:
-        ctx = ctx.parent
-        chosen = ctx.params.get("data_dir")
-    if existing:
-        return existing_settings(chosen)
-    return Settings(data_dir=chosen or default_data_dir())
+    """The data dir given here or on ``p13n``; ``existing``: a command that only reads or
+    changes what is there, refused on a data dir that is not."""
+    return common.existing_settings(data_dir) if existing else common.settings(data_dir)
 
 
 def _registry(settings: Settings) -> Any:
@@ -52,13 +35,13 @@ def _registry(settings: Settings) -> Any:
 
 
 @click.group("p13n")
-@_data_dir_option
+@data_dir_option
 def p13n(data_dir: str | None) -> None:
     """Real-time personalization: configuration, tokens, profiles, segments."""
 
 
 @p13n.command("apply")
-@_data_dir_option
+@data_dir_option
 @click.option("--check", is_flag=True, help="Validate only; change nothing.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def apply_command(data_dir: str | None, check: bool, file: Path) -> None:
@@ -100,7 +83,7 @@ def _imports(spec: Any) -> bool:
 
 
 @p13n.command("show")
-@_data_dir_option
+@data_dir_option
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml")
 def show_command(data_dir: str | None, fmt: str) -> None:
     """Print the active configuration (as applied, comments and all)."""
@@ -123,13 +106,13 @@ def show_command(data_dir: str | None, fmt: str) -> None:
 
 # Tokens.
 @p13n.group("tokens")
-@_data_dir_option
+@data_dir_option
 def tokens_group(data_dir: str | None) -> None:
     """Create, list and revoke personalization tokens (stored hashed)."""
 
 
 @tokens_group.command("create")
-@_data_dir_option
+@data_dir_option
 @click.option("--allow-ip", "allow_ips", multiple=True, metavar="CIDR", help="Repeatable.")
 @click.option("--public", is_flag=True, help="A browser token, for /public/{db}/{table}.")
 @click.option("--account", default=1, show_default=True, type=click.IntRange(1))
@@ -181,7 +164,7 @@ def tokens_create(
 
 
 @tokens_group.command("list")
-@_data_dir_option
+@data_dir_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def tokens_list(data_dir: str | None, fmt: str) -> None:
     """List tokens by id, lookup tokens with their lookup (secrets are never shown again)."""
@@ -214,11 +197,11 @@ def tokens_list(data_dir: str | None, fmt: str) -> None:
     ]
     for r in rows:
         r["allow_ips"] = ",".join(r["allow_ips"]) if fmt == "table" else r["allow_ips"]
-    _emit([*columns, "lookup", "revoked", "created_at"], rows, fmt)
+    emit([*columns, "lookup", "revoked", "created_at"], rows, fmt)
 
 
 @tokens_group.command("revoke")
-@_data_dir_option
+@data_dir_option
 @click.argument("token_id")
 def tokens_revoke(data_dir: str | None, token_id: str) -> None:
     """Revoke a token by the id tokens list shows (seen by the edge within a second)."""
@@ -287,7 +270,7 @@ def _keys(service: Any, pairs: Sequence[str]) -> list[str]:
 
 
 @p13n.command("profile")
-@_data_dir_option
+@data_dir_option
 @click.option("--service", default=None, help="Needed when several services are configured.")
 @click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
 def profile_command(data_dir: str | None, service: str | None, pairs: tuple[str, ...]) -> None:
@@ -309,13 +292,13 @@ def profile_command(data_dir: str | None, service: str | None, pairs: tuple[str,
         "service": svc.name,
         "id": profile.id,
         "keys": dict_keys(profile.keys),
-        "created": _iso(profile.created_ms),
-        "updated": _iso(profile.updated_ms),
+        "created": iso_ms(profile.created_ms),
+        "updated": iso_ms(profile.updated_ms),
         "events": profile.events,
         "attributes": explained.values,
         "segments": explained.segments,
         "merges": [
-            {"time": _iso(m.time_ms), "merged_profile": m.merged, "keys": dict_keys(m.keys)}
+            {"time": iso_ms(m.time_ms), "merged_profile": m.merged, "keys": dict_keys(m.keys)}
             for m in merges
         ],
     }
@@ -333,7 +316,7 @@ def dict_keys(keys: Sequence[str]) -> dict[str, list[str]]:
 
 
 @p13n.command("explain")
-@_data_dir_option
+@data_dir_option
 @click.option("--service", default=None, help="Needed when several services are configured.")
 @click.option("--table", default=None, help="The event's table (default: the first event table).")
 @click.option(
@@ -403,7 +386,7 @@ def _print_trace(trace: Any, depth: int) -> None:
 
 
 @p13n.command("merges")
-@_data_dir_option
+@data_dir_option
 @click.option("--service", default=None)
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
@@ -419,18 +402,18 @@ def merges_command(data_dir: str | None, service: str | None, limit: int, fmt: s
         engine.batch.close()
     rows = [
         {
-            "time": _iso(m.time_ms),
+            "time": iso_ms(m.time_ms),
             "survivor": m.survivor,
             "merged": m.merged,
             "keys": m.keys if fmt == "json" else " ".join(m.keys),
         }
         for m in found
     ]
-    _emit(["time", "survivor", "merged", "keys"], rows, fmt)
+    emit(["time", "survivor", "merged", "keys"], rows, fmt)
 
 
 @p13n.command("refresh")
-@_data_dir_option
+@data_dir_option
 @click.option("--service", default=None, help="Only this service's sources.")
 @click.option("--segment", "segments", multiple=True, help="Only this segment id (repeatable).")
 def refresh_command(data_dir: str | None, service: str | None, segments: tuple[str, ...]) -> None:
@@ -467,19 +450,3 @@ def refresh_command(data_dir: str | None, service: str | None, segments: tuple[s
             click.echo(f"{o.service} {o.kind} {o.name}: FAILED: {o.error}", err=True)
     if failed:
         raise click.ClickException(f"{failed} source{'s' if failed != 1 else ''} failed")
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
-def _emit(columns: Sequence[str], rows: list[dict[str, Any]], fmt: str) -> None:
-    if fmt == "json":
-        click.echo(msgspec.json.encode(rows, enc_hook=str).decode())
-        return
-    cells = [["" if r[c] is None else str(r[c]) for c in columns] for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    click.echo("  ".join("-" * w for w in widths))
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))

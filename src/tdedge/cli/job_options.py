@@ -1,4 +1,4 @@
-"""``serve`` options for query jobs, kept beside the runner they tune."""
+"""``serve`` options for query jobs (query/runner.py)."""
 
 from __future__ import annotations
 

@@ -14,17 +14,12 @@ from typing import Any
 import click
 import msgspec
 
-from tdedge.cli_data_dir import existing_settings
+from tdedge.cli.common import data_dir_option, existing_settings
 from tdedge.config import Settings
 
 
 @click.command("status")
-@click.option(
-    "--data-dir",
-    default=None,
-    metavar="DIR",
-    help="Data directory (default: $TDEDGE_DATA_DIR, else ./tdedge-data).",
-)
+@data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 def status(data_dir: str | None, as_json: bool) -> None:
     """Whether a server runs on the data dir: pid, ports, doors, version, journal

@@ -1,4 +1,4 @@
-"""``serve`` options for Bulk Import sessions, kept beside the API they tune."""
+"""``serve`` options for Bulk Import sessions (api/bulk_sessions.py)."""
 
 from __future__ import annotations
 
