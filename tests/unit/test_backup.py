@@ -15,7 +15,7 @@ from tdedge.control.store import ControlStore
 from tdedge.journal.sqlite import _connect, shard_path
 from tdedge.lake.batch import Batch
 from tdedge.lake.lake import Lake
-from tests.unit.test_lake import rows
+from tests.unit.lake.test_lake import rows
 
 
 def test_backup_and_restore_carry_files_inlined_rows_and_deletions(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ One parametrized fixture names the backends; each test runs on every one of them
 through the Protocols (``Journal``, ``JournalReader``) that ``tdedge.backends`` hands
 out. A new backend joins by adding its parameter (and the settings that choose it).
 The embedded SQLite journal's own behaviour (shards per process, free disk, fsync
-order) is tested in tests/unit/test_journal.py.
+order) is tested in tests/unit/journal/test_journal.py.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import Any
 from tdedge.lake.batch import Batch
 from tdedge.lake.compaction import Slice
 from tdedge.lake.lake import Lake
-from tests.unit.test_loader import LATER, World, make_world
+from tests.unit.loader.test_loader import LATER, World, make_world
 
 
 def tables_of(slices: list[Slice], step: str) -> list[str]:

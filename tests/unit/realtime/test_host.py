@@ -19,7 +19,7 @@ from tdedge.realtime.offers import EMPTY
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.wire import OK, Answer, Ask
 
-EXAMPLE = (Path(__file__).parent / "data" / "p13n-example.yaml").read_text()
+EXAMPLE = (Path(__file__).parents[1] / "data" / "p13n-example.yaml").read_text()
 
 
 class Peer:

@@ -14,7 +14,7 @@ from tdedge.realtime.errors import BatchStoreDown
 from tdedge.realtime.offers import MAX_RESPONSE_BYTES
 from tdedge.realtime.service import Service, compile_service
 
-EXAMPLE = (Path(__file__).parent / "data" / "p13n-example.yaml").read_text()
+EXAMPLE = (Path(__file__).parents[1] / "data" / "p13n-example.yaml").read_text()
 T0 = 1_800_000_000_000
 D = 86_400_000
 CLIENT = "42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16"

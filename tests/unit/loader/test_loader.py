@@ -222,7 +222,7 @@ def test_a_killed_process_mid_commit_loses_and_duplicates_nothing(world: World) 
         from tdedge.lake import system
         from tdedge.lake.lake import Lake
         from tdedge.loader.runner import Loader
-        from tests.unit.test_loader import LATER, World, MemoryReader
+        from tests.unit.loader.test_loader import LATER, World, MemoryReader
 
         class DyingLake(Lake):
             def _insert(self, ref, table, budget):
@@ -238,7 +238,7 @@ def test_a_killed_process_mid_commit_loses_and_duplicates_nothing(world: World) 
         Loader(s, w.reader, Directory(store, ttl_s=60), w.lake).step(LATER)
         """
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True)
     assert done.returncode == 9, done.stderr.decode()
 

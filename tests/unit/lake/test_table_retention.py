@@ -8,7 +8,7 @@ from pathlib import Path
 from tdedge.control.directory import Directory
 from tdedge.control.retention import RetentionRules
 from tdedge.loader.runner import Loader
-from tests.unit.test_loader import LATER, NOW, make_world
+from tests.unit.loader.test_loader import LATER, NOW, make_world
 
 DAY = 86400
 

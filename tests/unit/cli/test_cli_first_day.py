@@ -124,7 +124,7 @@ def test_the_access_log_is_sampled_past_its_rate_and_counts_what_it_left_out(
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_shell_completion_as_docs_operations_gives_it(shell: str) -> None:
-    docs = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
     assert f"_TDEDGE_COMPLETE={shell}_source tdedge" in docs
     script = Path(sys.executable).parent / "tdedge"
     done = subprocess.run(

@@ -9,7 +9,7 @@ from tdedge.lake.batch import Batch
 from tdedge.lake.connection import open_connection
 from tdedge.lake.lake import Lake
 from tdedge.lake.retention import expire_import_errors
-from tests.unit.test_lake import rejection
+from tests.unit.lake.test_lake import rejection
 
 DAY = 86400
 

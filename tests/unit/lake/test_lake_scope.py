@@ -15,7 +15,7 @@ from tdedge.config import Settings
 from tdedge.lake.batch import Batch, TableRows
 from tdedge.lake.lake import Lake
 from tdedge.query.session import Scope, Session
-from tests.unit.test_lake import rejection
+from tests.unit.lake.test_lake import rejection
 
 SECRET = "s3cr3t-of-account-one"
 

@@ -16,7 +16,7 @@ from tdedge.realtime.errors import ConfigStoreDown, TokenLimit, UnknownService
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.view import View
 
-EXAMPLE = (Path(__file__).parent / "data" / "p13n-example.yaml").read_text()
+EXAMPLE = (Path(__file__).parents[1] / "data" / "p13n-example.yaml").read_text()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from tdedge.journal.envelope import Envelope
 from tdedge.lake.lake import Lake
 from tdedge.loader.record_ids import RecordIds, record_key
 from tdedge.loader.runner import Loader
-from tests.unit.test_loader import (
+from tests.unit.loader.test_loader import (
     LATER,
     NOW,
     NOW_MS,

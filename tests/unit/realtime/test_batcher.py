@@ -12,7 +12,7 @@ import msgspec
 
 from tdedge.realtime.batcher import Batcher
 from tdedge.realtime.engine import Engine, Request
-from tests.unit.test_realtime_engine import EXAMPLE, T0, service_of
+from tests.unit.realtime.test_engine import EXAMPLE, T0, service_of
 
 SERVICE = service_of(EXAMPLE)
 

@@ -19,7 +19,7 @@ from tdedge.realtime.registry import Registry
 from tdedge.realtime.service import Facts, Service, compile_service
 from tdedge.realtime.view import View
 
-EXAMPLE = (Path(__file__).parent / "data" / "p13n-example.yaml").read_text()
+EXAMPLE = (Path(__file__).parents[1] / "data" / "p13n-example.yaml").read_text()
 LOOKUPS = """    lookups:
       - name: by_client
         key_column: td_client_id

@@ -4,7 +4,7 @@ tests/data/trino_examples.jsonl holds the examples of Trino's function documenta
 (scripts/trino_examples.py extracts them) and TD's UDF examples. Each must give its
 documented result, except those listed in tests/data/trino_known_differences.json
 with the reason; those are strict xfails, so an example that starts to pass (or one
-that stops passing) shows. ``python tests/unit/test_trino_conformance.py`` prints the
+that stops passing) shows. ``python tests/unit/query/test_trino_conformance.py`` prints the
 pass rate by family, as docs/presto.md reports it.
 """
 
@@ -25,7 +25,7 @@ import pytest
 from tdedge.query.functions import register
 from tdedge.query.translate import Context, TranslationError, translate
 
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 EXAMPLES: list[dict[str, str]] = [
     json.loads(line)
     for line in (DATA / "trino_examples.jsonl").read_text(encoding="utf-8").splitlines()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tdedge.loader.records import to_columns
-from tests.unit.test_loader import LATER, make_world
+from tests.unit.loader.test_loader import LATER, make_world
 
 BIG = 2**60 + 1  # a double holds 2**60 exactly, not 2**60 + 1
 EXACT = 2**53  # the largest power of two below which every integer is exact

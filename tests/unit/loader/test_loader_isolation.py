@@ -19,7 +19,7 @@ from tdedge.lake.lake import Lake
 from tdedge.loader import runner
 from tdedge.loader.limits import columns_refusal, record_columns, too_wide
 from tdedge.loader.records import to_columns as built
-from tests.unit.test_loader import LATER, World, errors, make_world
+from tests.unit.loader.test_loader import LATER, World, errors, make_world
 
 # Past SQLite's 2,000 columns in DuckLake's inlined-data table: the commit fails.
 TOO_WIDE_FOR_SQLITE = 2_000
@@ -143,7 +143,7 @@ def test_an_interrupted_isolation_loads_every_row_once(unguarded: World) -> None
         from tdedge.errors import LakeError
         from tdedge.lake.lake import Lake
         from tdedge.loader.runner import Loader
-        from tests.unit.test_loader import LATER, World, MemoryReader
+        from tests.unit.loader.test_loader import LATER, World, MemoryReader
 
         class DyingLake(Lake):
             def commit(self, batch):
@@ -166,7 +166,7 @@ def test_an_interrupted_isolation_loads_every_row_once(unguarded: World) -> None
                 pass
         """
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True)
     assert done.returncode == 9, done.stderr.decode()
 

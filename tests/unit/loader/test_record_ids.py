@@ -17,7 +17,7 @@ from tdedge.lake import system
 from tdedge.lake.batch import Batch, TableRows
 from tdedge.lake.lake import Lake
 from tdedge.lake.sql import ident
-from tests.unit.test_loader import LATER, NOW, NOW_MS, World, errors, make_world
+from tests.unit.loader.test_loader import LATER, NOW, NOW_MS, World, errors, make_world
 
 OURS = [f"0190a1b2-c3d4-7e5f-8a9b-{i:012x}" for i in range(300)]  # tdedge's ids (v7)
 THEIRS = "5a3c1f0e-2b4d-4e6f-9a8b-7c6d5e4f3a2b"  # a device id, as the SDKs make them

@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-SCRIPT = Path(__file__).parent.parent.parent / "scripts" / "trino_examples.py"
+SCRIPT = Path(__file__).parents[3] / "scripts" / "trino_examples.py"
 
 
 def _script() -> ModuleType:

@@ -12,7 +12,7 @@ from tdedge.control.store import ControlStore
 from tdedge.errors import LimitReached
 from tdedge.journal.envelope import Envelope, JournalGroup
 from tdedge.loader.runner import within_tables
-from tests.unit.test_loader import LATER, NOW_MS, errors, make_world
+from tests.unit.loader.test_loader import LATER, NOW_MS, errors, make_world
 
 
 def test_records_for_a_table_past_the_limit_are_refused(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from tdedge.realtime import validation
 from tdedge.realtime.config import CounterSpec, ImportedSpec, ListSpec, SingleSpec
 from tdedge.realtime.errors import ConfigInvalid
 
-EXAMPLE = (Path(__file__).parent / "data" / "p13n-example.yaml").read_text()
+EXAMPLE = (Path(__file__).parents[1] / "data" / "p13n-example.yaml").read_text()
 
 
 def problems(text: str) -> list[tuple[int | None, str, str]]:
