@@ -34,7 +34,14 @@ from tdedge.query import unnest
 from tdedge.query.functions import register
 from tdedge.query.results import ResultWriter, result_path
 from tdedge.query.show import answer
-from tdedge.query.statements import ShowColumns, ShowTables, Write, classify, statement_database
+from tdedge.query.statements import (
+    ShowColumns,
+    ShowTables,
+    Write,
+    classify,
+    result_target,
+    statement_database,
+)
 from tdedge.query.translate import Context, TranslationError, translate
 from tdedge.query.types import TEXT_TYPES, engine_type
 from tdedge.query.values import arrow_rows
@@ -162,8 +169,59 @@ class Session:
         relation = self._relation(job, statement.query, columns)
         names = [str(c) for c in relation.columns]
         types = [str(t) for t in relation.types]
+        if job.result_url is not None:
+            return self._into_table(job, relation, columns, writer, writable)
         reader = relation.to_arrow_reader(BATCH_ROWS)
         return self._result(job, names, types, (arrow_rows(batch) for batch in reader))
+
+    def _into_table(
+        self,
+        job: Job,
+        relation: duckdb.DuckDBPyRelation,
+        columns: dict[str, dict[str, dict[str, str]]],
+        writer: TableWriter | None,
+        writable: frozenset[str],
+    ) -> JobResult:
+        """A query whose result goes into a table too (TD's ``result`` URL): the rows
+        are computed once, stored as the job's result and written into the table."""
+        assert job.result_url is not None
+        into = result_target(job.result_url)
+        target = into.target
+        self._may_write(target.database, writer, writable)
+        names = [str(c) for c in relation.columns]
+        types = [str(t) for t in relation.types]
+        max_rows = self._settings.job_write_max_rows
+        found = relation.limit(max_rows + 1).to_arrow_table()
+        if found.num_rows > max_rows:
+            raise WriteError(
+                f"a job writes at most {max_rows} rows at once (job_write_max_rows); "
+                "split the write into smaller ones"
+            )
+        existing = columns.get(target.database, {}).get(target.table)
+        rows = conformed_rows(self._con.from_arrow(found), existing, job.scheduled_time, max_rows)
+        assert writer is not None
+        writer.write(
+            Request(
+                job_id=job.id,
+                kind="insert",
+                target=target,
+                rows=rows,
+                deleted=None,
+                replace=into.replace,
+                create_missing=True,
+                databases=self.scope.databases,
+            )
+        )
+        batches = (arrow_rows(batch) for batch in found.to_batches(BATCH_ROWS))
+        return self._result(job, names, types, batches)
+
+    def _may_write(
+        self, database: str, writer: TableWriter | None, writable: frozenset[str]
+    ) -> None:
+        if database not in self.scope.databases or is_reserved(database):
+            raise TranslationError(f"database {database} does not exist")
+        if writer is None or database not in writable:
+            raise WriteError(f"the job's API key may not write into database {database}")
 
     def _relation(
         self, job: Job, query: str, columns: dict[str, dict[str, dict[str, str]]]
@@ -221,10 +279,10 @@ class Session:
         writable: frozenset[str],
     ) -> JobResult:
         target = statement.target
-        if target.database not in self.scope.databases or is_reserved(target.database):
-            raise TranslationError(f"database {target.database} does not exist")
-        if writer is None or target.database not in writable:
-            raise WriteError(f"the job's API key may not write into database {target.database}")
+        if job.result_url is not None:
+            raise WriteError("a job that writes into a table has no result to write elsewhere")
+        self._may_write(target.database, writer, writable)
+        assert writer is not None
         existing = columns.get(target.database, {}).get(target.table)
         rows: pa.Table | None = None
         deleted: pa.Table | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import sqlglot
 from sqlglot import exp
@@ -110,6 +111,37 @@ def classify(query: str, engine: str, database: str) -> Statement:
         "a job runs one query (SELECT …), SHOW TABLES, SHOW COLUMNS, DESCRIBE, INSERT INTO, "
         f"CREATE TABLE or DELETE; not {_first_word(body)}"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ResultTarget:
+    """Where a job writes its result too: TD's ``td://@/database/table?mode=…``."""
+
+    target: Target
+    replace: bool  # mode=replace: the result replaces the table's rows; else appended
+
+
+def result_target(url: str) -> ResultTarget:
+    """The table a ``result`` URL names; TranslationError when it is not one here.
+
+    Only this account's tables (``td://@/…``, no other API key), the modes TD's table
+    output has (``append``, the default, and ``replace``)."""
+    parsed = urlsplit(url.strip())
+    if parsed.scheme.lower() not in ("td", "treasure-data"):
+        raise TranslationError(
+            f"results can be written into tables only (td://@/database/table), not {url!r}"
+        )
+    if parsed.netloc not in ("@", "") or parsed.username or parsed.password:
+        raise TranslationError("a result is written into this account's tables: td://@/db/table")
+    parts = [unquote(p) for p in parsed.path.split("/") if p]
+    if len(parts) != 2:
+        raise TranslationError(f"td://@/database/table names a table: not {url!r}")
+    modes = parse_qs(parsed.query).get("mode", ["append"])
+    mode = modes[-1].lower()
+    if mode not in ("append", "replace"):
+        raise TranslationError(f"mode={mode}: append or replace")
+    target = Target(_name(parts[0], "database"), _name(parts[1], "table"))
+    return ResultTarget(target, mode == "replace")
 
 
 def _insert(tree: exp.Insert, dialect: str, database: str) -> Write:

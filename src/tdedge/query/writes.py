@@ -173,7 +173,7 @@ def conform(
             # The table's column cannot hold these values: NULL there, kept aside.
             conflicts.append(_conflict(name, value, f"{value} IS NOT NULL"))
     if not have_time:
-        outputs.append(f"CAST({int(job_time)} AS BIGINT) AS {ident(TIME)}")
+        outputs.insert(0, f"CAST({int(job_time)} AS BIGINT) AS {ident(TIME)}")
         columns[TIME] = "BIGINT"
     merged = _merged([c for c in conflicts if c], carried)
     if merged is not None:
@@ -248,6 +248,7 @@ class Request:
     deleted: pa.Table | None  # delete: the row ids (column row_id); None: every row
     if_not_exists: bool = False
     replace: bool = False  # a result written with mode=replace: its rows replace the table's
+    create_missing: bool = False  # a result written into a table that does not exist makes it
     databases: frozenset[str] = frozenset()  # the account's, for its table limit
 
 
@@ -302,7 +303,8 @@ class TableWriter:
         target = r.target
         exists = lake.columns(target.database, target.table) is not None
         name = f"{target.database}.{target.table}"
-        if r.kind in ("ctas", "create"):
+        creates = r.kind in ("ctas", "create") or (r.create_missing and not exists)
+        if creates:
             if exists:
                 if r.if_not_exists:
                     return None
@@ -323,15 +325,11 @@ class TableWriter:
             time=int(time.time()),
         )
         deletions: list[Deletion] = []
-        if r.kind == "delete" or r.replace:
+        if r.kind == "delete" or (r.replace and exists):
             deletions.append(Deletion(target.database, target.table, r.deleted))
         tables: list[TableRows] = []
         if r.rows is not None and r.kind != "delete":
-            tables.append(
-                TableRows(
-                    target.database, target.table, r.rows, create_empty=r.kind in ("ctas", "create")
-                )
-            )
+            tables.append(TableRows(target.database, target.table, r.rows, create_empty=creates))
         return Batch(tables=tables, deletions=deletions, jobs=[mark])
 
 
