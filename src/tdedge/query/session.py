@@ -54,6 +54,13 @@ BATCH_ROWS = 50_000
 # flushed inlined data keeps naming the dropped table until it attaches again.
 _STALE_INLINED = "ducklake_inlined_data_"
 
+# Presto's nan() and infinity(), which DuckDB lacks: pytd's insert_into writer sends
+# them for NaN and infinite floats of a DataFrame.
+_PRESTO_CONSTANTS = (
+    "CREATE TEMP MACRO nan() AS CAST('NaN' AS DOUBLE)",
+    "CREATE TEMP MACRO infinity() AS CAST('Infinity' AS DOUBLE)",
+)
+
 # Why the runner interrupted a job, which decides how it ends.
 Interrupted = Callable[[], str | None]
 
@@ -84,6 +91,8 @@ class Session:
             con.execute(f"SET temp_directory = {literal(str(self._tmp.resolve()))}")
             con.execute("SET TimeZone = 'UTC'")  # Presto's, and TD's, session zone
             register(con)
+            for statement in _PRESTO_CONSTANTS:
+                con.execute(statement)
             self._lake = ScopedLake(s.lake_catalog, s.lake_data, self.scope.databases)
             self._lake.attach(con)
             self._lake.refresh(con)
