@@ -66,6 +66,7 @@ _TEXTS = frozenset({"VARCHAR", "JSON", "UUID"})
 _TIMESTAMPS = ("TIMESTAMP", "DATE")
 _NESTED = re.compile(r".*(\[\d*\]|^STRUCT\(.*|^MAP\(.*|^UNION\(.*)$", re.S)
 _UNNAMED = re.compile(r"_c(?:ol)?\d+")
+_STALE_INLINED = "ducklake_inlined_data_"
 # A conflict between a job and another writer that DuckLake could not resolve: the
 # whole transaction is tried again on the catalog's new state, this many times.
 CONFLICT_RETRIES = 3
@@ -270,13 +271,21 @@ class TableWriter:
     def write(self, request: Request) -> int:
         """Make the write; returns how many rows it wrote or deleted."""
         with self._lock:
-            try:
-                return self._write(request)
-            except LakeError as e:
-                if self._lake is not None:
-                    self._lake.close()
-                    self._lake = None
-                raise WriteError(f"the lake refused the write: {e}") from e
+            for attempt in range(2):
+                try:
+                    return self._write(request)
+                except LakeError as e:
+                    if self._lake is not None:
+                        self._lake.close()
+                        self._lake = None
+                    # DuckLake bug (duckdb/ducklake#1305): a connection attached before
+                    # another process flushed inlined rows names their dropped table
+                    # until it attaches again; the job_writes row makes a retry safe.
+                    if attempt == 0 and _STALE_INLINED in str(e):
+                        log.warning("stale DuckLake inlined-data view; reopening the writer")
+                        continue
+                    raise WriteError(f"the lake refused the write: {e}") from e
+            raise AssertionError("unreachable")
 
     def _write(self, request: Request) -> int:
         if self._lake is None:
