@@ -65,7 +65,8 @@ def test_writes_and_show_through_td_client(api: tuple[Server, str]) -> None:
     ]
     # The table as td-client lists it: the written columns in its schema.
     table = client.table("web", "events")
-    assert ["extra", "double"] in table.schema
+    schema: Any = table.schema
+    assert ["extra", "double"] in schema
     # A result written into a table too (td-client's result_url).
     job = run(client, "SELECT n * 10 AS m FROM events", result_url="td://@/web/tens")
     assert job.success(), job.debug
@@ -90,7 +91,7 @@ def test_now_and_other_timestamps_are_returned(api: tuple[Server, str]) -> None:
     assert as_json == row
 
 
-class _RestPresto(PrestoQueryEngine):  # type: ignore[misc]
+class _RestPresto(PrestoQueryEngine):
     """pytd's Presto engine issuing every query as a REST job (td-client), as it does
     with ``force_tdclient``: tdedge serves the REST job API, not Trino's protocol."""
 

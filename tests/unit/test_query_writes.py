@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,13 @@ import pyarrow as pa
 import pytest
 
 from tdedge.config import Settings
-from tdedge.control.jobs import Job, JobResult
+from tdedge.control.jobs import Job, JobResult, JobStore
+from tdedge.control.keys import hash_key, key_id
+from tdedge.control.store import ControlStore
 from tdedge.lake.batch import Batch, TableRows
 from tdedge.lake.lake import Lake
 from tdedge.query.results import result_path, rows
+from tdedge.query.runner import JobRunner
 from tdedge.query.session import Scope, Session
 from tdedge.query.statements import Read, ShowTables, Write, classify, result_target
 from tdedge.query.translate import TranslationError
@@ -289,3 +293,40 @@ def test_statements_are_told_apart() -> None:
     with pytest.raises(TranslationError):
         result_target("td://somekey@/web/t")
     assert result_target("td://@/web/t?mode=replace").replace
+
+
+def test_a_job_whose_key_was_revoked_since_writes_nothing(jobs: Jobs) -> None:
+    """The runner asks the access rule when the job runs, not only when it was issued."""
+    settings = jobs.settings
+    control = ControlStore.open(settings.control_db)
+    store = JobStore.open(settings.control_db)
+    try:
+        control.ensure_account(1)
+        control.create_database("web", 1)
+        master = control.create_key(1, "master")
+        ident = key_id(hash_key(master))
+        issued = []
+        for query in ("INSERT INTO events SELECT 7 AS n", "INSERT INTO events SELECT 8 AS n"):
+            job = store.create(
+                account_id=1, key_id=ident, type="presto", database="web", query=query, now=1.0
+            )
+            issued.append(job.id)
+            if len(issued) == 1:
+                _run_queued(settings, store, control)
+                control.revoke_key(ident)
+        _run_queued(settings, store, control)
+        first, second = (store.get(i) for i in issued)
+        assert first is not None and first.status == "success", first
+        assert second is not None and second.status == "error"
+        assert "may not write" in (second.error or "")
+    finally:
+        store.close()
+        control.close()
+    assert jobs.rows("SELECT n FROM events WHERE n >= 7") == [[7]]
+
+
+def _run_queued(settings: Settings, store: JobStore, control: ControlStore) -> None:
+    runner = JobRunner(settings, store, control)
+    with ThreadPoolExecutor(1) as pool:
+        runner.tick(pool, 2.0)
+    runner.close()

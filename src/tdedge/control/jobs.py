@@ -102,6 +102,8 @@ class JobResult(msgspec.Struct, frozen=True, kw_only=True):
     num_records: int | None = None
     result_size: int | None = None
     error: str | None = None
+    # The job wrote into a table (not stored): a kill that came after cannot undo it.
+    wrote: bool = False
 
 
 class JobStore:

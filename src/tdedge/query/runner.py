@@ -104,10 +104,15 @@ class JobRunner:
             with self._lock:
                 for running in self._running.values():
                     running.interrupt("the job runner stopped")
+        self.close()
+        log.info("job runner stopped")
+
+    def close(self) -> None:
+        """Close the idle sessions and the writer (``run`` does when it stops)."""
         for session in self._idle:
             session.close()
+        self._idle.clear()
         self._writer.close()
-        log.info("job runner stopped")
 
     def _beat(self, now: float) -> None:
         with self._lock:
@@ -205,7 +210,7 @@ class JobRunner:
                     retired = []
             for old in retired:
                 old.close()
-        if result.status == "success" and running.reason == "killed":
+        if result.status == "success" and running.reason == "killed" and not result.wrote:
             result = JobResult(status="killed", error="killed on request")
         self._jobs.finish(job.id, result, self._clock())
         log.info(

@@ -222,7 +222,7 @@ class Session:
             )
         )
         batches = (arrow_rows(batch) for batch in found.to_batches(BATCH_ROWS))
-        return self._result(job, names, types, batches)
+        return msgspec.structs.replace(self._result(job, names, types, batches), wrote=True)
 
     def _may_write(
         self, database: str, writer: TableWriter | None, writable: frozenset[str]
@@ -323,8 +323,10 @@ class Session:
         if statement.kind == "delete" and deleted is None:
             written = deleted_all
         if statement.kind == "create":
-            return self._result(job, ["result"], ["BOOLEAN"], [[[True]]])
-        return self._result(job, ["rows"], ["BIGINT"], [[[written]]])
+            done = self._result(job, ["result"], ["BOOLEAN"], [[[True]]])
+        else:
+            done = self._result(job, ["rows"], ["BIGINT"], [[[written]]])
+        return msgspec.structs.replace(done, wrote=True)
 
     def _columns(self, allowed: frozenset[str]) -> dict[str, dict[str, dict[str, str]]]:
         """The columns of the account's tables, for typing the query."""
