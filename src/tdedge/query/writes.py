@@ -64,7 +64,7 @@ _INTEGERS = frozenset(
 _FLOATS = frozenset({"FLOAT", "DOUBLE"})
 _TEXTS = frozenset({"VARCHAR", "JSON", "UUID"})
 _TIMESTAMPS = ("TIMESTAMP", "DATE")
-_NESTED = re.compile(r".*(\[\d*\]|^STRUCT\(.*|^MAP\(.*|^UNION\(.*)$", re.S)
+_NESTED = ("STRUCT(", "MAP(", "UNION(")
 _UNNAMED = re.compile(r"_c(?:ol)?\d+")
 _STALE_INLINED = "ducklake_inlined_data_"
 # A conflict between a job and another writer that DuckLake could not resolve: the
@@ -95,7 +95,7 @@ def _as_text(column: str, duckdb_type: str) -> str:
     upper = duckdb_type.upper()
     if upper in _TEXTS or upper.startswith("ENUM"):
         return f"CAST({column} AS VARCHAR)"
-    if _NESTED.match(upper):
+    if upper.endswith("]") or upper.startswith(_NESTED):
         return f"CAST(to_json({column}) AS VARCHAR)"
     if upper == "TIMESTAMP WITH TIME ZONE":
         return f"strftime({column}, '%Y-%m-%d %H:%M:%S.%g') || ' UTC'"
