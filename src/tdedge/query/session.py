@@ -8,6 +8,12 @@ the account's databases and may open only their folders (lake/scope.py); the lim
 and folders are set before the configuration is locked, so a job's SQL cannot change
 them. An instance serves the next job of the same account too, its lake refreshed
 first: attaching a lake costs more than most queries.
+
+A job's statement (query/statements.py) decides what the session does: a query is
+translated and its rows stored as the job's result; SHOW and DESCRIBE are answered from
+the session's own lake (query/show.py); a write computes its rows (or the row ids it
+deletes) here, and the runner's TableWriter writes them (query/writes.py): the session
+itself never writes the lake, whose copy here is the account's alone.
 """
 
 from __future__ import annotations
