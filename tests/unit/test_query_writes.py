@@ -135,6 +135,11 @@ def test_show_tables_lists_only_the_accounts_tables(jobs: Jobs) -> None:
     assert "secrets" not in str(refused.error)
 
 
+def test_show_schemas_lists_only_the_accounts_databases(jobs: Jobs) -> None:
+    assert jobs.rows("SHOW SCHEMAS") == [["empty"], ["web"]]
+    assert jobs.rows("SHOW DATABASES LIKE 'w%'") == [["web"]]
+
+
 def test_show_columns_and_describe(jobs: Jobs) -> None:
     expected = [
         ["time", "bigint", "", ""],

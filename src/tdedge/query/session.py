@@ -42,6 +42,7 @@ from tdedge.query.results import ResultWriter, result_path
 from tdedge.query.show import answer
 from tdedge.query.statements import (
     ShowColumns,
+    ShowSchemas,
     ShowTables,
     Write,
     classify,
@@ -174,9 +175,10 @@ class Session:
         database = job.database if columns.get(job.database) else None
         con.execute(f"USE {LAKE}.{ident(database)}" if database else f"USE {LAKE}")
         statement = classify(job.query, job.type, job.database)
-        if isinstance(statement, ShowTables | ShowColumns):
-            if statement_database(statement) not in allowed:
-                raise TranslationError(f"Schema '{statement_database(statement)}' does not exist")
+        if isinstance(statement, ShowTables | ShowColumns | ShowSchemas):
+            shown = statement_database(statement)
+            if shown is not None and shown not in allowed:
+                raise TranslationError(f"Schema '{shown}' does not exist")
             names, types, rows = answer(statement, columns, job.type)
             return self._result(job, names, types, [rows])
         if isinstance(statement, Write):

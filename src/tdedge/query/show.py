@@ -1,7 +1,9 @@
-"""``SHOW TABLES``, ``SHOW COLUMNS FROM t`` and ``DESCRIBE t``, answered as Presto does.
+"""``SHOW SCHEMAS``, ``SHOW TABLES``, ``SHOW COLUMNS FROM t`` and ``DESCRIBE t``, answered
+as Presto does.
 
 From the job's own session, whose lake holds only the account's databases: another
-account's tables are not there to be listed. ``SHOW TABLES`` gives one column,
+account's tables are not there to be listed. ``SHOW SCHEMAS`` (``SHOW DATABASES``)
+gives the account's databases in ``Schema``; ``SHOW TABLES`` gives one column,
 ``Table``, sorted (``LIKE`` filters it as SQL's LIKE does); ``SHOW COLUMNS`` and
 ``DESCRIBE`` give ``Column``, ``Type``, ``Extra`` and ``Comment``, in the table's column
 order, types named as the engine names them (``bigint``, ``varchar``; Hive: ``string``).
@@ -13,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from tdedge.query.statements import ShowColumns, ShowTables
+from tdedge.query.statements import Show, ShowColumns, ShowSchemas, ShowTables
 from tdedge.query.translate import TranslationError
 from tdedge.query.types import engine_type
 
@@ -22,9 +24,15 @@ Columns = Mapping[str, Mapping[str, Mapping[str, str]]]
 Answer = tuple[list[str], list[str], list[list[Any]]]  # names, DuckDB types, rows
 
 
-def answer(statement: ShowTables | ShowColumns, columns: Columns, engine: str) -> Answer:
+def answer(statement: Show, columns: Columns, engine: str) -> Answer:
     if isinstance(statement, ShowTables):
         return _tables(statement, columns)
+    if isinstance(statement, ShowSchemas):
+        names = sorted(columns)
+        if statement.like is not None:
+            pattern = _like(statement.like)
+            names = [n for n in names if pattern.fullmatch(n)]
+        return ["Schema"], ["VARCHAR"], [[n] for n in names]
     return _columns(statement, columns, engine)
 
 

@@ -1,9 +1,9 @@
 """What kind of statement a job runs, and its parts: a query, a SHOW, or a write.
 
 A job runs one statement. Queries (``SELECT``, ``WITH``, ``VALUES``) go to the
-translator as they are. ``SHOW TABLES``, ``SHOW COLUMNS FROM t`` and ``DESCRIBE t``
-are answered from the account's own lake (query/show.py). Writes — ``INSERT INTO``,
-``CREATE TABLE … AS``, ``CREATE TABLE (columns)``, ``DELETE FROM`` — are split into
+translator as they are. ``SHOW SCHEMAS``, ``SHOW TABLES``, ``SHOW COLUMNS FROM t`` and
+``DESCRIBE t`` are answered from the account's own lake (query/show.py). Writes —
+``INSERT INTO``, ``CREATE TABLE … AS``, ``CREATE TABLE (columns)``, ``DELETE FROM`` — are split into
 the query that computes their rows, run like any other in the job's sandboxed
 session, and the table they write, which tdedge writes itself (query/writes.py).
 """
@@ -43,6 +43,11 @@ class ShowTables:
 
 
 @dataclass(frozen=True, slots=True)
+class ShowSchemas:
+    like: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ShowColumns:
     target: Target
 
@@ -59,16 +64,24 @@ class Write:
     columns: tuple[tuple[str, str], ...] = ()
 
 
-Statement = Read | ShowTables | ShowColumns | Write
+Show = ShowTables | ShowColumns | ShowSchemas
+Statement = Read | Show | Write
 
 
-def statement_database(statement: ShowTables | ShowColumns) -> str:
-    return statement.database if isinstance(statement, ShowTables) else statement.target.database
+def statement_database(statement: Show) -> str | None:
+    """The database a SHOW reads; None for the list of databases."""
+    if isinstance(statement, ShowTables):
+        return statement.database
+    return statement.target.database if isinstance(statement, ShowColumns) else None
 
 
 _COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.S)
 _SHOW_TABLES = re.compile(
     r"SHOW\s+TABLES(?:\s+(?:FROM|IN)\s+(?P<db>[\w.\"`]+))?(?:\s+LIKE\s+'(?P<like>(?:[^']|'')*)')?\s*;?\s*",
+    re.I,
+)
+_SHOW_SCHEMAS = re.compile(
+    r"SHOW\s+(?:SCHEMAS|DATABASES)(?:\s+FROM\s+\w+)?(?:\s+LIKE\s+'(?P<like>(?:[^']|'')*)')?\s*;?\s*",
     re.I,
 )
 _SHOW_COLUMNS = re.compile(
@@ -85,6 +98,9 @@ def classify(query: str, engine: str, database: str) -> Statement:
         db = _name(named.split(".")[-1], "database") if named else database
         like = m.group("like")
         return ShowTables(db, None if like is None else like.replace("''", "'"))
+    if m := _SHOW_SCHEMAS.fullmatch(body):
+        like = m.group("like")
+        return ShowSchemas(None if like is None else like.replace("''", "'"))
     if m := _SHOW_COLUMNS.fullmatch(body):
         return ShowColumns(_target_text(m.group("table"), database))
     dialect = ENGINES.get(engine)
