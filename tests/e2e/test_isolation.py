@@ -152,7 +152,6 @@ WRITES = [
     "DELETE FROM test_db.secret_events WHERE true",
     "INSERT INTO tdedge_system.import_errors SELECT 'forged' AS reason",
     "CREATE TABLE tdedge_system.planted AS SELECT 1 AS a",
-    "INSERT INTO mine SELECT 1 AS _tdedge_id",
     "SHOW TABLES FROM test_db",
     "DESCRIBE test_db.secret_events",
 ]

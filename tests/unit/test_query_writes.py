@@ -213,7 +213,6 @@ def test_create_table_as_and_delete(jobs: Jobs) -> None:
         "DELETE FROM other.secrets",
         "INSERT INTO lake.other.secrets SELECT 'x' AS secret",
         "INSERT INTO nowhere SELECT 1 AS a",
-        "INSERT INTO events SELECT 1 AS _tdedge_id",
         "INSERT INTO events SELECT 1 + 1",
     ],
 )
@@ -226,6 +225,11 @@ def test_writes_outside_the_accounts_tables_are_refused(jobs: Jobs, query: str) 
         assert lake.query("SELECT count(*) FROM lake.web.events").rows == [(3,)]
     finally:
         lake.close()
+
+
+def test_tdedges_own_columns_are_never_written(jobs: Jobs) -> None:
+    assert jobs.rows("CREATE TABLE forged AS SELECT 1 AS n, 'x' AS _tdedge_id") == [[1]]
+    assert [r[0] for r in jobs.rows("DESCRIBE forged")] == ["time", "n"]
 
 
 def test_a_key_that_may_not_write_writes_nothing(jobs: Jobs) -> None:

@@ -20,6 +20,8 @@ Ingest's rule for a result's columns
   text. A column that already exists takes a value that fits it (any value fits
   VARCHAR, as its text); one that does not fit is NULL there and kept in
   ``td_type_conflicts`` under the column's name. A column of only NULLs is not made.
+  tdedge's own columns (``_tdedge_id``, of a table copied with ``SELECT *``) are not
+  written: they belong to the ingested records.
   ``time`` is BIGINT unix seconds as for ingest: a valid one (from an integer, an
   integral number or string, or a timestamp) is kept; a row without one gets the job's
   issue time, and an invalid original goes to ``td_type_conflicts``.
@@ -42,7 +44,7 @@ from tdedge.lake.batch import Batch, Deletion, JobWrite, TableRows
 from tdedge.lake.lake import Lake
 from tdedge.lake.sql import ident, literal
 from tdedge.loader.schema import TIME, TIME_MAX, TIME_MIN, column_type, fold, usable_name
-from tdedge.names import CONFLICTS
+from tdedge.names import CONFLICTS, RESERVED_PREFIX
 from tdedge.query.statements import Target, WriteKind
 
 log = logging.getLogger("tdedge.query")
@@ -131,6 +133,8 @@ def conform(
             raise WriteError(
                 f"name every column of the rows to write (… AS name): {original} has no name"
             )
+        if name.startswith(RESERVED_PREFIX):
+            continue  # tdedge's own (a copied table's _tdedge_id): never copied nor forged
         if name != CONFLICTS and not usable_name(name):
             raise WriteError(f"{original!r} cannot name a column of a table")
     current = existing or {}
@@ -141,6 +145,8 @@ def conform(
     have_time = False
     for position, (name, kind_name) in enumerate(zip(folded, types, strict=True)):
         ref = f"c{position}"
+        if name.startswith(RESERVED_PREFIX):
+            continue
         if name == CONFLICTS:
             carried = _as_text(ref, kind_name)
             continue
