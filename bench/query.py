@@ -1,4 +1,5 @@
-"""Query bench: a TD_TIME_RANGE query over one day of 10 million rows.
+"""Query bench: a TD_TIME_RANGE query over one day of 10 million rows, and a
+sessionization of that day.
 
     bench/query [--rows 10000000] [--days 30] [--files-per-day 4] [--runs 5] [--keep]
 
@@ -18,6 +19,10 @@
    result fetched as JSON: wall time from issue to result.
 5. After compaction: ``ducklake_merge_adjacent_files`` (what the loader runs every
    ``compaction_interval_s``), then files read again.
+6. Sessionization: the same day's events cut into sessions per user (a new session
+   after 30 minutes without an event), with plain window functions (lag, then a
+   running sum), run as step 2 runs the first query; its median is also given as a
+   ratio of the one-day query's.
 
 Results go to bench/out/query-<time>.json.
 """
@@ -66,6 +71,32 @@ def query_for(day: int) -> str:
         "SELECT count(*) AS events, count(DISTINCT user_id) AS users, avg(value) AS mean "
         f"FROM {TABLE} WHERE TD_TIME_RANGE(time, '{first}', '{last}')"
     )
+
+
+def sessionize_for(day: int) -> str:
+    """Sessions per user over one day: what TD_SESSIONIZE_WINDOW is used for, written
+    with window functions (lag, then a running sum of session starts)."""
+    first = time.strftime("%Y-%m-%d", time.gmtime(START + day * 86400))
+    last = time.strftime("%Y-%m-%d", time.gmtime(START + (day + 1) * 86400))
+    return f"""
+SELECT count(*) AS sessions, avg(events) AS events_per_session, max(events) AS longest
+FROM (
+  SELECT user_id, session, count(*) AS events
+  FROM (
+    SELECT user_id,
+           sum(starts) OVER (PARTITION BY user_id ORDER BY time
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session
+    FROM (
+      SELECT user_id, time,
+             CASE WHEN time - lag(time) OVER (PARTITION BY user_id ORDER BY time) <= 1800
+                  THEN 0 ELSE 1 END AS starts
+      FROM {TABLE}
+      WHERE TD_TIME_RANGE(time, '{first}', '{last}')
+    ) marked
+  ) numbered
+  GROUP BY user_id, session
+) sessions
+"""
 
 
 def generate(settings: Settings, rows: int, days: int, files_per_day: int) -> dict[str, Any]:
@@ -250,6 +281,14 @@ def main() -> None:
     report["compaction_seconds"] = compact(settings)
     report["pruning_after_compaction"] = explain(settings, report["duckdb_sql"])
     report["after_compaction_job_session"] = session_runs(settings, td_sql, args.runs)
+    day = args.days // 2 if args.day is None else args.day
+    report["sessionize_query"] = sessionize_for(day)
+    report["sessionize_job_session"] = session_runs(settings, sessionize_for(day), args.runs)
+    report["sessionize_over_one_day_query"] = round(
+        report["sessionize_job_session"]["seconds"]["median"]
+        / report["after_compaction_job_session"]["seconds"]["median"],
+        1,
+    )
 
     OUT.mkdir(exist_ok=True)
     out = OUT / f"query-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -203,6 +203,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     job_result_max_bytes: int = 256 * 1024 * 1024
     # Result files are deleted this long after they were written (the job row stays).
     job_result_retention_s: float = 7 * 86400.0
+    # Rows one job may write (INSERT, CREATE TABLE AS, a result into a table): they are
+    # held in the runner's memory for the one transaction that writes them, so past
+    # this the job fails instead of the runner.
+    job_write_max_rows: int = 5_000_000
     # Bulk import (PUT /v3/table/import…): the gzip body, and what it may inflate to.
     # The edge streams an upload into the journal, so memory does not grow with these;
     # they bound the work and the journal space one request can take.

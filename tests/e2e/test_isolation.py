@@ -143,6 +143,42 @@ def test_names_of_the_engine_are_reserved(two_accounts: tuple[Server, str, str],
     assert created.returncode != 0
 
 
+WRITES = [
+    "INSERT INTO test_db.secret_events SELECT 'forged' AS v",
+    "INSERT INTO lake.test_db.secret_events SELECT 'forged' AS v",
+    "CREATE TABLE test_db.planted AS SELECT 'forged' AS v",
+    "CREATE TABLE test_db.planted (v varchar)",
+    "DELETE FROM test_db.secret_events",
+    "DELETE FROM test_db.secret_events WHERE true",
+    "INSERT INTO tdedge_system.import_errors SELECT 'forged' AS reason",
+    "CREATE TABLE tdedge_system.planted AS SELECT 1 AS a",
+    "SHOW TABLES FROM test_db",
+    "DESCRIBE test_db.secret_events",
+]
+
+
+def test_no_job_of_another_account_writes_anything(two_accounts: tuple[Server, str, str]) -> None:
+    srv, endpoint, other = two_accounts
+    before = srv.query("SELECT count(*) AS c FROM secret_events", database="test_db")
+    for query in WRITES:
+        r = httpx.post(
+            f"{endpoint}/v3/job/issue/presto/{THEIRS}", data={"query": query}, headers=td1(other)
+        )
+        assert r.status_code == 200, r.text
+        done = wait_job(endpoint, other, str(r.json()["job_id"]))
+        assert done["status"] == "error", query
+    # Nor a result written into another account's table.
+    r = httpx.post(
+        f"{endpoint}/v3/job/issue/presto/{THEIRS}",
+        data={"query": "SELECT 'forged' AS v", "result": "td://@/test_db/secret_events"},
+        headers=td1(other),
+    )
+    assert r.status_code == 404, r.text
+    assert srv.query("SELECT count(*) AS c FROM secret_events", database="test_db") == before
+    assert srv.query("SHOW TABLES", database="test_db") == [{"name": "secret_events"}]
+    assert all("forged" not in str(e) for e in srv.errors())
+
+
 HEAVY = (
     "SELECT count(*) FROM UNNEST(sequence(1, 200000)) AS a(x) "
     "CROSS JOIN UNNEST(sequence(1, 200000)) AS b(y) WHERE x + y < 0"

@@ -14,10 +14,12 @@ import msgspec
 
 from tdedge.api.context import Api, Request
 from tdedge.api.wire import ApiError, not_found, ok, td_date
+from tdedge.control import access
 from tdedge.control.jobs import Job
 from tdedge.edge.http import Response
 from tdedge.query.results import FORMATS, ResultTooLarge, read_range, render, result_path
-from tdedge.query.translate import ENGINES
+from tdedge.query.statements import result_target
+from tdedge.query.translate import ENGINES, TranslationError
 
 # td-client sends priority as a number (-2..2); other clients send the name.
 PRIORITIES = {"VERY LOW": -2, "VERY-LOW": -2, "LOW": -1, "NORMAL": 0, "NORM": 0, "HIGH": 1}
@@ -45,11 +47,15 @@ def issue(api: Api, req: Request) -> Response:
     query = req.params.get("query", "")
     if not query.strip():
         raise ApiError(400, "missing_query", "the 'query' field is required")
-    if req.params.get("result"):
-        # Silently dropping an export the caller asked for would look like success.
-        raise ApiError(
-            400, "unsupported_result_export", "result exports (result_url) do not exist here"
-        )
+    result_url = req.params.get("result") or None
+    if result_url is not None:
+        # Only into the account's own tables; silently dropping an export the caller
+        # asked for would look like success.
+        try:
+            target = result_target(result_url).target
+        except TranslationError as e:
+            raise ApiError(400, "unsupported_result_export", str(e)) from None
+        api.owned_database(req.caller, target.database, access.Action.WRITE)
     if api.jobs.queued(req.caller.account_id) >= api.settings.job_account_queue:
         raise ApiError(
             429,
@@ -66,6 +72,7 @@ def issue(api: Api, req: Request) -> Response:
         now=time.time(),
         priority=_priority(req.params.get("priority")),
         retry_limit=_int(req.params.get("retry_limit"), "retry_limit"),
+        result_url=result_url,
     )
     return ok({"job": str(job.id), "job_id": str(job.id), "database": database})
 
@@ -210,7 +217,7 @@ def job_json(job: Job, host: str) -> dict[str, Any]:
         "result_size": job.result_size,
         "num_records": job.num_records,
         # TD's "result" is the export target; empty means "read it from /v3/job/result".
-        "result": "",
+        "result": job.result_url or "",
         "result_url": None,
         "hive_result_schema": job.result_schema,
         "priority": job.priority,

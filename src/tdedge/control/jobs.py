@@ -53,6 +53,15 @@ jobs = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sqlite_autoincrement=True,
 )
+# Where a job writes its result besides its result file (TD's ``result`` parameter, a
+# ``td://@/database/table`` URL): a table of its own, so control databases made
+# before it need no change to the jobs table.
+result_targets = sa.Table(
+    "job_result_targets",
+    metadata,
+    sa.Column("job_id", sa.Integer, primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+)
 sa.Index("jobs_status", jobs.c.status, jobs.c.priority, jobs.c.id)
 sa.Index("jobs_account", jobs.c.account_id, jobs.c.id)
 
@@ -78,6 +87,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None
     kill_requested: bool
     attempts: int
+    result_url: str | None = None  # where the result is written too (result_targets)
 
     @property
     def finished(self) -> bool:
@@ -92,6 +102,8 @@ class JobResult(msgspec.Struct, frozen=True, kw_only=True):
     num_records: int | None = None
     result_size: int | None = None
     error: str | None = None
+    # The job wrote into a table (not stored): a kill that came after cannot undo it.
+    wrote: bool = False
 
 
 class JobStore:
@@ -124,6 +136,7 @@ class JobStore:
         priority: int = 0,
         retry_limit: int = 0,
         finished: JobResult | None = None,
+        result_url: str | None = None,
     ) -> Job:
         """A queued job; or, with ``finished``, one that ran already (a bulk import's
         perform, counted in its request), which the runner never claims."""
@@ -155,8 +168,10 @@ class JobStore:
         with self._engine.begin() as conn:
             result = conn.execute(sa.insert(jobs).values(**values))
             job_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            if result_url is not None:
+                conn.execute(sa.insert(result_targets).values(job_id=job_id, url=result_url))
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one()
-        return _job(row)
+        return _job(row, result_url)
 
     def get(self, job_id: int, account_id: int | None = None) -> Job | None:
         query = sa.select(jobs).where(jobs.c.id == job_id)
@@ -164,7 +179,8 @@ class JobStore:
             query = query.where(jobs.c.account_id == account_id)
         with self._engine.connect() as conn:
             row = conn.execute(query).first()
-        return None if row is None else _job(row)
+            url = None if row is None else _target(conn, int(row.id))
+        return None if row is None else _job(row, url)
 
     def list(
         self, account_id: int, offset: int = 0, limit: int = 20, status: str | None = None
@@ -249,7 +265,7 @@ class JobStore:
                 )
                 if done.rowcount == 1:
                     claimed = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one()
-                    return _job(claimed)
+                    return _job(claimed, _target(conn, job_id))
         return None
 
     def queued(self, account_id: int) -> int:
@@ -336,5 +352,12 @@ class JobStore:
         return int(again)
 
 
-def _job(row: Any) -> Job:
-    return Job(**{c.name: getattr(row, c.name) for c in jobs.columns})
+def _job(row: Any, result_url: str | None = None) -> Job:
+    return Job(**{c.name: getattr(row, c.name) for c in jobs.columns}, result_url=result_url)
+
+
+def _target(conn: sa.Connection, job_id: int) -> str | None:
+    found = conn.execute(
+        sa.select(result_targets.c.url).where(result_targets.c.job_id == job_id)
+    ).scalar()
+    return None if found is None else str(found)

@@ -21,6 +21,32 @@ class TableRows:
     database: str
     table: str
     rows: pa.Table
+    # Create the table even when ``rows`` is empty (CREATE TABLE … AS of no rows).
+    create_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """Rows of one table a query job deletes, by DuckLake row id (the ``row_id`` column
+    of ``rows``); ``rows`` None deletes every row."""
+
+    database: str
+    table: str
+    rows: pa.Table | None
+
+
+class JobWrite(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``tdedge_system.job_writes``: a query job's write is in the lake.
+
+    Written in the same transaction as the job's rows, so a job run again (its runner
+    died after the commit) or a commit that reported an error after landing is known
+    and never written twice."""
+
+    job_id: int
+    database_name: str
+    table_name: str
+    rows: int
+    time: int  # unix seconds of the commit
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,6 +116,8 @@ class Batch:
     positions: Mapping[str, int] = field(default_factory=dict)
     imports: Sequence[BulkImport] = ()
     marks: Sequence[LoadMark] = ()
+    deletions: Sequence[Deletion] = ()
+    jobs: Sequence[JobWrite] = ()
 
     @property
     def row_count(self) -> int:

@@ -103,6 +103,26 @@ def lake_files(settings: Settings) -> list[str]:
 
 
 @contextmanager
+def write_lock(settings: Settings) -> Iterator[None]:
+    """Serialise the transactions that write rows (the loader's batches, query jobs'
+    writes) across processes.
+
+    Two such transactions that overlap in time make the later COMMIT fail with
+    "database is locked" (duckdb/ducklake#1309) whatever tables they touch, and a
+    job's write can take seconds: the loader would retry into its set-aside path.
+    One at a time, neither ever fails for the other; the other waits.
+    """
+    path = settings.lake_catalog.parent / ".write.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
 def init_lock(settings: Settings) -> Iterator[None]:
     """Serialise first-time set-up across processes (two creators would conflict)."""
     path = settings.lake_catalog.parent / ".init.lock"

@@ -30,8 +30,8 @@ import pyarrow as pa
 from tdedge.config import Settings
 from tdedge.errors import InvalidName, LakeError
 from tdedge.lake import compaction, system, upgrades
-from tdedge.lake.batch import Batch, ImportKey, TableRows
-from tdedge.lake.catalog import LAKE, LIVE_TABLES
+from tdedge.lake.batch import Batch, Deletion, ImportKey, TableRows
+from tdedge.lake.catalog import LAKE, LIVE_TABLES, write_lock
 from tdedge.lake.compaction import Slice
 from tdedge.lake.connection import open_connection
 from tdedge.lake.inlining import Budget
@@ -201,10 +201,11 @@ class Lake:
         """
         self._require_writable()
         attempt = 0
-        telling = bool(batch.positions or batch.marks)
+        telling = bool(batch.positions or batch.marks or batch.jobs)
         while True:
             try:
-                self._commit_once(batch)
+                with write_lock(self._settings):
+                    self._commit_once(batch)
                 return
             except LakeError as e:
                 if not (telling and _is_locked(e)) or attempt >= LOCK_RETRIES:
@@ -226,6 +227,8 @@ class Lake:
         )
         try:
             self._con.execute("BEGIN")
+            for deletion in batch.deletions:
+                self._delete(deletion, columns)
             for rows in batch.tables:
                 self._write(rows, schemas, columns, budget)
             if batch.rejections:
@@ -237,6 +240,8 @@ class Lake:
                 self._insert(system.POSITIONS, system.positions_table(batch.positions), budget)
             if batch.marks:
                 self._insert(system.LOAD_MARKS, system.marks_table(batch.marks), budget)
+            if batch.jobs:
+                self._insert(system.JOB_WRITES, system.job_writes_table(batch.jobs), budget)
             self._con.execute("COMMIT")
         except duckdb.Error as e:
             self._abort()
@@ -250,8 +255,10 @@ class Lake:
 
     def landed(self, batch: Batch) -> bool:
         """Whether a commit of ``batch`` that reported an error landed after all: its
-        positions are stored (or passed), and so are its load marks. Only for a batch
-        that carries either."""
+        positions are stored (or passed), and so are its load marks and job writes.
+        Only for a batch that carries any."""
+        if batch.jobs and not self.jobs_written([j.job_id for j in batch.jobs]):
+            return False
         stored = self.positions()
         if any(stored.get(shard, -1) < seq for shard, seq in batch.positions.items()):
             return False
@@ -263,6 +270,10 @@ class Lake:
             or stored.get(m.shard, -1) >= m.seq
             for m in batch.marks
         )
+
+    def jobs_written(self, job_ids: list[int]) -> set[int]:
+        """Which of these query jobs' writes are in the lake (system.JOB_WRITES)."""
+        return {int(j) for (j,) in self._fetch(system.WRITTEN_JOBS, [job_ids])}
 
     def marks(self) -> dict[tuple[str, str], dict[str, int]]:
         """The load marks: (database, table) → shard → the last seq marked loaded."""
@@ -519,7 +530,7 @@ class Lake:
     ) -> None:
         if is_reserved(rows.database):
             raise LakeError(f"{SYSTEM_DATABASE} is reserved; rows cannot be written to it")
-        if rows.rows.num_rows == 0:
+        if rows.rows.num_rows == 0 and not rows.create_empty:
             return
         if rows.database not in schemas:
             self._con.execute(f"CREATE SCHEMA IF NOT EXISTS {LAKE}.{ident(rows.database)}")
@@ -536,7 +547,25 @@ class Lake:
         for statement in statements:
             self._con.execute(statement)
         columns[key] = after
-        self._insert(ref, rows.rows, budget)
+        if rows.rows.num_rows:
+            self._insert(ref, rows.rows, budget)
+
+    def _delete(self, deletion: Deletion, columns: dict[tuple[str, str], Columns]) -> None:
+        if is_reserved(deletion.database):
+            raise LakeError(f"{deletion.database} is reserved; rows cannot be deleted from it")
+        if (deletion.database, deletion.table) not in columns:
+            raise LakeError(f"table {deletion.database}.{deletion.table} does not exist")
+        ref = table_ref(LAKE, deletion.database, deletion.table)
+        if deletion.rows is None:
+            self._con.execute(f"DELETE FROM {ref}")
+            return
+        if deletion.rows.num_rows == 0:
+            return
+        self._con.register(_VIEW, deletion.rows)
+        try:
+            self._con.execute(f"DELETE FROM {ref} WHERE rowid IN (SELECT row_id FROM {_VIEW})")
+        finally:
+            self._con.unregister(_VIEW)
 
     def _keep_exact_integers(
         self, ref: str, existing: Columns, schema: pa.Schema, budget: Budget

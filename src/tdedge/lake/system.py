@@ -17,6 +17,9 @@ retry rather than loading it twice.
 already (lake/batch.py LoadMark); it is empty but while the loader sets a table aside.
 Compaction deletes the marks the positions have passed.
 
+``job_writes`` has a row for each query job that wrote into a table (lake/batch.py
+JobWrite), written with its rows: a job is never written twice.
+
 ``upgrades`` names each change made to a lake an older tdedge made (lake/upgrades.py),
 with its time: one row per upgrade, written with its changes.
 """
@@ -29,7 +32,7 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-from tdedge.lake.batch import BulkImport, ImportKey, LoadMark, Rejection
+from tdedge.lake.batch import BulkImport, ImportKey, JobWrite, LoadMark, Rejection
 from tdedge.lake.catalog import LAKE
 from tdedge.lake.sql import table_ref
 from tdedge.names import SYSTEM_DATABASE
@@ -39,6 +42,7 @@ IMPORT_ERRORS = table_ref(LAKE, SYSTEM_DATABASE, "import_errors")
 BULK_IMPORTS = table_ref(LAKE, SYSTEM_DATABASE, "bulk_imports")
 LOAD_MARKS = table_ref(LAKE, SYSTEM_DATABASE, "load_marks")
 UPGRADES = table_ref(LAKE, SYSTEM_DATABASE, "upgrades")
+JOB_WRITES = table_ref(LAKE, SYSTEM_DATABASE, "job_writes")
 
 IMPORT_ERRORS_SCHEMA = pa.schema(
     [
@@ -94,6 +98,16 @@ LOAD_MARKS_SCHEMA = pa.schema(
 
 UPGRADES_SCHEMA = pa.schema([("name", pa.string()), ("time", pa.int64())])
 
+JOB_WRITES_SCHEMA = pa.schema(
+    [
+        ("job_id", pa.int64()),
+        ("database_name", pa.string()),
+        ("table_name", pa.string()),
+        ("rows", pa.int64()),
+        ("time", pa.int64()),
+    ]
+)
+
 _SQL = {pa.int64(): "BIGINT", pa.string(): "VARCHAR"}
 
 
@@ -108,6 +122,7 @@ DDL = (
     f"CREATE TABLE IF NOT EXISTS {BULK_IMPORTS} ({_columns_sql(BULK_IMPORTS_SCHEMA)})",
     f"CREATE TABLE IF NOT EXISTS {LOAD_MARKS} ({_columns_sql(LOAD_MARKS_SCHEMA)})",
     f"CREATE TABLE IF NOT EXISTS {UPGRADES} ({_columns_sql(UPGRADES_SCHEMA)})",
+    f"CREATE TABLE IF NOT EXISTS {JOB_WRITES} ({_columns_sql(JOB_WRITES_SCHEMA)})",
     # Lakes made before these columns get them, NULL in their old rows.
     *(
         f"ALTER TABLE {BULK_IMPORTS} ADD COLUMN IF NOT EXISTS {f.name} {_SQL[f.type]}"
@@ -116,7 +131,9 @@ DDL = (
     ),
 )
 
-TABLES = (POSITIONS, IMPORT_ERRORS, BULK_IMPORTS, LOAD_MARKS, UPGRADES)
+TABLES = (POSITIONS, IMPORT_ERRORS, BULK_IMPORTS, LOAD_MARKS, UPGRADES, JOB_WRITES)
+
+WRITTEN_JOBS = f"SELECT DISTINCT job_id FROM {JOB_WRITES} WHERE job_id IN (SELECT unnest(?))"
 
 READ_POSITIONS = f"SELECT shard, max(seq) FROM {POSITIONS} GROUP BY shard"
 
@@ -195,3 +212,7 @@ def positions_table(positions: Mapping[str, int]) -> pa.Table:
 
 def marks_table(marks: Sequence[LoadMark]) -> pa.Table:
     return _rows_table(marks, LOAD_MARKS_SCHEMA)
+
+
+def job_writes_table(jobs: Sequence[JobWrite]) -> pa.Table:
+    return _rows_table(jobs, JOB_WRITES_SCHEMA)

@@ -3,8 +3,7 @@
 That is TD's ``msgpack.gz`` result format, so ``msgpack.gz`` (with Range) is served
 straight from the file and ``result_size`` is its size; ``msgpack`` is the same bytes
 inflated; ``json`` (one JSON array per line), ``csv`` and ``tsv`` are rendered from it.
-Values are what Presto's result carries: numbers, strings, booleans, null, arrays and
-maps; timestamps, dates and decimals become strings.
+Values are what Presto's result carries (query/values.py).
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgspec
-import pyarrow as pa
-import pyarrow.compute as pc
 
 FORMATS = ("json", "msgpack", "msgpack.gz", "csv", "tsv")
 # Level 1: results are written while a client waits; size matters less than time here.
@@ -105,33 +102,6 @@ def _array_header_size(n: int) -> int:
     if n < 16:
         return 1
     return 3 if n < 0x10000 else 5
-
-
-def arrow_rows(batch: pa.RecordBatch) -> list[list[Any]]:
-    """The batch's rows as lists of msgpack/JSON-ready values."""
-    columns = [_plain(col).to_pylist() for col in batch.columns]
-    return [list(row) for row in zip(*columns, strict=True)] if columns else []
-
-
-def _plain(col: pa.Array) -> pa.Array:
-    kind = col.type
-    if pa.types.is_timestamp(kind):
-        # Presto prints timestamps with milliseconds; with a zone, its name follows.
-        text = pc.strftime(col.cast(pa.timestamp("ms", kind.tz)), format="%Y-%m-%d %H:%M:%S")
-        return pc.binary_join_element_wise(text, " UTC", "") if kind.tz else text
-    if pa.types.is_decimal(kind) and kind.scale == 0:
-        # DuckDB's HUGEINT (a sum of BIGINTs) arrives as decimal(38, 0): Presto's bigint.
-        return pa.array([None if v is None else int(v) for v in col.to_pylist()], pa.int64())
-    if (
-        pa.types.is_date(kind)
-        or pa.types.is_time(kind)
-        or pa.types.is_decimal(kind)
-        or pa.types.is_duration(kind)
-    ):
-        return col.cast(pa.string())
-    if pa.types.is_interval(kind) or pa.types.is_fixed_size_binary(kind):
-        return pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())
-    return col
 
 
 # Reading.

@@ -12,6 +12,9 @@ account's databases; idle sessions are kept for the next job of the same account
 to ``job_workers`` of them. Each job has a deadline (``job_timeout_s``) and is
 interrupted past it, or when a kill is requested.
 A runner that dies leaves its jobs ``running``; the next one queues them again.
+Jobs that write (INSERT, CREATE TABLE AS, DELETE) hand their rows to the runner's one
+TableWriter (query/writes.py), into the databases the job's key may both read and
+write now (control/access.py): a key revoked since the job was issued writes nothing.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from dataclasses import dataclass
 
 from tdedge import backends, lifecycle
 from tdedge.config import Settings
+from tdedge.control import access
 from tdedge.control.jobs import Job, JobResult, JobStore
 from tdedge.control.store import ControlStore
 from tdedge.lake.connection import open_connection
 from tdedge.loader.heartbeat import JobsHeartbeat, starting_beat, write_heartbeat
 from tdedge.query.results import expire_results
 from tdedge.query.session import Scope, Session
+from tdedge.query.writes import TableWriter
 
 log = logging.getLogger("tdedge.query")
 
@@ -78,6 +83,7 @@ class JobRunner:
         self._expired_at = float("-inf")
         self._beaten_at = float("-inf")
         self._claimed_at = float("-inf")  # the last time a free slot looked for a job
+        self._writer = TableWriter(settings)
 
     def run(self, stop: threading.Event) -> None:
         self._write_beat(starting_beat(self._settings.jobs_heartbeat, self._clock()))
@@ -98,9 +104,15 @@ class JobRunner:
             with self._lock:
                 for running in self._running.values():
                     running.interrupt("the job runner stopped")
+        self.close()
+        log.info("job runner stopped")
+
+    def close(self) -> None:
+        """Close the idle sessions and the writer (``run`` does when it stops)."""
         for session in self._idle:
             session.close()
-        log.info("job runner stopped")
+        self._idle.clear()
+        self._writer.close()
 
     def _beat(self, now: float) -> None:
         with self._lock:
@@ -176,12 +188,14 @@ class JobRunner:
         started = time.monotonic()
         session: Session | None = None
         try:
-            session = self._session(self._scope(job))
+            scope = self._scope(job)
+            session = self._session(scope)
             with self._lock:
                 running.session = session
             if running.reason is not None:  # interrupted while its session opened
                 session.interrupt()
-            result = session.run(job, lambda: running.reason)
+            writable = self._writable(job, scope)
+            result = session.run(job, lambda: running.reason, self._writer, writable)
         except Exception as e:  # a fault of tdedge's, not of the query
             log.exception("job failed unexpectedly", extra={"job": job.id})
             result = JobResult(status="error", error=f"internal error: {e}")
@@ -196,7 +210,7 @@ class JobRunner:
                     retired = []
             for old in retired:
                 old.close()
-        if result.status == "success" and running.reason == "killed":
+        if result.status == "success" and running.reason == "killed" and not result.wrote:
             result = JobResult(status="killed", error="killed on request")
         self._jobs.finish(job.id, result, self._clock())
         log.info(
@@ -218,6 +232,20 @@ class JobRunner:
             if owner == job.account_id
         )
         return Scope(job.account_id, owned)
+
+    def _writable(self, job: Job, scope: Scope) -> frozenset[str]:
+        """The databases of ``scope`` the job's key may read and write now."""
+        key = next((k for k in self._control.list_keys() if k.key_id == job.key_id), None)
+
+        def allowed(database: str, action: access.Action) -> bool:
+            decision = access.decide(key, action, database, job.account_id, auto_create=False)
+            return isinstance(decision, access.Allowed)
+
+        return frozenset(
+            database
+            for database in scope.databases
+            if allowed(database, access.Action.READ) and allowed(database, access.Action.WRITE)
+        )
 
     def _session(self, scope: Scope) -> Session:
         """An idle session of ``scope`` (its lake refreshed when it runs), else a new one."""
