@@ -69,7 +69,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # (source_throttled) unread: one client flooding a door with requests it refuses
     # cannot keep the worker from everyone else. 0 turns this off.
     refusal_share: float = 0.1
-    refusal_burst_s: float = 1.0
+    # The burst is worker time spent at once: while it lasts a flooding address has the
+    # worker to itself. 1 s of it held a well-behaved client's requests up to ~0.5 s;
+    # 20 ms keeps them within their usual tail, and a client with a few refused requests
+    # now and then never waits (its debt is paid before its next request).
+    refusal_burst_s: float = 0.02
     refusal_max_wait_s: float = 5.0
     # How long a sync-auth edge trusts its in-memory key cache before reloading it.
     key_cache_ttl_s: float = 5.0
