@@ -112,20 +112,19 @@ def write_lock(settings: Settings) -> Iterator[None]:
     job's write can take seconds: the loader would retry into its set-aside path.
     One at a time, neither ever fails for the other; the other waits.
     """
-    path = settings.lake_catalog.parent / ".write.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with _file_lock(settings.lake_catalog.parent / ".write.lock"):
+        yield
 
 
 @contextmanager
 def init_lock(settings: Settings) -> Iterator[None]:
     """Serialise first-time set-up across processes (two creators would conflict)."""
-    path = settings.lake_catalog.parent / ".init.lock"
+    with _file_lock(settings.lake_catalog.parent / ".init.lock"):
+        yield
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
