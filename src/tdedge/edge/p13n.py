@@ -220,7 +220,8 @@ class P13nDoor:
             # loader needs (re-encoding it would cost more than it normalises).
             try:
                 await self._s.append(
-                    Envelope(received_ms, DOOR, database, table, self._s.key_hash(key), body)
+                    Envelope(received_ms, DOOR, database, table, self._s.key_hash(key), body),
+                    screened=True,
                 )
             except HTTPError as e:  # the journal refused: nothing was stored
                 raise DoorError(503, JournalDown.code, e.message, e.headers) from None
