@@ -26,6 +26,19 @@ class Unsupported(ValueError):
     """A Presto function or form with no faithful translation here."""
 
 
+def _divisor(divisor: exp.Expression) -> exp.Expression:
+    """``divisor``, or Presto's "Division by zero" error where it is 0. DuckDB answers
+    NULL, which a report would take for "no data"; Presto fails an integer division by
+    zero and gives Infinity or NaN for a double one, which tdedge cannot tell apart
+    from here (the types are known only once DuckDB binds): an error for both, never a
+    different answer."""
+    if isinstance(divisor, exp.Literal) and divisor.is_number and float(divisor.this) != 0:
+        return divisor
+    zero = exp.EQ(this=divisor.copy(), expression=exp.Literal.number(0))
+    failure = exp.Anonymous(this="error", expressions=[exp.Literal.string("Division by zero")])
+    return exp.Case(ifs=[exp.If(this=zero, true=failure)], default=divisor)
+
+
 def fn(name: str, *args: exp.Expression) -> exp.Expression:
     return exp.Anonymous(this=name, expressions=list(args))
 
@@ -1117,7 +1130,11 @@ def rewrite(node: exp.Expression) -> exp.Expression:
     if isinstance(node, exp.Div):
         # DuckDB's // divides integers as integers (truncating, as Presto does) and
         # anything else as /: Presto's division whatever the types turn out to be.
-        return exp.IntDiv(this=node.this, expression=node.expression)
+        # Inside try(), DuckDB's NULL is Presto's answer (and DuckDB's TRY refuses the
+        # error function, which it counts as volatile).
+        inside_try = node.find_ancestor(exp.Try) is not None
+        divisor = node.expression if inside_try else _divisor(node.expression)
+        return exp.IntDiv(this=node.this, expression=divisor)
     if isinstance(node, exp.Anonymous):
         handler = ANONYMOUS.get(str(node.this).upper())
         return node if handler is None else handler(list(node.expressions))

@@ -345,3 +345,21 @@ def test_the_zone_survives_aggregates_and_interval_arithmetic(
         one(con, f"SELECT coalesce(NULL, from_unixtime({T}, 'Asia/Tokyo'))")
         == "2026-12-02 00:00:00.000 Asia/Tokyo"
     )
+
+
+def test_division_by_zero_fails_as_presto_does_and_other_divisions_stay(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    # DuckDB would answer NULL, which a report reads as "no data".
+    assert one(con, "SELECT 7 / 2") == 3
+    assert one(con, "SELECT -7 / 2") == -3
+    assert one(con, "SELECT 7.0E0 / 2") == 3.5
+    assert one(con, "SELECT count(*) / 2 FROM t") == 2
+    with pytest.raises(duckdb.Error, match="Division by zero"):
+        run(con, "SELECT 7 / 0")
+    with pytest.raises(duckdb.Error, match="Division by zero"):
+        run(con, "SELECT count(*) / (count(*) - 4) FROM t")
+    # Only the rows that divide by zero fail: a guard keeps working.
+    guarded = "SELECT CASE WHEN n = 0 THEN NULL ELSE 8 / n END FROM (VALUES 0, 2) v(n)"
+    assert sorted(run(con, guarded), key=str) == [(4,), (None,)]
+    assert one(con, "SELECT 8 / NULLIF(0, 0)") is None
