@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from tdedge.cli.common import F, stacked
 from tdedge.config import Settings
 
-F = TypeVar("F", bound=Callable[..., Any])
 _DEFAULTS = Settings()
 
 
@@ -32,9 +31,7 @@ def bulk_options(f: F) -> F:
             "they are deleted; past it uploads are refused (bulk_storage_limit).",
         ),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return stacked(f, options)
 
 
 def bulk_settings(values: dict[str, Any]) -> dict[str, Any]:

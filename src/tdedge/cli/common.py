@@ -38,6 +38,13 @@ def data_dir_option(f: F) -> F:
     return _data_dir(f)
 
 
+def stacked(f: F, options: Sequence[Callable[[F], F]]) -> F:
+    """``f`` with ``options`` applied, the first listed first in ``--help``."""
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def format_option(default: str = "table") -> Callable[[F], F]:
     return click.option("--format", "fmt", type=click.Choice(FORMATS), default=default)
 

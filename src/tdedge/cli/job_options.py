@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from tdedge.cli.common import F, stacked
 from tdedge.config import Settings
 
-F = TypeVar("F", bound=Callable[..., Any])
 _DEFAULTS = Settings()
 
 
@@ -52,9 +51,7 @@ def job_options(f: F) -> F:
             "2018 GeoLite2 City.",
         ),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return stacked(f, options)
 
 
 def job_settings(values: dict[str, Any]) -> dict[str, Any]:

@@ -27,12 +27,12 @@ def _name(value: str, what: str) -> str:
 
 def _database(settings: Settings, name: str) -> str:
     """``name`` normalised, once it names a database of some account."""
-    from tdedge.control.store import ControlStore
+    from tdedge import backends
 
     database = _name(name, "database")
     if is_reserved(database):
         raise click.ClickException(f"{database} is a name tdedge keeps for itself")
-    store = ControlStore.open(settings.control_db)
+    store = backends.control(settings)
     try:
         owner = store.database_owner(database)
     finally:
