@@ -152,11 +152,16 @@ class Console:
         return None
 
 
+# A snapshot number fits a BIGINT: 18 digits always do.
+MAX_CURSOR_DIGITS = 18
+
+
 def _cursor(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
-        raise ApiError(400, "invalid_cursor", f"after must be a snapshot number, not {raw!r}")
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_CURSOR_DIGITS:
+        raise ApiError(400, "invalid_cursor", f"after must be a snapshot number, not {raw[:40]!r}")
     return int(raw)
 
 
