@@ -284,7 +284,7 @@ def luhn_check(digits: str | None) -> bool | None:
     """Presto's ``luhn_check``: the Luhn checksum of a string of digits."""
     if digits is None:
         return None
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit()):  # "²" is a digit to isdigit()
         return False
     total = 0
     for i, c in enumerate(reversed(digits)):

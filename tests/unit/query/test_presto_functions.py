@@ -10,7 +10,7 @@ import pytest
 from _maxminddb_geolite2 import geolite2_database
 
 from tdedge.query.functions import register
-from tdedge.query.td_udfs import url_parameter, url_part
+from tdedge.query.td_udfs import luhn_check, url_parameter, url_part
 from tdedge.query.translate import Context, TranslationError, translate
 
 # 2026-12-01 15:00:00 UTC = 2026-12-02 00:00:00 in Tokyo.
@@ -363,3 +363,8 @@ def test_division_by_zero_fails_as_presto_does_and_other_divisions_stay(
     guarded = "SELECT CASE WHEN n = 0 THEN NULL ELSE 8 / n END FROM (VALUES 0, 2) v(n)"
     assert sorted(run(con, guarded), key=str) == [(4,), (None,)]
     assert one(con, "SELECT 8 / NULLIF(0, 0)") is None
+
+
+def test_luhn_check_of_a_digit_python_counts_but_int_does_not_is_false() -> None:
+    assert luhn_check("79927398713") is True
+    assert luhn_check("7992739871²") is False
