@@ -37,6 +37,7 @@ from collections.abc import Sequence  # noqa: E402
 import uvloop  # noqa: E402
 
 from tdedge.config import Settings  # noqa: E402
+from tdedge.control.store import ControlStore  # noqa: E402
 from tdedge.edge.app import EdgeApp  # noqa: E402
 from tdedge.journal.envelope import Envelope  # noqa: E402
 
@@ -46,11 +47,28 @@ from rsgi_fake import FakeProto  # noqa: E402
 
 LEGACY_BODY = b'{"param1":"value1","param2":1234}'
 INGEST_BODY = ingest_body()  # the ingest bench's: 100 events shaped like td-js-sdk's
-KEY = "1/0123456789abcdef"
-PIXEL_QUERY = (
-    f"td_format=pixel&td_write_key={KEY.replace('/', '%2F')}&campaign=spring_sale"
-    "&utm_source=newsletter&user=u12345&td_ip=td_ip&td_ua=td_ua"
-)
+
+
+def pixel_query(key: str) -> str:
+    return (
+        f"td_format=pixel&td_write_key={key.replace('/', '%2F')}&campaign=spring_sale"
+        "&utm_source=newsletter&user=u12345&td_ip=td_ip&td_ua=td_ua"
+    )
+
+
+def prepared_data_dir() -> tuple[Settings, str]:
+    """A data dir with an account, its write key and the database the doors write to:
+    a made-up key is answered 200 too, but its records are kept as refusals, which is
+    another path (and the refusal throttle soon answers 429)."""
+    settings = Settings(data_dir=tempfile.mkdtemp(prefix="tdedge-edge-cpu-"))
+    store = ControlStore.open(settings.control_db)
+    try:
+        account = store.create_account()
+        key = store.create_key(account, "write")
+        store.create_database("test_db", account)
+    finally:
+        store.close()
+    return settings, key
 
 
 class FakeScope:
@@ -59,19 +77,19 @@ class FakeScope:
     client = "127.0.0.1"
     authority = None
 
-    def __init__(self, door: str) -> None:
+    def __init__(self, door: str, key: str) -> None:
         self.headers: dict[str, str]
         if door == "legacy":
             self.method, self.path, self.query_string = "POST", "/postback/v3/event/test_db/t", ""
             self.headers = {
                 "host": "127.0.0.1:8080",
                 "content-type": "application/json",
-                "x-td-write-key": KEY,
+                "x-td-write-key": key,
             }
             self.body = LEGACY_BODY
         elif door == "pixel":
             self.method, self.path = "GET", "/postback/v3/event/test_db/pixel_bench"
-            self.query_string = PIXEL_QUERY
+            self.query_string = pixel_query(key)
             self.headers = {"host": "127.0.0.1:8080", "user-agent": "Mozilla/5.0 (bench)"}
             self.body = b""
         else:
@@ -79,7 +97,7 @@ class FakeScope:
             self.headers = {
                 "host": "bench.records.in.localhost",
                 "content-type": "application/vnd.treasuredata.v1+json",
-                "authorization": f"TD1 {KEY}",
+                "authorization": f"TD1 {key}",
             }
             self.body = INGEST_BODY
         if self.body:
@@ -97,14 +115,15 @@ class AcceptingJournal:
 
 
 async def measure(door: str, requests: int, concurrency: int, null_journal: bool) -> float:
-    app = EdgeApp(Settings(data_dir=tempfile.mkdtemp(prefix="tdedge-edge-cpu-")))
+    settings, key = prepared_data_dir()
+    app = EdgeApp(settings)
     app.__rsgi_init__(asyncio.get_running_loop())
     services = app._services  # a bench reaching in on purpose
     assert services is not None
     if null_journal:
         services.journal.close()
         services.journal = AcceptingJournal()  # type: ignore[assignment]
-    scope = FakeScope(door)
+    scope = FakeScope(door, key)
     proto = FakeProto(scope.body)
     per_client = requests // concurrency
 

@@ -15,9 +15,13 @@ from /metrics, and measures how much the journal and the lake grew on disk.
 
 Figures per shape, with the issue's targets (reported, never asserted):
 the client's p99 under the flood ÷ its p99 alone (≤ 3), the longest time loading
-stopped — the loader's lag in seconds at its highest (≤ 5 s), the largest edge worker
+stopped — the loader's lag in seconds at its highest (≤ 5 s; records waiting for a new
+table, which a flood of new tables makes for itself, are reported apart), the largest edge worker
 (< 512 MiB) and loader (< 1 GiB) resident set, and the journal's and the lake's growth
-next to the bytes the flood got accepted.
+next to the bytes the flood got accepted. After each flood the bench waits for the
+loader to catch up with what the flood left (new tables, a lag), measuring the good
+client meanwhile: that after-effect is reported as the flood's own (p99 while catching
+up, and how long it took), and the next shape starts from a calm server.
 """
 
 from __future__ import annotations
@@ -275,6 +279,9 @@ SHAPES: dict[str, Callable[[Target, Flood, Stop], None]] = {
 class Sample:
     rss: dict[str, int] = field(default_factory=dict)  # role → largest resident set
     lag_s: float = 0.0  # the loader's lag at its highest
+    # The oldest record waiting for its new table to be created, at its highest: the
+    # flood's own records, when it makes new tables faster than the loader creates them.
+    new_table_wait_s: float = 0.0
 
 
 def sample(group: int, api: int, stop: Stop, results: Any) -> None:
@@ -289,6 +296,9 @@ def sample(group: int, api: int, stop: Stop, results: Any) -> None:
         with contextlib.suppress(OSError, ValueError, BenchError):
             metrics = scrape(f"http://{HOST}:{api}/metrics")
             into.lag_s = max(into.lag_s, metrics.get("tdedge_loader_lag_seconds", 0.0))
+            into.new_table_wait_s = max(
+                into.new_table_wait_s, metrics.get("tdedge_loader_new_tables_wait_seconds", 0.0)
+            )
     results.put(into)
 
 
@@ -345,6 +355,7 @@ def run_shape(name: str, server: Tdedge, t: Target, args: argparse.Namespace) ->
         flood = Flood(Counter({"attacker did not finish": 1}))
     attacker.join(timeout=10)
     time.sleep(args.settle)  # let the loader take what was accepted, still sampling
+    after, caught_up_s = aftermath(t, args)
     stop.set()
     try:
         seen = samples.get(timeout=30)
@@ -353,6 +364,7 @@ def run_shape(name: str, server: Tdedge, t: Target, args: argparse.Namespace) ->
     watcher.join(timeout=5)
     p99_alone = percentile(alone, 99) * 1000
     p99_under = percentile(under, 99) * 1000
+    p99_after = percentile(after, 99) * 1000 if after else None
     edge = seen.rss.get("edge", 0)
     loader = seen.rss.get("loader", 0)
     return {
@@ -361,6 +373,11 @@ def run_shape(name: str, server: Tdedge, t: Target, args: argparse.Namespace) ->
         "p99_flood_ms": round(p99_under, 2),
         "ratio": round(p99_under / p99_alone, 2) if p99_alone else None,
         "loader_lag_max_s": round(seen.lag_s, 2),
+        "new_table_wait_max_s": round(seen.new_table_wait_s, 2),
+        # After the flood and the settle, until the loader had caught up: the good
+        # client's p99 meanwhile (None if it had already), and how long that took.
+        "p99_after_ms": round(p99_after, 2) if p99_after is not None else None,
+        "caught_up_s": round(caught_up_s, 1),
         # Journal commits, and those over 50 ms, while the good client was measured.
         "commits_alone": [int(c1[0] - c0[0]), int(c1[1] - c0[1])],
         "commits_flood": [int(c3[0] - c2[0]), int(c3[1] - c2[1])],
@@ -380,11 +397,42 @@ def run_shape(name: str, server: Tdedge, t: Target, args: argparse.Namespace) ->
     }
 
 
+def behind(api: int) -> bool:
+    """Whether the loader is still taking in what a flood left: records waiting for their
+    new tables, or a lag past a second."""
+    try:
+        m = scrape(f"http://{HOST}:{api}/metrics")
+    except (OSError, ValueError, BenchError):
+        return True
+    return (
+        m.get("tdedge_loader_new_tables_wait_seconds", 0.0) > 0
+        or m.get("tdedge_loader_lag_seconds", 0.0) > 1.0
+    )
+
+
+def aftermath(t: Target, args: argparse.Namespace) -> tuple[list[float], float]:
+    """The good client's latencies while the loader catches up with what the flood left
+    (at most ``--catch-up`` seconds), and the seconds that took. The next shape then
+    starts from a calm server, and a flood's after-effect is reported as its own, not
+    as the next shape's."""
+    began = time.monotonic()
+    latencies: list[float] = []
+    while behind(t.api) and time.monotonic() - began < args.catch_up:
+        latencies += paced_client(t.main, t.write_key, args.rate, 1.0)
+    return latencies, time.monotonic() - began
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.0, help="each phase (alone, flood)")
     p.add_argument("--rate", type=float, default=200.0, help="the good client's requests/s")
     p.add_argument("--settle", type=float, default=3.0, help="seconds after each flood")
+    p.add_argument(
+        "--catch-up",
+        type=float,
+        default=180.0,
+        help="longest wait, after each flood, for the loader to catch up [180]",
+    )
     p.add_argument("--warmup", type=float, default=10.0, help="good traffic before the first shape")
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"of {','.join(SHAPES)}")
     p.add_argument("--keep", action="store_true", help="keep the data dir and logs")
@@ -437,20 +485,28 @@ def main() -> int:
         else:
             log(f"kept {tmp}")
     header = (
-        "| shape | p99 alone | p99 flood | ratio (≤ 3) | loader lag max (≤ 5 s) | edge RSS | "
-        "loader RSS | journal + | lake + | accepted | answers |"
+        "| shape | p99 alone | p99 flood | ratio (≤ 3) | loader lag max (≤ 5 s) | "
+        "new-table wait max | after: p99, caught up in | edge RSS | loader RSS | journal + | "
+        "lake + | accepted | answers |"
     )
     print(header)
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 13)
     for r in rows:
         print(
             f"| {r['shape']} | {r['p99_alone_ms']} ms | {r['p99_flood_ms']} ms | {r['ratio']} | "
-            f"{r['loader_lag_max_s']} s | {r['edge_rss_mib']} MiB | {r['loader_rss_mib']} MiB | "
+            f"{r['loader_lag_max_s']} s | {r['new_table_wait_max_s']} s | "
+            f"{after_cell(r)} | {r['edge_rss_mib']} MiB | {r['loader_rss_mib']} MiB | "
             f"{r['journal_growth_mib']} MiB | {r['lake_growth_mib']} MiB | "
             f"{r['accepted_mib']} MiB | {r['answers']} |"
         )
     print(f"\n`bench/hostile {' '.join(sys.argv[1:])}` at {time.strftime('%Y-%m-%d %H:%M UTC')}")
     return 0
+
+
+def after_cell(r: dict[str, Any]) -> str:
+    if r["p99_after_ms"] is None:
+        return "— (caught up)"
+    return f"{r['p99_after_ms']} ms, {r['caught_up_s']} s"
 
 
 if __name__ == "__main__":

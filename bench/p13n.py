@@ -1,6 +1,7 @@
 """Personalization benchmark: p99 at a fixed request rate, and the most decisions/s.
 
     bench/p13n [--duration 8] [--workers 1,2] [--engines process,inline] [--rate 2000]
+               [--profiles sqlite,redis]
 
 Starts ``tdedge serve`` on a fresh data dir with a configuration of 20 attributes and 10
 sections (``--attributes``/``--sections``), creates a token, and drives the p13n door
@@ -58,6 +59,7 @@ from typing import Any, cast
 from harness import BenchError, log
 from harness.children import Children, group_cpu_s, members, thread_cpu_s
 from harness.machine import busy_cpu, wait_quiet
+from harness.redis_server import start_redis
 from harness.reference import check_tools
 from harness.server import TDEDGE, Tdedge
 from harness.stats import alternate, median_ratio, percentile
@@ -482,7 +484,7 @@ def engine_only(config: str, seconds: float, size: int, ids: int, tmp: Path) -> 
     import random
 
     from tdedge.realtime import validation
-    from tdedge.realtime.batch import BatchStore
+    from tdedge.realtime.batch import SQLiteBatchStore
     from tdedge.realtime.engine import Engine, Request
     from tdedge.realtime.service import compile_service
     from tdedge.realtime.sqlite import SQLiteProfileStore
@@ -490,7 +492,9 @@ def engine_only(config: str, seconds: float, size: int, ids: int, tmp: Path) -> 
     spec = validation.parse(config).services[0]
     service = compile_service(spec, (), lambda p, m: None)
     assert service is not None
-    engine = Engine(SQLiteProfileStore(tmp / "profiles.sqlite"), BatchStore(tmp / "batch.sqlite"))
+    engine = Engine(
+        SQLiteProfileStore(tmp / "profiles.sqlite"), SQLiteBatchStore(tmp / "batch.sqlite")
+    )
     rnd = random.Random(1)
 
     def group() -> list[Request]:
@@ -652,6 +656,13 @@ def main(argv: list[str]) -> int:
         "--rounds", type=int, default=1, help="repeat the server runs, interleaved; medians"
     )
     ap.add_argument("--ids", type=int, default=10_000, help="distinct people")
+    ap.add_argument(
+        "--profiles",
+        default="sqlite",
+        help="comma-separated profile stores, each run in turn: sqlite (the data dir's), "
+        "redis (a throw-away redis-server started here, appendfsync everysec) or a "
+        "redis:// URL (each run flushes nothing: give an empty database)",
+    )
     ap.add_argument("--attributes", type=int, default=20)
     ap.add_argument("--sections", type=int, default=10)
     ap.add_argument("--group", type=int, default=32, help="engine-only group size")
@@ -706,8 +717,15 @@ def main(argv: list[str]) -> int:
     else:
         report["busy_before"] = busy_cpu()
     children = Children()
+    redis_proc: subprocess.Popen[bytes] | None = None
     try:
         (tmp / "p13n.yaml").write_text(config)
+        stores = [p for p in args.profiles.split(",") if p]
+        if "redis" in stores:
+            redis_proc, redis_port = start_redis(tmp / "redis")
+            stores = [
+                f"redis://127.0.0.1:{redis_port}/{{db}}" if p == "redis" else p for p in stores
+            ]
         if "engine" not in skip:
             log("engine alone ...")
             (tmp / "engine").mkdir()
@@ -723,7 +741,8 @@ def main(argv: list[str]) -> int:
         # Rounds interleave the settings, so a machine that speeds up or slows down
         # during the bench moves every setting alike; each run has its own reference.
         settings = [
-            partial(run_server, args, children, workers, engine, config, tmp, skip)
+            partial(run_server, args, children, workers, engine, config, tmp, skip, store)
+            for store in stores
             for engine in [e for e in args.engines.split(",") if e]
             for workers in [int(w) for w in args.workers.split(",") if w]
         ]
@@ -731,6 +750,9 @@ def main(argv: list[str]) -> int:
             report["runs"] += [{"round": round_, **run} for run in runs]
     finally:
         children.stop_all()
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         if not args.keep:
@@ -746,6 +768,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+_redis_dbs = iter(range(1, 16))
+
+
 def run_server(
     args: argparse.Namespace,
     children: Children,
@@ -754,18 +779,23 @@ def run_server(
     config: str,
     tmp: Path,
     skip: set[str],
+    store: str = "sqlite",
     round_: int = 0,
 ) -> dict[str, Any]:
-    name = f"{engine}-w{workers}-r{round_}"
+    label = "redis" if store.startswith("redis") else store
+    name = f"{engine}-{label}-w{workers}-r{round_}"
+    extra = ["--p13n-engine", engine]
+    if store != "sqlite":
+        extra += ["--profiles", store.replace("{db}", str(next(_redis_dbs)))]
     server = Tdedge(
         children,
         tmp / f"data-{name}",
         tmp,
         workers,
-        extra=["--p13n-engine", engine],
+        extra=extra,
         doors=("p13n",),
     )
-    run: dict[str, Any] = {"workers": workers, "engine": engine}
+    run: dict[str, Any] = {"workers": workers, "engine": engine, "profiles": label}
     paused: list[int] = []
     try:
         server.start()
@@ -869,7 +899,7 @@ def summary(report: dict[str, Any]) -> str:
         )
     for run in report["runs"]:
         w = run["workers"]
-        mode = run.get("engine", "inline")
+        mode = f"{run.get('engine', 'inline')} engine, {run.get('profiles', 'sqlite')} profiles,"
         fixed = run.get("fixed")
         if fixed:
             p99 = fixed["p99_ms"]
@@ -879,7 +909,7 @@ def summary(report: dict[str, Any]) -> str:
                 else "MISS"
             )
             lines.append(
-                f"{mode} engine, workers={w} fixed rate: {fixed['rps']:,.0f} req/s "
+                f"{mode} workers={w} fixed rate: {fixed['rps']:,.0f} req/s "
                 f"(target {fixed['target_rps']:,}, {fixed.get('client', 'Python')} client), "
                 f"p50 {fixed['p50_ms']} ms, p99 {p99} ms, "
                 f"non-2xx {fixed['non2xx']}  [{ok} p99 ≤ 10 ms]"
@@ -914,7 +944,7 @@ def summary(report: dict[str, Any]) -> str:
                 if r.get("conns") != mx.get("conns")
             ]
             lines.append(
-                f"{mode} engine, workers={w} maximum: {mx['rps']:,.0f} decisions/s "
+                f"{mode} workers={w} maximum: {mx['rps']:,.0f} decisions/s "
                 f"with {mx.get('conns', '?')} connections, p50 {mx['p50_ms']} ms, "
                 f"p99 {mx['p99_ms']} ms, non-2xx {mx['non2xx']}  [{ok} ≥ 8,000 with p99 "
                 f"≤ {SUSTAINED_P99_MS:.0f} ms]" + (f"; also {'; '.join(others)}" if others else "")
@@ -932,7 +962,7 @@ def summary(report: dict[str, Any]) -> str:
         if pb:
             cpu = pb.get("cpu_us_per_request", {})
             lines.append(
-                f"{mode} engine, workers={w} baseline, same events to the legacy Postback "
+                f"{mode} workers={w} baseline, same events to the legacy Postback "
                 "door (no engine): "
                 f"{pb['rps']:,.0f} req/s with {pb.get('conns', 64)} connections, "
                 f"p99 {pb['p99_ms']} ms"
@@ -955,10 +985,13 @@ def medians(runs: list[dict[str, Any]]) -> list[str]:
     """Per setting, the medians over the rounds, each run also against its reference
     (the Postback door in the same run): what survives a machine that changes speed."""
     lines = ["medians over the rounds (ref: the Postback door in the same run):"]
-    settings = sorted({(r.get("engine", "inline"), r["workers"]) for r in runs})
-    for engine, workers in settings:
-        mine = [r for r in runs if (r.get("engine", "inline"), r["workers"]) == (engine, workers)]
-        parts = [f"  {engine} engine, workers={workers}, {len(mine)} rounds:"]
+
+    def setting(r: dict[str, Any]) -> tuple[str, str, int]:
+        return (r.get("profiles", "sqlite"), r.get("engine", "inline"), r["workers"])
+
+    for store, engine, workers in sorted({setting(r) for r in runs}):
+        mine = [r for r in runs if setting(r) == (store, engine, workers)]
+        parts = [f"  {engine} engine, {store} profiles, workers={workers}, {len(mine)} rounds:"]
         fixed = [r for r in mine if "fixed" in r and "fixed_postback" in r]
         if fixed:
             ratio = median_ratio(

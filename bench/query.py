@@ -47,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 
 from harness.ports import free_port
+from tdedge import backends
 from tdedge.config import Settings
 from tdedge.control.jobs import JobStore
 from tdedge.control.store import ControlStore
@@ -155,7 +156,7 @@ def explain(settings: Settings, sql: str) -> dict[str, Any]:
 
 def session_runs(settings: Settings, sql_td: str, runs: int) -> dict[str, Any]:
     jobs = JobStore.open(settings.control_db)
-    session = Session(settings, Scope(1, frozenset({DATABASE})), 0)
+    session = Session(settings, Scope(1, frozenset({DATABASE})), 0, backends.results(settings))
     timings: list[float] = []
     result: Any = None
     try:
@@ -269,7 +270,7 @@ def main() -> None:
     root = Path(args.data_dir or tempfile.mkdtemp(prefix="tdedge-query-bench-"))
     settings = Settings(data_dir=str(root / "data"))
     report: dict[str, Any] = {"command": " ".join(["bench/query", *sys.argv[1:]])}
-    if not settings.lake_catalog.exists():
+    if not settings.lake_catalog_file.exists():
         print(f"generating {args.rows:,} rows over {args.days} days in {root}", file=sys.stderr)
         report["generate"] = generate(settings, args.rows, args.days, args.files_per_day)
     td_sql = query_for(args.days // 2 if args.day is None else args.day)

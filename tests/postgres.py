@@ -58,10 +58,9 @@ class Postgres:
         return self.url(name)
 
 
-@contextmanager
-def server() -> Iterator[Postgres]:
-    """Start a throw-away server; stop it and remove its files at the end."""
-    root = Path(tempfile.mkdtemp(prefix="tdedge-pg-"))
+def start(root: Path, detached: bool = False) -> tuple[Postgres, subprocess.Popen[bytes]]:
+    """Make a cluster in ``root`` and start its server; stop it with ``stop(root)``.
+    ``detached``: in a session of its own, to outlive this process (scripts/cluster)."""
     data = root / "data"
     run_as = _as_server_user()
     user = "postgres" if run_as else os.environ.get("USER", "postgres")
@@ -94,6 +93,7 @@ def server() -> Iterator[Postgres]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=log.open("wb"),
+        start_new_session=detached,
     )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -108,17 +108,45 @@ def server() -> Iterator[Postgres]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not start: {log.read_text()[-2000:]}")
             time.sleep(0.1)
-        yield Postgres(port, user)
+    except BaseException:
+        stop(root)
+        raise
+    return Postgres(port, user), proc
+
+
+def stop(root: Path) -> None:
+    """A fast shutdown of the server started in ``root``: clients still connected (a
+    pool) are disconnected; waits until it is down."""
+    subprocess.run(
+        [
+            *_as_server_user(),
+            str(BIN / "pg_ctl"),
+            "stop",
+            "-D",
+            str(root / "data"),
+            "-m",
+            "fast",
+            "-w",
+        ],
+        capture_output=True,
+        check=False,
+    )
+
+
+@contextmanager
+def server() -> Iterator[Postgres]:
+    """Start a throw-away server; stop it and remove its files at the end."""
+    root = Path(tempfile.mkdtemp(prefix="tdedge-pg-"))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        found, proc = start(root)
+        yield found
     finally:
-        # A fast shutdown: clients still connected (a pool) are disconnected.
-        subprocess.run(
-            [*run_as, str(BIN / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w"],
-            capture_output=True,
-            check=False,
-        )
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(root)
+        if proc is not None:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         shutil.rmtree(root, ignore_errors=True)

@@ -94,6 +94,12 @@ def backup(settings: Settings, dest: Path, report: Report = lambda _: None) -> M
     root = settings.root
     if not settings.control_db.exists():
         raise BackupError(f"{root} is not a tdedge data dir (no {settings.control_db.name})")
+    if not settings.lake_embedded:
+        # Its catalog and files are in services with backups of their own.
+        raise BackupError(
+            "backup copies an embedded lake only: back up the PostgreSQL catalog and "
+            "the S3 bucket with their own tools"
+        )
     _require_empty(dest, "backup destination")
     if dest.resolve().is_relative_to(root.resolve()):
         raise BackupError(f"the backup destination {dest} is inside the data dir {root}")
@@ -110,22 +116,24 @@ def backup(settings: Settings, dest: Path, report: Report = lambda _: None) -> M
         journals = sorted(settings.journal_dir.glob(f"shard-*{SQLITE_SUFFIX}"))
         for path in journals:
             copy_sqlite(path)
-        if settings.lake_catalog.exists():
-            copy_sqlite(settings.lake_catalog)
-            catalog_copy = dest / settings.lake_catalog.relative_to(root)
-            lake_data = dest / settings.lake_data.relative_to(root)
+        if settings.lake_catalog_file.exists():
+            copy_sqlite(settings.lake_catalog_file)
+            catalog_copy = dest / settings.lake_catalog_file.relative_to(root)
+            lake_data = dest / settings.lake_data_dir.relative_to(root)
             for rel, live in referenced_files(catalog_copy):
-                copied = _file_copy(settings.lake_data / rel, lake_data / rel)
+                copied = _file_copy(settings.lake_data_dir / rel, lake_data / rel)
                 if copied is None and live:
-                    raise BackupError(f"lake data file {rel} is missing from {settings.lake_data}")
+                    raise BackupError(
+                        f"lake data file {rel} is missing from {settings.lake_data_dir}"
+                    )
                 if copied is not None:
                     files.append(
-                        BackupFile(str(settings.lake_data.relative_to(root) / rel), copied)
+                        BackupFile(str(settings.lake_data_dir.relative_to(root) / rel), copied)
                     )
             report(f"copied the lake's data files ({len(files) - len(journals) - 1})")
         if settings.record_ids_db.exists():
             copy_sqlite(settings.record_ids_db)
-        done = {settings.lake_catalog, settings.record_ids_db, *journals}
+        done = {settings.lake_catalog_file, settings.record_ids_db, *journals}
         for path in sorted(_sqlite_files(root)):
             if path not in done:
                 copy_sqlite(path)
@@ -171,13 +179,15 @@ def restore(source: Path, settings: Settings, report: Report = lambda _: None) -
             shutil.copyfile(src, staging / entry.path)
         report(f"copied {len(manifest.files)} files")
         staged = Settings(data_dir=str(staging))
-        staged.lake_data.mkdir(parents=True, exist_ok=True)
-        if staged.lake_catalog.exists() and _catalog_made(staged.lake_catalog):
-            set_data_path(staged.lake_catalog, staged.lake_data)
+        staged.lake_data_dir.mkdir(parents=True, exist_ok=True)
+        if staged.lake_catalog_file.exists() and _catalog_made(staged.lake_catalog_file):
+            set_data_path(staged.lake_catalog_file, staged.lake_data_dir)
             positions = _lake_positions(staged)
             continue_after(staged.journal_dir, positions)
             report(f"journal numbering resumes after the lake's positions {positions}")
-            set_data_path(staged.lake_catalog, target / staged.lake_data.relative_to(staging))
+            set_data_path(
+                staged.lake_catalog_file, target / staged.lake_data_dir.relative_to(staging)
+            )
         _fsync_tree(staging)
         if target.exists():
             # An empty folder is replaced whole by the rename; one that a server filled

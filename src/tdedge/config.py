@@ -22,9 +22,9 @@ SETTINGS_ENV = "TDEDGE_SETTINGS_JSON"
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = DEFAULT_DATA_DIR
-    # The control database's URL; empty: the SQLite file in the data dir. So far only
-    # the control store's own tables (accounts, keys, databases) follow it; the jobs and
-    # p13n tables move with it before it is offered as an option.
+    # The control database's URL (--control, TDEDGE_CONTROL); empty: the SQLite file in
+    # the data dir. Every table of the control plane follows it (backends.py): nodes
+    # given one PostgreSQL URL share accounts, keys, databases, jobs, p13n and sessions.
     control: str = ""
     host: str = "127.0.0.1"
     port: int = 8080
@@ -93,6 +93,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # above bound how long that takes), and beyond the queue the kernel drops them. An
     # idle connection costs the worker ~20 KB.
     max_connections: int = 4096
+    # Draining: after SIGTERM a node answers /readyz 503 and keeps serving this long
+    # before it stops, so that a load balancer takes it out of its pool first and no
+    # client's request meets a closed port. The shipped deploy/haproxy.cfg notices in
+    # at most its check interval times its fall count (2 s x 2) plus one check's
+    # timeout: 5 s covers it. 0 stops at once (no balancer in front).
+    drain_grace_s: float = 5.0
 
     # Journal. Past either bound the edge answers 503 + Retry-After instead of 200.
     journal_max_backlog: int = 2_000_000
@@ -118,6 +124,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # writes here: a batch of one row for each of 1,000 tables took ~30 s, during which
     # the loader neither loaded anything else nor beat its heartbeat.
     loader_batch_max_tables: int = 100
+    # New tables one step creates while other records wait behind them; the rest wait
+    # for the next steps, appends to existing tables going first (Loader._hold_new_tables:
+    # a table costs the catalog 13-40 ms of CPU to create, here). Past
+    # loader_new_tables_hold_s of waiting, a step creates up to loader_batch_max_tables.
+    loader_new_tables_per_commit: int = 20
+    loader_new_tables_hold_s: float = 30.0
     # DuckDB threads of the loader's lake connection. One: a commit's work is mostly
     # serial catalog queries, and more threads only spin and take cores from the edge
     # (a 2,000-row commit used ~50 ms of CPU with 2 threads, ~25 ms with 1, here).
@@ -155,6 +167,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # make thousands of them in seconds and slow loading for every account.
     max_tables_per_account: int = 1_000
     max_databases_per_account: int = 100
+
+    # Lake backends (lake/location.py). The DuckLake catalog's URL: empty, the SQLite
+    # file in the data dir; ``sqlite:///path`` another SQLite file; ``postgresql://…``
+    # a PostgreSQL database that the lakes of several nodes share.
+    lake_catalog: str = ""
+    # Where the lake's Parquet files go: empty, the data dir; a folder; or
+    # ``s3://bucket/prefix/`` (credentials, region and endpoint from the AWS variables).
+    lake_data: str = ""
 
     # Lake. Commits of at most this many rows per table stay in the catalog instead of
     # writing a tiny Parquet file each; compaction flushes them into files later.
@@ -201,6 +221,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # operator with a current database points here).
     geoip_database: str | None = None
     job_timeout_s: float = 300.0
+    # A running job is leased to its runner, which renews the lease every second while
+    # it lives. A job whose lease runs out (its node died or was cut off) is queued
+    # again by a runner of any node, or failed once it has taken two runners down: a
+    # job is never left running for longer than this after its runner is gone.
+    job_lease_s: float = 30.0
     job_poll_s: float = 0.05
     # Largest job result one response carries (results are read into memory);
     # beyond it clients fetch msgpack.gz in Range requests, as td-client does.
@@ -266,10 +291,55 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Personalization. "process": one engine process decides for every
     # worker (realtime/host.py); "inline": each worker runs the engine itself.
     p13n_engine: EngineMode = "process"
+    # The last p13n decisions each worker keeps for the console (realtime/decisions.py):
+    # enough to see what was just answered, and a file small enough to rewrite every
+    # second. 0: none kept.
+    p13n_decisions_kept: int = 1000
+    # Nodes on a shared control database: how long the lease one node's refresher
+    # computes the batch facts under lasts unless renewed (every third of it while its
+    # node lives). A holder that dies without letting go is replaced within this and
+    # a third; shorter: a faster takeover for more renewal writes, and a holder that
+    # stalls (a paused VM, an overloaded machine) for that long loses it.
+    p13n_refresh_lease_s: float = 15.0
+    # Where the real-time profiles live; empty: the SQLite file in the data dir (one
+    # node). ``redis://host:port/db``: a Redis server every node shares, so a decision
+    # is the same whichever node answers (docs/redis-profiles.md).
+    profiles: str = ""
     # Lookup tokens one CDP lookup may name (more: 400 too_many_tokens). Each costs the
     # worker a profile read on its event loop; pages send one token per segment set,
     # a handful at most.
     cdp_max_tokens: int = 20
+
+    # The replicated journal (journal/jetstream.py, docs/jetstream.md). ``journal``:
+    # empty, the SQLite files in the data dir; ``nats://h1:4222,nats://h2:4222,...``: a
+    # JetStream stream on those servers, created with 3 replicas and file storage.
+    journal: str = ""
+    journal_stream: str = "TDEDGE_JOURNAL"
+    journal_replicas: int = 3
+    # Subjects the stream is split into; each edge process publishes to one of them
+    # and the loader keeps a position per partition.
+    journal_partitions: int = 4
+    # How long a group waits for JetStream's ack before it goes to this node's local
+    # outbox instead: a leader election takes seconds, and a request should not.
+    journal_publish_timeout_s: float = 1.0
+    # How long a starting process waits to reach the stream before it takes appends
+    # into its outbox (and keeps trying in the background).
+    journal_connect_timeout_s: float = 10.0
+    # How long the local outbox covers for JetStream: past it, with its oldest group
+    # still not forwarded, appends are refused (503). Kept well inside the stream's
+    # duplicate window, so a forwarded group whose first publish was stored but not
+    # acknowledged is still recognised by its Nats-Msg-Id.
+    journal_local_max_age_s: float = 120.0
+    journal_duplicate_window_s: float = 600.0
+    # One published message holds at most this many bytes of envelopes (NATS refuses
+    # messages over the server's max_payload, 1 MiB by default).
+    journal_max_message_bytes: int = 768 * 1024
+    # A loader's lease on a partition lasts this long unrenewed (renewed every quarter
+    # of it): a dead loader's partitions are taken by another within about this time.
+    journal_lease_ttl_s: float = 5.0
+    # How long a stopping process spends forwarding what its outbox still holds (what
+    # is left waits in the file for the next process to take the outbox).
+    journal_drain_s: float = 5.0
 
     log_level: str = "info"
     # The access log (edge/access_log.py): off unless asked for, and at most this many
@@ -304,13 +374,43 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """The loader's record_uuid ledger (loader/record_ids.py)."""
         return self.root / "record_ids.sqlite"
 
+    # Lake backends: the settings above as a process uses them.
     @property
-    def lake_catalog(self) -> Path:
+    def lake_catalog_file(self) -> Path:
+        """The SQLite catalog file (the default one when the catalog is PostgreSQL)."""
+        for prefix in ("sqlite:///", "sqlite:"):
+            if self.lake_catalog.startswith(prefix):
+                return Path(self.lake_catalog.removeprefix(prefix))
         return self.root / "lake" / "catalog.sqlite"
 
     @property
-    def lake_data(self) -> Path:
+    def lake_catalog_postgres(self) -> bool:
+        # postgresql://, postgres:// or SQLAlchemy's postgresql+driver://.
+        return self.lake_catalog.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+    @property
+    def lake_data_dir(self) -> Path:
+        """The local folder of the lake's files (unused when they are on S3)."""
+        if self.lake_data and not self.lake_data_s3:
+            return Path(self.lake_data)
         return self.root / "lake" / "data"
+
+    @property
+    def lake_data_s3(self) -> bool:
+        return self.lake_data.startswith("s3://")
+
+    @property
+    def lake_embedded(self) -> bool:
+        """Whether the lake is the data dir's own: a SQLite catalog and local files."""
+        return not self.lake_catalog_postgres and not self.lake_data_s3
+
+    @property
+    def lake_locks(self) -> Path:
+        """The folder of the lake's lock files: beside a SQLite catalog, which every
+        process that writes it must share; in the data dir for a PostgreSQL one."""
+        if self.lake_catalog_postgres:
+            return self.root / "lake"
+        return self.lake_catalog_file.parent
 
     @property
     def metrics_dir(self) -> Path:

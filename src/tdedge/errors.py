@@ -41,3 +41,17 @@ class LimitReached(ControlError):
 
 class LakeError(TdedgeError):
     """The lake refused an operation (bad SQL, catalog unavailable)."""
+
+
+class PartitionTakenOver(LakeError):
+    """A commit refused because the stored position of a journal shard it was read
+    from is not that position any more: another loader took the shard over and loaded
+    past it (lake/fence.py). Not a failure to retry: the batch's records of that shard
+    are the other loader's now."""
+
+    def __init__(self, shards: list[str]) -> None:
+        self.shards = shards
+        super().__init__(
+            "partition taken over by another loader: the lake's position of "
+            f"{', '.join(shards)} is not the one the batch was read from"
+        )

@@ -37,12 +37,34 @@ JOURNAL_BACKLOG = Gauge(
     multiprocess_mode="livemax",
 )
 JOURNAL_REFUSED = Counter("tdedge_journal_refused_total", "Appends refused with 503", ["reason"])
+# The replicated journal (journal/jetstream.py): 1 while a 200 means "on this node's disk,
+# to be forwarded to the stream" rather than "on a quorum of the stream's replicas".
+JOURNAL_LOCAL = Gauge(
+    "tdedge_journal_local",
+    "1 while appends go to the node's local outbox instead of the JetStream stream",
+    multiprocess_mode="livemax",
+)
+JOURNAL_OUTBOX = Gauge(
+    "tdedge_journal_outbox_records",
+    "Records in the node's local outbox not yet forwarded to the JetStream stream",
+    multiprocess_mode="livesum",
+)
 LOADER_LAG_RECORDS = Gauge(
     "tdedge_loader_lag_records", "Records waiting to be loaded", multiprocess_mode="livemax"
 )
 LOADER_LAG_SECONDS = Gauge(
     "tdedge_loader_lag_seconds",
-    "Age of the oldest record waiting to be loaded",
+    "Age of the oldest record waiting to be loaded (but for those waiting for a new table)",
+    multiprocess_mode="livemax",
+)
+LOADER_NEW_TABLES_WAITING = Gauge(
+    "tdedge_loader_new_tables_waiting",
+    "New tables whose records wait for the loader to create them",
+    multiprocess_mode="livemax",
+)
+LOADER_NEW_TABLES_WAIT_SECONDS = Gauge(
+    "tdedge_loader_new_tables_wait_seconds",
+    "Age of the oldest record waiting for its new table to be created",
     multiprocess_mode="livemax",
 )
 ROWS_WRITTEN = Counter("tdedge_rows_written_total", "Rows committed to lake tables")
@@ -69,6 +91,10 @@ IMPORT_DUPLICATES = Counter(
 RECORD_DUPLICATES = Counter(
     "tdedge_record_duplicates_total",
     "SDK events whose record_uuid was loaded already (a resend), dropped by the loader",
+)
+PARTITIONS_TAKEN_OVER = Counter(
+    "tdedge_loader_partitions_taken_over_total",
+    "Batches of a journal partition dropped at commit: another loader had taken it over",
 )
 TYPE_CONFLICTS = Counter(
     "tdedge_type_conflicts_total",

@@ -24,7 +24,7 @@ from typing import Any
 import click
 import msgspec
 
-from tdedge import instance, lifecycle, logs
+from tdedge import draining, instance, lifecycle, logs
 from tdedge.config import SETTINGS_ENV, Settings
 
 log = logging.getLogger("tdedge.server")
@@ -45,7 +45,7 @@ def prepare_data_dir(settings: Settings) -> None:
             "cannot make the data dir private: another user owns it",
             extra={"data_dir": str(settings.root)},
         )
-    for d in (settings.journal_dir, settings.lake_data, settings.loader_heartbeat.parent):
+    for d in (settings.journal_dir, settings.lake_data_dir, settings.loader_heartbeat.parent):
         d.mkdir(parents=True, exist_ok=True)
 
 
@@ -205,6 +205,7 @@ def serve(settings: Settings, run_loader: bool = True) -> None:
         lock_fd = instance.claim(settings)
     except instance.AlreadyRunning as e:
         raise click.ClickException(str(e)) from None
+    draining.clear(settings)
     prepare_metrics_dir(settings.metrics_dir)
     keys = bootstrap(settings)
     click.echo(welcome(settings, keys), err=False)
@@ -233,21 +234,40 @@ def serve(settings: Settings, run_loader: bool = True) -> None:
         for child in children:
             child.stop()
         instance.state_file(settings).unlink(missing_ok=True)
+        draining.clear(settings)
         os.close(lock_fd)
 
 
 def listen(settings: Settings, stopping: threading.Event | None = None) -> None:
     """Run granian for one listening address (blocks until it stops); ``stopping`` is
-    set when it is told to stop (SIGINT, SIGTERM)."""
+    set when it is told to stop (SIGINT, SIGTERM).
+
+    SIGTERM drains (draining.py): granian is stopped only once the node's grace is
+    over, and then stops its workers gracefully (they finish the requests in flight).
+    SIGINT, or a second SIGTERM once the grace is over, stops it at once."""
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.server import Server
 
     class Granian(Server):  # type: ignore[misc,valid-type]
+        drain_timer: threading.Timer | None = None
+
         def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
             if stopping is not None:
                 stopping.set()
-            super().signal_handler_interrupt(*args, **kwargs)
+            signum = args[0] if args else None
+            if signum == signal.SIGTERM and self.drain_timer is None:
+                left = draining.remaining(settings)
+                if left > 0:
+                    log.info("draining: not ready, stopping after the grace", extra={"in_s": left})
+                    self.drain_timer = threading.Timer(left, self.stop_now)
+                    self.drain_timer.daemon = True
+                    self.drain_timer.start()
+                    return
+            self.stop_now()
+
+        def stop_now(self) -> None:
+            super().signal_handler_interrupt()
 
     os.environ[SETTINGS_ENV] = settings.to_json().decode()
     Granian(
@@ -345,7 +365,9 @@ def run_loader(settings: Settings, parent_pid: int | None) -> None:
     try:
         log.info("loader started", extra={"pid": os.getpid()})
         # p13n batch segments refresh on their schedule: one thread per data dir.
-        start_p13n_refresher(settings, stop, backends.profiles)
+        start_p13n_refresher(
+            settings, stop, backends.profiles, backends.registry, backends.refresh_stores
+        )
         directory = Directory(store, ttl_s=settings.key_cache_ttl_s)
         Loader(
             settings,

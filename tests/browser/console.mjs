@@ -4,7 +4,11 @@
 // the requests that failed. Optionally saves a screenshot.
 //
 //   node console.mjs --url http://127.0.0.1:P/console --key MASTER \
-//        --expect-row TEXT --expect-error TEXT [--screenshot FILE] [--chromium PATH]
+//        --expect-row TEXT --expect-error TEXT [--expect-decision TEXT]
+//        [--screenshot FILE] [--chromium PATH]
+//
+// With --expect-decision, it also waits for a p13n decision showing TEXT, presses its
+// Why button and waits for the explain trace.
 //
 // tests/e2e/test_console.py runs it against a real tdedge.
 
@@ -20,6 +24,7 @@ const { values: opt } = parseArgs({
     key: { type: 'string' },
     'expect-row': { type: 'string' },
     'expect-error': { type: 'string' },
+    'expect-decision': { type: 'string' },
     screenshot: { type: 'string' },
     chromium: { type: 'string', default: '/usr/bin/chromium' },
     timeout: { type: 'string', default: '60000' },
@@ -62,6 +67,23 @@ try {
     [opt['expect-row'], opt['expect-error']],
     { timeout },
   );
+  if (opt['expect-decision']) {
+    await tab.waitForFunction(
+      (text) => document.getElementById('decisions').textContent.includes(text),
+      opt['expect-decision'],
+      { timeout },
+    );
+    await tab.click('#decisions tr button');
+    await tab.waitForFunction(
+      () => document.getElementById('why').textContent.includes('section '),
+      null,
+      { timeout },
+    );
+    report.decisions = await tab.$$eval('#decisions tr', (rows) =>
+      rows.map((r) => [...r.children].map((c) => c.textContent)),
+    );
+    report.why = await tab.textContent('#why');
+  }
   // Two status polls, so that the tables show a rate.
   await tab.waitForTimeout(4500);
   report.header = await tab.textContent('header');

@@ -58,6 +58,9 @@ class Server:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,  # its own process group: kill it whole
+            # No load balancer waits on these servers' /readyz: a stop drains for no
+            # one. The draining tests give their own --drain-grace, which wins.
+            env={**os.environ, "TDEDGE_DRAIN_GRACE": "0"},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -69,6 +72,7 @@ class Server:
             except httpx.TransportError:
                 time.sleep(0.1)
         else:
+            self.kill()  # the whole group: a fixture that raises here never stops it
             raise RuntimeError(f"serve did not start:\n{self.log.read_text()}")
         text = self.log.read_text()
         if not self.master_key:

@@ -68,8 +68,9 @@ class P13n:
         body = content if content is not None else msgspec.json.encode(event)
         return httpx.post(f"{self.url}{path}", content=body, headers=h, timeout=30)
 
-    def profile(self, *pairs: str, service: str = "web") -> dict[str, Any]:
-        out = self.server.cli("p13n", "profile", "--service", service, *pairs).stdout
+    def profile(self, *pairs: str, service: str = "web", profiles: str = "") -> dict[str, Any]:
+        where = ["--profiles", profiles] if profiles else []
+        out = self.server.cli("p13n", "profile", "--service", service, *where, *pairs).stdout
         found: dict[str, Any] = msgspec.json.decode(out)
         return found
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Server
-from tests.e2e.restapi_support import start_api_server, td1
+from tests.e2e.restapi_support import start_api_server, td1, wait_job
 
 
 def console(endpoint: str, key: str, what: str, **params: Any) -> dict[str, Any]:
@@ -108,9 +108,46 @@ def test_console_streams_the_accounts_own_rows_and_errors(make_server: Any) -> N
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "test_db.mine  {" in done.stdout
-    assert "other_db.theirs  {" in done.stdout
+    assert "test_db.mine  (legacy)  {" in done.stdout
+    assert "other_db.theirs  (legacy)  {" in done.stdout
     assert "ERROR not_an_object (legacy)  [1,2]" in done.stdout
+
+
+def test_console_shows_the_door_of_each_row_and_the_rows_per_door(make_server: Any) -> None:
+    srv, endpoint = start_api_server(make_server)
+    key = srv.master_key
+    for i in range(2):
+        assert srv.postback("test_db", "mixed", {"k": str(i)}, key=srv.write_key).status_code == 200
+    pixel = {"td_format": "pixel", "td_write_key": srv.write_key, "k": "2"}
+    r = httpx.get(f"{srv.url}/postback/v3/event/test_db/mixed", params=pixel, timeout=30)
+    assert r.status_code == 200
+    events = events_until(endpoint, key, lambda ev: len(ev) >= 3, table="mixed")
+    assert sorted((e["record"]["k"], e["door"]) for e in events) == [
+        ("0", "legacy"), ("1", "legacy"), ("2", "pixel"),
+    ]  # fmt: skip
+    # A query job's rows come in by the query door.
+    query = "INSERT INTO mixed (k) VALUES ('3')"
+    r = httpx.post(
+        f"{endpoint}/v3/job/issue/presto/test_db", data={"query": query}, headers=td1(key)
+    )
+    assert r.status_code == 200, r.text
+    assert wait_job(endpoint, key, r.json()["job_id"])["status"] == "success"
+    later = events_until(endpoint, key, lambda ev: len(ev) >= 4, table="mixed")
+    assert [e["door"] for e in later if e["record"]["k"] == "3"] == ["query"]
+
+    def doors() -> dict[str, int]:
+        tables = console(endpoint, key, "status")["tables"]
+        return next((t["doors"] for t in tables if t["table"] == "mixed"), {})
+
+    assert doors() == {"legacy": 2, "pixel": 1, "query": 1}
+    # A table dropped and made again counts its doors afresh.
+    r = httpx.post(f"{endpoint}/v3/table/delete/test_db/mixed", headers=td1(key))
+    assert r.status_code == 200, r.text
+    assert srv.postback("test_db", "mixed", {"k": "9"}, key=srv.write_key).status_code == 200
+    deadline = time.monotonic() + 60
+    while doors() != {"legacy": 1} and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert doors() == {"legacy": 1}
 
 
 def test_tail_follows_new_commits(server: Server) -> None:
@@ -138,7 +175,7 @@ def test_tail_follows_new_commits(server: Server) -> None:
 
         threading.Thread(target=read, daemon=True).start()
         got = [lines.get(timeout=60) for _ in range(3)]
-        assert all("test_db.followed" in line for line in got)
+        assert all("test_db.followed  (legacy)  " in line for line in got)
         assert [line.split('"n":')[1][0] for line in got] == ["0", "1", "2"]
     finally:
         tail.terminate()
@@ -184,8 +221,8 @@ def test_console_page_in_headless_chromium(make_server: Any, tmp_path: Path) -> 
     assert report["failedRequests"] == []
     assert not [m for m in report["console"] if m.startswith(("error", "pageerror"))], report
     assert report["injected"] is False, "a record's markup ran in the page"
-    assert [r[1] for r in report["events"]] == ["test_db.pageviews"] * 5
-    assert any("<img src=x onerror=" in r[2] for r in report["events"])
+    assert [r[1:3] for r in report["events"]] == [["legacy", "test_db.pageviews"]] * 5
+    assert any("<img src=x onerror=" in r[3] for r in report["events"])
     (error,) = report["errors"]
     assert error[1:3] == ["legacy", "test_db.pageviews"]
     # The reason, then what the client was told.
@@ -193,5 +230,6 @@ def test_console_page_in_headless_chromium(make_server: Any, tmp_path: Path) -> 
     assert error[4] == "[1,2]"
     (table,) = report["tables"]
     assert table[0:2] == ["test_db.pageviews", "5"]
+    assert table[-1] == "legacy 5"
     assert "journal backlog" in report["header"]
     assert shot.stat().st_size > 10_000

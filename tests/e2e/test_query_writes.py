@@ -73,6 +73,17 @@ def test_writes_and_show_through_td_client(api: tuple[Server, str]) -> None:
     assert ok(client, "SELECT m FROM tens ORDER BY m") == [[10], [20]]
     refused = run(client, "INSERT INTO nowhere.t SELECT 1 AS a")
     assert refused.error() and "nowhere" in refused.debug["stderr"]
+    # Presto's division: a decimal keeps the larger scale; a double by zero is infinite.
+    assert ok(client, "SELECT 1.0 / 3, 7 / 2, 1e0 / 0, count(*) * 1.0 / 3 FROM events") == [
+        ["0.3", 3, float("inf"), "0.7"]
+    ]
+    # DROP TABLE, as the REST API's table delete: gone from td-client's listing too.
+    assert ok(client, "DROP TABLE tens") == [[True]]
+    assert [t.name for t in client.tables("web")] == ["events"]
+    assert ok(client, "DROP TABLE IF EXISTS tens") == [[False]]
+    several = run(client, "DROP TABLE IF EXISTS events; SELECT 1")
+    assert several.error() and "exactly one statement" in several.debug["stderr"]
+    assert [t.name for t in client.tables("web")] == ["events"]
 
 
 def test_now_and_other_timestamps_are_returned(api: tuple[Server, str]) -> None:

@@ -26,7 +26,7 @@ def test_backup_and_restore_carry_files_inlined_rows_and_deletions(tmp_path: Pat
         lake.commit(Batch([rows("t", "db", time=big, n=big)], (), {"shard-00": 7}))
         lake.commit(Batch([rows("t", "db", time=[1000], n=[1000])], (), {"shard-00": 9}))
         lake.query("DELETE FROM lake.db.t WHERE n < 100")  # a deletion file
-    files = [str(p) for p, live in referenced_files(source.lake_catalog) if live]
+    files = [str(p) for p, live in referenced_files(source.lake_catalog_file) if live]
     assert [f for f in files if f.startswith("db/t/") and f.endswith(".parquet")]
 
     saved = tmp_path / "backup"
@@ -49,9 +49,20 @@ def test_backup_and_restore_carry_files_inlined_rows_and_deletions(tmp_path: Pat
     finally:
         conn.close()
     assert seq == 10, "a new journal row must come after the lake's position"
-    catalog = sqlite3.connect(target.lake_catalog)
+    catalog = sqlite3.connect(target.lake_catalog_file)
     (path,) = catalog.execute(
         "SELECT value FROM ducklake_metadata WHERE key = 'data_path'"
     ).fetchone()
     catalog.close()
-    assert path == str(target.lake_data.absolute()) + "/"
+    assert path == str(target.lake_data_dir.absolute()) + "/"
+
+
+@pytest.mark.parametrize(
+    ("catalog", "data"), [("postgresql://u@db/lake", ""), ("", "s3://bucket/lake/")]
+)
+def test_backup_refuses_a_lake_on_postgresql_or_s3(tmp_path: Path, catalog: str, data: str) -> None:
+    settings = Settings(data_dir=str(tmp_path / "data"), lake_catalog=catalog, lake_data=data)
+    ControlStore.open(settings.control_db).close()
+    with pytest.raises(BackupError, match="embedded lake only"):
+        backup(settings, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()

@@ -9,7 +9,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tdedge.api.callers import Authenticator, Caller
-from tdedge.api.catalog import LakeCatalog
 from tdedge.api.wire import ApiError, not_found
 from tdedge.config import Settings
 from tdedge.control import access
@@ -18,7 +17,9 @@ from tdedge.control.jobs import JobStore
 from tdedge.control.store import ControlStore, databases
 from tdedge.edge.http import Headers
 from tdedge.edge.services import Services
+from tdedge.lake.inventory import LakeCatalog
 from tdedge.names import NAME_RULE, is_valid_name, normalize
+from tdedge.results.store import ResultStore
 
 
 @dataclass(slots=True)
@@ -42,6 +43,7 @@ class Api:
     auth: Authenticator
     services: Services
     sessions: BulkSessions
+    results: ResultStore
 
     def owned_database(
         self, caller: Caller, name: str, action: access.Action = access.Action.READ

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tdedge.api import drops
+from tdedge import drops
 from tdedge.api.context import Api, Request, refusal, valid_name
 from tdedge.api.wire import ApiError, ok, td_date
 from tdedge.control import access

@@ -17,18 +17,18 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
+from tdedge import backends
 from tdedge.api import bulk_import, bulk_sessions, console, databases, jobs, tables
 from tdedge.api.callers import Authenticator, Caller, require_master
-from tdedge.api.catalog import LakeCatalog
 from tdedge.api.context import Api, Request, path_args
 from tdedge.api.forms import form_fields, query_params
 from tdedge.api.wire import ApiError, error_response, ok
-from tdedge.control.bulk_sessions import BulkSessions
 from tdedge.control.imports import ImportLedger
 from tdedge.control.jobs import JobStore
 from tdedge.edge.http import HTTPError, Protocol_, Response, Scope, read_body
 from tdedge.edge.services import Services
 from tdedge.errors import LakeError, LimitReached
+from tdedge.lake.inventory import LakeCatalog
 
 log = logging.getLogger("tdedge.api")
 
@@ -111,7 +111,8 @@ class ApiDoor:
             catalog=LakeCatalog(settings),
             auth=Authenticator(services.directory),
             services=services,
-            sessions=BulkSessions.open(settings.bulk_sessions_db),
+            sessions=backends.bulk_sessions(settings),
+            results=backends.results(settings),
         )
         self._ledger = ImportLedger(engine)
         self._console = console.Console(self._api)
@@ -121,6 +122,7 @@ class ApiDoor:
         self._console.close()
         self._api.catalog.close()
         self._api.sessions.close()
+        self._api.results.close()
 
     def route(self, path: str) -> str | None:
         path = _normal(path)

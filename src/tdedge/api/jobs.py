@@ -1,7 +1,8 @@
 """``/v3/job/…``: issue, status, show, result, kill, list (td-client ``JobAPI``).
 
 Jobs are rows of the control database (control/jobs.py), run by the job runner
-process; results are files under ``results/`` (query/results.py).
+process; results are kept where results/store.py says (the data dir's ``results/``, or
+the shared lake's bucket) and read back from there, whichever node ran the job.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from typing import Any
 
 import msgspec
 
+from tdedge import numerals
 from tdedge.api.context import Api, Request
 from tdedge.api.wire import ApiError, not_found, ok, td_date
 from tdedge.control import access
 from tdedge.control.jobs import Job
 from tdedge.edge.http import Response
-from tdedge.query.results import FORMATS, ResultTooLarge, read_range, render, result_path
 from tdedge.query.statements import result_target
 from tdedge.query.translate import ENGINES, TranslationError
+from tdedge.results.format import FORMATS, ResultTooLarge, check_size, render
+from tdedge.results.store import ResultStore, ResultStoreDown
 
 # td-client sends priority as a number (-2..2); other clients send the name.
 PRIORITIES = {"VERY LOW": -2, "VERY-LOW": -2, "LOW": -1, "NORMAL": 0, "NORM": 0, "HIGH": 1}
@@ -131,30 +134,37 @@ def result(api: Api, req: Request) -> Response:
         raise ApiError(400, "unsupported_format", f"format {fmt!r}: one of {', '.join(FORMATS)}")
     if job.status != "success":
         raise not_found(f"a result of job {job.id} ({job.status})")
-    path = result_path(api.settings.job_results_dir, job.id)
-    if not path.exists():
-        retention = api.settings.job_result_retention_s
-        if job.end_at is not None and job.end_at < time.time() - retention:
-            raise not_found(
-                f"the result of job {job.id}: results are kept {retention / 86400:g} days"
-            )
-        raise not_found(f"the result file of job {job.id}")
+    try:
+        return _result(api, req, job, fmt)
+    except ResultStoreDown as e:
+        raise ApiError(503, "result_store_unavailable", str(e)) from None
+    except FileNotFoundError:  # expired between its size and its bytes
+        raise _gone(api, job) from None
+
+
+def _gone(api: Api, job: Job) -> ApiError:
+    retention = api.settings.job_result_retention_s
+    if job.end_at is not None and job.end_at < time.time() - retention:
+        return not_found(f"the result of job {job.id}: results are kept {retention / 86400:g} days")
+    return not_found(f"the result file of job {job.id}")
+
+
+def _result(api: Api, req: Request, job: Job, fmt: str) -> Response:
+    store = api.results
+    size = store.size(job.id, job.attempts)
+    if size is None:
+        raise _gone(api, job)
     headers = [("content-type", CONTENT_TYPES[fmt])]
+    limit = api.settings.job_result_max_bytes
     if fmt == "msgpack.gz":
-        return _file_range(
-            path.stat().st_size, req, headers, path, api.settings.job_result_max_bytes
-        )
+        return _range(size, req, headers, store, job, limit)
     schema: list[list[str]] = msgspec.json.decode(job.result_schema or "[]")
     header = req.params.get("header", "false").lower() in ("true", "1")
     try:
-        body = render(
-            path,
-            fmt,
-            job.num_records or 0,
-            [c[0] for c in schema],
-            header,
-            api.settings.job_result_max_bytes,
-        )
+        if size:  # the gzip trailer says what it inflates to: refused before it is read
+            check_size(store.read(job.id, job.attempts, max(0, size - 4), size - 1), limit)
+        gz = store.read(job.id, job.attempts, 0, size - 1) if size else b""
+        body = render(gz, fmt, job.num_records or 0, [c[0] for c in schema], header, limit)
     except ResultTooLarge as e:
         raise ApiError(
             413,
@@ -164,16 +174,21 @@ def result(api: Api, req: Request) -> Response:
     return 200, headers, body
 
 
-def _file_range(
-    size: int, req: Request, headers: list[tuple[str, str]], path: Any, limit: int
+def _range(
+    size: int,
+    req: Request,
+    headers: list[tuple[str, str]],
+    store: ResultStore,
+    job: Job,
+    limit: int,
 ) -> Response:
-    """The msgpack.gz file, or the byte range the client asked for (206)."""
+    """The msgpack.gz result, or the byte range the client asked for (206)."""
     headers = [*headers, ("accept-ranges", "bytes")]
     wanted = req.headers.get("range")
     if not wanted:
         if size > limit:
             raise ApiError(413, "result_too_large", f"{size} bytes: ask for byte ranges")
-        return 200, headers, read_range(path, 0, size - 1) if size else b""
+        return 200, headers, store.read(job.id, job.attempts, 0, size - 1) if size else b""
     m = _RANGE.fullmatch(str(wanted).strip())
     start, end = _parse_range(m, size)
     if start is None or end is None:
@@ -181,7 +196,7 @@ def _file_range(
     if end - start + 1 > limit:
         raise ApiError(413, "range_too_large", f"ask for at most {limit} bytes at a time")
     headers.append(("content-range", f"bytes {start}-{end}/{size}"))
-    return 206, headers, read_range(path, start, end)
+    return 206, headers, store.read(job.id, job.attempts, start, end)
 
 
 def _parse_range(m: re.Match[str] | None, size: int) -> tuple[int | None, int | None]:
@@ -246,10 +261,10 @@ def _job(api: Api, req: Request) -> Job:
 
 
 def _job_id(text: str) -> int:
-    # isdigit() alone takes "²" and other Unicode digits int() refuses.
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+    job_id = numerals.bigint(text)
+    if job_id is None:
         raise not_found(f"job {text!r}")
-    return int(text)
+    return job_id
 
 
 def _int(text: str | None, name: str, low: int = 0, high: int = MAX_INDEX - 1) -> int:

@@ -6,13 +6,13 @@ from typing import Any
 
 import msgspec
 
-from tdedge.api import drops
-from tdedge.api.catalog import TableInfo
+from tdedge import drops
 from tdedge.api.context import Api, Request, valid_name
 from tdedge.api.wire import ApiError, iso_date, not_found, ok, td_date
 from tdedge.control import access
 from tdedge.edge.http import Response
 from tdedge.errors import LakeError
+from tdedge.lake.inventory import TableInfo
 from tdedge.loader.routing import TABLE_LIMIT
 
 

@@ -1,5 +1,6 @@
-"""What the commands share: the ``--data-dir`` option, the settings it leads to, and
-how rows are printed.
+"""What the commands share: the ``--data-dir``, ``--control`` and ``--config`` options,
+the settings they lead to, where every option's value comes from, and how rows are
+printed.
 
 Only ``serve`` (and the commands that create something on purpose: ``keys create``,
 ``db create``, ``p13n apply``, ``restore``) may create a data dir. A command that only
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
+from tdedge.cli.sources import config_option as _config
 from tdedge.config import Settings, default_data_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,9 +35,32 @@ _data_dir = click.option(
 )
 
 
+CONTROL = "tdedge.control"  # ctx.meta: the --control given here or on a group
+
+
+def _keep_control(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta[CONTROL] = value
+
+
+# Not passed to the commands (each would need a parameter for it): kept in ctx.meta,
+# which a command shares with its groups, and read by ``settings``.
+_control = click.option(
+    "--control",
+    default=None,
+    expose_value=False,
+    callback=_keep_control,
+    metavar="URL",
+    help="The control database (accounts, keys, databases, jobs, p13n): "
+    "postgresql://user:password@host:5432/db, shared by every node given it. "
+    "Default: SQLite in the data dir.",
+)
+
+
 def data_dir_option(f: F) -> F:
-    """``--data-dir``, on a command or on a group (its commands then inherit it)."""
-    return _data_dir(f)
+    """``--data-dir``, ``--control`` and ``--config``, on a command or on a group (its
+    commands then inherit them)."""
+    return _config(_control(_data_dir(f)))
 
 
 def stacked(f: F, options: Sequence[Callable[[F], F]]) -> F:
@@ -59,15 +84,18 @@ def _chosen(data_dir: str | None) -> str:
 
 
 def settings(data_dir: str | None, **overrides: Any) -> Settings:
-    """Settings for the data dir (made by whoever first writes there)."""
+    """Settings for the data dir (made by whoever first writes there) and the control
+    database given (``--control``, its variable or file entry)."""
+    ctx = click.get_current_context(silent=True)
+    overrides.setdefault("control", (ctx.meta.get(CONTROL) if ctx else None) or "")
     return Settings(data_dir=_chosen(data_dir), **overrides)
 
 
 def existing_settings(data_dir: str | None) -> Settings:
     """Settings for a data dir that is there; a usage error when no ``serve`` ever ran
-    there."""
-    found = Settings(data_dir=_chosen(data_dir))
-    if not found.control_db.is_file():
+    there (with a shared control database, the data dir holds only this node's own)."""
+    found = settings(data_dir)
+    if not found.control and not found.control_db.is_file():
         raise click.ClickException(
             f"no tdedge data dir at {found.root.resolve()}: pass --data-dir (or set "
             "TDEDGE_DATA_DIR) to the one tdedge serve uses, or start tdedge serve to make it"

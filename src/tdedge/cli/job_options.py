@@ -13,8 +13,8 @@ _DEFAULTS = Settings()
 
 
 def job_options(f: F) -> F:
-    """Add --job-workers, --job-timeout, --job-memory-limit, --job-result-days and
-    --geoip-database."""
+    """Add --job-workers, --job-timeout, --job-memory-limit, --job-result-days,
+    --job-lease and --geoip-database."""
     options = [
         click.option(
             "--job-workers",
@@ -44,6 +44,14 @@ def job_options(f: F) -> F:
             help="Days a job's result file is kept; the job itself stays listed.",
         ),
         click.option(
+            "--job-lease",
+            type=click.FloatRange(1),
+            default=_DEFAULTS.job_lease_s,
+            show_default=True,
+            help="Seconds after which a job whose node died is taken over by another "
+            "node's runner (run again once, then failed).",
+        ),
+        click.option(
             "--geoip-database",
             type=click.Path(exists=True, dir_okay=False, resolve_path=True),
             default=None,
@@ -61,5 +69,6 @@ def job_settings(values: dict[str, Any]) -> dict[str, Any]:
         "job_timeout_s": values["job_timeout"],
         "job_memory_limit": values["job_memory_limit"],
         "job_result_retention_s": values["job_result_days"] * 86400,
+        "job_lease_s": values["job_lease"],
         "geoip_database": values["geoip_database"],
     }

@@ -19,6 +19,7 @@ import msgspec
 
 from tdedge.cli import common
 from tdedge.cli.common import data_dir_option, emit, iso_ms
+from tdedge.cli.profile_options import profile_options
 from tdedge.config import Settings
 
 
@@ -29,9 +30,9 @@ def _settings(data_dir: str | None, existing: bool = False) -> Settings:
 
 
 def _registry(settings: Settings) -> Any:
-    from tdedge.realtime.registry import Registry
+    from tdedge import backends
 
-    return Registry.open(settings.control_db)
+    return backends.registry(settings)
 
 
 @click.group("p13n")
@@ -241,14 +242,9 @@ def _service(settings: Settings, name: str | None) -> Any:
 
 def _engine(settings: Settings) -> Any:
     from tdedge import backends
-    from tdedge.realtime import batch
-    from tdedge.realtime.batch import BatchStore
     from tdedge.realtime.engine import Engine
 
-    return Engine(
-        backends.profiles(settings),
-        BatchStore(batch.default_path(settings.root)),
-    )
+    return Engine(backends.profiles(settings), backends.batch_store(settings))
 
 
 def _keys(service: Any, pairs: Sequence[str]) -> list[str]:
@@ -272,10 +268,14 @@ def _keys(service: Any, pairs: Sequence[str]) -> list[str]:
 @p13n.command("profile")
 @data_dir_option
 @click.option("--service", default=None, help="Needed when several services are configured.")
+@profile_options
 @click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
-def profile_command(data_dir: str | None, service: str | None, pairs: tuple[str, ...]) -> None:
-    """Print the real-time profile an identity key leads to, as JSON."""
-    settings = _settings(data_dir, existing=True)
+def profile_command(
+    data_dir: str | None, service: str | None, profiles: str, pairs: tuple[str, ...]
+) -> None:
+    """Print the real-time profile an identity key leads to, as JSON (pass serve's
+    --profiles when the profiles live in Redis)."""
+    settings = msgspec.structs.replace(_settings(data_dir, existing=True), profiles=profiles)
     svc = _service(settings, service)
     engine = _engine(settings)
     now_ms = int(time.time() * 1000)
@@ -323,6 +323,7 @@ def dict_keys(keys: Sequence[str]) -> dict[str, list[str]]:
     "--event", "event_json", default=None, help="A JSON event to apply first (in memory)."
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@profile_options
 @click.argument("pairs", nargs=-1, metavar="[KEY=VALUE...]")
 def explain_command(
     data_dir: str | None,
@@ -330,6 +331,7 @@ def explain_command(
     table: str | None,
     event_json: str | None,
     fmt: str,
+    profiles: str,
     pairs: tuple[str, ...],
 ) -> None:
     """Dry run: section by section, which condition passes or fails, and why.
@@ -337,7 +339,7 @@ def explain_command(
     Nothing is written: with --event the profile is updated in memory only. Keys come
     from KEY=VALUE arguments, or from the event's key columns.
     """
-    settings = _settings(data_dir, existing=True)
+    settings = msgspec.structs.replace(_settings(data_dir, existing=True), profiles=profiles)
     svc = _service(settings, service)
     event: dict[str, Any] | None = None
     if event_json is not None:
@@ -418,12 +420,12 @@ def merges_command(data_dir: str | None, service: str | None, limit: int, fmt: s
 @click.option("--segment", "segments", multiple=True, help="Only this segment id (repeatable).")
 def refresh_command(data_dir: str | None, service: str | None, segments: tuple[str, ...]) -> None:
     """Load batch segments and imported attributes from the lake now."""
-    from tdedge.realtime import batch, refresh
-    from tdedge.realtime.batch import BatchStore
+    from tdedge import backends
+    from tdedge.realtime import refresh
 
     settings = _settings(data_dir, existing=True)
     registry = _registry(settings)
-    store = BatchStore(batch.default_path(settings.root))
+    store = backends.batch_store(settings)
     try:
         outcomes = refresh.refresh_all(
             settings,

@@ -12,9 +12,15 @@ from tdedge.cli.backup import backup_command, restore_command
 from tdedge.cli.bulk_options import bulk_options, bulk_settings
 from tdedge.cli.common import FORMATS, data_dir_option, emit, existing_settings
 from tdedge.cli.common import settings as _settings
+from tdedge.cli.configuration import config_group
 from tdedge.cli.job_options import job_options, job_settings
+from tdedge.cli.journal_options import journal_options, journal_settings
+from tdedge.cli.lake_options import lake_options, lake_settings, with_lake
+from tdedge.cli.migrate import migrate_command
 from tdedge.cli.p13n import p13n
+from tdedge.cli.profile_options import profile_options, profile_settings
 from tdedge.cli.refusal_options import refusal_options, refusal_settings
+from tdedge.cli.sources import Defaults, config_option
 from tdedge.cli.status import status
 from tdedge.cli.tables import db_drop, table
 from tdedge.cli.tail import tail
@@ -22,9 +28,22 @@ from tdedge.config import SETTINGS_ENV, EngineMode, Settings
 from tdedge.logs import LEVELS
 
 
-# Every option's default in --help, for every command (sub-commands inherit it).
-@click.group(context_settings={"show_default": True})
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        from tdedge.control.schema import SchemaTooNew
+
+        try:
+            return super().invoke(ctx)
+        except SchemaTooNew as e:  # a newer tdedge's database: say so and stop
+            raise click.ClickException(str(e)) from e
+
+
+# Every option's default in --help, for every command (sub-commands inherit it); each
+# option's value from the environment or --config's file when the command line lacks
+# it (cli/sources.py).
+@click.group(cls=_Main, context_settings={"show_default": True, "default_map": Defaults()})
 @click.version_option(package_name="tdedge")
+@config_option
 def main() -> None:
     """tdedge: Treasure Data's inbound APIs, self-hosted."""
     # Records, key hashes and query results are the accounts' data: whatever the shell's
@@ -39,6 +58,8 @@ main.add_command(backup_command)
 main.add_command(restore_command)
 main.add_command(table)
 main.add_command(tail)
+main.add_command(config_group)
+main.add_command(migrate_command)
 
 
 @main.command()
@@ -95,6 +116,15 @@ main.add_command(tail)
     show_default=True,
     type=click.IntRange(1),
     help="Open connections per worker; more wait in the kernel's listen queue.",
+)
+@click.option(
+    "--drain-grace",
+    default=Settings().drain_grace_s,
+    show_default=True,
+    type=click.FloatRange(0),
+    metavar="SECONDS",
+    help="After SIGTERM, answer /readyz 503 and keep serving this long before stopping, "
+    "so a load balancer moves away first (its check interval times its fall count).",
 )
 @click.option(
     "--max-tables-per-account",
@@ -190,9 +220,12 @@ main.add_command(tail)
     help="process: one personalization engine process decides for every worker; "
     "inline: each worker runs the engine itself.",
 )
+@lake_options
 @job_options
 @refusal_options
 @bulk_options
+@profile_options
+@journal_options
 @click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default="info")
 @click.option(
     "--access-log/--no-access-log",
@@ -212,6 +245,7 @@ def serve(
     body_idle_timeout: float,
     body_timeout: float,
     max_connections: int,
+    drain_grace: float,
     max_tables_per_account: int,
     max_databases_per_account: int,
     loader: bool,
@@ -228,7 +262,7 @@ def serve(
     p13n_engine: EngineMode,
     log_level: str,
     access_log: bool,
-    **grouped: Any,  # the values of job_options, refusal_options and bulk_options
+    **grouped: Any,  # the values of the *_options groups
 ) -> None:
     """Run the HTTP server and the loader."""
     from tdedge import logs, server
@@ -248,6 +282,7 @@ def serve(
         body_idle_timeout_s=body_idle_timeout,
         body_timeout_s=body_timeout,
         max_connections=max_connections,
+        drain_grace_s=drain_grace,
         max_tables_per_account=max_tables_per_account,
         max_databases_per_account=max_databases_per_account,
         door_ports={door: p for door, p in ports.items() if p is not None},
@@ -257,9 +292,12 @@ def serve(
         p13n_engine=p13n_engine,
         log_level=log_level.lower(),
         access_log=access_log,
+        **lake_settings(grouped),
         **job_settings(grouped),
         **refusal_settings(grouped),
         **bulk_settings(grouped),
+        **profile_settings(grouped),
+        **journal_settings(grouped),
     )
     logs.configure(settings.log_level)
     server.serve(settings, run_loader=loader)
@@ -409,6 +447,7 @@ db.add_command(db_drop)
 
 @db.command("create")
 @data_dir_option
+@lake_options
 @click.option("--account", default=1, show_default=True, type=click.IntRange(1))
 @click.option(
     "--max-databases-per-account",
@@ -419,13 +458,21 @@ db.add_command(db_drop)
 )
 @click.argument("name")
 def db_create(
-    data_dir: str | None, account: int, max_databases_per_account: int, name: str
+    data_dir: str | None,
+    account: int,
+    max_databases_per_account: int,
+    name: str,
+    **lake_values: Any,
 ) -> None:
     from tdedge import backends
     from tdedge.errors import ControlError
     from tdedge.lake.lake import Lake
 
-    settings = _settings(data_dir, max_databases_per_account=max_databases_per_account)
+    settings = _settings(
+        data_dir,
+        max_databases_per_account=max_databases_per_account,
+        **lake_settings(lake_values),
+    )
     try:
         store = backends.control(settings)
         info = store.create_database(name, account)
@@ -450,15 +497,18 @@ def db_list(data_dir: str | None, fmt: str) -> None:
 # Queries.
 @main.command()
 @data_dir_option
+@lake_options
 @click.option("-d", "--database", default=None, help="Database to resolve table names in.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table")
 @click.argument("sql")
-def query(data_dir: str | None, database: str | None, fmt: str, sql: str) -> None:
+def query(
+    data_dir: str | None, database: str | None, fmt: str, sql: str, **lake_values: Any
+) -> None:
     """Run SQL (DuckDB dialect) over the lake's tables."""
     from tdedge.errors import LakeError
     from tdedge.lake.lake import Lake
 
-    lake = Lake.open(existing_settings(data_dir), read_only=True)
+    lake = Lake.open(with_lake(existing_settings(data_dir), lake_values), read_only=True)
     try:
         result = lake.query(sql, database)
     except LakeError as e:
@@ -470,13 +520,14 @@ def query(data_dir: str | None, database: str | None, fmt: str, sql: str) -> Non
 
 @main.command()
 @data_dir_option
+@lake_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
-def errors(data_dir: str | None, fmt: str, limit: int) -> None:
+def errors(data_dir: str | None, fmt: str, limit: int, **lake_values: Any) -> None:
     """Show the import-errors table: every record that did not reach its table, and why."""
     from tdedge.lake.lake import Lake
 
-    lake = Lake.open(existing_settings(data_dir), read_only=True)
+    lake = Lake.open(with_lake(existing_settings(data_dir), lake_values), read_only=True)
     try:
         result = lake.import_errors(limit)
     finally:
@@ -499,4 +550,4 @@ def engine_command(parent_pid: int | None, data_dir: str | None) -> None:
     from tdedge import backends
     from tdedge.realtime import host
 
-    host.run(_child_settings(data_dir), backends.profiles, parent_pid)
+    host.run(_child_settings(data_dir), backends.profiles, backends.registry, parent_pid)

@@ -15,16 +15,18 @@ import click
 import msgspec
 
 from tdedge.cli.common import data_dir_option, existing_settings
+from tdedge.cli.lake_options import lake_options, with_lake
 from tdedge.config import Settings
 
 
 @click.command("status")
 @data_dir_option
+@lake_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
-def status(data_dir: str | None, as_json: bool) -> None:
+def status(data_dir: str | None, as_json: bool, **lake_values: Any) -> None:
     """Whether a server runs on the data dir: pid, ports, doors, version, journal
     backlog, loader lag, the last import error. Exits 1 when none runs."""
-    settings = existing_settings(data_dir)
+    settings = with_lake(existing_settings(data_dir), lake_values)
     report = gather(settings, time.time())
     if as_json:
         click.echo(msgspec.json.encode(report).decode())

@@ -1,5 +1,5 @@
 """``tdedge table …`` (retention, drop) and ``tdedge db drop``: the operator's side of
-a table's life. Drops take the REST API's path (api/drops.py); retention is applied by
+a table's life. Drops take the REST API's path (drops.py); retention is applied by
 the loader (control/retention.py)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from tdedge.cli.common import data_dir_option, existing_settings
+from tdedge.cli.lake_options import lake_options, with_lake
 from tdedge.config import Settings
 from tdedge.names import NAME_RULE, is_reserved, is_valid_name, normalize
 
@@ -70,8 +71,8 @@ def retention(
     The loader deletes rows past the retention at each compaction pass (every minute
     by default); their files leave the disk once no snapshot the lake keeps uses them.
     """
+    from tdedge import backends
     from tdedge.control.retention import RetentionRules
-    from tdedge.control.store import sqlite_engine
 
     settings = _settings(data_dir)
     if days is not None and keep_all:
@@ -79,12 +80,12 @@ def retention(
     if database is None or table_name is None:
         if database is not None or days is not None or keep_all:
             raise click.UsageError("name a DATABASE and a TABLE")
-        rules = RetentionRules(sqlite_engine(settings.control_db))
+        rules = RetentionRules(backends.control_engine(settings))
         _table_out([r._asdict() for r in rules.all()])
         return
     db = _database(settings, database)
     name = _name(table_name, "table")
-    rules = RetentionRules(sqlite_engine(settings.control_db))
+    rules = RetentionRules(backends.control_engine(settings))
     if days is None and not keep_all:
         found = rules.get(db, name)
         click.echo(f"{db}.{name}: " + ("keeps every row" if found is None else f"{found} days"))
@@ -98,16 +99,18 @@ def retention(
 
 @table.command("drop")
 @data_dir_option
+@lake_options
 @yes_option
 @click.argument("database")
 @click.argument("table_name", metavar="TABLE")
-def table_drop(data_dir: str | None, yes: bool, database: str, table_name: str) -> None:
+def table_drop(
+    data_dir: str | None, yes: bool, database: str, table_name: str, **lake_values: Any
+) -> None:
     """Drop TABLE of DATABASE with all its rows."""
-    from tdedge.api import drops
-    from tdedge.api.catalog import LakeCatalog
-    from tdedge.control.store import sqlite_engine
+    from tdedge import backends, drops
+    from tdedge.lake.inventory import LakeCatalog
 
-    settings = _settings(data_dir)
+    settings = with_lake(_settings(data_dir), lake_values)
     db = _database(settings, database)
     name = _name(table_name, "table")
     catalog = LakeCatalog(settings)
@@ -117,7 +120,7 @@ def table_drop(data_dir: str | None, yes: bool, database: str, table_name: str) 
             raise click.ClickException(f"table {db}.{name} does not exist")
         if not yes:
             click.confirm(f"Drop table {db}.{name} and its {info.count} rows?", abort=True)
-        drops.drop_table(catalog, sqlite_engine(settings.control_db), db, name)
+        drops.drop_table(catalog, backends.control_engine(settings), db, name)
     finally:
         catalog.close()
     click.echo(f"dropped table {db}.{name}")
@@ -125,15 +128,15 @@ def table_drop(data_dir: str | None, yes: bool, database: str, table_name: str) 
 
 @click.command("drop")
 @data_dir_option
+@lake_options
 @yes_option
 @click.argument("name")
-def db_drop(data_dir: str | None, yes: bool, name: str) -> None:
+def db_drop(data_dir: str | None, yes: bool, name: str, **lake_values: Any) -> None:
     """Drop database NAME with all its tables and rows."""
-    from tdedge.api import drops
-    from tdedge.api.catalog import LakeCatalog
-    from tdedge.control.store import sqlite_engine
+    from tdedge import backends, drops
+    from tdedge.lake.inventory import LakeCatalog
 
-    settings = _settings(data_dir)
+    settings = with_lake(_settings(data_dir), lake_values)
     db = _database(settings, name)
     catalog = LakeCatalog(settings)
     try:
@@ -143,7 +146,7 @@ def db_drop(data_dir: str | None, yes: bool, name: str) -> None:
             click.confirm(
                 f"Drop database {db}, its {len(tables)} tables and {rows} rows?", abort=True
             )
-        drops.drop_database(catalog, sqlite_engine(settings.control_db), db)
+        drops.drop_database(catalog, backends.control_engine(settings), db)
     finally:
         catalog.close()
     click.echo(f"dropped database {db}")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 import msgspec
 
 from tdedge.cli.common import data_dir_option, existing_settings
+from tdedge.cli.lake_options import lake_options, with_lake
 
 # A table's rows one poll prints at most (the newest): a busy table is sampled.
 ROWS_PER_POLL = 200
@@ -17,6 +19,7 @@ ROWS_PER_POLL = 200
 
 @click.command("tail")
 @data_dir_option
+@lake_options
 @click.option("-d", "--database", default=None, help="Only this database.")
 @click.option("-t", "--table", "table_name", default=None, help="Only this table.")
 @click.option("--errors", "errors_only", is_flag=True, help="Only import errors.")
@@ -38,11 +41,12 @@ def tail(
     fmt: str,
     interval: float,
     once: bool,
+    **lake_values: Any,
 ) -> None:
     """Print rows and import errors as the loader commits them (Ctrl-C to stop).
 
-    Starts with the last few commits; each line is one row, or one import error with
-    its reason, door and the record as received.
+    Starts with the last few commits; each line is one row with the door it came in
+    by, or one import error with its reason, door and the record as received.
     """
     import duckdb
 
@@ -51,7 +55,7 @@ def tail(
     from tdedge.lake.feed import Event, read_changes
     from tdedge.names import normalize
 
-    settings = existing_settings(data_dir)
+    settings = with_lake(existing_settings(data_dir), lake_values)
     db = normalize(database) if database else None
     tbl = normalize(table_name) if table_name else None
 
@@ -67,7 +71,8 @@ def tail(
         at = datetime.fromtimestamp(e.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
         record = msgspec.json.encode(e.record).decode()
         if e.reason is None:
-            click.echo(f"{at}  {e.database}.{e.table}  {record}")
+            door = f"({e.door})  " if e.door else ""
+            click.echo(f"{at}  {e.database}.{e.table}  {door}{record}")
         else:
             click.echo(f"{at}  {e.database}.{e.table}  ERROR {e.reason} ({e.door})  {record}")
 

@@ -12,13 +12,17 @@ committed: its records are then journaled once, and the loader loads them once
 (``performing`` exists in TD while its perform job runs; here a perform is counted in
 its request, so a session passes through it only inside one transaction.)
 
-Everything lives in one SQLite file of the data dir, apart from the control database:
+Embedded, everything lives in one SQLite file of the data dir, apart from the control
+database:
 a part is up to ``bulk_part_max_bytes``, and writing it must not hold the lock that
 keys, databases and jobs are written under. ``synchronous=FULL``: a part is durable when
 the transaction that stored it returns. Every change of status is one conditional
 UPDATE, so two workers racing on one session never both win; a write that a limit
 refuses is counted after it, in its transaction (it holds SQLite's write lock, so a
-racing write is counted too), and rolled back.
+racing write is counted too), and rolled back. On a shared (PostgreSQL) control
+database the same tables live there, parts as bytea, so every node sees every session
+and its parts (backends.bulk_sessions); the limit counts then take the account's
+advisory lock in turn (_account_turn).
 
 Times are unix seconds, passed in.
 """
@@ -34,6 +38,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from tdedge import wal
+from tdedge.control import schema
 from tdedge.control.store import create_tables
 from tdedge.errors import AlreadyExists, ControlError, LimitReached, NotFound
 
@@ -47,6 +53,9 @@ SESSION_FROZEN = "session_frozen"
 SESSION_NOT_FROZEN = "session_not_frozen"
 NOT_PERFORMED = "session_not_performed"
 SESSION_COMMITTED = "session_committed"
+
+# Advisory lock keys of the accounts' session limits (_account_turn) start here.
+BULK_LOCK_SPACE = 0x7464_0001 << 32
 
 metadata = sa.MetaData()
 
@@ -141,11 +150,11 @@ def _pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # Before any table exists (a no-op after): pages freed by deleted parts go back to
     # the file system at each expiry (``incremental_vacuum``), not only to later parts.
-    cur.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
     # Writers queue behind one storing a large part.
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    wal.enter(cur)
+    cur.execute("PRAGMA synchronous=FULL")
     # A checkpointed WAL is cut back to this, not left as large as the largest part.
     cur.execute("PRAGMA journal_size_limit=67108864")
     cur.close()
@@ -159,13 +168,18 @@ def sessions_engine(path: Path) -> Engine:
 
 
 class BulkSessions:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, own_file: bool = False) -> None:
+        """On the control database's ``engine`` (its schema versioned with the rest), or
+        on a SQLite file of its ``own_file``."""
         self._engine = engine
-        create_tables(metadata, engine)
+        if own_file:
+            create_tables(metadata, engine)
+        else:
+            schema.ensure(engine)
 
     @classmethod
     def open(cls, path: Path) -> BulkSessions:
-        return cls(sessions_engine(path))
+        return cls(sessions_engine(path), own_file=True)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -196,6 +210,7 @@ class BulkSessions:
         }
         try:
             with self._engine.begin() as conn:
+                _account_turn(conn, account_id)
                 conn.execute(sa.insert(sessions).values(**values))
                 held = conn.execute(
                     sa.select(sa.func.count())
@@ -422,6 +437,7 @@ class BulkSessions:
     ) -> None:
         """Store a part (replacing one of the same name), durable on return."""
         with self._engine.begin() as conn:
+            _account_turn(conn, session.account_id)
             self._uploading(conn, session, now)
             conn.execute(
                 sa.delete(parts).where(parts.c.session_id == session.id, parts.c.name == part.name)
@@ -487,6 +503,8 @@ class BulkSessions:
                 return 0
             conn.execute(sa.delete(parts).where(parts.c.session_id.in_(ids)))
             conn.execute(sa.delete(sessions).where(sessions.c.id.in_(ids)))
+        if self._engine.dialect.name != "sqlite":
+            return len(ids)  # PostgreSQL's autovacuum reuses the space
         # Through executescript: the pragma frees a page per step, and sqlite3's
         # execute() steps a statement that returns no rows only once.
         raw = self._engine.raw_connection()
@@ -599,6 +617,15 @@ class BulkSessions:
                 "sessions first",
                 STORAGE_LIMIT,
             )
+
+
+def _account_turn(conn: sa.Connection, account_id: int) -> None:
+    """Writes one account's limits count take turns, until the transaction ends. SQLite's
+    write lock, taken by the first write, does it already; on PostgreSQL two writers
+    would each count before the other's insert is visible, so they take an advisory
+    lock of the account's (the high bits keep it apart from other advisory locks)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(BULK_LOCK_SPACE + account_id)))
 
 
 def _same_part(session_id: int, name: str) -> Any:

@@ -23,6 +23,8 @@ from tdedge.errors import AlreadyExists
 NEGATIVE_TTL_S = 1.0
 # Bound on remembered misses: a flood of distinct bad keys must not grow memory.
 MAX_MISSES = 100_000
+# Bound on remembered verdicts (``verdicts``): pairs of a key and a database name.
+MAX_VERDICTS = 100_000
 
 
 class Directory:
@@ -33,13 +35,37 @@ class Directory:
         self._owners: dict[str, int] = {}
         self._loaded_at = float("-inf")
         self._misses: dict[bytes | str, float] = {}
+        self._verdicts: dict[tuple[bytes, str], str | None] = {}
         self._lock = threading.RLock()
 
     def _reload(self, now: float) -> None:
         self._keys = self._store.keys_by_hash()
         self._owners = self._store.database_owners()
         self._misses.clear()
+        self._verdicts = {}
         self._loaded_at = now
+
+    def verdicts(self, now: float) -> dict[tuple[bytes, str], str | None]:
+        """Where a caller may remember what it decided from this directory's facts about
+        a (key hash, database name) pair, until the next reload empties it (a new dict).
+
+        Deciding again from the same facts costs a request at the edge more than
+        parsing its record. Remember only verdicts made from facts this directory holds
+        (a known key; a database with an owner): a miss is looked up again after
+        ``NEGATIVE_TTL_S``, so that a key or database created a moment ago works at once,
+        and a verdict remembered from it would hide that until the reload.
+        """
+        verdicts = self._verdicts
+        if now - self._loaded_at < self._ttl and len(verdicts) < MAX_VERDICTS:
+            # Without the lock: it cost the edge's requests more than the rest of this
+            # check. A reload racing this hands back the dict it replaces, whose
+            # verdicts were right a moment ago and are dropped with it.
+            return verdicts
+        with self._lock:
+            self.refresh(now)
+            if len(self._verdicts) >= MAX_VERDICTS:
+                self._verdicts = {}
+            return self._verdicts
 
     def refresh(self, now: float) -> None:
         with self._lock:
@@ -91,4 +117,5 @@ class Directory:
                 self._store.create_database(name, account_id)
             self._owners = self._store.database_owners()
             self._misses.pop(name, None)
+            self._verdicts = {}
             return self._owners[name]

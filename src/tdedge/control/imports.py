@@ -21,7 +21,8 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tdedge.control.store import create_tables
+from tdedge.control import schema
+from tdedge.control.store import insert_ignoring_duplicates
 
 metadata = sa.MetaData()
 
@@ -36,9 +37,8 @@ bulk_imports = sa.Table(
     sa.Column("records", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
-# What ``forget`` deletes by; not in the table's definition, so that a control store
-# made before it existed gets it too.
-_CREATED_AT = "CREATE INDEX IF NOT EXISTS bulk_imports_created_at ON bulk_imports (created_at)"
+# What ``forget`` deletes by.
+sa.Index("bulk_imports_created_at", bulk_imports.c.created_at)
 
 
 class Imported(msgspec.Struct, frozen=True):
@@ -51,7 +51,7 @@ class Imported(msgspec.Struct, frozen=True):
 class ImportLedger:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        create_tables(metadata, engine, then=[_CREATED_AT])
+        schema.ensure(engine)
 
     def _key(self, account_id: int, database: str, table: str, unique_id: str) -> Any:
         t = bulk_imports.c
@@ -101,7 +101,7 @@ class ImportLedger:
             for account_id, database, table, unique_id, imported in loaded
         ]
         with self._engine.begin() as conn:
-            conn.execute(sa.insert(bulk_imports).prefix_with("OR IGNORE"), rows)
+            conn.execute(insert_ignoring_duplicates(conn, bulk_imports), rows)
 
     def forget(self, before: float) -> int:
         """Delete the ids recorded before ``before`` (``bulk_import_retention_s``, as the

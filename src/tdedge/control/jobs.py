@@ -1,10 +1,12 @@
 """Query jobs: their state in the control database, shared by every process.
 
-Any edge worker (of any listener) issues a job and answers its status; the job runner
-process claims queued jobs and records how they ended. SQLite in WAL mode serialises
-the few writes; ``claim`` is one conditional UPDATE, so two runners could never take
-the same job. Ids come from AUTOINCREMENT and are never reused, like TD's job ids.
-Times are unix seconds and are passed in.
+Any edge worker (of any listener, on any node) issues a job and answers its status; the
+job runners claim queued jobs and record how they ended. SQLite in WAL mode serialises
+the few writes; on PostgreSQL a claim locks the job's row ``FOR UPDATE SKIP LOCKED``, so
+runners of several nodes pass over each other's claims; and ``claim`` is one
+conditional UPDATE, so two runners could never take the same job. Ids come from
+AUTOINCREMENT (a sequence on PostgreSQL) and are never reused, like TD's job ids. Times
+are unix seconds and are passed in.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
-from tdedge.control.store import create_tables, sqlite_engine
+from tdedge.control import schema
+from tdedge.control.store import sqlite_engine
 
 JobStatus = Literal["queued", "running", "success", "error", "killed"]
 FINISHED: frozenset[str] = frozenset({"success", "error", "killed"})
 # A job whose runner died mid-way is queued again this many times, then fails: a
 # query that kills the runner (memory) must not kill it forever.
 MAX_ATTEMPTS = 2
+# How long a claimed job stays its runner's without a renewal (Settings.job_lease_s).
+DEFAULT_LEASE_S = 30.0
 
 metadata = sa.MetaData()
 
@@ -51,6 +56,10 @@ jobs = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("kill_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    # The runner holding a running job, and until when (it renews the lease while it
+    # lives): a job whose lease ran out is recovered by any runner (``recover``).
+    sa.Column("runner", sa.String(128), nullable=True),
+    sa.Column("lease_until", sa.Float, nullable=True),
     sqlite_autoincrement=True,
 )
 # Where a job writes its result besides its result file (TD's ``result`` parameter, a
@@ -87,6 +96,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None
     kill_requested: bool
     attempts: int
+    runner: str | None = None
+    lease_until: float | None = None
     result_url: str | None = None  # where the result is written too (result_targets)
 
     @property
@@ -109,7 +120,7 @@ class JobResult(msgspec.Struct, frozen=True, kw_only=True):
 class JobStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        create_tables(metadata, engine)
+        schema.ensure(engine)
         # ``changed``'s own connection and the data_version it saw last.
         self._watch: PoolProxiedConnection | None = None
         self._version: int | None = None
@@ -206,6 +217,8 @@ class JobStore:
         each poll (~2 % of a core at 20 polls a second): the runner claims only after a
         change (a job issued, one finished and its slot freed, …).
         """
+        if self._engine.dialect.name != "sqlite":
+            return self._jobs_changed()
         if self._watch is None:
             self._watch = self._engine.raw_connection()
         cursor = self._watch.cursor()
@@ -219,10 +232,33 @@ class JobStore:
         self._version = version
         return changed
 
+    def _jobs_changed(self) -> bool:
+        """PostgreSQL has no ``data_version``: the newest job and the count of jobs not
+        finished (one index scan) change whenever a job is issued or one ends."""
+        newest = sa.select(sa.func.max(jobs.c.id)).scalar_subquery()
+        unfinished = (
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(jobs.c.status.in_(("queued", "running")))
+            .scalar_subquery()
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(newest, unfinished)).one()
+        version = hash((row[0], row[1]))
+        changed = version != self._version
+        self._version = version
+        return changed
+
     def claim(
-        self, now: float, running: Mapping[int, int] | None = None, per_account: int | None = None
+        self,
+        now: float,
+        running: Mapping[int, int] | None = None,
+        per_account: int | None = None,
+        runner: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> Job | None:
-        """Take the next queued job and mark it running: of each account's next job
+        """Take the next queued job and mark it running, leased to ``runner`` for
+        ``lease_s`` (``renew`` extends it): of each account's next job
         (highest priority, then oldest), the one whose account has the fewest jobs
         ``running``, skipping accounts that have ``per_account`` running already. One
         account's queue of heavy jobs then never keeps another's out of every slot."""
@@ -253,6 +289,15 @@ class JobStore:
                 ),
             )
             for _, _, job_id in candidates:
+                # PostgreSQL: a job another runner is claiming is passed over, not waited
+                # for (SQLite has one writer at a time and ignores the clause).
+                free = conn.execute(
+                    sa.select(jobs.c.id)
+                    .where(jobs.c.id == job_id, jobs.c.status == "queued")
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if free is None:
+                    continue
                 done = conn.execute(
                     sa.update(jobs)
                     .where(jobs.c.id == job_id, jobs.c.status == "queued")
@@ -261,6 +306,8 @@ class JobStore:
                         start_at=now,
                         updated_at=now,
                         attempts=jobs.c.attempts + 1,
+                        runner=runner,
+                        lease_until=now + lease_s,
                     )
                 )
                 if done.rowcount == 1:
@@ -278,11 +325,17 @@ class JobStore:
             ).scalar()
         return int(found or 0)
 
-    def finish(self, job_id: int, result: JobResult, now: float) -> None:
+    def finish(self, job_id: int, result: JobResult, now: float, runner: str | None = None) -> bool:
+        """Record how a running job ended; with ``runner``, only while the job is still
+        that runner's (its lease lost, another runner may be running it now). Whether
+        it was recorded."""
+        where = [jobs.c.id == job_id, jobs.c.status == "running"]
+        if runner is not None:
+            where.append(jobs.c.runner == runner)
         with self._engine.begin() as conn:
-            conn.execute(
+            done = conn.execute(
                 sa.update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == "running")
+                .where(*where)
                 .values(
                     status=result.status,
                     result_schema=result.result_schema,
@@ -293,6 +346,7 @@ class JobStore:
                     updated_at=now,
                 )
             )
+        return bool(done.rowcount == 1)
 
     def kill(self, job_id: int, account_id: int, now: float) -> str | None:
         """Kill a job; returns its status before (None when there is no such job).
@@ -331,20 +385,41 @@ class JobStore:
             ).all()
         return {int(r.id) for r in rows}
 
-    def recover(self, now: float) -> int:
-        """Jobs left running by a runner that died: queue them again, or fail them."""
+    def renew(self, runner: str, job_ids: Iterable[int], until: float) -> None:
+        """Extend the lease of ``runner``'s running jobs to ``until``."""
+        ids = list(job_ids)
+        if not ids:
+            return
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id.in_(ids), jobs.c.runner == runner, jobs.c.status == "running")
+                .values(lease_until=until)
+            )
+
+    def recover(self, now: float, runner: str | None = None) -> int:
+        """Jobs left running by a runner that died, whichever node it ran on: those whose
+        lease ran out, and (``runner``, at a runner's start) those of its own earlier
+        life. Each is queued again, or failed with a reason once it has taken
+        MAX_ATTEMPTS runners down. How many were queued again."""
+        dead = sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now)
+        if runner is not None:
+            dead = sa.or_(dead, jobs.c.runner == runner)
+        stale = sa.and_(jobs.c.status == "running", dead)
         with self._engine.begin() as conn:
             again = conn.execute(
                 sa.update(jobs)
-                .where(jobs.c.status == "running", jobs.c.attempts < MAX_ATTEMPTS)
-                .values(status="queued", start_at=None, updated_at=now)
+                .where(stale, jobs.c.attempts < MAX_ATTEMPTS)
+                .values(
+                    status="queued", start_at=None, updated_at=now, runner=None, lease_until=None
+                )
             ).rowcount
             conn.execute(
                 sa.update(jobs)
-                .where(jobs.c.status == "running")
+                .where(stale)
                 .values(
                     status="error",
-                    error="the job runner stopped while running this job, twice",
+                    error=f"the job runner stopped while running this job, {MAX_ATTEMPTS} times",
                     end_at=now,
                     updated_at=now,
                 )

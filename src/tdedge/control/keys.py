@@ -14,6 +14,8 @@ from typing import Literal
 
 import msgspec
 
+from tdedge import numerals
+
 KeyType = Literal["write", "master"]
 
 
@@ -40,6 +42,4 @@ def key_id(key_hash: bytes) -> str:
 def claimed_account(key: str) -> int | None:
     """The account a key claims by its prefix; None when it has no valid prefix."""
     head, sep, _ = key.partition("/")
-    if not sep or not (head.isascii() and head.isdigit()) or len(head) > 18:
-        return None
-    return int(head)
+    return numerals.bigint(head) if sep else None

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tdedge.control.store import create_tables
+from tdedge.control import schema
 
 metadata = sa.MetaData()
 
@@ -44,7 +44,7 @@ class Retention(NamedTuple):
 class RetentionRules:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        create_tables(metadata, engine)
+        schema.ensure(engine)
 
     def set(self, database: str, table: str, days: int | None) -> None:
         """Keep ``days`` days of the table's rows; None: keep them all."""

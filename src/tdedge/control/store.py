@@ -16,7 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from tdedge.control import schema
 from tdedge.control.keys import KeyInfo, KeyType, hash_key, key_id, new_key
+from tdedge.control.pragmas import sqlite_pragmas
 from tdedge.errors import AlreadyExists, ControlError, InvalidName, LimitReached, NotFound
 from tdedge.names import NAME_RULE, is_reserved, is_valid_name, normalize
 
@@ -60,14 +62,6 @@ class DatabaseInfo(msgspec.Struct, frozen=True):
     created_at: int
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.close()
-
-
 def create_tables(
     meta: sa.MetaData, engine: Engine, attempts: int = 5, then: Sequence[str] = ()
 ) -> None:
@@ -90,6 +84,18 @@ def create_tables(
             time.sleep(0.05 * (attempt + 1))
 
 
+def insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table) -> Any:
+    """An INSERT that skips rows whose key is there already, in the connection's
+    dialect (SQLite's and PostgreSQL's ``ON CONFLICT DO NOTHING``)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
 def engine_for(url: str) -> Engine:
     """The control database at ``url``: ``sqlite:///<path>`` (the embedded default, a file
     in the data dir) or ``postgresql://…`` (shared by several nodes; driven by psycopg)."""
@@ -106,7 +112,7 @@ def engine_for(url: str) -> Engine:
 def sqlite_engine(path: Path) -> Engine:
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(f"sqlite:///{path}")
-    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "connect", sqlite_pragmas)
     return engine
 
 
@@ -117,7 +123,7 @@ class ControlStore:
     def __init__(self, engine: Engine, max_databases_per_account: int | None = None) -> None:
         self._engine = engine
         self._max_databases = max_databases_per_account
-        create_tables(metadata, engine)
+        schema.ensure(engine)
 
     @classmethod
     def open(cls, path: Path, max_databases_per_account: int | None = None) -> ControlStore:

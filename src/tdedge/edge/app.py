@@ -17,6 +17,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from typing import Protocol
 
 import msgspec
 
-from tdedge import backends, metrics
+from tdedge import backends, draining, metrics
 from tdedge.config import Settings
 from tdedge.edge.access_log import AccessLog
 from tdedge.edge.cdp import CdpDoor
@@ -56,6 +57,8 @@ SWITCH_INTERVAL_S = 0.0002
 # One failed batch is retried at once; several in a row mean the lake is unreachable.
 LOADER_FAILURES_NOT_READY = 3
 OPS_ROUTES = {"/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics"}
+# Host names whose door a worker remembers (EdgeApp.door_for).
+MAX_HOSTS = 1_024
 # The status counted for a request whose client left before it was read (nginx's "client
 # closed request"): nothing is answered, and nothing of it was accepted.
 CLIENT_GONE = 499
@@ -102,6 +105,19 @@ def operators_port(settings: Settings) -> tuple[bool, str]:
     return settings.fixed_door is None, "the main port (--port)"
 
 
+def door_name(host: str) -> str:
+    """The door a request for ``host`` goes to on a port that serves them all."""
+    if ".records.in." in host:
+        return "records"
+    if ".p13n.in." in host:
+        return "p13n"
+    if host.startswith("api."):
+        return "api"
+    if cdp_host(host):
+        return "cdp"
+    return "legacy"
+
+
 def cdp_host(host: str) -> bool:
     """Treasure Data's CDP hosts: ``cdp.in.<domain>`` and the regional
     ``cdp-<region>.in.<domain>`` (``cdp-tokyo.in.treasuredata.com``)."""
@@ -134,11 +150,15 @@ class EdgeApp:
         self._api_door = api_door
         self._services: Services | None = None
         self._doors: dict[str, Door] = {}
+        self._door_names: dict[str, str] = {}  # host header → door_name(host)
         self._deadlines = BodyDeadlines(settings.body_idle_timeout_s, settings.body_timeout_s)
         self._operators, self._operators_port = operators_port(settings)
         self._access = (
             AccessLog(settings.access_log_per_s, time.monotonic()) if settings.access_log else None
         )
+        # Set once this node drains (draining.py): /readyz answers 503 and every answer
+        # closes its connection, so keep-alive clients reconnect (to another node).
+        self._draining = False
 
     # RSGI lifecycle: the journal and its writer thread belong to the worker process.
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -160,6 +180,9 @@ class EdgeApp:
         # every request in flight would wait out.
         gc.freeze()
         self._deadlines.start(loop)
+        # SIGTERM drains instead of stopping: granian's own handler (kept for SIGINT)
+        # stops the worker gracefully once the node's grace is over.
+        loop.add_signal_handler(signal.SIGTERM, self._drain, loop)
         log.info("edge worker ready", extra={"pid": os.getpid(), "shard": journal.shard})
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -173,21 +196,22 @@ class EdgeApp:
         if self._services is not None:
             self._services.close()
 
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._draining = True
+        loop.call_later(draining.remaining(self.settings), os.kill, os.getpid(), signal.SIGINT)
+
     def door_for(self, scope: Scope) -> Door:
         doors = self._doors
         if self.settings.fixed_door is not None:
             return doors.get(self.settings.fixed_door) or doors["legacy"]
         host = scope.headers.get("host") or scope.authority or ""
-        if ".records.in." in host:
-            name = "records"
-        elif ".p13n.in." in host:
-            name = "p13n"
-        elif host.startswith("api."):
-            name = "api"
-        elif cdp_host(host):
-            name = "cdp"
-        else:
-            return doors["legacy"]
+        name = self._door_names.get(host)
+        if name is None:
+            # A client sends one host name again and again: deciding costs more than
+            # looking the answer up. Bounded: the header is the client's to choose.
+            if len(self._door_names) >= MAX_HOSTS:
+                self._door_names.clear()
+            name = self._door_names[host] = door_name(host)
         return doors.get(name) or doors["legacy"]
 
     async def __rsgi__(self, scope: Scope, proto: Protocol_) -> None:
@@ -260,6 +284,8 @@ class EdgeApp:
                 time.monotonic(),
             )
         services.counters.inc(door.name, route, status)
+        if self._draining:
+            headers = [*headers, ("connection", "close")]
         proto.response_bytes(status, headers, body)
         if self._access is not None:
             self._access.request(
@@ -297,6 +323,11 @@ class EdgeApp:
         assert self._services is not None
         journal = self._services.journal
         problems: list[str] = []
+        if self._draining or draining.deadline(self.settings) is not None:
+            # Told to stop (serve alone may have been): say so to the balancer, and
+            # close connections from now on.
+            self._draining = True
+            problems.append("draining: stopping after SIGTERM")
         if not journal.writable():
             problems.append("journal not writable")
         beat = read_heartbeat(self.settings.loader_heartbeat)
@@ -319,6 +350,8 @@ class EdgeApp:
                 "ready": not problems,
                 "problems": problems,
                 "journal_backlog": journal.backlog(),
+                # What a 200 means now: "local" (fsynced on this node) or "replicated".
+                "journal_state": journal.state(),
                 "loader": msgspec.structs.asdict(beat) if beat else None,
                 "jobs": msgspec.structs.asdict(jobs) if jobs else None,
             }

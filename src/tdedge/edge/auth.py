@@ -86,10 +86,17 @@ class SyncAuth:
         (control/access.py). A write that creates its database is left to the loader,
         which also checks the account's database limit."""
         now = time.monotonic()
+        verdicts = self._directory.verdicts(now)
+        ident = (key_hash, database)
+        if ident in verdicts:
+            return verdicts[ident]
         info = self._directory.key(key_hash, now)
         name = normalize(database)
         owner = None if info is None else self._directory.database_owner(name, now)
         decision = access.decide(
             info, access.Action.WRITE, name, owner, auto_create=self._auto_create
         )
-        return decision.reason if isinstance(decision, access.Refused) else None
+        reason = decision.reason if isinstance(decision, access.Refused) else None
+        if info is not None and owner is not None:
+            verdicts[ident] = reason
+        return reason

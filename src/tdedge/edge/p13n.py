@@ -50,6 +50,7 @@ from tdedge.realtime.batcher import Batcher
 from tdedge.realtime.client import EngineClient
 from tdedge.realtime.collector import freeze_survivors
 from tdedge.realtime.config import P13N_NAME
+from tdedge.realtime.decisions import Decisions
 from tdedge.realtime.engine import Engine, Request
 from tdedge.realtime.errors import (
     ConfigStoreDown,
@@ -123,6 +124,7 @@ class P13nDoor:
         self._configured = -1  # the view generation the limits were taken from
         # Parsing a token costs more than a look-up (key hashes: Services.key_hash).
         self._parsed = Memo(tokens.parse)
+        self._decisions = Decisions(s.root / "run", s.p13n_decisions_kept)
 
     def _open(self) -> None:
         if self._opened:
@@ -199,7 +201,7 @@ class P13nDoor:
             await self._s.keep_refused(DOOR, received_ms, database, table, key, e, scope)
             raise DoorError(e.status, e.status, e.message) from None
         try:
-            service, event, keys = self._admit(scope, database, table, key, body, public)
+            account, service, event, keys = self._admit(scope, database, table, key, body, public)
         except DoorError as e:
             if e.status < 500:
                 refused = HTTPError(e.status, f"p13n_{e.code}", e.message, body=body)
@@ -238,6 +240,7 @@ class P13nDoor:
                 raise DoorError(500, 9999, "unexpected error") from None
         finally:
             self._limiter.done()
+        self._decisions.add(received_ms, account, service.name, database, table, keys, answer)
         return 200, [*_JSON, *allow] if allow else _JSON, answer
 
     def _admit(
@@ -248,7 +251,7 @@ class P13nDoor:
         key: str | None,
         body: bytes,
         public: bool,
-    ) -> tuple[Service, dict[str, Any], list[str]]:
+    ) -> tuple[int, Service, dict[str, Any], list[str]]:
         """Every check before the event is stored, in the order the codes are given."""
         now = time.monotonic()
         view = self._view
@@ -287,7 +290,7 @@ class P13nDoor:
         if not keys:
             columns = ", ".join(r.column for r in service.keys)
             raise _bad(3004, f"(no identity key: send one of {columns})")
-        return service, event, keys
+        return account, service, event, keys
 
     def _nets(self, token: TokenInfo) -> list[tokens.Network]:
         nets = self._networks.get(token.token_hash)

@@ -34,7 +34,7 @@ from tdedge.errors import JournalUnavailable
 from tdedge.journal.base import Journal
 from tdedge.journal.envelope import Envelope
 from tdedge.realtime import batch as batch_store
-from tdedge.realtime.batch import BatchStore
+from tdedge.realtime.batch import SQLiteBatchStore
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.store import ProfileStore
 
@@ -101,7 +101,7 @@ class Services:
         self.auth = self._keys if settings.auth == "sync" else None
         self._registry: Registry | None = None
         self._profiles: ProfileStore | None = None
-        self._batch: BatchStore | None = None
+        self._batch: SQLiteBatchStore | None = None
         self.counters = Counters()
         # door, reason, kept: "row", "summary" (counted in a summary row) or "none"
         self.refusals = Counters(metrics.REFUSALS)
@@ -144,22 +144,25 @@ class Services:
         their full size, fsynced, and every other client's commits waited behind them.
         The loader checks again what passes here (a key revoked in between).
         """
+        if len(envs) == 1:
+            # Most requests carry one record: no verdicts to share between records.
+            env = envs[0]
+            reason = self._key_refusal(env)
+            if reason is None:
+                return envs
+            refused = self._refused_quietly(env, reason)
+            return () if refused is None else (refused,)
         verdicts: dict[tuple[bytes, str], str | None] = {}
         kept: list[Envelope] | None = None
         for i, env in enumerate(envs):
             if env.reject or not env.key_hash:
-                reason = None
+                reason = None  # not remembered: another record may carry the same key
             else:
                 ident = (env.key_hash, env.database)
                 if ident in verdicts:
                     reason = verdicts[ident]
                 else:
-                    reason = verdicts[ident] = self._keys.refusal(env.key_hash, env.database)
-                    if reason not in KEY_REASONS:
-                        # A valid key on a database it may not write (a missing one, say):
-                        # only its owner can send that, so the loader decides and keeps
-                        # the record whole, as before.
-                        reason = verdicts[ident] = None
+                    reason = verdicts[ident] = self._key_refusal(env)
             if reason is None:
                 if kept is not None:
                     kept.append(env)
@@ -170,6 +173,15 @@ class Services:
             if refused is not None:
                 kept.append(refused)
         return envs if kept is None else kept
+
+    def _key_refusal(self, env: Envelope) -> str | None:
+        """Why ``env``'s key may not write at all (a key reason), or None."""
+        if env.reject or not env.key_hash:
+            return None
+        reason = self._keys.refusal(env.key_hash, env.database)
+        # A valid key on a database it may not write (a missing one, say): only its
+        # owner can send that, so the loader decides and keeps the record whole.
+        return reason if reason in KEY_REASONS else None
 
     def _refused_quietly(self, env: Envelope, reason: str) -> Envelope | None:
         """The import-error envelope of ``env`` if its address's budget keeps it."""
@@ -262,7 +274,10 @@ class Services:
             429,
             THROTTLED,
             "too many refused requests from this address; retry later",
-            headers=[("retry-after", str(retry))],
+            # Answered unread, while its body may still be on its way: the connection
+            # closes after it, and saying so keeps a keep-alive client from sending its
+            # next request on it (a flooding client pays a new connection each time).
+            headers=[("retry-after", str(retry)), ("connection", "close")],
         )
 
     async def refuse(
@@ -342,10 +357,10 @@ class Services:
         return self._profiles
 
     @property
-    def batch(self) -> BatchStore:
+    def batch(self) -> SQLiteBatchStore:
         """The batch segments and imported attributes, opened when first needed."""
         if self._batch is None:
-            self._batch = BatchStore(batch_store.default_path(self.settings.root))
+            self._batch = SQLiteBatchStore(batch_store.default_path(self.settings.root))
         return self._batch
 
     def close(self) -> None:

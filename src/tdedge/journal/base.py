@@ -61,6 +61,11 @@ class Journal(Protocol):
 
     def writable(self) -> bool: ...
 
+    def state(self) -> str:
+        """Where a 200 puts records now: ``local`` (fsynced on this node's disk) or
+        ``replicated`` (on a quorum of a replicated journal's copies)."""
+        ...
+
     def close(self) -> None: ...
 
 

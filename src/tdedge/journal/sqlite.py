@@ -40,7 +40,6 @@ upload was refused half-way) are deleted when a worker next claims the shard.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import re
@@ -53,15 +52,15 @@ from typing import IO
 
 import msgspec
 
-from tdedge import metrics
+from tdedge import metrics, wal
 from tdedge.config import Settings
 from tdedge.errors import JournalUnavailable
+from tdedge.journal import appends, slots
 from tdedge.journal.base import Position
 from tdedge.journal.envelope import Envelope, JournalGroup
 
 log = logging.getLogger("tdedge.journal")
 
-MAX_SHARDS = 64
 _SCHEMA = (
     """
     CREATE TABLE IF NOT EXISTS journal (
@@ -101,7 +100,7 @@ _RELEASE_CHUNK = 2_000
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
+    wal.enter(conn)
     # No connection here needs SQLite's own commit fsync: the edge's syncer fdatasyncs
     # the WAL before anyone is answered, and the loader's releases need none (below).
     # Checkpoints still sync, as synchronous=NORMAL always does.
@@ -126,17 +125,8 @@ def shard_path(journal_dir: Path, shard: str) -> Path:
 
 def claim_shard(journal_dir: Path) -> tuple[str, IO[bytes]]:
     """Lock the first free shard; the lock lives as long as the returned file."""
-    journal_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(MAX_SHARDS):
-        name = f"shard-{i:02d}"
-        lock = (journal_dir / f"{name}.lock").open("ab")
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            continue
-        return name, lock
-    raise JournalUnavailable(f"all {MAX_SHARDS} journal shards are in use")
+    i, lock = slots.claim(journal_dir, "shard")
+    return f"shard-{i:02d}", lock
 
 
 def continue_after(journal_dir: Path, positions: Mapping[str, int]) -> None:
@@ -257,7 +247,7 @@ class SQLiteJournal:
             self._failed(e)
             error = JournalUnavailable(f"journal write failed: {e}")
             for loop, group in futs.items():
-                loop.call_soon_threadsafe(_settle, group, error)
+                loop.call_soon_threadsafe(appends.settle, group, error)
             return
         with self._cond:
             for loop, group in futs.items():
@@ -275,6 +265,9 @@ class SQLiteJournal:
 
     def writable(self) -> bool:
         return self._refusal is None and self._thread.is_alive()
+
+    def state(self) -> str:
+        return "local"  # a 200 follows the fdatasync of this node's file
 
     def close(self) -> None:
         with self._cond:
@@ -321,7 +314,7 @@ class SQLiteJournal:
             metrics.JOURNAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
         # One hop into each event loop per fsync, not one per request.
         for loop, futs in written.items():
-            loop.call_soon_threadsafe(_settle, futs, error)
+            loop.call_soon_threadsafe(appends.settle, futs, error)
 
     def _check_health(self) -> None:
         self._checked_at = self._clock()
@@ -329,7 +322,7 @@ class SQLiteJournal:
         try:
             (total,) = self._health_conn.execute("SELECT sum(n) FROM journal").fetchone()
             self._backlog = int(total or 0)
-            free = _free_bytes(self._path.parent)
+            free = appends.free_bytes(self._path.parent)
         except (sqlite3.Error, OSError) as e:
             self._refusal = "unhealthy"
             log.error("journal health check failed", extra={"error": str(e)})
@@ -437,21 +430,6 @@ def _drop_unpublished(conn: sqlite3.Connection) -> None:
     ).rowcount
     if gone:
         log.info("deleted unpublished upload parts", extra={"parts": gone})
-
-
-def _settle(futs: list[asyncio.Future[None]], error: Exception | None) -> None:
-    for fut in futs:
-        if fut.done():  # the request was cancelled (client went away)
-            continue
-        if error is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(error)
-
-
-def _free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 
 
 class SQLiteJournalReader:

@@ -3,7 +3,7 @@ ids, positions."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -23,6 +23,10 @@ class TableRows:
     rows: pa.Table
     # Create the table even when ``rows`` is empty (CREATE TABLE … AS of no rows).
     create_empty: bool = False
+    # The doors the rows came in by, as runs in row order: (door, rows). The lake
+    # records them in ``tdedge_system.arrivals`` with the rows (lake/system.py); empty:
+    # not recorded.
+    doors: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,15 @@ class Batch:
     marks: Sequence[LoadMark] = ()
     deletions: Sequence[Deletion] = ()
     jobs: Sequence[JobWrite] = ()
+    # The stored position each journal shard of the batch was read from (-1: none was
+    # stored). On a lake other nodes share, the commit is refused unless they are still
+    # the stored positions (lake/fence.py): the batch's records are another loader's.
+    read_from: Mapping[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def reading(positions: Mapping[str, int], shards: Iterable[str]) -> dict[str, int]:
+        """``read_from`` for a batch of ``shards`` read after ``positions``."""
+        return {shard: positions.get(shard, -1) for shard in shards}
 
     @property
     def row_count(self) -> int:

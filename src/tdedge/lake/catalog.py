@@ -1,4 +1,5 @@
-"""The lake's catalog: a DuckLake whose metadata is one SQLite file, data local Parquet.
+"""The lake's catalog: a DuckLake whose metadata is one SQLite file (or a PostgreSQL
+database, lake/location.py), data local Parquet (or on S3).
 
 The loader attaches it read-write; ``tdedge query`` and the REST job API attach it
 read-only from other processes at the same time. The SQLite file is put in WAL mode
@@ -24,8 +25,10 @@ from pathlib import Path
 
 import duckdb
 
+from tdedge import wal
 from tdedge.config import Settings
 from tdedge.errors import LakeError
+from tdedge.lake import location
 from tdedge.lake.inlining import set_row_limit
 from tdedge.lake.sql import literal
 
@@ -52,7 +55,7 @@ def prepare_catalog(path: Path) -> None:
         try:
             (mode,) = con.execute("PRAGMA journal_mode").fetchone()
             if str(mode).lower() != "wal":
-                con.execute("PRAGMA journal_mode=WAL")
+                wal.enter(con)
         finally:
             con.close()
     except sqlite3.Error as e:
@@ -60,16 +63,16 @@ def prepare_catalog(path: Path) -> None:
 
 
 def attach(con: duckdb.DuckDBPyConnection, settings: Settings, *, read_only: bool) -> None:
-    """ATTACH the lake as ``lake`` on ``con``."""
-    # Absolute paths: DuckLake records the data path in the catalog, and a relative one
-    # would be resolved against whatever folder a later process starts in.
-    data = settings.lake_data.resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    """ATTACH the lake as ``lake`` on ``con`` (loaded with location.extensions)."""
+    location.prepare_data(settings)
+    location.configure(con, settings)
     # Wait for another process's catalog write instead of failing at once.
-    options = [f"DATA_PATH {literal(str(data) + '/')}", f"META_BUSY_TIMEOUT {BUSY_TIMEOUT_MS}"]
+    options = [f"DATA_PATH {literal(location.data_path(settings))}"]
+    if not settings.lake_catalog_postgres:
+        options.append(f"META_BUSY_TIMEOUT {BUSY_TIMEOUT_MS}")
     if read_only:
         options.append("READ_ONLY")
-    source = literal(f"ducklake:sqlite:{settings.lake_catalog.resolve()}")
+    source = literal(location.catalog_source(settings))
     try:
         con.execute(f"ATTACH {source} AS {LAKE} ({', '.join(options)})")
         if not read_only:
@@ -77,7 +80,8 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, *, read_only: boo
             # precedence over it: the lake turns inlining off for some inserts (inlining.py).
             set_row_limit(con, settings.lake_inlining_row_limit)
     except duckdb.Error as e:
-        raise LakeError(f"cannot attach the lake at {settings.lake_catalog}: {e}") from e
+        name = location.catalog_name(settings)
+        raise LakeError(f"cannot attach the lake at {name}: {e}") from e
 
 
 def sandbox(con: duckdb.DuckDBPyConnection, allowed: Sequence[str]) -> None:
@@ -99,7 +103,10 @@ def sandbox(con: duckdb.DuckDBPyConnection, allowed: Sequence[str]) -> None:
 
 def lake_files(settings: Settings) -> list[str]:
     """Every file of the lake: what the operator's ``tdedge query`` may read."""
-    return [str(settings.lake_data.resolve()) + "/", str(settings.lake_catalog.resolve())]
+    files = [location.data_path(settings)]
+    if not settings.lake_catalog_postgres:
+        files.append(str(settings.lake_catalog_file.resolve()))
+    return files
 
 
 @contextmanager
@@ -112,15 +119,46 @@ def write_lock(settings: Settings) -> Iterator[None]:
     job's write can take seconds: the loader would retry into its set-aside path.
     One at a time, neither ever fails for the other; the other waits.
     """
-    with _file_lock(settings.lake_catalog.parent / ".write.lock"):
+    with _file_lock(settings.lake_locks / ".write.lock"):
         yield
 
 
 @contextmanager
 def init_lock(settings: Settings) -> Iterator[None]:
-    """Serialise first-time set-up across processes (two creators would conflict)."""
-    with _file_lock(settings.lake_catalog.parent / ".init.lock"):
+    """Serialise first-time set-up across processes (two creators would conflict), and
+    across nodes for a PostgreSQL catalog: two nodes making DuckLake's tables at once
+    fail ("duplicate key value violates unique constraint")."""
+    with _file_lock(settings.lake_locks / ".init.lock"):
+        if settings.lake_catalog_postgres:
+            with _advisory_lock(location.postgres_dsn(settings.lake_catalog)):
+                yield
+        else:
+            yield
+
+
+# The PostgreSQL advisory lock the lake's set-up holds (any number: tdedge's own).
+_INIT_LOCK_KEY = 0x7464656467650001
+
+
+@contextmanager
+def _advisory_lock(dsn: str) -> Iterator[None]:
+    """Hold a session-level advisory lock on the catalog's database; it goes with the
+    connection, so a process that dies holding it frees it."""
+    try:
+        import psycopg
+    except ImportError as e:
+        raise LakeError(
+            "a PostgreSQL lake catalog needs psycopg: pip install 'tdedge[lake-cluster]'"
+        ) from e
+    try:
+        con = psycopg.connect(dsn, autocommit=True, connect_timeout=30)
+    except psycopg.Error as e:
+        raise LakeError(f"cannot reach the lake catalog: {e}") from e
+    try:
+        con.execute("SELECT pg_advisory_lock(%s)", [_INIT_LOCK_KEY])
         yield
+    finally:
+        con.close()
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import duckdb
 
 from tdedge.config import Settings
 from tdedge.errors import LakeError
-from tdedge.lake import system
+from tdedge.lake import location, system
 from tdedge.lake.catalog import (
     LAKE,
     LIVE_TABLES,
@@ -40,7 +40,7 @@ def open_connection(settings: Settings, *, read_only: bool) -> duckdb.DuckDBPyCo
         return _writable(settings)
     if not _initialised(settings):
         _writable(settings).close()
-    con = connect()
+    con = connect(location.extensions(settings))
     try:
         attach(con, settings, read_only=True)
         sandbox(con, lake_files(settings))
@@ -56,8 +56,9 @@ def open_connection(settings: Settings, *, read_only: bool) -> duckdb.DuckDBPyCo
 
 def _writable(settings: Settings) -> duckdb.DuckDBPyConnection:
     with init_lock(settings):
-        prepare_catalog(settings.lake_catalog)
-        con = connect()
+        if not settings.lake_catalog_postgres:
+            prepare_catalog(settings.lake_catalog_file)
+        con = connect(location.extensions(settings))
         try:
             con.execute(f"SET threads = {int(settings.loader_lake_threads)}")
             attach(con, settings, read_only=False)
@@ -75,9 +76,9 @@ def _writable(settings: Settings) -> duckdb.DuckDBPyConnection:
 
 def _initialised(settings: Settings) -> bool:
     """Whether a writer has created the catalog and tdedge's system tables."""
-    if not settings.lake_catalog.exists():
+    if not settings.lake_catalog_postgres and not settings.lake_catalog_file.exists():
         return False
-    con = connect()
+    con = connect(location.extensions(settings))
     try:
         attach(con, settings, read_only=True)
         found = con.execute(LIVE_TABLES, [SYSTEM_DATABASE]).fetchall()

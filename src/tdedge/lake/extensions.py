@@ -16,11 +16,15 @@ import duckdb
 from tdedge.errors import LakeError
 from tdedge.lake.sql import literal
 
-# Order matters: ducklake reads the sqlite catalog and writes parquet files.
+# Order matters: ducklake reads the sqlite catalog and writes parquet files. A lake on
+# PostgreSQL or S3 adds postgres_scanner or httpfs (lake/location.py).
 EXTENSIONS = ("parquet", "json", "sqlite_scanner", "ducklake")
 # For SQL written by users: the sqlite extension opens any SQLite file on disk whatever
 # enable_external_access says, so their connections never have it (lake/scope.py).
 USER_EXTENSIONS = ("parquet", "json", "ducklake")
+
+# A lake on PostgreSQL or S3 needs these; the embedded one never does.
+_CLUSTER = ("httpfs", "postgres_scanner")
 
 _CONFIG: dict[str, str | bool | int | float | list[str]] = {
     "autoinstall_known_extensions": False,
@@ -33,7 +37,8 @@ def extension_path(name: str) -> Path:
     package = f"duckdb_extension_{name}"
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise LakeError(f"package {package} is not installed")
+        hint = " (pip install 'tdedge[lake-cluster]')" if name in _CLUSTER else ""
+        raise LakeError(f"package {package} is not installed{hint}")
     # The folder is named after the DuckDB version (extensions/v1.5.5/…); globbing it
     # keeps this working when the pin moves.
     found = sorted(Path(spec.origin).parent.glob(f"extensions/*/{name}.duckdb_extension"))

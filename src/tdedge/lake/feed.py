@@ -11,6 +11,13 @@ and one per table that had inserts: nothing is scanned but the new rows.
 
 Freshness comes from the same records: the time of the last commit that inserted
 into each table.
+
+The door each row came in by comes from ``tdedge_system.arrivals``, which the loader
+writes with the rows (lake/system.py): per commit and table, runs of rows of one door
+by their place among the rows the commit inserted. The rows a read returns of a
+commit are its last ones (newest first, then cut), so a row's place is counted back
+from the commit's last row, which every read that returns any of them returns too.
+Rows committed before the lake recorded doors have none.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import msgspec
 from tdedge.errors import LakeError
 from tdedge.lake.catalog import LAKE, META
 from tdedge.lake.sql import literal
+from tdedge.lake.system import ARRIVALS_NAME, DOOR_COUNTS
 from tdedge.names import SYSTEM_DATABASE
 
 # What a snapshot's changes call an insert: into files, or inlined in the catalog.
@@ -56,7 +64,7 @@ class Event(msgspec.Struct, kw_only=True):
     record: Any  # the row's columns; for an import error, the record as received
     reason: str | None = None
     detail: str | None = None
-    door: str | None = None  # which door the record came in by (import errors)
+    door: str | None = None  # which door the record came in by, when recorded
     received_ms: int | None = None
 
 
@@ -124,6 +132,7 @@ def _read(
             [start],
         ).fetchall()
     )
+    doors = _doors(con, first, names, start, latest, wanted)
     events: list[Event] = []
     for table_id, since in first.items():
         schema, table = names[table_id]
@@ -133,10 +142,50 @@ def _read(
             continue
         if not wanted(schema, table):
             continue
-        events += _rows(con, schema, table, since, latest, limit, times)
+        events += _rows(con, schema, table, since, latest, limit, times, doors)
     events.sort(key=lambda e: (e.snapshot, e.received_ms or 0))
     visible = {k: v for k, v in inserted.items() if k[0] != SYSTEM_DATABASE and wanted(*k)}
     return Changes(latest, events, visible)
+
+
+# (snapshot, database, table) → the commit's door runs: (first row, rows, door).
+Doors = dict[tuple[int, str, str], list[tuple[int, int, str]]]
+
+
+def _doors(
+    con: duckdb.DuckDBPyConnection,
+    first: dict[int, int],
+    names: dict[int, tuple[str, str]],
+    start: int,
+    until: int,
+    wanted: Wanted,
+) -> Doors:
+    """The door runs of the commits after ``start`` (lake/system.py ARRIVALS)."""
+    if (SYSTEM_DATABASE, ARRIVALS_NAME) not in {names[t] for t in first}:
+        return {}
+    source = (
+        f"ducklake_table_changes({literal(LAKE)}, {literal(SYSTEM_DATABASE)}, "
+        f"{literal(ARRIVALS_NAME)}, {int(start) + 1}, {int(until)})"
+    )
+    found: Doors = {}
+    for snapshot, database, table, door, first_row, rows in con.execute(
+        f"SELECT snapshot_id, database_name, table_name, door, first_row, rows FROM {source} "
+        "WHERE change_type = 'insert' AND first_row IS NOT NULL"
+    ).fetchall():
+        if wanted(str(database), str(table)):
+            runs = found.setdefault((int(snapshot), str(database), str(table)), [])
+            runs.append((int(first_row), int(rows), str(door)))
+    for runs in found.values():
+        runs.sort()  # the changes come in no set order
+    return found
+
+
+def _door_of(runs: list[tuple[int, int, str]], place: int) -> str | None:
+    """The door of the row at ``place`` among its commit's rows (from 0)."""
+    for first_row, rows, door in runs:
+        if first_row <= place < first_row + rows:
+            return door
+    return None
 
 
 def _changes_sql(schema: str, table: str, since: int, until: int, limit: int, where: str) -> str:
@@ -158,16 +207,25 @@ def _rows(
     until: int,
     limit: int,
     times: dict[int, float],
+    doors: Doors,
 ) -> list[Event]:
     cursor = con.execute(_changes_sql(schema, table, since, until, limit, ""))
     columns = [str(d[0]) for d in cursor.description or []]
     out = []
-    for row in reversed(_rows_of(cursor)):
+    # Newest first: the first row seen of a commit is its last.
+    last: dict[int, int] = {}  # snapshot → row id of its last row
+    for row in _rows_of(cursor):
         values = dict(zip(columns, row, strict=True))
         snapshot = int(values.pop("snapshot_id"))
-        values.pop("rowid", None)
+        rowid = values.pop("rowid", None)
         values.pop("change_type", None)
         record = {k: v for k, v in values.items() if v is not None}
+        door = None
+        runs = doors.get((snapshot, schema, table))
+        if runs and isinstance(rowid, int):
+            end = last.setdefault(snapshot, rowid)
+            total = runs[-1][0] + runs[-1][1]
+            door = _door_of(runs, total - 1 - (end - rowid))
         out.append(
             Event(
                 snapshot=snapshot,
@@ -175,8 +233,10 @@ def _rows(
                 database=schema,
                 table=table,
                 record=record,
+                door=door,
             )
         )
+    out.reverse()
     return out
 
 
@@ -250,6 +310,18 @@ def last_inserts(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], float]
                 kind, _, ident = change.partition(":")
                 if kind in INSERTS and ident.isdigit() and int(ident) in names:
                     found[names[int(ident)]] = float(at)
+    except duckdb.Error as e:
+        raise LakeError(str(e)) from e
+    return found
+
+
+def door_counts(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dict[str, int]]:
+    """(database, table) → door → rows loaded through it, since the lake recorded
+    doors (lake/system.py ARRIVALS)."""
+    try:
+        found: dict[tuple[str, str], dict[str, int]] = {}
+        for database, table, door, rows in con.execute(DOOR_COUNTS).fetchall():
+            found.setdefault((str(database), str(table)), {})[str(door)] = int(rows)
     except duckdb.Error as e:
         raise LakeError(str(e)) from e
     return found

@@ -25,11 +25,12 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self
 
 import duckdb
+import msgspec
 import pyarrow as pa
 
 from tdedge.config import Settings
-from tdedge.errors import InvalidName, LakeError
-from tdedge.lake import compaction, system, upgrades
+from tdedge.errors import InvalidName, LakeError, PartitionTakenOver
+from tdedge.lake import compaction, fence, location, system, upgrades
 from tdedge.lake.batch import Batch, Deletion, ImportKey, TableRows
 from tdedge.lake.catalog import LAKE, LIVE_TABLES, write_lock
 from tdedge.lake.compaction import Slice
@@ -81,6 +82,11 @@ class Lake:
         self._columns: dict[tuple[str, str], Columns] = {}
         # Tables compaction merged, and their small files then (lake/compaction.py).
         self._merged: dict[tuple[str, str], tuple[int, int]] = {}
+        # This node's journal shards are stored under this prefix (location.py).
+        self._shards = location.journal_prefix(settings)
+        # A lake other nodes write too: their commits conflict with ours, and the
+        # tables and columns cached here may have been made or widened by them.
+        self._shared = bool(settings.lake_catalog)
         if not read_only:
             self.reload()
 
@@ -127,7 +133,16 @@ class Lake:
     # Loader side.
     def positions(self) -> dict[str, int]:
         """The journal position stored with the last commit: shard → last loaded seq."""
-        return {shard: int(seq) for shard, seq in self._fetch(system.READ_POSITIONS)}
+        found = self._fetch(system.READ_POSITIONS)
+        return {
+            shard: int(seq) for name, seq in found if (shard := self._own(str(name))) is not None
+        }
+
+    def _own(self, stored: str) -> str | None:
+        """A shard's name as this node's journal calls it; None: another node's."""
+        if not stored.startswith(self._shards):
+            return None
+        return stored[len(self._shards) :]
 
     def loaded_imports(self, keys: Iterable[ImportKey]) -> dict[ImportKey, str | None]:
         """Which of these keys are in ``bulk_imports`` already, and the upload token
@@ -148,6 +163,10 @@ class Lake:
             self.reload()
         found = self._columns.get((database, table))
         return None if found is None else dict(found)
+
+    def has_table(self, database: str, table: str) -> bool:
+        """Whether the table exists (as this writer last saw the lake)."""
+        return (database, table) in self._columns
 
     def upgrade(self, now: float) -> list[str]:
         """Make the changes lake/upgrades.py lists that this lake has not had yet, each
@@ -198,6 +217,11 @@ class Lake:
         batch that carries positions or load marks is retried, after checking through
         them that the failed attempt did not land after all. Positions only move
         forward and marks are only added, so they tell.
+
+        A batch read from positions that are not the stored ones any more is refused
+        with PartitionTakenOver (lake/fence.py), never retried. A retried batch whose
+        positions another loader committed meanwhile is taken as landed: its records
+        are in the lake, once, whoever committed them.
         """
         self._require_writable()
         attempt = 0
@@ -207,15 +231,33 @@ class Lake:
                 with write_lock(self._settings):
                     self._commit_once(batch)
                 return
+            except PartitionTakenOver:
+                raise
             except LakeError as e:
-                if not (telling and _is_locked(e)) or attempt >= LOCK_RETRIES:
+                if not (telling and self._retryable(e)) or attempt >= LOCK_RETRIES:
                     raise
-            if self.landed(batch):
-                log.warning("the lake reported a lock error for a commit that landed")
+                error = e
+            # DuckLake's conflict refuses the commit for sure; another loader's commit
+            # of the same positions would make it look landed (lake/fence.py).
+            if not _is_conflict(error) and self.landed(batch):
+                log.warning("the lake reported an error for a commit that landed: %s", error)
                 return
-            log.info("lake catalog locked by another writer; retrying the commit")
+            log.info("lake commit failed (%s); retrying the whole transaction", error)
             time.sleep(_backoff(attempt))
             attempt += 1
+
+    def _retryable(self, error: LakeError) -> bool:
+        """Whether a failed commit is tried again at once, as a whole.
+
+        On a lake other nodes share, any failure is: their commits conflict with
+        ours even on other tables (each takes the next snapshot id) and DuckLake's own
+        retries can run out, a table or column they made meanwhile fails our
+        CREATE or ALTER until the cache is reloaded (``_abort`` does), and a catalog
+        connection can drop. A batch the lake truly refuses fails every attempt and is
+        then left to the loader (which commits its tables apart). On an embedded lake
+        only SQLite's lock is: the loader is the only writer there.
+        """
+        return self._shared or _is_locked(error)
 
     def _commit_once(self, batch: Batch) -> None:
         schemas = set(self._schemas)
@@ -227,6 +269,8 @@ class Lake:
         )
         try:
             self._con.execute("BEGIN")
+            if batch.read_from and self._shared:
+                self._fence(batch, columns)
             for deletion in batch.deletions:
                 self._delete(deletion, columns)
             for rows in batch.tables:
@@ -237,11 +281,18 @@ class Lake:
             if batch.imports:
                 self._insert(system.BULK_IMPORTS, system.bulk_imports_table(batch.imports), budget)
             if batch.positions:
-                self._insert(system.POSITIONS, system.positions_table(batch.positions), budget)
+                stored = {self._shards + shard: seq for shard, seq in batch.positions.items()}
+                self._insert(system.POSITIONS, system.positions_table(stored), budget)
             if batch.marks:
-                self._insert(system.LOAD_MARKS, system.marks_table(batch.marks), budget)
+                marks = [
+                    msgspec.structs.replace(m, shard=self._shards + m.shard) for m in batch.marks
+                ]
+                self._insert(system.LOAD_MARKS, system.marks_table(marks), budget)
             if batch.jobs:
                 self._insert(system.JOB_WRITES, system.job_writes_table(batch.jobs), budget)
+            arrivals = system.insert_arrivals(batch.tables, int(time.time()))
+            if arrivals is not None:
+                self._con.execute(arrivals)
             self._con.execute("COMMIT")
         except duckdb.Error as e:
             self._abort()
@@ -252,6 +303,18 @@ class Lake:
         # Only a committed transaction changes what the lake looks like.
         self._schemas = schemas
         self._columns = columns
+
+    def _fence(self, batch: Batch, columns: dict[tuple[str, str], Columns]) -> None:
+        """Refuse ``batch`` unless it was read from the stored positions, and make the
+        catalog refuse an overlapping commit of its shards (see lake/fence.py). The
+        transaction's first statement; on a shared lake only."""
+        read_from = {self._shards + shard: seq for shard, seq in batch.read_from.items()}
+        moved = fence.moved(self._con, read_from)
+        if moved:
+            raise PartitionTakenOver([shard[len(self._shards) :] for shard in moved])
+        for shard, seq in batch.read_from.items():
+            after = batch.positions.get(shard, seq)
+            fence.claim(self._con, self._shards + shard, after, columns)
 
     def landed(self, batch: Batch) -> bool:
         """Whether a commit of ``batch`` that reported an error landed after all: its
@@ -278,8 +341,10 @@ class Lake:
     def marks(self) -> dict[tuple[str, str], dict[str, int]]:
         """The load marks: (database, table) → shard → the last seq marked loaded."""
         found: dict[tuple[str, str], dict[str, int]] = {}
-        for database, table, shard, seq in self._fetch(system.READ_MARKS):
-            found.setdefault((str(database), str(table)), {})[str(shard)] = int(seq)
+        for database, table, stored, seq in self._fetch(system.READ_MARKS):
+            shard = self._own(str(stored))
+            if shard is not None:
+                found.setdefault((str(database), str(table)), {})[shard] = int(seq)
         return found
 
     def _retrying(self, action: Callable[[], None], what: str) -> None:
@@ -289,9 +354,9 @@ class Lake:
                 action()
                 return
             except LakeError as e:
-                if not _is_locked(e) or attempt >= LOCK_RETRIES:
+                if not self._retryable(e) or attempt >= LOCK_RETRIES:
                     raise
-            log.info("lake catalog locked by another writer; retrying %s", what)
+            log.info("lake catalog busy with another writer; retrying %s", what)
             time.sleep(_backoff(attempt))
 
     def compact(self, now: float) -> None:
@@ -337,8 +402,12 @@ class Lake:
         cutoff = now - self._settings.lake_retention_s
         lake = literal(LAKE)
         older = "older_than => to_timestamp(?)"  # a tz-aware datetime would need pytz
+        self._retrying(partial(self._expire_snapshots, cutoff), "expire snapshots")
+        yield Slice("expire")
         steps: list[tuple[str, str, list[Any]]] = [
-            ("expire", f"CALL ducklake_expire_snapshots({lake}, {older})", [cutoff]),
+            # Only files of snapshots expired above are scheduled for deletion, all older
+            # than the retention (DuckLake 1.5.5 with a SQLite catalog takes every
+            # scheduled file as older than this cut-off, whatever its time).
             ("cleanup", f"CALL ducklake_cleanup_old_files({lake}, {older})", [cutoff]),
             # Files a writer wrote and never committed (it died mid-transaction). Files of
             # a transaction in flight are younger than the cut-off and are left alone.
@@ -355,6 +424,28 @@ class Lake:
             datetime.fromtimestamp(cutoff, UTC),
         )
 
+    def _expire_snapshots(self, cutoff: float) -> None:
+        """Expire the snapshots taken before ``cutoff`` (unix seconds), never the latest.
+
+        Named by id: DuckLake 1.5.5's ``older_than`` on a SQLite catalog expired every
+        snapshot but the latest, whatever the cut-off, and with them the history that
+        time travel, the change feed and the arrivals roll-up read. DuckDB itself
+        compares the snapshots' times correctly, so the ids are chosen here.
+        """
+        snapshots = f"ducklake_snapshots({literal(LAKE)})"
+        expired = [
+            int(r[0])
+            for r in self._fetch(
+                f"SELECT snapshot_id FROM {snapshots} WHERE snapshot_time < to_timestamp(?) "
+                f"AND snapshot_id < (SELECT max(snapshot_id) FROM {snapshots})",
+                [cutoff],
+            )
+        ]
+        if expired:
+            self._execute(
+                f"CALL ducklake_expire_snapshots({literal(LAKE)}, versions => ?)", [expired]
+            )
+
     def _prune_system(self, now: float) -> None:
         if self._fetch(system.COUNT_PASSED_MARKS)[0][0]:
             self._retrying(lambda: self._execute(system.PRUNE_MARKS), "prune load marks")
@@ -366,6 +457,7 @@ class Lake:
             self._retrying(
                 partial(self._execute, system.EXPIRE_IMPORTS, [forget]), "expire bulk import ids"
             )
+        self._roll_up_arrivals(now)
         retention = self._settings.import_errors_retention_s
 
         def expire_errors() -> None:
@@ -374,6 +466,25 @@ class Lake:
                 log.info("expired %d import errors past their retention", expired)
 
         self._retrying(expire_errors, "expire import errors")
+
+    def _roll_up_arrivals(self, now: float) -> None:
+        """Sum the arrival rows whose snapshots have expired (lake/system.py)."""
+        cutoff = int(now - self._settings.lake_retention_s)
+        if self._fetch(system.COUNT_OLD_ARRIVALS, [cutoff])[0][0] < system.ROLL_UP_ARRIVALS_AFTER:
+            return
+
+        def roll_up() -> None:
+            insert, delete = system.ROLL_UP_ARRIVALS
+            try:
+                self._con.execute("BEGIN")
+                self._con.execute(insert, [cutoff, cutoff])
+                self._con.execute(delete, [cutoff])
+                self._con.execute("COMMIT")
+            except duckdb.Error as e:
+                self._abort()
+                raise LakeError(str(e)) from e
+
+        self._retrying(roll_up, "roll up arrivals")
 
     def _expire_rows(self, table: tuple[str, str], cutoff: int) -> int:
         ref = table_ref(LAKE, *table)
@@ -641,6 +752,11 @@ class Lake:
 
 def _is_locked(error: BaseException) -> bool:
     return "database is locked" in str(error)
+
+
+def _is_conflict(error: BaseException) -> bool:
+    """DuckLake refused the commit: another transaction changed what it changed."""
+    return "Transaction conflict" in str(error)
 
 
 def _backoff(attempt: int) -> float:

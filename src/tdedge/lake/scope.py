@@ -9,13 +9,15 @@ So a query job's connection never attaches the real catalog and never loads that
 extension. Its lake is a DuckLake whose catalog is a DuckDB in-memory database holding
 the catalog rows of the account's own databases and nothing else — their schemas,
 tables, columns, files, statistics and inlined rows — copied in by tdedge through
-Python's sqlite3, and it may open only those databases' data folders. Whatever the SQL
+Python's sqlite3 or psycopg (lake/catalog_source.py), never through DuckDB's
+postgres extension either, and it may open only those databases' data folders. Whatever the SQL
 says, another account's tables, files and metadata are not there to be named.
 
-A refresh copies from one consistent snapshot of the real catalog (WAL mode lets it
-read while the loader commits), in one DuckDB transaction, and only when the catalog
-has a newer snapshot than the copy. Only the current snapshot is copied: jobs read the
-present, and older snapshots would tell when other accounts wrote.
+A refresh copies from one consistent snapshot of the real catalog (SQLite's WAL mode,
+or PostgreSQL's repeatable-read transaction, lets it read while loaders commit), in
+one DuckDB transaction, and only when the catalog has a newer snapshot than the copy.
+Only the current snapshot is copied: jobs read the present, and older snapshots would
+tell when other accounts wrote.
 
 Which catalog table holds what is decided by its columns, so a table a newer DuckLake
 adds is never copied by accident: rows keyed by ``table_id`` or ``schema_id`` are
@@ -28,16 +30,17 @@ stays empty.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Collection, Sequence
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from tdedge.config import Settings
 from tdedge.errors import LakeError
+from tdedge.lake import location
 from tdedge.lake.catalog import LAKE
+from tdedge.lake.catalog_source import Source, open_source
 from tdedge.lake.sql import ident, literal
 
 # DuckLake attaches its catalog database under this name beside the lake.
@@ -45,7 +48,7 @@ METADATA = f"__ducklake_metadata_{LAKE}"
 # The lake's own default schema: always present, holds none of tdedge's tables.
 _MAIN = "main"
 _INLINED = re.compile(r"ducklake_inlined_(?:data|delete)_(\d+)(?:_\d+)?")
-_COPIED_WHOLE = {"ducklake_metadata": "1"}
+_COPIED_WHOLE = {"ducklake_metadata": "true"}
 _CURRENT_ONLY = {
     "ducklake_snapshot": "snapshot_id = (SELECT max(snapshot_id) FROM ducklake_snapshot)"
 }
@@ -53,11 +56,11 @@ _ROWS = "tdedge_catalog_rows"
 
 
 class ScopedLake:
-    """A DuckLake over ``databases`` of the catalog at ``source``, for one connection."""
+    """A DuckLake over ``databases`` of the lake's catalog, for one connection."""
 
-    def __init__(self, source: Path, data: Path, databases: Collection[str]) -> None:
-        self.source = source.resolve()
-        self.data = data.resolve()
+    def __init__(self, settings: Settings, databases: Collection[str]) -> None:
+        self.settings = settings
+        self.data = location.data_path(settings)
         self.databases = frozenset(databases)
         self._snapshot: int | None = None
         self._inlined: set[str] = set()
@@ -65,43 +68,37 @@ class ScopedLake:
     def folders(self) -> list[str]:
         """The folders the databases' files are in, each ending in a slash: a schema's
         folder is its name under the data path (DuckLake's default, kept by tdedge)."""
-        return sorted(f"{self.data / name}/" for name in self.databases)
+        return sorted(f"{self.data}{name}/" for name in self.databases)
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         """ATTACH an empty lake as ``lake`` on ``con``; ``refresh`` fills it."""
+        location.configure(con, self.settings)
         try:
-            con.execute(
-                f"ATTACH 'ducklake::memory:' AS {LAKE} (DATA_PATH {literal(str(self.data) + '/')})"
-            )
+            con.execute(f"ATTACH 'ducklake::memory:' AS {LAKE} (DATA_PATH {literal(self.data)})")
         except duckdb.Error as e:
             raise LakeError(f"cannot attach the account's lake: {e}") from e
 
     def refresh(self, con: duckdb.DuckDBPyConnection) -> bool:
         """Copy the account's share of the catalog's current snapshot into ``con``'s
         lake; False when it held that snapshot already."""
-        try:
-            source = sqlite3.connect(
-                f"file:{self.source}?mode=ro", uri=True, isolation_level=None, timeout=30
-            )
-        except sqlite3.Error as e:
-            raise LakeError(f"cannot read the lake catalog {self.source}: {e}") from e
+        source = open_source(self.settings)
         try:
             # One read transaction: every table is read from the same snapshot.
-            source.execute("BEGIN")
+            source.begin()
             snapshot = _scalar(source, "SELECT max(snapshot_id) FROM ducklake_snapshot")
             if snapshot is not None and snapshot == self._snapshot:
                 return False
             self._copy(source, con)
             self._snapshot = snapshot
             return True
-        except sqlite3.Error as e:
-            raise LakeError(f"cannot read the lake catalog {self.source}: {e}") from e
+        except source.errors as e:
+            raise LakeError(f"cannot read the lake catalog: {e}") from e
         except duckdb.Error as e:
             raise LakeError(f"cannot copy the account's share of the catalog: {e}") from e
         finally:
             source.close()
 
-    def _copy(self, source: sqlite3.Connection, con: duckdb.DuckDBPyConnection) -> None:
+    def _copy(self, source: Source, con: duckdb.DuckDBPyConnection) -> None:
         names = sorted({_MAIN, *self.databases})
         schema_ids = _ids(
             source,
@@ -114,7 +111,7 @@ class ScopedLake:
             f"SELECT table_id FROM ducklake_table WHERE schema_id IN ({_marks(schema_ids)})",
             schema_ids,
         )
-        tables = [name for (name,) in source.execute(_TABLES)]
+        tables = source.tables()
         con.execute("BEGIN")
         try:
             for name in self._inlined:
@@ -127,9 +124,9 @@ class ScopedLake:
                     con.execute(f"DELETE FROM {METADATA}.{ident(name)}")
                 elif int(inlined.group(1)) in table_ids:
                     # Left out whole for other tables: even the name tells one exists.
-                    _create_like(source, con, name)
+                    create_like(source, con, name)
                     self._inlined.add(name)
-                    where = "1"
+                    where = "true"
                 else:
                     continue
                 if where is not None:
@@ -140,18 +137,15 @@ class ScopedLake:
             raise
 
 
-_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'ducklake%'"
-
-
 def _filter(
-    source: sqlite3.Connection, name: str, schema_ids: Sequence[int], table_ids: Sequence[int]
+    source: Source, name: str, schema_ids: Sequence[int], table_ids: Sequence[int]
 ) -> str | None:
     """The WHERE clause choosing the account's rows of a catalog table; None: none."""
     if name in _COPIED_WHOLE:
         return _COPIED_WHOLE[name]
     if name in _CURRENT_ONLY:
         return _CURRENT_ONLY[name]
-    columns = {row[1] for row in source.execute(f"PRAGMA table_info({ident(name)})")}
+    columns = {column for column, _ in source.columns(name)}
     if "table_id" in columns:
         # Schema versions of the whole catalog carry no table.
         everywhere = " OR table_id IS NULL" if name == "ducklake_schema_versions" else ""
@@ -161,17 +155,14 @@ def _filter(
     return None
 
 
-def _create_like(source: sqlite3.Connection, con: duckdb.DuckDBPyConnection, name: str) -> None:
+def create_like(source: Source, con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Create an inlined-data table in the copy with its columns' own types.
 
     A SQLite catalog keeps inlined values in the types SQLite has (a BOOLEAN as an
     integer, a DOUBLE as text); a DuckDB catalog keeps them as they are, and DuckLake
     reads them so. The types are the table's columns at the table's schema version.
     """
-    columns = [
-        (str(c[1]), str(c[2] or "VARCHAR"))
-        for c in source.execute(f"PRAGMA table_info({ident(name)})")
-    ]
+    columns = source.columns(name)
     inlined = _INLINED.fullmatch(name)
     if inlined is not None and name.startswith("ducklake_inlined_data_"):
         # row_id, begin_snapshot, end_snapshot, then the table's own columns.
@@ -182,19 +173,19 @@ def _create_like(source: sqlite3.Connection, con: duckdb.DuckDBPyConnection, nam
     con.execute(f"CREATE TABLE {METADATA}.{ident(name)} ({listed})")
 
 
-def _column_types(source: sqlite3.Connection, table_id: int, version: int) -> dict[str, str]:
+def _column_types(source: Source, table_id: int, version: int) -> dict[str, str]:
     """DuckDB types of a table's top-level columns at a schema version (the newest of
     each name when the version's snapshot is not known)."""
-    row = source.execute(
+    found = source.select(
         "SELECT min(begin_snapshot) FROM ducklake_schema_versions WHERE schema_version = ?",
         [version],
-    ).fetchone()
-    began = None if row is None else row[0]
-    rows = source.execute(
+    )[1]
+    began = found[0][0] if found else None
+    rows = source.select(
         "SELECT column_name, column_type, begin_snapshot, end_snapshot FROM ducklake_column "
         "WHERE table_id = ? AND parent_column IS NULL ORDER BY begin_snapshot",
         [table_id],
-    ).fetchall()
+    )[1]
     types: dict[str, str] = {}
     for column, kind, begin, end in rows:
         if began is None or (begin <= began and (end is None or end > began)):
@@ -243,15 +234,11 @@ def _duckdb_type(kind: str) -> str:
     return found
 
 
-def _insert(
-    source: sqlite3.Connection, con: duckdb.DuckDBPyConnection, name: str, where: str
-) -> None:
-    cursor = source.execute(f"SELECT * FROM {ident(name)} WHERE {where}")
-    rows = cursor.fetchall()
+def _insert(source: Source, con: duckdb.DuckDBPyConnection, name: str, where: str) -> None:
+    columns, rows = source.select(f"SELECT * FROM {ident(name)} WHERE {where}")
     if not rows:
         return
-    columns = [d[0] for d in cursor.description]
-    table = pa.table({c: _column([r[i] for r in rows]) for i, c in enumerate(columns)})
+    table = pa.table({c: arrow_column([r[i] for r in rows]) for i, c in enumerate(columns)})
     con.register(_ROWS, table)
     try:
         # DuckDB casts to the column types DuckLake created (text to timestamps too).
@@ -260,7 +247,7 @@ def _insert(
         con.unregister(_ROWS)
 
 
-def _column(values: list[Any]) -> pa.Array:
+def arrow_column(values: list[Any]) -> pa.Array:
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
@@ -268,13 +255,13 @@ def _column(values: list[Any]) -> pa.Array:
         return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
-def _ids(source: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[int]:
-    return [int(row[0]) for row in source.execute(sql, list(params))]
+def _ids(source: Source, sql: str, params: Sequence[Any]) -> list[int]:
+    return [int(row[0]) for row in source.select(sql, params)[1]]
 
 
-def _scalar(source: sqlite3.Connection, sql: str) -> int | None:
-    row = source.execute(sql).fetchone()
-    return None if row is None or row[0] is None else int(row[0])
+def _scalar(source: Source, sql: str) -> int | None:
+    rows = source.select(sql)[1]
+    return None if not rows or rows[0][0] is None else int(rows[0][0])
 
 
 def _marks(values: Sequence[Any]) -> str:

@@ -20,6 +20,16 @@ Compaction deletes the marks the positions have passed.
 ``job_writes`` has a row for each query job that wrote into a table (lake/batch.py
 JobWrite), written with its rows: a job is never written twice.
 
+``arrivals`` says which door each commit's rows came in by, written with them: per
+commit, per table, one row per run of rows of one door, in row order (``first_row``
+is the run's place among the rows the commit inserted into the table, from 0). The
+console (lake/feed.py) joins it to the rows by the snapshot DuckLake gives both, and
+sums it per door. It is one small insert per commit, never a column of users' tables
+(they SELECT * them, and Treasure Data's tables have no such column). Compaction
+rolls the rows whose snapshots have expired into one per (table, door), ``first_row``
+NULL, so the table stays about as small as the commits the lake keeps; a dropped table's rows go
+with it (api/catalog.py).
+
 ``upgrades`` names each change made to a lake an older tdedge made (lake/upgrades.py),
 with its time: one row per upgrade, written with its changes.
 """
@@ -32,9 +42,9 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-from tdedge.lake.batch import BulkImport, ImportKey, JobWrite, LoadMark, Rejection
+from tdedge.lake.batch import BulkImport, ImportKey, JobWrite, LoadMark, Rejection, TableRows
 from tdedge.lake.catalog import LAKE
-from tdedge.lake.sql import table_ref
+from tdedge.lake.sql import literal, table_ref
 from tdedge.names import SYSTEM_DATABASE
 
 POSITIONS = table_ref(LAKE, SYSTEM_DATABASE, "journal_positions")
@@ -43,6 +53,8 @@ BULK_IMPORTS = table_ref(LAKE, SYSTEM_DATABASE, "bulk_imports")
 LOAD_MARKS = table_ref(LAKE, SYSTEM_DATABASE, "load_marks")
 UPGRADES = table_ref(LAKE, SYSTEM_DATABASE, "upgrades")
 JOB_WRITES = table_ref(LAKE, SYSTEM_DATABASE, "job_writes")
+ARRIVALS_NAME = "arrivals"
+ARRIVALS = table_ref(LAKE, SYSTEM_DATABASE, ARRIVALS_NAME)
 
 IMPORT_ERRORS_SCHEMA = pa.schema(
     [
@@ -108,6 +120,17 @@ JOB_WRITES_SCHEMA = pa.schema(
     ]
 )
 
+ARRIVALS_SCHEMA = pa.schema(
+    [
+        ("database_name", pa.string()),
+        ("table_name", pa.string()),
+        ("door", pa.string()),
+        ("first_row", pa.int64()),
+        ("rows", pa.int64()),
+        ("time", pa.int64()),
+    ]
+)
+
 _SQL = {pa.int64(): "BIGINT", pa.string(): "VARCHAR"}
 
 
@@ -123,6 +146,8 @@ DDL = (
     f"CREATE TABLE IF NOT EXISTS {LOAD_MARKS} ({_columns_sql(LOAD_MARKS_SCHEMA)})",
     f"CREATE TABLE IF NOT EXISTS {UPGRADES} ({_columns_sql(UPGRADES_SCHEMA)})",
     f"CREATE TABLE IF NOT EXISTS {JOB_WRITES} ({_columns_sql(JOB_WRITES_SCHEMA)})",
+    # Created in lakes made before it, too: they show no door for their older rows.
+    f"CREATE TABLE IF NOT EXISTS {ARRIVALS} ({_columns_sql(ARRIVALS_SCHEMA)})",
     # Lakes made before these columns get them, NULL in their old rows.
     *(
         f"ALTER TABLE {BULK_IMPORTS} ADD COLUMN IF NOT EXISTS {f.name} {_SQL[f.type]}"
@@ -131,11 +156,15 @@ DDL = (
     ),
 )
 
-TABLES = (POSITIONS, IMPORT_ERRORS, BULK_IMPORTS, LOAD_MARKS, UPGRADES, JOB_WRITES)
+TABLES = (POSITIONS, IMPORT_ERRORS, BULK_IMPORTS, LOAD_MARKS, UPGRADES, JOB_WRITES, ARRIVALS)
 
 WRITTEN_JOBS = f"SELECT DISTINCT job_id FROM {JOB_WRITES} WHERE job_id IN (SELECT unnest(?))"
 
 READ_POSITIONS = f"SELECT shard, max(seq) FROM {POSITIONS} GROUP BY shard"
+# The positions of some shards only (the list is the parameter).
+READ_SHARD_POSITIONS = (
+    f"SELECT shard, max(seq) FROM {POSITIONS} WHERE shard IN (SELECT unnest(?)) GROUP BY shard"
+)
 
 # Keeps the newest row of each shard (see the module docstring).
 PRUNE_POSITIONS = (
@@ -162,6 +191,53 @@ PRUNE_MARKS = f"DELETE {_PASSED_MARKS}"
 # first, as a DELETE that matches nothing still costs a commit.
 COUNT_EXPIRED_IMPORTS = f"SELECT count(*) FROM {BULK_IMPORTS} WHERE time < ?"
 EXPIRE_IMPORTS = f"DELETE FROM {BULK_IMPORTS} WHERE time < ?"
+
+
+# Rows of each table and door, for the console; the tables are filtered by the caller.
+DOOR_COUNTS = (
+    f"SELECT database_name, table_name, door, sum(rows) FROM {ARRIVALS} "
+    "GROUP BY database_name, table_name, door"
+)
+# Arrival rows whose snapshots have expired (their place among a commit's rows serves
+# no feed any more) beyond one per table and door: ROLL_UP_ARRIVALS sums them into one
+# row per table and door, timed at the cutoff (so that the DELETE in the same
+# transaction spares it), once there are this many to save.
+ROLL_UP_ARRIVALS_AFTER = 1_000
+_OLD_ARRIVALS = f"FROM {ARRIVALS} WHERE time < ?"
+COUNT_OLD_ARRIVALS = (
+    f"SELECT count(*) - count(DISTINCT (database_name, table_name, door)) {_OLD_ARRIVALS}"
+)
+ROLL_UP_ARRIVALS = (
+    f"INSERT INTO {ARRIVALS} SELECT database_name, table_name, door, NULL, sum(rows), "
+    f"CAST(? AS BIGINT) {_OLD_ARRIVALS} GROUP BY database_name, table_name, door",
+    f"DELETE {_OLD_ARRIVALS}",
+)
+
+
+def forget_arrivals(database: str, table: str | None = None) -> str:
+    """The statement that forgets a dropped table's (or database's) arrivals."""
+    where = f"database_name = {literal(database)}"
+    if table is not None:
+        where += f" AND table_name = {literal(table)}"
+    return f"DELETE FROM {ARRIVALS} WHERE {where}"
+
+
+def insert_arrivals(tables: Iterable[TableRows], now: int) -> str | None:
+    """The statement that records a commit's door runs (see the module docstring); None
+    when no table records its doors. One INSERT of literal rows: through an Arrow view
+    it costs the commit several times more."""
+    values = []
+    for t in tables:
+        if not t.doors or not t.rows.num_rows:
+            continue
+        first = 0
+        for door, rows in t.doors:
+            names = f"{literal(t.database)}, {literal(t.table)}, {literal(door)}"
+            values.append(f"({names}, {first}, {int(rows)}, {int(now)})")
+            first += rows
+    if not values:
+        return None
+    return f"INSERT INTO {ARRIVALS} VALUES {', '.join(values)}"
 
 
 def _rows_table(rows: Sequence[msgspec.Struct], schema: pa.Schema) -> pa.Table:

@@ -14,6 +14,11 @@ A batch is committed once it is full, or once its oldest record has waited
 otherwise the loader polls again after ``loader_poll_s`` for more records to share the
 commit (each commit costs ~25 ms of CPU here, whatever its size).
 
+A burst of new tables does not hold back the records behind it: a step creates at most
+``loader_new_tables_per_commit`` of them and commits the rows of every existing table it
+read, with load marks, leaving the positions where they are for the tables still to
+create (``_hold_new_tables``).
+
 A failed step is retried with backoff; nothing is lost because the positions did not
 move. One table cannot stop the others:
 
@@ -28,6 +33,13 @@ move. One table cannot stop the others:
   holds: a loader that starts again before that last commit finds the marks and skips
   the rows they cover. If the lake itself is unwell, that last commit fails too and
   nothing is set aside.
+
+Each commit names the positions its batch was read from, and the lake refuses it if
+they are not the stored ones any more (lake/fence.py): with a replicated journal, a
+loader that stalled past its partition's lease while another took the partition over
+and loaded it must not load the same records again. Such a batch is dropped whole, not
+retried: the loader forgets the positions it had, reads them from the lake again, and
+reads on from there in the partitions it still holds (``_taken_over``).
 """
 
 from __future__ import annotations
@@ -38,10 +50,10 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, groupby
 from operator import attrgetter
 
 from tdedge import metrics
@@ -49,9 +61,9 @@ from tdedge.config import Settings
 from tdedge.control.directory import Directory
 from tdedge.control.imports import ImportLedger
 from tdedge.control.retention import RetentionRules
-from tdedge.errors import LakeError
+from tdedge.errors import LakeError, PartitionTakenOver
 from tdedge.journal.base import JournalReader
-from tdedge.journal.envelope import JournalGroup
+from tdedge.journal.envelope import Envelope, JournalGroup
 from tdedge.lake.batch import Batch, LoadMark, Rejection, TableRows
 from tdedge.lake.compaction import Slice
 from tdedge.lake.lake import Lake
@@ -90,6 +102,8 @@ class Shaped:
     rows: TableRows
     found: TableInput
     rejections: list[Rejection]
+    new: bool = False  # the table does not exist yet: this commit creates it
+    conflicts: int = 0  # values moved to td_type_conflicts
 
     @property
     def key(self) -> TableKey:
@@ -105,12 +119,16 @@ class StepReport:
     record_duplicates: int = 0  # resent SDK events (loader/duplicates.py)
     conflicts: int = 0
     lag_records: int = 0  # left in the journal after this step
-    lag_seconds: float = 0.0  # age of the oldest waiting record when the step began
+    # Age of the oldest waiting record when the step began, but for records that wait
+    # for their new table to be created (``held_seconds``).
+    lag_seconds: float = 0.0
+    held_tables: int = 0  # new tables whose records wait (Loader._hold_new_tables)
+    held_seconds: float = 0.0  # age of the oldest record that waits for its new table
 
     @property
     def more(self) -> bool:
         """A batch was loaded and records are still waiting: step again without a pause."""
-        return self.entries > 0 and self.lag_records > 0
+        return (self.entries > 0 or self.rows > 0) and self.lag_records > 0
 
 
 class Loader:
@@ -154,6 +172,8 @@ class Loader:
         try:
             with _collector_paused():
                 return self._step(now)
+        except PartitionTakenOver as e:
+            return self._taken_over(e)
         except BaseException:
             # The commit may or may not have happened: ask the lake next time.
             self._positions = None
@@ -170,19 +190,33 @@ class Loader:
         )
         if not groups:
             return self._report(StepReport(lag_records=waiting, lag_seconds=lag_s))
-        groups = within_tables(groups, self._settings.loader_batch_max_tables)
+        full = sum(len(g.envelopes) for g in groups) >= self._pacing.max_records
+        holding = self._failed_commits < SET_ASIDE_AFTER_FAILURES
+        groups = within_tables(
+            groups,
+            self._settings.loader_batch_max_tables,
+            lambda key: not self._lake.has_table(*key),
+            self._settings.loader_new_tables_per_commit if holding else None,
+            self._marks,
+        )
         sifted = self._sift(groups, now)
         routed = self._router.route(sifted.groups, now)
         entries = len(routed.envelopes.items) + sifted.dropped
         if self._marks:
             self._skip_marked(routed)
         resent = self._sift_resent(routed, now)
-        shaped, refused, conflicts = self._shape(routed, now)
+        shaped, refused = self._shape(routed, now)
+        held: list[Shaped] = []
+        if holding:
+            shaped, held = self._hold_new_tables(shaped, full, now)
         if self._record_ids is not None and resent.claims:
             # Durable before the commit (loader/record_ids.py says why).
             self._record_ids.claim(resent.claims_of(t.key for t in shaped), now)
         # Past every group read, dropped envelopes included.
         moved = _last_seqs(groups)
+        if held:
+            return self._commit_holding(shaped, held, moved, waiting, now)
+        conflicts = sum(t.conflicts for t in shaped)
         apart: list[Shaped] = []  # committed on their own already
         if self._failed_commits >= SET_ASIDE_AFTER_FAILURES and shaped:
             isolated = self._isolate(shaped, routed, moved, now)
@@ -202,6 +236,7 @@ class Loader:
             ],
             moved,
             sifted.imports,
+            read_from=Batch.reading(positions, moved),
         )
         try:
             self._lake.commit(batch)
@@ -225,6 +260,99 @@ class Loader:
             conflicts=conflicts,
             lag_records=max(0, waiting - entries),
             lag_seconds=lag_s,
+        )
+        _count(report, rejections)
+        return self._report(report)
+
+    def _taken_over(self, refused: PartitionTakenOver) -> StepReport:
+        """Drop the batch the lake refused (see the module docstring): nothing of it
+        was written, and its records of the partitions this loader still holds are read
+        again at the next step, from the positions the lake has."""
+        log.warning(
+            "partition taken over by another loader: %s; its batch is dropped",
+            ", ".join(refused.shards),
+        )
+        metrics.PARTITIONS_TAKEN_OVER.inc(len(refused.shards))
+        self._positions = None
+        self._failed_commits = 0
+        self._suspects.clear()
+        last = self._last
+        return self._report(StepReport(lag_records=last.lag_records, lag_seconds=last.lag_seconds))
+
+    def _hold_new_tables(
+        self, shaped: list[Shaped], full: bool, now: float
+    ) -> tuple[list[Shaped], list[Shaped]]:
+        """The tables to commit now, and the new tables whose records wait.
+
+        Creating a table costs the lake's catalog far more than appending to one (13 ms
+        of CPU with an empty lake, 40 ms with 2,000 tables, here), so a burst of new
+        tables would hold every record behind it in the journal for as long as the
+        loader takes to create them all: one client's thousand new tables kept everybody
+        else's records waiting a minute. So each step appends to every existing table it
+        read, and creates at most ``loader_new_tables_per_commit`` new ones, taken from
+        the accounts in turn (one account's burst does not hold another's first table);
+        the others wait for the next steps, their records re-read in place.
+
+        Waiting is bounded: once the oldest waiting record is older than
+        ``loader_new_tables_hold_s``, or the batch fills a whole read (the records behind
+        could not be reached anyway), a step creates up to ``loader_batch_max_tables``.
+        """
+        new = [t for t in shaped if t.new]
+        limit = max(1, self._settings.loader_new_tables_per_commit)
+        if len(new) <= limit:
+            return shaped, []
+        oldest = min(min(t.found.received_s, default=now) for t in new)
+        if full or now - oldest > self._settings.loader_new_tables_hold_s:
+            limit = self._settings.loader_batch_max_tables
+            if len(new) <= limit:
+                return shaped, []
+        turns: dict[int, int] = {}
+        order: list[tuple[int, int, Shaped]] = []
+        for i, table in enumerate(new):
+            turn = turns.get(table.found.account_id, 0)
+            turns[table.found.account_id] = turn + 1
+            order.append((turn, i, table))
+        order.sort(key=lambda o: (o[0], o[1]))
+        created = {id(t) for _, _, t in order[:limit]}
+        committed = [t for t in shaped if not t.new or id(t) in created]
+        return committed, [t for t in new if id(t) not in created]
+
+    def _commit_holding(
+        self,
+        shaped: list[Shaped],
+        held: list[Shaped],
+        moved: dict[str, int],
+        waiting: int,
+        now: float,
+    ) -> StepReport:
+        """Commit ``shaped`` with load marks and leave the positions where they are, so
+        that the next step reads the held tables' records again (and skips what the
+        marks cover). The batch's import errors and bulk-import ids wait for the step
+        that moves the positions, as its records do."""
+        error = self._commit_apart(shaped, moved, now)
+        if error is not None:
+            self._failed_commits += 1
+            raise LakeError(error)
+        self._failed_commits = 0
+        self._suspects.clear()
+        rejections = list(chain.from_iterable(t.rejections for t in shaped))
+        # The records behind this batch are the ones that wait for nothing but the loader.
+        _, beyond_ms = self._reader.pending({**(self._positions or {}), **moved})
+        oldest_held = min(min(t.found.received_s, default=now) for t in held)
+        report = StepReport(
+            rows=sum(t.rows.rows.num_rows for t in shaped),
+            rejected=len(rejections),
+            conflicts=sum(t.conflicts for t in shaped),
+            lag_records=waiting,
+            lag_seconds=0.0 if beyond_ms is None else max(0.0, now - beyond_ms / 1000),
+            held_tables=len(held),
+            held_seconds=max(0.0, now - oldest_held),
+        )
+        log.info(
+            "created %d new tables; %d more wait (their oldest record: %.1f s)",
+            sum(t.new for t in shaped),
+            len(held),
+            report.held_seconds,
         )
         _count(report, rejections)
         return self._report(report)
@@ -279,9 +407,12 @@ class Loader:
             [t.rows for t in tables],
             list(chain.from_iterable(t.rejections for t in tables)),
             marks=marks,
+            read_from=Batch.reading(self._positions or {}, moved),
         )
         try:
             self._lake.commit(batch)
+        except PartitionTakenOver:
+            raise
         except LakeError as e:
             if not self._lake.landed(batch):
                 return str(e)
@@ -345,16 +476,14 @@ class Loader:
             self._forget_marks()
         return self._positions
 
-    def _shape(self, routed: Routed, now: float) -> tuple[list[Shaped], list[Rejection], int]:
-        """Each table's rows, the import errors of tables set aside, and the count of
-        values moved to td_type_conflicts.
+    def _shape(self, routed: Routed, now: float) -> tuple[list[Shaped], list[Rejection]]:
+        """Each table's rows, and the import errors of tables set aside.
 
         A table whose rows cannot be built is set aside at once (the same records would
         fail the same way again); the other tables load.
         """
         shaped: list[Shaped] = []
         refused: list[Rejection] = []
-        conflicts = 0
         tables: dict[int, int] = {}  # account → its tables, the batch's new ones counted
         for (database, table), found in routed.tables.items():
             if not found.rows:
@@ -382,9 +511,10 @@ class Loader:
                 verdict = Reject(LOAD_FAILED, detail, found.account_id)
                 refused.extend([*rejections, *routed.rejected(found.rows, verdict, now)])
                 continue
-            shaped.append(Shaped(TableRows(database, table, built.table), found, rejections))
-            conflicts += built.conflicts
-        return shaped, refused, conflicts
+            doors = door_runs(routed.envelopes.items, found.rows)
+            rows = TableRows(database, table, built.table, doors=doors)
+            shaped.append(Shaped(rows, found, rejections, existing is None, built.conflicts))
+        return shaped, refused
 
     def _room_for_table(self, account_id: int, tables: dict[int, int], now: float) -> bool:
         """Whether ``account_id`` may have one table more; counts it in ``tables``."""
@@ -422,6 +552,8 @@ class Loader:
     def _report(self, report: StepReport) -> StepReport:
         metrics.LOADER_LAG_RECORDS.set(report.lag_records)
         metrics.LOADER_LAG_SECONDS.set(report.lag_seconds)
+        metrics.LOADER_NEW_TABLES_WAITING.set(report.held_tables)
+        metrics.LOADER_NEW_TABLES_WAIT_SECONDS.set(report.held_seconds)
         self._last = report
         return report
 
@@ -559,33 +691,60 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def door_runs(items: Sequence[Envelope], rows: Sequence[int]) -> tuple[tuple[str, int], ...]:
+    """The doors of ``items[rows]``, as runs in order (TableRows.doors): one run for
+    the usual table, whose records all come in by one door; the loop runs per run."""
+    doors = map(_door, map(items.__getitem__, rows))
+    return tuple((door, sum(1 for _ in run)) for door, run in groupby(doors))
+
+
 def _last_seqs(groups: Sequence[JournalGroup]) -> dict[str, int]:
     # read() returns each shard oldest first, so the last group of a shard is its newest.
     return {group.shard: group.seq for group in groups}
 
 
-def within_tables(groups: list[JournalGroup], limit: int) -> list[JournalGroup]:
+def within_tables(
+    groups: list[JournalGroup],
+    limit: int,
+    is_new: Callable[[TableKey], bool] = lambda _: False,
+    new_limit: int | None = None,
+    marks: Mapping[TableKey, Mapping[str, int]] | None = None,
+) -> list[JournalGroup]:
     """The oldest of ``groups`` whose records go to at most ``limit`` tables (at least
     one group), in their order.
 
     Taken oldest first across shards (by each group's first arrival) and always a
     prefix of each shard's groups: the positions move past every group a batch holds,
     so a batch must never skip one.
+
+    Tables that do not exist yet (``is_new``) count only up to ``new_limit`` of them: a
+    step creates no more than that many (the rest wait, ``Loader._hold_new_tables``), so
+    more of them would not make the commit longer, and counting them would stop the
+    batch from reaching the records behind them. Nor do tables whose records in a group
+    the load ``marks`` say are loaded already: the batch skips them.
     """
     if sum(len(g.envelopes) for g in groups) <= limit:
         return groups  # cannot name more tables than it has records
     queues: dict[str, deque[JournalGroup]] = {}
     for group in groups:
         queues.setdefault(group.shard, deque()).append(group)
-    tables: set[tuple[str, str]] = set()
+    tables: set[TableKey] = set()
+    new: set[TableKey] = set()
+    cap = limit if new_limit is None else new_limit
     kept: set[int] = set()
     while queues:
         shard = min(queues, key=lambda s: _arrival(queues[s][0]))
         queue = queues[shard]
-        names = set(map(_table_of, queue[0].envelopes))
-        if kept and len(tables | names) > limit:
+        head = queue[0]
+        names = set(map(_table_of, head.envelopes)) - tables - new
+        if marks:
+            names = {n for n in names if marks.get(n, {}).get(head.shard, -1) < head.seq}
+        fresh = {n for n in names if is_new(n)}
+        old = names - fresh
+        if kept and len(tables) + len(old) + min(cap, len(new) + len(fresh)) > limit:
             break
-        tables |= names
+        tables |= old
+        new |= fresh
         kept.add(id(queue.popleft()))
         if not queue:
             del queues[shard]
@@ -595,6 +754,7 @@ def within_tables(groups: list[JournalGroup], limit: int) -> list[JournalGroup]:
 
 
 _table_of = attrgetter("database", "table")
+_door = attrgetter("door")
 
 
 def _arrival(group: JournalGroup) -> int:

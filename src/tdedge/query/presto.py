@@ -20,23 +20,11 @@ from sqlglot import exp
 
 from tdedge.query import zoned
 from tdedge.query.joda import PatternError, strftime_pattern
+from tdedge.query.regex_groups import Group, group_kind
 
 
 class Unsupported(ValueError):
     """A Presto function or form with no faithful translation here."""
-
-
-def _divisor(divisor: exp.Expression) -> exp.Expression:
-    """``divisor``, or Presto's "Division by zero" error where it is 0. DuckDB answers
-    NULL, which a report would take for "no data"; Presto fails an integer division by
-    zero and gives Infinity or NaN for a double one, which tdedge cannot tell apart
-    from here (the types are known only once DuckDB binds): an error for both, never a
-    different answer."""
-    if isinstance(divisor, exp.Literal) and divisor.is_number and float(divisor.this) != 0:
-        return divisor
-    zero = exp.EQ(this=divisor.copy(), expression=exp.Literal.number(0))
-    failure = exp.Anonymous(this="error", expressions=[exp.Literal.string("Division by zero")])
-    return exp.Case(ifs=[exp.If(this=zero, true=failure)], default=divisor)
 
 
 def fn(name: str, *args: exp.Expression) -> exp.Expression:
@@ -365,8 +353,54 @@ def _regexp(node: exp.Expression) -> exp.Expression:
     if isinstance(node, exp.RegexpExtract):
         # No match is NULL in Presto ('' in DuckDB).
         found = fn("regexp_matches", node.this.copy(), node.expression.copy())
-        return exp.Case(ifs=[exp.If(this=found, true=node)])
+        return exp.Case(ifs=[exp.If(this=found, true=_absent_group(node, node.copy()))])
+    if isinstance(node, exp.RegexpExtractAll):
+        kind = _group_kind(node)
+        if kind is Group.ALWAYS:
+            return node
+        each = _absent_group(node, exp.column("__g"))
+        return fn("list_transform", node, exp.Lambda(this=each, expressions=[_ident("__g")]))
     return node
+
+
+def _ident(name: str) -> exp.Identifier:
+    return exp.to_identifier(name)
+
+
+def _group_kind(node: exp.Expression) -> Group:
+    group = node.args.get("group")
+    number = 0 if group is None else _int_literal(group)
+    pattern = _literal_text(node.args.get("expression"))
+    if number is None or pattern is None:
+        return Group.AMBIGUOUS
+    return group_kind(pattern, number)
+
+
+def _int_literal(node: exp.Expression) -> int | None:
+    if isinstance(node, exp.Literal) and node.is_int:
+        return int(node.this)
+    return None
+
+
+def _absent_group(node: exp.Expression, value: exp.Expression) -> exp.Expression:
+    """``value`` (one group's text) with Presto's NULL for a group that took no part in
+    the match, where DuckDB gives '' (query/regex_groups.py); where '' could be either,
+    an error rather than a guess."""
+    kind = _group_kind(node)
+    if kind is Group.ALWAYS:
+        return value
+    if kind is Group.NONEMPTY:
+        return exp.Nullif(this=value, expression=_s(""))
+    ambiguous = fn(
+        "error",
+        _s(
+            "regexp: a group that may take no part in the match and may match the empty "
+            "string matched nothing; tdedge cannot tell NULL from '' there (make the "
+            "group non-optional or unable to match the empty string)"
+        ),
+    )
+    empty = exp.EQ(this=value.copy(), expression=_s(""))
+    return exp.Case(ifs=[exp.If(this=empty, true=ambiguous)], default=value)
 
 
 def _approx_quantile(node: exp.ApproxQuantile) -> exp.Expression:
@@ -497,21 +531,25 @@ def _url(part: str) -> Callable[[list[exp.Expression]], exp.Expression]:
     return build
 
 
-def _map_agg(args: list[exp.Expression]) -> exp.Expression:
-    """``map_agg(k, v)``: one entry per key (the first seen wins), NULL keys skipped."""
-    if len(args) != 2:
-        raise Unsupported("map_agg takes a key and a value")
-    key, value = args
+def _keyed_entries(key: exp.Expression, value: exp.Expression) -> exp.Expression:
+    """The aggregate's rows as a list of ``{k, v}`` structs, rows with a NULL key left out."""
     pair = exp.Struct(
         expressions=[
             exp.PropertyEQ(this=exp.to_identifier("k"), expression=key),
             exp.PropertyEQ(this=exp.to_identifier("v"), expression=value),
         ]
     )
-    entries = exp.Filter(
+    return exp.Filter(
         this=fn("list", pair),
         expression=exp.Where(this=exp.Not(this=exp.Is(this=key.copy(), expression=exp.Null()))),
     )
+
+
+def _map_agg(args: list[exp.Expression]) -> exp.Expression:
+    """``map_agg(k, v)``: one entry per key (the first seen wins), NULL keys skipped."""
+    if len(args) != 2:
+        raise Unsupported("map_agg takes a key and a value")
+    entries = _keyed_entries(*args)
     # DuckDB refuses duplicate keys: entry i stays only if its key is first seen there.
     # The two copies of the aggregate are bound once.
     first = exp.EQ(
@@ -532,6 +570,52 @@ def _map_agg(args: list[exp.Expression]) -> exp.Expression:
         exp.Lambda(this=first, expressions=[exp.to_identifier("e"), exp.to_identifier("i")]),
     )
     return fn("map_from_entries", unique)
+
+
+def _multimap_agg(args: list[exp.Expression]) -> exp.Expression:
+    """``multimap_agg(k, v)``: each key (first seen first) to the array of its values;
+    NULL keys skipped, as map_agg skips them."""
+    if len(args) != 2:
+        raise Unsupported("multimap_agg takes a key and a value")
+    entries = _keyed_entries(*args)
+    keys = _distinct_in_order(
+        fn(
+            "list_transform",
+            entries.copy(),
+            exp.Lambda(this=_field("__e", "k"), expressions=[_ident("__e")]),
+        )
+    )
+    same_key = exp.EQ(this=_field("__e", "k"), expression=exp.column("__key"))
+    values = fn(
+        "list_transform",
+        fn("list_filter", entries, exp.Lambda(this=same_key, expressions=[_ident("__e")])),
+        exp.Lambda(this=_field("__e", "v"), expressions=[_ident("__e")]),
+    )
+    group = exp.Struct(
+        expressions=[
+            exp.PropertyEQ(this=exp.to_identifier("key"), expression=exp.column("__key")),
+            exp.PropertyEQ(this=exp.to_identifier("value"), expression=values),
+        ]
+    )
+    groups = fn("list_transform", keys, exp.Lambda(this=group, expressions=[_ident("__key")]))
+    return fn("map_from_entries", groups)
+
+
+def _to_iso8601(args: list[exp.Expression]) -> exp.Expression:
+    """``to_iso8601(date)``. A timestamp's text in Trino has as many fraction digits as
+    its type's precision, which DuckDB does not keep: refused rather than guessed."""
+    if len(args) != 1:
+        raise Unsupported("to_iso8601 takes one value")
+    if zoned.zone_of(args[0]) is not None:
+        raise Unsupported("to_iso8601 of a timestamp is not supported; format_datetime is")
+    is_date = exp.EQ(this=fn("typeof", args[0].copy()), expression=_s("DATE"))
+    refused = fn("error", _s("to_iso8601 of a timestamp is not supported; format_datetime is"))
+    day = fn("strftime", args[0], _s("%Y-%m-%d"))
+    missing = exp.Is(this=args[0].copy(), expression=exp.Null())
+    return exp.Case(
+        ifs=[exp.If(this=is_date, true=day), exp.If(this=missing, true=exp.Null())],
+        default=refused,
+    )
 
 
 def _field(var: str, name: str) -> exp.Expression:
@@ -796,6 +880,39 @@ def _zip_with(args: list[exp.Expression]) -> exp.Expression:
     )
 
 
+def _map_zip_with(args: list[exp.Expression]) -> exp.Expression:
+    """``map_zip_with(m1, m2, (k, v1, v2) -> …)``: over the keys of both (those of m1
+    first), a value missing from one map NULL."""
+    if len(args) != 3 or not isinstance(args[2], exp.Lambda) or len(args[2].expressions) != 3:
+        raise Unsupported("map_zip_with takes two maps and a lambda (k, v1, v2) -> value")
+    first, second, lam = args
+    k, v1, v2 = (p.name for p in lam.expressions)
+    key = exp.column("__k")
+    values = {
+        k: key,
+        v1: fn("map_extract_value", first.copy(), key.copy()),
+        v2: fn("map_extract_value", second.copy(), key.copy()),
+    }
+
+    def swap(node: exp.Expression) -> exp.Expression:
+        named = isinstance(node, exp.Column) and not node.table
+        bare = isinstance(node, exp.Identifier) and not isinstance(node.parent, exp.Column)
+        if (named or bare) and node.name in values:
+            return values[node.name].copy()
+        return node
+
+    body = lam.this.copy().transform(swap)
+    keys = _distinct_in_order(fn("list_concat", fn("map_keys", first), fn("map_keys", second)))
+    pair = exp.Struct(
+        expressions=[
+            exp.PropertyEQ(this=exp.to_identifier("key"), expression=key.copy()),
+            exp.PropertyEQ(this=exp.to_identifier("value"), expression=body),
+        ]
+    )
+    entries = fn("list_transform", keys, exp.Lambda(this=pair, expressions=[_ident("__k")]))
+    return fn("map_from_entries", entries)
+
+
 def _substitute_index(body: exp.Expression, fields: dict[str, int], var: str) -> exp.Expression:
     def swap(node: exp.Expression) -> exp.Expression:
         named = isinstance(node, exp.Column) and not node.table
@@ -897,6 +1014,7 @@ ANONYMOUS: dict[str, Callable[[list[exp.Expression]], exp.Expression]] = {
     "JSON_SIZE": _json_size,
     "IS_JSON_SCALAR": _is_json_scalar,
     "TIMEZONE": _timezone,
+    "TO_ISO8601": _to_iso8601,
     "URL_EXTRACT_HOST": _url("host"),
     "URL_EXTRACT_PATH": _url("path"),
     "URL_EXTRACT_QUERY": _url("query"),
@@ -905,12 +1023,14 @@ ANONYMOUS: dict[str, Callable[[list[exp.Expression]], exp.Expression]] = {
     "URL_EXTRACT_FRAGMENT": _url("fragment"),
     "URL_EXTRACT_PARAMETER": _url("parameter"),
     "MAP_AGG": _map_agg,
+    "MULTIMAP_AGG": _multimap_agg,
     "FORMAT_DATETIME": _format_datetime,
     "APPROX_SET": _approx_set,
     "MERGE": _merge,
     "EVERY": _every,
     "ZIP": _zip,
     "MAP_FILTER": _map_filter,
+    "MAP_ZIP_WITH": _map_zip_with,
     "AT_TIMEZONE": _at_timezone,
     "WITH_TIMEZONE": _with_timezone,
 }
@@ -1091,6 +1211,8 @@ def rewrite(node: exp.Expression) -> exp.Expression:
         raise Unsupported("typeof is not supported: DuckDB's type names are not Trino's")
     if isinstance(node, exp.Format):
         return _format(node)
+    if isinstance(node, exp.JSONArrayContains):
+        return _json_array_contains([node.this, node.expression])
     if isinstance(node, exp.JSONExtractScalar):
         return _json_extract_scalar(node)
     if isinstance(node, exp.JSONExtract):
@@ -1128,13 +1250,13 @@ def rewrite(node: exp.Expression) -> exp.Expression:
     if isinstance(node, exp.Reduce):
         return _reduce(node)
     if isinstance(node, exp.Div):
-        # DuckDB's // divides integers as integers (truncating, as Presto does) and
-        # anything else as /: Presto's division whatever the types turn out to be.
-        # Inside try(), DuckDB's NULL is Presto's answer (and DuckDB's TRY refuses the
-        # error function, which it counts as volatile).
+        # Presto's division follows the operands' types, known once DuckDB binds the
+        # query: the macros of query/division.py choose. Inside try() a zero divisor
+        # gives NULL (DuckDB's TRY refuses the error function, which it counts as
+        # volatile).
         inside_try = node.find_ancestor(exp.Try) is not None
-        divisor = node.expression if inside_try else _divisor(node.expression)
-        return exp.IntDiv(this=node.this, expression=divisor)
+        name = "presto_try_divide" if inside_try else "presto_divide"
+        return fn(name, node.this, node.expression)
     if isinstance(node, exp.Anonymous):
         handler = ANONYMOUS.get(str(node.this).upper())
         return node if handler is None else handler(list(node.expressions))

@@ -11,7 +11,11 @@ with the fewest running. A job runs in a session (query/session.py) that sees on
 account's databases; idle sessions are kept for the next job of the same account, up
 to ``job_workers`` of them. Each job has a deadline (``job_timeout_s``) and is
 interrupted past it, or when a kill is requested.
-A runner that dies leaves its jobs ``running``; the next one queues them again.
+A claimed job is leased to its runner (named by host and data dir, so a restarted
+runner knows its own), which renews the leases every second. A runner that dies leaves
+its jobs ``running``: it takes them back at its next start, and a runner of any other
+node on the same control database takes them once their lease ran out
+(``job_lease_s``); each is queued again, or failed with a reason after two attempts.
 Jobs that write (INSERT, CREATE TABLE AS, DELETE) hand their rows to the runner's one
 TableWriter (query/writes.py), into the databases the job's key may both read and
 write now (control/access.py): a key revoked since the job was issued writes nothing.
@@ -22,12 +26,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+
+import sqlalchemy as sa
 
 from tdedge import backends, lifecycle
 from tdedge.config import Settings
@@ -36,9 +43,9 @@ from tdedge.control.jobs import Job, JobResult, JobStore
 from tdedge.control.store import ControlStore
 from tdedge.lake.connection import open_connection
 from tdedge.loader.heartbeat import JobsHeartbeat, starting_beat, write_heartbeat
-from tdedge.query.results import expire_results
 from tdedge.query.session import Scope, Session
 from tdedge.query.writes import TableWriter
+from tdedge.results.store import ResultStore, ResultStoreDown
 
 log = logging.getLogger("tdedge.query")
 
@@ -70,27 +77,31 @@ class JobRunner:
         settings: Settings,
         jobs: JobStore,
         control: ControlStore,
+        results: ResultStore,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._jobs = jobs
         self._control = control
+        self._results = results
         self._clock = clock
         self._idle: list[Session] = []  # least recently used first
         self._opened = 0  # sessions opened so far: each spills into a folder of its own
         self._running: dict[int, Running] = {}
         self._lock = threading.Lock()
         self._expired_at = float("-inf")
+        self._expiring: threading.Thread | None = None
         self._beaten_at = float("-inf")
         self._claimed_at = float("-inf")  # the last time a free slot looked for a job
-        self._writer = TableWriter(settings)
+        self._writer = TableWriter(settings, control.engine)
+        self.name = f"{socket.gethostname()}:{settings.root.resolve()}"[:128]
 
     def run(self, stop: threading.Event) -> None:
         self._write_beat(starting_beat(self._settings.jobs_heartbeat, self._clock()))
         # Sets the lake up when nobody has yet, so sessions can read its catalog.
         open_connection(self._settings, read_only=True).close()
         shutil.rmtree(self._settings.root / "run" / "job-tmp", ignore_errors=True)
-        requeued = self._jobs.recover(self._clock())
+        requeued = self._jobs.recover(self._clock(), runner=self.name)
         self._beat(self._clock())
         slots = self._settings.job_workers
         log.info("job runner started", extra={"slots": slots, "requeued": requeued})
@@ -117,6 +128,14 @@ class JobRunner:
     def _beat(self, now: float) -> None:
         with self._lock:
             running = len(self._running)
+            ids = list(self._running)
+        try:
+            # Leases: this runner's jobs stay its own; those of runners gone elsewhere
+            # come back to the queue (or fail) once theirs ran out.
+            self._jobs.renew(self.name, ids, now + self._settings.job_lease_s)
+            self._jobs.recover(now)
+        except sa.exc.SQLAlchemyError as e:
+            log.error("cannot renew job leases", extra={"error": str(e)})
         self._write_beat(JobsHeartbeat(time=now, pid=os.getpid(), running=running))
 
     def _write_beat(self, beat: JobsHeartbeat) -> None:
@@ -132,7 +151,13 @@ class JobRunner:
         self._interrupt(now)
         if now - self._expired_at >= min(EXPIRE_EVERY_S, self._settings.job_result_retention_s / 4):
             self._expired_at = now
-            self.expire(now)
+            # Off the scheduling loop: listing and deleting results on S3 may wait on
+            # the network, and this loop renews the leases of the jobs running here.
+            if self._expiring is None or not self._expiring.is_alive():
+                self._expiring = threading.Thread(
+                    target=self.expire, args=(now,), name="job-results-expiry", daemon=True
+                )
+                self._expiring.start()
         if self._free() == 0:
             return  # no change is taken as seen while no slot could act on it
         if not self._jobs.changed() and now - self._claimed_at < CLAIM_ANYWAY_S:
@@ -141,7 +166,13 @@ class JobRunner:
         while self._free() > 0:
             with self._lock:
                 per_account = Counter(r.job.account_id for r in self._running.values())
-            job = self._jobs.claim(now, per_account, self._settings.job_account_slots)
+            job = self._jobs.claim(
+                now,
+                per_account,
+                self._settings.job_account_slots,
+                runner=self.name,
+                lease_s=self._settings.job_lease_s,
+            )
             if job is None:
                 return
             running = Running(job, now + self._settings.job_timeout_s)
@@ -157,8 +188,8 @@ class JobRunner:
     def expire(self, now: float) -> int:
         cutoff = now - self._settings.job_result_retention_s
         try:
-            removed = expire_results(self._settings.job_results_dir, cutoff)
-        except OSError as e:
+            removed = self._results.expire(cutoff)
+        except (OSError, ResultStoreDown) as e:
             log.error("cannot expire job results", extra={"error": str(e)})
             return 0
         if removed:
@@ -212,7 +243,10 @@ class JobRunner:
                 old.close()
         if result.status == "success" and running.reason == "killed" and not result.wrote:
             result = JobResult(status="killed", error="killed on request")
-        self._jobs.finish(job.id, result, self._clock())
+        if not self._jobs.finish(job.id, result, self._clock(), runner=self.name):
+            # Its lease ran out while it ran (the control database unreachable for
+            # longer than job_lease_s): another runner has it now, and records it.
+            log.warning("job no longer this runner's: not recorded", extra={"job": job.id})
         log.info(
             "job finished",
             extra={
@@ -255,7 +289,7 @@ class JobRunner:
                     return self._idle.pop(i)
             self._opened += 1
             number = self._opened
-        return Session(self._settings, scope, number)
+        return Session(self._settings, scope, number, self._results)
 
 
 def _log_crash(future: Future[None]) -> None:
@@ -270,11 +304,13 @@ def run_job_runner(settings: Settings, parent_pid: int | None) -> None:
     fd = lifecycle.role_lock(settings, "jobs", stop)
     if fd is None:
         return
-    jobs = JobStore.open(settings.control_db)
+    jobs = backends.jobs(settings)
     control = backends.control(settings)
+    results = backends.results(settings)
     try:
-        JobRunner(settings, jobs, control).run(stop)
+        JobRunner(settings, jobs, control, results).run(stop)
     finally:
         jobs.close()
         control.close()
+        results.close()
         os.close(fd)

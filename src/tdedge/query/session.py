@@ -33,13 +33,13 @@ from tdedge.config import Settings
 from tdedge.control.jobs import Job, JobResult
 from tdedge.errors import LakeError
 from tdedge.lake.catalog import LAKE, sandbox
-from tdedge.lake.extensions import USER_EXTENSIONS, connect
+from tdedge.lake.extensions import connect
+from tdedge.lake.location import user_extensions
 from tdedge.lake.scope import ScopedLake
 from tdedge.lake.sql import ident, literal
 from tdedge.names import is_reserved
 from tdedge.query import unnest
 from tdedge.query.functions import register
-from tdedge.query.results import ResultWriter, result_path
 from tdedge.query.show import answer
 from tdedge.query.statements import (
     ShowColumns,
@@ -54,6 +54,7 @@ from tdedge.query.translate import Context, TranslationError, translate
 from tdedge.query.types import TEXT_TYPES, engine_type
 from tdedge.query.values import arrow_rows
 from tdedge.query.writes import Request, TableWriter, WriteError, column_types, conformed_rows
+from tdedge.results.store import ResultStore, ResultStoreDown
 
 log = logging.getLogger("tdedge.query")
 
@@ -82,9 +83,10 @@ class Scope:
 
 
 class Session:
-    def __init__(self, settings: Settings, scope: Scope, number: int) -> None:
+    def __init__(self, settings: Settings, scope: Scope, number: int, results: ResultStore) -> None:
         self._settings = settings
         self.scope = scope
+        self._results = results
         self._tmp = settings.root / "run" / "job-tmp" / str(number)
         self._lake: ScopedLake
         self._con = self._open()
@@ -92,7 +94,7 @@ class Session:
     def _open(self) -> duckdb.DuckDBPyConnection:
         s = self._settings
         self._tmp.mkdir(parents=True, exist_ok=True)
-        con = connect(USER_EXTENSIONS)
+        con = connect(user_extensions(s))
         try:
             con.execute(f"SET memory_limit = {literal(s.job_memory_limit)}")
             con.execute(f"SET threads = {int(s.job_threads)}")
@@ -101,7 +103,7 @@ class Session:
             register(con, s.geoip_database)
             for statement in _PRESTO_CONSTANTS:
                 con.execute(statement)
-            self._lake = ScopedLake(s.lake_catalog, s.lake_data, self.scope.databases)
+            self._lake = ScopedLake(s, self.scope.databases)
             self._lake.attach(con)
             self._lake.refresh(con)
             sandbox(con, self._lake.folders())
@@ -146,6 +148,8 @@ class Session:
             self.refresh()
             return self._run(job, writer, writable)
         except (TranslationError, WriteError) as e:
+            return JobResult(status="error", error=str(e))
+        except ResultStoreDown as e:  # the job ran; its result could not be kept
             return JobResult(status="error", error=str(e))
         except duckdb.InterruptException:
             reason = interrupted() or "interrupted"
@@ -273,7 +277,7 @@ class Session:
         self, job: Job, names: list[str], types: list[str], batches: Iterable[list[list[Any]]]
     ) -> JobResult:
         schema = [[n, engine_type(t, job.type)] for n, t in zip(names, types, strict=True)]
-        writer = ResultWriter(result_path(self._settings.job_results_dir, job.id))
+        writer = self._results.writer(job.id, job.attempts)
         try:
             for rows in batches:
                 writer.write(rows)
@@ -301,6 +305,10 @@ class Session:
             raise WriteError("a job that writes into a table has no result to write elsewhere")
         self._may_write(target.database, writer, writable)
         assert writer is not None
+        if statement.kind == "drop":
+            dropped = writer.drop(target, statement.if_exists)
+            done = self._result(job, ["result"], ["BOOLEAN"], [[[dropped]]])
+            return msgspec.structs.replace(done, wrote=dropped)
         existing = columns.get(target.database, {}).get(target.table)
         rows: pa.Table | None = None
         deleted: pa.Table | None = None

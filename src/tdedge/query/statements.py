@@ -6,6 +6,7 @@ translator as they are. ``SHOW SCHEMAS``, ``SHOW TABLES``, ``SHOW COLUMNS FROM t
 ``INSERT INTO``, ``CREATE TABLE … AS``, ``CREATE TABLE (columns)``, ``DELETE FROM`` — are split into
 the query that computes their rows, run like any other in the job's sandboxed
 session, and the table they write, which tdedge writes itself (query/writes.py).
+``DROP TABLE [IF EXISTS]`` drops the table as the REST API's table delete does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlglot.errors import ParseError, SqlglotError
 from tdedge.names import is_valid_name, normalize
 from tdedge.query.translate import ENGINES, TranslationError
 
-WriteKind = Literal["insert", "ctas", "create", "delete"]
+WriteKind = Literal["insert", "ctas", "create", "delete", "drop"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class Write:
     if_not_exists: bool = False
     # CREATE TABLE's columns: name → the type given.
     columns: tuple[tuple[str, str], ...] = ()
+    if_exists: bool = False  # DROP TABLE IF EXISTS
 
 
 Show = ShowTables | ShowColumns | ShowSchemas
@@ -121,11 +123,13 @@ def classify(query: str, engine: str, database: str) -> Statement:
         return _create(tree, dialect, database)
     if isinstance(tree, exp.Delete):
         return _delete(tree, dialect, database)
+    if isinstance(tree, exp.Drop) and str(tree.args.get("kind", "")).upper() == "TABLE":
+        return _drop(tree, dialect, database)
     if isinstance(tree, exp.Query):
         return Read(query)
     raise TranslationError(
         "a job runs one query (SELECT …), SHOW TABLES, SHOW COLUMNS, DESCRIBE, INSERT INTO, "
-        f"CREATE TABLE or DELETE; not {_first_word(body)}"
+        f"CREATE TABLE, DELETE or DROP TABLE; not {_first_word(body)}"
     )
 
 
@@ -232,6 +236,16 @@ def _delete(tree: exp.Delete, dialect: str, database: str) -> Write:
         ref.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
     query = exp.select(exp.alias_(exp.column("rowid"), "row_id")).from_(ref).where(where.this)
     return Write("delete", target, query.sql(dialect))
+
+
+def _drop(tree: exp.Drop, dialect: str, database: str) -> Write:
+    tables = tree.args.get("tables") or [tree.this]
+    if len(tables) != 1 or not isinstance(tables[0], exp.Table):
+        raise TranslationError(f"DROP TABLE drops one table here: {tree.sql(dialect)}")
+    table = tables[0]
+    if tree.args.get("cascade") or tree.args.get("purge"):
+        raise TranslationError("DROP TABLE takes no CASCADE or PURGE here")
+    return Write("drop", _target(table, database), if_exists=bool(tree.args.get("exists")))
 
 
 def _target(table: exp.Table, database: str) -> Target:

@@ -37,10 +37,13 @@ from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
+from sqlalchemy.engine import Engine
 
+from tdedge import drops
 from tdedge.config import Settings
 from tdedge.errors import LakeError
 from tdedge.lake.batch import Batch, Deletion, JobWrite, TableRows
+from tdedge.lake.inventory import LakeCatalog
 from tdedge.lake.lake import Lake
 from tdedge.lake.sql import ident, literal
 from tdedge.loader.schema import TIME, TIME_MAX, TIME_MIN, column_type, fold, usable_name
@@ -49,6 +52,8 @@ from tdedge.query.statements import Target, WriteKind
 
 log = logging.getLogger("tdedge.query")
 
+# The door of the rows a query job writes, as the console shows it.
+QUERY_DOOR = "query"
 _INTEGERS = frozenset(
     {
         "TINYINT",
@@ -263,10 +268,32 @@ class TableWriter:
     """Writes jobs' rows into the lake from the runner process: one writable Lake,
     one job at a time (a Lake is used by one thread at a time)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, control: Engine | None = None) -> None:
         self._settings = settings
+        self._control = control  # the control database, for DROP TABLE
         self._lake: Lake | None = None
         self._lock = threading.Lock()
+
+    def drop(self, target: Target, if_exists: bool) -> bool:
+        """DROP TABLE: the REST API's table delete (drops.py), so the catalog, the
+        loader and the retention rules see it as they see that one. False when the
+        table was not there (IF EXISTS)."""
+        if self._control is None:
+            raise WriteError("this job runner cannot drop tables")
+        name = f"{target.database}.{target.table}"
+        with self._lock:
+            catalog = LakeCatalog(self._settings)
+            try:
+                if catalog.table(target.database, target.table) is None:
+                    if if_exists:
+                        return False
+                    raise WriteError(f"table {name} does not exist")
+                drops.drop_table(catalog, self._control, target.database, target.table)
+            except LakeError as e:
+                raise WriteError(f"the lake refused to drop {name}: {e}") from e
+            finally:
+                catalog.close()
+        return True
 
     def close(self) -> None:
         with self._lock:
@@ -344,7 +371,11 @@ class TableWriter:
             deletions.append(Deletion(target.database, target.table, r.deleted))
         tables: list[TableRows] = []
         if r.rows is not None and r.kind != "delete":
-            tables.append(TableRows(target.database, target.table, r.rows, create_empty=creates))
+            # The rows' door, for the console (lake/system.py ARRIVALS).
+            doors = ((QUERY_DOOR, r.rows.num_rows),) if r.rows.num_rows else ()
+            tables.append(
+                TableRows(target.database, target.table, r.rows, create_empty=creates, doors=doors)
+            )
         return Batch(tables=tables, deletions=deletions, jobs=[mark])
 
 

@@ -8,6 +8,10 @@ refresh is therefore seen within that time.
 A separate SQLite file from the profiles: a refresh replaces a whole segment in one
 transaction (readers keep seeing the old one until it commits, WAL), and its write lock
 never holds up the profile writers.
+
+On a shared control database the facts are computed once into it
+(``batch_shared.py``) and each node copies them into this file (``install``), which
+its edge reads as in the embedded case: no decision waits on the network.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import contextlib
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
+from tdedge import wal
 from tdedge.realtime import schema
 from tdedge.realtime.errors import BatchStoreDown
 from tdedge.realtime.service import Facts
@@ -54,6 +59,19 @@ _json = msgspec.json.Encoder()
 _decode = msgspec.json.Decoder().decode
 
 
+def facts_of(rows: Iterable[Any]) -> Facts:
+    """A key's facts from its rows (kind, name, value): the segments it is in, and each
+    imported attribute's value (the first row of a name wins)."""
+    segments: set[str] = set()
+    imported: dict[str, Any] = {}
+    for kind, name, value in rows:
+        if kind == SEGMENT:
+            segments.add(name)
+        elif name not in imported:
+            imported[name] = _decode(value)
+    return Facts(segments, imported)
+
+
 class SourceState(msgspec.Struct, frozen=True):
     service: str
     kind: str
@@ -62,16 +80,47 @@ class SourceState(msgspec.Struct, frozen=True):
     refreshed_ms: int
     rows: int
     error: str | None
+    # The shared store's: which node's refresher computed these facts.
+    refreshed_by: str | None = None
 
 
-class BatchStore:
+class BatchStore(Protocol):
+    """Where batch facts are kept: the data dir's SQLite file, or the shared control
+    database. BatchStoreDown when it cannot be read or written."""
+
+    def close(self) -> None: ...
+
+    def cached_facts(self, service: str, keys: Sequence[str], now_ms: int) -> Facts: ...
+
+    def facts(self, service: str, keys: Sequence[str]) -> Facts: ...
+
+    def replace(
+        self,
+        service: str,
+        kind: str,
+        name: str,
+        sql: str,
+        rows: Iterable[tuple[str, Any]],
+        now_ms: int,
+    ) -> int: ...
+
+    def failed(
+        self, service: str, kind: str, name: str, sql: str, error: str, now_ms: int
+    ) -> None: ...
+
+    def sources(self) -> list[SourceState]: ...
+
+    def forget(self, keep: set[tuple[str, str, str]]) -> None: ...
+
+
+class SQLiteBatchStore:
     def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=timeout_s
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            wal.enter(self._conn)
             self._conn.execute("PRAGMA synchronous=NORMAL")
             schema.ensure(self._conn, _SCHEMA)
         except (sqlite3.Error, OSError) as e:
@@ -115,14 +164,7 @@ class BatchStore:
             ).fetchall()
         except sqlite3.Error as e:
             raise BatchStoreDown(f"batch store unavailable: {e}") from e
-        segments: set[str] = set()
-        imported: dict[str, Any] = {}
-        for kind, name, value in rows:
-            if kind == SEGMENT:
-                segments.add(name)
-            elif name not in imported:
-                imported[name] = _decode(value)
-        return Facts(segments, imported)
+        return facts_of(rows)
 
     def replace(
         self,
@@ -160,6 +202,32 @@ class BatchStore:
                 conn.execute("ROLLBACK")
             raise BatchStoreDown(f"batch store write failed: {e}") from e
         return count
+
+    def install(self, state: SourceState, rows: Iterable[tuple[str, bytes | None]] | None) -> None:
+        """A source as the shared store has it: its state, and its facts (encoded
+        values) unless ``rows`` is None (only the state changed), in one transaction."""
+        conn = self._conn
+        where = (state.service, state.kind, state.name)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if rows is not None:
+                conn.execute("DELETE FROM facts WHERE service = ? AND kind = ? AND name = ?", where)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO facts (service, key, kind, name, value) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    ((state.service, key, state.kind, state.name, value) for key, value in rows),
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*where, state.sql, state.refreshed_ms, state.rows, state.error),
+            )
+            conn.execute("COMMIT")
+        except Exception as e:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise BatchStoreDown(f"batch store write failed: {e}") from e
+            raise
 
     def failed(self, service: str, kind: str, name: str, sql: str, error: str, now_ms: int) -> None:
         """Record a failed refresh; the facts loaded before stay in force."""

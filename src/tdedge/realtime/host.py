@@ -37,17 +37,16 @@ import msgspec
 import sqlalchemy as sa
 from prometheus_client import Counter
 
-from tdedge import lifecycle
+from tdedge import draining, lifecycle
 from tdedge.config import Settings
 from tdedge.realtime import batch as batch_store
-from tdedge.realtime.batch import BatchStore
+from tdedge.realtime.batch import SQLiteBatchStore
 from tdedge.realtime.batcher import Batcher, Result
 from tdedge.realtime.collector import freeze_survivors
 from tdedge.realtime.engine import Engine, Request
 from tdedge.realtime.errors import ProfileStoreDown, StoreUnavailable
 from tdedge.realtime.offers import EMPTY
-from tdedge.realtime.registry import Registry
-from tdedge.realtime.store import OpenProfiles
+from tdedge.realtime.store import OpenProfiles, OpenRegistry
 from tdedge.realtime.view import View
 from tdedge.realtime.wire import OK, Answer, Ask, FramedProtocol, bind_unix, decode_asks
 
@@ -81,10 +80,12 @@ class EngineHost:
         self,
         settings: Settings,
         open_profiles: OpenProfiles,
+        open_registry: OpenRegistry,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._open_profiles = open_profiles
+        self._open_registry = open_registry
         self._clock = clock
         self._opened: list[Any] = []
         self._failure: StoreUnavailable | None = None
@@ -102,11 +103,11 @@ class EngineHost:
         root = self._settings.root
         opened: list[Any] = []
         try:
-            registry = Registry.open(self._settings.control_db)
+            registry = self._open_registry(self._settings)
             opened.append(registry)
             store = self._open_profiles(self._settings)
             opened.append(store)
-            batch = BatchStore(batch_store.default_path(root))
+            batch = SQLiteBatchStore(batch_store.default_path(root))
             opened.append(batch)
         except (StoreUnavailable, OSError, sqlite3.Error, sa.exc.SQLAlchemyError) as e:
             for thing in opened:
@@ -210,7 +211,12 @@ class Connection(FramedProtocol):
         self._host.take(self, decode_asks(payload))
 
 
-def run(settings: Settings, open_profiles: OpenProfiles, parent_pid: int | None = None) -> None:
+def run(
+    settings: Settings,
+    open_profiles: OpenProfiles,
+    open_registry: OpenRegistry,
+    parent_pid: int | None = None,
+) -> None:
     """The engine process: serves ``settings.p13n_socket`` until SIGTERM or SIGINT, or
     until ``serve`` (``parent_pid``) is gone."""
     import uvloop
@@ -221,17 +227,23 @@ def run(settings: Settings, open_profiles: OpenProfiles, parent_pid: int | None 
     if parent_pid is not None:
         lifecycle.exit_with_parent(parent_pid)
     try:
-        uvloop.run(_serve(settings, open_profiles))
+        uvloop.run(_serve(settings, open_profiles, open_registry))
     finally:
         os.close(lock_fd)
 
 
-async def _serve(settings: Settings, open_profiles: OpenProfiles) -> None:
+async def _serve(
+    settings: Settings, open_profiles: OpenProfiles, open_registry: OpenRegistry
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    host = EngineHost(settings, open_profiles)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    # SIGTERM: the node drains (draining.py), and its edge workers ask for decisions
+    # until they stop: serve them until the grace is over.
+    loop.add_signal_handler(
+        signal.SIGTERM, lambda: loop.call_later(draining.remaining(settings), stop.set)
+    )
+    host = EngineHost(settings, open_profiles, open_registry)
     sock = bind_unix(settings.p13n_socket)
     server = await loop.create_unix_server(lambda: Connection(host), sock=sock)
     log.info("p13n engine listening", extra={"socket": str(settings.p13n_socket)})

@@ -7,6 +7,10 @@ other column). Unqualified table names resolve in the service's database.
 
 Sources refresh on their schedule (``refresh: 1h``; a failed one is retried sooner)
 in the loader process (``Refresher``), and on demand with ``tdedge p13n refresh``.
+
+On a shared control database the facts live there (``batch_shared.py``): of the nodes'
+refreshers, the one holding the lease computes them (a holder that dies is replaced
+once its lease expires), and every one copies what changed into its node's file.
 """
 
 from __future__ import annotations
@@ -19,18 +23,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
+import sqlalchemy as sa
 
 from tdedge.config import Settings
+from tdedge.control.leases import Keeper
 from tdedge.errors import LakeError, TdedgeError
 from tdedge.lake.lake import Lake, QueryResult
 from tdedge.realtime import batch as batch_store
-from tdedge.realtime.batch import ATTRIBUTE, SEGMENT, BatchStore, SourceState
+from tdedge.realtime.batch import ATTRIBUTE, SEGMENT, BatchStore, SourceState, SQLiteBatchStore
+from tdedge.realtime.batch_shared import RefreshStores
 from tdedge.realtime.errors import ProfileStoreDown, RefreshFailed
 from tdedge.realtime.identity import KeyRule
 from tdedge.realtime.profile import key_of
 from tdedge.realtime.registry import Registry
 from tdedge.realtime.service import BatchSource, Service, compile_service
-from tdedge.realtime.store import OpenProfiles, ProfileStore
+from tdedge.realtime.store import OpenProfiles, OpenRegistry, ProfileStore
 
 log = logging.getLogger("tdedge.p13n")
 
@@ -42,6 +49,8 @@ POLL_S = 1.0
 # moment waited behind it (spikes of 15-45 ms every second). A tenth of that flush
 # ten times as often keeps each one short.
 CHECKPOINT_S = 0.1
+# How long a stopping refresher waits for its lease keeper to hand the lease on.
+KEEPER_STOP_S = 5.0
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -149,8 +158,10 @@ def refresh_all(
     now_ms: int,
     only_due: bool,
     select: Callable[[Service, BatchSource], bool] = lambda s, b: True,
+    still_held: Callable[[], bool] = lambda: True,
 ) -> list[Outcome]:
-    """Refresh every source (or those due); opens the lake read-only only if needed."""
+    """Refresh every source (or those due); opens the lake read-only only if needed.
+    ``still_held`` is asked before each source: a refresher that lost its lease stops."""
     services = compiled(registry)
     store.forget(
         {
@@ -168,20 +179,44 @@ def refresh_all(
         return []
     lake = Lake.open(settings, read_only=True)
     try:
-        return [refresh_source(lake, store, s, b, now_ms) for s, b in todo]
+        outcomes = []
+        for s, b in todo:
+            if not still_held():
+                break
+            outcomes.append(refresh_source(lake, store, s, b, now_ms))
+        return outcomes
     finally:
         lake.close()
+
+
+OpenStores = Callable[[Settings], RefreshStores]
+
+
+def _always() -> bool:
+    return True
+
+
+def local_stores(settings: Settings) -> RefreshStores:
+    """The embedded refresher's: the data dir's file, no lease (one loader per data dir)."""
+    return RefreshStores(SQLiteBatchStore(batch_store.default_path(settings.root)))
 
 
 class Refresher:
     """The scheduled refresh: a thread of the loader process (one per data dir)."""
 
     def __init__(
-        self, settings: Settings, stop: threading.Event, open_profiles: OpenProfiles
+        self,
+        settings: Settings,
+        stop: threading.Event,
+        open_profiles: OpenProfiles,
+        open_registry: OpenRegistry,
+        open_stores: OpenStores = local_stores,
     ) -> None:
         self._settings = settings
         self._stop = stop
         self._open_profiles = open_profiles
+        self._open_registry = open_registry
+        self._open_stores = open_stores
         self._thread = threading.Thread(target=self._run, name="p13n-refresher", daemon=True)
 
     def start(self) -> Refresher:
@@ -191,28 +226,44 @@ class Refresher:
     def _run(self) -> None:
         settings = self._settings
         while not self._stop.wait(POLL_S):
+            opened: list[Registry | RefreshStores | ProfileStore] = []
             try:
                 # Opened here, not once: a store that cannot be opened now may be later.
-                registry = Registry.open(settings.control_db)
-                store = BatchStore(batch_store.default_path(settings.root))
+                registry = self._open_registry(settings)
+                opened.append(registry)
+                stores = self._open_stores(settings)
+                opened.append(stores)
                 profiles = self._open_profiles(settings)
-            except (TdedgeError, OSError) as e:
+            except (TdedgeError, OSError, sa.exc.SQLAlchemyError) as e:
+                for thing in opened:
+                    thing.close()
                 log.error("p13n refresher cannot open its stores", extra={"error": str(e)})
                 self._stop.wait(RETRY_AFTER_FAILURE_MS / 1000)
                 continue
+            done = threading.Event()
+            keeper = None if stores.lease is None else Keeper(stores.lease, done).start()
             try:
-                self._rounds(registry, store, profiles)
+                self._rounds(registry, stores, profiles, keeper)
             finally:
+                done.set()
+                if keeper is not None:
+                    keeper.join(KEEPER_STOP_S)
                 profiles.close()
-                store.close()
+                stores.close()
                 registry.close()
 
-    def _rounds(self, registry: Registry, store: BatchStore, profiles: ProfileStore) -> None:
+    def _rounds(
+        self,
+        registry: Registry,
+        stores: RefreshStores,
+        profiles: ProfileStore,
+        keeper: Keeper | None,
+    ) -> None:
         polled = time.monotonic()
         while not self._stop.wait(CHECKPOINT_S):
             if time.monotonic() - polled >= POLL_S:
                 polled = time.monotonic()
-                self._round(registry, store)
+                self._round(registry, stores, keeper)
             try:
                 # The edge never waits for a checkpoint's fsync; this thread keeps
                 # the profile store's WAL short instead.
@@ -220,15 +271,32 @@ class Refresher:
             except (sqlite3.Error, ProfileStoreDown) as e:
                 log.error("p13n profile store checkpoint failed", extra={"error": str(e)})
 
-    def _round(self, registry: Registry, store: BatchStore) -> None:
+    def _round(self, registry: Registry, stores: RefreshStores, keeper: Keeper | None) -> None:
+        held: Callable[[], bool] = _always if keeper is None else keeper.held
         try:
-            refresh_all(self._settings, registry, store, int(time.time() * 1000), True)
-        except (TdedgeError, OSError) as e:
+            if held():
+                refresh_all(
+                    self._settings,
+                    registry,
+                    stores.store,
+                    int(time.time() * 1000),
+                    True,
+                    still_held=held,
+                )
+            if stores.replica is not None:
+                stores.replica.sync()
+        except (TdedgeError, OSError, sa.exc.SQLAlchemyError) as e:
             log.error("p13n refresher round failed", extra={"error": str(e)})
         except Exception:
             # A bug here must not stop the loader that hosts this thread.
             log.exception("p13n refresher round failed unexpectedly")
 
 
-def start(settings: Settings, stop: threading.Event, open_profiles: OpenProfiles) -> Refresher:
-    return Refresher(settings, stop, open_profiles).start()
+def start(
+    settings: Settings,
+    stop: threading.Event,
+    open_profiles: OpenProfiles,
+    open_registry: OpenRegistry,
+    open_stores: OpenStores = local_stores,
+) -> Refresher:
+    return Refresher(settings, stop, open_profiles, open_registry, open_stores).start()

@@ -16,7 +16,8 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tdedge.control.store import create_tables, sqlite_engine
+from tdedge.control import schema
+from tdedge.control.store import sqlite_engine
 from tdedge.errors import NotFound
 from tdedge.realtime import config as config_file
 from tdedge.realtime import tokens
@@ -109,8 +110,7 @@ class Registry:
         self._engine = engine
         self._owns_engine = owns_engine
         try:
-            # Worker processes start together: create_tables tolerates losing the race.
-            create_tables(metadata, engine)
+            schema.ensure(engine)
             with engine.begin() as conn:
                 if conn.execute(sa.select(meta.c.id)).first() is None:
                     conn.execute(sa.insert(meta).values(id=1, generation=0))

@@ -39,13 +39,14 @@ from typing import IO, Any, TypeVar
 
 import msgspec
 
+from tdedge import wal
 from tdedge.realtime import profile as profiles
 from tdedge.realtime import schema
 from tdedge.realtime.cache import ProfileCache
 from tdedge.realtime.errors import ProfileStoreDown
-from tdedge.realtime.identity import plan
-from tdedge.realtime.profile import MAX_KEYS, Profile
-from tdedge.realtime.store import Merge, Resolution, Work
+from tdedge.realtime.profile import Profile
+from tdedge.realtime.staging import StagedTx
+from tdedge.realtime.store import Merge, Work
 
 T = TypeVar("T")
 
@@ -114,25 +115,17 @@ def _chunks(rows: list[Any]) -> list[list[Any]]:
     return [rows[i : i + _CHUNK] for i in range(0, len(rows), _CHUNK)]
 
 
-class _GroupTx:
+class _GroupTx(StagedTx):
     """The ProfileTx of one group: reads up front, works in memory, writes at the end."""
 
     def __init__(self, conn: sqlite3.Connection, size: int, cache: ProfileCache) -> None:
+        super().__init__(size)
         self._conn = conn
-        self._size = max(1, size)
         self._cache = cache
-        self._ids: dict[tuple[str, str], int] = {}  # key → its profile, as of now
         self._looked_up: set[tuple[str, str]] = set()
-        self._profiles: dict[int, Profile] = {}
-        self._stored: set[int] = set()  # profiles that exist in the database
-        self._services: dict[int, str] = {}
-        self._dirty: set[int] = set()
         self._new_keys: list[tuple[str, str]] = []
         self._moved: list[tuple[int, int]] = []  # stored profile merged → survivor
-        self._gone: set[int] = set()  # merged away in this group: never read back
         self._merges: list[tuple[int, str, int, int, str]] = []
-        self._next_id = 0
-        self._last_id = -1
 
     def prefetch(self, service: str, keys: Sequence[str]) -> None:
         todo: list[str] = []
@@ -165,51 +158,21 @@ class _GroupTx:
                         self._services[profile.id] = service
             self._looked_up.update((service, k) for k in part)
 
-    def resolve(self, service: str, keys: Sequence[str], now_ms: int) -> Resolution:
-        self.prefetch(service, keys)
-        found = {k: self._ids[(service, k)] for k in keys if (service, k) in self._ids}
-        stitch = plan(keys, found)
-        if stitch.survivor is None:
-            profile = Profile(id=self._new_id(), created_ms=now_ms, updated_ms=now_ms)
-            self._profiles[profile.id] = profile
-            self._services[profile.id] = service
-            self._add_keys(service, profile, stitch.new_keys)
-            return Resolution(profile, True, [])
-        profile = self._profiles[stitch.survivor]
-        for other_id in stitch.merged:
-            other = self._profiles.pop(other_id)
-            self._gone.add(other_id)
-            profiles.merge(profile, other)
-            for key in other.keys:
-                self._ids[(service, key)] = profile.id
-            if other_id in self._stored:
-                self._moved.append((other_id, profile.id))
-            self._dirty.discard(other_id)
-            self._merges.append(
-                (now_ms, service, profile.id, other_id, _json.encode(other.keys).decode())
-            )
-        self._add_keys(service, profile, stitch.new_keys)
-        return Resolution(profile, False, stitch.merged)
+    def _id_block(self, size: int) -> tuple[int, int]:
+        (top,) = self._conn.execute(
+            "UPDATE profile_ids SET next = next + ? RETURNING next", (size,)
+        ).fetchone()
+        return top - size, top - 1
 
-    def save(self, service: str, profile: Profile) -> None:
-        self._dirty.add(profile.id)
+    def _merged(self, now_ms: int, service: str, survivor: int, other: Profile) -> None:
+        if other.id in self._stored:
+            self._moved.append((other.id, survivor))
+        self._merges.append(
+            (now_ms, service, survivor, other.id, _json.encode(other.keys).decode())
+        )
 
-    def _add_keys(self, service: str, profile: Profile, keys: list[str]) -> None:
-        added = keys[: max(0, MAX_KEYS - len(profile.keys))]
-        for key in added:
-            self._ids[(service, key)] = profile.id
-            self._new_keys.append((service, key))
-        profile.keys.extend(added)
-
-    def _new_id(self) -> int:
-        if self._next_id > self._last_id:
-            # A block for the whole group at once: one statement, gaps are harmless.
-            (top,) = self._conn.execute(
-                "UPDATE profile_ids SET next = next + ? RETURNING next", (self._size,)
-            ).fetchone()
-            self._next_id, self._last_id = top - self._size, top - 1
-        self._next_id += 1
-        return self._next_id - 1
+    def _key_added(self, service: str, key: str) -> None:
+        self._new_keys.append((service, key))
 
     def write(self) -> None:
         """Everything the works changed, in a few multi-row statements."""
@@ -274,7 +237,7 @@ class SQLiteProfileStore:
             self._conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=timeout_s
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            wal.enter(self._conn)
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
             schema.ensure(self._conn, _SCHEMA)
@@ -338,7 +301,6 @@ class SQLiteProfileStore:
         written and the others run again without it — works are pure functions of the
         stored state, so running them again gives the same result."""
         conn = self._conn
-        out: list[T | Exception] = []
         cache = self._cache
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -350,22 +312,9 @@ class SQLiteProfileStore:
             raise ProfileStoreDown(f"profile store unavailable: {e}") from e
         if version != cache.version:
             cache.reset(version)
-        failed: tuple[int, Exception] | None = None
         try:
             tx = _GroupTx(conn, len(works), cache)
-            by_service: dict[str, list[str]] = {}
-            for service, keys in prefetch:
-                by_service.setdefault(service, []).extend(keys)
-            for service, keys in by_service.items():
-                tx.prefetch(service, keys)
-            for at, work in enumerate(works):
-                try:
-                    out.append(work(tx))
-                except sqlite3.Error:
-                    raise
-                except Exception as e:
-                    failed = (at, e)
-                    break
+            out, failed = tx.apply(works, prefetch, (sqlite3.Error,))
             if failed is None:
                 tx.write()
                 conn.execute("COMMIT")

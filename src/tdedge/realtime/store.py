@@ -1,6 +1,6 @@
 """The profile store protocol: atomic read-modify-write of one person's profile.
 
-Embedded: SQLite (``sqlite.py``); scale-out: Redis (a later issue). Every unit of work
+Embedded: SQLite (``sqlite.py``); scale-out: Redis (``redis.py``). Every unit of work
 runs inside the store's transaction, which is what makes an update atomic per profile
 across worker processes: two requests for one person never both read the old state.
 """
@@ -8,12 +8,15 @@ across worker processes: two requests for one person never both read the old sta
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
 
 from tdedge.config import Settings
 from tdedge.realtime.profile import Profile
+
+if TYPE_CHECKING:
+    from tdedge.realtime.registry import Registry
 
 T = TypeVar("T")
 
@@ -86,6 +89,7 @@ class ProfileStore(Protocol):
     def close(self) -> None: ...
 
 
-# How a process opens its profile store: handed down from where the process chooses its
-# backends, so realtime code never picks an implementation itself.
+# How a process opens its profile store and its p13n configuration registry: handed down
+# from where the process chooses its backends, so realtime code never picks one itself.
 OpenProfiles = Callable[[Settings], ProfileStore]
+OpenRegistry = Callable[[Settings], "Registry"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -19,15 +18,6 @@ from tdedge.config import Settings
 from tdedge.control.keys import hash_key
 from tdedge.control.store import ControlStore
 from tdedge.errors import AlreadyExists, InvalidName, LimitReached, NotFound
-from tests import postgres
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "sqlite":
-        return Settings(data_dir=str(tmp_path))
-    pg: postgres.Postgres = request.getfixturevalue("postgres_server")
-    return Settings(data_dir=str(tmp_path), control=pg.new_database())
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from tdedge.config import Settings
 from tdedge.errors import JournalUnavailable
 from tdedge.journal.base import Journal, JournalReader
 from tdedge.journal.envelope import Envelope, entries
+from tests import nats_server
 
 
 def env(i: int, size: int = 8) -> Envelope:
@@ -48,15 +49,26 @@ class Backend:
             opened.close()
 
 
-def _settings(name: str, tmp_path: Path) -> Settings:
-    if name == "sqlite":
+def _settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "sqlite":
         return Settings(data_dir=str(tmp_path))
-    raise AssertionError(name)
+    if request.param == "jetstream":
+        cluster: nats_server.Cluster = request.getfixturevalue("nats_cluster")
+        # A new stream's first publishes wait for its leader's election, which on a
+        # loaded machine can outlast the 1 s after which a group goes to the local
+        # outbox; that fallback has tests of its own (tests/unit/journal).
+        return Settings(
+            data_dir=str(tmp_path),
+            journal=cluster.url,
+            journal_stream=cluster.new_stream(),
+            journal_publish_timeout_s=15.0,
+        )
+    raise AssertionError(request.param)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "jetstream"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(_settings(request.param, tmp_path))
+    b = Backend(_settings(request, tmp_path))
     yield b
     b.close()
 

@@ -1,8 +1,9 @@
 """Profile store contract: stitching, merges, isolation, atomicity across processes.
 
 One parametrized fixture runs the same tests on every ProfileStore implementation that
-``tdedge.backends`` hands out (SQLite now; another joins by adding its parameter). The
-tests that take ``tmp_path`` instead are the embedded SQLite store's own.
+``tdedge.backends`` hands out (SQLite, and Redis on a real server started for the
+session). The tests that take ``tmp_path`` instead are the embedded SQLite store's own;
+test_profile_store_redis.py has the Redis store's own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tdedge.realtime.errors import ProfileStoreDown
 from tdedge.realtime.profile import MAX_KEYS, Profile
 from tdedge.realtime.sqlite import SQLiteProfileStore, default_path
 from tdedge.realtime.store import ProfileStore, ProfileTx, Resolution
+from tests import redis_server as redis_support
 
 T0 = 1_800_000_000_000
 SERVICE = "web"
@@ -37,10 +39,18 @@ def _sqlite(path: Path) -> Factory:
     return lambda: backends.profiles(Settings(data_dir=str(path)))
 
 
-@pytest.fixture(params=["sqlite"])
+def _redis(path: Path, url: str) -> Factory:
+    return lambda: backends.profiles(Settings(data_dir=str(path), profiles=url))
+
+
+@pytest.fixture(params=["sqlite", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     opened: list[ProfileStore] = []
-    factory = {"sqlite": _sqlite(tmp_path)}[request.param]
+    if request.param == "redis":
+        server: redis_support.Redis = request.getfixturevalue("redis_server")
+        factory = _redis(tmp_path, server.new_database())
+    else:
+        factory = _sqlite(tmp_path)
 
     def make() -> ProfileStore:
         store = factory()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tdedge.edge.app import cdp_host
+from tdedge.edge.app import cdp_host, door_name
 from tdedge.edge.cdp import parse_query
 from tdedge.edge.http import HTTPError
 from tdedge.errors import NotFound
@@ -256,3 +256,20 @@ def test_views_find_and_forget_lookup_tokens(registry: Registry) -> None:
 )
 def test_cdp_hosts(host: str, cdp: bool) -> None:
     assert cdp_host(host) is cdp
+
+
+@pytest.mark.parametrize(
+    ("host", "door"),
+    [
+        ("us01.records.in.treasuredata.com", "records"),
+        ("tokyo.p13n.in.treasuredata.co.jp", "p13n"),
+        ("api.treasuredata.com:443", "api"),
+        ("cdp.in.treasuredata.com", "cdp"),
+        ("cdp-tokyo.in.treasuredata.com", "cdp"),
+        ("in.treasuredata.com", "legacy"),
+        ("127.0.0.1:8080", "legacy"),
+        ("", "legacy"),
+    ],
+)
+def test_door_by_host(host: str, door: str) -> None:
+    assert door_name(host) == door

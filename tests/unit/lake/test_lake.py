@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def count(lake: Lake, sql: str) -> int:
 
 
 def parquet_files(s: Settings) -> int:
-    return len(list(s.lake_data.rglob("*.parquet")))
+    return len(list(s.lake_data_dir.rglob("*.parquet")))
 
 
 def test_extensions_load_from_their_packages_without_downloading() -> None:
@@ -82,7 +83,7 @@ def test_extensions_load_from_their_packages_without_downloading() -> None:
 
 
 def test_catalog_is_in_wal_mode(lake: Lake, tmp_path: Path) -> None:
-    con = sqlite3.connect(settings(tmp_path).lake_catalog)
+    con = sqlite3.connect(settings(tmp_path).lake_catalog_file)
     (mode,) = con.execute("PRAGMA journal_mode").fetchone()
     con.close()
     assert mode == "wal"
@@ -164,6 +165,23 @@ def test_compaction_merges_files_and_keeps_rows(tmp_path: Path) -> None:
     # Superseded positions are pruned; the position itself is unchanged.
     assert count(lake, "SELECT count(*) FROM tdedge_system.journal_positions") == 1
     assert lake.positions() == {"s0": 6}
+    lake.close()
+
+
+def test_compaction_keeps_the_snapshots_younger_than_the_retention(tmp_path: Path) -> None:
+    """Time travel reaches back ``lake_retention_s``: a pass expires older snapshots
+    only (it expired every snapshot but the latest, whatever their age)."""
+    lake = Lake.open(settings(tmp_path, lake_retention_s=600.0))
+    latest = "SELECT max(snapshot_id) FROM ducklake_snapshots('lake')"
+    lake.commit(Batch([rows("t", "db", time=[0], n=[0])], positions={"s0": 1}))
+    one_row = count(lake, latest)
+    for i in range(1, 4):
+        lake.commit(Batch([rows("t", "db", time=[i], n=[i])], positions={"s0": i + 1}))
+    lake.compact(time.time())
+    assert count(lake, f"SELECT count(*) FROM db.t AT (VERSION => {one_row})") == 1
+    lake.compact(time.time() + 601)  # all of them older now: every one but the latest goes
+    assert count(lake, "SELECT count(*) FROM ducklake_snapshots('lake')") == 1
+    assert count(lake, "SELECT count(*) FROM db.t") == 4
     lake.close()
 
 

@@ -15,6 +15,7 @@ from tdedge.config import Settings
 from tdedge.lake.batch import Batch, TableRows
 from tdedge.lake.lake import Lake
 from tdedge.query.session import Scope, Session
+from tdedge.results.store import ResultFiles
 from tests.unit.lake.test_lake import rejection
 
 SECRET = "s3cr3t-of-account-one"
@@ -47,7 +48,9 @@ def lake_settings(tmp_path: Path) -> Iterator[Settings]:
 
 @pytest.fixture
 def session(lake_settings: Settings) -> Iterator[Session]:
-    opened = Session(lake_settings, Scope(2, frozenset({"two"})), 1)
+    opened = Session(
+        lake_settings, Scope(2, frozenset({"two"})), 1, ResultFiles(lake_settings.job_results_dir)
+    )
     yield opened
     opened.close()
 
@@ -64,7 +67,9 @@ def test_the_account_reads_its_own_tables(session: Session) -> None:
 
 def test_the_copy_keeps_every_kind_of_row(lake_settings: Settings) -> None:
     """Rows in files, inlined rows of a later schema version, and a widened column."""
-    opened = Session(lake_settings, Scope(1, frozenset({"one"})), 1)
+    opened = Session(
+        lake_settings, Scope(1, frozenset({"one"})), 1, ResultFiles(lake_settings.job_results_dir)
+    )
     try:
         con = opened.connection
         count, inlined, x = con.execute(

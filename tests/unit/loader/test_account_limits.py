@@ -82,7 +82,7 @@ def test_a_batch_takes_the_oldest_groups_up_to_the_table_limit() -> None:
 
 
 def test_a_commit_writes_at_most_loader_batch_max_tables_tables(tmp_path: Path) -> None:
-    w = make_world(tmp_path, loader_batch_max_tables=100)
+    w = make_world(tmp_path, loader_batch_max_tables=100, loader_new_tables_per_commit=100)
     for i in range(250):
         w.send({"i": i}, table=f"t{i}")
     loader = w.loader()

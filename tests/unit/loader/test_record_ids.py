@@ -127,7 +127,7 @@ def test_old_lakes_are_upgraded_once_and_keep_their_history(world: World) -> Non
         },
     )
     world.lake = lake = Lake.open(world.settings)  # the new version starts
-    assert any(world.settings.lake_data.rglob("*.parquet"))
+    assert any(world.settings.lake_data_dir.rglob("*.parquet"))
     send(world, {"n": 1000, "td_uuid": THEIRS}, record_id=OURS[299], table="ingest_only")
     world.loader().step(LATER)
 

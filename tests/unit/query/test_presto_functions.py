@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import random
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from pathlib import Path
 
 import duckdb
@@ -363,6 +366,117 @@ def test_division_by_zero_fails_as_presto_does_and_other_divisions_stay(
     guarded = "SELECT CASE WHEN n = 0 THEN NULL ELSE 8 / n END FROM (VALUES 0, 2) v(n)"
     assert sorted(run(con, guarded), key=str) == [(4,), (None,)]
     assert one(con, "SELECT 8 / NULLIF(0, 0)") is None
+
+
+def test_a_double_divided_by_zero_is_infinity_or_nan_as_in_presto(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    assert one(con, "SELECT 1.0E0 / 0") == float("inf")
+    assert one(con, "SELECT -1.0E0 / 0") == float("-inf")
+    assert math.isnan(one(con, "SELECT 0.0E0 / 0"))  # type: ignore[arg-type]
+    assert one(con, "SELECT 1 / 0.0E0") == float("inf")
+    assert one(con, "SELECT CAST(1 AS REAL) / 0") == float("inf")
+    assert one(con, "SELECT count(*) * 1.0E0 / 0 FROM t") == float("inf")
+    # An integer or a decimal divided by zero still fails.
+    with pytest.raises(duckdb.Error, match="Division by zero"):
+        run(con, "SELECT 1.5 / 0")
+    assert one(con, "SELECT try(1.5 / 0)") is None
+    assert one(con, "SELECT try(7 / 0)") is None
+
+
+def test_a_decimal_quotient_is_rounded_half_up_to_the_larger_scale(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    assert one(con, "SELECT 1.0 / 3") == Decimal("0.3")
+    assert one(con, "SELECT 2 / 3.0") == Decimal("0.7")
+    assert one(con, "SELECT -2 / 3.0") == Decimal("-0.7")
+    assert one(con, "SELECT 1.00 / 3") == Decimal("0.33")
+    assert one(con, "SELECT 0.05 / 1") == Decimal("0.05")
+    assert one(con, "SELECT 99999.0 / 0.001") == Decimal("99999000.000")
+    assert one(con, "SELECT 1.5 / -0.5") == Decimal("-3.0")
+    assert one(con, "SELECT count(*) * 1.0 / 3 FROM t") == Decimal("1.3")
+    assert one(con, "SELECT CAST(1 AS DECIMAL(38, 10)) / 3") == Decimal("0.3333333333")
+    big = "CAST('123456789012345678901234567890.12' AS DECIMAL(38, 2))"
+    assert one(con, f"SELECT {big} / 7") == Decimal("17636684144620811271604938270.02")
+    # With a double the quotient is a double.
+    assert one(con, "SELECT 1.0 / 4.0E0") == 0.25
+    rows = run(con, "SELECT x / 3 FROM (VALUES 1.05, NULL, -2.35) v(x)")
+    assert rows == [(Decimal("0.35"),), (None,), (Decimal("-0.78"),)]
+
+
+def test_decimal_division_matches_exact_half_up_rounding(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    rng = random.Random(7)
+    cases = []
+    for _ in range(300):
+        s1, s2 = rng.randint(0, 6), rng.randint(0, 6)
+        p1, p2 = s1 + rng.randint(1, 8), s2 + rng.randint(1, 8)
+        a = Decimal(rng.randint(-(10**p1) + 1, 10**p1 - 1)).scaleb(-s1)
+        b = Decimal(rng.choice([-1, 1]) * rng.randint(1, 10**p2 - 1)).scaleb(-s2)
+        cases.append((a, p1, s1, b, p2, s2))
+    values = ", ".join(
+        f"(CAST('{a}' AS DECIMAL({p1}, {s1})) / CAST('{b}' AS DECIMAL({p2}, {s2})))"
+        for a, p1, s1, b, p2, s2 in cases
+    )
+    got = run(con, f"SELECT * FROM (VALUES {values})")
+    with localcontext() as exact:
+        exact.prec = 80
+        for (a, _, s1, b, _, s2), (quotient,) in zip(cases, got, strict=True):
+            unit = Decimal(1).scaleb(-max(s1, s2))
+            assert quotient == (a / b).quantize(unit, rounding=ROUND_HALF_UP), (a, b)
+
+
+def test_a_group_that_takes_no_part_in_the_match_is_null_as_in_presto(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    assert one(con, "SELECT regexp_extract('abc', '(z)?c', 1)") is None
+    assert one(con, "SELECT regexp_extract('ab', '(a)|(b)', 1)") == "a"
+    assert one(con, "SELECT regexp_extract('b', '(a)|(b)', 1)") is None
+    assert one(con, "SELECT regexp_extract_all('ab', '(a)|(b)', 2)") == [None, "b"]
+    assert one(con, "SELECT regexp_extract_all('cac', '(z)?c', 1)") == [None, None]
+    # A group that takes part in every match may match the empty string.
+    assert one(con, "SELECT regexp_extract('xbc', '(a*)x', 1)") == ""
+    assert one(con, "SELECT regexp_extract_all('xx', '(a*)x', 1)") == ["", ""]
+    # Where '' could be either, the query fails rather than guess.
+    with pytest.raises(duckdb.Error, match="cannot tell NULL from ''"):
+        run(con, "SELECT regexp_extract('b', '(a*)|b', 1)")
+    assert one(con, "SELECT regexp_extract('a', '(a*)|b', 1)") == "a"
+
+
+def test_map_zip_with_covers_the_keys_of_both_maps(con: duckdb.DuckDBPyConnection) -> None:
+    got = one(
+        con,
+        "SELECT map_zip_with(MAP(ARRAY['k1', 'k2'], ARRAY[1, 2]), "
+        "MAP(ARRAY['k2', 'k3'], ARRAY[4, 9]), (k, v1, v2) -> coalesce(v1, 0) * 10 + v2)",
+    )
+    assert got == {"k1": None, "k2": 24, "k3": 9}
+    rows = run(
+        con,
+        "SELECT map_zip_with(MAP(ARRAY[k], ARRAY[1]), MAP(ARRAY[k], ARRAY[2]), "
+        "(x, a, b) -> x || CAST(a + b AS VARCHAR)) FROM t WHERE s = 'w'",
+    )
+    assert rows == [({"b": "b3"},)]
+
+
+def test_multimap_agg_groups_each_keys_values(con: duckdb.DuckDBPyConnection) -> None:
+    rows = run(
+        con,
+        "SELECT g, multimap_agg(k, v) FROM (VALUES (1, 'a', 1), (1, 'b', 2), (1, 'a', 3), "
+        "(1, NULL, 4), (2, 'c', NULL)) AS t(g, k, v) GROUP BY g ORDER BY g",
+    )
+    assert rows == [(1, {"a": [1, 3], "b": [2]}), (2, {"c": [None]})]
+    assert one(con, "SELECT multimap_agg(k, s) FROM t WHERE false") is None
+
+
+def test_to_iso8601_of_a_date_and_a_refused_timestamp(con: duckdb.DuckDBPyConnection) -> None:
+    assert one(con, "SELECT to_iso8601(DATE '2020-01-02')") == "2020-01-02"
+    assert one(con, "SELECT to_iso8601(CAST(NULL AS DATE))") is None
+    # Trino's text depends on the timestamp type's precision, which DuckDB does not keep.
+    with pytest.raises(duckdb.Error, match="to_iso8601 of a timestamp"):
+        run(con, "SELECT to_iso8601(TIMESTAMP '2020-01-02 03:04:05')")
+    with pytest.raises(TranslationError, match="to_iso8601 of a timestamp"):
+        run(con, "SELECT to_iso8601(from_unixtime(time)) FROM t")
 
 
 def test_luhn_check_of_a_digit_python_counts_but_int_does_not_is_false() -> None:

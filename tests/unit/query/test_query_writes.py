@@ -18,12 +18,13 @@ from tdedge.control.keys import hash_key, key_id
 from tdedge.control.store import ControlStore
 from tdedge.lake.batch import Batch, TableRows
 from tdedge.lake.lake import Lake
-from tdedge.query.results import result_path, rows
 from tdedge.query.runner import JobRunner
 from tdedge.query.session import Scope, Session
-from tdedge.query.statements import Read, ShowTables, Write, classify, result_target
+from tdedge.query.statements import Read, ShowTables, Target, Write, classify, result_target
 from tdedge.query.translate import TranslationError
 from tdedge.query.writes import TableWriter
+from tdedge.results.format import rows
+from tdedge.results.store import ResultFiles
 
 ISSUED = 1_700_000_000
 _ids = itertools.count(1)
@@ -66,8 +67,9 @@ class Jobs:
     def rows(self, query: str, engine: str = "presto", url: str | None = None) -> list[Any]:
         result = self.run(query, engine, url)
         assert result.status == "success", result.error
-        path = result_path(self.settings.job_results_dir, self.last)
-        return rows(path, result.num_records or 0, 1 << 30)
+        store = ResultFiles(self.settings.job_results_dir)
+        gz = store.path(self.last).read_bytes()
+        return rows(gz, result.num_records or 0, 1 << 30)
 
 
 @pytest.fixture
@@ -87,11 +89,15 @@ def jobs(tmp_path: Path) -> Iterator[Jobs]:
         lake.commit(Batch([TableRows("other", "secrets", theirs)], [], {"s": 2}, []))
     finally:
         lake.close()
-    session = Session(settings, Scope(1, frozenset({"web", "empty"})), 1)
-    writer = TableWriter(settings)
+    session = Session(
+        settings, Scope(1, frozenset({"web", "empty"})), 1, ResultFiles(settings.job_results_dir)
+    )
+    control = ControlStore.open(settings.control_db)
+    writer = TableWriter(settings, control.engine)
     yield Jobs(settings, session, writer)
     writer.close()
     session.close()
+    control.close()
 
 
 # Result values.
@@ -204,6 +210,20 @@ def test_create_table_as_and_delete(jobs: Jobs) -> None:
     assert jobs.rows("SHOW TABLES LIKE 'empty%'") == [["empty_copy"]]
 
 
+def test_drop_table_drops_it_as_the_rest_api_does(jobs: Jobs) -> None:
+    assert jobs.rows("CREATE TABLE gone AS SELECT 1 AS n") == [[1]]
+    assert jobs.rows("DROP TABLE gone") == [[True]]
+    assert jobs.rows("SHOW TABLES LIKE 'gone'") == []
+    missing = jobs.run("SELECT n FROM gone")
+    assert missing.status == "error"
+    again = jobs.run("DROP TABLE web.gone")
+    assert again.status == "error" and "does not exist" in (again.error or "")
+    assert jobs.rows("DROP TABLE IF EXISTS gone") == [[False]]
+    # Made again, it starts empty: nothing of the dropped one is left.
+    assert jobs.rows("CREATE TABLE gone (a varchar)") == [[True]]
+    assert jobs.rows("SELECT count(*) FROM gone") == [[0]]
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -211,6 +231,8 @@ def test_create_table_as_and_delete(jobs: Jobs) -> None:
         "INSERT INTO tdedge_system.import_errors SELECT 'x' AS reason",
         "CREATE TABLE other.t AS SELECT 1 AS a",
         "DELETE FROM other.secrets",
+        "DROP TABLE other.secrets",
+        "DROP TABLE IF EXISTS tdedge_system.import_errors",
         "INSERT INTO lake.other.secrets SELECT 'x' AS secret",
         "INSERT INTO nowhere SELECT 1 AS a",
         "INSERT INTO events SELECT 1 + 1",
@@ -297,8 +319,11 @@ def test_statements_are_told_apart() -> None:
     assert isinstance(write, Write) and write.target.table == "t" and write.kind == "insert"
     with pytest.raises(TranslationError, match="OVERWRITE"):
         classify("INSERT OVERWRITE TABLE t SELECT 1", "hive", "web")
+    assert classify("DROP TABLE IF EXISTS db2.t", "presto", "web") == Write(
+        "drop", Target("db2", "t"), if_exists=True
+    )
     with pytest.raises(TranslationError):
-        classify("DROP TABLE t", "presto", "web")
+        classify("DROP VIEW t", "presto", "web")
     with pytest.raises(TranslationError):
         result_target("td://somekey@/web/t")
     assert result_target("td://@/web/t?mode=replace").replace
@@ -335,7 +360,7 @@ def test_a_job_whose_key_was_revoked_since_writes_nothing(jobs: Jobs) -> None:
 
 
 def _run_queued(settings: Settings, store: JobStore, control: ControlStore) -> None:
-    runner = JobRunner(settings, store, control)
+    runner = JobRunner(settings, store, control, ResultFiles(settings.job_results_dir))
     with ThreadPoolExecutor(1) as pool:
         runner.tick(pool, 2.0)
     runner.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
+from tdedge.query.functions import register
 from tdedge.query.translate import Context, TranslationError, translate
 
 SCHEMA = {"db1": {"t": {"time": "BIGINT", "a": "BIGINT", "b": "BIGINT", "d": "DOUBLE"}}}
@@ -13,9 +14,13 @@ SCHEMA = {"db1": {"t": {"time": "BIGINT", "a": "BIGINT", "b": "BIGINT", "d": "DO
 @pytest.fixture
 def con() -> duckdb.DuckDBPyConnection:
     c = duckdb.connect()
+    register(c)  # as a job's session does: translated SQL calls its functions
     c.execute("ATTACH ':memory:' AS lake")
     c.execute("CREATE SCHEMA lake.db1")
-    c.execute("CREATE TABLE lake.db1.t AS SELECT * FROM (VALUES (0, 7, 2, 1.5)) v(time, a, b, d)")
+    c.execute(
+        "CREATE TABLE lake.db1.t AS "
+        "SELECT * FROM (VALUES (0, 7, 2, 1.5::DOUBLE)) v(time, a, b, d)"  # as SCHEMA says
+    )
     c.execute("USE lake.db1")
     return c
 

@@ -56,7 +56,7 @@ async def settle() -> None:
 def test_asks_of_one_iteration_share_a_group_and_each_peer_gets_one_frame(
     settings: Settings,
 ) -> None:
-    h = EngineHost(settings, backends.profiles)
+    h = EngineHost(settings, backends.profiles, backends.registry)
     a, b = Peer(), Peer()
 
     async def run() -> None:
@@ -78,7 +78,7 @@ def test_asks_of_one_iteration_share_a_group_and_each_peer_gets_one_frame(
 def test_asks_the_configuration_no_longer_admits_get_no_offers(settings: Settings) -> None:
     """The worker stored the event before the configuration moved: a 400 would tell
     its caller it was not taken. It gets no offers, and an operator a count."""
-    h = EngineHost(settings, backends.profiles)
+    h = EngineHost(settings, backends.profiles, backends.registry)
     peer = Peer()
     unconfigured = REGISTRY.get_sample_value("tdedge_p13n_unconfigured_total") or 0.0
 
@@ -103,7 +103,7 @@ def test_stores_that_cannot_open_answer_1002_until_they_can(
     monkeypatch.setattr(host, "REOPEN_AFTER_S", 0.0)
     p13n_dir = settings.root / "p13n"
     p13n_dir.write_text("a file where the p13n folder should be")
-    h = EngineHost(settings, backends.profiles)
+    h = EngineHost(settings, backends.profiles, backends.registry)
     peer = Peer()
 
     async def run() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tdedge.realtime.batch import BatchStore
+from tdedge.realtime.batch import SQLiteBatchStore
 from tdedge.realtime.errors import BatchStoreDown, ProfileStoreDown
 from tdedge.realtime.sqlite import SQLiteProfileStore
 
@@ -20,13 +20,13 @@ def drop(path: Path, table: str) -> None:
 
 def test_a_batch_store_reopened_after_its_table_went_missing_is_down(tmp_path: Path) -> None:
     path = tmp_path / "batch.sqlite"
-    store = BatchStore(path)
+    store = SQLiteBatchStore(path)
     store.replace("web", "segment", "s1", "SELECT 1", [("k=1", None)], 1)
     assert store.facts("web", ["k=1"]).segments == {"s1"}
     store.close()
 
     drop(path, "facts")
-    reopened = BatchStore(path)
+    reopened = SQLiteBatchStore(path)
     with pytest.raises(BatchStoreDown):
         reopened.facts("web", ["k=1"])
     reopened.close()
@@ -48,12 +48,12 @@ def test_a_store_written_before_versions_were_recorded_opens_with_its_data(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "batch.sqlite"
-    store = BatchStore(path)
+    store = SQLiteBatchStore(path)
     store.replace("web", "segment", "s1", "SELECT 1", [("k=1", None)], 1)
     store.close()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA user_version=0")
     conn.close()
-    again = BatchStore(path)
+    again = SQLiteBatchStore(path)
     assert again.facts("web", ["k=1"]).segments == {"s1"}
     again.close()

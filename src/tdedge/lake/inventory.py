@@ -20,6 +20,7 @@ import duckdb
 
 from tdedge.config import Settings
 from tdedge.errors import LakeError
+from tdedge.lake import system
 from tdedge.lake.batch import ImportKey
 from tdedge.lake.catalog import LAKE
 from tdedge.lake.connection import open_connection
@@ -157,7 +158,13 @@ class LakeCatalog:
         )
 
     def drop_table(self, database: str, name: str) -> None:
-        self._ddl([f"DROP TABLE IF EXISTS {LAKE}.{ident(database)}.{ident(name)}"])
+        self._ddl(
+            [
+                f"DROP TABLE IF EXISTS {LAKE}.{ident(database)}.{ident(name)}",
+                # A table made again under the name counts its doors afresh.
+                system.forget_arrivals(database, name),
+            ]
+        )
 
     def drop_database(self, database: str) -> None:
         statements = [
@@ -165,6 +172,7 @@ class LakeCatalog:
             for t in self.tables(database)
         ]
         statements.append(f"DROP SCHEMA IF EXISTS {LAKE}.{ident(database)}")
+        statements.append(system.forget_arrivals(database))
         self._ddl(statements)
 
     def _ddl(self, statements: list[str]) -> None:

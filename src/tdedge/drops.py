@@ -12,9 +12,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tdedge.api.catalog import LakeCatalog
 from tdedge.control.retention import RetentionRules
 from tdedge.control.store import databases
+from tdedge.lake.inventory import LakeCatalog
 
 
 def drop_table(catalog: LakeCatalog, control: Engine, database: str, table: str) -> None:
