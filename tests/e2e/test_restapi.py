@@ -333,3 +333,41 @@ def test_results_are_deleted_after_their_retention(make_server: Any) -> None:
     assert not list((srv.data_dir / "results").glob(f"{job}.*"))
     listed = httpx.get(f"{endpoint}/v3/job/show/{job}", headers=td1(key)).json()
     assert listed["status"] == "success"
+
+
+def test_tables_are_made_and_dropped_while_the_loader_commits(make_server: Any) -> None:
+    """Table DDL takes turns with the loader's commits: none is refused for the other."""
+    srv, endpoint = start_api_server(make_server)
+    stop = threading.Event()
+    sent = 0
+
+    def stream() -> None:
+        nonlocal sent
+        while not stop.is_set():
+            r = srv.postback("test_db", "stream", {"n": sent}, key=srv.write_key)
+            assert r.status_code == 200, r.text
+            sent += 1
+
+    with ThreadPoolExecutor(2) as pool:
+        writers = [pool.submit(stream) for _ in range(2)]
+        try:
+            answers = []
+            for i in range(12):
+                made = httpx.post(
+                    f"{endpoint}/v3/table/create/test_db/t{i}/log", headers=td1(srv.master_key)
+                )
+                dropped = httpx.post(
+                    f"{endpoint}/v3/table/delete/test_db/t{i}", headers=td1(srv.master_key)
+                )
+                answers.append((made.status_code, made.text, dropped.status_code, dropped.text))
+        finally:
+            stop.set()
+        for writer in writers:
+            writer.result()
+    assert [a for a in answers if a[0] != 200 or a[2] != 200] == []
+    srv.wait_for(
+        "SELECT count(*) AS c FROM stream",
+        lambda x: x[0]["c"] == sent,
+        database="test_db",
+        timeout=60,
+    )

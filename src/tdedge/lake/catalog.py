@@ -123,6 +123,27 @@ def write_lock(settings: Settings) -> Iterator[None]:
         yield
 
 
+# Retries of a catalog write refused because another writer holds the catalog (SQLite's
+# lock, or a DuckLake conflict on a shared lake): about 4.5 s in all.
+LOCK_RETRIES = 8
+LOCK_BACKOFF_S = 0.05
+LOCK_BACKOFF_MAX_S = 1.0
+
+
+def is_locked(error: BaseException) -> bool:
+    """SQLite refused a write because another process holds the catalog."""
+    return "database is locked" in str(error)
+
+
+def is_conflict(error: BaseException) -> bool:
+    """DuckLake refused the commit: another transaction changed what it changed."""
+    return "Transaction conflict" in str(error)
+
+
+def backoff(attempt: int) -> float:
+    return float(min(LOCK_BACKOFF_MAX_S, LOCK_BACKOFF_S * 2**attempt))
+
+
 @contextmanager
 def init_lock(settings: Settings) -> Iterator[None]:
     """Serialise first-time set-up across processes (two creators would conflict), and

@@ -6,13 +6,16 @@ sizes it keeps per table, the time of the snapshot that created it, the max of t
 connection per edge worker, used by one thread at a time.
 
 Creating and dropping a table opens a short-lived writable connection: DuckLake lets
-several writers commit. The loader's cached view of that table is then stale; its
-next commit to it fails once, and it reloads the catalog and commits again.
+several writers commit, one at a time (catalog.write_lock). The loader's cached view
+of that table is then stale; its next commit to it fails once, and it reloads the
+catalog and commits again.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +25,19 @@ from tdedge.config import Settings
 from tdedge.errors import LakeError
 from tdedge.lake import system
 from tdedge.lake.batch import ImportKey
-from tdedge.lake.catalog import LAKE
+from tdedge.lake.catalog import (
+    LAKE,
+    LOCK_RETRIES,
+    backoff,
+    is_conflict,
+    is_locked,
+    write_lock,
+)
 from tdedge.lake.connection import open_connection
 from tdedge.lake.sql import ident
 from tdedge.lake.system import BULK_IMPORTS
+
+log = logging.getLogger("tdedge.lake")
 
 META = f"__ducklake_metadata_{LAKE}"
 # TD's column type names for the lake's.
@@ -176,6 +188,28 @@ class LakeCatalog:
         self._ddl(statements)
 
     def _ddl(self, statements: list[str]) -> None:
+        """Run ``statements`` in one transaction, taking turns with the loader's commits.
+
+        Without the write lock, a commit that overlaps one of the loader's (a batch, or
+        its upkeep) can be refused at once with "database is locked", and the caller
+        would get a 500 for a table it may make. A refusal for another writer is
+        tried again: it changed nothing. On a shared lake a DuckLake conflict with
+        another node's commit is too.
+        """
+        shared = bool(self._settings.lake_catalog)
+        for attempt in range(LOCK_RETRIES + 1):
+            try:
+                with write_lock(self._settings):
+                    self._ddl_once(statements)
+                return
+            except LakeError as e:
+                busy = is_locked(e) or (shared and is_conflict(e))
+                if not busy or attempt >= LOCK_RETRIES:
+                    raise
+            log.info("lake catalog busy with another writer; retrying a table change")
+            time.sleep(backoff(attempt))
+
+    def _ddl_once(self, statements: list[str]) -> None:
         con = open_connection(self._settings, read_only=False)
         try:
             con.execute("BEGIN")

@@ -32,7 +32,15 @@ from tdedge.config import Settings
 from tdedge.errors import InvalidName, LakeError, PartitionTakenOver
 from tdedge.lake import compaction, fence, location, system, upgrades
 from tdedge.lake.batch import Batch, Deletion, ImportKey, TableRows
-from tdedge.lake.catalog import LAKE, LIVE_TABLES, write_lock
+from tdedge.lake.catalog import (
+    LAKE,
+    LIVE_TABLES,
+    LOCK_RETRIES,
+    backoff,
+    is_conflict,
+    is_locked,
+    write_lock,
+)
 from tdedge.lake.compaction import Slice
 from tdedge.lake.connection import open_connection
 from tdedge.lake.inlining import Budget
@@ -56,11 +64,6 @@ _VIEW = "tdedge_incoming"
 _KEYS = "tdedge_keys"
 # Schemas that are not user databases.
 _NOT_DATABASES = frozenset({"main", SYSTEM_DATABASE})
-# Retries of a catalog write refused because another process holds SQLite's lock:
-# about 4.5 s in all.
-LOCK_RETRIES = 8
-LOCK_BACKOFF_S = 0.05
-LOCK_BACKOFF_MAX_S = 1.0
 # What DuckLake's stale-reader error names (see Lake.query).
 _STALE_INLINED = "ducklake_inlined_data_"
 
@@ -239,11 +242,11 @@ class Lake:
                 error = e
             # DuckLake's conflict refuses the commit for sure; another loader's commit
             # of the same positions would make it look landed (lake/fence.py).
-            if not _is_conflict(error) and self.landed(batch):
+            if not is_conflict(error) and self.landed(batch):
                 log.warning("the lake reported an error for a commit that landed: %s", error)
                 return
             log.info("lake commit failed (%s); retrying the whole transaction", error)
-            time.sleep(_backoff(attempt))
+            time.sleep(backoff(attempt))
             attempt += 1
 
     def _retryable(self, error: LakeError) -> bool:
@@ -257,7 +260,7 @@ class Lake:
         then left to the loader (which commits its tables apart). On an embedded lake
         only SQLite's lock is: the loader is the only writer there.
         """
-        return self._shared or _is_locked(error)
+        return self._shared or is_locked(error)
 
     def _commit_once(self, batch: Batch) -> None:
         schemas = set(self._schemas)
@@ -357,7 +360,7 @@ class Lake:
                 if not self._retryable(e) or attempt >= LOCK_RETRIES:
                     raise
             log.info("lake catalog busy with another writer; retrying %s", what)
-            time.sleep(_backoff(attempt))
+            time.sleep(backoff(attempt))
 
     def compact(self, now: float) -> None:
         """A whole compaction pass at once (see ``compaction``)."""
@@ -556,7 +559,7 @@ class Lake:
                 self._con.execute("COMMIT")
             except duckdb.Error as e:
                 self._abort()
-                if _is_locked(e):
+                if is_locked(e):
                     log.info("lake catalog locked by another writer; compaction waits")
                     again = [*done, trying] if trying is not None else done
                     pending.extendleft((t, False) for t in reversed(again))
@@ -748,19 +751,6 @@ class Lake:
             return self._con.execute(sql, params).fetchall()
         except duckdb.Error as e:
             raise LakeError(str(e)) from e
-
-
-def _is_locked(error: BaseException) -> bool:
-    return "database is locked" in str(error)
-
-
-def _is_conflict(error: BaseException) -> bool:
-    """DuckLake refused the commit: another transaction changed what it changed."""
-    return "Transaction conflict" in str(error)
-
-
-def _backoff(attempt: int) -> float:
-    return float(min(LOCK_BACKOFF_MAX_S, LOCK_BACKOFF_S * 2**attempt))
 
 
 def _database_name(database: str) -> str:
