@@ -7,6 +7,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,66 @@ def test_nodes_starting_at_once_upgrade_once(settings: Settings) -> None:
     outcomes = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [err[-800:] for _, err in outcomes]
     assert {out.strip() for out, _ in outcomes} == {schema.head()}
+
+
+def test_an_older_database_in_use_is_upgraded_once_by_nodes_starting_at_once(
+    settings: Settings,
+) -> None:
+    """A rolling upgrade: the database is at an older revision and a node of that
+    version keeps writing and reading through it while four newer nodes start at once.
+    One of them upgrades it; the old node never fails and loses nothing."""
+    engine = engine_for(settings.control_url)
+    config = schema._config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0002")
+    assert schema.revision(engine) == "0002"
+    stop = threading.Event()
+    written: list[int] = []
+    failures: list[BaseException] = []
+
+    def old_node() -> None:
+        account = 1000
+        while not stop.is_set():
+            account += 1
+            try:
+                with engine.begin() as conn:
+                    conn.execute(
+                        sa.text("INSERT INTO accounts (id, created_at) VALUES (:id, 0)"),
+                        {"id": account},
+                    )
+                with engine.connect() as conn:
+                    conn.execute(sa.text("SELECT count(*) FROM accounts")).scalar_one()
+            except BaseException as e:
+                failures.append(e)
+                return
+            written.append(account)
+            time.sleep(0.01)
+
+    writer = threading.Thread(target=old_node)
+    writer.start()
+    try:
+        time.sleep(0.2)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPEN_AT_ONCE, settings.data_dir, settings.control_url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        outcomes = [p.communicate(timeout=120) for p in procs]
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        writer.join()
+    assert [p.returncode for p in procs] == [0] * 4, [err[-800:] for _, err in outcomes]
+    assert {out.strip() for out, _ in outcomes} == {schema.head()}
+    assert not failures, failures
+    assert len(written) > 10
+    with engine.connect() as conn:
+        found = {r[0] for r in conn.execute(sa.text("SELECT id FROM accounts WHERE id > 1000"))}
+        assert schema.revision(engine) == schema.head()
+    assert found == set(written)
+    engine.dispose()
