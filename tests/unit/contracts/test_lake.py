@@ -282,9 +282,21 @@ def test_the_cli_acts_on_the_lake_its_options_name(backend: Backend) -> None:
     assert made.exit_code == 0, made.output
     lake = Lake.open(s)
     try:
-        lake.commit(Batch([rows("shop", "orders", time=[1, 2, 3], v=["a", "b", "c"])], [], {}))
+        lake.commit(
+            Batch(
+                [rows("shop", "orders", time=[1, 2, 3], v=["a", "b", "c"])],
+                [rejection(1, record='{"bad":"one"}')],
+                {},
+            )
+        )
     finally:
         lake.close()
+    errors = runner.invoke(main, ["errors", *where, "--format", "json"])
+    assert errors.exit_code == 0, errors.output
+    assert "unknown_key" in errors.output and "bad" in errors.output
+    tailed = runner.invoke(main, ["tail", *where, "--once", "-d", "shop", "--format", "json"])
+    assert tailed.exit_code == 0, tailed.output
+    assert tailed.output.count('"orders"') == 3, tailed.output
     found = runner.invoke(
         main, ["query", *where, "--format", "csv", "SELECT count(*) AS n FROM shop.orders"]
     )
