@@ -1,7 +1,7 @@
 """Cluster bench: rows/s into one shared lake (a PostgreSQL catalog, files on S3) with
 1, 2 and 4 loaders, and the commits/s the catalog sustains.
 
-    bench/cluster [--loaders 1,2,4] [--seconds 20] [--batch-rows 2000]
+    bench/cluster [--loaders 1,2,4] [--seconds 20] [--batch-rows 2000] [--offered R]
 
 Starts a throw-away PostgreSQL 15 and SeaweedFS (S3) as the tests do
 (tests/postgres.py, tests/seaweed.py). Each loader is a process of its own with a data
@@ -11,6 +11,11 @@ commit path with its journal positions, minus the journal) into a table of its o
 
 1. rows/s: batches of ``--batch-rows`` rows (Parquet files on S3);
 2. commits/s: batches of one row (inlined in the catalog), the catalog's commit rate.
+
+With ``--offered R``, instead: R rows/s arrive at each loader and each commits what has
+arrived, as the loader does; its batches grow when commits are contended. Total rows/s
+against the offered N x R says whether adding loaders holds the rate, and the longest
+wait says what the contention costs in freshness.
 
 Commits that failed and were retried as a whole (conflicts between the loaders) are
 counted, and so are the S3 PUTs (the data files each loader wrote). The machine's load
@@ -56,7 +61,13 @@ class _Retries(logging.Handler):
 
 
 def _loader(
-    settings_json: str, env: dict[str, str], table: str, rows: int, ready: Any, seconds: float
+    settings_json: str,
+    env: dict[str, str],
+    table: str,
+    rows: int,
+    ready: Any,
+    seconds: float,
+    offered: float,
 ) -> dict[str, float]:
     os.environ.update(env)
     retries = _Retries()
@@ -75,15 +86,34 @@ def _loader(
         ready.wait(START_TIMEOUT_S)
         start = time.time()
         stop = start + seconds
-        while time.time() < stop:
-            seq += rows
-            lake.commit(Batch([_rows(table, rows, seq)], [], {"shard-00": seq}))
+        lag = 0.0
+        while (now := time.time()) < stop:
+            if offered:
+                # What has arrived since the last commit, up to the loader's batch limit:
+                # a loader commits what waits, so its batches grow when commits are slow.
+                due = min(int(offered * (now - start)) - loaded, settings.loader_batch_max_records)
+                if due <= 0:
+                    time.sleep(0.005)
+                    continue
+                # The oldest row in this batch arrived when `loaded` rows had.
+                lag = max(lag, now - (start + loaded / offered))
+                batch = due
+            else:
+                batch = rows
+            lake.commit(Batch([_rows(table, batch, seq)], [], {"shard-00": seq + batch}))
+            seq += batch
             commits += 1
-            loaded += rows
+            loaded += batch
         elapsed = time.time() - start
     finally:
         lake.close()
-    return {"rows": loaded, "commits": commits, "seconds": elapsed, "retries": retries.count}
+    return {
+        "rows": loaded,
+        "commits": commits,
+        "seconds": elapsed,
+        "retries": retries.count,
+        "max_lag_s": round(lag, 3),
+    }
 
 
 def _rows(table: str, n: int, base: int) -> TableRows:
@@ -93,7 +123,13 @@ def _rows(table: str, n: int, base: int) -> TableRows:
 
 
 def _round(
-    loaders: int, rows: int, seconds: float, catalog: str, data: str, env: dict[str, str]
+    loaders: int,
+    rows: int,
+    seconds: float,
+    catalog: str,
+    data: str,
+    env: dict[str, str],
+    offered: float = 0.0,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="tdedge-cluster-"))
     context = multiprocessing.get_context("spawn")
@@ -109,6 +145,7 @@ def _round(
             rows,
             ready,
             seconds,
+            offered,
         )
         for i in range(loaders)
     ]
@@ -123,7 +160,9 @@ def _round(
     elapsed = max(r["seconds"] for r in results)
     return {
         "loaders": loaders,
-        "batch_rows": rows,
+        "batch_rows": rows if not offered else round(total_rows / max(1, total_commits)),
+        "offered_rows_per_s": offered * loaders,
+        "max_lag_s": max(r["max_lag_s"] for r in results),
         "rows_per_s": round(total_rows / elapsed, 1),
         "commits_per_s": round(total_commits / elapsed, 2),
         "retried_commits": sum(r["retries"] for r in results),
@@ -143,20 +182,35 @@ def main() -> None:
     parser.add_argument("--loaders", default="1,2,4")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--batch-rows", type=int, default=2000)
+    parser.add_argument(
+        "--offered",
+        type=float,
+        default=0.0,
+        help="rows/s arriving at each loader: each commits what has arrived (its batches "
+        "grow when commits are slow) instead of fixed batches; 0: fixed batches",
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.loaders.split(",")]
     out: dict[str, Any] = {"seconds": args.seconds, "rounds": []}
     with postgres.server() as pg, seaweed.server() as s3:
         env = s3.environ()
-        for rows in (args.batch_rows, 1):
+        sizes = (args.batch_rows, 1) if not args.offered else (0,)
+        for rows in sizes:
             for loaders in counts:
                 catalog = pg.new_database()
                 data = f"s3://{s3.new_bucket()}/lake/"
-                found = _round(loaders, rows, args.seconds, catalog, data, env)
+                found = _round(loaders, rows, args.seconds, catalog, data, env, args.offered)
                 out["rounds"].append(found)
                 found["s3_puts"] = _objects(s3, data)
+                shape = (
+                    f"{found['offered_rows_per_s']:g} rows/s offered, "
+                    f"{found['batch_rows']}-row batches on average, "
+                    f"longest wait {found['max_lag_s']} s"
+                    if args.offered
+                    else f"{rows}-row batches"
+                )
                 print(
-                    f"{loaders} loader(s), {rows}-row batches: {found['rows_per_s']} rows/s, "
+                    f"{loaders} loader(s), {shape}: {found['rows_per_s']} rows/s, "
                     f"{found['commits_per_s']} commits/s, "
                     f"{found['retried_commits']} commits retried, "
                     f"{found['s3_puts']} objects on S3, "
