@@ -59,6 +59,9 @@ class State(msgspec.Struct):
     haproxy_pid: int = 0
     master_key: str = ""
     write_key: str = ""
+    # More ``serve`` options for every node (a replicated journal, shared profiles):
+    # kept so that a node started again later is started as the others were.
+    node_options: list[str] = []
 
 
 class Cluster:
@@ -120,8 +123,17 @@ class Cluster:
                 "TDEDGE_TRUSTED_PROXIES": "127.0.0.1",
             }
             nodes = [Node(free_port(), str(root / f"node{i + 1}")) for i in range(NODES)]
-            cluster = cls(State(str(root), environ, pg_proc.pid, s3_pid, free_port(), nodes))
-            cluster.extra = node_options
+            cluster = cls(
+                State(
+                    str(root),
+                    environ,
+                    pg_proc.pid,
+                    s3_pid,
+                    free_port(),
+                    nodes,
+                    node_options=list(node_options),
+                )
+            )
             cluster.save()
             cluster.start_node(0, wait=False)
             # The first node makes the control plane and prints its first keys; the
@@ -142,8 +154,6 @@ class Cluster:
             postgres.stop(root / "postgres")
             raise
 
-    extra: tuple[str, ...] = ()
-
     def environ(self) -> dict[str, str]:
         return {**os.environ, **self.state.environ}
 
@@ -161,7 +171,7 @@ class Cluster:
                     node.data_dir,
                     "--port",
                     str(node.port),
-                    *self.extra,
+                    *self.state.node_options,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
