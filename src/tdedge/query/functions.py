@@ -15,7 +15,7 @@ import duckdb
 from duckdb import sqltypes
 from duckdb.func import FunctionNullHandling
 
-from tdedge.query import division, td_time, td_udfs
+from tdedge.query import division, macros, td_time, td_udfs
 
 
 def _time_range(t: int | None, start: str | None, end: str | None, tz: str | None) -> bool | None:
@@ -146,3 +146,4 @@ def register(con: duckdb.DuckDBPyConnection, geoip_database: str | None = None) 
             side_effects=False,
         )
     division.define(con)
+    macros.define(con)

@@ -145,6 +145,13 @@ def _cast(node: exp.Cast) -> exp.Expression:
         if target.this == exp.DataType.Type.TIMESTAMPTZ:
             return zoned.tag(value, zone_label)
         return node
+    if target.this in _INTEGER_TYPES and _may_be_double(value):
+        # Presto rounds a double half away from zero (2.5 → 3), DuckDB half to even.
+        number = _is_number(value)
+        value = fn("presto_round_half_up", value)
+        node.set("this", value)
+        if number:
+            return node
     if target.this in _INTEGER_TYPES and not _is_number(value):
         # DuckDB rounds '4.5' to 5; Presto refuses a string that is not an integer
         # (NULL under TRY_CAST). Only strings are checked: a double still rounds.
@@ -163,6 +170,17 @@ def _cast(node: exp.Cast) -> exp.Expression:
         )
         return exp.Case(ifs=[exp.If(this=ok, true=cast.copy())], default=fn("error", message))
     return node
+
+
+def _may_be_double(node: exp.Expression) -> bool:
+    """Whether ``node`` may be a double or a real: not a string, an integer or a
+    decimal literal, nor a bare NULL (whose type DuckDB cannot cast to)."""
+    inner = node.this if isinstance(node, exp.Neg) else node
+    if isinstance(inner, exp.Null):
+        return False
+    if isinstance(inner, exp.Literal):
+        return not inner.is_string and any(c in str(inner.this) for c in "eE")
+    return True
 
 
 def _is_number(node: exp.Expression) -> bool:
@@ -967,6 +985,24 @@ def _arrays_overlap(args: list[exp.Expression]) -> exp.Expression:
     )
 
 
+_MAPS = tuple(
+    getattr(exp, name) for name in ("Map", "VarMap", "MapFromEntries") if hasattr(exp, name)
+)
+
+
+def _cosine(args: list[exp.Expression], distance: bool) -> exp.Expression:
+    """``cosine_similarity`` / ``cosine_distance`` of two arrays, or of two sparse
+    vectors (maps) where an argument is written as a map."""
+    if len(args) != 2:
+        raise Unsupported("cosine_similarity and cosine_distance take two vectors")
+    if not any(isinstance(a, _MAPS) for a in args):
+        return fn("list_cosine_distance" if distance else "list_cosine_similarity", *args)
+    similarity = fn("presto_map_cosine_similarity", *args)
+    if not distance:
+        return similarity
+    return exp.Sub(this=exp.Literal.number(1), expression=similarity)
+
+
 def _url_encode(args: list[exp.Expression]) -> exp.Expression:
     """java.net.URLEncoder: a space is '+', '*' stays, '~' is escaped (DuckDB: the
     reverse of each)."""
@@ -1004,7 +1040,7 @@ ANONYMOUS: dict[str, Callable[[list[exp.Expression]], exp.Expression]] = {
     "ARRAY_HISTOGRAM": _array_histogram,
     "NGRAMS": _ngrams,
     "ZIP_WITH": _zip_with,
-    "COSINE_SIMILARITY": lambda args: fn("list_cosine_similarity", *args),
+    "COSINE_SIMILARITY": lambda args: _cosine(args, distance=False),
     "LUHN_CHECK": lambda args: fn("td_luhn_check", *args),
     "TRANSFORM_KEYS": _map_entries_fn("transform_keys"),
     "TRANSFORM_VALUES": _map_entries_fn("transform_values"),
@@ -1195,6 +1231,57 @@ def _extract(node: exp.Extract) -> exp.Expression:
     return node
 
 
+def _substring(node: exp.Substring) -> exp.Expression:
+    """``substr(s, start[, length])`` with Presto's empty answers (query/macros.py)."""
+    start, length = node.args.get("start"), node.args.get("length")
+    if start is None:
+        return node
+    if length is None:
+        return fn("presto_substr_from", node.this, start)
+    return fn("presto_substr", node.this, start, length)
+
+
+# An ISO 8601 time's offset: Z, ±hh, ±hhmm or ±hh:mm after the time of day.
+_ISO_OFFSET = re.compile(r"T[0-9:.,]*(Z|([+-])(\d{2}):?(\d{2})?)\s*$")
+
+
+def _from_iso8601_timestamp(text: exp.Expression) -> exp.Expression:
+    """``from_iso8601_timestamp(s)``: the instant, in the zone of the string's offset.
+
+    DuckDB reads the instant and drops the offset. For a constant string the offset is
+    read here and kept as the value's zone; a string from a column would need a zone
+    per row, which a value here cannot carry (query/zoned.py's ROW_OFFSET).
+    """
+    instant = exp.cast(text.copy(), exp.DataType.build("TIMESTAMPTZ"))
+    literal = _literal_text(text)
+    if literal is None:
+        return zoned.per_row(instant, text)
+    m = _ISO_OFFSET.search(literal)
+    if m is None or m.group(1) == "Z":
+        return zoned.tag(instant, "UTC")
+    sign, hours, minutes = m.group(2), m.group(3), m.group(4) or "00"
+    return zoned.tag(instant, zoned.label(f"{sign}{hours}:{minutes}"))
+
+
+def _current_time(node: exp.Expression) -> exp.Expression:
+    """``current_timestamp(p)``: results print a timestamp to milliseconds, so only
+    Presto's default precision, 3, gives Presto's text."""
+    precision = node.this if isinstance(node.this, exp.Expression) else None
+    if precision is not None and _int_literal(precision) != 3:
+        names: dict[type[exp.Expression], str] = {
+            exp.CurrentTimestamp: "current_timestamp",
+            exp.Localtimestamp: "localtimestamp",
+            exp.CurrentTime: "current_time",
+        }
+        name = names[type(node)]
+        raise Unsupported(
+            f"{name}({precision.sql('trino')}) is not supported: "
+            f"results print timestamps to milliseconds; use {name}"
+        )
+    node.set("this", None)
+    return node
+
+
 def _format(node: exp.Expression) -> exp.Expression:
     """``format(fmt, args…)``: Java's Formatter, run in Python over the JSON of the
     arguments (query/td_udfs.py)."""
@@ -1209,6 +1296,27 @@ def rewrite(node: exp.Expression) -> exp.Expression:
         raise Unsupported("array_sort with a comparator lambda is not supported")
     if isinstance(node, exp.Typeof):
         raise Unsupported("typeof is not supported: DuckDB's type names are not Trino's")
+    if isinstance(node, exp.CosineDistance):
+        return _cosine([node.this, node.expression], distance=True)
+    if isinstance(node, exp.Substring):
+        return _substring(node)
+    if isinstance(node, exp.ArrayMax | exp.ArrayMin):
+        # NULL when an element is NULL (query/macros.py).
+        name = "presto_array_max" if isinstance(node, exp.ArrayMax) else "presto_array_min"
+        return fn(name, node.this)
+    if isinstance(node, exp.ArrayContains):
+        return fn("presto_contains", node.this, node.expression)
+    if isinstance(node, exp.Sign) and not isinstance(node.this, exp.Null):
+        return fn("presto_sign", node.this)
+    if isinstance(node, exp.FromISO8601Timestamp):
+        return _from_iso8601_timestamp(node.this)
+    if isinstance(node, exp.FromISO8601TimestampNanos):
+        raise Unsupported(
+            "from_iso8601_timestamp_nanos is not supported: DuckDB keeps microseconds, "
+            "not nanoseconds (from_iso8601_timestamp gives milliseconds)"
+        )
+    if isinstance(node, exp.CurrentTimestamp | exp.Localtimestamp | exp.CurrentTime):
+        return _current_time(node)
     if isinstance(node, exp.Format):
         return _format(node)
     if isinstance(node, exp.JSONArrayContains):
@@ -1280,6 +1388,8 @@ def rewrite(node: exp.Expression) -> exp.Expression:
         return _approx_quantile(node)
     if isinstance(node, _LOCAL):
         return _local_args(node)
+    if isinstance(node, _KEEPS_ZONE) and zoned.zone_of(node.this) == zoned.ROW_OFFSET:
+        node.set("this", zoned.in_utc(node.this))
     if isinstance(node, (exp.Paren, exp.Alias, *_KEEPS_ZONE)):
         return zoned.tag(node, zoned.zone_of(node.this))
     if isinstance(node, exp.Add | exp.Sub):
@@ -1289,10 +1399,25 @@ def rewrite(node: exp.Expression) -> exp.Expression:
     return node
 
 
-# An aggregate that picks one of its values keeps their zone.
+# An aggregate or window function that picks one of its values keeps their zone (a
+# window, its function's).
 _KEEPS_ZONE = tuple(
     getattr(exp, name)
-    for name in ("Max", "Min", "AnyValue", "ArgMax", "ArgMin", "First", "Last")
+    for name in (
+        "Max",
+        "Min",
+        "AnyValue",
+        "ArgMax",
+        "ArgMin",
+        "First",
+        "Last",
+        "FirstValue",
+        "LastValue",
+        "NthValue",
+        "Lag",
+        "Lead",
+        "Window",
+    )
     if hasattr(exp, name)
 )
 
@@ -1308,15 +1433,20 @@ def _interval_arithmetic(node: exp.Add | exp.Sub) -> exp.Expression:
 
 def _same_zone(node: exp.Expression) -> exp.Expression:
     """COALESCE / CASE / IF of values in one zone are in that zone."""
-    values: list[exp.Expression]
-    if isinstance(node, exp.Coalesce):
-        values = [node.this, *node.expressions]
-    elif isinstance(node, exp.Case):
-        values = [i.args["true"] for i in node.args.get("ifs") or []]
-        values.append(node.args.get("default") or exp.Null())
-    else:
-        values = [node.args["true"], node.args.get("false") or exp.Null()]
-    labels = {zoned.zone_of(v) for v in values if not isinstance(v, exp.Null)}
+    for value in _branches(node):
+        if zoned.zone_of(value) == zoned.ROW_OFFSET:
+            value.replace(zoned.in_utc(value.copy()))  # its own zone cannot follow the mix
+    labels = {zoned.zone_of(v) for v in _branches(node) if not isinstance(v, exp.Null)}
     if len(labels) == 1:
         return zoned.tag(node, labels.pop())
     return node
+
+
+def _branches(node: exp.Expression) -> list[exp.Expression]:
+    """The values a COALESCE / CASE / IF may give."""
+    if isinstance(node, exp.Coalesce):
+        return [node.this, *node.expressions]
+    if isinstance(node, exp.Case):
+        values = [i.args["true"] for i in node.args.get("ifs") or []]
+        return [*values, node.args.get("default") or exp.Null()]
+    return [node.args["true"], node.args.get("false") or exp.Null()]

@@ -24,7 +24,7 @@ from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, UnsupportedErro
 from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
 
-from tdedge.query import presto, td_time, zoned
+from tdedge.query import presto, td_time, unions, zoned
 from tdedge.query.joda import PatternError, strftime_pattern
 from tdedge.query.timezones import UnknownTimeZone, Zone, resolve
 
@@ -79,10 +79,16 @@ def translate(
     try:
         _sessionize(tree)
         out = _rewrite_all(tree, context)
-    except (td_time.TimeValueError, UnknownTimeZone, PatternError, presto.Unsupported) as e:
+        _name_outputs(out, "_c" if context.engine == "hive" else "_col")
+        _print_zoned(out)
+    except (
+        td_time.TimeValueError,
+        UnknownTimeZone,
+        PatternError,
+        presto.Unsupported,
+        zoned.ZoneNotKept,
+    ) as e:
         raise TranslationError(str(e)) from None
-    _name_outputs(out, "_c" if context.engine == "hive" else "_col")
-    _print_zoned(out)
     if schema is not None:
         out = _typed(out, dialect, database, schema)
     try:
@@ -157,11 +163,22 @@ def _name_outputs(tree: exp.Expr, prefix: str) -> None:
 
 def _print_zoned(tree: exp.Expr) -> None:
     """The outermost SELECT's zoned timestamps, printed as Presto prints them."""
+    if isinstance(tree, exp.SetOperation):
+        unions.print_zoned(tree)
+        return
     if not isinstance(tree, exp.Select):
         return
     for projection in tree.expressions:
         value = projection.this if isinstance(projection, exp.Alias) else projection
         zone_label = zoned.zone_of(value)
+        if zone_label == zoned.ROW_OFFSET:
+            # In UTC where every row's offset is zero: a TIMESTAMPTZ, as below.
+            checked = zoned.in_utc(value.copy())
+            if isinstance(projection, exp.Alias):
+                projection.set("this", checked)
+            else:
+                projection.replace(exp.alias_(checked, projection.alias_or_name))
+            continue
         if zone_label is None or zone_label == "UTC":
             continue  # a TIMESTAMPTZ in UTC prints as Presto's already, and keeps its type
         if isinstance(projection, exp.Alias):
@@ -286,11 +303,20 @@ def _post_order(tree: exp.Expr) -> list[exp.Expr]:
 
 def _remember_zones(source: exp.Subquery | exp.CTE, zones: dict[str, str]) -> None:
     query = source.this
+    alias = source.alias_or_name.lower()
+    if isinstance(query, exp.SetOperation):
+        for column, column_zone in unions.column_zones(query):
+            zones[f"{alias}.{column}"] = column_zone
+            zones[column] = column_zone
+        return
     if not isinstance(query, exp.Select):
         return
-    alias = source.alias_or_name.lower()
     for projection in query.expressions:
         zone_label = zoned.zone_of(projection)
+        if zone_label == zoned.ROW_OFFSET and isinstance(projection, exp.Alias):
+            # Read in UTC where it is made: what reads the column has no text to check.
+            projection.set("this", zoned.in_utc(projection.this))
+            zone_label = "UTC"
         if zone_label is not None and projection.alias_or_name:
             name = projection.alias_or_name.lower()
             zones[f"{alias}.{name}"] = zone_label

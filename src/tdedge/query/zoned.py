@@ -16,6 +16,17 @@ from sqlglot import exp
 from tdedge.query.timezones import Zone, resolve
 
 ZONE = "zone"  # the meta key
+# The label of a value whose zone is each row's own (``from_iso8601_timestamp`` of a
+# column): answered in UTC where every row's offset is zero, refused otherwise.
+ROW_OFFSET = "the offset of each row"
+_OFFSET_TEXT = "offset_text"  # meta key: the text whose offset gives the zone
+# An ISO 8601 offset after the time of day (RE2), and one of zero.
+_OFFSET_SQL = r"T[0-9:.,]*[+-]\d{2}(:?\d{2})?\s*$"
+_ZERO_OFFSET_SQL = r"T[0-9:.,]*[+-]00(:?00)?\s*$"
+
+
+class ZoneNotKept(ValueError):
+    """A calendar answer asked of a value whose zone varies by row and is lost."""
 
 
 def zone_of(node: exp.Expression | None) -> str | None:
@@ -48,6 +59,41 @@ def label(name: str) -> str:
     return zone.name or "UTC"
 
 
+def per_row(instant: exp.Expression, text: exp.Expression) -> exp.Expression:
+    """The instant read from ``text``, whose offset (if any) is its zone."""
+    instant.meta[_OFFSET_TEXT] = text
+    return tag(instant, ROW_OFFSET)
+
+
+def in_utc(instant: exp.Expression) -> exp.Expression:
+    """A value of ROW_OFFSET as an instant in UTC, failing the query at the first row
+    whose offset is not zero (its calendar answers would be UTC's, not its zone's)."""
+    node = instant
+    while isinstance(node, exp.Paren | exp.Alias) and node.meta.get(_OFFSET_TEXT) is None:
+        node = node.this
+    text = node.meta.get(_OFFSET_TEXT) if node is not None else None
+    if not isinstance(text, exp.Expression):
+        raise ZoneNotKept(
+            "a timestamp read by from_iso8601_timestamp from a column cannot carry the "
+            "zone of its offset here: give it one with AT TIME ZONE"
+        )
+    offset = exp.and_(
+        _fn("regexp_matches", text.copy(), exp.Literal.string(_OFFSET_SQL)),
+        exp.Not(this=_fn("regexp_matches", text.copy(), exp.Literal.string(_ZERO_OFFSET_SQL))),
+    )
+    message = exp.DPipe(
+        this=exp.Literal.string(
+            "from_iso8601_timestamp: a string with an offset other than UTC is read in its "
+            "zone only when it is a constant (a zone per row is not kept); give the value "
+            "a zone with AT TIME ZONE: "
+        ),
+        expression=exp.cast(text.copy(), exp.DataType.build("VARCHAR")),
+        safe=True,
+    )
+    checked = exp.Case(ifs=[exp.If(this=offset, true=_fn("error", message))], default=instant)
+    return tag(exp.cast(checked, exp.DataType.build("TIMESTAMPTZ")), "UTC")
+
+
 def _fn(name: str, *args: exp.Expression) -> exp.Expression:
     return exp.Anonymous(this=name, expressions=list(args))
 
@@ -58,6 +104,8 @@ def _interval(seconds: int) -> exp.Expression:
 
 def to_local(instant: exp.Expression, zone_label: str) -> exp.Expression:
     """The naive wall-clock TIMESTAMP of a TIMESTAMPTZ ``instant`` in the zone."""
+    if zone_label == ROW_OFFSET:
+        instant, zone_label = in_utc(instant), "UTC"
     zone: Zone = resolve(zone_label)
     if zone.is_fixed:
         utc = _fn("timezone", exp.Literal.string("UTC"), instant)
@@ -69,6 +117,8 @@ def to_local(instant: exp.Expression, zone_label: str) -> exp.Expression:
 
 def from_local(local: exp.Expression, zone_label: str) -> exp.Expression:
     """The TIMESTAMPTZ instant of the naive wall-clock ``local`` in the zone."""
+    if zone_label == ROW_OFFSET:
+        zone_label = "UTC"  # to_local made it so, or failed
     zone = resolve(zone_label)
     if zone.is_fixed:
         moved = (
@@ -88,6 +138,8 @@ def local_of(node: exp.Expression) -> exp.Expression:
 
 def as_text(instant: exp.Expression, zone_label: str) -> exp.Expression:
     """How Presto prints the value: ``2026-12-02 00:00:00.000 Asia/Tokyo``."""
+    if zone_label == ROW_OFFSET:
+        instant, zone_label = in_utc(instant), "UTC"
     text = _fn(
         "strftime", to_local(instant, zone_label), exp.Literal.string("%Y-%m-%d %H:%M:%S.%g")
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import random
@@ -482,3 +483,156 @@ def test_to_iso8601_of_a_date_and_a_refused_timestamp(con: duckdb.DuckDBPyConnec
 def test_luhn_check_of_a_digit_python_counts_but_int_does_not_is_false() -> None:
     assert luhn_check("79927398713") is True
     assert luhn_check("7992739871²") is False
+
+
+def test_a_double_cast_to_an_integer_rounds_half_away_from_zero(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    assert run(
+        con,
+        "SELECT CAST(2.5e0 AS INTEGER), CAST(-2.5e0 AS INTEGER), CAST(2.5e0 AS BIGINT), "
+        "CAST(-0.5e0 AS SMALLINT), CAST(2.5e0 AS TINYINT), TRY_CAST(-2.5e0 AS INTEGER), "
+        "CAST(REAL '2.5' AS INTEGER), CAST(3.5e0 AS INTEGER), "
+        "CAST(0.49999999999999994e0 AS INTEGER)",
+    ) == [(3, -3, 3, -1, 3, -3, 3, 4, 0)]
+    # A column's type is known only when the query runs.
+    assert run(
+        con,
+        "SELECT CAST(x AS BIGINT), CAST(CAST(x AS REAL) AS INTEGER), TRY_CAST(x AS SMALLINT) "
+        "FROM (VALUES (2.5e0), (-2.5e0), (NULL)) v(x)",
+    ) == [(3, 3, 3), (-3, -3, -3), (None, None, None)]
+    # A decimal already rounds half up; integers and strings are unchanged.
+    assert run(
+        con,
+        "SELECT CAST(-2.5 AS INTEGER), CAST(7 AS TINYINT), CAST('12' AS BIGINT), "
+        "CAST(NULL AS INTEGER)",
+    ) == [(-3, 7, 12, None)]
+    with pytest.raises(duckdb.Error, match="out of range"):
+        run(con, "SELECT CAST(1e10 AS INTEGER)")
+
+
+def test_substr_gives_presto_empty_strings(con: duckdb.DuckDBPyConnection) -> None:
+    assert run(
+        con,
+        "SELECT substr('abc', 0), substr('abc', 3, -1), substr('abc', 0, 2), "
+        "substr('abc', -5), substr('abc', -4, 2), substr('abc', 2, 0), substr('abc', 4)",
+    ) == [("", "", "", "", "", "", "")]
+    assert run(
+        con,
+        "SELECT substr('abc', 2), substr('abc', -1), substr('abc', -3, 2), "
+        "substr('abc', 2, 10), substring('abc' FROM 2 FOR 1), substring('abc' FROM 0 FOR 2), "
+        "substr('日本語', 2, 1)",
+    ) == [("bc", "c", "ab", "bc", "b", "", "本")]
+    assert run(con, "SELECT substr(NULL, 0), substr('abc', NULL), substr('abc', 0, NULL)") == [
+        (None, None, None)
+    ]
+    assert run(con, "SELECT substr(s, 0, 1), substr(s, -2) FROM t WHERE s = 'x'") == [("", "")]
+
+
+def test_array_max_and_min_are_null_when_an_element_is(con: duckdb.DuckDBPyConnection) -> None:
+    assert run(
+        con,
+        "SELECT array_max(ARRAY[1, NULL, 3]), array_min(ARRAY[1, NULL, 3]), "
+        "array_max(ARRAY[1, 3]), array_min(ARRAY['b', 'a']), "
+        "array_max(CAST(ARRAY[] AS ARRAY(INTEGER)))",
+    ) == [(None, None, 3, "a", None)]
+
+
+def test_contains_is_null_when_not_found_beside_a_null(con: duckdb.DuckDBPyConnection) -> None:
+    assert run(
+        con,
+        "SELECT contains(ARRAY[1, NULL], 2), contains(ARRAY[1, NULL], 1), "
+        "contains(ARRAY[1, 2], 3), contains(ARRAY[1], NULL), contains(ARRAY['a', NULL], 'a')",
+    ) == [(None, True, False, None, True)]
+
+
+def test_the_zone_follows_a_column_through_a_union(con: duckdb.DuckDBPyConnection) -> None:
+    union = (
+        f"SELECT from_unixtime({T}, 'Asia/Tokyo') AS d UNION ALL "
+        f"SELECT from_unixtime({T + 3600}, 'Asia/Tokyo')"
+    )
+    assert run(con, f"SELECT hour(d) FROM ({union}) u ORDER BY 1") == [(0,), (1,)]
+    assert run(con, f"WITH u AS ({union}) SELECT CAST(d AS DATE) FROM u LIMIT 1") == [
+        (dt.date(2026, 12, 2),)
+    ]
+    # At the top, each branch prints in its own zone.
+    assert run(
+        con,
+        f"SELECT from_unixtime({T}, 'Asia/Tokyo') AS d UNION ALL SELECT from_unixtime({T})",
+    ) == [("2026-12-02 00:00:00.000 Asia/Tokyo",), ("2026-12-01 15:00:00.000 UTC",)]
+    # A column whose rows would be in different zones cannot be read as one.
+    with pytest.raises(TranslationError, match="UNION, INTERSECT or EXCEPT"):
+        run(
+            con,
+            f"SELECT hour(d) FROM (SELECT from_unixtime({T}, 'Asia/Tokyo') AS d "
+            f"UNION SELECT from_unixtime({T})) u",
+        )
+
+
+def test_from_iso8601_timestamp_keeps_the_offset_of_its_string(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    assert run(
+        con,
+        "SELECT from_iso8601_timestamp('2020-05-11T11:15:05.055+01:00'), "
+        "hour(from_iso8601_timestamp('2020-05-11T11:15:05-0530')), "
+        "to_unixtime(from_iso8601_timestamp('2020-05-11T11:15:05+01:00'))",
+    ) == [("2020-05-11 11:15:05.055 +01:00", 11, 1589192105.0)]
+    # From a column, a zone per row is not kept: UTC strings answer, others fail.
+    values = "(VALUES ('2020-05-11T11:15:05Z'), ('2020-05-11T12:00:00+00:00')) v(x)"
+    assert run(con, f"SELECT hour(from_iso8601_timestamp(x)) FROM {values}") == [(11,), (12,)]
+    assert run(
+        con, f"SELECT hour(d) FROM (SELECT from_iso8601_timestamp(x) AS d FROM {values}) s"
+    ) == [(11,), (12,)]
+    with pytest.raises(duckdb.Error, match="from_iso8601_timestamp"):
+        run(
+            con,
+            "SELECT hour(from_iso8601_timestamp(x)) "
+            "FROM (VALUES ('2020-05-11T11:15:05+09:00')) v(x)",
+        )
+    # Given a zone, the instant is all that is read.
+    assert run(
+        con,
+        "SELECT hour(from_iso8601_timestamp(x) AT TIME ZONE 'Asia/Tokyo') "
+        "FROM (VALUES ('2020-05-11T11:15:05+09:00')) v(x)",
+    ) == [(11,)]
+
+
+def test_what_cannot_be_kept_is_refused_by_name(con: duckdb.DuckDBPyConnection) -> None:
+    with pytest.raises(TranslationError, match="from_iso8601_timestamp_nanos"):
+        run(con, "SELECT from_iso8601_timestamp_nanos('2020-05-11T11:15:05.123456789+01:00')")
+    with pytest.raises(TranslationError, match=r"current_timestamp\(6\)"):
+        run(con, "SELECT current_timestamp(6)")
+    assert one(con, "SELECT current_timestamp(3) > TIMESTAMP '2020-01-01 00:00:00 UTC'") is True
+
+
+def test_sign_keeps_its_arguments_type(con: duckdb.DuckDBPyConnection) -> None:
+    assert run(con, "SELECT sign(-2.0), sign(2.5e0), sign(-7), sign(nan()), sign(NULL)") == [
+        (Decimal("-1.0"), 1.0, -1, pytest.approx(math.nan, nan_ok=True), None)
+    ]
+    assert [type(v) for v in run(con, "SELECT sign(-2.0), sign(2.5e0), sign(-7)")[0]] == [
+        Decimal,
+        float,
+        int,
+    ]
+
+
+def test_cosine_similarity_of_sparse_vectors(con: duckdb.DuckDBPyConnection) -> None:
+    assert run(
+        con,
+        "SELECT cosine_similarity(MAP(ARRAY['a', 'b'], ARRAY[1.0, 1.0]), "
+        "MAP(ARRAY['a', 'c'], ARRAY[2.0, 5e0])), "
+        "cosine_distance(MAP(ARRAY['a'], ARRAY[1.0]), MAP(ARRAY['a'], ARRAY[2.0]))",
+    ) == [(pytest.approx(2 / (math.sqrt(2) * math.sqrt(29))), 0.0)]
+
+
+def test_the_zone_survives_window_functions(con: duckdb.DuckDBPyConnection) -> None:
+    assert run(
+        con,
+        "SELECT first_value(from_unixtime(time, 'Asia/Tokyo')) OVER (ORDER BY time), "
+        "hour(lag(from_unixtime(time, 'Asia/Tokyo')) OVER (ORDER BY time)) "
+        "FROM t ORDER BY time LIMIT 2",
+    ) == [
+        ("2026-12-01 23:59:00.000 Asia/Tokyo", None),
+        ("2026-12-01 23:59:00.000 Asia/Tokyo", 23),
+    ]
