@@ -57,14 +57,14 @@ def test_an_edge_only_node_journals_and_leaves_loading_and_jobs_to_other_nodes(
     make_server: Any, tmp_path: Path
 ) -> None:
     """serve --roles edge answers records and queues jobs; a loader-only serve on the
-    same data dir loads what it journaled, and the job waits for a job runner."""
+    same data dir loads what it journaled, and the job waits for a serve that runs jobs."""
     edge, api = start_api_server(make_server, "--roles", "edge")
     ready = wait_readyz(edge, lambda b: b["status"] == 200, url=api)
     assert ready["roles"] == ["edge"] and ready["loader"] is None  # no loader asked for
     assert edge.postback("test_db", "t", {"a": 1}, key=edge.write_key).status_code == 200
-    loader = Server(edge.data_dir, ["--roles", "loader"])
-    loader.master_key, loader.write_key = edge.master_key, edge.write_key
-    runner: subprocess.Popen[bytes] | None = None
+    loader, runner = (Server(edge.data_dir, ["--roles", r]) for r in ("loader", "jobs"))
+    for node in (loader, runner):
+        node.master_key, node.write_key = edge.master_key, edge.write_key
     try:
         loader.start(timeout=60)
         edge.wait_for("SELECT a FROM test_db.t", lambda rows: rows == [{"a": 1}], timeout=60)
@@ -75,17 +75,15 @@ def test_an_edge_only_node_journals_and_leaves_loading_and_jobs_to_other_nodes(
         twice = edge.cli("serve", "--port", str(free_port()), "--roles", "loader,jobs", check=False)
         assert twice.returncode == 1
         assert f"(pid {loader.proc.pid if loader.proc else 0}) runs the loader role" in twice.stderr
-        status = msgspec.json.decode(edge.cli("status", "--json").stdout)
-        assert [s["roles"] for s in status["serves"]] == [["edge"], ["loader"]]
 
         job = issue(api, edge.master_key, "SELECT a FROM t")
         time.sleep(2)  # no node runs jobs: it stays queued
         state = httpx.get(f"{api}/v3/job/status/{job}", headers=td1(edge.master_key)).json()
         assert state["status"] == "queued"
-        runner = subprocess.Popen([*edge.tdedge, "jobs", "--data-dir", str(edge.data_dir)])
+        runner.start(timeout=60)
         assert wait_job(api, edge.master_key, job)["status"] == "success"
+        status = msgspec.json.decode(edge.cli("status", "--json").stdout)
+        assert [s["roles"] for s in status["serves"]] == [["edge"], ["loader"], ["jobs"]]
     finally:
-        if runner is not None:
-            runner.terminate()
-            runner.wait(timeout=30)
+        runner.kill()
         loader.kill()
