@@ -15,6 +15,10 @@ import msgspec
 
 AuthMode = Literal["async", "sync"]
 EngineMode = Literal["inline", "process"]
+# What a ``serve`` may run, in the order they start: the HTTP doors, the loader, the
+# query job runner and the p13n engine process. A node runs all of them unless told
+# otherwise (``--roles``).
+ROLES = ("edge", "loader", "jobs", "engine")
 
 DEFAULT_DATA_DIR = "./tdedge-data"
 SETTINGS_ENV = "TDEDGE_SETTINGS_JSON"
@@ -29,6 +33,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
+    # The roles this serve runs (ROLES, in their order); the others run elsewhere, on
+    # the same data dir or on the shared backends.
+    roles: tuple[str, ...] = ROLES
 
     # Doors: the main port serves every door, chosen by Host; each entry here adds a
     # port that serves one door whatever the Host ("records", "p13n", "cdp", "api",
@@ -414,7 +421,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def metrics_dir(self) -> Path:
-        return self.root / "run" / "metrics"
+        """The edge's, or of a serve without the edge one of its own: a second serve on
+        the data dir must neither clear the edge's metric files nor mix its own in."""
+        if "edge" in self.roles:
+            return self.root / "run" / "metrics"
+        return self.root / "run" / f"metrics-{'-'.join(self.roles)}"
 
     @property
     def loader_heartbeat(self) -> Path:

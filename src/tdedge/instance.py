@@ -1,11 +1,14 @@
-"""The ``serve`` that runs on a data dir: its lock, its state file, and the port check.
+"""The ``serve`` processes that run on a data dir: their locks, their state files, and
+the port check.
 
-One ``serve`` per data dir: it holds ``run/serve.lock`` for as long as it runs, and
-writes ``run/serve.json`` (pid, ports, doors, version) for ``tdedge status``. A second
-``serve`` on the same data dir, or on a port some process listens on already, refuses
-to start and says which process is in the way: granian's workers listen with
-SO_REUSEPORT, so without this check the kernel would silently share the port's
-connections between the two servers.
+A ``serve`` holds ``run/serve-<role>.lock`` for each of its roles (``--roles``) for as
+long as it runs, and writes ``run/serve-<role>.json`` (pid, ports, roles, version) under
+its first role for ``tdedge status``. So two ``serve`` processes may share a data dir
+when their roles do not overlap (an edge-only one beside a loader-only one), and one
+that would run a role another already runs there refuses to start and says which
+process is in the way; so does one whose port some process listens on already:
+granian's workers listen with SO_REUSEPORT, so without this check the kernel would
+silently share the port's connections between the two servers.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import msgspec
 
-from tdedge.config import Settings
+from tdedge.config import ROLES, Settings
 
 
 class ServeState(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,7 +35,7 @@ class ServeState(msgspec.Struct, frozen=True, kw_only=True):
     port: int
     scheme: str  # "http" or "https"
     door_ports: dict[str, int]  # dedicated door ports (records, p13n, cdp, api)
-    roles: list[str]  # the background processes serve runs: loader, jobs, p13n-engine
+    roles: list[str]  # what this serve runs (config.ROLES)
     data_dir: str
 
 
@@ -47,50 +50,74 @@ def version() -> str:
         return "unknown"
 
 
-def lock_file(settings: Settings) -> Path:
-    return settings.root / "run" / "serve.lock"
+def lock_file(settings: Settings, role: str) -> Path:
+    return settings.root / "run" / f"serve-{role}.lock"
 
 
-def state_file(settings: Settings) -> Path:
-    return settings.root / "run" / "serve.json"
+def state_file(settings: Settings, role: str | None = None) -> Path:
+    """The state file of the serve running ``role``, by default of this one (named
+    after its first role)."""
+    return settings.root / "run" / f"serve-{role or settings.roles[0]}.json"
 
 
 def check_not_running(settings: Settings) -> None:
-    """Raise AlreadyRunning if a ``serve`` holds the data dir (``claim`` makes sure)."""
-    pid = running_pid(settings)
-    if pid is not None:
-        raise AlreadyRunning(_running_message(settings, pid if pid > 0 else None))
+    """Raise AlreadyRunning if a ``serve`` runs one of these roles on the data dir
+    (``claim`` makes sure)."""
+    for role in settings.roles:
+        pid = _holder_of(lock_file(settings, role))
+        if pid is not None:
+            raise AlreadyRunning(_running_message(settings, role, pid if pid > 0 else None))
 
 
-def _running_message(settings: Settings, pid: int | None) -> str:
+def _running_message(settings: Settings, role: str, pid: int | None) -> str:
     return (
-        f"another tdedge serve (pid {pid or 'unknown'}) runs on the data dir "
-        f"{settings.root.resolve()}; stop it first (tdedge status shows it)"
+        f"another tdedge serve (pid {pid or 'unknown'}) runs the {role} role on the data "
+        f"dir {settings.root.resolve()}; stop it first, or leave {role} out of --roles "
+        "(tdedge status shows what runs)"
     )
 
 
-def claim(settings: Settings) -> int:
-    """Take the data dir's serve lock; its fd (held until the process ends).
+def claim(settings: Settings) -> list[int]:
+    """Take the data dir's lock of each of this serve's roles; their fds (held until the
+    process ends).
 
-    Raises AlreadyRunning naming the pid of the ``serve`` that holds it.
+    Raises AlreadyRunning naming the pid of the ``serve`` that holds one of them.
     """
-    path = lock_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _pid_in(fd)
-        os.close(fd)
-        raise AlreadyRunning(_running_message(settings, holder)) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    fds: list[int] = []
+    for role in settings.roles:
+        path = lock_file(settings, role)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _pid_in(fd)
+            for taken in [fd, *fds]:
+                os.close(taken)
+            raise AlreadyRunning(_running_message(settings, role, holder)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        fds.append(fd)
+    return fds
+
+
+def running(settings: Settings) -> dict[str, int]:
+    """The roles some ``serve`` runs on the data dir, each with its pid (-1: unknown)."""
+    found: dict[str, int] = {}
+    for role in ROLES:
+        pid = _holder_of(lock_file(settings, role))
+        if pid is not None:
+            found[role] = pid
+    return found
 
 
 def running_pid(settings: Settings) -> int | None:
-    """The pid of the ``serve`` holding the data dir, or None when none runs."""
-    path = lock_file(settings)
+    """The pid of a ``serve`` on the data dir (the edge's first), or None when none runs."""
+    return next(iter(running(settings).values()), None)
+
+
+def _holder_of(path: Path) -> int | None:
+    """The pid holding the lock at ``path`` (-1 if it does not say), or None if no one does."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -106,7 +133,7 @@ def running_pid(settings: Settings) -> int | None:
         os.close(fd)
 
 
-def write_state(settings: Settings, roles: list[str]) -> None:
+def write_state(settings: Settings) -> None:
     state = ServeState(
         pid=os.getpid(),
         version=version(),
@@ -115,7 +142,7 @@ def write_state(settings: Settings, roles: list[str]) -> None:
         port=settings.port,
         scheme="https" if settings.tls_cert else "http",
         door_ports=dict(settings.door_ports),
-        roles=roles,
+        roles=list(settings.roles),
         data_dir=str(settings.root.resolve()),
     )
     path = state_file(settings)
@@ -124,9 +151,10 @@ def write_state(settings: Settings, roles: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def read_state(settings: Settings) -> ServeState | None:
+def read_state(settings: Settings, role: str) -> ServeState | None:
+    """The state the serve that runs ``role`` first wrote, if it did."""
     try:
-        return msgspec.json.decode(state_file(settings).read_bytes(), type=ServeState)
+        return msgspec.json.decode(state_file(settings, role).read_bytes(), type=ServeState)
     except (FileNotFoundError, msgspec.DecodeError):
         return None
 

@@ -5,6 +5,11 @@ port, and keeps beside it one loader process, the query job runner, the p13n eng
 and one listener process per dedicated door port, restarting any that dies. The loader
 and the engine exit by themselves when the supervisor disappears, and each takes an
 exclusive lock so two of them never run on one data dir.
+
+``--roles`` picks which of these run: the edge (granian and the door listeners), the
+loader, the job runner, the engine. A serve without the edge answers only health probes
+on its port (health_port.py); the roles it leaves out run in another serve, on this
+data dir or on the shared backends.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 import click
 import msgspec
 
-from tdedge import draining, instance, lifecycle, logs
+from tdedge import draining, health_port, instance, lifecycle, logs
 from tdedge.config import SETTINGS_ENV, Settings
 
 log = logging.getLogger("tdedge.server")
@@ -75,7 +80,12 @@ def bootstrap(settings: Settings) -> tuple[str, str] | None:
 def welcome(settings: Settings, keys: tuple[str, str] | None) -> str:
     scheme = "https" if settings.tls_cert else "http"
     url = f"{scheme}://{settings.host}:{settings.port}"
-    lines = [f"tdedge listening on {url} (data dir {settings.root.resolve()})"]
+    where = f"{url} (data dir {settings.root.resolve()})"
+    if "edge" in settings.roles:
+        lines = [f"tdedge listening on {where}"]
+    else:
+        roles = ", ".join(settings.roles)
+        lines = [f"tdedge running {roles}, health checks on {where}"]
     if keys is not None:
         master, write = keys
         lines += [
@@ -84,14 +94,18 @@ def welcome(settings: Settings, keys: tuple[str, str] | None) -> str:
             "These keys are shown once; only their hashes are kept.",
             f"  master key: {master}",
             f"  write key:  {write}",
-            "",
-            "Try it:",
-            f"  curl -X POST -H 'Content-Type: application/json' -H 'X-TD-Write-Key: {write}' \\",
-            '    --data-binary \'{"param1":"value1", "param2":1234}\' \\',
-            f"    {url}/postback/v3/event/{EXAMPLE_DATABASE}/test_tbl",
-            f"  {command()} query --data-dir {shlex.quote(str(settings.root.resolve()))}"
-            f" -d {EXAMPLE_DATABASE} 'SELECT * FROM test_tbl'",
         ]
+        if "edge" in settings.roles:  # the example needs the doors
+            lines += [
+                "",
+                "Try it:",
+                "  curl -X POST -H 'Content-Type: application/json'"
+                f" -H 'X-TD-Write-Key: {write}' \\",
+                '    --data-binary \'{"param1":"value1", "param2":1234}\' \\',
+                f"    {url}/postback/v3/event/{EXAMPLE_DATABASE}/test_tbl",
+                f"  {command()} query --data-dir {shlex.quote(str(settings.root.resolve()))}"
+                f" -d {EXAMPLE_DATABASE} 'SELECT * FROM test_tbl'",
+            ]
     return "\n".join(lines)
 
 
@@ -194,18 +208,21 @@ class ChildSupervisor:
                 proc.kill()
 
 
-def serve(settings: Settings, run_loader: bool = True) -> None:
-    """Bootstrap, then run the edge on ``settings.port`` (every door, chosen by Host)
-    and one listener per ``settings.door_ports`` entry (that door only), plus the loader."""
+def serve(settings: Settings) -> None:
+    """Bootstrap, then run the roles of ``settings.roles``: the edge on ``settings.port``
+    (every door, chosen by Host) and one listener per ``settings.door_ports`` entry (that
+    door only), the loader, the job runner and the p13n engine process."""
+    edge = "edge" in settings.roles
     try:
         # Checked before the data dir is made: a serve that cannot start leaves none.
         instance.check_not_running(settings)
         instance.check_ports(settings)
         prepare_data_dir(settings)
-        lock_fd = instance.claim(settings)
+        lock_fds = instance.claim(settings)
     except instance.AlreadyRunning as e:
         raise click.ClickException(str(e)) from None
-    draining.clear(settings)
+    if edge:  # the drain is the edge's: a serve beside it must not end or start one
+        draining.clear(settings)
     prepare_metrics_dir(settings.metrics_dir)
     keys = bootstrap(settings)
     click.echo(welcome(settings, keys), err=False)
@@ -219,23 +236,30 @@ def serve(settings: Settings, run_loader: bool = True) -> None:
             stopping,
         )
         for door, port in sorted(settings.door_ports.items())
+        if edge
     ]
-    if run_loader:
+    if "loader" in settings.roles:
         children.append(ChildSupervisor("loader", settings, ["loader"], stopping))
-    children.append(ChildSupervisor("jobs", settings, ["jobs"], stopping))  # query job runner
-    if settings.engine_process:
+    if "jobs" in settings.roles:  # the query job runner
+        children.append(ChildSupervisor("jobs", settings, ["jobs"], stopping))
+    if "engine" in settings.roles and settings.engine_process:
         children.append(ChildSupervisor("p13n-engine", settings, ["engine"], stopping))
-    instance.write_state(settings, [c.name for c in children])
+    instance.write_state(settings)
     for child in children:
         child.start()
     try:
-        listen(settings, stopping)
+        if edge:
+            listen(settings, stopping)
+        else:
+            health_port.serve(settings, stopping)
     finally:
         for child in children:
             child.stop()
         instance.state_file(settings).unlink(missing_ok=True)
-        draining.clear(settings)
-        os.close(lock_fd)
+        if edge:
+            draining.clear(settings)
+        for fd in lock_fds:
+            os.close(fd)
 
 
 def listen(settings: Settings, stopping: threading.Event | None = None) -> None:

@@ -20,6 +20,7 @@ from tdedge.cli.migrate import migrate_command
 from tdedge.cli.p13n import p13n
 from tdedge.cli.profile_options import profile_options, profile_settings
 from tdedge.cli.refusal_options import refusal_options, refusal_settings
+from tdedge.cli.role_options import chosen_roles, role_options
 from tdedge.cli.sources import Defaults, config_option
 from tdedge.cli.status import status
 from tdedge.cli.tables import db_drop, table
@@ -140,12 +141,7 @@ main.add_command(migrate_command)
     type=click.IntRange(1),
     help="Databases one account may have; creating more is refused (database_limit).",
 )
-@click.option(
-    "--loader/--no-loader",
-    default=True,
-    show_default=True,
-    help="Run the loader beside the edge (--no-loader: run tdedge loader elsewhere).",
-)
+@role_options
 @click.option(
     "--records-port",
     type=click.IntRange(1, 65535),
@@ -248,6 +244,7 @@ def serve(
     drain_grace: float,
     max_tables_per_account: int,
     max_databases_per_account: int,
+    roles: tuple[str, ...],
     loader: bool,
     records_port: int | None,
     p13n_port: int | None,
@@ -264,17 +261,20 @@ def serve(
     access_log: bool,
     **grouped: Any,  # the values of the *_options groups
 ) -> None:
-    """Run the HTTP server and the loader."""
+    """Run the HTTP server, the loader, the query job runner and the p13n engine, or the
+    roles named."""
     from tdedge import logs, server
 
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     ports = {"records": records_port, "p13n": p13n_port, "cdp": cdp_port, "api": api_port}
+    door_ports = {door: p for door, p in ports.items() if p is not None}
     settings = _settings(
         data_dir,
         host=host,
         port=port,
         workers=workers,
+        roles=chosen_roles(roles, loader, door_ports),
         auth=auth,
         max_body_bytes=max_body_bytes,
         journal_max_backlog=journal_max_backlog,
@@ -285,7 +285,7 @@ def serve(
         drain_grace_s=drain_grace,
         max_tables_per_account=max_tables_per_account,
         max_databases_per_account=max_databases_per_account,
-        door_ports={door: p for door, p in ports.items() if p is not None},
+        door_ports=door_ports,
         tls_cert=tls_cert,
         tls_key=tls_key,
         **_records_settings(cors_origins, redirect_hosts, trusted_proxies, cookie_domain),
@@ -300,7 +300,7 @@ def serve(
         **journal_settings(grouped),
     )
     logs.configure(settings.log_level)
-    server.serve(settings, run_loader=loader)
+    server.serve(settings)
 
 
 def _records_settings(

@@ -1,8 +1,9 @@
 """``tdedge status``: whether a ``serve`` runs on a data dir, and how it is doing.
 
-Read from the data dir alone (no HTTP): the serve lock and ``run/serve.json``
-(instance.py), the loader's and the job runner's heartbeats, and the newest row of the
-import errors. The exit code is 0 when a ``serve`` runs, 1 when none does.
+Read from the data dir alone (no HTTP): the locks and state files of every ``serve`` on
+it (instance.py; several when their roles are split), the loader's and the job runner's
+heartbeats, and the newest row of the import errors. The exit code is 0 when a
+``serve`` runs, 1 when none does.
 """
 
 from __future__ import annotations
@@ -40,23 +41,26 @@ def gather(settings: Settings, now: float) -> dict[str, Any]:
     from tdedge import instance
     from tdedge.loader.heartbeat import JobsHeartbeat, read_beat, read_heartbeat
 
-    pid = instance.running_pid(settings)
+    held = instance.running(settings)
+    serves: list[dict[str, Any]] = []
+    for pid in dict.fromkeys(held.values()):  # one entry per serve, the edge's first
+        roles = [role for role, holder in held.items() if holder == pid]
+        entry: dict[str, Any] = {"pid": pid if pid > 0 else None, "roles": roles}
+        state = instance.read_state(settings, roles[0])
+        if state is not None and state.pid == pid:
+            entry.update(
+                version=state.version,
+                started_at=_iso(state.started_at),
+                url=f"{state.scheme}://{state.host}:{state.port}",
+                ports={"main": state.port, **state.door_ports},
+            )
+        serves.append(entry)
     report: dict[str, Any] = {
-        "running": pid is not None,
+        "running": bool(serves),
         "data_dir": str(settings.root.resolve()),
     }
-    state = instance.read_state(settings)
-    if pid is not None and state is not None and state.pid == pid:
-        report.update(
-            pid=pid,
-            version=state.version,
-            started_at=_iso(state.started_at),
-            url=f"{state.scheme}://{state.host}:{state.port}",
-            ports={"main": state.port, **state.door_ports},
-            roles=state.roles,
-        )
-    elif pid is not None:
-        report["pid"] = pid if pid > 0 else None
+    if serves:
+        report.update(serves[0], serves=serves)
     loader = read_heartbeat(settings.loader_heartbeat)
     if loader is not None:
         report["journal_backlog"] = loader.lag_records
@@ -118,6 +122,11 @@ def render(report: dict[str, Any]) -> str:
             f"  ports:           {ports or 'unknown'}",
             f"  roles:           {', '.join(report.get('roles', [])) or 'unknown'}",
         ]
+        for other in report.get("serves", [])[1:]:
+            lines.append(
+                f"  also:            pid {other['pid']} runs {', '.join(other['roles'])}"
+                f" ({other.get('url', 'url unknown')})"
+            )
     loader = report.get("loader")
     if loader is not None:
         lines += [

@@ -23,9 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-import msgspec
-
-from tdedge import backends, draining, metrics
+from tdedge import backends, draining, metrics, readiness
 from tdedge.config import Settings
 from tdedge.edge.access_log import AccessLog
 from tdedge.edge.cdp import CdpDoor
@@ -45,8 +43,6 @@ from tdedge.edge.p13n import P13nDoor
 from tdedge.edge.records import RecordsDoor
 from tdedge.edge.services import REQUEST, RequestState, Services
 from tdedge.edge.throttle import GO
-from tdedge.loader.heartbeat import JobsHeartbeat, jobs_problems, read_beat, read_heartbeat
-from tdedge.realtime.wire import listening
 
 log = logging.getLogger("tdedge.edge")
 
@@ -54,8 +50,6 @@ log = logging.getLogger("tdedge.edge")
 # the default 5 ms switch interval every group commit can wait that long for the event
 # loop to yield, and the clients waiting on that commit with it.
 SWITCH_INTERVAL_S = 0.0002
-# One failed batch is retried at once; several in a row mean the lake is unreachable.
-LOADER_FAILURES_NOT_READY = 3
 OPS_ROUTES = {"/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics"}
 # Host names whose door a worker remembers (EdgeApp.door_for).
 MAX_HOSTS = 1_024
@@ -330,21 +324,9 @@ class EdgeApp:
             problems.append("draining: stopping after SIGTERM")
         if not journal.writable():
             problems.append("journal not writable")
-        beat = read_heartbeat(self.settings.loader_heartbeat)
-        now = time.time()
-        if beat is None:
-            problems.append("loader has not started")
-        else:
-            if now - beat.time > self.settings.loader_heartbeat_timeout_s:
-                problems.append(f"loader silent for {now - beat.time:.0f}s")
-            if beat.lag_seconds > self.settings.ready_max_lag_s:
-                problems.append(f"loader lag {beat.lag_seconds:.1f}s")
-            if beat.failures >= LOADER_FAILURES_NOT_READY:
-                problems.append(f"loader failed {beat.failures} batches in a row")
-        jobs = read_beat(self.settings.jobs_heartbeat, JobsHeartbeat)
-        problems += jobs_problems(jobs, now, self.settings.jobs_heartbeat_timeout_s)
-        if self.settings.engine_process and not listening(self.settings.p13n_socket):
-            problems.append("p13n engine not listening")
+        # The node's other roles; a role run elsewhere is that node's to answer for.
+        others, details = readiness.role_problems(self.settings, time.time())
+        problems += others
         body = encode_json(
             {
                 "ready": not problems,
@@ -352,8 +334,7 @@ class EdgeApp:
                 "journal_backlog": journal.backlog(),
                 # What a 200 means now: "local" (fsynced on this node) or "replicated".
                 "journal_state": journal.state(),
-                "loader": msgspec.structs.asdict(beat) if beat else None,
-                "jobs": msgspec.structs.asdict(jobs) if jobs else None,
+                **details,
             }
         )
         return (503 if problems else 200), JSON_HEADERS, body

@@ -207,11 +207,12 @@ def test_a_running_serve_is_refused(tmp_path: Path, target: Settings) -> None:
     from tdedge import instance
 
     source, _ = _source(tmp_path)
-    fd = instance.claim(source)
+    fds = instance.claim(source)
     try:
         with pytest.raises(MigrationError, match="stop it first"):
             migrate(source, target)
     finally:
         import os
 
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
