@@ -5,10 +5,12 @@
 //   node run.mjs --cert C --key K --records-host 127.0.0.1:P --pixel-url URL \
 //                --write-key KEY --database DB [--chromium /usr/bin/chromium] \
 //                [--client-id ID] [--p13n-endpoint HOST:PORT --p13n-token T --p13n-table TABLE] \
-//                [--cdp-host HOST:PORT --lookup-tokens T1,T2]
+//                [--cdp-host HOST:PORT --lookup-tokens T1,T2] \
+//                [--ssc-server HOST:PORT --ssc-domain DOMAIN]
 //
 // With the p13n options the page also calls fetchPersonalization, with the CDP ones
-// fetchUserSegments.
+// fetchUserSegments, with the ssc ones fetchServerCookie. Once the page is done, a link
+// is clicked under trackClicks; the click's request is reported as `click`.
 // tests/e2e/test_browser.py runs it against a real tdedge and then checks the rows.
 
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -35,6 +37,8 @@ const { values: opt } = parseArgs({
     'p13n-table': { type: 'string' },
     'cdp-host': { type: 'string' },
     'lookup-tokens': { type: 'string' },
+    'ssc-server': { type: 'string' },
+    'ssc-domain': { type: 'string' },
     timeout: { type: 'string', default: '60000' },
   },
 });
@@ -54,6 +58,7 @@ const config = {
   cdp: opt['cdp-host']
     ? { host: opt['cdp-host'], tokens: (opt['lookup-tokens'] ?? '').split(',').filter(Boolean) }
     : null,
+  ssc: opt['ssc-server'] ? { server: opt['ssc-server'], domain: opt['ssc-domain'] } : null,
 };
 const page = readFileSync(join(here, 'page.html'), 'utf8').replace(
   '/*CONFIG*/ null',
@@ -127,6 +132,29 @@ try {
     httpOnly: c.httpOnly,
     sameSite: c.sameSite,
   }));
+  // A link click, as a user makes it: the SDK sends it as a keepalive fetch with
+  // credentials. The link stays on the page, so that the browser still reports the
+  // request's answer (after a navigation it would not, though the request completes).
+  const clickPath = `/${opt.database}/clicks?`;
+  const clickDone = new Promise((resolve) => {
+    const timer = setTimeout(() => resolve({ error: 'timed out' }), Number(opt.timeout));
+    context.on('requestfinished', async (r) => {
+      if (!r.url().includes(clickPath)) return;
+      clearTimeout(timer);
+      const response = await r.response();
+      resolve({
+        status: response ? response.status() : null,
+        requestHeaders: await r.allHeaders(),
+      });
+    });
+    context.on('requestfailed', (r) => {
+      if (!r.url().includes(clickPath)) return;
+      clearTimeout(timer);
+      resolve({ error: r.failure()?.errorText ?? 'failed' });
+    });
+  });
+  await tab.click('#promo');
+  report.click = await clickDone;
 } catch (e) {
   report.error = String(e && e.stack ? e.stack : e);
 } finally {

@@ -4,8 +4,11 @@ The page (tests/browser/page.html, served by tests/browser/run.mjs from another 
 fetches the global id, tracks a pageview and a custom event, and an ``<img>`` fires the
 tracking pixel; then the rows must be in their tables with the SDK's columns. It also
 asks the p13n door for offers (``fetchPersonalization``) and the CDP door for the
-profile's segments (``fetchUserSegments``): both are credentialed cross-origin calls
-that Chromium makes only when the preflight and the answer allow credentials.
+profile's segments (``fetchUserSegments``), fetches the server-side cookie from the
+records door (``fetchServerCookie``), sends a consent record (``addConsentRecord``) and
+a link click under ``trackClicks`` (a keepalive fetch): all are credentialed
+cross-origin calls that Chromium makes only when the preflight and the answer allow
+credentials.
 ``scripts/test`` installs what this needs (Debian ``chromium``, ``npm ci`` in
 tests/browser).
 """
@@ -180,6 +183,9 @@ def run_page(
             "--p13n-table", "p13n_views",
             "--cdp-host", f"127.0.0.1:{p.cdp_port}",
             "--lookup-tokens", ",".join(p.lookup_tokens),
+            # The server-side cookie from the records door, on the page's host.
+            "--ssc-server", f"127.0.0.1:{records_port}",
+            "--ssc-domain", "127.0.0.1",
         ],
         capture_output=True,
         text=True,
@@ -225,10 +231,10 @@ def test_td_js_sdk_in_chromium(make_server: Any, tmp_path: Path, browser_ready: 
     assert server_cookie[0]["value"] == global_id
     assert server_cookie[0]["secure"] and server_cookie[0]["httpOnly"]
     assert server_cookie[0]["sameSite"] == "None"
-    # The SDK caches the same id in its own first-party cookie.
-    assert {"name": "_td_global", "value": global_id} in [
-        {"name": c["name"], "value": c["value"]} for c in report["cookies"]
-    ], context
+    # The SDK caches the same id in its own first-party cookie, until told to forget it.
+    assert (results["globalIdEnabledBefore"], results["globalIdEnabled"]) == (False, True)
+    assert results["cachedGlobalId"] == global_id, context
+    assert results["cachedGlobalIdAfterRemove"] is None, context
     # The SDK got its receipts (any 2xx is success to it; it parses the JSON).
     assert results["pageview"] == {"receipts": [{"success": True}]}, context
     assert results["event"] == {"receipts": [{"success": True}]}, context
@@ -241,7 +247,13 @@ def test_td_js_sdk_in_chromium(make_server: Any, tmp_path: Path, browser_ready: 
         for r in report["requests"]
         if r["method"] == "POST" and r["url"].startswith(records_origin)
     ]
-    assert len(posts) == 2, context
+    tables = sorted(urllib.parse.urlsplit(r["url"]).path for r in posts)
+    assert tables == [
+        "/test_db/clicks",
+        "/test_db/consents",
+        "/test_db/events",
+        "/test_db/pageviews",
+    ], context
     for post in posts:
         assert post["requestHeaders"]["content-type"] == "application/vnd.treasuredata.v1.js+json"
         assert post["requestHeaders"]["authorization"] == f"TD1 {server.write_key}"
@@ -312,4 +324,49 @@ def test_td_js_sdk_in_chromium(make_server: Any, tmp_path: Path, browser_ready: 
     lookups = [r for r in report["requests"] if "/cdp/lookup/collect/segments" in r["url"]]
     assert len(lookups) == 1, context
     assert lookups[0]["status"] == 200
+
+    # fetchServerCookie: a credentialed GET to /get_cookie_id on the records door, whose
+    # answer sets _td_ssc_id on the page's host; the SDK then reads it from that cookie
+    # without asking again, and removeServerCookie deletes it.
+    ssc = results["serverCookie"]
+    assert UUID.fullmatch(ssc), context
+    assert results["serverCookieCached"] == ssc, context
+    assert results["serverCookieAfterRemove"] is None, context
+    asked = [r for r in report["requests"] if "/get_cookie_id?" in r["url"]]
+    assert [(r["url"].split("?")[0], r["status"]) for r in asked] == [
+        (f"{records_origin}get_cookie_id", 200)
+    ], context
+    assert "cookie_domain=127.0.0.1&" in asked[0]["url"]
+
+    # addConsentRecord, sent while events are blocked: the record as given, no SDK columns.
+    assert results["consent"] == {"receipts": [{"success": True}]}, context
+    consent = server.wait_for(
+        "SELECT * FROM test_db.consents", lambda rows: len(rows) == 1, timeout=60
+    )[0]
+    assert (consent["purpose"], consent["status"], consent["consent_id"]) == (
+        "analytics",
+        "given",
+        "c-1",
+    )
+    assert not set(consent) & SDK_COLUMNS, consent
+
+    # A link click under trackClicks: a keepalive fetch with credentials (the server's
+    # global id cookie went along and filled td_global_id), answered and readable.
+    click = report["click"]
+    assert click.get("status") == 200, context
+    assert f"_tdedge_global_id={global_id}" in click["requestHeaders"].get("cookie", ""), context
+    assert click["requestHeaders"]["authorization"] == f"TD1 {server.write_key}"
+    assert not [line for line in report["console"] if "CORS" in line], context
+    clicked = server.wait_for(
+        "SELECT * FROM test_db.clicks", lambda rows: len(rows) == 1, timeout=60
+    )[0]
+    assert set(clicked) >= SDK_COLUMNS, clicked
+    assert (clicked["tag"], clicked["id"], clicked["href"], clicked["title"]) == (
+        "a",
+        "promo",
+        "#spring-sale",
+        "Spring sale",
+    )
+    assert clicked["td_global_id"] == global_id
+    assert clicked["td_client_id"] == events["td_client_id"]
     assert server.errors() == []

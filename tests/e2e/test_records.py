@@ -398,6 +398,8 @@ def test_server_side_cookie_on_both_doors(server: Server) -> None:
         assert "Domain=shop.tdedge.test" in cookie
         assert "HttpOnly" not in cookie  # td-js-sdk reads it
         assert r.headers["access-control-allow-origin"] == ORIGIN
+        # td-js-sdk fetches it with credentials: without this the browser hides the answer.
+        assert r.headers["access-control-allow-credentials"] == "true", host
         again = httpx.get(
             f"{server.url}/get_cookie_id?cookie_domain=shop.tdedge.test",
             headers={"Host": host, "Cookie": f"_td_ssc_id={ssc}"},
