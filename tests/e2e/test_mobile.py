@@ -1,7 +1,7 @@
 """The mobile SDKs through the real server: requests shaped byte for byte as
 td-android-sdk and td-ios-sdk send them (1.x: the Data Ingestion API; before 1.0:
 ``/android/v3/event`` and ``/ios/v3/event``), their td_uuid and record_uuid, resends,
-and the answers the SDKs read."""
+the answers the SDKs read, and a lake from before td_uuid was the clients'."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import re
 import time
 import uuid
 import zlib
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 
+from tdedge.lake.extensions import connect
 from tests.e2e.conftest import Server
 
 RECORDS_HOST = "us01.records.in.tdedge.test"
@@ -153,6 +155,93 @@ def test_sdk_events_are_stored_with_their_td_uuid(server: Server) -> None:
     assert [r["td_ip"] for r in rows] == [None, None, None, "127.0.0.1", "127.0.0.1", None]
     assert len({r["_tdedge_id"] for r in rows}) == 6
     assert not [e for e in server.errors() if e["table_name"] == "app_events"]
+
+
+def test_reset_uniq_id_event_keeps_the_old_td_uuid(server: Server) -> None:
+    # resetUniqId() (TreasureData.resetUniqId) queues an event with the old device id
+    # to the default table (setDefaultDatabase, no default table: td_android); the next
+    # upload sends it with the other queued events, before the new id's.
+    session = str(uuid.uuid4())
+    new_device = str(uuid.uuid4())
+    reset = {
+        "td_android_event": "forget_device_uuid",
+        "td_uuid": DEVICE,
+        "td_session_id": session,
+        "record_uuid": str(uuid.uuid4()),
+        "uuid": str(uuid.uuid4()),
+        "time": int(time.time()),
+    }
+    after = {**android_event(1, session), "td_uuid": new_device}
+    r = android_upload(server, "td_android", [android_event(0, session), reset, after])
+    assert r.json() == {"receipts": [{"success": True}] * 3}
+    rows = server.wait_for(
+        "SELECT n, td_android_event, td_uuid, record_uuid, _tdedge_id "
+        "FROM test_db.td_android ORDER BY time, n NULLS FIRST",
+        lambda rows: len(rows) == 3,
+    )
+    by_event = {r["td_android_event"]: r for r in rows}
+    forget = by_event["forget_device_uuid"]
+    assert (forget["n"], forget["td_uuid"], forget["record_uuid"]) == (
+        None,
+        DEVICE,
+        reset["record_uuid"],
+    )
+    assert TDEDGE_ID.fullmatch(forget["_tdedge_id"])
+    assert sorted((r["n"], r["td_uuid"]) for r in rows if r["n"] is not None) == [
+        (0, DEVICE),
+        (1, new_device),
+    ]
+    assert not [e for e in server.errors() if e["table_name"] == "td_android"]
+
+
+def as_older_tdedge_left_it(data_dir: Path) -> None:
+    """Rewrite a stopped server's lake as tdedge kept it before ``_tdedge_id``: its own
+    id of each record in ``td_uuid`` (the clients' td_uuid only from the Postback door,
+    in the same column), and no record of the upgrade."""
+    con = connect()
+    try:
+        lake = data_dir / "lake"
+        con.execute(
+            f"ATTACH 'ducklake:sqlite:{lake / 'catalog.sqlite'}' AS lake "
+            f"(DATA_PATH '{lake / 'data'}/')"
+        )
+        con.execute("ALTER TABLE lake.test_db.sdk_only RENAME COLUMN _tdedge_id TO td_uuid")
+        con.execute(
+            "UPDATE lake.test_db.mixed SET td_uuid = _tdedge_id WHERE _tdedge_id IS NOT NULL"
+        )
+        con.execute("ALTER TABLE lake.test_db.mixed DROP COLUMN _tdedge_id")
+        con.execute("DELETE FROM lake.tdedge_system.upgrades")
+    finally:
+        con.close()
+
+
+def test_serve_upgrades_a_lake_that_kept_tdedge_ids_in_td_uuid(make_server: Any) -> None:
+    server: Server = make_server()
+    plain = [{"n": n, "time": 1_700_000_000 + n} for n in range(3)]
+    assert android_upload(server, "sdk_only", plain).status_code == 200
+    assert android_upload(server, "mixed", plain).status_code == 200
+    theirs = {"n": 10, "td_uuid": DEVICE, "time": 1_700_000_010}
+    assert server.postback("test_db", "mixed", theirs, key=server.write_key).status_code == 200
+    rows = (
+        "SELECT 'mixed' AS t, n, td_uuid, _tdedge_id FROM test_db.mixed UNION ALL "
+        "SELECT 'sdk_only', n, {}, _tdedge_id FROM test_db.sdk_only ORDER BY t, n"
+    )
+    before = server.wait_for(rows.format("NULL"), lambda rows: len(rows) == 7)
+    assert all(TDEDGE_ID.fullmatch(r["_tdedge_id"]) for r in before if r["n"] != 10)
+    server.stop()
+    as_older_tdedge_left_it(server.data_dir)
+
+    server.start(timeout=60)  # this version: the loader upgrades the lake as it starts
+    event = android_event(20, str(uuid.uuid4()))
+    assert android_upload(server, "sdk_only", [event]).json() == {"receipts": [{"success": True}]}
+    after = server.wait_for(rows.format("td_uuid"), lambda rows: len(rows) == 8)
+    # Every old row is still there, tdedge's ids under their new name, the clients' own
+    # td_uuid where it was; the new event brings the device's td_uuid back beside it.
+    assert after[:7] == before
+    new = after[7]
+    assert (new["t"], new["n"], new["td_uuid"]) == ("sdk_only", 20, DEVICE)
+    assert TDEDGE_ID.fullmatch(new["_tdedge_id"])
+    assert server.query("SELECT name FROM tdedge_system.upgrades") == [{"name": "record_ids"}]
 
 
 def test_a_resent_event_lands_once(make_server: Any) -> None:
