@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytd
+import pytd.dbapi
 import pytd.pandas_td
 import pytest
 import tdclient
@@ -149,6 +150,44 @@ def test_pytd_reads_a_query_into_a_dataframe(
     assert type(frame).__name__ == "DataFrame"
     assert list(frame.columns) == ["n", "kind"]
     assert frame["n"].tolist() == list(range(24))
+
+
+def test_pytd_tables_jobs_and_dbapi_with_the_hive_engine(
+    client: tdclient.Client, api: tuple[Server, str]
+) -> None:
+    # The Hive engine always goes through td-client's job API (pytd's Presto engine
+    # speaks the Trino protocol unless told otherwise).
+    srv, endpoint = api
+    client.create_database("web")
+    load_events(client, srv, n=6)
+    pc = pytd.Client(
+        apikey=srv.master_key, endpoint=endpoint, database="web", default_engine="hive"
+    )
+    try:
+        engine = pytd.pandas_td.create_engine("hive:web", con=pc)
+        frame = pytd.pandas_td.read_td_table(
+            "events", engine, columns=["n", "kind"], time_range=(DAY + 3600, DAY + 3 * 3600)
+        )
+        assert sorted(frame["n"].tolist()) == [1, 2]
+        job = client.query("web", "SELECT n FROM events WHERE n < 3 ORDER BY n", type="presto")
+        by_job = pytd.pandas_td.read_td_job(int(job.job_id), engine)
+        assert by_job["n"].tolist() == [0, 1, 2]
+        connection = pytd.dbapi.connect(pc)
+        cursor = connection.cursor()
+        cursor.execute("SELECT count(*) AS c FROM events")
+        assert cursor.fetchall() == [[6]]
+    finally:
+        pc.close()
+
+
+def test_td_client_calls_tdedge_does_not_serve(client: tdclient.Client) -> None:
+    with pytest.raises(errors.NotFoundError):
+        client.remove_user("someone@example.com")
+    with pytest.raises(errors.NotFoundError):
+        client.update_schedule("daily", {"cron": "0 * * * *"})
+    with pytest.raises(errors.NotFoundError):
+        client.delete_schedule("daily")
+    client.close()
 
 
 def test_import_with_id_is_idempotent(client: tdclient.Client, api: tuple[Server, str]) -> None:
