@@ -141,6 +141,26 @@ main.add_command(migrate_command)
     type=click.IntRange(1),
     help="Databases one account may have; creating more is refused (database_limit).",
 )
+@click.option(
+    "--compaction-interval",
+    default=Settings().compaction_interval_s,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    metavar="SECONDS",
+    help="Start a compaction pass this long after the last one ended: it deletes the rows "
+    "past the tables' retentions, flushes small commits into Parquet, merges small files "
+    "and expires old snapshots.",
+)
+@click.option(
+    "--snapshot-retention",
+    default=Settings().lake_retention_s,
+    show_default=True,
+    type=click.FloatRange(0),
+    metavar="SECONDS",
+    help="Keep the lake's snapshots this long (time travel, the console's feed); "
+    "compaction then deletes the files only older snapshots used. A query running "
+    "longer than this may lose a file it reads.",
+)
 @role_options
 @click.option(
     "--records-port",
@@ -244,6 +264,8 @@ def serve(
     drain_grace: float,
     max_tables_per_account: int,
     max_databases_per_account: int,
+    compaction_interval: float,
+    snapshot_retention: float,
     roles: tuple[str, ...],
     loader: bool,
     records_port: int | None,
@@ -285,6 +307,8 @@ def serve(
         drain_grace_s=drain_grace,
         max_tables_per_account=max_tables_per_account,
         max_databases_per_account=max_databases_per_account,
+        compaction_interval_s=compaction_interval,
+        lake_retention_s=snapshot_retention,
         door_ports=door_ports,
         tls_cert=tls_cert,
         tls_key=tls_key,
