@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -150,6 +151,15 @@ def test_console_shows_the_door_of_each_row_and_the_rows_per_door(make_server: A
     assert doors() == {"legacy": 1}
 
 
+def test_console_shows_what_waits_when_no_loader_runs(make_server: Any) -> None:
+    srv, endpoint = start_api_server(make_server, "--no-loader")
+    for i in range(4):
+        assert srv.postback("test_db", "held", {"i": i}, key=srv.write_key).status_code == 200
+    loader = console(endpoint, srv.master_key, "status")["loader"]
+    assert loader["lag_records"] >= 4 and loader["lag_seconds"] >= 0, loader
+    assert loader["beat_age_s"] is None, loader
+
+
 def test_tail_follows_new_commits(server: Server) -> None:
     tail = subprocess.Popen(
         [sys.executable, "-m", "tdedge", "tail", "--data-dir", str(server.data_dir),
@@ -230,6 +240,7 @@ def test_console_page_in_headless_chromium(make_server: Any, tmp_path: Path) -> 
     assert error[4] == "[1,2]"
     (table,) = report["tables"]
     assert table[0:2] == ["test_db.pageviews", "5"]
+    assert re.fullmatch(r"\d+\.\d", table[2]), table  # rows/s, from two polls
     assert table[-1] == "legacy 5"
     assert "journal backlog" in report["header"]
     assert shot.stat().st_size > 10_000

@@ -137,6 +137,35 @@ def test_status_says_what_runs(day: tuple[FirstDay, str]) -> None:
     assert report["version"]
     text = srv.cli("status").stdout
     assert f"pid:             {srv.proc.pid}" in text
+    assert re.search(r"journal backlog: \d+ records", text), text
+    assert re.search(r"loader lag:      [\d.]+ s \(last beat", text), text
+
+    # A refusal is the last error, with its reason, door and table.
+    assert srv.postback("test_db", "statused", [1], key=srv.write_key).status_code == 400
+    deadline = time.monotonic() + 30
+    while "not_an_object on legacy test_db.statused" not in (text := srv.cli("status").stdout):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.3)
+    error = msgspec.json.decode(srv.cli("status", "--json").stdout)["last_error"]
+    assert (error["reason"], error["door"], error["table"]) == (
+        "not_an_object",
+        "legacy",
+        "test_db.statused",
+    )
+
+
+def test_status_without_a_loader_reads_the_backlog_from_the_journal(make_server: Any) -> None:
+    srv = make_server(["--no-loader"])
+    for i in range(5):
+        assert srv.postback("test_db", "waiting", {"i": i}, key=srv.write_key).status_code == 200
+    time.sleep(1.1)  # the oldest has waited a second
+    report = msgspec.json.decode(srv.cli("status", "--json").stdout)
+    assert report["journal_backlog"] >= 5, report
+    assert report["loader"]["pid"] is None and report["loader"]["lag_seconds"] >= 1, report
+    text = srv.cli("status").stdout
+    found = re.search(r"journal backlog: (\d+) records", text)
+    assert found and int(found.group(1)) == report["journal_backlog"], text
+    assert "no loader has beaten" in text, text
 
 
 def test_refusals_keep_what_was_sent_and_what_the_client_was_told(
