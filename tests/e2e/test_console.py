@@ -190,6 +190,31 @@ def test_tail_follows_new_commits(server: Server) -> None:
     finally:
         tail.terminate()
         tail.wait(timeout=30)
+    # -d: one database's rows only.
+    r = server.postback("elsewhere", "followed", {"n": 7}, key=server.master_key)
+    assert r.status_code == 200
+    deadline = time.monotonic() + 60
+    while "elsewhere.followed" not in (everything := tail_once(server)):
+        assert time.monotonic() < deadline, everything
+        time.sleep(0.3)
+    assert "test_db.followed  (legacy)  " in everything, everything
+    only = tail_once(server, "-d", "elsewhere")
+    assert "elsewhere.followed  (legacy)  " in only and "test_db." not in only, only
+    only = tail_once(server, "-d", "test_db")
+    assert "test_db.followed  (legacy)  " in only and "elsewhere." not in only, only
+    # No access log unless asked for.
+    assert "tdedge.access" not in server.log.read_text()
+
+
+def tail_once(srv: Server, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "tdedge", "tail", "--data-dir", str(srv.data_dir), "--once", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 BROWSER_DIR = Path(__file__).resolve().parent.parent / "browser"

@@ -252,6 +252,22 @@ def test_every_log_line_is_json_and_requests_are_in_the_access_log(
     assert "secret" not in srv.err.read_text()  # the query string is never logged
 
 
+def test_the_access_log_counts_the_requests_it_leaves_out(make_server: Any) -> None:
+    srv = make_server(["--access-log", "--access-log-rate", "1"])
+    with httpx.Client() as client:
+        for _ in range(20):
+            assert client.get(f"{srv.url}/healthz").status_code == 200
+        time.sleep(1.5)  # the budget fills again: the next line says what was left out
+        assert client.get(f"{srv.url}/healthz").status_code == 200
+    deadline = time.monotonic() + 10
+    skipped = 0
+    while skipped < 15 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        lines = [msgspec.json.decode(x) for x in srv.log.read_text().splitlines() if x[:1] == "{"]
+        skipped = sum(x.get("skipped", 0) for x in lines if x["logger"] == "tdedge.access")
+    assert skipped >= 15, srv.log.read_text()
+
+
 def test_ctrl_c_stops_cleanly_and_status_then_says_none_runs(day: tuple[FirstDay, str]) -> None:
     srv, _ = day
     assert srv.proc is not None

@@ -79,6 +79,11 @@ def test_retention_and_drops_from_the_cli(make_server: Any) -> None:
     listed = table_cli(srv, "retention").stdout.strip().splitlines()
     assert listed == ["test_db.keep: 7 days"]
 
+    # Asked first: "n" keeps the database.
+    done = srv.cli("db", "drop", "test_db", check=False, stdin="n\n")
+    assert done.returncode != 0
+    assert "Drop database test_db, its 1 tables and 1 rows?" in done.stdout, done.stdout
+    assert tables(endpoint, srv.master_key, "test_db") == {"keep"}
     done = srv.cli("db", "drop", "test_db", "--yes")
     assert "dropped database test_db" in done.stdout
     r = httpx.get(f"{endpoint}/v3/database/list", headers=td1(srv.master_key))

@@ -246,8 +246,17 @@ main.add_command(migrate_command)
 @click.option(
     "--access-log/--no-access-log",
     default=False,
-    help="One JSON log line per request, at most "
-    f"{Settings().access_log_per_s:.0f} a second per worker (the rest counted).",
+    help="One JSON log line per request, at most --access-log-rate a second per worker "
+    "(the rest counted).",
+)
+@click.option(
+    "--access-log-rate",
+    default=Settings().access_log_per_s,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="LINES",
+    help="Access log lines each worker writes a second at most; the next line written "
+    "says how many requests were left out (skipped).",
 )
 def serve(
     data_dir: str | None,
@@ -281,6 +290,7 @@ def serve(
     p13n_engine: EngineMode,
     log_level: str,
     access_log: bool,
+    access_log_rate: float,
     **grouped: Any,  # the values of the *_options groups
 ) -> None:
     """Run the HTTP server, the loader, the query job runner and the p13n engine, or the
@@ -316,6 +326,7 @@ def serve(
         p13n_engine=p13n_engine,
         log_level=log_level.lower(),
         access_log=access_log,
+        access_log_per_s=access_log_rate,
         **lake_settings(grouped),
         **job_settings(grouped),
         **refusal_settings(grouped),
