@@ -12,6 +12,8 @@ its kind's contract suite (tests/unit/contracts/); no caller changes.
 
 from __future__ import annotations
 
+import sqlite3
+
 from sqlalchemy.engine import Engine
 
 from tdedge.config import Settings
@@ -20,7 +22,7 @@ from tdedge.control.jobs import JobStore
 from tdedge.control.leases import Lease, holder_id
 from tdedge.control.store import ControlStore, engine_for
 from tdedge.journal.base import Journal, JournalReader
-from tdedge.journal.sqlite import SQLiteJournal, SQLiteJournalReader
+from tdedge.journal.sqlite import SQLiteJournal, SQLiteJournalReader, unreleased
 from tdedge.realtime import batch
 from tdedge.realtime import sqlite as profile_sqlite
 from tdedge.realtime.batch import BatchStore, SQLiteBatchStore
@@ -48,6 +50,20 @@ def journal_reader(settings: Settings) -> JournalReader:
 
         return JetStreamJournalReader(settings)
     return SQLiteJournalReader(settings.journal_dir)
+
+
+def unloaded(settings: Settings) -> tuple[int, int | None] | None:
+    """What the journal holds that no loader has released yet: (records, arrival ms of
+    the oldest), read from its files, for the operator's views (``tdedge status``, the
+    console) when no loader beats to say it (``serve --no-loader``), which is when
+    records pile up. None for a journal on NATS, whose partitions only loaders read,
+    or files that cannot be read."""
+    if settings.journal:
+        return None
+    try:
+        return unreleased(settings.journal_dir)
+    except sqlite3.Error:
+        return None
 
 
 def control(settings: Settings) -> ControlStore:

@@ -91,9 +91,12 @@ class Server:
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [*self.tdedge, *_with_data_dir(args, self.data_dir)],
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=60,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -150,6 +151,15 @@ def test_console_shows_the_door_of_each_row_and_the_rows_per_door(make_server: A
     assert doors() == {"legacy": 1}
 
 
+def test_console_shows_what_waits_when_no_loader_runs(make_server: Any) -> None:
+    srv, endpoint = start_api_server(make_server, "--no-loader")
+    for i in range(4):
+        assert srv.postback("test_db", "held", {"i": i}, key=srv.write_key).status_code == 200
+    loader = console(endpoint, srv.master_key, "status")["loader"]
+    assert loader["lag_records"] >= 4 and loader["lag_seconds"] >= 0, loader
+    assert loader["beat_age_s"] is None, loader
+
+
 def test_tail_follows_new_commits(server: Server) -> None:
     tail = subprocess.Popen(
         [sys.executable, "-m", "tdedge", "tail", "--data-dir", str(server.data_dir),
@@ -180,6 +190,31 @@ def test_tail_follows_new_commits(server: Server) -> None:
     finally:
         tail.terminate()
         tail.wait(timeout=30)
+    # -d: one database's rows only.
+    r = server.postback("elsewhere", "followed", {"n": 7}, key=server.master_key)
+    assert r.status_code == 200
+    deadline = time.monotonic() + 60
+    while "elsewhere.followed" not in (everything := tail_once(server)):
+        assert time.monotonic() < deadline, everything
+        time.sleep(0.3)
+    assert "test_db.followed  (legacy)  " in everything, everything
+    only = tail_once(server, "-d", "elsewhere")
+    assert "elsewhere.followed  (legacy)  " in only and "test_db." not in only, only
+    only = tail_once(server, "-d", "test_db")
+    assert "test_db.followed  (legacy)  " in only and "elsewhere." not in only, only
+    # No access log unless asked for.
+    assert "tdedge.access" not in server.log.read_text()
+
+
+def tail_once(srv: Server, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "tdedge", "tail", "--data-dir", str(srv.data_dir), "--once", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 BROWSER_DIR = Path(__file__).resolve().parent.parent / "browser"
@@ -230,6 +265,7 @@ def test_console_page_in_headless_chromium(make_server: Any, tmp_path: Path) -> 
     assert error[4] == "[1,2]"
     (table,) = report["tables"]
     assert table[0:2] == ["test_db.pageviews", "5"]
+    assert re.fullmatch(r"\d+\.\d", table[2]), table  # rows/s, from two polls
     assert table[-1] == "legacy 5"
     assert "journal backlog" in report["header"]
     assert shot.stat().st_size > 10_000

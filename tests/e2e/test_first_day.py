@@ -137,6 +137,35 @@ def test_status_says_what_runs(day: tuple[FirstDay, str]) -> None:
     assert report["version"]
     text = srv.cli("status").stdout
     assert f"pid:             {srv.proc.pid}" in text
+    assert re.search(r"journal backlog: \d+ records", text), text
+    assert re.search(r"loader lag:      [\d.]+ s \(last beat", text), text
+
+    # A refusal is the last error, with its reason, door and table.
+    assert srv.postback("test_db", "statused", [1], key=srv.write_key).status_code == 400
+    deadline = time.monotonic() + 30
+    while "not_an_object on legacy test_db.statused" not in (text := srv.cli("status").stdout):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.3)
+    error = msgspec.json.decode(srv.cli("status", "--json").stdout)["last_error"]
+    assert (error["reason"], error["door"], error["table"]) == (
+        "not_an_object",
+        "legacy",
+        "test_db.statused",
+    )
+
+
+def test_status_without_a_loader_reads_the_backlog_from_the_journal(make_server: Any) -> None:
+    srv = make_server(["--no-loader"])
+    for i in range(5):
+        assert srv.postback("test_db", "waiting", {"i": i}, key=srv.write_key).status_code == 200
+    time.sleep(1.1)  # the oldest has waited a second
+    report = msgspec.json.decode(srv.cli("status", "--json").stdout)
+    assert report["journal_backlog"] >= 5, report
+    assert report["loader"]["pid"] is None and report["loader"]["lag_seconds"] >= 1, report
+    text = srv.cli("status").stdout
+    found = re.search(r"journal backlog: (\d+) records", text)
+    assert found and int(found.group(1)) == report["journal_backlog"], text
+    assert "no loader has beaten" in text, text
 
 
 def test_refusals_keep_what_was_sent_and_what_the_client_was_told(
@@ -213,14 +242,35 @@ def test_every_log_line_is_json_and_requests_are_in_the_access_log(
     httpx.get(f"{srv.url}/postback/v3/event/test_db/t?td_write_key=1/secret&td_format=pixel")
     deadline = time.monotonic() + 10
     access: list[dict[str, Any]] = []
+    # The line is written once the answer is sent: the client may read the log first.
     while time.monotonic() < deadline and not access:
         lines = [msgspec.json.decode(line) for line in srv.log_lines()]
-        access = [x for x in lines if x["logger"] == "tdedge.access" and x["door"] == "legacy"]
+        access = [
+            x
+            for x in lines
+            if x["logger"] == "tdedge.access" and x["path"] == "/postback/v3/event/test_db/t"
+        ]
         time.sleep(0.2)
     assert any(line["logger"] == "granian" for line in lines)  # granian's lines too
-    line = next(x for x in access if x["path"] == "/postback/v3/event/test_db/t")
-    assert line["method"] == "GET" and line["route"] == "postback"
+    (line,) = access
+    assert (line["method"], line["door"], line["route"]) == ("GET", "legacy", "postback")
     assert "secret" not in srv.err.read_text()  # the query string is never logged
+
+
+def test_the_access_log_counts_the_requests_it_leaves_out(make_server: Any) -> None:
+    srv = make_server(["--access-log", "--access-log-rate", "1"])
+    with httpx.Client() as client:
+        for _ in range(20):
+            assert client.get(f"{srv.url}/healthz").status_code == 200
+        time.sleep(1.5)  # the budget fills again: the next line says what was left out
+        assert client.get(f"{srv.url}/healthz").status_code == 200
+    deadline = time.monotonic() + 10
+    skipped = 0
+    while skipped < 15 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        lines = [msgspec.json.decode(x) for x in srv.log.read_text().splitlines() if x[:1] == "{"]
+        skipped = sum(x.get("skipped", 0) for x in lines if x["logger"] == "tdedge.access")
+    assert skipped >= 15, srv.log.read_text()
 
 
 def test_ctrl_c_stops_cleanly_and_status_then_says_none_runs(day: tuple[FirstDay, str]) -> None:

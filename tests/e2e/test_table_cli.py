@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +32,10 @@ def table_cli(srv: Server, *args: str, stdin: str = "") -> subprocess.CompletedP
         text=True,
         timeout=60,
     )
+
+
+def parquet_files(srv: Server, database: str, table: str) -> set[Path]:
+    return set((srv.data_dir / "lake" / "data" / database / table).glob("*.parquet"))
 
 
 def tables(endpoint: str, key: str, database: str) -> set[str]:
@@ -73,6 +79,11 @@ def test_retention_and_drops_from_the_cli(make_server: Any) -> None:
     listed = table_cli(srv, "retention").stdout.strip().splitlines()
     assert listed == ["test_db.keep: 7 days"]
 
+    # Asked first: "n" keeps the database.
+    done = srv.cli("db", "drop", "test_db", check=False, stdin="n\n")
+    assert done.returncode != 0
+    assert "Drop database test_db, its 1 tables and 1 rows?" in done.stdout, done.stdout
+    assert tables(endpoint, srv.master_key, "test_db") == {"keep"}
     done = srv.cli("db", "drop", "test_db", "--yes")
     assert "dropped database test_db" in done.stdout
     r = httpx.get(f"{endpoint}/v3/database/list", headers=td1(srv.master_key))
@@ -86,3 +97,26 @@ def test_retention_and_drops_from_the_cli(make_server: Any) -> None:
     # Records keep arriving after a drop: the database and table are made again.
     assert srv.postback("test_db", "keep", {"a": 2}, key=srv.master_key).status_code == 200
     srv.wait_for("SELECT a FROM test_db.keep", lambda r: r == [{"a": 2}])
+
+
+def test_retention_deletes_old_rows_and_their_files_leave_the_disk(make_server: Any) -> None:
+    srv = make_server(["--compaction-interval", "0.5", "--snapshot-retention", "1"])
+    old = int(time.time()) - 30 * 86400
+    for i in range(3):
+        r = srv.postback("test_db", "visits", {"time": old, "i": i}, key=srv.write_key)
+        assert r.status_code == 200
+    srv.wait_for("SELECT count(*) AS n FROM test_db.visits", lambda r: r[0]["n"] == 3)
+    deadline = time.monotonic() + 30
+    while not (old_files := parquet_files(srv, "test_db", "visits")):  # flushed by compaction
+        assert time.monotonic() < deadline, "the rows never left the catalog for a file"
+        time.sleep(0.2)
+
+    assert table_cli(srv, "retention", "test_db", "visits", "--days", "7").returncode == 0
+    assert srv.postback("test_db", "visits", {"i": 9}, key=srv.write_key).status_code == 200
+    srv.wait_for("SELECT i FROM test_db.visits", lambda r: r == [{"i": 9}])
+    # The expired snapshots took the files of the old rows with them.
+    deadline = time.monotonic() + 30
+    while old_files & parquet_files(srv, "test_db", "visits"):
+        assert time.monotonic() < deadline, f"still on disk: {old_files}"
+        time.sleep(0.2)
+    assert srv.query("SELECT i FROM test_db.visits") == [{"i": 9}]

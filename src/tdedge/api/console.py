@@ -111,13 +111,23 @@ class Console:
                     }
                 )
         beat = read_heartbeat(api.settings.loader_heartbeat)
-        loader = None
+        loader: dict[str, float | None] | None = None
         if beat is not None:
             loader = {
                 "beat_age_s": max(0.0, time.time() - beat.time),
                 "lag_records": beat.lag_records,
                 "lag_seconds": beat.lag_seconds,
                 "failures": beat.failures,
+            }
+        elif (waiting := backends.unloaded(api.settings)) is not None:
+            # No loader beats (serve --no-loader): what waits for one, from the journal.
+            records, oldest_ms = waiting
+            waited = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
+            loader = {
+                "beat_age_s": None,
+                "lag_records": records,
+                "lag_seconds": waited,
+                "failures": 0,
             }
         return {
             "account_id": caller.account_id,

@@ -141,6 +141,26 @@ main.add_command(migrate_command)
     type=click.IntRange(1),
     help="Databases one account may have; creating more is refused (database_limit).",
 )
+@click.option(
+    "--compaction-interval",
+    default=Settings().compaction_interval_s,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    metavar="SECONDS",
+    help="Start a compaction pass this long after the last one ended: it deletes the rows "
+    "past the tables' retentions, flushes small commits into Parquet, merges small files "
+    "and expires old snapshots.",
+)
+@click.option(
+    "--snapshot-retention",
+    default=Settings().lake_retention_s,
+    show_default=True,
+    type=click.FloatRange(0),
+    metavar="SECONDS",
+    help="Keep the lake's snapshots this long (time travel, the console's feed); "
+    "compaction then deletes the files only older snapshots used. A query running "
+    "longer than this may lose a file it reads.",
+)
 @role_options
 @click.option(
     "--records-port",
@@ -226,8 +246,17 @@ main.add_command(migrate_command)
 @click.option(
     "--access-log/--no-access-log",
     default=False,
-    help="One JSON log line per request, at most "
-    f"{Settings().access_log_per_s:.0f} a second per worker (the rest counted).",
+    help="One JSON log line per request, at most --access-log-rate a second per worker "
+    "(the rest counted).",
+)
+@click.option(
+    "--access-log-rate",
+    default=Settings().access_log_per_s,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="LINES",
+    help="Access log lines each worker writes a second at most; the next line written "
+    "says how many requests were left out (skipped).",
 )
 def serve(
     data_dir: str | None,
@@ -244,6 +273,8 @@ def serve(
     drain_grace: float,
     max_tables_per_account: int,
     max_databases_per_account: int,
+    compaction_interval: float,
+    snapshot_retention: float,
     roles: tuple[str, ...],
     loader: bool,
     records_port: int | None,
@@ -259,6 +290,7 @@ def serve(
     p13n_engine: EngineMode,
     log_level: str,
     access_log: bool,
+    access_log_rate: float,
     **grouped: Any,  # the values of the *_options groups
 ) -> None:
     """Run the HTTP server, the loader, the query job runner and the p13n engine, or the
@@ -285,6 +317,8 @@ def serve(
         drain_grace_s=drain_grace,
         max_tables_per_account=max_tables_per_account,
         max_databases_per_account=max_databases_per_account,
+        compaction_interval_s=compaction_interval,
+        lake_retention_s=snapshot_retention,
         door_ports=door_ports,
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -292,6 +326,7 @@ def serve(
         p13n_engine=p13n_engine,
         log_level=log_level.lower(),
         access_log=access_log,
+        access_log_per_s=access_log_rate,
         **lake_settings(grouped),
         **job_settings(grouped),
         **refusal_settings(grouped),

@@ -2,8 +2,8 @@
 
 Read from the data dir alone (no HTTP): the locks and state files of every ``serve`` on
 it (instance.py; several when their roles are split), the loader's and the job runner's
-heartbeats, and the newest row of the import errors. The exit code is 0 when a
-``serve`` runs, 1 when none does.
+heartbeats (the journal's files when no loader beats), and the newest row of the import
+errors. The exit code is 0 when a ``serve`` runs, 1 when none does.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def status(data_dir: str | None, as_json: bool, **lake_values: Any) -> None:
 
 
 def gather(settings: Settings, now: float) -> dict[str, Any]:
-    from tdedge import instance
+    from tdedge import backends, instance
     from tdedge.loader.heartbeat import JobsHeartbeat, read_beat, read_heartbeat
 
     held = instance.running(settings)
@@ -69,6 +69,15 @@ def gather(settings: Settings, now: float) -> dict[str, Any]:
             "lag_seconds": round(loader.lag_seconds, 3),
             "beat_age_seconds": round(now - loader.time, 1),
             "failures": loader.failures,
+        }
+    elif (waiting := backends.unloaded(settings)) is not None:
+        records, oldest_ms = waiting
+        report["journal_backlog"] = records
+        report["loader"] = {
+            "pid": None,  # none has beaten: it does not run (serve --no-loader) or starts
+            "lag_seconds": round(_waited(oldest_ms, now), 3),
+            "beat_age_seconds": None,
+            "failures": 0,
         }
     jobs = read_beat(settings.jobs_heartbeat, JobsHeartbeat)
     if jobs is not None:
@@ -129,10 +138,14 @@ def render(report: dict[str, Any]) -> str:
             )
     loader = report.get("loader")
     if loader is not None:
+        beat = (
+            "no loader has beaten: none runs on this data dir"
+            if loader["pid"] is None
+            else f"last beat {loader['beat_age_seconds']} s ago, pid {loader['pid']}"
+        )
         lines += [
             f"  journal backlog: {report['journal_backlog']} records",
-            f"  loader lag:      {loader['lag_seconds']} s (last beat {loader['beat_age_seconds']}"
-            f" s ago, pid {loader['pid']})",
+            f"  loader lag:      {loader['lag_seconds']} s ({beat})",
         ]
     error = report.get("last_error")
     if error is None:
@@ -145,6 +158,10 @@ def render(report: dict[str, Any]) -> str:
             f"{error['table']}: {error['detail']}"
         )
     return "\n".join(lines)
+
+
+def _waited(oldest_ms: int | None, now: float) -> float:
+    return 0.0 if oldest_ms is None else max(0.0, now - oldest_ms / 1000)
 
 
 def _iso(seconds: float) -> str:

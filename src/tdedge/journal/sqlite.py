@@ -528,3 +528,28 @@ class SQLiteJournalReader:
         for conn in self._conns.values():
             conn.close()
         self._conns.clear()
+
+
+def unreleased(journal_dir: Path) -> tuple[int, int | None]:
+    """(records in the shard files no loader has released yet, arrival ms of the oldest
+    of them), read without writing anything: for the operator's views when no loader
+    runs to say it. Raises sqlite3.Error when a file cannot be read."""
+    try:
+        names = sorted(os.listdir(journal_dir))
+    except FileNotFoundError:
+        names = []
+    count, oldest = 0, None
+    for name in names:
+        shard, _, suffix = name.partition(".")
+        if not shard.startswith("shard-") or suffix != "sqlite":
+            continue
+        uri = f"{(journal_dir / name).resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+        try:
+            n, first = conn.execute("SELECT sum(n), min(received_ms) FROM journal").fetchone()
+        finally:
+            conn.close()
+        if n:
+            count += int(n)
+            oldest = int(first) if oldest is None else min(oldest, int(first))
+    return count, oldest

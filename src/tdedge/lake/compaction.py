@@ -72,3 +72,13 @@ def merge_call(schema: str, table: str) -> str:
         f"CALL ducklake_merge_adjacent_files({literal(LAKE)}, {literal(table)}, "
         f"schema => {literal(schema)})"
     )
+
+
+def rewrite_call(schema: str, table: str) -> str:
+    """Rewrite the table's files whose rows are (almost) all deleted, ending them: a
+    file flushed from inlined rows keeps being read, with a deletion file beside it,
+    however few of its rows are left, and would stay on disk for good."""
+    return (
+        f"CALL ducklake_rewrite_data_files({literal(LAKE)}, {literal(table)}, "
+        f"schema => {literal(schema)})"
+    )

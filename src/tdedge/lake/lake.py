@@ -380,9 +380,9 @@ class Lake:
         older than ``bulk_import_retention_s`` and import errors older than
         ``import_errors_retention_s`` (lake/retention.py); delete the rows of the tables
         in ``expiries`` ((database, table) → a unix time) whose ``time`` is before it,
-        a table at a time; flush the inlined rows of the tables
-        that have some into Parquet; merge the small files of the tables that have
-        several (lake/compaction.py says which); expire snapshots older than
+        a table at a time, and rewrite its files left mostly deleted; flush the inlined
+        rows of the tables that have some into Parquet; merge the small files of the
+        tables that have several (lake/compaction.py says which); expire snapshots older than
         ``lake_retention_s``; delete the files those snapshots alone referenced
         (including the ones merged away) and files no commit ever referenced, once
         older than the retention.
@@ -499,6 +499,9 @@ class Lake:
 
         try:
             self._retrying(expire, f"expire rows of {ref}")
+            if expired:
+                rewrite = compaction.rewrite_call(*table)
+                self._retrying(partial(self._execute, rewrite), rewrite)
         except LakeError as e:
             log.warning("cannot expire rows of %s.%s, next pass then: %s", *table, e)
             return 0

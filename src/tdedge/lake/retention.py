@@ -37,10 +37,12 @@ def expire_import_errors(con: duckdb.DuckDBPyConnection, now: float, retention_s
 
 def expire_table_rows(con: duckdb.DuckDBPyConnection, ref: str, cutoff: int) -> int:
     """Delete the rows of table ``ref`` whose ``time`` is before ``cutoff`` (unix
-    seconds); return how many there were. DuckLake ends a data file whose rows are
-    all deleted instead of writing a deletion file for it, and the file itself goes
-    with the snapshots that still used it (``lake_retention_s``): a table loaded in
-    time order sheds whole files as its days expire."""
+    seconds); return how many there were. DuckLake ends a data file written by an
+    INSERT whose rows are all deleted, but gives one flushed from inlined rows (most
+    of the loader's) a deletion file instead: compaction then rewrites the files left
+    (almost) empty (compaction.rewrite_call), and the ended files go with the
+    snapshots that still used them (``lake_retention_s``). A table loaded in time
+    order so sheds whole files as its days expire."""
     try:
         found = con.execute(f"SELECT count(*) FROM {ref} WHERE time < ?", [cutoff]).fetchone()
         expired = int(found[0]) if found else 0
