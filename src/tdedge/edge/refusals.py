@@ -156,12 +156,17 @@ class RefusalBudget:
     def pending(self) -> bool:
         return bool(self._tallies)
 
-    def summaries(self) -> list[Envelope]:
-        """One import-error envelope per address and door counted since the last call."""
+    def summaries(self, now_ms: int) -> list[Envelope]:
+        """One import-error envelope per address and door counted since the last call.
+
+        Each is stamped ``now_ms``, when it is made, not with its first refusal's time
+        (that and the last one's are in its body): it reaches the journal now, and a row
+        stamped up to a summary interval earlier would show as that long a wait in the
+        loader's lag, where nothing waited."""
         tallies, self._tallies = self._tallies, {}
         return [
             Envelope(
-                tally.first_ms,
+                now_ms,
                 door,
                 "",
                 "",

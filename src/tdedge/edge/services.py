@@ -333,7 +333,7 @@ class Services:
         task.add_done_callback(self._writing.discard)
 
     async def _write_summaries(self) -> None:
-        summaries = self._budget.summaries()
+        summaries = self._budget.summaries(time.time_ns() // 1_000_000)
         try:
             await self.append_many(summaries)
         except HTTPError:
