@@ -18,7 +18,6 @@ import pytest
 
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
-from tdedge.control.jobs import Job
 from tdedge.control.keys import hash_key
 from tdedge.control.store import ControlStore
 from tdedge.errors import LakeError
@@ -30,6 +29,7 @@ from tdedge.query.writes import TableWriter
 from tdedge.results.store import ResultFiles
 from tests import postgres, seaweed
 from tests.unit.loader.test_loader import MemoryReader
+from tests.unit.running_job import running_job
 
 BATCH = 15
 INSERTS = 12
@@ -45,31 +45,6 @@ def _node(root: Path, name: str, catalog: str, data: str) -> Settings:
         lake_data=data,
         loader_batch_max_records=BATCH,
         loader_batch_max_wait_s=0.0,
-    )
-
-
-def _job(query: str) -> Job:
-    return Job(
-        id=next(_ids),
-        account_id=1,
-        key_id="k",
-        type="presto",
-        database="web",
-        query=query,
-        status="running",
-        priority=0,
-        retry_limit=0,
-        scheduled_time=1_700_000_000,
-        created_at=0,
-        updated_at=0,
-        start_at=None,
-        end_at=None,
-        result_schema=None,
-        num_records=None,
-        result_size=None,
-        error=None,
-        kill_requested=False,
-        attempts=1,
     )
 
 
@@ -130,7 +105,12 @@ def test_job_writes_on_one_node_and_loading_on_another_each_land_once(
     statuses: list[tuple[str, str | None]] = []
 
     def run(query: str) -> None:
-        result = session.run(_job(query), lambda: None, writer, writable)
+        result = session.run(
+            running_job(id=next(_ids), query=query, scheduled_time=1_700_000_000),
+            lambda: None,
+            writer,
+            writable,
+        )
         statuses.append((result.status, result.error))
 
     loader = threading.Thread(target=load)

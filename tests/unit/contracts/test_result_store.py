@@ -16,6 +16,7 @@ from tdedge.results.format import render
 from tdedge.results.objects import ResultObjects
 from tdedge.results.store import ResultFiles, ResultStore
 from tests import seaweed
+from tests.unit.running_job import running_job
 
 DAY = 86400.0
 LIMIT = 1 << 20
@@ -185,7 +186,6 @@ def test_a_job_whose_result_cannot_be_stored_ends_in_error_with_the_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tdedge.config import Settings
-    from tdedge.control.jobs import Job
     from tdedge.lake.lake import Lake
     from tdedge.query.session import Scope, Session
 
@@ -194,28 +194,7 @@ def test_a_job_whose_result_cannot_be_stored_ends_in_error_with_the_reason(
     Lake.open(settings).close()
     store = ResultObjects("s3://nowhere/lake/", tmp_path / "staging")
     session = Session(settings, Scope(1, frozenset({"web"})), 1, store)
-    job = Job(
-        id=1,
-        account_id=1,
-        key_id="k",
-        type="presto",
-        database="web",
-        query="SELECT 1 AS n",
-        status="running",
-        priority=0,
-        retry_limit=0,
-        scheduled_time=0,
-        created_at=0,
-        updated_at=0,
-        start_at=None,
-        end_at=None,
-        result_schema=None,
-        num_records=None,
-        result_size=None,
-        error=None,
-        kill_requested=False,
-        attempts=1,
-    )
+    job = running_job(query="SELECT 1 AS n")
     try:
         result = session.run(job, lambda: None)
     finally:

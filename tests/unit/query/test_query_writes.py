@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from tdedge.config import Settings
-from tdedge.control.jobs import Job, JobResult, JobStore
+from tdedge.control.jobs import JobResult, JobStore
 from tdedge.control.keys import hash_key, key_id
 from tdedge.control.store import ControlStore
 from tdedge.lake.batch import Batch, TableRows
@@ -25,6 +25,7 @@ from tdedge.query.translate import TranslationError
 from tdedge.query.writes import TableWriter
 from tdedge.results.format import rows
 from tdedge.results.store import ResultFiles
+from tests.unit.running_job import running_job
 
 ISSUED = 1_700_000_000
 _ids = itertools.count(1)
@@ -38,28 +39,8 @@ class Jobs:
         self.writable = frozenset({"web"})
 
     def run(self, query: str, engine: str = "presto", url: str | None = None) -> JobResult:
-        job = Job(
-            id=next(_ids),
-            account_id=1,
-            key_id="k",
-            type=engine,
-            database="web",
-            query=query,
-            status="running",
-            priority=0,
-            retry_limit=0,
-            scheduled_time=ISSUED,
-            created_at=0,
-            updated_at=0,
-            start_at=None,
-            end_at=None,
-            result_schema=None,
-            num_records=None,
-            result_size=None,
-            error=None,
-            kill_requested=False,
-            attempts=1,
-            result_url=url,
+        job = running_job(
+            id=next(_ids), query=query, type=engine, scheduled_time=ISSUED, result_url=url
         )
         self.last = job.id
         return self.session.run(job, lambda: None, self.writer, self.writable)
@@ -265,40 +246,14 @@ def test_a_key_that_may_not_write_writes_nothing(jobs: Jobs) -> None:
 def test_a_job_is_written_once(jobs: Jobs) -> None:
     """A job run again (its runner died after the commit) writes nothing more."""
     jobs.rows("INSERT INTO events SELECT 100 AS n")
-    again = Job(
-        **{
-            **{f: getattr(_job_like(jobs), f) for f in Job.__struct_fields__},
-            "id": jobs.last,
-            "query": "INSERT INTO events SELECT 100 AS n",
-        }
+    again = running_job(
+        id=jobs.last,
+        query="INSERT INTO events SELECT 100 AS n",
+        scheduled_time=ISSUED,
+        attempts=2,
     )
     assert jobs.session.run(again, lambda: None, jobs.writer, jobs.writable).status == "success"
     assert jobs.rows("SELECT count(*) FROM events WHERE n = 100") == [[1]]
-
-
-def _job_like(jobs: Jobs) -> Job:
-    return Job(
-        id=0,
-        account_id=1,
-        key_id="k",
-        type="presto",
-        database="web",
-        query="",
-        status="running",
-        priority=0,
-        retry_limit=0,
-        scheduled_time=ISSUED,
-        created_at=0,
-        updated_at=0,
-        start_at=None,
-        end_at=None,
-        result_schema=None,
-        num_records=None,
-        result_size=None,
-        error=None,
-        kill_requested=False,
-        attempts=2,
-    )
 
 
 def test_a_result_is_written_into_a_table(jobs: Jobs) -> None:
