@@ -436,6 +436,7 @@ class Loader:
         """Drop the rows that load marks say are in the lake already (an isolation that
         was interrupted before its last commit)."""
         group = routed.envelopes.group
+        skipped: list[tuple[TableKey, int]] = []
         for key, marks in self._marks.items():
             found = routed.tables.get(key)
             if found is None:
@@ -446,8 +447,18 @@ class Loader:
                 if place.seq <= marks.get(place.shard, -1):
                     loaded.append(n)
             if loaded:
-                log.info("skipping %d rows of %s.%s loaded already", len(loaded), *key)
+                skipped.append((key, len(loaded)))
                 routed.tables[key] = found.without(loaded)
+        if skipped:
+            # One line a step: a burst of new tables re-reads thousands of marked tables.
+            (database, table), _ = skipped[0]
+            log.info(
+                "skipping %d rows of %d tables loaded already (the first: %s.%s)",
+                sum(n for _, n in skipped),
+                len(skipped),
+                database,
+                table,
+            )
 
     def _forget_marks(self) -> None:
         """Forget the marks the positions have passed."""
