@@ -61,7 +61,21 @@ class Redis:
         return self.url(db)
 
 
-def _start(root: Path, port: int) -> subprocess.Popen[bytes]:
+def start(root: Path, fsync: str = "everysec") -> tuple[subprocess.Popen[bytes], int]:
+    """A server on a free port with its files in ``root``, ready to answer: its process
+    and port. ``fsync`` is the ``appendfsync`` setting (the benches compare ``always``)."""
+    port = free_port()
+    proc = _start(root, port, fsync)
+    try:
+        _wait_ready(proc, port, root)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, port
+
+
+def _start(root: Path, port: int, fsync: str = "everysec") -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             "redis-server",
@@ -76,7 +90,7 @@ def _start(root: Path, port: int) -> subprocess.Popen[bytes]:
             "--appendonly",
             "yes",
             "--appendfsync",
-            "everysec",
+            fsync,
             "--daemonize",
             "no",
             "--logfile",
@@ -118,11 +132,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def server() -> Iterator[Redis]:
     """Start a throw-away server; stop it and remove its files at the end."""
     root = Path(tempfile.mkdtemp(prefix="tdedge-redis-"))
-    port = free_port()
-    server = Redis(port, root, _start(root, port))
     try:
-        _wait_ready(server.proc, port, root)
-        yield server
+        proc, port = start(root)
+        server = Redis(port, root, proc)
+        try:
+            yield server
+        finally:
+            _stop(server.proc)
     finally:
-        _stop(server.proc)
         shutil.rmtree(root, ignore_errors=True)

@@ -1,46 +1,22 @@
 """A throw-away Redis server for a bench run, on loopback: append-only, fsynced as asked
-(``everysec``, as the docs recommend, or ``always``)."""
+(``everysec``, as the docs recommend, or ``always``). Started as the tests start theirs
+(tests/redis_server.py), so the benches measure the server the tests check."""
 
 from __future__ import annotations
 
 import subprocess
-import time
+import sys
 from pathlib import Path
 
-from harness.ports import free_port
+# The repository's root, for its tests package (the benches run from bench/).
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests import redis_server  # noqa: E402
 
 
 def start_redis(root: Path, fsync: str = "everysec") -> tuple[subprocess.Popen[bytes], int]:
     """The server's process and port; its files go in ``root`` (made here)."""
-    port = free_port()
     root.mkdir()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(root),
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            fsync,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while (
-        subprocess.run(
-            ["redis-cli", "-p", str(port), "ping"], capture_output=True, check=False
-        ).stdout.strip()
-        != b"PONG"
-    ):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.05)
-    return proc, port
+    return redis_server.start(root, fsync)
