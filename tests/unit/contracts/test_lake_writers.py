@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import pytest
 
 from tdedge.config import Settings
 from tdedge.control.directory import Directory
@@ -26,7 +25,7 @@ from tdedge.journal.envelope import Envelope
 from tdedge.lake.batch import Batch
 from tdedge.lake.lake import Lake
 from tdedge.loader.runner import Loader
-from tests import postgres, seaweed
+from tests.unit.contracts.conftest import SharedLake
 from tests.unit.loader.test_loader import MemoryReader
 
 RECORDS_PER_NODE = 240
@@ -71,15 +70,9 @@ def _node(root: Path, name: str, catalog: str, data: str) -> Settings:
 
 
 def test_two_loaders_on_one_lake_load_every_record_once(
-    tmp_path: Path,
-    postgres_server: postgres.Postgres,
-    s3_server: seaweed.SeaweedFS,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, shared_lake: SharedLake
 ) -> None:
-    for name, value in s3_server.environ().items():
-        monkeypatch.setenv(name, value)
-    catalog = postgres_server.new_database()
-    data = f"s3://{s3_server.new_bucket()}/lake/"
+    catalog, data = shared_lake
     control = ControlStore.open(tmp_path / "control.sqlite")
     key = control.create_key(1, "master")
     control.create_database("db", 1)
@@ -138,15 +131,9 @@ def test_two_loaders_on_one_lake_load_every_record_once(
 
 
 def test_nodes_starting_at_once_set_a_new_catalog_up_once(
-    tmp_path: Path,
-    postgres_server: postgres.Postgres,
-    s3_server: seaweed.SeaweedFS,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, shared_lake: SharedLake
 ) -> None:
-    for name, value in s3_server.environ().items():
-        monkeypatch.setenv(name, value)
-    catalog = postgres_server.new_database()
-    data = f"s3://{s3_server.new_bucket()}/lake/"
+    catalog, data = shared_lake
     nodes = [_node(tmp_path, f"n{i}", catalog, data) for i in range(3)]
     opened: list[Lake] = []
     errors: list[BaseException] = []
@@ -171,19 +158,13 @@ def test_nodes_starting_at_once_set_a_new_catalog_up_once(
 
 
 def test_a_table_another_node_just_made_does_not_fail_the_commit(
-    tmp_path: Path,
-    postgres_server: postgres.Postgres,
-    s3_server: seaweed.SeaweedFS,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, shared_lake: SharedLake
 ) -> None:
     """Each node caches the lake's tables; another node's new table or column makes the
     first attempt fail, and the retry (after reloading the cache) lands."""
     from tdedge.lake.batch import TableRows
 
-    for name, value in s3_server.environ().items():
-        monkeypatch.setenv(name, value)
-    catalog = postgres_server.new_database()
-    data = f"s3://{s3_server.new_bucket()}/lake/"
+    catalog, data = shared_lake
     a, b = (Lake.open(_node(tmp_path, name, catalog, data)) for name in ("a", "b"))
     try:
         a.commit(Batch([TableRows("db", "t", _table([1], x=[1.5]))], [], {"s0": 1}))
