@@ -18,8 +18,10 @@ those (see Lake.commit).
 from __future__ import annotations
 
 import fcntl
+import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from tdedge.errors import LakeError
 from tdedge.lake import location
 from tdedge.lake.inlining import set_row_limit
 from tdedge.lake.sql import literal
+
+log = logging.getLogger("tdedge.lake")
 
 # The name the lake is attached under in every tdedge connection.
 LAKE = "lake"
@@ -142,6 +146,20 @@ def is_conflict(error: BaseException) -> bool:
 
 def backoff(attempt: int) -> float:
     return float(min(LOCK_BACKOFF_MAX_S, LOCK_BACKOFF_S * 2**attempt))
+
+
+def retrying(action: Callable[[], None], busy: Callable[[LakeError], bool], what: str) -> None:
+    """Run a catalog write that a refusal leaves undone, again while ``busy`` says the
+    refusal was for another writer (with backoff, ``LOCK_RETRIES`` times)."""
+    for attempt in range(LOCK_RETRIES + 1):
+        try:
+            action()
+            return
+        except LakeError as e:
+            if not busy(e) or attempt >= LOCK_RETRIES:
+                raise
+        log.info("lake catalog busy with another writer; retrying %s", what)
+        time.sleep(backoff(attempt))
 
 
 @contextmanager

@@ -13,9 +13,7 @@ catalog and commits again.
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,19 +23,10 @@ from tdedge.config import Settings
 from tdedge.errors import LakeError
 from tdedge.lake import system
 from tdedge.lake.batch import ImportKey
-from tdedge.lake.catalog import (
-    LAKE,
-    LOCK_RETRIES,
-    backoff,
-    is_conflict,
-    is_locked,
-    write_lock,
-)
+from tdedge.lake.catalog import LAKE, is_conflict, is_locked, retrying, write_lock
 from tdedge.lake.connection import open_connection
 from tdedge.lake.sql import ident
 from tdedge.lake.system import BULK_IMPORTS
-
-log = logging.getLogger("tdedge.lake")
 
 META = f"__ducklake_metadata_{LAKE}"
 # TD's column type names for the lake's.
@@ -197,26 +186,21 @@ class LakeCatalog:
         another node's commit is too.
         """
         shared = bool(self._settings.lake_catalog)
-        for attempt in range(LOCK_RETRIES + 1):
-            try:
-                with write_lock(self._settings):
-                    self._ddl_once(statements)
-                return
-            except LakeError as e:
-                busy = is_locked(e) or (shared and is_conflict(e))
-                if not busy or attempt >= LOCK_RETRIES:
-                    raise
-            log.info("lake catalog busy with another writer; retrying a table change")
-            time.sleep(backoff(attempt))
+        retrying(
+            lambda: self._ddl_once(statements),
+            lambda e: is_locked(e) or (shared and is_conflict(e)),
+            "a table change",
+        )
 
     def _ddl_once(self, statements: list[str]) -> None:
-        con = open_connection(self._settings, read_only=False)
-        try:
-            con.execute("BEGIN")
-            for statement in statements:
-                con.execute(statement)
-            con.execute("COMMIT")
-        except duckdb.Error as e:
-            raise LakeError(str(e)) from e
-        finally:
-            con.close()
+        with write_lock(self._settings):
+            con = open_connection(self._settings, read_only=False)
+            try:
+                con.execute("BEGIN")
+                for statement in statements:
+                    con.execute(statement)
+                con.execute("COMMIT")
+            except duckdb.Error as e:
+                raise LakeError(str(e)) from e
+            finally:
+                con.close()

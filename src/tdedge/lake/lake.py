@@ -39,6 +39,7 @@ from tdedge.lake.catalog import (
     backoff,
     is_conflict,
     is_locked,
+    retrying,
     write_lock,
 )
 from tdedge.lake.compaction import Slice
@@ -352,15 +353,7 @@ class Lake:
 
     def _retrying(self, action: Callable[[], None], what: str) -> None:
         """Run an idempotent catalog write, again while another process holds the lock."""
-        for attempt in range(LOCK_RETRIES + 1):
-            try:
-                action()
-                return
-            except LakeError as e:
-                if not self._retryable(e) or attempt >= LOCK_RETRIES:
-                    raise
-            log.info("lake catalog busy with another writer; retrying %s", what)
-            time.sleep(backoff(attempt))
+        retrying(action, self._retryable, what)
 
     def compact(self, now: float) -> None:
         """A whole compaction pass at once (see ``compaction``)."""
