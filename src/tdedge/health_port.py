@@ -49,6 +49,33 @@ def answer(settings: Settings, path: str) -> tuple[int, str, bytes]:
     return 404, JSON, msgspec.json.encode(refusal)
 
 
+# Connections answered at once; past that a new one is closed unanswered. Probes come a
+# few a second: a client holding connections open must not make a thread for each.
+MAX_CONNECTIONS = 32
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def serve(settings: Settings, stopping: threading.Event) -> None:
     """Answer on ``settings.port`` until SIGTERM or SIGINT (then ``stopping`` is set).
 
@@ -69,7 +96,7 @@ def serve(settings: Settings, stopping: threading.Event) -> None:
         def log_message(self, format: str, *args: Any) -> None:
             log.debug(format % args)  # probes every few seconds: not worth a log line
 
-    httpd = ThreadingHTTPServer((settings.host, settings.port), Handler)
+    httpd = _BoundedServer((settings.host, settings.port), Handler)
     httpd.daemon_threads = True
     if settings.tls_cert and settings.tls_key:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
