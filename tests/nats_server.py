@@ -41,6 +41,15 @@ def binary() -> str | None:
     return shutil.which("nats-server")
 
 
+def share_of_cores() -> int:
+    """Each server's share of this machine's cores, as if each ran on a machine of its
+    own. Left to itself, each of the three servers schedules work on every core, and
+    their threads spin looking for it: measured on 2 cores, one server a core cut the
+    servers' CPU under a load by about 15 % and let the edge beside them answer about
+    5 % more requests."""
+    return max(1, (os.cpu_count() or 1) // NODES)
+
+
 class Node:
     def __init__(self, name: str, root: Path) -> None:
         self.name = name
@@ -93,7 +102,10 @@ class Cluster:
         conf.write_text(node.config([n.cluster_port for n in self.nodes if n is not node]))
         log = (node.root / "server.log").open("ab")
         node.proc = subprocess.Popen(
-            [self.server, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            [self.server, "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={"GOMAXPROCS": str(share_of_cores()), **os.environ},
         )
         log.close()
 
