@@ -184,12 +184,29 @@ def cluster() -> Iterator[Cluster]:
     if server is None:
         raise RuntimeError("nats-server is not installed: pip install -e '.[dev]'")
     root = Path(tempfile.mkdtemp(prefix="tdedge-nats-"))
-    c = Cluster(root, server)
     try:
-        for node in c.nodes:
-            c.start(node)
-        c.wait_ready()
-        yield c
+        c = _started(root, server)
+        try:
+            yield c
+        finally:
+            c.stop()
     finally:
-        c.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _started(root: Path, server: str, attempts: int = 3) -> Cluster:
+    """A cluster up and ready. A port picked free can be taken before its server binds
+    it (by any connection's local port): then the whole cluster starts again on fresh
+    ports, since each node's routes name the others'."""
+    for attempt in range(attempts):
+        c = Cluster(root / f"start{attempt}", server)
+        try:
+            for node in c.nodes:
+                c.start(node)
+            c.wait_ready()
+            return c
+        except RuntimeError as e:
+            c.stop()
+            if "address already in use" not in str(e) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
