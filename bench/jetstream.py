@@ -50,8 +50,9 @@ NAMES = ("sqlite", "jetstream")
 # The journals-alone runs use a stream of their own: the serves' loaders never see
 # (and spend CPU refusing) records of a database that does not exist.
 APPENDS_STREAM = "TDEDGE_BENCH_APPENDS"
-# The goals, as ratios of JetStream to SQLite: a maximum rate at least, a p99 at most.
-GOALS = {"max_records_s": 0.7, "max_rps": 0.7, "p99_ms": 2.0}
+# The goals, for the edge, as ratios of JetStream to SQLite: its maximum rate at least,
+# its p99 at a fixed rate at most.
+GOALS = {"max_rps": 0.7, "p99_ms": 2.0}
 
 
 def env(i: int) -> Envelope:
@@ -233,8 +234,8 @@ def http(args: argparse.Namespace, cluster: nats_server.Cluster, tmp: Path) -> d
             )
             return {
                 "max_rps": round(most.rps),
-                # Requests per CPU-second of the serve's own processes (edge and loader):
-                # its rate on cores of its own, the NATS servers elsewhere.
+                # Requests per CPU-second of the serve's own processes (with --loader, its
+                # loader's too): its rate on cores of its own, the NATS servers elsewhere.
                 "max_rps_per_cpu_s": round(most.per_cpu_s),
                 "max_nats_cpu_s": round(nats_used, 2),
                 "max_p99_ms": round(most.p99_ms, 2),
@@ -278,15 +279,13 @@ def main() -> None:
         if "edge" in parts:
             results["edge"] = http(args, cluster, Path(tmp))
     print(json.dumps(results, indent=1))
-    for part, figures in results.items():
-        ratios = figures["jetstream_over_sqlite"]
+    if "edge" in results:
+        ratios = results["edge"]["jetstream_over_sqlite"]
         for key, goal in GOALS.items():
-            if key in ratios:
-                better = ratios[key] >= goal if key.startswith("max_") else ratios[key] <= goal
-                sign = "≥" if key.startswith("max_") else "≤"
-                verdict = "PASS" if better else "MISS"
-                said = f"JetStream/SQLite {ratios[key]} (goal {sign} {goal})"
-                print(f"{part} {key}: {said} {verdict}")
+            better = ratios[key] >= goal if key.startswith("max_") else ratios[key] <= goal
+            sign = "≥" if key.startswith("max_") else "≤"
+            verdict = "PASS" if better else "MISS"
+            print(f"edge {key}: JetStream/SQLite {ratios[key]} (goal {sign} {goal}) {verdict}")
 
 
 if __name__ == "__main__":
