@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -40,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests import nats_server  # noqa: E402
 
+from harness.children import process_cpu_s  # noqa: E402
+from harness.stats import median_ratio  # noqa: E402
 from tdedge import backends  # noqa: E402
 from tdedge.config import Settings  # noqa: E402
 from tdedge.journal.base import Journal  # noqa: E402
@@ -127,9 +128,12 @@ def rounds(
     out: dict[str, Any] = {"rounds": per_round}
     for name in NAMES:
         out[name] = {k: statistics.median(rnd[name][k] for rnd in per_round) for k in figures}
-    out["jetstream_over_sqlite"] = {
-        k: round(statistics.median(rnd["jetstream"][k] / rnd["sqlite"][k] for rnd in per_round), 2)
+    ratios = {
+        k: median_ratio((rnd["jetstream"][k], rnd["sqlite"][k]) for rnd in per_round)
         for k in figures
+    }
+    out["jetstream_over_sqlite"] = {
+        k: None if r is None else round(r, 2) for k, r in ratios.items()
     }
     return out
 
@@ -180,13 +184,7 @@ def journals(args: argparse.Namespace, cluster: nats_server.Cluster, tmp: Path) 
 
 def nats_cpu_s(cluster: nats_server.Cluster) -> float:
     """CPU seconds the cluster's servers have used so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    used = 0.0
-    for node in cluster.nodes:
-        if node.proc is not None:
-            fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            used += (int(fields[11]) + int(fields[12])) / ticks
-    return used
+    return sum(process_cpu_s(node.proc.pid) for node in cluster.nodes if node.proc is not None)
 
 
 def http(args: argparse.Namespace, cluster: nats_server.Cluster, tmp: Path) -> dict[str, Any]:
@@ -282,10 +280,11 @@ def main() -> None:
     if "edge" in results:
         ratios = results["edge"]["jetstream_over_sqlite"]
         for key, goal in GOALS.items():
-            better = ratios[key] >= goal if key.startswith("max_") else ratios[key] <= goal
+            r = ratios[key]
+            better = r is not None and (r >= goal if key.startswith("max_") else r <= goal)
             sign = "≥" if key.startswith("max_") else "≤"
             verdict = "PASS" if better else "MISS"
-            print(f"edge {key}: JetStream/SQLite {ratios[key]} (goal {sign} {goal}) {verdict}")
+            print(f"edge {key}: JetStream/SQLite {r} (goal {sign} {goal}) {verdict}")
 
 
 if __name__ == "__main__":

@@ -178,12 +178,20 @@ def group_cpu_s(pgid: int) -> dict[str, float]:
 
 def thread_cpu_s(pid: int) -> float:
     """CPU seconds used so far by the main thread of process ``pid`` (its event loop)."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    return _stat_cpu_s(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by process ``pid``, all its threads (0 once it is gone)."""
+    return _stat_cpu_s(Path(f"/proc/{pid}/stat"))
+
+
+def _stat_cpu_s(stat: Path) -> float:
     try:
-        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
+        fields = stat.read_text().rpartition(")")[2].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss(pid: int) -> int:
