@@ -41,13 +41,26 @@ def begin(settings: Settings) -> float:
     if found is not None:
         return found
     at = time.time() + settings.drain_grace_s
+    _write(settings, at)
+    return at
+
+
+def end(settings: Settings) -> None:
+    """End the grace now (or skip it: SIGINT stops at once), so that the processes
+    told to stop from now on stop at once instead of draining."""
+    now = time.time()
+    found = deadline(settings)
+    if found is None or found > now:
+        _write(settings, now)
+
+
+def _write(settings: Settings, at: float) -> None:
     target = path(settings)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Written whole, then renamed: a reader never sees half a number.
     partial = target.with_name(f".draining.{os.getpid()}")
     partial.write_text(repr(at))
     partial.replace(target)
-    return at
 
 
 def remaining(settings: Settings) -> float:

@@ -29,7 +29,7 @@ from typing import Any
 import click
 import msgspec
 
-from tdedge import draining, health_port, instance, lifecycle, logs
+from tdedge import draining, health_port, instance, lifecycle, logs, worker_stop
 from tdedge.config import SETTINGS_ENV, Settings
 
 log = logging.getLogger("tdedge.server")
@@ -291,9 +291,13 @@ def listen(settings: Settings, stopping: threading.Event | None = None) -> None:
             self.stop_now()
 
         def stop_now(self) -> None:
+            # granian stops its workers with SIGTERM, which drains in a worker: they
+            # must stop at once, on SIGINT as at the end of the grace.
+            draining.end(settings)
             super().signal_handler_interrupt()
 
     os.environ[SETTINGS_ENV] = settings.to_json().decode()
+    worker_stop.once_per_worker()
     Granian(
         "tdedge.worker:create_app",
         address=settings.host,

@@ -20,6 +20,8 @@ from tests.e2e.conftest import Server, _group_alive
 GRACE_S = 3.0
 # How long after its grace a drained node may take to be gone: a loaded machine.
 EXIT_BOUND_S = 20.0
+# A grace no stop in these tests may wait out.
+LONG_GRACE_S = 3 * EXIT_BOUND_S
 
 
 @pytest.fixture
@@ -106,6 +108,27 @@ def test_sigterm_to_the_group_drains_then_exits(node: Server) -> None:
     )
 
 
+def test_ctrl_c_twice_during_a_request_answers_it_then_exits(node: Server) -> None:
+    """Every signal a stopping worker gets counts once: its own stop, the supervisor's
+    stop of every worker and a second Ctrl-C together neither freeze the request in
+    flight nor keep the node from exiting."""
+    srv = node
+    wait_ready(srv)
+    body = b'{"id": "in-flight", "pad": "' + b"x" * 1000 + b'"}'
+    sock = start_slow_post(srv, body)
+    assert srv.proc is not None
+    os.killpg(srv.proc.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.killpg(srv.proc.pid, signal.SIGINT)
+    time.sleep(GRACE_S + 1.0)  # past the grace, were a stop to wait for it
+    assert finish_post(sock, body).startswith(b"HTTP/1.1 200")
+    assert gone_within(srv, EXIT_BOUND_S)
+    srv.start(timeout=90)
+    srv.wait_for(
+        "SELECT id FROM test_db.drained", lambda rows: rows == [{"id": "in-flight"}], timeout=60
+    )
+
+
 def test_sigterm_to_serve_alone_drains_its_workers_too(node: Server) -> None:
     srv = node
     wait_ready(srv)
@@ -119,3 +142,17 @@ def test_sigterm_to_serve_alone_drains_its_workers_too(node: Server) -> None:
     # A node killed while draining does not come back not-ready.
     srv.start(timeout=90)
     wait_ready(srv)
+
+
+def test_ctrl_c_to_serve_alone_stops_its_workers_without_the_grace(tmp_path: Path) -> None:
+    """SIGINT stops at once even when only serve gets it: the SIGTERM with which granian
+    then stops its workers does not start a drain in them."""
+    srv = Server(tmp_path / "data", ["--drain-grace", str(LONG_GRACE_S)])
+    try:
+        srv.start(timeout=90)
+        wait_ready(srv)
+        assert srv.proc is not None
+        os.kill(srv.proc.pid, signal.SIGINT)
+        assert gone_within(srv, EXIT_BOUND_S)
+    finally:
+        srv.kill()
