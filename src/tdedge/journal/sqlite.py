@@ -15,9 +15,17 @@ and the disk never waits on the event loop:
    While it runs the loop keeps writing, and the next fsync covers all of that.
 
 A request's 200 therefore waits for an fsync that began after its own record was
-written, and nothing else. Checkpoints (which ``synchronous=NORMAL`` does fsync) are
-left to the loader's release; SQLite keeps the ``-wal`` file while a connection is
-open, so the descriptor the syncer holds is always the live WAL.
+written, and nothing else. SQLite keeps the ``-wal`` file while a connection is open,
+so the descriptor the syncer holds is always the live WAL.
+
+**Checkpoints** (which ``synchronous=NORMAL`` does fsync) are never on the commit path:
+the checkpointer thread runs one whenever the syncer finds the WAL past
+``WAL_CHECKPOINT_BYTES``, whether or not a loader runs or its commits succeed, and the
+loader's release runs one too. Each group commit rewrites whole pages (the table's last
+leaf, its index's, the AUTOINCREMENT counter's), so a WAL never checkpointed grows about
+60 times faster than the records in it: a lake outage would fill the disk that much
+sooner. Once checkpointed, the WAL starts over from its beginning and is cut back to
+that size.
 
 A group is ONE row holding its envelopes (a msgpack array), written by one autocommit
 INSERT: one SQLite step per loop iteration rather than one per record. ``seq`` numbers
@@ -96,6 +104,9 @@ _PART_SCHEMA = (
 # Deletes run while edge workers append to the same file: small chunks keep each
 # write lock short, so an append never waits long behind a release.
 _RELEASE_CHUNK = 2_000
+# The WAL size past which it is checkpointed, and what it is cut back to once reset:
+# SQLite's own automatic checkpoint comes at about this size (1,000 pages).
+WAL_CHECKPOINT_BYTES = 4 << 20
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -105,6 +116,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     # the WAL before anyone is answered, and the loader's releases need none (below).
     # Checkpoints still sync, as synchronous=NORMAL always does.
     conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
     for statement in _SCHEMA:
         conn.execute(statement)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(journal)")}
@@ -175,8 +187,8 @@ class SQLiteJournal:
         self._path = shard_path(settings.journal_dir, self.shard)
         self._conn = _connect(self._path)
         _drop_unpublished(self._conn)
-        # Checkpoints copy the WAL into the database file and fsync it: work the
-        # loader's release does (``release``), not the edge's commit path.
+        # Checkpoints copy the WAL into the database file and fsync it: the
+        # checkpointer's work (``_checkpoint_when_due``), never the commit path's.
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._wal_fd = -1  # opened after the first write, once SQLite has made the file
         # Appended on the event loop, written by ``_write`` once per loop iteration.
@@ -195,6 +207,11 @@ class SQLiteJournal:
         self._check_health()
         self._thread = threading.Thread(target=self._run, name=f"journal-{self.shard}", daemon=True)
         self._thread.start()
+        self._checkpoint_due = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_when_due, name=f"journal-checkpoint-{self.shard}", daemon=True
+        )
+        self._checkpointer.start()
 
     # Edge side (the event loop's thread).
     async def append(self, env: Envelope) -> None:
@@ -274,6 +291,8 @@ class SQLiteJournal:
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout=30)
+        self._checkpoint_due.set()
+        self._checkpointer.join(timeout=30)
         if self._wal_fd >= 0:
             os.close(self._wal_fd)
             self._wal_fd = -1  # closing twice must not close a descriptor reused since
@@ -296,6 +315,7 @@ class SQLiteJournal:
                 n, self._written_n = self._written_n, 0
             if n:
                 self._sync(written, n)
+                self._check_wal()
             if self._clock() - self._checked_at >= 0.5:
                 self._check_health()
 
@@ -315,6 +335,38 @@ class SQLiteJournal:
         # One hop into each event loop per fsync, not one per request.
         for loop, futs in written.items():
             loop.call_soon_threadsafe(appends.settle, futs, error)
+
+    def _check_wal(self) -> None:
+        try:
+            size = os.fstat(self._wal_fd).st_size
+        except OSError:
+            return  # the sync that just failed says it already
+        if size > WAL_CHECKPOINT_BYTES:
+            self._checkpoint_due.set()
+
+    # Checkpointer thread, with a connection of its own: a checkpoint copies pages and
+    # fsyncs the database file, and the syncer's fsyncs of the WAL go on meanwhile.
+    def _checkpoint_when_due(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._checkpoint_due.wait()
+                self._checkpoint_due.clear()
+                if self._closed:
+                    return
+                try:
+                    if conn is None:
+                        conn = _connect(self._path)
+                    # PASSIVE: it never waits for the edge's writes, nor they for it.
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as e:
+                    log.warning(
+                        "journal checkpoint failed", extra={"shard": self.shard, "error": str(e)}
+                    )
+                    time.sleep(1.0)  # the syncer asks at every fsync: not a log line each
+        finally:
+            if conn is not None:
+                conn.close()
 
     def _check_health(self) -> None:
         self._checked_at = self._clock()
@@ -507,7 +559,8 @@ class SQLiteJournalReader:
                 ).rowcount
                 if done < _RELEASE_CHUNK:
                     break
-            # The edge never checkpoints (see SQLiteJournal): keep its WAL short here.
+            # The deletes grow the WAL too, and a shard no edge worker writes any more
+            # has no checkpointer of its own (see SQLiteJournal).
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def pending(self, after: Position) -> tuple[int, int | None]:

@@ -335,10 +335,6 @@ class Loader:
             raise LakeError(error)
         self._failed_commits = 0
         self._suspects.clear()
-        # Nothing new to release, but the SQLite journal checkpoints its write-ahead log
-        # on release: while positions wait for new tables, every group commit of the
-        # edge would grow that file (37 MiB in nine seconds of a new-table burst).
-        self._reader.release(self._positions or {})
         rejections = list(chain.from_iterable(t.rejections for t in shaped))
         # The records behind this batch are the ones that wait for nothing but the loader.
         _, beyond_ms = self._reader.pending({**(self._positions or {}), **moved})

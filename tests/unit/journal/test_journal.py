@@ -15,7 +15,7 @@ from tdedge import metrics
 from tdedge.config import Settings
 from tdedge.errors import JournalUnavailable
 from tdedge.journal.envelope import Envelope, decode, entries
-from tdedge.journal.sqlite import SQLiteJournal, SQLiteJournalReader
+from tdedge.journal.sqlite import WAL_CHECKPOINT_BYTES, SQLiteJournal, SQLiteJournalReader
 
 
 def env(i: int) -> Envelope:
@@ -161,3 +161,22 @@ def test_no_append_returns_before_an_fsync_that_began_after_its_write(
     asyncio.run(go())
     journal.close()
     assert [e.envelope for e in entries(SQLiteJournalReader(s.journal_dir).read({}, 9))] == [env(1)]
+
+
+def test_the_wal_stays_short_while_nothing_is_released(tmp_path: Path) -> None:
+    """No loader (or a lake that refuses every commit): the records stay, but the WAL
+    does not grow with every group commit's rewritten pages, about 60 times the
+    records' own size."""
+    s = settings(tmp_path)
+    journal = SQLiteJournal(s)
+    envs = [env(i) for i in range(1200)]
+    largest = 0
+    wal = s.journal_dir / f"{journal.shard}.sqlite-wal"
+    for e in envs:
+        append_all(journal, [e])  # a group commit each
+        largest = max(largest, wal.stat().st_size)
+    journal.close()
+    assert largest < 2 * WAL_CHECKPOINT_BYTES
+    reader = SQLiteJournalReader(s.journal_dir)
+    assert [e.envelope for e in entries(reader.read({}, limit=10_000))] == envs
+    reader.close()
