@@ -1021,21 +1021,28 @@ class JetStreamJournalReader:
         self, after: Position, limit: int, max_bytes: int | None
     ) -> list[JournalGroup]:
         # The limits are shared among the partitions that have something to read.
-        active: list[tuple[str, _Partition]] = []
+        active: list[tuple[str, _Partition, int]] = []
         for shard, p in self._shards().items():
             part = await self._at(p, after.get(shard, 0))
-            if part.buffer or (await part.sub.consumer_info()).num_pending:
-                active.append((shard, part))
+            waiting = 0 if part.buffer else await self._waiting(part)
+            if part.buffer or waiting:
+                active.append((shard, part, waiting))
         if not active:
             return []
         share = max(1, limit // len(active))
         byte_share = None if max_bytes is None else max(1, max_bytes // len(active))
         out: list[JournalGroup] = []
-        for shard, part in active:
+        for shard, part, waiting in active:
             taken = size = 0
             while taken < share and (byte_share is None or size < byte_share):
-                if not part.buffer and not await self._fill(shard, part, share - taken):
-                    break
+                if not part.buffer:
+                    # Counted down as fetched: the consumer is asked again only once
+                    # what it last said was waiting has all come.
+                    waiting = waiting or await self._waiting(part)
+                    fetched = await self._fill(shard, part, share - taken, waiting)
+                    if not fetched:
+                        break
+                    waiting = max(0, waiting - fetched)
                 group = part.buffer.popleft()
                 out.append(group)
                 part.upto = group.seq
@@ -1043,20 +1050,25 @@ class JetStreamJournalReader:
                 size += sum(len(e.record) for e in group.envelopes)
         return out
 
-    async def _fill(self, shard: str, part: _Partition, wanted: int) -> bool:
-        """Fetch up to ``wanted`` messages into the buffer; False if none is there."""
-        # Ask first: a fetch from a consumer with nothing to deliver waits out its timeout
-        # (and on an empty pull answers 503 at times), where this is one short request.
-        waiting = int((await part.sub.consumer_info()).num_pending or 0)
+    async def _waiting(self, part: _Partition) -> int:
+        """Messages on the partition past what its consumer delivered."""
+        return int((await part.sub.consumer_info()).num_pending or 0)
+
+    async def _fill(self, shard: str, part: _Partition, wanted: int, waiting: int) -> int:
+        """Fetch up to ``wanted`` of the ``waiting`` messages into the buffer; how many
+        came (0 if none is there)."""
+        # Only when the consumer said some are waiting: a fetch from a consumer with
+        # nothing to deliver waits out its timeout (and on an empty pull answers 503 at
+        # times), where asking is one short request.
         if not waiting:
-            return False
+            return 0
         try:
             msgs = await part.sub.fetch(max(1, min(wanted, waiting, 256)), timeout=2.0)
         except (TimeoutError, nats.errors.TimeoutError):
-            return False
+            return 0
         for msg in msgs:
             part.buffer.append(await self._group(shard, msg))
-        return bool(msgs)
+        return len(msgs)
 
     async def _group(self, shard: str, msg: Msg) -> JournalGroup:
         seq = msg.metadata.sequence.stream
@@ -1100,30 +1112,26 @@ class JetStreamJournalReader:
         return self._run(self._pending(after))
 
     async def _pending(self, after: Position) -> tuple[int, int | None]:
-        js = await self._client()
+        await self._client()
         self._settled(after)
-        count, oldest = 0, None
-        for shard, p in self._shards().items():
-            part = await self._at(p, after.get(shard, 0))
-            info = await part.sub.consumer_info()
-            count += int(info.num_pending or 0) + sum(len(g.envelopes) for g in part.buffer)
-            first: int | None = None
-            if part.buffer:
-                first = min(e.received_ms for e in part.buffer[0].envelopes)
-            elif info.num_pending:
-                try:
-                    raw = await js.get_msg(
-                        self._stream,
-                        seq=part.upto + 1,
-                        subject=partition_subject(self._stream, p),
-                        next=True,
-                    )
-                except nats.js.errors.NotFoundError:
-                    raw = None
-                if raw is not None and raw.headers:
-                    first = int(raw.headers.get(_RECEIVED, "0"))
-            if first is not None and (oldest is None or first < oldest):
-                oldest = first
+        # Reading: the buffers fill below, and a partition is not handed over meanwhile.
+        self._reading = True
+        try:
+            count, oldest = 0, None
+            for shard, p in self._shards().items():
+                part = await self._at(p, after.get(shard, 0))
+                waiting = await self._waiting(part)
+                # The oldest arrival is in the oldest message: fetched into the buffer,
+                # where the next read takes it, rather than fetched twice. The loader
+                # asks at every poll while a batch gathers, and it stays there.
+                if not part.buffer and waiting:
+                    waiting -= await self._fill(shard, part, 1, waiting)
+                count += waiting + sum(len(g.envelopes) for g in part.buffer)
+                if part.buffer:
+                    first = min(e.received_ms for e in part.buffer[0].envelopes)
+                    oldest = first if oldest is None else min(oldest, first)
+        finally:
+            self._reading = False
         return count, oldest
 
     def close(self) -> None:

@@ -137,6 +137,19 @@ def test_read_continues_after_a_position_and_release_forgets(backend: Backend) -
     assert after[0].seq > end[after[0].shard]
 
 
+def test_asking_what_is_pending_takes_nothing_from_the_next_read(backend: Backend) -> None:
+    journal = backend.journal()
+    append_each(journal, [env(i) for i in range(5)])
+    reader = backend.reader()
+    assert reader.pending({}) == (5, env(0).received_ms)
+    assert reader.pending({}) == (5, env(0).received_ms)  # asked again while a batch gathers
+    first = reader.read({}, 2)
+    assert [e.envelope for e in entries(first)] == [env(0), env(1)]
+    position = {first[-1].shard: first[-1].seq}
+    assert reader.pending(position) == (3, env(2).received_ms)
+    assert [e.envelope for e in entries(reader.read(position, 100))] == [env(2), env(3), env(4)]
+
+
 def test_a_read_returns_whole_groups_and_at_least_one(backend: Backend) -> None:
     journal = backend.journal()
     append_many(journal, [env(i, size=1000) for i in range(5)])
