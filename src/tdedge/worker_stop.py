@@ -1,10 +1,10 @@
 """An edge worker is told to stop once, however many signals ask it to.
 
-granian's worker turns SIGINT and SIGTERM into one call of its stop signal's ``set``,
-which sends on a channel of one slot that its server reads once. A first signal is
-read, a second fills the slot, and a third blocks in ``set`` for good, on the worker's
-event loop and holding the GIL: a request still in flight is never answered, and the
-worker never exits, so neither does ``serve``.
+granian's worker (2.8) turns each SIGINT and SIGTERM into a call of its stop signal's
+``set``, which sends on a channel of one slot that its server reads once. A first
+signal is read, a second fills the slot, and a third blocks in ``set`` for good, on the
+worker's event loop and holding the GIL: a request still in flight is never answered,
+and the worker never exits, so neither does ``serve``.
 
 A stopping worker easily gets three: its own stop at the end of the drain, the
 supervisor's stop of every worker, and one Ctrl-C (or one more ``kill``) from the
