@@ -86,6 +86,8 @@ log = logging.getLogger("tdedge.journal")
 
 T = TypeVar("T")
 
+# What a message holds, for an operator reading the stream with NATS's own tools: the
+# loader reads the counts and arrival times from the envelopes themselves.
 _COUNT = "Tdedge-Count"
 _RECEIVED = "Tdedge-Received"
 _PARTS = "Tdedge-Parts"
